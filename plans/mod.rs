@@ -1,0 +1,44 @@
+//! The plans compiled into the `plan` binary, by name. A plan is a function from a stack to a
+//! `Plan`; add a module here and an entry to `all()` to register one. Plans marked hidden are used
+//! only by tests and benchmarks and are not listed by `plan list`.
+
+use cutover::prelude::PlanEntry;
+
+mod demo;
+mod testing;
+
+/// Every plan of this binary.
+pub fn all() -> Vec<PlanEntry> {
+    vec![
+        PlanEntry {
+            name: "demo",
+            about: "a rehearsal of the engine on local files: provision, load, gate, cut over",
+            hidden: false,
+            build: demo::build,
+        },
+        PlanEntry {
+            name: "bench",
+            about: "no-op nodes in a chosen shape (benchmarks)",
+            hidden: true,
+            build: testing::bench,
+        },
+        PlanEntry {
+            name: "crash",
+            about: "files, sleeps and append-once steps (crash tests)",
+            hidden: true,
+            build: testing::crash,
+        },
+        PlanEntry {
+            name: "cyclic",
+            about: "a plan with a cycle (error tests)",
+            hidden: true,
+            build: testing::cyclic,
+        },
+        PlanEntry {
+            name: "failing",
+            about: "a plan whose middle step fails on request (failure-policy tests)",
+            hidden: true,
+            build: testing::failing,
+        },
+    ]
+}

@@ -1,0 +1,116 @@
+//! Plans used only by tests and benchmarks (hidden from `plan list`).
+
+use cutover::prelude::*;
+
+/// `nodes` no-op resources shaped `wide` (independent), `chain` (each after the previous) or
+/// `layers` (10 layers, each node after every node of the layer before... bounded to 10 edges).
+pub fn bench(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let n: usize = stack.get("nodes")?;
+    let shape: String = stack.get("shape")?;
+    let layer = (n / 10).max(1);
+    let mut handles: Vec<Handle<Null>> = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut null = Null::new().input("index", i as u64);
+        match shape.as_str() {
+            "wide" => {}
+            "chain" if i > 0 => null = null.input("prev", handles[i - 1].id()),
+            "layers" if i >= layer => {
+                // Depend on up to 10 nodes of the previous layer (as Terraform's equivalent does).
+                let l = i / layer;
+                let start = (l - 1) * layer;
+                for k in 0..10.min(layer) {
+                    let j = start + (i + k) % layer;
+                    null = null.input(&format!("dep{k}"), handles[j].id());
+                }
+            }
+            "chain" | "layers" => {}
+            other => {
+                return Err(PlanError::Invalid {
+                    plan: "bench".into(),
+                    message: format!("shape `{other}`: use wide, chain or layers"),
+                })
+            }
+        }
+        handles.push(p.add(&format!("n{i}"), null));
+    }
+    Ok(p)
+}
+
+/// `chains` parallel chains of `length` links; each link sleeps, writes a file and appends a line
+/// once to `log.txt`. Used to kill `plan apply` at random moments.
+pub fn crash(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let out: String = stack.get("out_dir")?;
+    let chains: u32 = stack.get("chains")?;
+    let length: u32 = stack.get("length")?;
+    let sleep_ms: u64 = stack.get("sleep_ms")?;
+    let dir = p.add("dir", Directory::new(&out));
+    for c in 0..chains {
+        let mut prev: Option<Handle<Append>> = None;
+        for i in 0..length {
+            let mut work = p.add(&format!("work-{c}-{i}"), Sleep::ms(sleep_ms));
+            if let Some(prev) = &prev {
+                work = work.after(prev);
+            }
+            let file = p
+                .add(
+                    &format!("file-{c}-{i}"),
+                    File::new(
+                        dir.path().join(format!("/file-{c}-{i}.txt")),
+                        format!("{c}-{i}\n"),
+                    ),
+                )
+                .after(&work);
+            let mark = p
+                .add(
+                    &format!("mark-{c}-{i}"),
+                    Append::line(dir.path().join("/log.txt"), format!("mark {c}-{i}")),
+                )
+                .after(&file);
+            prev = Some(mark);
+        }
+    }
+    Ok(p)
+}
+
+/// Three nodes in a cycle (an error to report).
+pub fn cyclic(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let a = p.add("a", Null::new()).after_name("c");
+    let b = p.add("b", Null::new().input("x", a.id()));
+    p.add("c", Null::new().input("y", b.id()));
+    Ok(p)
+}
+
+/// A middle step that fails when `fail = true`, with a dependent and an independent branch.
+pub fn failing(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let out: String = stack.get("out_dir")?;
+    let fail: bool = stack.get("fail")?;
+    let halt: bool = stack.get_or("halt", false)?;
+    let dir = p.add("dir", Directory::new(&out));
+    let check = p
+        .add(
+            "check",
+            Assert::that(!fail, "the stack asked this step to fail"),
+        )
+        .after(&dir);
+    let check = if halt {
+        check.on_failure(FailurePolicy::Halt)
+    } else {
+        check
+    };
+    p.add(
+        "after-check",
+        File::new(dir.path().join("/after.txt"), "after\n"),
+    )
+    .after(&check);
+    let slow = p.add("slow", Sleep::ms(300)).after(&dir);
+    p.add(
+        "independent",
+        File::new(dir.path().join("/independent.txt"), "independent\n"),
+    )
+    .after(&slow);
+    Ok(p)
+}

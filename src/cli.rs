@@ -1,0 +1,588 @@
+//! The `plan` command line: parses arguments, runs the engine's pipelines, renders, asks for
+//! confirmation, and maps outcomes to exit codes (0 success or no changes, 1 error, 2 changes
+//! present with `--detailed-exitcode`, 130 interrupted).
+//!
+//! This is the only place that reads the terminal. It must never apply or destroy without a `yes`
+//! typed at a terminal, `--yes`, or a reviewed saved plan (`--plan FILE`).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::engine::{self, EngineError, Loaded, PlanEntry};
+use crate::executor::Outcome;
+use crate::planner::{ActionKind, Mode, Options};
+use crate::render;
+use crate::render::progress::{self, Progress};
+use crate::stack::Stack;
+use crate::state::Lock;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "plan",
+    version,
+    about = "Database migrations to AWS, written as code: preview, apply, resume."
+)]
+struct Cli {
+    /// The project directory holding stacks/ (and, by default, .cutover/ state).
+    #[arg(long, global = true, default_value = ".")]
+    root: PathBuf,
+    /// Show only failures and the final summary.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PreviewFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(clap::Args, Debug, Default, Clone)]
+struct RunArgs {
+    /// Force replacement of this node (repeatable).
+    #[arg(long, value_name = "NODE")]
+    replace: Vec<String>,
+    /// Let this gate open (repeatable).
+    #[arg(long, value_name = "GATE")]
+    approve: Vec<String>,
+    /// Stop before this node and everything that depends on it.
+    #[arg(long, value_name = "NODE")]
+    until: Option<String>,
+}
+
+impl RunArgs {
+    fn options(&self, mode: Mode) -> Options {
+        Options {
+            mode,
+            replace: self.replace.iter().cloned().collect(),
+            approve: self.approve.iter().cloned().collect(),
+            until: self.until.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List plans and stacks, one line each.
+    List,
+    /// Show what apply would do. Reads only the plan and the state file unless --refresh.
+    Preview {
+        stack: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: PreviewFormat,
+        /// Write the preview here (with --format json: a saved plan for `apply --plan`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Read the real objects first (needs the provider's credentials).
+        #[arg(long)]
+        refresh: bool,
+        /// Exit 2 when there are changes, 0 when none, 1 on error.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Make the objects match the plan, run pending steps, and record everything in state.
+    Apply {
+        stack: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Apply a saved plan (from `preview --format json --out FILE`); refuses if anything changed since.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Print the plan's graph.
+    Graph {
+        stack: String,
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: GraphFormat,
+    },
+    /// Inspect or edit a stack's state.
+    State {
+        stack: String,
+        #[command(subcommand)]
+        action: StateCmd,
+    },
+    /// Read the real objects and record what changed outside this tool.
+    Refresh { stack: String },
+    /// Delete what the stack created (only temporary resources with --temporary).
+    Destroy {
+        stack: String,
+        #[arg(long)]
+        temporary: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Adopt an existing object into state as NODE.
+    Import {
+        stack: String,
+        node: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StateCmd {
+    /// One line per node in state.
+    List,
+    /// A node's record as JSON.
+    Show { node: String },
+    /// Remove a stale lock record (refuses while a live process holds the lock).
+    Unlock,
+    /// Rename a node in state without touching its object.
+    Mv { old: String, new: String },
+    /// After checking by hand: record an interrupted step as done.
+    MarkDone { node: String },
+    /// After checking by hand: drop an interrupted step's intent so it runs again.
+    ForgetIntent { node: String },
+}
+
+/// Exit codes.
+pub const EXIT_CHANGES: u8 = 2;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs the CLI with the plans compiled into the binary; returns the process exit code.
+pub fn main(plans: &[PlanEntry]) -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli, plans)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let mut msg = format!("error: {e}");
+            for cause in e.chain().skip(1) {
+                msg.push_str(&format!("\n  caused by: {cause}"));
+            }
+            eprintln!("{msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().collect();
+    let mut v = vec!["plan".to_string()];
+    v.extend(args.into_iter().skip(1));
+    v.join(" ")
+}
+
+fn load(root: &Path, plans: &[PlanEntry], stack: &str) -> Result<Loaded> {
+    Ok(engine::load(root, plans, stack)?)
+}
+
+async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
+    let root = cli.root.clone();
+    match cli.command {
+        Command::List => {
+            println!("Plans:");
+            for p in plans.iter().filter(|p| !p.hidden) {
+                println!("  {:<16} {}", p.name, p.about);
+            }
+            println!("Stacks:");
+            for s in Stack::list(&root) {
+                match Stack::load(&root, &s) {
+                    Ok(st) => println!(
+                        "  {:<16} plan {}, provider {}{}",
+                        s,
+                        st.plan,
+                        st.provider,
+                        st.region
+                            .map(|r| format!(", region {r}"))
+                            .unwrap_or_default()
+                    ),
+                    Err(e) => println!("  {s:<16} (invalid: {e})"),
+                }
+            }
+            Ok(0)
+        }
+        Command::Preview {
+            stack,
+            format,
+            out,
+            refresh,
+            detailed_exitcode,
+            run,
+        } => {
+            let l = load(&root, plans, &stack)?;
+            let cs = engine::preview(&l, &run.options(Mode::Apply), refresh).await?;
+            let parts: Vec<String> = match format {
+                PreviewFormat::Text => vec![render::text::preview(&cs)],
+                PreviewFormat::Markdown => render::markdown::preview(&cs),
+                PreviewFormat::Json => vec![render::json::preview(&cs)],
+            };
+            match out {
+                Some(path) => {
+                    for (i, part) in parts.iter().enumerate() {
+                        let p = if i == 0 {
+                            path.clone()
+                        } else {
+                            let mut s = path.clone().into_os_string();
+                            s.push(format!(".part{}", i + 1));
+                            PathBuf::from(s)
+                        };
+                        std::fs::write(&p, part)
+                            .with_context(|| format!("cannot write {}", p.display()))?;
+                        if !cli.quiet {
+                            eprintln!("Wrote {}", p.display());
+                        }
+                    }
+                }
+                None => {
+                    let mut o = std::io::stdout().lock();
+                    for (i, part) in parts.iter().enumerate() {
+                        if i > 0 {
+                            writeln!(o, "\n<!-- cutover: part {} of {} -->\n", i + 1, parts.len())?;
+                        }
+                        write!(o, "{part}")?;
+                    }
+                }
+            }
+            Ok(if detailed_exitcode && cs.has_changes() {
+                EXIT_CHANGES
+            } else {
+                0
+            })
+        }
+        Command::Apply {
+            stack,
+            yes,
+            plan,
+            run,
+        } => {
+            apply(
+                &root,
+                plans,
+                &stack,
+                run.options(Mode::Apply),
+                yes,
+                plan,
+                cli.quiet,
+            )
+            .await
+        }
+        Command::Destroy {
+            stack,
+            temporary,
+            yes,
+        } => {
+            let mode = if temporary {
+                Mode::DestroyTemporary
+            } else {
+                Mode::DestroyAll
+            };
+            apply(
+                &root,
+                plans,
+                &stack,
+                RunArgs::default().options(mode),
+                yes,
+                None,
+                cli.quiet,
+            )
+            .await
+        }
+        Command::Graph { stack, format } => {
+            let l = load(&root, plans, &stack)?;
+            print!(
+                "{}",
+                match format {
+                    GraphFormat::Mermaid => render::graph::mermaid(&l.graph),
+                    GraphFormat::Dot => render::graph::dot(&l.graph),
+                }
+            );
+            Ok(0)
+        }
+        Command::Refresh { stack } => {
+            let l = load(&root, plans, &stack)?;
+            let notes = engine::refresh(&l, &command_line()).await?;
+            if notes.is_empty() {
+                println!("No drift: every recorded object matches its record.");
+            }
+            for n in notes {
+                println!("~ {}: {}", n.node, n.message);
+            }
+            Ok(0)
+        }
+        Command::Import { stack, node, id } => {
+            let l = load(&root, plans, &stack)?;
+            let id = engine::import(&l, &node, &id, &command_line()).await?;
+            println!("Imported `{id}` as `{node}`. Run `plan preview {stack}` to see any difference from the plan.");
+            Ok(0)
+        }
+        Command::State { stack, action } => state_cmd(&root, plans, &stack, action),
+    }
+}
+
+fn state_cmd(root: &Path, plans: &[PlanEntry], stack: &str, action: StateCmd) -> Result<u8> {
+    let l = load(root, plans, stack)?;
+    match action {
+        StateCmd::List => {
+            let st = l.read_state()?;
+            for (name, r) in &st.nodes {
+                let extra = match r {
+                    crate::state::NodeRecord::Resource(x) => {
+                        let mut e = format!(" id={}", x.id);
+                        if x.temporary {
+                            e.push_str(" temporary");
+                        }
+                        if x.retired {
+                            e.push_str(" retired");
+                        }
+                        e
+                    }
+                    crate::state::NodeRecord::Step(s) | crate::state::NodeRecord::Gate(s) => {
+                        format!(" done_at={}", s.done_at)
+                    }
+                    crate::state::NodeRecord::Data(d) => format!(" read_at={}", d.read_at),
+                };
+                println!("{name} {} {}{extra}", r.kind_name(), r.type_name());
+            }
+            for (name, i) in &st.pending {
+                println!("{name} interrupted {:?}{}", i.op, i.failed.as_ref().map(|f| format!(" (failed: {f})")).unwrap_or_default());
+            }
+            Ok(0)
+        }
+        StateCmd::Show { node } => {
+            let st = l.read_state()?;
+            let r = st
+                .nodes
+                .get(&node)
+                .ok_or_else(|| anyhow!("`{node}` is not in the state of stack `{stack}`; `plan state {stack} list` lists what is"))?;
+            println!("{}", serde_json::to_string_pretty(r)?);
+            Ok(0)
+        }
+        StateCmd::Unlock => match Lock::unlock(&l.state_dir, stack) {
+            Ok(Some(info)) => {
+                println!("Removed a stale lock record ({info}); no process held the lock.");
+                Ok(0)
+            }
+            Ok(None) => {
+                println!("Stack `{stack}` is not locked.");
+                Ok(0)
+            }
+            Err(e) => Err(anyhow!(e).context(
+                "refusing to unlock: a live process holds the lock; it is released when that process ends",
+            )),
+        },
+        StateCmd::Mv { old, new } => {
+            engine::state_mv(&l, &old, &new, &command_line())?;
+            println!("Moved `{old}` to `{new}` in state; its object is unchanged.");
+            Ok(0)
+        }
+        StateCmd::MarkDone { node } => {
+            engine::resolve_intent(&l, &node, true, &command_line())?;
+            println!("Recorded `{node}` as done.");
+            Ok(0)
+        }
+        StateCmd::ForgetIntent { node } => {
+            engine::resolve_intent(&l, &node, false, &command_line())?;
+            println!("Dropped the interrupted intent of `{node}`; it runs on the next apply.");
+            Ok(0)
+        }
+    }
+}
+
+fn confirm(question: &str) -> Result<bool> {
+    print!("{question}\n  Only 'yes' will be accepted: ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim() == "yes")
+}
+
+async fn apply(
+    root: &Path,
+    plans: &[PlanEntry],
+    stack: &str,
+    opts: Options,
+    yes: bool,
+    saved: Option<PathBuf>,
+    quiet: bool,
+) -> Result<u8> {
+    let destroying = opts.mode != Mode::Apply;
+    let verb = if destroying { "destroy" } else { "apply" };
+    let l = load(root, plans, stack)?;
+    let saved = match &saved {
+        Some(p) => Some(
+            render::json::read(
+                &std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .map_err(|e| anyhow!("{}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let interactive = std::io::stdin().is_terminal();
+    if !yes && saved.is_none() && !interactive {
+        bail!(
+            "{verb} needs confirmation, and standard input is not a terminal. Review `plan preview {stack}`, then run `plan {verb} {stack} --yes`{}.",
+            if destroying { "" } else { ", or save the preview with `--format json --out FILE` and apply it with `--plan FILE`" }
+        );
+    }
+    let prepared = engine::prepare(&l, opts.clone(), &command_line()).await?;
+    for n in &prepared.reconciled {
+        println!("reconciled {}: {}", n.node, n.message);
+    }
+    if let Some(saved) = &saved {
+        // A saved plan is made before reconciliation; compare against the state it saw.
+        if let Some(why) = render::json::stale_reason(saved, &prepared.changes) {
+            return Err(EngineError::StalePlan(why).into());
+        }
+    }
+    let cs = &prepared.changes;
+    if !quiet || !yes {
+        print!("{}", render::text::preview(cs));
+    }
+    if !cs.has_changes() {
+        return Ok(0);
+    }
+    if destroying {
+        let protected: Vec<&str> = cs
+            .actions
+            .iter()
+            .filter(|a| a.action == ActionKind::Delete)
+            .map(|a| a.node.as_str())
+            .collect();
+        if !yes && !protected.is_empty() {
+            let ok = confirm(&format!(
+                "\nDestroy {} object(s) of stack `{stack}`? This cannot be undone.",
+                protected.len()
+            ))?;
+            if !ok {
+                println!("Destroy cancelled.");
+                return Ok(1);
+            }
+        }
+    } else if !yes && saved.is_none() && !confirm("\nDo you want to perform these actions?")? {
+        println!("Apply cancelled.");
+        return Ok(1);
+    }
+    let held: BTreeSet<String> = cs
+        .actions
+        .iter()
+        .filter_map(|a| a.held_by.clone())
+        .collect();
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
+    let signals = tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            let n = *tx.borrow() + 1;
+            if tx.send(n).is_err() {
+                break;
+            }
+        }
+    });
+    let mode = if quiet {
+        progress::Mode::Quiet
+    } else if std::io::stderr().is_terminal() {
+        progress::Mode::Live
+    } else {
+        progress::Mode::Plain
+    };
+    let prog = Arc::new(Progress::new(mode));
+    let p1 = prog.clone();
+    let p2 = prog.clone();
+    let applied = engine::execute(
+        &l,
+        prepared,
+        rx,
+        Arc::new(move |e, labels| p1.event(e, labels)),
+        Arc::new(move |node, msg| p2.node_message(node, msg)),
+    )
+    .await?;
+    prog.finish();
+    signals.abort();
+    let r = &applied.report;
+    let mut done = [0usize; 4]; // add, change, destroy, steps
+    let mut failed = Vec::new();
+    let mut skipped = 0;
+    let mut not_started = 0;
+    for (i, o) in r.outcomes.iter().enumerate() {
+        match o {
+            Outcome::Done => match applied.ops[i].op {
+                crate::executor::work::OpKind::Create => done[0] += 1,
+                crate::executor::work::OpKind::Update => done[1] += 1,
+                crate::executor::work::OpKind::Delete => done[2] += 1,
+                crate::executor::work::OpKind::Run | crate::executor::work::OpKind::Gate => {
+                    done[3] += 1
+                }
+                _ => {}
+            },
+            Outcome::Failed(e) => failed.push(e.clone()),
+            Outcome::Skipped(_) => skipped += 1,
+            Outcome::NotStarted => not_started += 1,
+            Outcome::Dormant => {}
+        }
+    }
+    let counts = format!(
+        "{} added, {} changed, {} destroyed, {} step{} run",
+        done[0],
+        done[1],
+        done[2],
+        done[3],
+        if done[3] == 1 { "" } else { "s" }
+    );
+    if r.cancelled {
+        println!("\nInterrupted: {counts}; {not_started} not started. State is saved: run `plan apply {stack}` to resume.");
+        return Ok(EXIT_INTERRUPTED);
+    }
+    if let Some(e) = &r.checkpoint_error {
+        bail!("state could not be written ({e}); stopped before starting more work. Nothing unrecorded was started: fix the disk problem and run `plan apply {stack}` again to resume.");
+    }
+    if !failed.is_empty() {
+        println!(
+            "\n{} failed: {counts}; {} failed, {skipped} skipped{}. State is saved: fix the cause and run `plan {verb} {stack}` again to resume.",
+            if destroying { "Destroy" } else { "Apply" },
+            failed.len(),
+            if r.compensated { "; compensation ran" } else { "" }
+        );
+        for f in &failed {
+            println!("  ! {f}");
+        }
+        return Ok(1);
+    }
+    println!(
+        "\n{} complete: {counts}.",
+        if destroying { "Destroy" } else { "Apply" }
+    );
+    for h in held {
+        match h.strip_prefix("gate `").and_then(|g| g.strip_suffix('`')) {
+            Some(g) => println!(
+                "Held back by gate `{g}`: run `plan apply {stack} --approve {g}` when ready."
+            ),
+            None => println!("Held back by {h}: run `plan apply {stack}` without it to go on."),
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,676 @@
+//! The pipelines the CLI runs, as library functions: load a stack and its plan into a validated
+//! graph; preview (read state, optionally refresh in memory, plan); prepare an apply (lock,
+//! reconcile interrupted operations, plan) and execute it; refresh; import; rename in state.
+//!
+//! Nothing here prints or asks: the CLI renders results and asks for confirmation. Preview must
+//! never take the lock or write anything.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::dsl::{NodeKind, Plan, PlanError};
+use crate::executor::work::{build_jobs, labels, ApplyWork, OpJob};
+use crate::executor::{self, Event, JobSpec, Limits, Report};
+use crate::graph::{Graph, GraphErrors};
+use crate::planner::{self, ChangeSet, Options, PlanningError};
+use crate::provider::{deterministic_id, registry_for, Ctx, Probe, Registry, Request, TypeImpl};
+use crate::stack::{Stack, StackError};
+use crate::state::{
+    now, DataRecord, Entry, Lock, NodeRecord, Op, ResourceRecord, State, StateError, StateStore,
+    StepRecord,
+};
+use crate::value::{self, Attrs, EnvSecrets};
+
+/// A plan compiled into the binary.
+#[derive(Clone)]
+pub struct PlanEntry {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// Used only by tests and benchmarks: not listed.
+    pub hidden: bool,
+    pub build: fn(&Stack) -> Result<Plan, PlanError>,
+}
+
+/// Anything that stops a pipeline, each naming what and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Graph(#[from] GraphErrors),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Planning(#[from] PlanningError),
+    #[error("{path}:{line}: unknown plan `{plan}`; plans in this binary: {known}. Fix `plan = ...` or add the plan to plans/mod.rs.")]
+    UnknownPlan {
+        path: String,
+        line: usize,
+        plan: String,
+        known: String,
+    },
+    #[error("reconciling `{node}` (an interrupted {op}): {message}")]
+    Reconcile {
+        node: String,
+        op: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("the saved plan is stale: {0}. Run `plan preview` again and review it.")]
+    StalePlan(String),
+}
+
+/// A stack with its plan built and validated.
+pub struct Loaded {
+    pub root: PathBuf,
+    pub stack: Stack,
+    pub graph: Graph,
+    pub registry: Registry,
+    pub state_dir: PathBuf,
+}
+
+/// Loads `stacks/<name>.toml`, builds its plan and validates it.
+pub fn load(root: &Path, plans: &[PlanEntry], name: &str) -> Result<Loaded, EngineError> {
+    let stack = Stack::load(root, name)?;
+    let entry = plans.iter().find(|p| p.name == stack.plan).ok_or_else(|| {
+        let line = stack
+            .source()
+            .lines()
+            .position(|l| l.trim_start().starts_with("plan"))
+            .map(|i| i + 1)
+            .unwrap_or(1);
+        EngineError::UnknownPlan {
+            path: stack.path.display().to_string(),
+            line,
+            plan: stack.plan.clone(),
+            known: plans
+                .iter()
+                .filter(|p| !p.hidden)
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    })?;
+    let plan = (entry.build)(&stack)?;
+    stack.check_unused()?;
+    let registry = registry_for(&stack.provider);
+    let graph = Graph::build(plan.finish(), &|t, k| registry.check(t, k))?;
+    let state_dir = root.join(
+        stack
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| format!(".cutover/{}", stack.name)),
+    );
+    Ok(Loaded {
+        root: root.to_path_buf(),
+        stack,
+        graph,
+        registry,
+        state_dir,
+    })
+}
+
+impl Loaded {
+    /// A provider context for this stack.
+    pub fn ctx(&self) -> Ctx {
+        Ctx::new(
+            self.root.clone(),
+            &self.graph.spec.plan,
+            &self.stack.name,
+            Arc::new(EnvSecrets),
+        )
+    }
+
+    /// The state as it is on disk (no lock).
+    pub fn read_state(&self) -> Result<State, StateError> {
+        StateStore::read(&self.state_dir, &self.graph.spec.plan, &self.stack.name)
+    }
+
+    /// Executor limits from the stack file.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            global: self.stack.limits.global,
+            per_service: self.stack.limits.services.clone().into_iter().collect(),
+            default_service: usize::MAX,
+        }
+    }
+}
+
+/// A preview: the change set of the state on disk (refreshed in memory with `refresh`).
+pub async fn preview(l: &Loaded, opts: &Options, refresh: bool) -> Result<ChangeSet, EngineError> {
+    let mut state = l.read_state()?;
+    if refresh {
+        let ctx = l.ctx();
+        for (e, _) in refresh_entries(l, &state, &ctx).await? {
+            state.apply(&e);
+        }
+    }
+    Ok(planner::plan(&l.graph, &state, &l.registry, opts)?)
+}
+
+/// What reconciling or refreshing found, for people.
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub node: String,
+    pub message: String,
+}
+
+/// An apply ready to execute: locked, reconciled, planned.
+pub struct Prepared {
+    pub lock: Lock,
+    pub store: StateStore,
+    pub changes: ChangeSet,
+    pub reconciled: Vec<Note>,
+    pub opts: Options,
+}
+
+/// Takes the lock, reconciles interrupted operations, and plans.
+pub async fn prepare(l: &Loaded, opts: Options, command: &str) -> Result<Prepared, EngineError> {
+    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let ctx = l.ctx();
+    let mut reconciled = Vec::new();
+    let pending: Vec<(String, crate::state::Intent)> = store
+        .state()
+        .pending
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (node, intent) in pending {
+        let (entry, message) = reconcile_one(l, &ctx, store.state(), &node, &intent).await?;
+        store.append(entry);
+        reconciled.push(Note { node, message });
+    }
+    if store.dirty() {
+        store.compact()?;
+    }
+    let changes = planner::plan(&l.graph, store.state(), &l.registry, &opts)?;
+    Ok(Prepared {
+        lock,
+        store,
+        changes,
+        reconciled,
+        opts,
+    })
+}
+
+async fn reconcile_one(
+    l: &Loaded,
+    ctx: &Ctx,
+    state: &State,
+    node: &str,
+    intent: &crate::state::Intent,
+) -> Result<(Entry, String), EngineError> {
+    let op = format!("{:?}", intent.op).to_lowercase();
+    let err = |message: String| EngineError::Reconcile {
+        node: node.into(),
+        op: op.clone(),
+        message,
+    };
+    let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, node);
+    let req = Request {
+        node,
+        deterministic_id: &det,
+        inputs: &intent.inputs,
+    };
+    let spec = l.graph.node(node);
+    let deps: Vec<String> = l
+        .graph
+        .index_of(node)
+        .map(|i| {
+            l.graph
+                .deps(i)
+                .into_iter()
+                .map(|d| l.graph.spec.nodes[d].name.clone())
+                .collect()
+        })
+        .or_else(|| state.nodes.get(node).map(|r| r.deps().to_vec()))
+        .unwrap_or_default();
+    match l.registry.get(&intent.type_name) {
+        Some(TypeImpl::Resource(rt)) => {
+            let found = rt
+                .read(ctx, &req, &intent.id)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            Ok(match (intent.op, found) {
+                (Op::Delete, None) => (
+                    Entry::Remove { node: node.into() },
+                    "the interrupted delete had completed: record removed".into(),
+                ),
+                (Op::Delete, Some(_)) => (
+                    Entry::ClearIntent { node: node.into() },
+                    "the interrupted delete had not happened: the object is still recorded".into(),
+                ),
+                (_, Some(obs)) => {
+                    let o = spec.map(|s| s.options.clone()).unwrap_or_default();
+                    let mut inputs = intent.inputs.clone();
+                    // What the object really has wins over what was asked, except for values the
+                    // provider cannot show (secrets).
+                    for (k, v) in &obs.inputs {
+                        if value::as_secret(inputs.get(k).unwrap_or(&serde_json::Value::Null)).is_none() {
+                            inputs.insert(k.clone(), v.clone());
+                        }
+                    }
+                    (
+                        Entry::Record {
+                            node: node.into(),
+                            record: NodeRecord::Resource(ResourceRecord {
+                                type_name: intent.type_name.clone(),
+                                id: obs.id.clone(),
+                                inputs,
+                                outputs: obs.outputs,
+                                deps,
+                                temporary: o.temporary,
+                                protect: o.protect,
+                                retain_on_delete: o.retain_on_delete,
+                                retired: false,
+                                drift: vec![],
+                                updated_at: now(),
+                            }),
+                        },
+                        format!("the interrupted {op} had reached the object `{}`: recorded it", obs.id),
+                    )
+                }
+                (Op::Create, None) => (
+                    Entry::ClearIntent { node: node.into() },
+                    "the interrupted create left no object: it will be created".into(),
+                ),
+                (_, None) => (
+                    Entry::Remove { node: node.into() },
+                    format!("the object `{}` is gone: record removed", intent.id),
+                ),
+            })
+        }
+        Some(TypeImpl::Step(st)) => {
+            let probe = st.probe(ctx, &req).await.map_err(|e| err(e.to_string()))?;
+            match probe {
+                Some(Probe::Done(outputs)) => Ok((
+                    Entry::Record {
+                        node: node.into(),
+                        record: NodeRecord::Step(StepRecord {
+                            type_name: intent.type_name.clone(),
+                            done_at: now(),
+                            triggers: intent.triggers.clone(),
+                            outputs,
+                            deps,
+                        }),
+                    },
+                    "the probe found the step's effect in place: recorded done, not run again".into(),
+                )),
+                Some(Probe::NotDone) => Ok((
+                    Entry::ClearIntent { node: node.into() },
+                    "the probe found no effect: the step will run".into(),
+                )),
+                None if st.rerun_safe() => Ok((
+                    Entry::ClearIntent { node: node.into() },
+                    "the step is safe to run again: it will run".into(),
+                )),
+                None => Err(err(format!(
+                    "step type `{}` has no probe and is not safe to run twice, so whether it ran cannot be told; check its effect, then record it with `plan state {} mark-done {node}` or `plan state {} forget-intent {node}`",
+                    intent.type_name, l.stack.name, l.stack.name
+                ))),
+            }
+        }
+        Some(TypeImpl::Data(_)) => Ok((
+            Entry::ClearIntent { node: node.into() },
+            "an interrupted read has no effect".into(),
+        )),
+        None => Err(err(format!(
+            "type `{}` is not offered by this stack's provider; switch back to the provider that started it",
+            intent.type_name
+        ))),
+    }
+}
+
+/// What an apply did.
+pub struct Applied {
+    pub report: Report,
+    pub jobs: Vec<JobSpec>,
+    pub ops: Vec<OpJob>,
+    pub state: State,
+}
+
+/// Executes a prepared apply; state is compacted at the end.
+pub async fn execute(
+    l: &Loaded,
+    mut p: Prepared,
+    cancel: tokio::sync::watch::Receiver<u32>,
+    events: Arc<dyn Fn(&Event, &[(String, String, String)]) + Send + Sync>,
+    progress: crate::provider::ProgressFn,
+) -> Result<Applied, EngineError> {
+    for (from, to) in &p.changes.moved {
+        p.store.append(Entry::Rename {
+            from: from.clone(),
+            to: to.clone(),
+        });
+    }
+    let (jobs, ops) = build_jobs(&p.changes, &l.graph, p.store.state(), &p.opts.approve);
+    let mut ctx = l.ctx();
+    ctx.progress = progress;
+    let mut work = ApplyWork::new(
+        Arc::new(ctx),
+        l.registry.clone(),
+        ops.clone(),
+        p.store.state(),
+    );
+    let lab = labels(&ops);
+    let ev = move |e: &Event| events(e, &lab);
+    let report = executor::run(&jobs, &l.limits(), &mut work, &mut p.store, cancel, &ev).await;
+    p.store.compact()?;
+    let state = p.store.state().clone();
+    drop(p.lock);
+    Ok(Applied {
+        report,
+        jobs,
+        ops,
+        state,
+    })
+}
+
+/// A drift found by refresh.
+async fn refresh_entries(
+    l: &Loaded,
+    state: &State,
+    ctx: &Ctx,
+) -> Result<Vec<(Entry, Note)>, EngineError> {
+    let mut out = Vec::new();
+    for (node, rec) in &state.nodes {
+        let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, node);
+        match rec {
+            NodeRecord::Resource(r) if !r.retired => {
+                let Some(TypeImpl::Resource(rt)) = l.registry.get(&r.type_name) else {
+                    continue;
+                };
+                let req = Request {
+                    node,
+                    deterministic_id: &det,
+                    inputs: &r.inputs,
+                };
+                let found =
+                    rt.read(ctx, &req, &r.id)
+                        .await
+                        .map_err(|e| EngineError::Reconcile {
+                            node: node.clone(),
+                            op: "refresh".into(),
+                            message: e.to_string(),
+                        })?;
+                match found {
+                    None => out.push((
+                        Entry::Remove { node: node.clone() },
+                        Note {
+                            node: node.clone(),
+                            message: format!(
+                                "object `{}` no longer exists: removed from state",
+                                r.id
+                            ),
+                        },
+                    )),
+                    Some(obs) => {
+                        let mut drift = Vec::new();
+                        let mut inputs = r.inputs.clone();
+                        for (k, v) in &obs.inputs {
+                            if r.inputs.get(k) != Some(v)
+                                && value::as_secret(
+                                    r.inputs.get(k).unwrap_or(&serde_json::Value::Null),
+                                )
+                                .is_none()
+                            {
+                                drift.push(k.clone());
+                                inputs.insert(k.clone(), v.clone());
+                            }
+                        }
+                        if drift.is_empty() && obs.outputs == r.outputs {
+                            continue;
+                        }
+                        let mut nr = r.clone();
+                        nr.inputs = inputs;
+                        nr.outputs = obs.outputs;
+                        nr.drift = drift.clone();
+                        nr.updated_at = now();
+                        let message = if drift.is_empty() {
+                            "outputs updated".into()
+                        } else {
+                            format!("changed outside this tool: {}", drift.join(", "))
+                        };
+                        out.push((
+                            Entry::Record {
+                                node: node.clone(),
+                                record: NodeRecord::Resource(nr),
+                            },
+                            Note {
+                                node: node.clone(),
+                                message,
+                            },
+                        ));
+                    }
+                }
+            }
+            NodeRecord::Data(d) => {
+                let Some(TypeImpl::Data(dt)) = l.registry.get(&d.type_name) else {
+                    continue;
+                };
+                let Some(spec) = l.graph.node(node) else {
+                    continue;
+                };
+                let lookup =
+                    |n: &str, o: &str| state.nodes.get(n).and_then(|r| r.outputs().get(o).cloned());
+                let inputs = value::resolve_attrs(&spec.inputs, &lookup);
+                if inputs.values().any(value::has_refs) {
+                    continue;
+                }
+                let req = Request {
+                    node,
+                    deterministic_id: &det,
+                    inputs: &inputs,
+                };
+                let outputs = dt
+                    .read(ctx, &req)
+                    .await
+                    .map_err(|e| EngineError::Reconcile {
+                        node: node.clone(),
+                        op: "read".into(),
+                        message: e.to_string(),
+                    })?;
+                if outputs != d.outputs {
+                    out.push((
+                        Entry::Record {
+                            node: node.clone(),
+                            record: NodeRecord::Data(DataRecord {
+                                outputs,
+                                read_at: now(),
+                                ..d.clone()
+                            }),
+                        },
+                        Note {
+                            node: node.clone(),
+                            message: "data changed".into(),
+                        },
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every recorded object and records what changed (`plan refresh`).
+pub async fn refresh(l: &Loaded, command: &str) -> Result<Vec<Note>, EngineError> {
+    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let ctx = l.ctx();
+    let found = refresh_entries(l, store.state(), &ctx).await?;
+    let mut notes = Vec::new();
+    for (e, n) in found {
+        store.append(e);
+        notes.push(n);
+    }
+    store.compact()?;
+    drop(lock);
+    Ok(notes)
+}
+
+/// Adopts an existing object as `node` (`plan import`).
+pub async fn import(
+    l: &Loaded,
+    node: &str,
+    id: &str,
+    command: &str,
+) -> Result<String, EngineError> {
+    let spec = l.graph.node(node).ok_or_else(|| {
+        EngineError::Usage(format!(
+            "`{node}` is not a node of plan `{}`; declare it first, then import",
+            l.graph.spec.plan
+        ))
+    })?;
+    if spec.kind != NodeKind::Resource {
+        return Err(EngineError::Usage(
+            format!(
+                "`{node}` is a {:?}; only resources can be imported",
+                spec.kind
+            )
+            .to_lowercase(),
+        ));
+    }
+    let Some(TypeImpl::Resource(rt)) = l.registry.get(&spec.type_name) else {
+        return Err(EngineError::Usage(format!(
+            "type `{}` is not offered by this stack's provider",
+            spec.type_name
+        )));
+    };
+    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    if store.state().nodes.contains_key(node) {
+        return Err(EngineError::Usage(format!(
+            "`{node}` is already in state; `plan state {} show {node}` shows it",
+            l.stack.name
+        )));
+    }
+    let ctx = l.ctx();
+    let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, node);
+    let lookup = |n: &str, o: &str| {
+        store
+            .state()
+            .nodes
+            .get(n)
+            .and_then(|r| r.outputs().get(o).cloned())
+    };
+    let inputs = value::resolve_attrs(&spec.inputs, &lookup);
+    let req = Request {
+        node,
+        deterministic_id: &det,
+        inputs: &inputs,
+    };
+    let obs = rt
+        .read(&ctx, &req, id)
+        .await
+        .map_err(|e| EngineError::Usage(format!("import `{node}`: {e}")))?
+        .ok_or_else(|| {
+            EngineError::Usage(format!(
+                "import `{node}`: no {} with id `{id}` exists; check the id",
+                spec.type_name
+            ))
+        })?;
+    let deps = l
+        .graph
+        .index_of(node)
+        .map(|i| {
+            l.graph
+                .deps(i)
+                .into_iter()
+                .map(|d| l.graph.spec.nodes[d].name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut stored: Attrs = obs.inputs.clone();
+    for (k, v) in &spec.inputs {
+        if value::as_secret(v).is_some() {
+            stored.insert(k.clone(), v.clone());
+        }
+    }
+    store.append(Entry::Record {
+        node: node.into(),
+        record: NodeRecord::Resource(ResourceRecord {
+            type_name: spec.type_name.clone(),
+            id: obs.id.clone(),
+            inputs: stored,
+            outputs: obs.outputs,
+            deps,
+            temporary: spec.options.temporary,
+            protect: spec.options.protect,
+            retain_on_delete: spec.options.retain_on_delete,
+            retired: false,
+            drift: vec![],
+            updated_at: now(),
+        }),
+    });
+    store.compact()?;
+    drop(lock);
+    Ok(obs.id)
+}
+
+/// Renames a node in state (`plan state mv`).
+pub fn state_mv(l: &Loaded, from: &str, to: &str, command: &str) -> Result<(), EngineError> {
+    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    if !store.state().nodes.contains_key(from) {
+        return Err(EngineError::Usage(format!(
+            "`{from}` is not in state; `plan state {} list` lists what is",
+            l.stack.name
+        )));
+    }
+    if store.state().nodes.contains_key(to) {
+        return Err(EngineError::Usage(format!(
+            "`{to}` is already in state; move or forget it first"
+        )));
+    }
+    if !crate::graph::valid_name(to) {
+        return Err(EngineError::Usage(format!(
+            "`{to}` is not a valid node name"
+        )));
+    }
+    store.append(Entry::Rename {
+        from: from.into(),
+        to: to.into(),
+    });
+    store.compact()?;
+    drop(lock);
+    Ok(())
+}
+
+/// Records a step done, or drops an interrupted intent, after a person checked (`plan state
+/// mark-done` / `forget-intent`), for step types that cannot probe.
+pub fn resolve_intent(
+    l: &Loaded,
+    node: &str,
+    done: bool,
+    command: &str,
+) -> Result<(), EngineError> {
+    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let Some(intent) = store.state().pending.get(node).cloned() else {
+        return Err(EngineError::Usage(format!(
+            "`{node}` has no interrupted operation"
+        )));
+    };
+    if done {
+        store.append(Entry::Record {
+            node: node.into(),
+            record: NodeRecord::Step(StepRecord {
+                type_name: intent.type_name,
+                done_at: now(),
+                triggers: intent.triggers,
+                outputs: Attrs::new(),
+                deps: vec![],
+            }),
+        });
+    } else {
+        store.append(Entry::ClearIntent { node: node.into() });
+    }
+    store.compact()?;
+    drop(lock);
+    Ok(())
+}

@@ -1,0 +1,658 @@
+//! From a change set to jobs, and from a job to provider calls: the visitor the coordinator drives
+//! in a real apply. Each job resolves its inputs from outputs already recorded, returns its intent
+//! for the journal, runs the provider call, and turns the result into the node's record.
+//!
+//! This module must never write state itself (the coordinator does) and never print.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dsl::{FailurePolicy, NodeKind, NodeSpec};
+use crate::graph::Graph;
+use crate::planner::{ActionKind, ChangeSet};
+use crate::provider::{
+    deterministic_id, Ctx, Observed, ProviderError, Registry, Request, TypeImpl, DEFAULT_TIMEOUT,
+};
+use crate::state::{
+    now, DataRecord, Entry, Intent, NodeRecord, Op, ResourceRecord, State, StepRecord,
+};
+use crate::value::{self, Attrs, Value};
+
+use super::{Finish, JobSpec, OnFailure, Start};
+
+/// What one job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Create,
+    Update,
+    Delete,
+    Forget,
+    Read,
+    Run,
+    Gate,
+}
+
+impl OpKind {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            OpKind::Create => "+",
+            OpKind::Update => "~",
+            OpKind::Delete => "-",
+            OpKind::Forget => "x",
+            OpKind::Read => "<=",
+            OpKind::Run | OpKind::Gate => ">",
+        }
+    }
+    pub fn verb(self) -> &'static str {
+        match self {
+            OpKind::Create => "creating",
+            OpKind::Update => "updating",
+            OpKind::Delete => "deleting",
+            OpKind::Forget => "forgetting",
+            OpKind::Read => "reading",
+            OpKind::Run => "running",
+            OpKind::Gate => "passing gate",
+        }
+    }
+}
+
+/// One job's subject.
+#[derive(Debug, Clone)]
+pub struct OpJob {
+    pub node: String,
+    pub op: OpKind,
+    /// The declared node (absent for deletes of vanished nodes).
+    pub spec: Option<NodeSpec>,
+    /// The record before this run.
+    pub prior: Option<NodeRecord>,
+    /// For deletes: keep a retired record.
+    pub retire: bool,
+    /// Desired dependencies, by name (recorded in state for delete ordering).
+    pub deps: Vec<String>,
+}
+
+/// Jobs for a change set: replaces become delete + create; deletes wait for the dependents
+/// (per state) that go too, and for former dependents that are updated first.
+pub fn build_jobs(
+    cs: &ChangeSet,
+    graph: &Graph,
+    state: &State,
+    approve: &std::collections::BTreeSet<String>,
+) -> (Vec<JobSpec>, Vec<OpJob>) {
+    let mut specs: Vec<JobSpec> = Vec::new();
+    let mut ops: Vec<OpJob> = Vec::new();
+    let mut apply_job: HashMap<String, usize> = HashMap::new();
+    let mut delete_job: HashMap<String, usize> = HashMap::new();
+    let timeout_of = |n: Option<&NodeSpec>| {
+        n.and_then(|n| n.options.timeout)
+            .unwrap_or(match n.map(|n| n.kind) {
+                Some(NodeKind::Gate) => Duration::from_secs(24 * 3600),
+                _ => DEFAULT_TIMEOUT,
+            })
+    };
+    for a in &cs.actions {
+        if !a.action.is_work() || a.held_by.is_some() {
+            continue;
+        }
+        let spec = graph.node(&a.node).cloned();
+        let deps: Vec<String> = graph
+            .index_of(&a.node)
+            .map(|i| {
+                graph
+                    .deps(i)
+                    .into_iter()
+                    .map(|d| graph.spec.nodes[d].name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut push = |op: OpKind, retire: bool| -> usize {
+            specs.push(JobSpec {
+                label: a.node.clone(),
+                deps: vec![],
+                service: a.service.clone(),
+                timeout: timeout_of(spec.as_ref()),
+                on_failure: OnFailure::Skip,
+                dormant: spec
+                    .as_ref()
+                    .map(|s| s.options.rollback_only)
+                    .unwrap_or(false),
+            });
+            ops.push(OpJob {
+                node: a.node.clone(),
+                op,
+                spec: spec.clone(),
+                prior: state.nodes.get(&a.node).cloned(),
+                retire,
+                deps: deps.clone(),
+            });
+            ops.len() - 1
+        };
+        match a.action {
+            ActionKind::Replace => {
+                let d = push(OpKind::Delete, false);
+                let c = push(OpKind::Create, false);
+                specs[c].deps.push(d);
+                delete_job.insert(a.node.clone(), d);
+                apply_job.insert(a.node.clone(), c);
+            }
+            ActionKind::Delete => {
+                let d = push(OpKind::Delete, a.retire);
+                delete_job.insert(a.node.clone(), d);
+            }
+            ActionKind::Forget => {
+                let d = push(OpKind::Forget, false);
+                delete_job.insert(a.node.clone(), d);
+            }
+            ActionKind::Create => {
+                apply_job.insert(a.node.clone(), push(OpKind::Create, false));
+            }
+            ActionKind::Update => {
+                apply_job.insert(a.node.clone(), push(OpKind::Update, false));
+            }
+            ActionKind::Read => {
+                apply_job.insert(a.node.clone(), push(OpKind::Read, false));
+            }
+            ActionKind::Run => {
+                apply_job.insert(a.node.clone(), push(OpKind::Run, false));
+            }
+            ActionKind::Pass => {
+                let _ = approve;
+                apply_job.insert(a.node.clone(), push(OpKind::Gate, false));
+            }
+            ActionKind::Done | ActionKind::NoOp | ActionKind::Retired => {}
+        }
+    }
+    // Edges.
+    for j in 0..ops.len() {
+        let node = ops[j].node.clone();
+        match ops[j].op {
+            OpKind::Delete | OpKind::Forget => {
+                for (other, rec) in &state.nodes {
+                    if other == &node || !rec.deps().iter().any(|d| d == &node) {
+                        continue;
+                    }
+                    if let Some(&dj) = delete_job.get(other) {
+                        specs[j].deps.push(dj);
+                    } else if let Some(&aj) = apply_job.get(other) {
+                        let still = graph
+                            .index_of(other)
+                            .map(|i| {
+                                graph
+                                    .deps(i)
+                                    .iter()
+                                    .any(|&d| graph.spec.nodes[d].name == node)
+                            })
+                            .unwrap_or(false);
+                        if !still {
+                            specs[j].deps.push(aj);
+                        }
+                    }
+                }
+            }
+            _ => {
+                for d in &ops[j].deps {
+                    if let Some(&aj) = apply_job.get(d) {
+                        specs[j].deps.push(aj);
+                    }
+                }
+            }
+        }
+        if let Some(FailurePolicy::Compensate(names)) =
+            ops[j].spec.as_ref().map(|s| s.options.on_failure.clone())
+        {
+            let comp: Vec<usize> = names
+                .iter()
+                .filter_map(|n| apply_job.get(n).copied())
+                .collect();
+            specs[j].on_failure = OnFailure::Compensate(comp);
+        } else if let Some(FailurePolicy::Halt) =
+            ops[j].spec.as_ref().map(|s| &s.options.on_failure)
+        {
+            specs[j].on_failure = OnFailure::Halt;
+        }
+        specs[j].deps.sort_unstable();
+        specs[j].deps.dedup();
+    }
+    (specs, ops)
+}
+
+/// The result of one job's call.
+pub enum CallResult {
+    Observed(Observed),
+    Outputs(Attrs),
+    Deleted,
+}
+
+/// The work of an apply.
+pub struct ApplyWork {
+    pub ctx: Arc<Ctx>,
+    pub registry: Registry,
+    pub ops: Vec<OpJob>,
+    /// Known outputs by node (from state, then from jobs as they finish).
+    outputs: HashMap<String, Attrs>,
+    /// Resolved inputs and triggers of started jobs.
+    started: HashMap<usize, (Attrs, Attrs, String)>,
+}
+
+impl ApplyWork {
+    pub fn new(ctx: Arc<Ctx>, registry: Registry, ops: Vec<OpJob>, state: &State) -> Self {
+        let outputs = state
+            .nodes
+            .iter()
+            .map(|(k, r)| (k.clone(), r.outputs().clone()))
+            .collect();
+        ApplyWork {
+            ctx,
+            registry,
+            ops,
+            outputs,
+            started: HashMap::new(),
+        }
+    }
+
+    fn resolve(&self, attrs: &Attrs) -> Result<Attrs, String> {
+        let lookup = |n: &str, o: &str| self.outputs.get(n).and_then(|m| m.get(o)).cloned();
+        let out = value::resolve_attrs(attrs, &lookup);
+        for (k, v) in &out {
+            if value::has_refs(v) {
+                let mut refs = std::collections::BTreeSet::new();
+                value::collect_refs(v, &mut refs);
+                let dep = refs.into_iter().next().unwrap_or_default();
+                let known = self
+                    .outputs
+                    .get(&dep)
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_else(|| "none recorded".into());
+                return Err(format!(
+                    "input `{k}` refers to an output of `{dep}` that is not known (its outputs: {known}); fix the output name in the plan"
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn record_resource(op: &OpJob, type_name: &str, inputs: Attrs, obs: &Observed) -> NodeRecord {
+    let o = op
+        .spec
+        .as_ref()
+        .map(|s| s.options.clone())
+        .unwrap_or_default();
+    NodeRecord::Resource(ResourceRecord {
+        type_name: type_name.into(),
+        id: obs.id.clone(),
+        inputs,
+        outputs: obs.outputs.clone(),
+        deps: op.deps.clone(),
+        temporary: o.temporary,
+        protect: o.protect,
+        retain_on_delete: o.retain_on_delete,
+        retired: false,
+        drift: vec![],
+        updated_at: now(),
+    })
+}
+
+impl super::Work for ApplyWork {
+    type Output = CallResult;
+
+    fn start(&mut self, job: usize) -> Start<CallResult> {
+        let op = self.ops[job].clone();
+        let node = op.node.clone();
+        let fail = |error: String| Start::Fail {
+            entries: vec![],
+            error: format!("`{node}`: {error}"),
+        };
+        let type_name = op
+            .spec
+            .as_ref()
+            .map(|s| s.type_name.clone())
+            .or_else(|| op.prior.as_ref().map(|p| p.type_name().to_string()))
+            .unwrap_or_default();
+        let det = deterministic_id(&self.ctx.plan, &self.ctx.stack, &node);
+        match op.op {
+            OpKind::Forget => Start::Skip(vec![Entry::Remove { node }]),
+            OpKind::Gate => {
+                let spec = op.spec.clone().expect("gates are declared");
+                let record = Entry::Record {
+                    node: node.clone(),
+                    record: NodeRecord::Gate(StepRecord {
+                        type_name: "core.gate".into(),
+                        done_at: now(),
+                        triggers: Attrs::new(),
+                        outputs: Attrs::new(),
+                        deps: op.deps.clone(),
+                    }),
+                };
+                match spec.options.window {
+                    None => Start::Skip(vec![record]),
+                    Some(w) => {
+                        let ctx = self.ctx.clone();
+                        Start::Run {
+                            intent: vec![],
+                            fut: Box::pin(async move {
+                                loop {
+                                    let secs = std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .map(|d| d.as_secs())
+                                        .unwrap_or(0);
+                                    let minute = ((secs / 60) % (24 * 60)) as u32;
+                                    if w.contains(minute) {
+                                        return Ok(CallResult::Outputs(Attrs::new()));
+                                    }
+                                    ctx.report(&node, &format!("waiting for window {w}"));
+                                    tokio::time::sleep(Duration::from_secs(30)).await;
+                                }
+                            }),
+                        }
+                    }
+                }
+            }
+            _ => {
+                let Some(t) = self.registry.get(&type_name).cloned() else {
+                    return fail(format!(
+                        "type `{type_name}` is not offered by this stack's provider"
+                    ));
+                };
+                let (inputs, triggers) = match &op.spec {
+                    Some(s) if op.op != OpKind::Delete => {
+                        let i = match self.resolve(&s.inputs) {
+                            Ok(i) => i,
+                            Err(e) => return fail(e),
+                        };
+                        let tr = match self.resolve(&s.triggers) {
+                            Ok(i) => i,
+                            Err(e) => return fail(e),
+                        };
+                        (i, tr)
+                    }
+                    _ => match &op.prior {
+                        Some(NodeRecord::Resource(r)) => (r.inputs.clone(), Attrs::new()),
+                        _ => (Attrs::new(), Attrs::new()),
+                    },
+                };
+                let ctx = self.ctx.clone();
+                let prior_id = match &op.prior {
+                    Some(NodeRecord::Resource(r)) => Some(r.id.clone()),
+                    _ => None,
+                };
+                let intent = |o: Op, id: String, inputs: &Attrs| Entry::Intent {
+                    node: node.clone(),
+                    intent: Intent {
+                        op: o,
+                        type_name: type_name.clone(),
+                        id,
+                        inputs: inputs.clone(),
+                        triggers: triggers.clone(),
+                        at: now(),
+                        failed: None,
+                    },
+                };
+                let result = match (op.op, t) {
+                    (OpKind::Create, TypeImpl::Resource(rt)) => {
+                        let id = rt.id_for(&Request {
+                            node: &node,
+                            deterministic_id: &det,
+                            inputs: &inputs,
+                        });
+                        let e = intent(Op::Create, id, &inputs);
+                        let (n, d, i) = (node.clone(), det.clone(), inputs.clone());
+                        Start::Run {
+                            intent: vec![e],
+                            fut: Box::pin(async move {
+                                let req = Request {
+                                    node: &n,
+                                    deterministic_id: &d,
+                                    inputs: &i,
+                                };
+                                rt.create(&ctx, &req)
+                                    .await
+                                    .map(CallResult::Observed)
+                                    .map_err(|e| e.to_string())
+                            }),
+                        }
+                    }
+                    (OpKind::Update, TypeImpl::Resource(rt)) => {
+                        let Some(NodeRecord::Resource(prior)) = op.prior.clone() else {
+                            return fail("no prior record to update".into());
+                        };
+                        let ignore = op
+                            .spec
+                            .as_ref()
+                            .map(|s| s.options.ignore_changes.clone())
+                            .unwrap_or_default();
+                        let changed: Vec<String> = inputs
+                            .keys()
+                            .chain(prior.inputs.keys())
+                            .filter(|k| {
+                                !ignore.contains(k) && inputs.get(*k) != prior.inputs.get(*k)
+                            })
+                            .cloned()
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .into_iter()
+                            .collect();
+                        if changed.is_empty() {
+                            // Values known only now turned out unchanged, or only lifecycle options
+                            // changed: no call, just the record.
+                            let obs = Observed {
+                                id: prior.id.clone(),
+                                inputs: prior.inputs.clone(),
+                                outputs: prior.outputs.clone(),
+                            };
+                            let rec = record_resource(&op, &type_name, prior.inputs.clone(), &obs);
+                            self.outputs.insert(node.clone(), obs.outputs);
+                            return Start::Skip(vec![Entry::Record { node, record: rec }]);
+                        }
+                        let mut stored = inputs.clone();
+                        for k in &ignore {
+                            match prior.inputs.get(k) {
+                                Some(v) => stored.insert(k.clone(), v.clone()),
+                                None => stored.remove(k),
+                            };
+                        }
+                        let e = intent(Op::Update, prior.id.clone(), &stored);
+                        let (n, d, id) = (node.clone(), det.clone(), prior.id.clone());
+                        let i = inputs.clone();
+                        self.started
+                            .insert(job, (stored, Attrs::new(), type_name.clone()));
+                        return Start::Run {
+                            intent: vec![e],
+                            fut: Box::pin(async move {
+                                let req = Request {
+                                    node: &n,
+                                    deterministic_id: &d,
+                                    inputs: &i,
+                                };
+                                rt.update(&ctx, &req, &id, &changed)
+                                    .await
+                                    .map(CallResult::Observed)
+                                    .map_err(|e| e.to_string())
+                            }),
+                        };
+                    }
+                    (OpKind::Delete, TypeImpl::Resource(rt)) => {
+                        let Some(id) = prior_id else {
+                            return Start::Skip(vec![Entry::Remove { node }]);
+                        };
+                        let e = intent(Op::Delete, id.clone(), &inputs);
+                        let (n, d, i) = (node.clone(), det.clone(), inputs.clone());
+                        Start::Run {
+                            intent: vec![e],
+                            fut: Box::pin(async move {
+                                let req = Request {
+                                    node: &n,
+                                    deterministic_id: &d,
+                                    inputs: &i,
+                                };
+                                rt.delete(&ctx, &req, &id)
+                                    .await
+                                    .map(|_| CallResult::Deleted)
+                                    .map_err(|e| e.to_string())
+                            }),
+                        }
+                    }
+                    (OpKind::Read, TypeImpl::Data(dt)) => {
+                        let (n, d, i) = (node.clone(), det.clone(), inputs.clone());
+                        Start::Run {
+                            intent: vec![],
+                            fut: Box::pin(async move {
+                                let req = Request {
+                                    node: &n,
+                                    deterministic_id: &d,
+                                    inputs: &i,
+                                };
+                                dt.read(&ctx, &req)
+                                    .await
+                                    .map(CallResult::Outputs)
+                                    .map_err(|e| e.to_string())
+                            }),
+                        }
+                    }
+                    (OpKind::Run, TypeImpl::Step(st)) => {
+                        let e = intent(Op::Run, det.clone(), &inputs);
+                        let (n, d, i) = (node.clone(), det.clone(), inputs.clone());
+                        Start::Run {
+                            intent: vec![e],
+                            fut: Box::pin(async move {
+                                let req = Request {
+                                    node: &n,
+                                    deterministic_id: &d,
+                                    inputs: &i,
+                                };
+                                st.run(&ctx, &req)
+                                    .await
+                                    .map(CallResult::Outputs)
+                                    .map_err(|e: ProviderError| e.to_string())
+                            }),
+                        }
+                    }
+                    (op, t) => {
+                        return fail(format!("cannot {op:?} a {:?} type", t.kind()).to_lowercase())
+                    }
+                };
+                self.started.insert(job, (inputs, triggers, type_name));
+                result
+            }
+        }
+    }
+
+    fn finish(&mut self, job: usize, result: Result<CallResult, String>) -> Finish {
+        let op = self.ops[job].clone();
+        let node = op.node.clone();
+        let (inputs, triggers, type_name) = self.started.remove(&job).unwrap_or_default();
+        match result {
+            Err(e) => {
+                let error = format!("`{node}`: {e}");
+                let entries = match op.op {
+                    OpKind::Read | OpKind::Gate => vec![],
+                    _ => vec![Entry::Failed { node, error: e }],
+                };
+                Finish {
+                    entries,
+                    error: Some(error),
+                }
+            }
+            Ok(r) => {
+                let entry = match (op.op, r) {
+                    (OpKind::Create | OpKind::Update, CallResult::Observed(obs)) => {
+                        self.outputs.insert(node.clone(), obs.outputs.clone());
+                        Entry::Record {
+                            node: node.clone(),
+                            record: record_resource(&op, &type_name, inputs, &obs),
+                        }
+                    }
+                    (OpKind::Delete, _) => {
+                        self.outputs.remove(&node);
+                        match (&op.prior, op.retire) {
+                            (Some(NodeRecord::Resource(r)), true) => {
+                                let mut r = r.clone();
+                                r.retired = true;
+                                r.updated_at = now();
+                                Entry::Record {
+                                    node: node.clone(),
+                                    record: NodeRecord::Resource(r),
+                                }
+                            }
+                            _ => Entry::Remove { node: node.clone() },
+                        }
+                    }
+                    (OpKind::Read, CallResult::Outputs(outputs)) => {
+                        self.outputs.insert(node.clone(), outputs.clone());
+                        Entry::Record {
+                            node: node.clone(),
+                            record: NodeRecord::Data(DataRecord {
+                                type_name,
+                                outputs,
+                                read_at: now(),
+                                deps: op.deps.clone(),
+                            }),
+                        }
+                    }
+                    (OpKind::Run, CallResult::Outputs(outputs)) => {
+                        self.outputs.insert(node.clone(), outputs.clone());
+                        Entry::Record {
+                            node: node.clone(),
+                            record: NodeRecord::Step(StepRecord {
+                                type_name,
+                                done_at: now(),
+                                triggers,
+                                outputs,
+                                deps: op.deps.clone(),
+                            }),
+                        }
+                    }
+                    (OpKind::Gate, _) => Entry::Record {
+                        node: node.clone(),
+                        record: NodeRecord::Gate(StepRecord {
+                            type_name: "core.gate".into(),
+                            done_at: now(),
+                            triggers: Attrs::new(),
+                            outputs: Attrs::new(),
+                            deps: op.deps.clone(),
+                        }),
+                    },
+                    (_, _) => {
+                        return Finish {
+                            entries: vec![],
+                            error: Some(format!(
+                                "`{node}`: provider returned the wrong kind of result"
+                            )),
+                        }
+                    }
+                };
+                Finish {
+                    entries: vec![entry],
+                    error: None,
+                }
+            }
+        }
+    }
+}
+
+/// Labels for progress: symbol, node, verb.
+pub fn labels(ops: &[OpJob]) -> Vec<(String, String, String)> {
+    ops.iter()
+        .map(|o| {
+            (
+                o.op.symbol().to_string(),
+                o.node.clone(),
+                o.op.verb().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Outputs of every node in state, for resolving inputs outside a walk.
+pub fn state_outputs(state: &State) -> BTreeMap<String, Attrs> {
+    state
+        .nodes
+        .iter()
+        .map(|(k, r)| (k.clone(), r.outputs().clone()))
+        .collect()
+}
+
+/// A string value, for messages.
+pub fn short(v: &Value) -> String {
+    value::display(v)
+}

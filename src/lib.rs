@@ -1,0 +1,30 @@
+//! cutover: database migrations to AWS, written as code.
+//!
+//! A plan is a Rust function that declares resources, data lookups, one-shot steps and gates with
+//! the builder in [`dsl`]; a stack file binds it to an environment ([`stack`]). The engine turns the
+//! plan into a validated graph ([`graph`]), diffs it against recorded state ([`planner`], [`state`])
+//! and walks it with a checkpointing executor ([`executor`]); providers ([`provider`]) do the work.
+//! [`render`] and [`cli`] are the only modules that format for people.
+
+pub mod cli;
+pub mod dsl;
+pub mod engine;
+pub mod executor;
+pub mod graph;
+pub mod planner;
+pub mod provider;
+pub mod render;
+pub mod stack;
+pub mod state;
+pub mod value;
+
+/// What a plan module needs.
+pub mod prelude {
+    pub use crate::dsl::{FailurePolicy, Handle, NodeKind, Output, Plan, PlanError, Window};
+    pub use crate::engine::PlanEntry;
+    pub use crate::provider::builtin::{Assert, Null, Sleep};
+    pub use crate::provider::local_file::{Append, Directory, File, ReadFile};
+    pub use crate::stack::Stack;
+    pub use crate::value::Value;
+    pub use std::time::Duration;
+}

@@ -1,0 +1,692 @@
+//! Desired graph + state -> change set. For each node: create, update (which attributes, old ->
+//! new), replace (which attribute forces it), delete (nodes gone from the plan, in reverse
+//! dependency order when executed), read (data), run or done (steps), pass or hold (gates).
+//!
+//! The planner is a pure function of its inputs: it must never call a provider, never write state,
+//! and never reveal a secret. A preview is exactly its result, rendered.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dsl::{NodeKind, NodeSpec};
+use crate::graph::Graph;
+use crate::provider::{Registry, TypeImpl};
+use crate::state::{NodeRecord, State};
+use crate::value::{self, Attrs, Value};
+
+/// What will happen to one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Create,
+    Update,
+    Replace,
+    Delete,
+    /// Drop the record without touching the object (`retain_on_delete`, or a step no longer declared).
+    Forget,
+    /// A data node read at apply.
+    Read,
+    /// A step that will run.
+    Run,
+    /// A step already done with unchanged triggers; a gate already passed.
+    Done,
+    /// A gate that opens in this apply (approved, or waits for its window).
+    Pass,
+    /// A resource with nothing to change.
+    NoOp,
+    /// A temporary resource retired by teardown: not recreated.
+    Retired,
+}
+
+impl ActionKind {
+    /// Terraform-style symbol.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            ActionKind::Create => "+",
+            ActionKind::Update => "~",
+            ActionKind::Replace => "-/+",
+            ActionKind::Delete => "-",
+            ActionKind::Forget => "x",
+            ActionKind::Read => "<=",
+            ActionKind::Run => ">",
+            ActionKind::Done => "=",
+            ActionKind::Pass => ">",
+            ActionKind::NoOp => " ",
+            ActionKind::Retired => " ",
+        }
+    }
+    /// Whether the executor has work to do for it.
+    pub fn is_work(self) -> bool {
+        !matches!(
+            self,
+            ActionKind::Done | ActionKind::NoOp | ActionKind::Retired
+        )
+    }
+}
+
+/// One attribute's change, rendered for people and machines (unknowns and secrets as text).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttrChange {
+    pub attribute: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forces_replacement: bool,
+}
+
+/// One node's planned action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub node: String,
+    pub kind: NodeKind,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub action: ActionKind,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<AttrChange>,
+    /// Held back in this apply by an unapproved gate or `--until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub temporary: bool,
+    /// For deletes: retire (keep a record) rather than forget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retire: bool,
+    #[serde(skip)]
+    pub service: String,
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub destroy: usize,
+    pub replace: usize,
+    pub read: usize,
+    pub steps_to_run: usize,
+    pub steps_done: usize,
+    pub held: usize,
+}
+
+/// An interrupted operation the next apply reconciles before anything else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingNote {
+    pub node: String,
+    pub op: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// The planner's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeSet {
+    pub plan: String,
+    pub stack: String,
+    pub provider: String,
+    pub lineage: String,
+    pub serial: u64,
+    /// Every node, in execution order: deletes of vanished nodes first (dependents before their
+    /// dependencies), then the plan's nodes in topological order.
+    pub actions: Vec<Action>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingNote>,
+    pub summary: Summary,
+}
+
+impl ChangeSet {
+    /// Whether applying would change anything.
+    pub fn has_changes(&self) -> bool {
+        !self.moved.is_empty()
+            || self
+                .actions
+                .iter()
+                .any(|a| a.action.is_work() && a.held_by.is_none() && a.action != ActionKind::Read)
+    }
+}
+
+/// What the run is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Apply,
+    /// Delete everything in state.
+    DestroyAll,
+    /// Delete only temporary resources, and record them retired.
+    DestroyTemporary,
+}
+
+/// Choices of this run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub mode: Mode,
+    /// Force replacement of these nodes.
+    pub replace: BTreeSet<String>,
+    /// Gates approved for this run.
+    pub approve: BTreeSet<String>,
+    /// Stop before this node (and what depends on it).
+    pub until: Option<String>,
+}
+
+/// A plan that cannot be carried out as asked (a protected node would be destroyed, an unknown
+/// `--replace` name, invalid inputs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot plan `{plan}`:{}", .problems.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
+pub struct PlanningError {
+    pub plan: String,
+    pub problems: Vec<String>,
+}
+
+fn display_opt(v: Option<&Value>) -> Option<String> {
+    v.map(value::display)
+}
+
+/// Computes the change set.
+pub fn plan(
+    graph: &Graph,
+    state: &State,
+    registry: &Registry,
+    opts: &Options,
+) -> Result<ChangeSet, PlanningError> {
+    let spec = &graph.spec;
+    let mut problems = Vec::new();
+    // State as seen through `moved` declarations.
+    let mut nodes: BTreeMap<String, NodeRecord> = state.nodes.clone();
+    let mut moved = Vec::new();
+    for (old, new) in &spec.moved {
+        if let Some(r) = nodes.remove(old) {
+            if nodes.contains_key(new) {
+                problems.push(format!("moved `{old}` -> `{new}`: both exist in state; remove one with `plan state` first"));
+                nodes.insert(old.clone(), r);
+            } else {
+                nodes.insert(new.clone(), r);
+                moved.push((old.clone(), new.clone()));
+            }
+        }
+    }
+    for name in opts
+        .replace
+        .iter()
+        .chain(opts.until.iter())
+        .chain(opts.approve.iter())
+    {
+        if graph.node(name).is_none() {
+            problems.push(format!("`{name}` is not a node of this plan; see `plan state {} list` or the preview for names", spec.stack));
+        }
+    }
+    for n in &spec.nodes {
+        if let Some(t) = registry.get(&n.type_name) {
+            let resolved_literals: Attrs = n.inputs.clone();
+            for msg in t.validate(&resolved_literals) {
+                problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
+            }
+        }
+    }
+
+    let destroy = opts.mode != Mode::Apply;
+    // Outputs that will be unknown during this apply: node -> None (all) or the known ones.
+    let mut unknown: HashMap<&str, Option<&'static [&'static str]>> = HashMap::new();
+    // Outputs of objects to be created that are known already (copies of inputs).
+    let mut planned: HashMap<&str, Attrs> = HashMap::new();
+    let mut actions_by_index: Vec<Option<Action>> = vec![None; spec.nodes.len()];
+    let order = graph.topo_order();
+
+    if !destroy {
+        for &i in &order {
+            let n = &spec.nodes[i];
+            let lookup = |node: &str, out: &str| -> Option<Value> {
+                if let Some(v) = planned.get(node).and_then(|p| p.get(out)) {
+                    return Some(v.clone());
+                }
+                match unknown.get(node) {
+                    Some(None) => return None,
+                    Some(Some(stable)) if !stable.contains(&out) => return None,
+                    _ => {}
+                }
+                nodes.get(node).and_then(|r| r.outputs().get(out).cloned())
+            };
+            let service = registry
+                .get(&n.type_name)
+                .map(|t| t.service().to_string())
+                .unwrap_or_else(|| "core".into());
+            let mut a = Action {
+                node: n.name.clone(),
+                kind: n.kind,
+                type_name: n.type_name.clone(),
+                action: ActionKind::NoOp,
+                reason: String::new(),
+                changes: vec![],
+                held_by: None,
+                temporary: n.options.temporary,
+                retire: false,
+                service,
+            };
+            match n.kind {
+                NodeKind::Resource => {
+                    plan_resource(
+                        n,
+                        nodes.get(&n.name),
+                        registry,
+                        opts,
+                        &lookup,
+                        &mut a,
+                        &mut problems,
+                    );
+                    match a.action {
+                        ActionKind::Create | ActionKind::Replace => {
+                            let known = match registry.get(&n.type_name) {
+                                Some(TypeImpl::Resource(t)) => {
+                                    t.planned_outputs(&value::resolve_attrs(&n.inputs, &lookup))
+                                }
+                                _ => Attrs::new(),
+                            };
+                            planned.insert(&n.name, known);
+                            unknown.insert(&n.name, None);
+                        }
+                        ActionKind::Update => {
+                            let stable = match registry.get(&n.type_name) {
+                                Some(TypeImpl::Resource(t)) => t.stable_outputs(),
+                                _ => &[],
+                            };
+                            unknown.insert(&n.name, Some(stable));
+                        }
+                        _ => {}
+                    }
+                }
+                NodeKind::Data => {
+                    a.action = ActionKind::Read;
+                    a.reason = "data is read at every apply".into();
+                    let inputs = value::resolve_attrs(&n.inputs, &lookup);
+                    if !nodes.contains_key(&n.name) || inputs.values().any(value::has_refs) {
+                        unknown.insert(&n.name, None);
+                    }
+                }
+                NodeKind::Step => {
+                    let triggers = value::resolve_attrs(&n.triggers, &lookup);
+                    match nodes.get(&n.name) {
+                        Some(NodeRecord::Step(s)) if s.type_name == n.type_name => {
+                            let changed: Vec<&String> = triggers
+                                .iter()
+                                .filter(|(k, v)| {
+                                    value::has_refs(v) || s.triggers.get(*k) != Some(v)
+                                })
+                                .map(|(k, _)| k)
+                                .chain(s.triggers.keys().filter(|k| !triggers.contains_key(*k)))
+                                .collect();
+                            if changed.is_empty() {
+                                a.action = ActionKind::Done;
+                                a.reason = format!("done at {}", s.done_at);
+                            } else {
+                                a.action = ActionKind::Run;
+                                a.reason = format!(
+                                    "trigger {} changed",
+                                    changed
+                                        .iter()
+                                        .map(|c| format!("`{c}`"))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                );
+                                for k in changed {
+                                    a.changes.push(AttrChange {
+                                        attribute: format!("trigger.{k}"),
+                                        before: display_opt(s.triggers.get(k)),
+                                        after: display_opt(triggers.get(k)),
+                                        forces_replacement: false,
+                                    });
+                                }
+                                unknown.insert(&n.name, None);
+                            }
+                        }
+                        _ => {
+                            a.action = ActionKind::Run;
+                            a.reason = "not run yet".into();
+                            unknown.insert(&n.name, None);
+                        }
+                    }
+                }
+                NodeKind::Gate => match nodes.get(&n.name) {
+                    Some(NodeRecord::Gate(s)) => {
+                        a.action = ActionKind::Done;
+                        a.reason = format!("passed at {}", s.done_at);
+                    }
+                    _ => {
+                        a.action = ActionKind::Pass;
+                        a.reason = if opts.approve.contains(&n.name) {
+                            "approved with --approve".into()
+                        } else if let Some(w) = n.options.window {
+                            format!("opens in its window {w}")
+                        } else {
+                            format!("needs `--approve {}`", n.name)
+                        };
+                    }
+                },
+            }
+            if n.options.rollback_only && a.action.is_work() {
+                a.reason = format!("runs only as a compensation ({})", a.reason);
+            }
+            actions_by_index[i] = Some(a);
+        }
+        // Holds: unapproved gates without a window, and --until.
+        let mut holds: Vec<(usize, String)> = Vec::new();
+        for (i, n) in spec.nodes.iter().enumerate() {
+            let a = actions_by_index[i].as_ref().unwrap();
+            if n.kind == NodeKind::Gate
+                && a.action == ActionKind::Pass
+                && !opts.approve.contains(&n.name)
+                && n.options.window.is_none()
+            {
+                holds.push((i, format!("gate `{}`", n.name)));
+            }
+        }
+        if let Some(u) = &opts.until {
+            if let Some(i) = graph.index_of(u) {
+                holds.push((i, format!("--until {u}")));
+            }
+        }
+        for (i, why) in holds {
+            let mut set = graph.downstream(&[i]);
+            set.insert(i);
+            for j in set {
+                let a = actions_by_index[j].as_mut().unwrap();
+                if a.held_by.is_none() && a.action.is_work() {
+                    a.held_by = Some(why.clone());
+                }
+            }
+        }
+    }
+
+    // Deletes: vanished nodes (or everything / temporaries when destroying), dependents first.
+    let mut deletes: Vec<Action> = Vec::new();
+    let doomed: Vec<&String> = nodes
+        .keys()
+        .filter(|name| match opts.mode {
+            Mode::Apply => graph.node(name).is_none(),
+            Mode::DestroyAll => true,
+            Mode::DestroyTemporary => match nodes.get(*name) {
+                Some(NodeRecord::Resource(r)) => {
+                    !r.retired
+                        && (r.temporary
+                            || graph
+                                .node(name)
+                                .map(|n| n.options.temporary)
+                                .unwrap_or(false))
+                }
+                _ => false,
+            },
+        })
+        .collect();
+    let doomed_set: BTreeSet<&String> = doomed.iter().copied().collect();
+    for name in order_deletes(&doomed, &nodes) {
+        let r = &nodes[name];
+        let desired = graph.node(name);
+        let protect = desired.map(|n| n.options.protect).unwrap_or(false)
+            || matches!(r, NodeRecord::Resource(x) if x.protect);
+        let mut a = Action {
+            node: name.clone(),
+            kind: match r {
+                NodeRecord::Resource(_) => NodeKind::Resource,
+                NodeRecord::Data(_) => NodeKind::Data,
+                NodeRecord::Step(_) => NodeKind::Step,
+                NodeRecord::Gate(_) => NodeKind::Gate,
+            },
+            type_name: r.type_name().to_string(),
+            action: ActionKind::Forget,
+            reason: String::new(),
+            changes: vec![],
+            held_by: None,
+            temporary: matches!(r, NodeRecord::Resource(x) if x.temporary),
+            retire: false,
+            service: registry
+                .get(r.type_name())
+                .map(|t| t.service().to_string())
+                .unwrap_or_else(|| "core".into()),
+        };
+        match r {
+            NodeRecord::Resource(x) => {
+                if x.retired {
+                    a.reason = "retired; forgetting its record".into();
+                } else if x.retain_on_delete
+                    || desired.map(|n| n.options.retain_on_delete).unwrap_or(false)
+                {
+                    a.reason = "retain_on_delete: the object is kept, only the record goes".into();
+                } else if protect {
+                    problems.push(format!(
+                        "node `{name}` is protected and would be destroyed ({}); remove `.protect()` from the plan first if this is intended",
+                        delete_reason(opts.mode)
+                    ));
+                    continue;
+                } else {
+                    a.action = ActionKind::Delete;
+                    a.reason = delete_reason(opts.mode).into();
+                    a.retire = opts.mode == Mode::DestroyTemporary && desired.is_some();
+                    if registry.get(&x.type_name).is_none() {
+                        problems.push(format!("node `{name}` has type `{}`, which this stack's provider does not offer, so it cannot be deleted; switch back to the provider that created it", x.type_name));
+                    }
+                }
+            }
+            _ => a.reason = "no longer declared; forgetting its record".into(),
+        }
+        deletes.push(a);
+    }
+    let _ = doomed_set;
+
+    if !problems.is_empty() {
+        return Err(PlanningError {
+            plan: spec.plan.clone(),
+            problems,
+        });
+    }
+    let mut actions = deletes;
+    for i in order {
+        if let Some(a) = actions_by_index[i].take() {
+            actions.push(a);
+        }
+    }
+    let mut summary = Summary::default();
+    for a in &actions {
+        if a.held_by.is_some() {
+            summary.held += 1;
+            continue;
+        }
+        match a.action {
+            ActionKind::Create => summary.add += 1,
+            ActionKind::Update => summary.change += 1,
+            ActionKind::Replace => {
+                summary.add += 1;
+                summary.destroy += 1;
+                summary.replace += 1;
+            }
+            ActionKind::Delete => summary.destroy += 1,
+            ActionKind::Read => summary.read += 1,
+            ActionKind::Run | ActionKind::Pass => summary.steps_to_run += 1,
+            ActionKind::Done if matches!(a.kind, NodeKind::Step | NodeKind::Gate) => {
+                summary.steps_done += 1
+            }
+            _ => {}
+        }
+    }
+    Ok(ChangeSet {
+        plan: spec.plan.clone(),
+        stack: spec.stack.clone(),
+        provider: spec.provider.clone(),
+        lineage: state.lineage.clone(),
+        serial: state.serial,
+        actions,
+        moved,
+        pending: state
+            .pending
+            .iter()
+            .map(|(n, i)| PendingNote {
+                node: n.clone(),
+                op: format!("{:?}", i.op).to_lowercase(),
+                failed: i.failed.clone(),
+            })
+            .collect(),
+        summary,
+    })
+}
+
+fn delete_reason(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Apply => "no longer in the plan",
+        Mode::DestroyAll => "destroy",
+        Mode::DestroyTemporary => "destroy --temporary",
+    }
+}
+
+/// Orders deletions so that a node goes before the nodes it depends on (per state).
+fn order_deletes<'a>(
+    doomed: &[&'a String],
+    nodes: &BTreeMap<String, NodeRecord>,
+) -> Vec<&'a String> {
+    let set: BTreeSet<&str> = doomed.iter().map(|s| s.as_str()).collect();
+    let mut out = Vec::new();
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    // A node may go once no remaining doomed node depends on it.
+    let mut remaining: Vec<&'a String> = doomed.to_vec();
+    while !remaining.is_empty() {
+        let before = remaining.len();
+        let mut next = Vec::new();
+        for name in remaining {
+            let blocked = set.iter().any(|other| {
+                !done.contains(other)
+                    && *other != name.as_str()
+                    && nodes[*other].deps().iter().any(|d| d == name)
+            });
+            if blocked {
+                next.push(name);
+            } else {
+                out.push(name);
+                done.insert(name.as_str());
+            }
+        }
+        if next.len() == before {
+            // A cycle in recorded dependencies (should not happen): keep name order.
+            out.extend(next);
+            break;
+        }
+        remaining = next;
+    }
+    out
+}
+
+fn plan_resource(
+    n: &NodeSpec,
+    prior: Option<&NodeRecord>,
+    registry: &Registry,
+    opts: &Options,
+    lookup: &dyn Fn(&str, &str) -> Option<Value>,
+    a: &mut Action,
+    problems: &mut Vec<String>,
+) {
+    let inputs = value::resolve_attrs(&n.inputs, lookup);
+    let force_new: &[&str] = match registry.get(&n.type_name) {
+        Some(TypeImpl::Resource(t)) => t.force_new(),
+        _ => &[],
+    };
+    let r = match prior {
+        Some(NodeRecord::Resource(r)) => r,
+        Some(other) => {
+            a.action = ActionKind::Replace;
+            a.reason = format!("state holds a {} under this name", other.kind_name());
+            return;
+        }
+        None => {
+            a.action = ActionKind::Create;
+            a.reason = "not in state".into();
+            a.changes = inputs
+                .iter()
+                .map(|(k, v)| AttrChange {
+                    attribute: k.clone(),
+                    before: None,
+                    after: Some(value::display(v)),
+                    forces_replacement: false,
+                })
+                .collect();
+            return;
+        }
+    };
+    if r.retired && n.options.temporary {
+        a.action = ActionKind::Retired;
+        a.reason = format!("retired at {}; not recreated", r.updated_at);
+        return;
+    }
+    if r.type_name != n.type_name {
+        a.action = ActionKind::Replace;
+        a.reason = format!("type changed from `{}`", r.type_name);
+    }
+    let keys: BTreeSet<&String> = inputs.keys().chain(r.inputs.keys()).collect();
+    for k in keys {
+        if n.options.ignore_changes.iter().any(|i| i == k) {
+            continue;
+        }
+        let new = inputs.get(k);
+        let old = r.inputs.get(k);
+        let differs = match new {
+            Some(v) if value::has_refs(v) => true,
+            _ => new != old,
+        };
+        if differs {
+            a.changes.push(AttrChange {
+                attribute: k.clone(),
+                before: display_opt(old),
+                after: display_opt(new),
+                forces_replacement: force_new.contains(&k.as_str()),
+            });
+        }
+    }
+    let lifecycle = [
+        ("temporary", r.temporary, n.options.temporary),
+        ("protect", r.protect, n.options.protect),
+        (
+            "retain_on_delete",
+            r.retain_on_delete,
+            n.options.retain_on_delete,
+        ),
+    ];
+    for (name, old, new) in lifecycle {
+        if old != new {
+            a.changes.push(AttrChange {
+                attribute: format!("lifecycle.{name}"),
+                before: Some(old.to_string()),
+                after: Some(new.to_string()),
+                forces_replacement: false,
+            });
+        }
+    }
+    if a.action == ActionKind::Replace {
+        // already decided (type change)
+    } else if opts.replace.contains(&n.name) {
+        a.action = ActionKind::Replace;
+        a.reason = "requested with --replace".into();
+    } else if let Some(c) = a.changes.iter().find(|c| c.forces_replacement) {
+        a.action = ActionKind::Replace;
+        a.reason = format!("`{}` cannot change in place", c.attribute);
+    } else if r.retired {
+        a.action = ActionKind::Create;
+        a.reason = "retired, and no longer temporary".into();
+    } else if !a.changes.is_empty() {
+        a.action = ActionKind::Update;
+        a.reason = if r.drift.is_empty() {
+            "inputs changed".into()
+        } else {
+            format!("drift found by refresh in {}", r.drift.join(", "))
+        };
+    } else {
+        a.action = ActionKind::NoOp;
+        a.reason = "up to date".into();
+    }
+    if a.action == ActionKind::Replace && (n.options.protect || r.protect) {
+        problems.push(format!(
+            "node `{}` is protected and would be replaced ({}); remove `.protect()` from the plan first if this is intended",
+            n.name, a.reason
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests;

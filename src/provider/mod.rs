@@ -1,0 +1,322 @@
+//! The provider interface: what a resource, data or step type must do for the engine, and the
+//! registry the CLI fills with the types a stack's provider offers.
+//!
+//! The engine (planner, executor, state) sees types only through these traits; it must never name
+//! a concrete provider. A provider must never return a revealed secret in what it observes: the
+//! engine stores observed attributes in state.
+
+pub mod builtin;
+pub mod local_file;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::dsl::NodeKind;
+use crate::value::{Attrs, SecretSource};
+
+/// A failure of a provider call, with what to do about it when known.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}{}", .fix.as_ref().map(|f| format!("; {f}")).unwrap_or_default())]
+pub struct ProviderError {
+    pub message: String,
+    pub fix: Option<String>,
+}
+
+impl ProviderError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ProviderError {
+            message: message.into(),
+            fix: None,
+        }
+    }
+    pub fn with_fix(message: impl Into<String>, fix: impl Into<String>) -> Self {
+        ProviderError {
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// A sink for progress lines of a long operation ("status creating -> available").
+pub type ProgressFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// What every call gets: where relative paths start, where secrets come from, and how to report
+/// progress.
+#[derive(Clone)]
+pub struct Ctx {
+    pub root: PathBuf,
+    pub plan: String,
+    pub stack: String,
+    pub secrets: Arc<dyn SecretSource>,
+    pub progress: ProgressFn,
+}
+
+impl Ctx {
+    /// A context with no progress sink.
+    pub fn new(root: PathBuf, plan: &str, stack: &str, secrets: Arc<dyn SecretSource>) -> Ctx {
+        Ctx {
+            root,
+            plan: plan.into(),
+            stack: stack.into(),
+            secrets,
+            progress: Arc::new(|_, _| {}),
+        }
+    }
+    /// Reports progress of `node`.
+    pub fn report(&self, node: &str, message: &str) {
+        (self.progress)(node, message)
+    }
+    /// A path relative to the project root, or absolute.
+    pub fn path(&self, p: &str) -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            self.root.join(p)
+        }
+    }
+}
+
+/// One call's subject: the node, its deterministic identifier and its inputs (references resolved,
+/// secrets still references: reveal them with [`crate::value::reveal_secrets`] at the call).
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub node: &'a str,
+    /// Derived from plan, stack and node: the name of the object unless the inputs set one.
+    pub deterministic_id: &'a str,
+    pub inputs: &'a Attrs,
+}
+
+/// An object as the provider sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The object's identifier (an ARN, a path).
+    pub id: String,
+    /// The inputs as the object has them now (for drift); secrets omitted.
+    pub inputs: Attrs,
+    pub outputs: Attrs,
+}
+
+/// What a step's probe found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// The step's effect is in place: record it done with these outputs.
+    Done(Attrs),
+    /// The effect is absent: the step may run.
+    NotDone,
+}
+
+/// A declarative resource type.
+#[async_trait]
+pub trait ResourceType: Send + Sync {
+    fn type_name(&self) -> &'static str;
+    /// The API this type calls, for per-service concurrency limits.
+    fn service(&self) -> &'static str;
+    /// Inputs that cannot change in place: a change replaces the object.
+    fn force_new(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Outputs that an in-place update never changes (the rest become unknown in a preview).
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["id"]
+    }
+    /// Offline checks of the inputs; each message names the input and the fix.
+    fn validate(&self, _inputs: &Attrs) -> Vec<String> {
+        vec![]
+    }
+    /// Outputs known before the object exists because they copy an input (a path, a name).
+    fn planned_outputs(&self, _inputs: &Attrs) -> Attrs {
+        Attrs::new()
+    }
+    /// The identifier a create with these inputs would give the object.
+    fn id_for(&self, req: &Request<'_>) -> String {
+        req.deterministic_id.to_string()
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError>;
+    /// The object with identifier `id`, or `None` when it does not exist.
+    async fn read(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError>;
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        changed: &[String],
+    ) -> Result<Observed, ProviderError>;
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError>;
+}
+
+/// A read-only lookup.
+#[async_trait]
+pub trait DataType: Send + Sync {
+    fn type_name(&self) -> &'static str;
+    fn service(&self) -> &'static str;
+    fn validate(&self, _inputs: &Attrs) -> Vec<String> {
+        vec![]
+    }
+    async fn read(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError>;
+}
+
+/// A one-shot action.
+#[async_trait]
+pub trait StepType: Send + Sync {
+    fn type_name(&self) -> &'static str;
+    fn service(&self) -> &'static str;
+    fn validate(&self, _inputs: &Attrs) -> Vec<String> {
+        vec![]
+    }
+    /// Running it twice is harmless (a wait); an interrupted run is simply run again.
+    fn rerun_safe(&self) -> bool {
+        false
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError>;
+    /// Whether the step's effect is already in place. `None`: this type cannot tell.
+    async fn probe(&self, _ctx: &Ctx, _req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        Ok(None)
+    }
+}
+
+/// One registered type.
+#[derive(Clone)]
+pub enum TypeImpl {
+    Resource(Arc<dyn ResourceType>),
+    Data(Arc<dyn DataType>),
+    Step(Arc<dyn StepType>),
+}
+
+impl TypeImpl {
+    pub fn kind(&self) -> NodeKind {
+        match self {
+            TypeImpl::Resource(_) => NodeKind::Resource,
+            TypeImpl::Data(_) => NodeKind::Data,
+            TypeImpl::Step(_) => NodeKind::Step,
+        }
+    }
+    pub fn service(&self) -> &'static str {
+        match self {
+            TypeImpl::Resource(t) => t.service(),
+            TypeImpl::Data(t) => t.service(),
+            TypeImpl::Step(t) => t.service(),
+        }
+    }
+    pub fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        match self {
+            TypeImpl::Resource(t) => t.validate(inputs),
+            TypeImpl::Data(t) => t.validate(inputs),
+            TypeImpl::Step(t) => t.validate(inputs),
+        }
+    }
+}
+
+/// The types a run may use, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    types: BTreeMap<String, TypeImpl>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn resource(&mut self, t: impl ResourceType + 'static) -> &mut Self {
+        self.types
+            .insert(t.type_name().into(), TypeImpl::Resource(Arc::new(t)));
+        self
+    }
+    pub fn data(&mut self, t: impl DataType + 'static) -> &mut Self {
+        self.types
+            .insert(t.type_name().into(), TypeImpl::Data(Arc::new(t)));
+        self
+    }
+    pub fn step(&mut self, t: impl StepType + 'static) -> &mut Self {
+        self.types
+            .insert(t.type_name().into(), TypeImpl::Step(Arc::new(t)));
+        self
+    }
+    pub fn get(&self, name: &str) -> Option<&TypeImpl> {
+        self.types.get(name)
+    }
+    /// Whether `name` exists with `kind`; the error says what exists instead.
+    pub fn check(&self, name: &str, kind: NodeKind) -> Result<(), String> {
+        match self.types.get(name) {
+            Some(t) if t.kind() == kind => Ok(()),
+            Some(t) => Err(
+                format!("it is a {:?} type, declared here as a {:?}", t.kind(), kind)
+                    .to_lowercase(),
+            ),
+            None => Err(format!(
+                "no such type for this stack's provider; known types: {}",
+                self.types.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+}
+
+/// The registry for a stack's provider. Types every stack has (`core.*`, `wait.*`, `local_file.*`)
+/// come first; each provider adds its own.
+pub fn registry_for(provider: &str) -> Registry {
+    let mut r = Registry::new();
+    builtin::register(&mut r);
+    local_file::register(&mut r);
+    match provider {
+        "local" | "aws" => {}
+        _ => {}
+    }
+    r
+}
+
+/// A deterministic object name from plan, stack and node: lowercase letters, digits and single
+/// hyphens, starting with a letter, at most 63 characters (RDS's rules, the strictest we meet).
+pub fn deterministic_id(plan: &str, stack: &str, node: &str) -> String {
+    let raw = format!("{plan}-{stack}-{node}");
+    let mut out = String::new();
+    for c in raw.chars() {
+        let c = c.to_ascii_lowercase();
+        let c = if c.is_ascii_alphanumeric() { c } else { '-' };
+        if c == '-' && (out.is_empty() || out.ends_with('-')) {
+            continue;
+        }
+        out.push(c);
+    }
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        out.insert_str(0, "n-");
+    }
+    if out.len() > 63 {
+        // Keep it unique: a short checksum of the full name replaces the tail.
+        let sum = crc32fast::hash(raw.as_bytes());
+        out.truncate(54);
+        out = format!("{}-{sum:08x}", out.trim_end_matches('-'));
+    }
+    out.trim_end_matches('-').to_string()
+}
+
+/// The default timeout of one operation when a node sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_ids_follow_rds_rules() {
+        assert_eq!(
+            deterministic_id("demo", "prod", "db.writer_1"),
+            "demo-prod-db-writer-1"
+        );
+        let long = deterministic_id("consolidation", "production", &"tenant-".repeat(20));
+        assert!(long.len() <= 63, "{long}");
+        assert!(!long.contains("--") && !long.ends_with('-'));
+        assert_ne!(
+            long,
+            deterministic_id("consolidation", "production", &"tenant-".repeat(21))
+        );
+    }
+}

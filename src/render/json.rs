@@ -1,0 +1,67 @@
+//! The preview as JSON for machines, and the saved plan that `apply --plan` checks against.
+//! The format is documented in the README; fields are only ever added.
+
+use serde::{Deserialize, Serialize};
+
+use crate::planner::ChangeSet;
+
+/// The JSON format's version.
+pub const JSON_VERSION: u32 = 1;
+
+/// The document: a version, then the change set.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PreviewDoc {
+    pub format_version: u32,
+    #[serde(flatten)]
+    pub changes: ChangeSet,
+}
+
+/// Pretty JSON of a change set.
+pub fn preview(cs: &ChangeSet) -> String {
+    let doc = PreviewDoc {
+        format_version: JSON_VERSION,
+        changes: cs.clone(),
+    };
+    serde_json::to_string_pretty(&doc).expect("change sets serialise") + "\n"
+}
+
+/// Reads a saved plan.
+pub fn read(text: &str) -> Result<ChangeSet, String> {
+    let doc: PreviewDoc =
+        serde_json::from_str(text).map_err(|e| format!("not a saved plan: {e}"))?;
+    if doc.format_version != JSON_VERSION {
+        return Err(format!(
+            "saved plan format {} is not {JSON_VERSION}; save it again with this build",
+            doc.format_version
+        ));
+    }
+    Ok(doc.changes)
+}
+
+/// Why a saved plan does not match a fresh one, if it does not.
+pub fn stale_reason(saved: &ChangeSet, fresh: &ChangeSet) -> Option<String> {
+    if saved.plan != fresh.plan || saved.stack != fresh.stack {
+        return Some(format!(
+            "it was made for plan `{}` on stack `{}`",
+            saved.plan, saved.stack
+        ));
+    }
+    if saved.lineage != fresh.lineage {
+        return Some("the state was replaced since".into());
+    }
+    if saved.serial != fresh.serial {
+        return Some(format!(
+            "the state changed since (serial {} -> {})",
+            saved.serial, fresh.serial
+        ));
+    }
+    let strip = |cs: &ChangeSet| {
+        let mut v = cs.actions.clone();
+        v.iter_mut().for_each(|a| a.service.clear());
+        v
+    };
+    if strip(saved) != strip(fresh) || saved.moved != fresh.moved {
+        return Some("the plan's code or stack values changed since".into());
+    }
+    None
+}

@@ -1,0 +1,60 @@
+//! The preview for a pull request comment: the summary first, the full diff in a `<details>`
+//! block inside a `diff` fence (GitHub colours `+` and `-` lines), split into parts below GitHub's
+//! 65,536-character limit.
+
+use super::text::{diff_body, summary_line};
+use crate::planner::ChangeSet;
+
+/// GitHub's limit on a comment body.
+pub const LIMIT: usize = 65_536;
+
+/// The comment body or bodies. Each part is complete markdown on its own.
+pub fn preview(cs: &ChangeSet) -> Vec<String> {
+    preview_with_limit(cs, LIMIT)
+}
+
+/// As [`preview`], with a smaller limit (tests).
+pub fn preview_with_limit(cs: &ChangeSet, limit: usize) -> Vec<String> {
+    let title = format!("### cutover: plan `{}` on stack `{}`", cs.plan, cs.stack);
+    let summary = if cs.has_changes() {
+        format!("**Plan: {}.**", summary_line(&cs.summary))
+    } else {
+        "**No changes.**".to_string()
+    };
+    // Lines in a diff fence: leading two spaces removed so that GitHub's `+`/`-` colouring applies.
+    let body: Vec<String> = diff_body(cs)
+        .lines()
+        .map(|l| l.strip_prefix("  ").unwrap_or(l).to_string())
+        .collect();
+    let overhead = title.len() + summary.len() + 200;
+    let budget = limit.saturating_sub(overhead).max(1000);
+    let mut chunks: Vec<String> = vec![String::new()];
+    for line in body {
+        let line = if line.len() > budget {
+            format!("{}...", &line[..budget - 3])
+        } else {
+            line
+        };
+        if chunks.last().unwrap().len() + line.len() + 1 > budget {
+            chunks.push(String::new());
+        }
+        let c = chunks.last_mut().unwrap();
+        c.push_str(&line);
+        c.push('\n');
+    }
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let part = if n > 1 {
+                format!(" (part {} of {n})", i + 1)
+            } else {
+                String::new()
+            };
+            format!(
+                "{title}{part}\n\n{summary}\n\n<details><summary>Full diff{part}</summary>\n\n```diff\n{chunk}```\n\n</details>\n"
+            )
+        })
+        .collect()
+}

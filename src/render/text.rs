@@ -1,0 +1,170 @@
+//! The preview as text, in Terraform's conventions: `+` create, `~` update, `-/+` replace (with
+//! `# forces replacement`), `-` destroy, `<=` read; then the steps in execution order, and a
+//! summary line.
+
+use std::fmt::Write;
+
+use crate::dsl::NodeKind;
+use crate::planner::{Action, ActionKind, ChangeSet, Summary};
+
+/// The summary line, e.g. `Plan: 3 to add, 1 to change, 0 to destroy, 4 steps to run.`
+pub fn summary_line(s: &Summary) -> String {
+    let mut line = format!(
+        "{} to add, {} to change, {} to destroy, {} step{} to run",
+        s.add,
+        s.change,
+        s.destroy,
+        s.steps_to_run,
+        if s.steps_to_run == 1 { "" } else { "s" }
+    );
+    if s.held > 0 {
+        let _ = write!(line, ", {} held back", s.held);
+    }
+    line
+}
+
+fn resource_lines(out: &mut String, a: &Action) {
+    let sym = a.action.symbol();
+    let temp = if a.temporary { " [temporary]" } else { "" };
+    let _ = writeln!(
+        out,
+        "  {sym} {} ({}){temp}  # {}",
+        a.node, a.type_name, a.reason
+    );
+    for c in &a.changes {
+        let (csym, val) = match (&c.before, &c.after) {
+            (None, Some(after)) => ("+", after.clone()),
+            (Some(before), None) => ("-", before.clone()),
+            (Some(before), Some(after)) => ("~", format!("{before} -> {after}")),
+            (None, None) => ("~", String::new()),
+        };
+        let forces = if c.forces_replacement {
+            "  # forces replacement"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "      {csym} {} = {val}{forces}", c.attribute);
+    }
+}
+
+/// The diff body (resources, then steps), without header or summary: shared with markdown.
+pub fn diff_body(cs: &ChangeSet) -> String {
+    let mut out = String::new();
+    if !cs.pending.is_empty() {
+        out.push_str("Interrupted operations (reconciled first on apply):\n");
+        for p in &cs.pending {
+            let _ = write!(out, "  ! {}: {}", p.node, p.op);
+            if let Some(f) = &p.failed {
+                let _ = write!(out, " (failed: {f})");
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    if !cs.moved.is_empty() {
+        out.push_str("Moved in state:\n");
+        for (a, b) in &cs.moved {
+            let _ = writeln!(out, "  {a} -> {b}");
+        }
+        out.push('\n');
+    }
+    let resources: Vec<&Action> = cs
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(a.kind, NodeKind::Resource | NodeKind::Data)
+                && !matches!(a.action, ActionKind::NoOp)
+                && a.held_by.is_none()
+        })
+        .collect();
+    if !resources.is_empty() {
+        out.push_str("Resources:\n");
+        for a in resources {
+            resource_lines(&mut out, a);
+        }
+        out.push('\n');
+    }
+    let steps: Vec<&Action> = cs
+        .actions
+        .iter()
+        .filter(|a| matches!(a.kind, NodeKind::Step | NodeKind::Gate))
+        .collect();
+    if !steps.is_empty() {
+        out.push_str("Steps, in execution order:\n");
+        for (i, a) in steps.iter().enumerate() {
+            let kind = if a.kind == NodeKind::Gate {
+                "gate".to_string()
+            } else {
+                a.type_name.clone()
+            };
+            let state = match (a.action, &a.held_by) {
+                (_, Some(h)) if a.kind == NodeKind::Gate && h.starts_with("gate") => {
+                    format!("held: {}", a.reason)
+                }
+                (_, Some(h)) => format!("held by {h}"),
+                (ActionKind::Done, _) => a.reason.clone(),
+                (ActionKind::Forget, _) => a.reason.clone(),
+                _ => format!("will run: {}", a.reason),
+            };
+            let sym = if a.held_by.is_some() {
+                "|"
+            } else {
+                a.action.symbol()
+            };
+            let _ = writeln!(out, "  {:>2}. {sym} {} ({kind}): {state}", i + 1, a.node);
+            for c in &a.changes {
+                let _ = writeln!(
+                    out,
+                    "        ~ {} = {} -> {}",
+                    c.attribute,
+                    c.before.as_deref().unwrap_or("(none)"),
+                    c.after.as_deref().unwrap_or("(none)")
+                );
+            }
+        }
+        out.push('\n');
+    }
+    let held: Vec<&Action> = cs
+        .actions
+        .iter()
+        .filter(|a| a.held_by.is_some() && matches!(a.kind, NodeKind::Resource | NodeKind::Data))
+        .collect();
+    if !held.is_empty() {
+        out.push_str("Held back in this apply:\n");
+        for a in held {
+            let _ = writeln!(
+                out,
+                "  | {} ({}): would {}, held by {}",
+                a.node,
+                a.type_name,
+                format!("{:?}", a.action).to_lowercase(),
+                a.held_by.as_deref().unwrap_or("")
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The whole preview.
+pub fn preview(cs: &ChangeSet) -> String {
+    let mut out = format!(
+        "Plan `{}` on stack `{}` (provider {}), state serial {}\n\n",
+        cs.plan, cs.stack, cs.provider, cs.serial
+    );
+    out.push_str(&diff_body(cs));
+    if cs.has_changes() {
+        let _ = writeln!(out, "Plan: {}.", summary_line(&cs.summary));
+    } else {
+        let _ = writeln!(
+            out,
+            "No changes. The objects match the plan{}.",
+            if cs.summary.steps_done > 0 {
+                format!("; {} steps done", cs.summary.steps_done)
+            } else {
+                String::new()
+            }
+        );
+    }
+    out
+}

@@ -1,0 +1,291 @@
+//! What is known to exist: one state per stack, a snapshot (`state.json`) plus an append-only
+//! journal (`journal.log`) of intents and outcomes, and the lock that serialises writers.
+//!
+//! State types are the only serialised types of the engine. This module must never overwrite a
+//! state it could not read (corrupt or newer format): it refuses and says why. Secrets never
+//! reach it: inputs are stored with secret references, not values.
+
+mod journal;
+mod lock;
+
+pub use journal::StateStore;
+pub use lock::{Lock, LockInfo};
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Attrs;
+
+/// The state format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A problem with a stack's state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: state is damaged ({why}); it was not changed. Restore it from version control or a backup; `plan refresh` can rebuild outputs once it reads again.")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
+    #[error("{path}: state format {found} is newer than this build reads ({supported}); it was not changed. Use a newer `plan` binary.")]
+    Newer {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path}: state belongs to plan `{found}`, but the stack names plan `{wanted}`; it was not changed. Point `state_dir` elsewhere or restore the stack's `plan`.")]
+    WrongPlan {
+        path: PathBuf,
+        found: String,
+        wanted: String,
+    },
+    #[error("stack `{stack}` is locked by {holder}; wait for it to finish, or stop that process. (The lock is an OS file lock on {path}: it ends with its process.)")]
+    Locked {
+        stack: String,
+        path: PathBuf,
+        holder: String,
+    },
+}
+
+/// What the engine was about to do to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    Run,
+    Read,
+}
+
+/// A recorded intent: written and made durable before the call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    pub op: Op,
+    pub type_name: String,
+    /// The identifier the object has or will have (deterministic), for reconciling.
+    pub id: String,
+    pub inputs: Attrs,
+    /// For steps: the trigger values it runs with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub triggers: Attrs,
+    pub at: String,
+    /// Set when the call failed: the object may still have changed, so it is reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// A resource the plan owns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceRecord {
+    pub type_name: String,
+    pub id: String,
+    pub inputs: Attrs,
+    pub outputs: Attrs,
+    pub deps: Vec<String>,
+    #[serde(default)]
+    pub temporary: bool,
+    #[serde(default)]
+    pub protect: bool,
+    #[serde(default)]
+    pub retain_on_delete: bool,
+    /// Deleted on purpose (a temporary retired): not recreated while the plan still declares it.
+    #[serde(default)]
+    pub retired: bool,
+    /// Attributes found changed outside the tool by the last refresh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
+    pub updated_at: String,
+}
+
+/// A step or gate that has been done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub type_name: String,
+    pub done_at: String,
+    /// Trigger values it ran with: a change runs it again.
+    pub triggers: Attrs,
+    pub outputs: Attrs,
+    pub deps: Vec<String>,
+}
+
+/// A data node's last read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    pub type_name: String,
+    pub outputs: Attrs,
+    pub read_at: String,
+    pub deps: Vec<String>,
+}
+
+/// One node's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum NodeRecord {
+    Resource(ResourceRecord),
+    Data(DataRecord),
+    Step(StepRecord),
+    Gate(StepRecord),
+}
+
+impl NodeRecord {
+    pub fn outputs(&self) -> &Attrs {
+        match self {
+            NodeRecord::Resource(r) => &r.outputs,
+            NodeRecord::Data(d) => &d.outputs,
+            NodeRecord::Step(s) | NodeRecord::Gate(s) => &s.outputs,
+        }
+    }
+    pub fn deps(&self) -> &[String] {
+        match self {
+            NodeRecord::Resource(r) => &r.deps,
+            NodeRecord::Data(d) => &d.deps,
+            NodeRecord::Step(s) | NodeRecord::Gate(s) => &s.deps,
+        }
+    }
+    pub fn type_name(&self) -> &str {
+        match self {
+            NodeRecord::Resource(r) => &r.type_name,
+            NodeRecord::Data(d) => &d.type_name,
+            NodeRecord::Step(s) | NodeRecord::Gate(s) => &s.type_name,
+        }
+    }
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            NodeRecord::Resource(_) => "resource",
+            NodeRecord::Data(_) => "data",
+            NodeRecord::Step(_) => "step",
+            NodeRecord::Gate(_) => "gate",
+        }
+    }
+}
+
+/// One journal entry. Replaying entries in order onto a snapshot gives the state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "entry", rename_all = "snake_case")]
+pub enum Entry {
+    Intent {
+        node: String,
+        intent: Intent,
+    },
+    /// The operation succeeded: the node's record is this.
+    Record {
+        node: String,
+        record: NodeRecord,
+    },
+    /// The object is gone (deleted, or found absent): forget the node.
+    Remove {
+        node: String,
+    },
+    /// The intent turned out to have had no effect (reconciled): forget the intent only.
+    ClearIntent {
+        node: String,
+    },
+    /// The call failed: keep the intent, marked, so the next run reconciles it.
+    Failed {
+        node: String,
+        error: String,
+    },
+    /// A node renamed (`state mv` or a `moved` declaration).
+    Rename {
+        from: String,
+        to: String,
+    },
+}
+
+/// The state of one stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub format_version: u32,
+    /// Random at creation: a saved plan applies only to the state it was made from.
+    pub lineage: String,
+    /// Grows with every change.
+    pub serial: u64,
+    pub plan: String,
+    pub stack: String,
+    /// The last journal entry folded into this snapshot.
+    pub journal_seq: u64,
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Intents with no outcome yet: reconciled on the next run.
+    #[serde(default)]
+    pub pending: BTreeMap<String, Intent>,
+}
+
+/// The current time, RFC 3339, seconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+impl State {
+    /// An empty state.
+    pub fn new(plan: &str, stack: &str) -> State {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        State {
+            format_version: FORMAT_VERSION,
+            lineage: format!("{:016x}{:08x}", nanos as u64, std::process::id()),
+            serial: 0,
+            plan: plan.into(),
+            stack: stack.into(),
+            journal_seq: 0,
+            nodes: BTreeMap::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Applies one entry.
+    pub fn apply(&mut self, e: &Entry) {
+        self.serial += 1;
+        match e {
+            Entry::Intent { node, intent } => {
+                self.pending.insert(node.clone(), intent.clone());
+            }
+            Entry::Record { node, record } => {
+                self.pending.remove(node);
+                self.nodes.insert(node.clone(), record.clone());
+            }
+            Entry::Remove { node } => {
+                self.pending.remove(node);
+                self.nodes.remove(node);
+            }
+            Entry::ClearIntent { node } => {
+                self.pending.remove(node);
+            }
+            Entry::Failed { node, error } => {
+                if let Some(i) = self.pending.get_mut(node) {
+                    i.failed = Some(error.clone());
+                }
+            }
+            Entry::Rename { from, to } => {
+                if let Some(r) = self.nodes.remove(from) {
+                    self.nodes.insert(to.clone(), r);
+                }
+                if let Some(i) = self.pending.remove(from) {
+                    self.pending.insert(to.clone(), i);
+                }
+                for r in self.nodes.values_mut() {
+                    let deps = match r {
+                        NodeRecord::Resource(x) => &mut x.deps,
+                        NodeRecord::Data(x) => &mut x.deps,
+                        NodeRecord::Step(x) | NodeRecord::Gate(x) => &mut x.deps,
+                    };
+                    for d in deps.iter_mut() {
+                        if d == from {
+                            *d = to.clone();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
