@@ -46,10 +46,12 @@ pub fn stale_reason(saved: &ChangeSet, fresh: &ChangeSet) -> Option<String> {
             saved.plan, saved.stack
         ));
     }
-    if saved.lineage != fresh.lineage {
+    // A plan saved before the state existed is valid while the state is still new.
+    let new_state = saved.lineage.is_empty() && saved.serial == 0 && fresh.serial == 0;
+    if saved.lineage != fresh.lineage && !new_state {
         return Some("the state was replaced since".into());
     }
-    if saved.serial != fresh.serial {
+    if saved.serial != fresh.serial && !new_state {
         return Some(format!(
             "the state changed since (serial {} -> {})",
             saved.serial, fresh.serial

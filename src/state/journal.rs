@@ -176,7 +176,7 @@ impl StateStore {
             .append(true)
             .open(&jpath)
             .map_err(io(&jpath))?;
-        Ok(StateStore {
+        let mut store = StateStore {
             dir: dir.to_path_buf(),
             state: loaded.state,
             journal: Some(f),
@@ -184,7 +184,13 @@ impl StateStore {
             buf: Vec::new(),
             pending_entries: 0,
             fsyncs: 0,
-        })
+        };
+        if store.state.lineage.is_empty() {
+            // First write of this state: fix its lineage in a snapshot.
+            store.state.lineage = super::new_lineage();
+            store.compact()?;
+        }
+        Ok(store)
     }
 
     pub fn state(&self) -> &State {

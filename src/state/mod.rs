@@ -219,21 +219,26 @@ pub struct State {
     pub pending: BTreeMap<String, Intent>,
 }
 
+/// A new lineage: random enough to tell two states apart.
+pub fn new_lineage() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:016x}{:08x}", nanos as u64, std::process::id())
+}
+
 /// The current time, RFC 3339, seconds.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 impl State {
-    /// An empty state.
+    /// An empty state that does not exist on disk yet (its lineage is empty until first written).
     pub fn new(plan: &str, stack: &str) -> State {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
         State {
             format_version: FORMAT_VERSION,
-            lineage: format!("{:016x}{:08x}", nanos as u64, std::process::id()),
+            lineage: String::new(),
             serial: 0,
             plan: plan.into(),
             stack: stack.into(),
