@@ -325,6 +325,9 @@ async fn reconcile_one(
     }
 }
 
+/// Receives executor events with each job's (symbol, node, verb) label.
+pub type EventSink = Arc<dyn Fn(&Event, &[(String, String, String)]) + Send + Sync>;
+
 /// What an apply did.
 pub struct Applied {
     pub report: Report,
@@ -338,7 +341,7 @@ pub async fn execute(
     l: &Loaded,
     mut p: Prepared,
     cancel: tokio::sync::watch::Receiver<u32>,
-    events: Arc<dyn Fn(&Event, &[(String, String, String)]) + Send + Sync>,
+    events: EventSink,
     progress: crate::provider::ProgressFn,
 ) -> Result<Applied, EngineError> {
     for (from, to) in &p.changes.moved {

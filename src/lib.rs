@@ -6,6 +6,10 @@
 //! and walks it with a checkpointing executor ([`executor`]); providers ([`provider`]) do the work.
 //! [`render`] and [`cli`] are the only modules that format for people.
 
+// Errors are cold paths that carry the file, line, node and fix for a person to read; their size
+// does not matter, their content does.
+#![allow(clippy::result_large_err)]
+
 pub mod cli;
 pub mod dsl;
 pub mod engine;

@@ -344,9 +344,15 @@ impl Handle<Gate> {
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error(transparent)]
-    Stack(#[from] StackError),
+    Stack(Box<StackError>),
     #[error("plan `{plan}`: {message}")]
     Invalid { plan: String, message: String },
+}
+
+impl From<StackError> for PlanError {
+    fn from(e: StackError) -> Self {
+        PlanError::Stack(Box::new(e))
+    }
 }
 
 impl Plan {

@@ -242,6 +242,10 @@ pub async fn run<W: Work, C: Checkpoint>(
                     halted = true;
                     for s in q.skip_all_waiting() {
                         let cause = format!("halted after `{}` failed", jobs[job].label);
+                        events(&Event::Skipped {
+                            job: s,
+                            cause: cause.clone(),
+                        });
                         outcomes[s] = Some(Outcome::Skipped(cause));
                     }
                 }
@@ -265,7 +269,7 @@ pub async fn run<W: Work, C: Checkpoint>(
         // Schedule everything that may start, recording intents.
         let mut batch: Vec<(usize, JobFuture<W::Output>)> = Vec::new();
         if !cancelled && checkpoint_error.is_none() {
-            while let Some(job) = q.next() {
+            while let Some(job) = q.pop_ready() {
                 match work.start(job) {
                     Start::Skip(entries) => {
                         entries.into_iter().for_each(|e| ckpt.append(e));

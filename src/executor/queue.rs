@@ -114,7 +114,7 @@ impl DepQueue {
     }
 
     /// The best ready job that fits the limits, marked running.
-    pub fn next(&mut self) -> Option<usize> {
+    pub fn pop_ready(&mut self) -> Option<usize> {
         if self.running >= self.global_limit {
             return None;
         }
@@ -260,18 +260,18 @@ mod tests {
             &[],
         );
         assert_eq!(q.priority(0), 3);
-        assert_eq!(q.next(), Some(0));
-        assert_eq!(q.next(), None, "global limit 1");
+        assert_eq!(q.pop_ready(), Some(0));
+        assert_eq!(q.pop_ready(), None, "global limit 1");
         q.succeed(0);
-        assert_eq!(q.next(), Some(1));
+        assert_eq!(q.pop_ready(), Some(1));
     }
 
     #[test]
     fn service_limits_hold() {
         let mut q = DepQueue::new(vec![vec![]; 4], vec![0, 0, 0, 1], vec![1, 1], 8, &[]);
-        let a = q.next().unwrap();
-        let b = q.next().unwrap();
-        assert_eq!(q.next(), None);
+        let a = q.pop_ready().unwrap();
+        let b = q.pop_ready().unwrap();
+        assert_eq!(q.pop_ready(), None);
         assert_ne!(q.service[a], q.service[b]);
     }
 
@@ -285,7 +285,7 @@ mod tests {
             &[],
         );
         let mut started = vec![];
-        while let Some(i) = q.next() {
+        while let Some(i) = q.pop_ready() {
             started.push(i);
         }
         assert_eq!(started, vec![0, 3]);

@@ -65,14 +65,43 @@ impl ActionKind {
     }
 }
 
-/// One attribute's change, rendered for people and machines (unknowns and secrets as text).
+/// One attribute's change. Values are JSON; a secret appears as its reference
+/// (`{"$secret": "env:NAME"}`), never its value; a value known only after apply is `null` with
+/// `unknown: true`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttrChange {
     pub attribute: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unknown: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forces_replacement: bool,
+}
+
+impl AttrChange {
+    fn new(attribute: &str, before: Option<&Value>, after: Option<&Value>, forces: bool) -> Self {
+        let unknown = after.map(value::has_refs).unwrap_or(false);
+        AttrChange {
+            attribute: attribute.into(),
+            before: before.cloned(),
+            after: if unknown { None } else { after.cloned() },
+            unknown,
+            forces_replacement: forces,
+        }
+    }
+    /// The old value as people read it.
+    pub fn before_text(&self) -> Option<String> {
+        self.before.as_ref().map(value::display)
+    }
+    /// The new value as people read it.
+    pub fn after_text(&self) -> Option<String> {
+        if self.unknown {
+            Some("(known after apply)".into())
+        } else {
+            self.after.as_ref().map(value::display)
+        }
+    }
 }
 
 /// One node's planned action.
@@ -179,10 +208,6 @@ pub struct Options {
 pub struct PlanningError {
     pub plan: String,
     pub problems: Vec<String>,
-}
-
-fn display_opt(v: Option<&Value>) -> Option<String> {
-    v.map(value::display)
 }
 
 /// Computes the change set.
@@ -331,12 +356,12 @@ pub fn plan(
                                         .join(", ")
                                 );
                                 for k in changed {
-                                    a.changes.push(AttrChange {
-                                        attribute: format!("trigger.{k}"),
-                                        before: display_opt(s.triggers.get(k)),
-                                        after: display_opt(triggers.get(k)),
-                                        forces_replacement: false,
-                                    });
+                                    a.changes.push(AttrChange::new(
+                                        &format!("trigger.{k}"),
+                                        s.triggers.get(k),
+                                        triggers.get(k),
+                                        false,
+                                    ));
                                 }
                                 unknown.insert(&n.name, None);
                             }
@@ -468,7 +493,10 @@ pub fn plan(
                     }
                 }
             }
-            _ => a.reason = "no longer declared; forgetting its record".into(),
+            _ if opts.mode == Mode::Apply => {
+                a.reason = "no longer declared; forgetting its record".into()
+            }
+            _ => a.reason = format!("{}: forgetting its record", delete_reason(opts.mode)),
         }
         deletes.push(a);
     }
@@ -600,12 +628,7 @@ fn plan_resource(
             a.reason = "not in state".into();
             a.changes = inputs
                 .iter()
-                .map(|(k, v)| AttrChange {
-                    attribute: k.clone(),
-                    before: None,
-                    after: Some(value::display(v)),
-                    forces_replacement: false,
-                })
+                .map(|(k, v)| AttrChange::new(k, None, Some(v), false))
                 .collect();
             return;
         }
@@ -631,12 +654,12 @@ fn plan_resource(
             _ => new != old,
         };
         if differs {
-            a.changes.push(AttrChange {
-                attribute: k.clone(),
-                before: display_opt(old),
-                after: display_opt(new),
-                forces_replacement: force_new.contains(&k.as_str()),
-            });
+            a.changes.push(AttrChange::new(
+                k,
+                old,
+                new,
+                force_new.contains(&k.as_str()),
+            ));
         }
     }
     let lifecycle = [
@@ -650,12 +673,12 @@ fn plan_resource(
     ];
     for (name, old, new) in lifecycle {
         if old != new {
-            a.changes.push(AttrChange {
-                attribute: format!("lifecycle.{name}"),
-                before: Some(old.to_string()),
-                after: Some(new.to_string()),
-                forces_replacement: false,
-            });
+            a.changes.push(AttrChange::new(
+                &format!("lifecycle.{name}"),
+                Some(&Value::Bool(old)),
+                Some(&Value::Bool(new)),
+                false,
+            ));
         }
     }
     if a.action == ActionKind::Replace {

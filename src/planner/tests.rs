@@ -83,7 +83,7 @@ fn create_update_replace_and_noop() {
         .iter()
         .find(|c| c.attribute == "path")
         .unwrap();
-    assert_eq!(path.after.as_deref(), Some("\"out/f.txt\""));
+    assert_eq!(path.after_text().as_deref(), Some("\"out/f.txt\""));
     assert_eq!(
         (cs.summary.add, cs.summary.change, cs.summary.destroy),
         (2, 0, 0)
@@ -101,8 +101,8 @@ fn create_update_replace_and_noop() {
     let a = action(&cs, "f");
     assert_eq!(a.action, ActionKind::Update);
     assert_eq!(a.changes.len(), 1);
-    assert_eq!(a.changes[0].before.as_deref(), Some("\"hello\""));
-    assert_eq!(a.changes[0].after.as_deref(), Some("\"bye\""));
+    assert_eq!(a.changes[0].before_text().as_deref(), Some("\"hello\""));
+    assert_eq!(a.changes[0].after_text().as_deref(), Some("\"bye\""));
 
     let g3 = graph(demo_plan("hello", "/g.txt"));
     let cs = plan(&g3, &st, &r, &Options::default()).unwrap();
@@ -149,7 +149,11 @@ fn create_update_replace_and_noop() {
     let cs = plan(&g4, &st4, &r, &opts).unwrap();
     let a = action(&cs, "g");
     assert_eq!(a.action, ActionKind::Update);
-    assert_eq!(a.changes[0].after.as_deref(), Some("(known after apply)"));
+    assert_eq!(
+        a.changes[0].after_text().as_deref(),
+        Some("(known after apply)")
+    );
+    assert!(a.changes[0].unknown && a.changes[0].after.is_none());
 }
 
 #[test]

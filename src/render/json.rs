@@ -46,12 +46,11 @@ pub fn stale_reason(saved: &ChangeSet, fresh: &ChangeSet) -> Option<String> {
             saved.plan, saved.stack
         ));
     }
-    // A plan saved before the state existed is valid while the state is still new.
-    let new_state = saved.lineage.is_empty() && saved.serial == 0 && fresh.serial == 0;
-    if saved.lineage != fresh.lineage && !new_state {
+    // A plan saved before the state existed has no lineage: it holds while the state is new.
+    if !saved.lineage.is_empty() && saved.lineage != fresh.lineage {
         return Some("the state was replaced since".into());
     }
-    if saved.serial != fresh.serial && !new_state {
+    if saved.serial != fresh.serial {
         return Some(format!(
             "the state changed since (serial {} -> {})",
             saved.serial, fresh.serial

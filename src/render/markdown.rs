@@ -5,6 +5,19 @@
 use super::text::{diff_body, summary_line};
 use crate::planner::ChangeSet;
 
+/// GitHub colours a diff line by its first character: the action's symbol moves to column 0
+/// (`~` and `-/+` become `!`, which GitHub shows in orange, as Atlantis does).
+fn diff_line(l: &str) -> String {
+    let t = l.trim_start();
+    let indent = l.len() - t.len();
+    for (sym, mapped) in [("-/+ ", "!"), ("+ ", "+"), ("- ", "-"), ("~ ", "!")] {
+        if let Some(rest) = t.strip_prefix(sym) {
+            return format!("{mapped}{}{rest}", " ".repeat(indent + sym.len() - 1));
+        }
+    }
+    l.to_string()
+}
+
 /// GitHub's limit on a comment body.
 pub const LIMIT: usize = 65_536;
 
@@ -21,11 +34,7 @@ pub fn preview_with_limit(cs: &ChangeSet, limit: usize) -> Vec<String> {
     } else {
         "**No changes.**".to_string()
     };
-    // Lines in a diff fence: leading two spaces removed so that GitHub's `+`/`-` colouring applies.
-    let body: Vec<String> = diff_body(cs)
-        .lines()
-        .map(|l| l.strip_prefix("  ").unwrap_or(l).to_string())
-        .collect();
+    let body: Vec<String> = diff_body(cs).lines().map(diff_line).collect();
     let overhead = title.len() + summary.len() + 200;
     let budget = limit.saturating_sub(overhead).max(1000);
     let mut chunks: Vec<String> = vec![String::new()];

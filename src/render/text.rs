@@ -32,7 +32,7 @@ fn resource_lines(out: &mut String, a: &Action) {
         a.node, a.type_name, a.reason
     );
     for c in &a.changes {
-        let (csym, val) = match (&c.before, &c.after) {
+        let (csym, val) = match (&c.before_text(), &c.after_text()) {
             (None, Some(after)) => ("+", after.clone()),
             (Some(before), None) => ("-", before.clone()),
             (Some(before), Some(after)) => ("~", format!("{before} -> {after}")),
@@ -117,8 +117,8 @@ pub fn diff_body(cs: &ChangeSet) -> String {
                     out,
                     "        ~ {} = {} -> {}",
                     c.attribute,
-                    c.before.as_deref().unwrap_or("(none)"),
-                    c.after.as_deref().unwrap_or("(none)")
+                    c.before_text().as_deref().unwrap_or("(none)"),
+                    c.after_text().as_deref().unwrap_or("(none)")
                 );
             }
         }

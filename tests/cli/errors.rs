@@ -1,0 +1,170 @@
+//! Bad input gets a clear error naming the file, line and fix, and leaves state untouched.
+
+use super::{tree, Project};
+
+/// Applies demo once so there is state to protect, then returns its bytes.
+fn with_state(p: &Project) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let (code, out, err) = p.run(&["apply", "demo", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    tree(&p.state_dir("demo"))
+}
+
+fn demo_with(values: &str) -> String {
+    format!("plan = \"demo\"\nprovider = \"local\"\n\n[values]\n{values}")
+}
+
+#[test]
+fn unknown_value_key_names_file_line_and_key() {
+    let p = Project::new();
+    let before = with_state(&p);
+    p.stack(
+        "demo",
+        &demo_with("out_dir = \"out/demo\"\ngreeting = \"hi\"\nreplicas = 3\nreplcias = 4\n"),
+    );
+    let (code, _, err) = p.run(&["apply", "demo", "--yes"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim(), "error: stacks/demo.toml: line 8: unknown key `replcias`. The plan reads: greeting, out_dir, replicas, settle_ms. Fix the spelling or remove the line.");
+    assert_eq!(tree(&p.state_dir("demo")), before);
+}
+
+#[test]
+fn unknown_top_level_key_names_line() {
+    let p = Project::new();
+    p.stack(
+        "demo",
+        "plan = \"demo\"\nprovider = \"local\"\nregoin = \"eu-west-1\"\n",
+    );
+    let (code, _, err) = p.run(&["preview", "demo"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("error: stacks/demo.toml:3:1: unknown field `regoin`, expected one of"),
+        "{err}"
+    );
+    assert!(err.contains("Remove the key or fix its spelling"), "{err}");
+}
+
+#[test]
+fn type_error_names_file_line_and_key() {
+    let p = Project::new();
+    let before = with_state(&p);
+    p.stack(
+        "demo",
+        &demo_with("out_dir = \"out/demo\"\ngreeting = \"hi\"\nreplicas = \"three\"\n"),
+    );
+    let (code, _, err) = p.run(&["apply", "demo", "--yes"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: stacks/demo.toml:7: key `replicas` has the wrong type: expected u32, found a string"), "{err}");
+    assert_eq!(tree(&p.state_dir("demo")), before);
+}
+
+#[test]
+fn unknown_stack_lists_the_stacks() {
+    let p = Project::new();
+    let (code, _, err) = p.run(&["preview", "prod"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim(), "error: unknown stack `prod`: no file stacks/prod.toml. Stacks here: demo. Create the file or pick one of those.");
+}
+
+#[test]
+fn unknown_plan_names_the_line() {
+    let p = Project::new();
+    p.stack("x", "# a stack\nplan = \"demoo\"\nprovider = \"local\"\n");
+    let (code, _, err) = p.run(&["preview", "x"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim(), "error: stacks/x.toml:2: unknown plan `demoo`; plans in this binary: demo. Fix `plan = ...` or add the plan to plans/mod.rs.");
+}
+
+#[test]
+fn cyclic_plan_names_the_cycle_and_the_edge_to_cut() {
+    let p = Project::new();
+    p.stack("cyc", "plan = \"cyclic\"\nprovider = \"local\"\n");
+    let (code, _, err) = p.run(&["apply", "cyc", "--yes"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim(), "error: plan `cyclic` is invalid (1 problem):\n  - cycle: a -> b -> c -> a; cut the edge c -> a (remove `a`'s after(`c`))");
+    assert!(!p.state_dir("cyc").exists());
+}
+
+#[test]
+fn locked_stack_fails_at_once_naming_the_holder() {
+    let p = Project::new();
+    let before = with_state(&p);
+    let lock =
+        cutover::state::Lock::acquire(&p.state_dir("demo"), "demo", "plan apply demo (test)")
+            .unwrap();
+    let start = std::time::Instant::now();
+    let (code, _, err) = p.run(&["apply", "demo", "--yes"]);
+    assert_eq!(code, 1);
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    assert!(err.contains("stack `demo` is locked by pid"), "{err}");
+    assert!(err.contains("`plan apply demo (test)`"), "{err}");
+    let (code, _, err) = p.run(&["state", "demo", "unlock"]);
+    assert_eq!(code, 1, "unlock refuses while the holder lives");
+    assert!(err.contains("refusing to unlock"), "{err}");
+    drop(lock);
+    let mut after = tree(&p.state_dir("demo"));
+    after.retain(|k, _| !k.ends_with("lock.json"));
+    let mut before = before;
+    before.retain(|k, _| !k.ends_with("lock.json"));
+    assert_eq!(after, before);
+}
+
+#[test]
+fn corrupt_state_is_refused_and_left_as_it_was() {
+    let p = Project::new();
+    with_state(&p);
+    let snap = p.state_dir("demo").join("state.json");
+    let mut text = std::fs::read_to_string(&snap).unwrap();
+    text.truncate(text.len() / 2);
+    std::fs::write(&snap, &text).unwrap();
+    let before = tree(&p.state_dir("demo"));
+    for args in [
+        &["apply", "demo", "--yes"][..],
+        &["preview", "demo"],
+        &["state", "demo", "list"],
+    ] {
+        let (code, _, err) = p.run(args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(err.contains(".cutover/demo/state.json:"), "{err}");
+        assert!(err.contains("state is damaged"), "{err}");
+        assert!(err.contains("it was not changed"), "{err}");
+    }
+    let mut after = tree(&p.state_dir("demo"));
+    after.retain(|k, _| !k.ends_with("lock.json") && !k.ends_with("/lock"));
+    let mut before = before;
+    before.retain(|k, _| !k.ends_with("lock.json") && !k.ends_with("/lock"));
+    assert_eq!(after, before);
+}
+
+#[test]
+fn newer_state_format_is_refused() {
+    let p = Project::new();
+    with_state(&p);
+    let snap = p.state_dir("demo").join("state.json");
+    let text = std::fs::read_to_string(&snap)
+        .unwrap()
+        .replace("\"format_version\": 1", "\"format_version\": 7");
+    std::fs::write(&snap, &text).unwrap();
+    let (code, _, err) = p.run(&["apply", "demo", "--yes"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("state format 7 is newer than this build reads (1)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&snap).unwrap(), text);
+}
+
+#[test]
+fn apply_without_a_terminal_or_yes_refuses_and_says_why() {
+    let p = Project::new();
+    let (code, _, err) = p.run(&["apply", "demo"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("apply needs confirmation, and standard input is not a terminal"),
+        "{err}"
+    );
+    assert!(err.contains("--plan FILE"), "{err}");
+    assert!(!p.state_dir("demo").exists());
+    let (code, _, err) = p.run(&["destroy", "demo"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("destroy needs confirmation"), "{err}");
+}

@@ -1,0 +1,294 @@
+//! Whole flows through the binary: saved plans, failures and resume, drift, import, renames,
+//! replacement, `--until`, destroy.
+
+use super::Project;
+
+#[test]
+fn a_saved_plan_applies_and_refuses_once_stale() {
+    let p = Project::new();
+    let saved = p.root().join("demo.plan.json");
+    let saved = saved.to_str().unwrap();
+    let (code, _, err) = p.run(&["preview", "demo", "--format", "json", "--out", saved]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = p.run(&["apply", "demo", "--plan", saved]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Apply complete: 6 added, 0 changed, 0 destroyed, 2 steps run."),
+        "{out}"
+    );
+    // The same saved plan is now stale: the state moved on.
+    let (code, _, err) = p.run(&["apply", "demo", "--plan", saved]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the saved plan is stale: the state changed since (serial 0 -> "),
+        "{err}"
+    );
+    // A fresh plan, then a change to the stack: stale because the plan's values changed.
+    p.run(&[
+        "preview",
+        "demo",
+        "--format",
+        "json",
+        "--out",
+        saved,
+        "--approve",
+        "cutover",
+    ]);
+    let stack = p
+        .read("stacks/demo.toml")
+        .replace("hello from cutover", "hello again");
+    p.stack("demo", &stack);
+    let (code, _, err) = p.run(&["apply", "demo", "--plan", saved, "--approve", "cutover"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the plan's code or stack values changed since"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gate_then_approve_then_temporary_teardown() {
+    let p = Project::new();
+    let (code, out, _) = p.run(&["apply", "demo", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "Held back by gate `cutover`: run `plan apply demo --approve cutover` when ready."
+        ),
+        "{out}"
+    );
+    assert!(!p.root().join("out/demo/active.txt").exists());
+    assert_eq!(p.read("out/demo/journal.txt"), "load finished\n");
+    let (code, out, _) = p.run(&["apply", "demo", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(p.read("out/demo/active.txt"), "target\n");
+    assert_eq!(
+        p.read("out/demo/journal.txt"),
+        "load finished\ncutover done\n"
+    );
+    let (code, out, _) = p.run(&["destroy", "demo", "--temporary", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("- scratch (local_file.file) [temporary]  # destroy --temporary"),
+        "{out}"
+    );
+    assert!(!p.root().join("out/demo/scratch.txt").exists());
+    // Retired: the next apply does not recreate it, and nothing else changes.
+    let (code, out, _) = p.run(&["preview", "demo", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("scratch (local_file.file) [temporary]  # retired at"),
+        "{out}"
+    );
+    // Steps already done do not run again.
+    p.run(&["apply", "demo", "--yes"]);
+    assert_eq!(
+        p.read("out/demo/journal.txt"),
+        "load finished\ncutover done\n"
+    );
+    // A config change re-triggers the load step (its trigger is the config checksum).
+    let stack = p
+        .read("stacks/demo.toml")
+        .replace("hello from cutover", "hello again");
+    p.stack("demo", &stack);
+    let (code, out, _) = p.run(&["apply", "demo", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("record-load (local_file.append): will run: trigger `config` changed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("~ content = \"greeting = hello from cutover"),
+        "{out}"
+    );
+    // Running again means appending again: the journal records the second load.
+    assert_eq!(
+        p.read("out/demo/journal.txt"),
+        "load finished\ncutover done\nload finished\n"
+    );
+}
+
+#[test]
+fn a_failure_skips_dependents_finishes_independent_work_and_resumes() {
+    let p = Project::new();
+    let stack = |fail: bool, halt: bool| {
+        format!("plan = \"failing\"\nprovider = \"local\"\n[values]\nout_dir = \"out/f\"\nfail = {fail}\nhalt = {halt}\n")
+    };
+    p.stack("f", &stack(true, false));
+    let (code, out, _) = p.run(&["apply", "f", "--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "! check: failed: `check`: assertion failed: the stack asked this step to fail"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("- after-check: skipped (`check` failed)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "Apply failed: 2 added, 0 changed, 0 destroyed, 1 step run; 1 failed, 1 skipped."
+        ),
+        "{out}"
+    );
+    assert!(
+        p.root().join("out/f/independent.txt").exists(),
+        "independent work finished"
+    );
+    assert!(!p.root().join("out/f/after.txt").exists());
+    p.stack("f", &stack(false, false));
+    let (code, out, _) = p.run(&["apply", "f", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Apply complete: 1 added, 0 changed, 0 destroyed, 1 step run."),
+        "{out}"
+    );
+    assert!(p.root().join("out/f/after.txt").exists());
+
+    // Halt: nothing independent starts after the failure (the slow branch was already running).
+    let q = Project::new();
+    q.stack("f", &stack(true, true));
+    let (code, out, _) = q.run(&["apply", "f", "--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(!q.root().join("out/f/independent.txt").exists(), "{out}");
+    assert!(out.contains("halted after `check` failed"), "{out}");
+}
+
+#[test]
+fn refresh_records_drift_and_preview_shows_the_fix() {
+    let p = Project::new();
+    p.run(&["apply", "demo", "--yes"]);
+    std::fs::write(p.root().join("out/demo/config.txt"), "edited by hand\n").unwrap();
+    std::fs::remove_file(p.root().join("out/demo/replica-2.txt")).unwrap();
+    // Without --refresh, preview reads only state: it cannot know.
+    let (code, _, _) = p.run(&["preview", "demo", "--detailed-exitcode"]);
+    assert_eq!(code, 0);
+    let (code, out, _) = p.run(&["preview", "demo", "--refresh", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{out}");
+    let (code, out, _) = p.run(&["refresh", "demo"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("~ target-config: changed outside this tool: content"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "~ replica-2: object `out/demo/replica-2.txt` no longer exists: removed from state"
+        ),
+        "{out}"
+    );
+    let (code, out, _) = p.run(&["preview", "demo", "--detailed-exitcode"]);
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("~ target-config (local_file.file)  # drift found by refresh in content"),
+        "{out}"
+    );
+    assert!(out.contains("~ content = \"edited by hand\\n\" -> \"greeting = hello from cutover\\nreplicas = 3\\n\""), "{out}");
+    assert!(
+        out.contains("+ replica-2 (local_file.file)  # not in state"),
+        "{out}"
+    );
+    p.run(&["apply", "demo", "--yes"]);
+    assert_eq!(
+        p.read("out/demo/config.txt"),
+        "greeting = hello from cutover\nreplicas = 3\n"
+    );
+    assert_eq!(p.run(&["preview", "demo", "--detailed-exitcode"]).0, 0);
+}
+
+#[test]
+fn import_adopts_an_existing_object_and_state_mv_renames() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.root().join("out/demo")).unwrap();
+    let (code, out, err) = p.run(&["import", "demo", "target-dir", "out/demo"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = p.run(&["preview", "demo"]);
+    assert!(
+        !out.contains("+ target-dir"),
+        "imported, not created:\n{out}"
+    );
+    let (code, _, err) = p.run(&["import", "demo", "target-config", "out/demo/none.txt"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no local_file.file with id `out/demo/none.txt` exists"),
+        "{err}"
+    );
+    let (code, _, err) = p.run(&["import", "demo", "nope", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`nope` is not a node of plan `demo`"), "{err}");
+
+    let (code, _, err) = p.run(&["state", "demo", "mv", "target-dir", "old-dir"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, list, _) = p.run(&["state", "demo", "list"]);
+    assert!(
+        list.starts_with("old-dir resource local_file.directory id=out/demo"),
+        "{list}"
+    );
+    let (_, show, _) = p.run(&["state", "demo", "show", "old-dir"]);
+    assert!(show.contains("\"kind\": \"resource\""), "{show}");
+    // Now the plan sees `target-dir` as new and `old-dir` as gone: a preview says so.
+    let (_, out, _) = p.run(&["preview", "demo"]);
+    assert!(
+        out.contains("- old-dir (local_file.directory)  # no longer in the plan"),
+        "{out}"
+    );
+    p.run(&["state", "demo", "mv", "old-dir", "target-dir"]);
+    let (_, out, _) = p.run(&["preview", "demo"]);
+    assert!(!out.contains("old-dir"), "{out}");
+}
+
+#[test]
+fn replace_until_and_destroy() {
+    let p = Project::new();
+    let (code, out, _) = p.run(&["apply", "demo", "--yes", "--until", "settle"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("> settle: running"), "{out}");
+    assert!(out.contains("Held back by --until settle"), "{out}");
+    assert!(!p.root().join("out/demo/journal.txt").exists());
+    p.run(&["apply", "demo", "--yes", "--approve", "cutover"]);
+    let before = std::fs::metadata(p.root().join("out/demo/replica-1.txt")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (code, out, _) = p.run(&["apply", "demo", "--yes", "--replace", "replica-1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("-/+ replica-1 (local_file.file)  # requested with --replace"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Apply complete: 1 added, 0 changed, 1 destroyed, 0 steps run."),
+        "{out}"
+    );
+    let after = std::fs::metadata(p.root().join("out/demo/replica-1.txt")).unwrap();
+    assert_ne!(before.modified().unwrap(), after.modified().unwrap());
+    // The journal file is written by steps, not managed: the directory refuses to go.
+    let (code, out, _) = p.run(&["destroy", "demo", "--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("x settle (wait.sleep): destroy: forgetting its record"),
+        "{out}"
+    );
+    assert!(
+        out.contains("directory")
+            && out.contains("out/demo is not empty; it holds files this plan does not manage"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Destroy failed: 0 added, 0 changed, 6 destroyed, 0 steps run; 1 failed"),
+        "{out}"
+    );
+    std::fs::remove_file(p.root().join("out/demo/journal.txt")).unwrap();
+    let (code, out, _) = p.run(&["destroy", "demo", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Destroy complete: 0 added, 0 changed, 1 destroyed, 0 steps run."),
+        "{out}"
+    );
+    assert!(
+        !p.root().join("out/demo").exists(),
+        "the directory went last, after its files"
+    );
+    let (_, list, _) = p.run(&["state", "demo", "list"]);
+    assert_eq!(list, "");
+}

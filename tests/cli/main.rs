@@ -1,0 +1,90 @@
+//! End-to-end tests of the `plan` binary: each test gets its own project directory (stacks/ and
+//! state under a temporary directory) and drives the real binary.
+
+mod crash;
+mod errors;
+mod flows;
+mod preview;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+/// A temporary project with the repository's stacks/ copied in.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Project {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Project {
+    pub fn new() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("stacks")).unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for e in std::fs::read_dir(repo.join("stacks")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join("stacks").join(e.file_name())).unwrap();
+        }
+        Project { dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn stack(&self, name: &str, text: &str) {
+        std::fs::write(
+            self.root().join("stacks").join(format!("{name}.toml")),
+            text,
+        )
+        .unwrap();
+    }
+
+    pub fn plan(&self) -> Command {
+        let mut c = Command::cargo_bin("plan").unwrap();
+        c.arg("--root").arg(self.root());
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs `plan ARGS`, returning (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.plan().args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn state_dir(&self, stack: &str) -> PathBuf {
+        self.root().join(".cutover").join(stack)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.root().join(rel)).unwrap_or_default()
+    }
+}
+
+/// Every file under `dir` with its bytes (to show that a command left it untouched).
+pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                m.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    m
+}
