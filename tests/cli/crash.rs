@@ -92,3 +92,47 @@ fn sigkill_at_random_moments_then_resume_gives_every_effect_exactly_once() {
     );
     assert!(out.contains("No changes."), "{out}");
 }
+
+#[test]
+fn ctrl_c_lets_running_nodes_finish_saves_state_and_exits_130() {
+    let p = Project::new();
+    p.stack(
+        "crash",
+        "plan = \"crash\"\nprovider = \"local\"\n[values]\nout_dir = \"out/int\"\nchains = 2\nlength = 20\nsleep_ms = 50\n",
+    );
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
+        .arg("--root")
+        .arg(p.root())
+        .args(["apply", "crash", "--yes"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(
+        stdout.contains("Interrupted: no new work starts; waiting for"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("State is saved: run `plan apply crash` to resume."),
+        "{stdout}"
+    );
+    // Nothing was left pending: running nodes finished and were recorded.
+    let (_, list, _) = p.run(&["state", "crash", "list"]);
+    assert!(!list.contains("interrupted"), "{list}");
+    assert!(!list.is_empty());
+    let (code, out, _) = p.run(&["apply", "crash", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let log = p.read("out/int/log.txt");
+    assert_eq!(log.lines().count(), 40);
+    let unique: std::collections::BTreeSet<&str> = log.lines().collect();
+    assert_eq!(unique.len(), 40, "{log}");
+}
