@@ -89,6 +89,16 @@ impl Work for Fake {
     }
 }
 
+fn fake(ck: &Durable, deps: &[Vec<usize>], fail: &[bool], sleep_ms: u64) -> Fake {
+    Fake {
+        deps: deps.to_vec(),
+        fail: fail.to_vec(),
+        durable: ck.durable.clone(),
+        ran: Arc::new(Mutex::new(vec![])),
+        sleep_ms,
+    }
+}
+
 fn jobs(deps: &[Vec<usize>], services: &[usize], policy: OnFailure) -> Vec<JobSpec> {
     deps.iter()
         .enumerate()
@@ -132,13 +142,7 @@ fn walk(
         .build()
         .unwrap();
     let ck = Durable::default();
-    let mut fake = Fake {
-        deps: deps.to_vec(),
-        fail: fail.to_vec(),
-        durable: ck.durable.clone(),
-        ran: Arc::new(Mutex::new(vec![])),
-        sleep_ms: 0,
-    };
+    let mut fake = fake(&ck, deps, fail, 0);
     let limits = Limits {
         global,
         per_service: [("s0".to_string(), 1usize), ("s1".to_string(), 2)].into(),
@@ -210,13 +214,7 @@ fn compensation_runs_only_on_failure() {
     let deps = vec![vec![], vec![0], vec![]];
     for fail0 in [false, true] {
         let ck = Durable::default();
-        let mut fake = Fake {
-            deps: deps.clone(),
-            fail: vec![fail0, false, false],
-            durable: ck.durable.clone(),
-            ran: Arc::new(Mutex::new(vec![])),
-            sleep_ms: 0,
-        };
+        let mut fake = fake(&ck, &deps, &[fail0, false, false], 0);
         let mut js = jobs(&deps, &[0, 0, 0], OnFailure::Skip);
         js[0].on_failure = OnFailure::Compensate(vec![2]);
         js[2].dormant = true;
@@ -253,13 +251,7 @@ fn cancel_stops_scheduling_and_lets_running_jobs_finish() {
         .map(|i| if i == 0 { vec![] } else { vec![i - 1] })
         .collect();
     let ck = Durable::default();
-    let mut fake = Fake {
-        deps: deps.clone(),
-        fail: vec![false; 5],
-        durable: ck.durable.clone(),
-        ran: Arc::new(Mutex::new(vec![])),
-        sleep_ms: 50,
-    };
+    let mut fake = fake(&ck, &deps, &[false; 5], 50);
     let (tx, rx) = tokio::sync::watch::channel(0u32);
     let mut ck2 = ck.clone();
     let report = rt.block_on(async {
@@ -293,13 +285,7 @@ fn a_job_that_outlives_its_timeout_fails_with_a_clear_message() {
         .build()
         .unwrap();
     let ck = Durable::default();
-    let mut fake = Fake {
-        deps: vec![vec![]],
-        fail: vec![false],
-        durable: ck.durable.clone(),
-        ran: Arc::new(Mutex::new(vec![])),
-        sleep_ms: 200,
-    };
+    let mut fake = fake(&ck, &[vec![]], &[false], 200);
     let mut js = jobs(&[vec![]], &[0], OnFailure::Skip);
     js[0].timeout = std::time::Duration::from_millis(20);
     let (_tx, rx) = tokio::sync::watch::channel(0u32);

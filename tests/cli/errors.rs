@@ -2,11 +2,20 @@
 
 use super::{tree, Project};
 
-/// Applies demo once so there is state to protect, then returns its bytes.
-fn with_state(p: &Project) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+type Files = std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>;
+
+/// The state files of `demo`, without the lock and its holder record (which any writer touches).
+fn state_files(p: &Project) -> Files {
+    let mut t = tree(&p.state_dir("demo"));
+    t.retain(|k, _| !k.ends_with("lock.json") && !k.ends_with("lock"));
+    t
+}
+
+/// Applies demo once so there is state to protect, then returns its files.
+fn with_state(p: &Project) -> Files {
     let (code, out, err) = p.run(&["apply", "demo", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
-    tree(&p.state_dir("demo"))
+    state_files(p)
 }
 
 fn demo_with(values: &str) -> String {
@@ -24,7 +33,7 @@ fn unknown_value_key_names_file_line_and_key() {
     let (code, _, err) = p.run(&["apply", "demo", "--yes"]);
     assert_eq!(code, 1);
     assert_eq!(err.trim(), "error: stacks/demo.toml: line 8: unknown key `replcias`. The plan reads: greeting, out_dir, replicas, settle_ms. Fix the spelling or remove the line.");
-    assert_eq!(tree(&p.state_dir("demo")), before);
+    assert_eq!(state_files(&p), before);
 }
 
 #[test]
@@ -54,7 +63,7 @@ fn type_error_names_file_line_and_key() {
     let (code, _, err) = p.run(&["apply", "demo", "--yes"]);
     assert_eq!(code, 1);
     assert!(err.starts_with("error: stacks/demo.toml:7: key `replicas` has the wrong type: expected u32, found a string"), "{err}");
-    assert_eq!(tree(&p.state_dir("demo")), before);
+    assert_eq!(state_files(&p), before);
 }
 
 #[test]
@@ -101,11 +110,7 @@ fn locked_stack_fails_at_once_naming_the_holder() {
     assert_eq!(code, 1, "unlock refuses while the holder lives");
     assert!(err.contains("refusing to unlock"), "{err}");
     drop(lock);
-    let mut after = tree(&p.state_dir("demo"));
-    after.retain(|k, _| !k.ends_with("lock.json"));
-    let mut before = before;
-    before.retain(|k, _| !k.ends_with("lock.json"));
-    assert_eq!(after, before);
+    assert_eq!(state_files(&p), before);
 }
 
 #[test]
@@ -116,7 +121,7 @@ fn corrupt_state_is_refused_and_left_as_it_was() {
     let mut text = std::fs::read_to_string(&snap).unwrap();
     text.truncate(text.len() / 2);
     std::fs::write(&snap, &text).unwrap();
-    let before = tree(&p.state_dir("demo"));
+    let before = state_files(&p);
     for args in [
         &["apply", "demo", "--yes"][..],
         &["preview", "demo"],
@@ -128,11 +133,7 @@ fn corrupt_state_is_refused_and_left_as_it_was() {
         assert!(err.contains("state is damaged"), "{err}");
         assert!(err.contains("it was not changed"), "{err}");
     }
-    let mut after = tree(&p.state_dir("demo"));
-    after.retain(|k, _| !k.ends_with("lock.json") && !k.ends_with("/lock"));
-    let mut before = before;
-    before.retain(|k, _| !k.ends_with("lock.json") && !k.ends_with("/lock"));
-    assert_eq!(after, before);
+    assert_eq!(state_files(&p), before);
 }
 
 #[test]
