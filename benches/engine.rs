@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench --bench engine`. Environment: `BENCH_SIZES=1000,10000` (node counts),
 //! `BENCH_TF_TIMEOUT=240` (seconds per Terraform command; hitting it reports "> N s"),
-//! `BENCH_TF=0` to skip Terraform, `BENCH_TF_MAX=1000` (largest graph given to Terraform).
+//! `BENCH_TF=0` to skip Terraform, `BENCH_TF_MAX=1000` (largest graph given to Terraform),
+//! `BENCH_TF_DESTROY=1` to time Terraform's destroy too (minutes more).
 
 use std::fmt::Write as _;
 use std::path::Path;

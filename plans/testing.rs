@@ -89,7 +89,14 @@ pub fn failing(stack: &Stack) -> Result<Plan, PlanError> {
     let out: String = stack.get("out_dir")?;
     let fail: bool = stack.get("fail")?;
     let halt: bool = stack.get_or("halt", false)?;
+    let compensate: bool = stack.get_or("compensate", false)?;
     let dir = p.add("dir", Directory::new(&out));
+    let undo = p
+        .add(
+            "undo",
+            Append::line(dir.path().join("/journal.txt"), "rolled back"),
+        )
+        .rollback_only();
     let check = p
         .add(
             "check",
@@ -98,6 +105,8 @@ pub fn failing(stack: &Stack) -> Result<Plan, PlanError> {
         .after(&dir);
     let check = if halt {
         check.on_failure(FailurePolicy::Halt)
+    } else if compensate {
+        check.compensate_with(&[&undo])
     } else {
         check
     };

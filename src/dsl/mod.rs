@@ -428,7 +428,11 @@ impl Plan {
 
     /// The finished plan.
     pub fn finish(self) -> PlanSpec {
-        self.inner.borrow().spec.clone()
+        match Rc::try_unwrap(self.inner) {
+            Ok(cell) => cell.into_inner().spec,
+            // A handle outlived the plan function: copy.
+            Err(shared) => shared.borrow().spec.clone(),
+        }
     }
 }
 

@@ -254,6 +254,10 @@ pub async fn run<W: Work, C: Checkpoint>(
                     for s in q.skip_all_waiting() {
                         let cause =
                             format!("halted after `{}` failed; compensating", jobs[job].label);
+                        events(&Event::Skipped {
+                            job: s,
+                            cause: cause.clone(),
+                        });
                         outcomes[s] = Some(Outcome::Skipped(cause));
                     }
                     if !compensated {

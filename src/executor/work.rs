@@ -92,7 +92,8 @@ pub fn build_jobs(
             })
     };
     for a in &cs.actions {
-        if !a.action.is_work() || a.held_by.is_some() {
+        let standby = a.action == ActionKind::Standby;
+        if (!a.action.is_work() && !standby) || a.held_by.is_some() {
             continue;
         }
         let spec = graph.node(&a.node).cloned();
@@ -153,7 +154,7 @@ pub fn build_jobs(
             ActionKind::Read => {
                 apply_job.insert(a.node.clone(), push(OpKind::Read, false));
             }
-            ActionKind::Run => {
+            ActionKind::Run | ActionKind::Standby => {
                 apply_job.insert(a.node.clone(), push(OpKind::Run, false));
             }
             ActionKind::Pass => {
@@ -163,18 +164,27 @@ pub fn build_jobs(
             ActionKind::Done | ActionKind::NoOp | ActionKind::Retired => {}
         }
     }
-    // Edges.
+    // Edges. Who depends on whom, as recorded in state (for deletions).
+    let mut recorded_dependents: HashMap<&str, Vec<&String>> = HashMap::new();
+    for (other, rec) in &state.nodes {
+        for d in rec.deps() {
+            recorded_dependents
+                .entry(d.as_str())
+                .or_default()
+                .push(other);
+        }
+    }
     for j in 0..ops.len() {
         let node = ops[j].node.clone();
         match ops[j].op {
             OpKind::Delete | OpKind::Forget => {
-                for (other, rec) in &state.nodes {
-                    if other == &node || !rec.deps().iter().any(|d| d == &node) {
+                for other in recorded_dependents.get(node.as_str()).into_iter().flatten() {
+                    if **other == node {
                         continue;
                     }
-                    if let Some(&dj) = delete_job.get(other) {
+                    if let Some(&dj) = delete_job.get(*other) {
                         specs[j].deps.push(dj);
-                    } else if let Some(&aj) = apply_job.get(other) {
+                    } else if let Some(&aj) = apply_job.get(*other) {
                         let still = graph
                             .index_of(other)
                             .map(|i| {

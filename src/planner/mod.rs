@@ -37,6 +37,8 @@ pub enum ActionKind {
     NoOp,
     /// A temporary resource retired by teardown: not recreated.
     Retired,
+    /// A compensation node: runs only if a node naming it fails.
+    Standby,
 }
 
 impl ActionKind {
@@ -54,13 +56,14 @@ impl ActionKind {
             ActionKind::Pass => ">",
             ActionKind::NoOp => " ",
             ActionKind::Retired => " ",
+            ActionKind::Standby => "?",
         }
     }
     /// Whether the executor has work to do for it.
     pub fn is_work(self) -> bool {
         !matches!(
             self,
-            ActionKind::Done | ActionKind::NoOp | ActionKind::Retired
+            ActionKind::Done | ActionKind::NoOp | ActionKind::Retired | ActionKind::Standby
         )
     }
 }
@@ -220,15 +223,16 @@ pub fn plan(
     let spec = &graph.spec;
     let mut problems = Vec::new();
     // State as seen through `moved` declarations.
-    let mut nodes: BTreeMap<String, NodeRecord> = state.nodes.clone();
+    let mut nodes: BTreeMap<&str, &NodeRecord> =
+        state.nodes.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut moved = Vec::new();
     for (old, new) in &spec.moved {
-        if let Some(r) = nodes.remove(old) {
-            if nodes.contains_key(new) {
+        if let Some(r) = nodes.remove(old.as_str()) {
+            if nodes.contains_key(new.as_str()) {
                 problems.push(format!("moved `{old}` -> `{new}`: both exist in state; remove one with `plan state` first"));
-                nodes.insert(old.clone(), r);
+                nodes.insert(old, r);
             } else {
-                nodes.insert(new.clone(), r);
+                nodes.insert(new, r);
                 moved.push((old.clone(), new.clone()));
             }
         }
@@ -294,7 +298,7 @@ pub fn plan(
                 NodeKind::Resource => {
                     plan_resource(
                         n,
-                        nodes.get(&n.name),
+                        nodes.get(n.name.as_str()).copied(),
                         registry,
                         opts,
                         &lookup,
@@ -326,13 +330,14 @@ pub fn plan(
                     a.action = ActionKind::Read;
                     a.reason = "data is read at every apply".into();
                     let inputs = value::resolve_attrs(&n.inputs, &lookup);
-                    if !nodes.contains_key(&n.name) || inputs.values().any(value::has_refs) {
+                    if !nodes.contains_key(n.name.as_str()) || inputs.values().any(value::has_refs)
+                    {
                         unknown.insert(&n.name, None);
                     }
                 }
                 NodeKind::Step => {
                     let triggers = value::resolve_attrs(&n.triggers, &lookup);
-                    match nodes.get(&n.name) {
+                    match nodes.get(n.name.as_str()).copied() {
                         Some(NodeRecord::Step(s)) if s.type_name == n.type_name => {
                             let changed: Vec<&String> = triggers
                                 .iter()
@@ -373,7 +378,7 @@ pub fn plan(
                         }
                     }
                 }
-                NodeKind::Gate => match nodes.get(&n.name) {
+                NodeKind::Gate => match nodes.get(n.name.as_str()).copied() {
                     Some(NodeRecord::Gate(s)) => {
                         a.action = ActionKind::Done;
                         a.reason = format!("passed at {}", s.done_at);
@@ -391,7 +396,8 @@ pub fn plan(
                 },
             }
             if n.options.rollback_only && a.action.is_work() {
-                a.reason = format!("runs only as a compensation ({})", a.reason);
+                a.action = ActionKind::Standby;
+                a.reason = "runs only if a node it compensates fails".into();
             }
             actions_by_index[i] = Some(a);
         }
@@ -426,12 +432,13 @@ pub fn plan(
 
     // Deletes: vanished nodes (or everything / temporaries when destroying), dependents first.
     let mut deletes: Vec<Action> = Vec::new();
-    let doomed: Vec<&String> = nodes
+    let doomed: Vec<&str> = nodes
         .keys()
+        .copied()
         .filter(|name| match opts.mode {
             Mode::Apply => graph.node(name).is_none(),
             Mode::DestroyAll => true,
-            Mode::DestroyTemporary => match nodes.get(*name) {
+            Mode::DestroyTemporary => match nodes.get(*name).copied() {
                 Some(NodeRecord::Resource(r)) => {
                     !r.retired
                         && (r.temporary
@@ -444,14 +451,13 @@ pub fn plan(
             },
         })
         .collect();
-    let doomed_set: BTreeSet<&String> = doomed.iter().copied().collect();
     for name in order_deletes(&doomed, &nodes) {
-        let r = &nodes[name];
+        let r = nodes[name];
         let desired = graph.node(name);
         let protect = desired.map(|n| n.options.protect).unwrap_or(false)
             || matches!(r, NodeRecord::Resource(x) if x.protect);
         let mut a = Action {
-            node: name.clone(),
+            node: name.to_string(),
             kind: match r {
                 NodeRecord::Resource(_) => NodeKind::Resource,
                 NodeRecord::Data(_) => NodeKind::Data,
@@ -500,7 +506,6 @@ pub fn plan(
         }
         deletes.push(a);
     }
-    let _ = doomed_set;
 
     if !problems.is_empty() {
         return Err(PlanningError {
@@ -566,39 +571,40 @@ fn delete_reason(mode: Mode) -> &'static str {
     }
 }
 
-/// Orders deletions so that a node goes before the nodes it depends on (per state).
-fn order_deletes<'a>(
-    doomed: &[&'a String],
-    nodes: &BTreeMap<String, NodeRecord>,
-) -> Vec<&'a String> {
-    let set: BTreeSet<&str> = doomed.iter().map(|s| s.as_str()).collect();
-    let mut out = Vec::new();
-    let mut done: BTreeSet<&str> = BTreeSet::new();
-    // A node may go once no remaining doomed node depends on it.
-    let mut remaining: Vec<&'a String> = doomed.to_vec();
-    while !remaining.is_empty() {
-        let before = remaining.len();
-        let mut next = Vec::new();
-        for name in remaining {
-            let blocked = set.iter().any(|other| {
-                !done.contains(other)
-                    && *other != name.as_str()
-                    && nodes[*other].deps().iter().any(|d| d == name)
-            });
-            if blocked {
-                next.push(name);
-            } else {
-                out.push(name);
-                done.insert(name.as_str());
+/// Orders deletions so that a node goes before the nodes it depends on (per state): Kahn's
+/// algorithm on the recorded dependencies, name order among equals.
+fn order_deletes<'a>(doomed: &[&'a str], nodes: &BTreeMap<&str, &NodeRecord>) -> Vec<&'a str> {
+    let index: HashMap<&str, usize> = doomed.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut blockers = vec![0usize; doomed.len()];
+    let mut deps_of: Vec<Vec<usize>> = vec![Vec::new(); doomed.len()];
+    for (j, name) in doomed.iter().enumerate() {
+        for d in nodes[name].deps() {
+            if let Some(&i) = index.get(d.as_str()) {
+                if i != j {
+                    blockers[i] += 1;
+                    deps_of[j].push(i);
+                }
             }
         }
-        if next.len() == before {
-            // A cycle in recorded dependencies (should not happen): keep name order.
-            out.extend(next);
-            break;
-        }
-        remaining = next;
     }
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..doomed.len())
+        .filter(|&i| blockers[i] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
+    let mut out = Vec::with_capacity(doomed.len());
+    let mut placed = vec![false; doomed.len()];
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        out.push(doomed[i]);
+        placed[i] = true;
+        for &d in &deps_of[i] {
+            blockers[d] -= 1;
+            if blockers[d] == 0 {
+                ready.push(std::cmp::Reverse(d));
+            }
+        }
+    }
+    // A cycle in recorded dependencies (should not happen): the rest in name order.
+    out.extend((0..doomed.len()).filter(|&i| !placed[i]).map(|i| doomed[i]));
     out
 }
 

@@ -102,7 +102,7 @@ pub fn diff_body(cs: &ChangeSet) -> String {
                     format!("held: {}", a.reason)
                 }
                 (_, Some(h)) => format!("held by {h}"),
-                (ActionKind::Done, _) => a.reason.clone(),
+                (ActionKind::Done, _) | (ActionKind::Standby, _) => a.reason.clone(),
                 (ActionKind::Forget, _) => a.reason.clone(),
                 _ => format!("will run: {}", a.reason),
             };

@@ -51,16 +51,20 @@ fn load(dir: &Path, plan: &str, stack: &str) -> Result<Loaded, StateError> {
     let snap = dir.join("state.json");
     let mut state = match std::fs::read(&snap) {
         Ok(bytes) => {
-            let raw: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-                    path: snap.clone(),
-                    line: e.line(),
-                    why: e.to_string(),
-                })?;
-            let found = raw
-                .get("format_version")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0) as u32;
+            #[derive(Deserialize)]
+            struct Version {
+                #[serde(default)]
+                format_version: u32,
+            }
+            let corrupt = |e: serde_json::Error| StateError::Corrupt {
+                path: snap.clone(),
+                line: e.line(),
+                why: e.to_string(),
+            };
+            // The version first (a newer format may not parse as this one), then the whole.
+            let found = serde_json::from_slice::<Version>(&bytes)
+                .map_err(corrupt)?
+                .format_version;
             if found > FORMAT_VERSION {
                 return Err(StateError::Newer {
                     path: snap,
@@ -68,11 +72,7 @@ fn load(dir: &Path, plan: &str, stack: &str) -> Result<Loaded, StateError> {
                     supported: FORMAT_VERSION,
                 });
             }
-            let s: State = serde_json::from_value(raw).map_err(|e| StateError::Corrupt {
-                path: snap.clone(),
-                line: 1,
-                why: e.to_string(),
-            })?;
+            let s: State = serde_json::from_slice(&bytes).map_err(corrupt)?;
             if s.plan != plan {
                 return Err(StateError::WrongPlan {
                     path: snap,

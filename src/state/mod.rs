@@ -128,7 +128,8 @@ pub struct DataRecord {
 
 /// One node's record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+/// Externally tagged (`{"resource": {...}}`) so that large states parse without buffering.
+#[serde(rename_all = "lowercase")]
 pub enum NodeRecord {
     Resource(ResourceRecord),
     Data(DataRecord),

@@ -147,6 +147,14 @@ fn a_failure_skips_dependents_finishes_independent_work_and_resumes() {
     );
     assert!(p.root().join("out/f/after.txt").exists());
 
+    // Compensation is on standby while nothing fails: not a pending change.
+    let (code, out, _) = p.run(&["preview", "f", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("? undo (local_file.append): runs only if a node it compensates fails"),
+        "{out}"
+    );
+
     // Halt: nothing independent starts after the failure (the slow branch was already running).
     let q = Project::new();
     q.stack("f", &stack(true, true));
@@ -154,6 +162,99 @@ fn a_failure_skips_dependents_finishes_independent_work_and_resumes() {
     assert_eq!(code, 1, "{out}");
     assert!(!q.root().join("out/f/independent.txt").exists(), "{out}");
     assert!(out.contains("halted after `check` failed"), "{out}");
+
+    // Compensate: halt, then run the rollback node.
+    let c = Project::new();
+    c.stack("f", &format!("{}compensate = true\n", stack(true, false)));
+    let (code, out, _) = c.run(&["apply", "f", "--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("halted after `check` failed; compensating"),
+        "{out}"
+    );
+    assert!(out.contains("> undo: done in"), "{out}");
+    assert!(out.contains("compensation ran"), "{out}");
+    assert_eq!(c.read("out/f/journal.txt"), "rolled back\n");
+}
+
+#[test]
+fn a_moved_declaration_renames_without_replacing() {
+    use cutover::engine::{self, PlanEntry};
+    use cutover::prelude::*;
+    fn v1(stack: &Stack) -> Result<Plan, PlanError> {
+        let p = Plan::new(stack);
+        p.add("old-name", File::new("m.txt", "kept\n"));
+        Ok(p)
+    }
+    fn v2(stack: &Stack) -> Result<Plan, PlanError> {
+        let p = Plan::new(stack);
+        p.add("new-name", File::new("m.txt", "kept\n"));
+        p.moved("old-name", "new-name");
+        Ok(p)
+    }
+    let entry = |build| {
+        vec![PlanEntry {
+            name: "m",
+            about: "",
+            hidden: true,
+            build,
+        }]
+    };
+    let p = Project::new();
+    p.stack("m", "plan = \"m\"\nprovider = \"local\"\n");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let apply = |plans: Vec<PlanEntry>| {
+        rt.block_on(async {
+            let l = engine::load(p.root(), &plans, "m").unwrap();
+            let prepared = engine::prepare(&l, Default::default(), "test")
+                .await
+                .unwrap();
+            let cs = prepared.changes.clone();
+            let (_tx, rx) = tokio::sync::watch::channel(0u32);
+            let applied = engine::execute(
+                &l,
+                prepared,
+                rx,
+                std::sync::Arc::new(|_, _| {}),
+                std::sync::Arc::new(|_, _| {}),
+            )
+            .await
+            .unwrap();
+            assert!(applied.report.ok(), "{:?}", applied.report.outcomes);
+            (cs, applied.state)
+        })
+    };
+    let (_, st1) = apply(entry(v1));
+    let id = |st: &cutover::state::State, n: &str| match st.nodes.get(n) {
+        Some(cutover::state::NodeRecord::Resource(r)) => Some((r.id.clone(), r.updated_at.clone())),
+        _ => None,
+    };
+    let before = id(&st1, "old-name").unwrap();
+    let mtime = std::fs::metadata(p.root().join("m.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let (cs, st2) = apply(entry(v2));
+    assert_eq!(
+        cs.moved,
+        vec![("old-name".to_string(), "new-name".to_string())]
+    );
+    assert!(
+        cs.actions
+            .iter()
+            .all(|a| a.action == cutover::planner::ActionKind::NoOp),
+        "{:?}",
+        cs.actions
+    );
+    assert_eq!(id(&st2, "new-name"), Some(before));
+    assert!(id(&st2, "old-name").is_none());
+    assert_eq!(
+        std::fs::metadata(p.root().join("m.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime
+    );
 }
 
 #[test]
@@ -227,7 +328,7 @@ fn import_adopts_an_existing_object_and_state_mv_renames() {
         "{list}"
     );
     let (_, show, _) = p.run(&["state", "demo", "show", "old-dir"]);
-    assert!(show.contains("\"kind\": \"resource\""), "{show}");
+    assert!(show.starts_with("{\n  \"resource\": {"), "{show}");
     // Now the plan sees `target-dir` as new and `old-dir` as gone: a preview says so.
     let (_, out, _) = p.run(&["preview", "demo"]);
     assert!(
