@@ -107,16 +107,19 @@ fn main() {
         "engine benchmark: `plan` (release build) vs Terraform {}",
         if tf_on { "(on PATH)" } else { "(not run)" }
     );
+    let tf_destroy = env_or("BENCH_TF_DESTROY", 0) == 1;
     println!(
-        "{:<7} {:>6} | {:>10} {:>10} {:>12} {:>9} | {:>10} {:>10} {:>8}",
+        "{:<7} {:>6} | {:>9} {:>9} {:>10} {:>9} {:>8} | {:>9} {:>9} {:>9} {:>8}",
         "shape",
         "nodes",
         "preview",
         "apply",
         "no-op prev",
+        "destroy",
         "ms/node",
         "tf apply",
         "tf no-op",
+        "tf destr",
         "speedup"
     );
     for &n in &sizes {
@@ -128,19 +131,16 @@ fn main() {
                 format!("plan = \"bench\"\nprovider = \"local\"\n[limits]\nglobal = 10\n[values]\nnodes = {n}\nshape = \"{shape}\"\n"),
             )
             .unwrap();
-            let preview = timed(plan_cmd(dir.path(), &["preview", "b"]), no_limit);
-            let apply = timed(
-                plan_cmd(dir.path(), &["apply", "b", "--yes", "--quiet"]),
-                no_limit,
-            );
-            let noop = timed(
-                plan_cmd(dir.path(), &["preview", "b", "--detailed-exitcode"]),
-                no_limit,
-            );
+            let run = |args: &[&str]| timed(plan_cmd(dir.path(), args), no_limit);
+            let preview = run(&["preview", "b"]);
+            let apply = run(&["apply", "b", "--yes", "--quiet"]);
+            let noop = run(&["preview", "b", "--detailed-exitcode"]);
+            let destroy = run(&["destroy", "b", "--yes", "--quiet"]);
             let per_node = apply
                 .map(|a| a.as_secs_f64() * 1000.0 / n as f64)
                 .unwrap_or(0.0);
-            let (tf_apply, tf_noop) = if tf_on && n <= tf_max {
+            let (mut tf_apply, mut tf_noop, mut tf_destr) = (None, None, None);
+            if tf_on && n <= tf_max {
                 let tdir = tempfile::tempdir().unwrap();
                 std::fs::write(tdir.path().join("main.tf"), terraform_config(shape, n)).unwrap();
                 let tf = |args: &[&str]| {
@@ -149,26 +149,28 @@ fn main() {
                         .args(args)
                         .env("TF_IN_AUTOMATION", "1")
                         .env("CHECKPOINT_DISABLE", "1");
-                    c
+                    timed(c, tf_limit)
                 };
-                timed(tf(&["init", "-input=false", "-no-color"]), tf_limit)
-                    .expect("terraform init");
-                let a = timed(
-                    tf(&["apply", "-input=false", "-auto-approve", "-no-color"]),
-                    tf_limit,
-                );
-                let p = if a.is_some() {
-                    timed(
-                        tf(&["plan", "-input=false", "-no-color", "-detailed-exitcode"]),
-                        tf_limit,
-                    )
-                } else {
-                    None
-                };
-                (Some(a), Some(p))
-            } else {
-                (None, None)
-            };
+                tf(&["init", "-input=false", "-no-color"]).expect("terraform init");
+                let a = tf(&["apply", "-input=false", "-auto-approve", "-no-color"]);
+                tf_apply = Some(a);
+                if a.is_some() {
+                    tf_noop = Some(tf(&[
+                        "plan",
+                        "-input=false",
+                        "-no-color",
+                        "-detailed-exitcode",
+                    ]));
+                    if tf_destroy {
+                        tf_destr = Some(tf(&[
+                            "destroy",
+                            "-input=false",
+                            "-auto-approve",
+                            "-no-color",
+                        ]));
+                    }
+                }
+            }
             let show = |x: &Option<Option<Duration>>| match x {
                 None => "-".to_string(),
                 Some(d) => fmt(*d, tf_limit),
@@ -181,15 +183,17 @@ fn main() {
                 _ => "-".into(),
             };
             println!(
-                "{:<7} {:>6} | {:>10} {:>10} {:>12} {:>9.3} | {:>10} {:>10} {:>8}",
+                "{:<7} {:>6} | {:>9} {:>9} {:>10} {:>9} {:>8.3} | {:>9} {:>9} {:>9} {:>8}",
                 shape,
                 n,
                 fmt(preview, no_limit),
                 fmt(apply, no_limit),
                 fmt(noop, no_limit),
+                fmt(destroy, no_limit),
                 per_node,
                 show(&tf_apply),
                 show(&tf_noop),
+                show(&tf_destr),
                 speedup
             );
         }
