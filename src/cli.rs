@@ -167,6 +167,7 @@ pub fn main(plans: &[PlanEntry]) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -181,6 +181,7 @@ pub async fn prepare(l: &Loaded, opts: Options, command: &str) -> Result<Prepare
         .collect();
     for (node, intent) in pending {
         let (entry, message) = reconcile_one(l, &ctx, store.state(), &node, &intent).await?;
+        tracing::info!(node = %node, op = ?intent.op, %message, "reconciled");
         store.append(entry);
         reconciled.push(Note { node, message });
     }

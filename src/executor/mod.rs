@@ -307,6 +307,7 @@ pub async fn run<W: Work, C: Checkpoint>(
         for (job, fut) in batch {
             let timeout = jobs[job].timeout;
             let label = jobs[job].label.clone();
+            tracing::debug!(job, label = %jobs[job].label, service = %jobs[job].service, "start");
             events(&Event::Started { job });
             let h = set.spawn(async move {
                 match tokio::time::timeout(timeout, fut).await {
@@ -358,6 +359,7 @@ pub async fn run<W: Work, C: Checkpoint>(
                 continue;
             };
             let fin = work.finish(job, result);
+            tracing::debug!(job, label = %jobs[job].label, error = ?fin.error, elapsed = ?t0.elapsed(), "finish");
             fin.entries.into_iter().for_each(|e| ckpt.append(e));
             events(&Event::Finished {
                 job,

@@ -228,6 +228,11 @@ impl StateStore {
         f.write_all(&self.buf).map_err(io(&jpath))?;
         f.sync_data().map_err(io(&jpath))?;
         self.fsyncs += 1;
+        tracing::debug!(
+            entries = self.pending_entries,
+            bytes = self.buf.len(),
+            "journal commit"
+        );
         self.buf.clear();
         self.pending_entries = 0;
         Ok(())
@@ -250,6 +255,11 @@ impl StateStore {
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         fsync_dir(&self.dir)?;
         self.state.journal_seq = snap.journal_seq;
+        tracing::debug!(
+            serial = snap.serial,
+            seq = snap.journal_seq,
+            "state compacted into a snapshot"
+        );
         let jpath = self.dir.join("journal.log");
         let f = self.journal.as_mut().expect("open for writing");
         f.set_len(0).map_err(io(&jpath))?;
