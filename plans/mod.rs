@@ -35,6 +35,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::cyclic,
         },
         PlanEntry {
+            name: "secretive",
+            about: "a file whose content is a secret (secret-handling tests)",
+            hidden: true,
+            build: testing::secretive,
+        },
+        PlanEntry {
             name: "failing",
             about: "a plan whose middle step fails on request (failure-policy tests)",
             hidden: true,

@@ -123,3 +123,15 @@ pub fn failing(stack: &Stack) -> Result<Plan, PlanError> {
     .after(&slow);
     Ok(p)
 }
+
+/// A file whose content comes from a secret reference.
+pub fn secretive(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let out: String = stack.get("out_dir")?;
+    let dir = p.add("dir", Directory::new(&out));
+    p.add(
+        "secret-file",
+        File::new(dir.path().join("/secret.txt"), stack.secret("token")?).mode(0o600),
+    );
+    Ok(p)
+}

@@ -331,10 +331,10 @@ impl Stack {
 
     /// A secret reference from `[secrets]`, as a value for a node's input. The value itself is
     /// read only by a provider at call time.
-    pub fn secret(&self, key: &str) -> Result<crate::value::Value, StackError> {
+    pub fn secret(&self, key: &str) -> Result<crate::dsl::Output<String>, StackError> {
         self.read.lock().unwrap().insert(format!("secrets.{key}"));
         match self.secrets.get(key) {
-            Some((_, r)) => Ok(crate::value::secret(r)),
+            Some((_, r)) => Ok(crate::dsl::Output::from_value(crate::value::secret(r))),
             None => Err(StackError::Missing {
                 path: self.path_str(),
                 key: format!("secrets.{key}"),

@@ -154,6 +154,13 @@ pub fn reveal_secrets(v: &Value, source: &dyn SecretSource) -> Result<Value, Str
     })
 }
 
+/// [`reveal_secrets`] over every attribute.
+pub fn reveal_attrs(a: &Attrs, source: &dyn SecretSource) -> Result<Attrs, String> {
+    a.iter()
+        .map(|(k, v)| Ok((k.clone(), reveal_secrets(v, source)?)))
+        .collect()
+}
+
 /// How a value reads in a preview: references as `(known after apply)`, secrets as
 /// `(secret env:NAME)`, the rest as JSON.
 pub fn display(v: &Value) -> String {

@@ -176,6 +176,10 @@ impl<T> Output<T> {
             _t: PhantomData,
         }
     }
+    /// A typed view of an untyped value (a secret reference, a value built by hand).
+    pub fn from_value(value: Value) -> Self {
+        Self::raw(value)
+    }
     /// The underlying value.
     pub fn into_value(self) -> Value {
         self.value

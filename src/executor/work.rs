@@ -382,6 +382,11 @@ impl super::Work for ApplyWork {
                         _ => (Attrs::new(), Attrs::new()),
                     },
                 };
+                // Secrets are revealed for the call only: intents and records keep references.
+                let revealed = match value::reveal_attrs(&inputs, &*self.ctx.secrets) {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
+                };
                 let ctx = self.ctx.clone();
                 let prior_id = match &op.prior {
                     Some(NodeRecord::Resource(r)) => Some(r.id.clone()),
@@ -407,7 +412,7 @@ impl super::Work for ApplyWork {
                             inputs: &inputs,
                         });
                         let e = intent(Op::Create, id, &inputs);
-                        let (n, d, i) = (node.clone(), det.clone(), inputs.clone());
+                        let (n, d, i) = (node.clone(), det.clone(), revealed.clone());
                         Start::Run {
                             intent: vec![e],
                             fut: Box::pin(async move {
@@ -463,7 +468,7 @@ impl super::Work for ApplyWork {
                         }
                         let e = intent(Op::Update, prior.id.clone(), &stored);
                         let (n, d, id) = (node.clone(), det.clone(), prior.id.clone());
-                        let i = inputs.clone();
+                        let i = revealed.clone();
                         self.started
                             .insert(job, (stored, Attrs::new(), type_name.clone()));
                         return Start::Run {
@@ -486,7 +491,7 @@ impl super::Work for ApplyWork {
                             return Start::Skip(vec![Entry::Remove { node }]);
                         };
                         let e = intent(Op::Delete, id.clone(), &inputs);
-                        let (n, d, i) = (node.clone(), det.clone(), inputs.clone());
+                        let (n, d, i) = (node.clone(), det.clone(), revealed.clone());
                         Start::Run {
                             intent: vec![e],
                             fut: Box::pin(async move {
@@ -503,7 +508,7 @@ impl super::Work for ApplyWork {
                         }
                     }
                     (OpKind::Read, TypeImpl::Data(dt)) => {
-                        let (n, d, i) = (node.clone(), det.clone(), inputs.clone());
+                        let (n, d, i) = (node.clone(), det.clone(), revealed.clone());
                         Start::Run {
                             intent: vec![],
                             fut: Box::pin(async move {
@@ -521,7 +526,7 @@ impl super::Work for ApplyWork {
                     }
                     (OpKind::Run, TypeImpl::Step(st)) => {
                         let e = intent(Op::Run, det.clone(), &inputs);
-                        let (n, d, i) = (node.clone(), det.clone(), inputs.clone());
+                        let (n, d, i) = (node.clone(), det.clone(), revealed.clone());
                         Start::Run {
                             intent: vec![e],
                             fut: Box::pin(async move {

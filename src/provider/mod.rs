@@ -81,8 +81,10 @@ impl Ctx {
     }
 }
 
-/// One call's subject: the node, its deterministic identifier and its inputs (references resolved,
-/// secrets still references: reveal them with [`crate::value::reveal_secrets`] at the call).
+/// One call's subject: the node, its deterministic identifier and its inputs. For create, update,
+/// delete, run and data reads the engine has resolved references and revealed secrets for this call
+/// only: a provider must never log them nor return them in what it observes. For reads that
+/// reconcile or refresh, secrets are still references.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub node: &'a str,

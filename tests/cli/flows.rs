@@ -393,3 +393,78 @@ fn replace_until_and_destroy() {
     let (_, list, _) = p.run(&["state", "demo", "list"]);
     assert_eq!(list, "");
 }
+
+#[test]
+fn a_secret_reaches_the_object_but_never_state_previews_or_output() {
+    let p = Project::new();
+    p.stack(
+        "s",
+        "plan = \"secretive\"\nprovider = \"local\"\n[values]\nout_dir = \"out/s\"\n[secrets]\ntoken = \"env:CUTOVER_TEST_TOKEN\"\n",
+    );
+    let secret = "s3cr3t-value-4f9a";
+    let run = |args: &[&str]| {
+        let out = p
+            .plan()
+            .args(args)
+            .env("CUTOVER_TEST_TOKEN", secret)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap(), text)
+    };
+    let (code, preview) = run(&["preview", "s"]);
+    assert_eq!(code, 0, "{preview}");
+    assert!(
+        preview.contains("+ content = (secret env:CUTOVER_TEST_TOKEN)"),
+        "{preview}"
+    );
+    let (code, out) = run(&["apply", "s", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        p.read("out/s/secret.txt"),
+        secret,
+        "the object got the value"
+    );
+    // Refresh reads the file back (its content is the secret): state must keep the reference.
+    let (code, out) = run(&["refresh", "s"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, json) = run(&["preview", "s", "--format", "json", "--refresh"]);
+    let (_, shown) = run(&["state", "s", "show", "secret-file"]);
+    for (what, text) in [
+        ("preview", &preview),
+        ("apply output", &out),
+        ("json", &json),
+        ("state show", &shown),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "the secret leaked into the {what}:\n{text}"
+        );
+    }
+    for (path, bytes) in super::tree(&p.state_dir("s")) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "the secret leaked into {}",
+            path.display()
+        );
+    }
+    assert!(
+        shown.contains("\"$secret\": \"env:CUTOVER_TEST_TOKEN\""),
+        "{shown}"
+    );
+    // Without the variable, apply of a change fails naming the variable, not a value.
+    std::fs::remove_file(p.root().join("out/s/secret.txt")).unwrap();
+    p.run(&["refresh", "s"]);
+    let (code, out, _) = p.run(&["apply", "s", "--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("environment variable CUTOVER_TEST_TOKEN is not set; export it before running"),
+        "{out}"
+    );
+    let (_, list, _) = p.run(&["state", "s", "list"]);
+    assert!(!list.contains("secret-file"), "{list}");
+}
