@@ -5,6 +5,7 @@
 use cutover::prelude::PlanEntry;
 
 mod demo;
+mod rehearsal;
 mod testing;
 
 /// Every plan of this binary.
@@ -15,6 +16,12 @@ pub fn all() -> Vec<PlanEntry> {
             about: "a rehearsal of the engine on local files: provision, load, gate, cut over",
             hidden: false,
             build: demo::build,
+        },
+        PlanEntry {
+            name: "rehearsal",
+            about: "a PostgreSQL migration rehearsed on local clusters (the local stack)",
+            hidden: false,
+            build: rehearsal::build,
         },
         PlanEntry {
             name: "bench",

@@ -15,6 +15,7 @@ pub mod dsl;
 pub mod engine;
 pub mod executor;
 pub mod graph;
+pub mod pg;
 pub mod planner;
 pub mod provider;
 pub mod render;
@@ -28,6 +29,8 @@ pub mod prelude {
     pub use crate::engine::PlanEntry;
     pub use crate::provider::builtin::{Assert, Null, Sleep};
     pub use crate::provider::local_file::{Append, Directory, File, ReadFile};
+    pub use crate::provider::local_pg::Postgres;
+    pub use crate::provider::pg_steps::{Preflight, Sql};
     pub use crate::stack::Stack;
     pub use crate::value::Value;
     pub use std::time::Duration;

@@ -7,6 +7,8 @@
 
 pub mod builtin;
 pub mod local_file;
+pub mod local_pg;
+pub mod pg_steps;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -268,9 +270,9 @@ pub fn registry_for(provider: &str) -> Registry {
     let mut r = Registry::new();
     builtin::register(&mut r);
     local_file::register(&mut r);
-    match provider {
-        "local" | "aws" => {}
-        _ => {}
+    pg_steps::register(&mut r);
+    if provider == "local" {
+        local_pg::register(&mut r);
     }
     r
 }

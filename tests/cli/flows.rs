@@ -462,7 +462,9 @@ fn a_secret_reaches_the_object_but_never_state_previews_or_output() {
     let (code, out, _) = p.run(&["apply", "s", "--yes"]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("environment variable CUTOVER_TEST_TOKEN is not set; export it before running"),
+        out.contains(
+            "environment variable CUTOVER_TEST_TOKEN is not set; export it before running"
+        ),
         "{out}"
     );
     let (_, list, _) = p.run(&["state", "s", "list"]);

@@ -4,6 +4,7 @@
 mod crash;
 mod errors;
 mod flows;
+mod pg;
 mod preview;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,9 @@ impl Default for Project {
 impl Project {
     pub fn new() -> Project {
         let dir = tempfile::tempdir().unwrap();
+        // PostgreSQL runs as the `postgres` user when tests run as root: it must reach its data.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::create_dir_all(dir.path().join("stacks")).unwrap();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         for e in std::fs::read_dir(repo.join("stacks")).unwrap() {

@@ -1,0 +1,153 @@
+//! The data plane: talking to PostgreSQL databases directly, whatever created them. Connection
+//! settings, local clusters for rehearsals and tests (`initdb`/`pg_ctl` on loopback ports), and the
+//! checks and steps of a migration (preflight, replication, lag, validation).
+//!
+//! Nothing here prints, and nothing here keeps a password beyond the call that uses it.
+
+pub mod cluster;
+pub mod preflight;
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Client, NoTls};
+
+use crate::value::{Attrs, Value};
+
+/// A problem talking to a database, naming which one.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("cannot connect to {target}: {source}; check that it runs and accepts connections from here")]
+    Connect {
+        target: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("{target}: {what}: {source}")]
+    Query {
+        target: String,
+        what: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where a database is. Built from a node's `conn` input (a map with host, port, user, dbname and
+/// an optional password, already revealed for the call).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub dbname: String,
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
+    }
+}
+
+impl Target {
+    /// From a `conn` value.
+    pub fn from_value(v: &Value) -> Result<Target, String> {
+        let port = match v.get("port") {
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => s.parse().ok(),
+            _ => None,
+        };
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+        Ok(Target {
+            host: s("host").ok_or("connection: `host` is missing")?,
+            port: port.ok_or("connection: `port` is missing or not a number")? as u16,
+            user: s("user").unwrap_or_else(|| "postgres".into()),
+            dbname: s("dbname").unwrap_or_else(|| "postgres".into()),
+            password: s("password"),
+        })
+    }
+
+    /// From the input `key` of a node.
+    pub fn from_input(inputs: &Attrs, key: &str) -> Result<Target, String> {
+        let v = inputs
+            .get(key)
+            .ok_or_else(|| format!("input `{key}` (a connection) is missing"))?;
+        Target::from_value(v).map_err(|e| format!("input `{key}`: {e}"))
+    }
+
+    /// The same server, another database.
+    pub fn with_db(&self, dbname: &str) -> Target {
+        Target {
+            dbname: dbname.into(),
+            ..self.clone()
+        }
+    }
+
+    /// A libpq connection string (for `CREATE SUBSCRIPTION`); includes the password if any.
+    pub fn conninfo(&self) -> String {
+        let mut s = format!(
+            "host={} port={} user={} dbname={}",
+            self.host, self.port, self.user, self.dbname
+        );
+        if let Some(p) = &self.password {
+            s.push_str(&format!(
+                " password='{}'",
+                p.replace('\\', "\\\\").replace('\'', "\\'")
+            ));
+        }
+        s
+    }
+
+    fn config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name("cutover")
+            .connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c
+    }
+
+    /// A client; its connection runs on a task of its own.
+    pub async fn connect(&self) -> Result<Client, PgError> {
+        let (client, conn) =
+            self.config()
+                .connect(NoTls)
+                .await
+                .map_err(|source| PgError::Connect {
+                    target: self.to_string(),
+                    source,
+                })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Wraps a query error with this target and what was being done.
+    pub fn err(&self, what: &str) -> impl FnOnce(tokio_postgres::Error) -> PgError + '_ {
+        let what = what.to_string();
+        move |source| PgError::Query {
+            target: self.to_string(),
+            what,
+            source,
+        }
+    }
+}
+
+/// Quotes an identifier.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes a literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

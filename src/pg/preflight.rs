@@ -1,0 +1,275 @@
+//! Preflight of a source and a target before anything is created or replicated: `wal_level`,
+//! free replication slots and WAL senders, versions, tables without a primary key or replica
+//! identity, unlogged tables, large objects, sequences, extensions on one side only, tables missing
+//! on the target. Each finding is an error (blocks), a warning or a note, with the fix.
+//!
+//! Preflight only reads: it must never change either database.
+
+use serde::{Deserialize, Serialize};
+
+use super::{PgError, Target};
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Note,
+    Warning,
+    Error,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub level: Level,
+    pub check: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} [{}] {}", self.level, self.check, self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, " Fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+fn finding(level: Level, check: &str, message: String, fix: Option<&str>) -> Finding {
+    Finding {
+        level,
+        check: check.into(),
+        message,
+        fix: fix.map(String::from),
+    }
+}
+
+const USER_TABLES: &str = "c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND NOT c.relispartition";
+
+fn list(names: &[String], max: usize) -> String {
+    let mut s = names
+        .iter()
+        .take(max)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > max {
+        s.push_str(&format!(" and {} more", names.len() - max));
+    }
+    s
+}
+
+/// Runs every check; `slots_needed` is the number of replication slots the plan will create.
+pub async fn check(
+    source: &Target,
+    target: &Target,
+    slots_needed: i64,
+) -> Result<Vec<Finding>, PgError> {
+    let src = source.connect().await?;
+    let dst = target.connect().await?;
+    let mut out = Vec::new();
+    let one = |rows: Vec<tokio_postgres::Row>| -> String {
+        rows.first()
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_default()
+    };
+
+    let wal = one(src
+        .query("SHOW wal_level", &[])
+        .await
+        .map_err(source.err("wal_level"))?);
+    if wal != "logical" {
+        out.push(finding(
+            Level::Error,
+            "wal_level",
+            format!("source wal_level is `{wal}`; logical replication needs `logical`"),
+            Some("set wal_level = logical on the source and restart it (RDS: rds.logical_replication = 1 in its parameter group, then reboot)"),
+        ));
+    }
+    let row = src
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::bigint - (SELECT count(*) FROM pg_replication_slots),
+                    current_setting('max_wal_senders')::bigint - (SELECT count(*) FROM pg_stat_replication)",
+            &[],
+        )
+        .await
+        .map_err(source.err("replication capacity"))?;
+    let (slots, senders): (i64, i64) = (row.get(0), row.get(1));
+    if slots < slots_needed {
+        out.push(finding(
+            Level::Error,
+            "replication_slots",
+            format!("source has {slots} free replication slot(s); the plan needs {slots_needed}"),
+            Some("raise max_replication_slots on the source (restart needed) or drop unused slots"),
+        ));
+    }
+    if senders < slots_needed {
+        out.push(finding(
+            Level::Error,
+            "wal_senders",
+            format!("source has {senders} free WAL sender(s); the plan needs {slots_needed}"),
+            Some("raise max_wal_senders on the source (restart needed)"),
+        ));
+    }
+    let sv: i64 = one(src
+        .query("SHOW server_version_num", &[])
+        .await
+        .map_err(source.err("version"))?)
+    .parse()
+    .unwrap_or(0);
+    let tv: i64 = one(dst
+        .query("SHOW server_version_num", &[])
+        .await
+        .map_err(target.err("version"))?)
+    .parse()
+    .unwrap_or(0);
+    if tv / 10000 < sv / 10000 {
+        out.push(finding(
+            Level::Error,
+            "version",
+            format!(
+                "target PostgreSQL {} is older than the source's {}",
+                tv / 10000,
+                sv / 10000
+            ),
+            Some("use a target of the same or a newer major version"),
+        ));
+    } else if sv < 100000 {
+        out.push(finding(
+            Level::Error,
+            "version",
+            format!(
+                "source PostgreSQL {} has no native logical replication",
+                sv / 10000
+            ),
+            Some("use pglogical or AWS DMS for sources older than 10"),
+        ));
+    } else {
+        out.push(finding(
+            Level::Note,
+            "version",
+            format!("source {}, target {}", sv / 10000, tv / 10000),
+            None,
+        ));
+    }
+
+    let no_identity: Vec<String> = src
+        .query(
+            &format!(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE {USER_TABLES} AND c.relpersistence = 'p'
+                   AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS
+                        (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
+                 ORDER BY 1"
+            ),
+            &[],
+        )
+        .await
+        .map_err(source.err("replica identity"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !no_identity.is_empty() {
+        out.push(finding(
+            Level::Error,
+            "replica_identity",
+            format!("{} table(s) have no primary key or replica identity: once published, UPDATE and DELETE on them fail on the source, and they cannot replicate: {}", no_identity.len(), list(&no_identity, 20)),
+            Some("add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL (slower apply) for each"),
+        ));
+    }
+    let unlogged: Vec<String> = src
+        .query(&format!("SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_TABLES} AND c.relpersistence = 'u' ORDER BY 1"), &[])
+        .await
+        .map_err(source.err("unlogged tables"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !unlogged.is_empty() {
+        out.push(finding(
+            Level::Warning,
+            "unlogged",
+            format!(
+                "{} unlogged table(s) are not replicated: {}",
+                unlogged.len(),
+                list(&unlogged, 20)
+            ),
+            Some("ALTER TABLE ... SET LOGGED, or copy them at cutover"),
+        ));
+    }
+    let lobs: i64 = src
+        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+        .await
+        .map_err(source.err("large objects"))?
+        .get(0);
+    if lobs > 0 {
+        out.push(finding(
+            Level::Warning,
+            "large_objects",
+            format!("{lobs} large object(s) are not replicated by logical replication"),
+            Some("copy them at cutover (pg_dump --large-objects) or move them into bytea columns"),
+        ));
+    }
+    let seqs: i64 = src
+        .query_one("SELECT count(*) FROM pg_sequences WHERE schemaname NOT IN ('pg_catalog','information_schema')", &[])
+        .await
+        .map_err(source.err("sequences"))?
+        .get(0);
+    if seqs > 0 {
+        out.push(finding(Level::Note, "sequences", format!("{seqs} sequence(s): logical replication does not carry their values; the cutover syncs them"), None));
+    }
+    let exts = |rows: Vec<tokio_postgres::Row>| -> std::collections::BTreeSet<String> {
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    let se = exts(
+        src.query("SELECT extname::text FROM pg_extension", &[])
+            .await
+            .map_err(source.err("extensions"))?,
+    );
+    let te = exts(
+        dst.query("SELECT extname::text FROM pg_extension", &[])
+            .await
+            .map_err(target.err("extensions"))?,
+    );
+    let only_src: Vec<String> = se.difference(&te).cloned().collect();
+    if !only_src.is_empty() {
+        out.push(finding(
+            Level::Warning,
+            "extensions",
+            format!("extension(s) on the source only: {}", list(&only_src, 20)),
+            Some("CREATE EXTENSION them on the target before copying the schema"),
+        ));
+    }
+    let only_dst: Vec<String> = te.difference(&se).cloned().collect();
+    if !only_dst.is_empty() {
+        out.push(finding(
+            Level::Note,
+            "extensions",
+            format!("extension(s) on the target only: {}", list(&only_dst, 20)),
+            None,
+        ));
+    }
+    let tables_q = format!("SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_TABLES} AND c.relpersistence = 'p' ORDER BY 1");
+    let st: std::collections::BTreeSet<String> = src
+        .query(&tables_q, &[])
+        .await
+        .map_err(source.err("tables"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let tt: std::collections::BTreeSet<String> = dst
+        .query(&tables_q, &[])
+        .await
+        .map_err(target.err("tables"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<String> = st.difference(&tt).cloned().collect();
+    if !missing.is_empty() {
+        out.push(finding(Level::Note, "schema", format!("{} table(s) are not on the target yet: {}", missing.len(), list(&missing, 10)), Some("the replication step copies the schema first (or create it with pg_dump --schema-only)")));
+    }
+    out.sort_by(|a, b| b.level.cmp(&a.level).then(a.check.cmp(&b.check)));
+    Ok(out)
+}
