@@ -1,8 +1,9 @@
 //! The `rehearsal` plan: a PostgreSQL migration rehearsed on this machine. Two local clusters stand
 //! in for the old database and the new one; the source gets an application's schema and data; a
-//! preflight checks both sides before replication.
+//! preflight checks both sides; native logical replication copies the schema and the data (the
+//! largest table in a group of its own) and keeps the target in step; a wait until the lag is small.
 //!
-//! Replication, lag, validation and the cutover steps come with the cutover issue.
+//! Validation and the cutover steps (fence, catch-up, sequences, flip, rollback) are not built yet.
 
 use cutover::prelude::*;
 
@@ -75,11 +76,24 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
                 .probe("SELECT to_regclass('public.settings') IS NOT NULL"),
         )
         .after(&source_db);
+    let preflight = p
+        .add(
+            "preflight",
+            Preflight::between(source.conn(&db), target.conn(&db)),
+        )
+        .after(&seed)
+        .after(&target_db);
+    // The largest table replicates in its own group (its own slot), as big tables do in practice.
+    let replicate = p
+        .add(
+            "replicate",
+            Replicate::between(source.conn(&db), target.conn(&db))
+                .group("events", &["public.events"]),
+        )
+        .after(&preflight);
     p.add(
-        "preflight",
-        Preflight::between(source.conn(&db), target.conn(&db)),
-    )
-    .after(&seed)
-    .after(&target_db);
+        "caught-up",
+        WaitLag::on(source.conn(&db), replicate.slots()).under_bytes(1024 * 1024),
+    );
     Ok(p)
 }

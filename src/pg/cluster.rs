@@ -145,7 +145,7 @@ impl LocalCluster {
     /// Writes our settings (and `settings`) to `postgresql.auto.conf`-style include file.
     pub fn configure(&self, settings: &[(String, String)]) -> Result<(), String> {
         let mut conf = format!(
-            "# Written by cutover. Loopback only.\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\nwal_level = logical\nmax_replication_slots = 32\nmax_wal_senders = 32\nmax_worker_processes = 32\nmax_logical_replication_workers = 16\nmax_sync_workers_per_subscription = 4\nlogging_collector = off\n",
+            "# Written by cutover. Loopback only.\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\nwal_level = logical\nmax_replication_slots = 32\nmax_wal_senders = 32\nmax_worker_processes = 32\nmax_logical_replication_workers = 16\nmax_sync_workers_per_subscription = 4\nwal_retrieve_retry_interval = 200ms\nlogging_collector = off\n",
             self.port
         );
         for (k, v) in settings {

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod preflight;
+pub mod replication;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, NoTls};
@@ -15,16 +16,15 @@ use crate::value::{Attrs, Value};
 /// A problem talking to a database, naming which one.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("cannot connect to {target}: {source}; check that it runs and accepts connections from here")]
-    Connect {
-        target: String,
-        source: tokio_postgres::Error,
-    },
-    #[error("{target}: {what}: {source}")]
+    #[error("cannot connect to {target}: {message}; check that it runs and accepts connections from here")]
+    Connect { target: String, message: String },
+    #[error("{target}: {what}: {message}")]
     Query {
         target: String,
         what: String,
-        source: tokio_postgres::Error,
+        message: String,
+        /// The SQLSTATE, when the server sent one.
+        code: Option<String>,
     },
     #[error("{0}")]
     Other(String),
@@ -117,14 +117,14 @@ impl Target {
 
     /// A client; its connection runs on a task of its own.
     pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, conn) =
-            self.config()
-                .connect(NoTls)
-                .await
-                .map_err(|source| PgError::Connect {
-                    target: self.to_string(),
-                    source,
-                })?;
+        let (client, conn) = self
+            .config()
+            .connect(NoTls)
+            .await
+            .map_err(|e| PgError::Connect {
+                target: self.to_string(),
+                message: describe(&e),
+            })?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -134,10 +134,37 @@ impl Target {
     /// Wraps a query error with this target and what was being done.
     pub fn err(&self, what: &str) -> impl FnOnce(tokio_postgres::Error) -> PgError + '_ {
         let what = what.to_string();
-        move |source| PgError::Query {
+        move |e| PgError::Query {
             target: self.to_string(),
             what,
-            source,
+            code: e.code().map(|c| c.code().to_string()),
+            message: describe(&e),
+        }
+    }
+}
+
+/// A driver error as a person needs it: the server's message, detail, hint and SQLSTATE.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = db.message().to_string();
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" (detail: {d})"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!(" (hint: {h})"));
+            }
+            s.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(x) = src {
+                s.push_str(&format!(": {x}"));
+                src = x.source();
+            }
+            s
         }
     }
 }

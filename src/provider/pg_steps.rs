@@ -1,5 +1,5 @@
 //! Steps that talk to PostgreSQL directly, whatever created the databases: run SQL (with a probe),
-//! preflight. Their `conn` inputs are maps (host, port, user, dbname, password as a secret
+//! preflight, logical replication, waiting for lag. Their `conn` inputs are maps (host, port, user, dbname, password as a secret
 //! reference).
 //!
 //! A step here must never run a statement that changes data unless that is its declared purpose.
@@ -13,7 +13,10 @@ use crate::pg::Target;
 use crate::value::{get_str, Attrs, Value};
 
 pub fn register(r: &mut Registry) {
-    r.step(SqlType).step(PreflightType);
+    r.step(SqlType)
+        .step(PreflightType)
+        .step(ReplicateType)
+        .step(WaitLagType);
 }
 
 fn target(inputs: &Attrs, key: &str) -> Result<Target, ProviderError> {
@@ -176,5 +179,292 @@ impl StepType for PreflightType {
             "findings".to_string(),
             serde_json::to_value(&findings).unwrap_or(Value::Null),
         )]))
+    }
+}
+
+/// Native logical replication from `source` to `target`: schema (unless told not to), one
+/// publication and subscription per table group, the wait for the initial copy, then indexes and
+/// foreign keys. Outputs `slots` and `subscriptions` (lists of names).
+#[derive(Debug, Clone)]
+pub struct Replicate {
+    source: Value,
+    target: Value,
+    groups: Vec<crate::pg::replication::Group>,
+    prefix: String,
+    copy_schema: bool,
+}
+
+impl Replicate {
+    pub fn between(source: Value, target: Value) -> Self {
+        Replicate {
+            source,
+            target,
+            groups: vec![],
+            prefix: "cutover".into(),
+            copy_schema: true,
+        }
+    }
+    /// A group of tables with its own publication, subscription and slot; tables named in no
+    /// group go to the group `rest`.
+    pub fn group(mut self, name: &str, tables: &[&str]) -> Self {
+        self.groups.push(crate::pg::replication::Group {
+            name: name.into(),
+            tables: tables.iter().map(|s| s.to_string()).collect(),
+        });
+        self
+    }
+    /// The prefix of publication, subscription and slot names (default `cutover`).
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+    /// The target already has the schema.
+    pub fn without_schema(mut self) -> Self {
+        self.copy_schema = false;
+        self
+    }
+}
+
+impl Declare for Replicate {
+    const TYPE: &'static str = "pg.replicate";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        Attrs::from([
+            ("source".to_string(), self.source),
+            ("target".to_string(), self.target),
+            (
+                "groups".to_string(),
+                serde_json::to_value(&self.groups).unwrap_or(Value::Null),
+            ),
+            ("prefix".to_string(), Value::String(self.prefix)),
+            ("copy_schema".to_string(), Value::Bool(self.copy_schema)),
+        ])
+    }
+}
+
+impl crate::dsl::Handle<Replicate> {
+    /// The replication slots on the source (one per group).
+    pub fn slots(&self) -> Value {
+        self.output::<Vec<String>>("slots").into()
+    }
+}
+
+struct ReplicateType;
+
+fn groups_of(inputs: &Attrs) -> Vec<crate::pg::replication::Group> {
+    inputs
+        .get("groups")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+fn setup_outputs(names: &[String], tables: usize) -> Attrs {
+    Attrs::from([
+        ("slots".to_string(), serde_json::json!(names)),
+        ("subscriptions".to_string(), serde_json::json!(names)),
+        ("publications".to_string(), serde_json::json!(names)),
+        ("tables".to_string(), Value::from(tables as u64)),
+    ])
+}
+
+#[async_trait]
+impl StepType for ReplicateType {
+    fn type_name(&self) -> &'static str {
+        "pg.replicate"
+    }
+    fn service(&self) -> &'static str {
+        "pg"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        use crate::pg::replication as r;
+        let s = target(req.inputs, "source")?;
+        let t = target(req.inputs, "target")?;
+        let prefix = get_str(req.inputs, "prefix")
+            .unwrap_or("cutover")
+            .to_string();
+        let copy_schema = req
+            .inputs
+            .get("copy_schema")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let rest = if copy_schema {
+            ctx.report(req.node, "copying the schema (tables and keys)");
+            r::copy_schema_pre(&s, &t).await.map_err(pg_err)?
+        } else {
+            vec![]
+        };
+        let setup = r::start(&s, &t, &prefix, &groups_of(req.inputs))
+            .await
+            .map_err(pg_err)?;
+        let subs: Vec<String> = setup
+            .groups
+            .iter()
+            .map(|g| g.subscription.clone())
+            .collect();
+        let started = std::time::Instant::now();
+        let mut last = String::new();
+        loop {
+            let (done, total, errors) = r::copy_progress(&t, &subs).await.map_err(pg_err)?;
+            let msg = if errors > 0 {
+                format!("initial copy: {done} of {total} tables ready; {errors} table sync error(s) so far, retrying (see the target's log)")
+            } else {
+                format!("initial copy: {done} of {total} tables ready")
+            };
+            if msg != last {
+                ctx.report(req.node, &msg);
+                last = msg;
+            }
+            if total > 0 && done == total {
+                break;
+            }
+            if total == 0 && started.elapsed() > std::time::Duration::from_secs(30) {
+                return Err(ProviderError::new(
+                    "the subscriptions list no tables after 30 s: the publications are empty",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        if !rest.is_empty() {
+            ctx.report(
+                req.node,
+                &format!(
+                    "building {} index(es), foreign key(s) and the rest of the schema",
+                    rest.len()
+                ),
+            );
+            r::copy_schema_post(&t, &rest).await.map_err(pg_err)?;
+        }
+        r::mark_ready(&t, &subs).await.map_err(pg_err)?;
+        let mut out = setup_outputs(&subs, setup.tables);
+        out.insert(
+            "groups".into(),
+            serde_json::to_value(&setup.groups).unwrap_or(Value::Null),
+        );
+        Ok(out)
+    }
+    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        use crate::pg::replication as r;
+        let s = target(req.inputs, "source")?;
+        let t = target(req.inputs, "target")?;
+        let prefix = get_str(req.inputs, "prefix")
+            .unwrap_or("cutover")
+            .to_string();
+        let src = s.connect().await.map_err(pg_err)?;
+        let all = r::tables(&s, &src).await.map_err(pg_err)?;
+        let names: Vec<String> = r::assign(&all, &groups_of(req.inputs))
+            .map_err(ProviderError::new)?
+            .into_iter()
+            .map(|(g, _)| r::object_name(&prefix, &g))
+            .collect();
+        Ok(Some(if r::is_ready(&t, &names).await.map_err(pg_err)? {
+            Probe::Done(setup_outputs(&names, all.len()))
+        } else {
+            Probe::NotDone
+        }))
+    }
+}
+
+/// Waits until every slot's lag is under the bounds, reporting it.
+#[derive(Debug, Clone)]
+pub struct WaitLag {
+    source: Value,
+    slots: Value,
+    max_bytes: u64,
+    max_seconds: f64,
+}
+
+impl WaitLag {
+    /// Waits on `slots` (a replicate step's `slots()`) of `source`.
+    pub fn on(source: Value, slots: Value) -> Self {
+        WaitLag {
+            source,
+            slots,
+            max_bytes: 64 * 1024,
+            max_seconds: 5.0,
+        }
+    }
+    pub fn under_bytes(mut self, n: u64) -> Self {
+        self.max_bytes = n;
+        self
+    }
+    pub fn under_seconds(mut self, s: f64) -> Self {
+        self.max_seconds = s;
+        self
+    }
+}
+
+impl Declare for WaitLag {
+    const TYPE: &'static str = "pg.wait_lag";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        Attrs::from([
+            ("source".to_string(), self.source),
+            ("slots".to_string(), self.slots),
+            ("max_bytes".to_string(), Value::from(self.max_bytes)),
+            ("max_seconds".to_string(), Value::from(self.max_seconds)),
+        ])
+    }
+}
+
+struct WaitLagType;
+
+#[async_trait]
+impl StepType for WaitLagType {
+    fn type_name(&self) -> &'static str {
+        "pg.wait_lag"
+    }
+    fn service(&self) -> &'static str {
+        "pg"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let s = target(req.inputs, "source")?;
+        let slots: Vec<String> = req
+            .inputs
+            .get("slots")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .ok_or_else(|| ProviderError::new("input `slots` must be a list of slot names"))?;
+        let max_bytes = crate::value::get_u64(req.inputs, "max_bytes").unwrap_or(0) as i64;
+        let max_seconds = req
+            .inputs
+            .get("max_seconds")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let mut last_report = std::time::Instant::now() - std::time::Duration::from_secs(10);
+        loop {
+            let mut worst = crate::pg::replication::Lag {
+                bytes: 0,
+                seconds: 0.0,
+            };
+            for slot in &slots {
+                let l = crate::pg::replication::lag(&s, slot)
+                    .await
+                    .map_err(pg_err)?;
+                worst.bytes = worst.bytes.max(l.bytes);
+                worst.seconds = worst.seconds.max(l.seconds);
+            }
+            if worst.bytes <= max_bytes && worst.seconds <= max_seconds {
+                return Ok(Attrs::from([
+                    ("bytes".to_string(), Value::from(worst.bytes)),
+                    ("seconds".to_string(), Value::from(worst.seconds)),
+                ]));
+            }
+            if last_report.elapsed() >= std::time::Duration::from_secs(2) {
+                ctx.report(
+                    req.node,
+                    &format!(
+                        "lag {} bytes, {:.1} s (waiting for at most {max_bytes} bytes, {max_seconds:.1} s)",
+                        worst.bytes, worst.seconds
+                    ),
+                );
+                last_report = std::time::Instant::now();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 }

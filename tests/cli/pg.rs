@@ -57,6 +57,20 @@ fn target(port: u16, db: &str) -> Target {
     }
 }
 
+/// Row counts of the rehearsal's tables when both sides agree, else (-1, -1, -1).
+async fn same_data(src: &tokio_postgres::Client, dst: &tokio_postgres::Client) -> (i64, i64, i64) {
+    let q = "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM events), (SELECT count(*) FROM settings)";
+    let a = src.query_one(q, &[]).await.unwrap();
+    let b = dst.query_one(q, &[]).await.unwrap();
+    let a = (a.get::<_, i64>(0), a.get::<_, i64>(1), a.get::<_, i64>(2));
+    let b = (b.get::<_, i64>(0), b.get::<_, i64>(1), b.get::<_, i64>(2));
+    if a == b {
+        a
+    } else {
+        (-1, -1, -1)
+    }
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -74,28 +88,46 @@ fn the_local_rehearsal_provisions_seeds_checks_and_tears_down() {
     let (code, out, err) = p.run(&["apply", "local", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("Apply complete: 2 added, 0 changed, 0 destroyed, 4 steps run."),
+        out.contains("Apply complete: 2 added, 0 changed, 0 destroyed, 6 steps run."),
+        "{out}"
+    );
+    assert!(
+        out.contains("replicate: initial copy: 3 of 3 tables ready"),
         "{out}"
     );
     let rt = rt();
     rt.block_on(async {
         let src = target(s, "app").connect().await.unwrap();
-        let n: i64 = src
-            .query_one("SELECT count(*) FROM events", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 1000);
         let dst = target(t, "app").connect().await.unwrap();
-        let n: i64 = dst
-            .query_one(
-                "SELECT count(*) FROM pg_database WHERE datname = 'app'",
-                &[],
-            )
+        assert_eq!(same_data(&src, &dst).await, (100, 1000, 2));
+        // One publication, subscription and slot per group: `events` alone, the rest together.
+        let slots: Vec<String> = src
+            .query("SELECT slot_name::text FROM pg_replication_slots ORDER BY 1", &[])
             .await
             .unwrap()
-            .get(0);
-        assert_eq!(n, 1);
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(slots, vec!["cutover_events".to_string(), "cutover_rest".to_string()]);
+        // The schema's post-data (indexes, foreign keys) was built on the target.
+        let q = "SELECT (SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'), (SELECT count(*) FROM pg_constraint WHERE contype = 'f')";
+        let a = src.query_one(q, &[]).await.unwrap();
+        let b = dst.query_one(q, &[]).await.unwrap();
+        assert_eq!((a.get::<_, i64>(0), a.get::<_, i64>(1)), (b.get::<_, i64>(0), b.get::<_, i64>(1)));
+        // Changes keep flowing.
+        src.batch_execute("INSERT INTO accounts (name) VALUES ('late'); UPDATE settings SET value = 'USD' WHERE key = 'currency'; DELETE FROM events WHERE id <= 10")
+            .await
+            .unwrap();
+        let mut ok = false;
+        for _ in 0..100 {
+            let currency: String = dst.query_one("SELECT value FROM settings WHERE key = 'currency'", &[]).await.unwrap().get(0);
+            if same_data(&src, &dst).await == (101, 990, 2) && currency == "USD" {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(ok, "the insert, update and delete did not reach the target within 5 s");
     });
     let (_, show, _) = p.run(&["state", "local", "show", "preflight"]);
     assert!(
@@ -193,4 +225,62 @@ fn preflight_reports_missing_replica_identity_and_wal_level_with_fixes() {
             .unwrap();
         assert!(f.iter().all(|x| x.level != Level::Error), "{f:#?}");
     });
+}
+
+#[test]
+fn killed_during_replication_the_next_apply_reconciles_and_finishes_without_duplicates() {
+    if !require_pg() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, _stop) = local_stack(&p);
+    // Bigger tables so that the initial copy takes a moment.
+    let stack = p
+        .read("stacks/local.toml")
+        .replace("events = 1000", "events = 300000");
+    p.stack("local", &stack);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
+        .arg("--root")
+        .arg(p.root())
+        .args(["apply", "local", "--yes", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = p.state_dir("local").join("journal.log");
+    let t0 = std::time::Instant::now();
+    loop {
+        let j = std::fs::read_to_string(&journal).unwrap_or_default();
+        if j.contains("\"node\":\"replicate\",\"intent\"") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "replicate never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "apply ended before replicate started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (code, out, err) = p.run(&["apply", "local", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reconciled replicate:"), "{out}");
+    rt().block_on(async {
+        let src = target(s, "app").connect().await.unwrap();
+        let dst = target(t, "app").connect().await.unwrap();
+        assert_eq!(same_data(&src, &dst).await, (100, 300000, 2));
+        let subs: i64 = dst
+            .query_one("SELECT count(*) FROM pg_subscription", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(subs, 2, "no subscription was created twice");
+    });
+    let (code, out, _) = p.run(&["preview", "local", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{out}");
 }

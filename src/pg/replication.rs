@@ -1,0 +1,453 @@
+//! Native logical replication from a source to a target: the schema copied in two phases
+//! (tables and the keys replication needs before the initial copy; secondary indexes, foreign keys
+//! and the rest after it), one publication and one subscription (hence one slot) per table group,
+//! the wait for every table's initial copy, and lag in bytes and seconds.
+//!
+//! Every operation here is idempotent: it checks before it creates, so a step that ran halfway
+//! runs again safely. It must never drop anything on the source.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ident, literal, PgError, Target};
+
+/// Tables replicated together (one publication, subscription and slot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    /// `schema.table` names; the group called `rest` (or the only group) takes every table not
+    /// named elsewhere.
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+/// What replication set up, recorded in state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setup {
+    pub groups: Vec<GroupSetup>,
+    pub tables: usize,
+}
+
+/// One group's objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSetup {
+    pub name: String,
+    pub publication: String,
+    pub subscription: String,
+    pub slot: String,
+    pub tables: Vec<String>,
+}
+
+/// The name of a group's objects (publication, subscription and slot share it).
+pub fn object_name(prefix: &str, group: &str) -> String {
+    let raw = format!("{prefix}_{group}").to_lowercase();
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect()
+}
+
+/// User tables of a database (`schema.table`, persistent, not partitions), sorted.
+pub async fn tables(t: &Target, c: &tokio_postgres::Client) -> Result<Vec<String>, PgError> {
+    Ok(c.query(
+        "SELECT format('%s.%s', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r','p') AND c.relpersistence = 'p' AND NOT c.relispartition
+           AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+         ORDER BY 1",
+        &[],
+    )
+    .await
+    .map_err(t.err("list tables"))?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
+}
+
+/// Splits tables into groups: named tables to their groups, the rest to the group `rest` (or to
+/// the only group when there is one without tables).
+pub fn assign(all: &[String], groups: &[Group]) -> Result<Vec<(String, Vec<String>)>, String> {
+    let groups: Vec<Group> = if groups.is_empty() {
+        vec![Group {
+            name: "main".into(),
+            tables: vec![],
+        }]
+    } else {
+        groups.to_vec()
+    };
+    let known: BTreeSet<&String> = all.iter().collect();
+    let mut named = BTreeSet::new();
+    let mut out = Vec::new();
+    for g in &groups {
+        for t in &g.tables {
+            if !known.contains(t) {
+                return Err(format!("group `{}` names table `{t}`, which the source does not have (tables are `schema.table`)", g.name));
+            }
+            if !named.insert(t.clone()) {
+                return Err(format!("table `{t}` is in two groups"));
+            }
+        }
+    }
+    let catch_all = groups
+        .iter()
+        .position(|g| g.tables.is_empty())
+        .or_else(|| groups.iter().position(|g| g.name == "rest"));
+    for (i, g) in groups.iter().enumerate() {
+        let mut ts = g.tables.clone();
+        if Some(i) == catch_all {
+            ts.extend(all.iter().filter(|t| !named.contains(*t)).cloned());
+        }
+        ts.sort();
+        if !ts.is_empty() {
+            out.push((g.name.clone(), ts));
+        }
+    }
+    if catch_all.is_none() && all.iter().any(|t| !named.contains(t)) {
+        let rest: Vec<String> = all
+            .iter()
+            .filter(|t| !named.contains(*t))
+            .cloned()
+            .collect();
+        out.push(("rest".into(), rest));
+    }
+    Ok(out)
+}
+
+/// `pg_dump --schema-only --section=SECTION` of the source.
+pub fn dump_schema(source: &Target, section: &str) -> Result<String, PgError> {
+    let mut c =
+        std::process::Command::new(super::cluster::program("pg_dump").map_err(PgError::Other)?);
+    c.args([
+        "--schema-only",
+        "--no-owner",
+        "--no-privileges",
+        "--section",
+        section,
+    ])
+    .args([
+        "-h",
+        &source.host,
+        "-p",
+        &source.port.to_string(),
+        "-U",
+        &source.user,
+        "-d",
+        &source.dbname,
+    ]);
+    if let Some(p) = &source.password {
+        c.env("PGPASSWORD", p);
+    }
+    let out = c
+        .output()
+        .map_err(|e| PgError::Other(format!("pg_dump: cannot run: {e}")))?;
+    if !out.status.success() {
+        return Err(PgError::Other(format!(
+            "pg_dump of {source} ({section}) failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // Recent pg_dump versions wrap their output in psql meta-commands (`\restrict KEY` ...
+    // `\unrestrict KEY`); a schema-only script has no other backslash lines, and the server does
+    // not understand them.
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Statements of a pg_dump script (post-data has no function bodies, so `;` at a line end ends a
+/// statement), without comments and session settings.
+pub fn statements(script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in script.lines() {
+        if cur.is_empty() && (line.starts_with("--") || line.trim().is_empty()) {
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+        if line.trim_end().ends_with(';') {
+            let s = cur.trim().to_string();
+            cur.clear();
+            let lower = s.to_lowercase();
+            if lower.starts_with("set ") || lower.starts_with("select pg_catalog.set_config") {
+                continue;
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// Whether a post-data statement creates what apply needs (a primary key or unique constraint).
+fn is_identity(stmt: &str) -> bool {
+    let l = stmt.to_lowercase();
+    l.starts_with("alter table")
+        && (l.contains(" primary key") || l.contains(" unique (") || l.contains(" unique using"))
+        || l.starts_with("create unique index")
+}
+
+async fn run_ignoring_duplicates(
+    t: &Target,
+    c: &tokio_postgres::Client,
+    stmts: &[String],
+) -> Result<(), PgError> {
+    for s in stmts {
+        if let Err(e) = c.batch_execute(s).await {
+            // Already there (an earlier, interrupted run): fine.
+            let dup = e.code().map(|c| {
+                let c = c.code();
+                c == "42P07" || c == "42710" || c == "42P16"
+            });
+            if dup != Some(true) {
+                return Err(t.err("apply schema")(e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the schema on the target unless it is there: tables and keys now, the post-data rest
+/// (returned) after the initial copy.
+pub async fn copy_schema_pre(source: &Target, target: &Target) -> Result<Vec<String>, PgError> {
+    let src = source.connect().await?;
+    let dst = target.connect().await?;
+    let st = tables(source, &src).await?;
+    let tt: BTreeSet<String> = tables(target, &dst).await?.into_iter().collect();
+    let post = statements(&dump_schema(source, "post-data")?);
+    let (identity, rest): (Vec<String>, Vec<String>) =
+        post.into_iter().partition(|s| is_identity(s));
+    let present = st.iter().filter(|t| tt.contains(*t)).count();
+    if present == 0 {
+        let pre = dump_schema(source, "pre-data")?;
+        dst.batch_execute(&pre)
+            .await
+            .map_err(target.err("create tables (pre-data)"))?;
+    } else if present < st.len() {
+        let missing: Vec<&String> = st.iter().filter(|t| !tt.contains(*t)).collect();
+        return Err(PgError::Other(format!(
+            "the target has some of the source's tables but not {missing:?}: create them, or drop the partial schema, then run again"
+        )));
+    }
+    run_ignoring_duplicates(target, &dst, &identity).await?;
+    Ok(rest)
+}
+
+/// Applies the post-data rest (indexes, foreign keys, triggers) on the target.
+pub async fn copy_schema_post(target: &Target, rest: &[String]) -> Result<(), PgError> {
+    let dst = target.connect().await?;
+    run_ignoring_duplicates(target, &dst, rest).await
+}
+
+/// Creates each group's publication (source) and subscription (target) unless they exist.
+pub async fn start(
+    source: &Target,
+    target: &Target,
+    prefix: &str,
+    groups: &[Group],
+) -> Result<Setup, PgError> {
+    let src = source.connect().await?;
+    let dst = target.connect().await?;
+    let all = tables(source, &src).await?;
+    let assigned = assign(&all, groups).map_err(PgError::Other)?;
+    let mut setup = Setup {
+        groups: vec![],
+        tables: all.len(),
+    };
+    for (name, ts) in assigned {
+        let obj = object_name(prefix, &name);
+        let exists: bool = src
+            .query_one(
+                "SELECT exists(SELECT 1 FROM pg_publication WHERE pubname = $1)",
+                &[&obj],
+            )
+            .await
+            .map_err(source.err("find publication"))?
+            .get(0);
+        if !exists {
+            let list: Vec<String> = ts
+                .iter()
+                .map(|t| {
+                    let (s, n) = t.split_once('.').unwrap_or(("public", t));
+                    format!("{}.{}", ident(s), ident(n))
+                })
+                .collect();
+            src.batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                ident(&obj),
+                list.join(", ")
+            ))
+            .await
+            .map_err(source.err("create publication"))?;
+        }
+        let exists: bool = dst
+            .query_one(
+                "SELECT exists(SELECT 1 FROM pg_subscription WHERE subname = $1)",
+                &[&obj],
+            )
+            .await
+            .map_err(target.err("find subscription"))?
+            .get(0);
+        if !exists {
+            // A slot left by an interrupted CREATE SUBSCRIPTION would make it fail: reuse it.
+            let slot: bool = src
+                .query_one(
+                    "SELECT exists(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                    &[&obj],
+                )
+                .await
+                .map_err(source.err("find slot"))?
+                .get(0);
+            let sql = format!(
+                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, create_slot = {}, slot_name = {})",
+                ident(&obj),
+                literal(&source.conninfo()),
+                ident(&obj),
+                !slot,
+                literal(&obj),
+            );
+            dst.batch_execute(&sql)
+                .await
+                .map_err(target.err("create subscription"))?;
+        }
+        setup.groups.push(GroupSetup {
+            name,
+            publication: obj.clone(),
+            subscription: obj.clone(),
+            slot: obj,
+            tables: ts,
+        });
+    }
+    Ok(setup)
+}
+
+/// Tables whose initial copy is done, and all tables, across `subscriptions`; and sync errors.
+pub async fn copy_progress(
+    target: &Target,
+    subscriptions: &[String],
+) -> Result<(i64, i64, i64), PgError> {
+    let dst = target.connect().await?;
+    let r = dst
+        .query_one(
+            "SELECT count(*) FILTER (WHERE r.srsubstate IN ('r','s')), count(*),
+                    COALESCE((SELECT sum(sync_error_count) FROM pg_stat_subscription_stats WHERE subname = ANY($1)), 0)::bigint
+             FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = ANY($1)",
+            &[&subscriptions],
+        )
+        .await
+        .map_err(target.err("copy progress"))?;
+    Ok((r.get(0), r.get(1), r.get(2)))
+}
+
+/// Marks subscriptions fully set up (initial copy and schema done): what the probe checks.
+pub async fn mark_ready(target: &Target, subscriptions: &[String]) -> Result<(), PgError> {
+    let dst = target.connect().await?;
+    for s in subscriptions {
+        dst.batch_execute(&format!(
+            "COMMENT ON SUBSCRIPTION {} IS 'cutover: ready'",
+            ident(s)
+        ))
+        .await
+        .map_err(target.err("mark subscription"))?;
+    }
+    Ok(())
+}
+
+/// Whether every subscription exists and is marked ready.
+pub async fn is_ready(target: &Target, subscriptions: &[String]) -> Result<bool, PgError> {
+    let dst = target.connect().await?;
+    let n: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM pg_subscription s
+             WHERE s.subname = ANY($1) AND obj_description(s.oid, 'pg_subscription') = 'cutover: ready'",
+            &[&subscriptions],
+        )
+        .await
+        .map_err(target.err("check subscriptions"))?
+        .get(0);
+    Ok(n as usize == subscriptions.len())
+}
+
+/// Replication lag of one slot.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Lag {
+    /// WAL the subscriber has not confirmed: the source's current position minus the slot's
+    /// confirmed flush position.
+    pub bytes: i64,
+    /// The walsender's replay lag (0 when caught up or idle).
+    pub seconds: f64,
+}
+
+/// The lag of `slot` on the source.
+pub async fn lag(source: &Target, slot: &str) -> Result<Lag, PgError> {
+    let src = source.connect().await?;
+    let r = src
+        .query_opt(
+            "SELECT GREATEST(pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn), 0)::bigint,
+                    COALESCE(EXTRACT(epoch FROM r.replay_lag), 0)::float8
+             FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+             WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(source.err("lag"))?
+        .ok_or_else(|| PgError::Other(format!("{source}: replication slot `{slot}` does not exist")))?;
+    Ok(Lag {
+        bytes: r.get(0),
+        seconds: r.get(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_assigned_to_groups_with_a_catch_all() {
+        let all: Vec<String> = ["public.a", "public.b", "public.c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            assign(&all, &[]).unwrap(),
+            vec![("main".to_string(), all.clone())]
+        );
+        let g = vec![Group {
+            name: "big".into(),
+            tables: vec!["public.b".into()],
+        }];
+        assert_eq!(
+            assign(&all, &g).unwrap(),
+            vec![
+                ("big".to_string(), vec!["public.b".to_string()]),
+                (
+                    "rest".to_string(),
+                    vec!["public.a".to_string(), "public.c".to_string()]
+                )
+            ]
+        );
+        let bad = vec![Group {
+            name: "x".into(),
+            tables: vec!["public.zz".into()],
+        }];
+        assert!(assign(&all, &bad).unwrap_err().contains("`public.zz`"));
+    }
+
+    #[test]
+    fn post_data_is_split_into_keys_and_the_rest() {
+        let script = "--\n-- comment\nSET x = 1;\nALTER TABLE ONLY public.a\n    ADD CONSTRAINT a_pkey PRIMARY KEY (id);\n\nCREATE INDEX e ON public.e USING btree (a);\n\nALTER TABLE ONLY public.e\n    ADD CONSTRAINT e_fk FOREIGN KEY (a) REFERENCES public.a(id);\n";
+        let st = statements(script);
+        assert_eq!(st.len(), 3);
+        let (keys, rest): (Vec<_>, Vec<_>) = st.into_iter().partition(|s| is_identity(s));
+        assert_eq!(keys.len(), 1);
+        assert!(keys[0].contains("PRIMARY KEY"));
+        assert_eq!(rest.len(), 2);
+    }
+}
