@@ -91,9 +91,14 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
                 .group("events", &["public.events"]),
         )
         .after(&preflight);
-    p.add(
+    let caught_up = p.add(
         "caught-up",
         WaitLag::on(source.conn(&db), replicate.slots()).under_bytes(1024 * 1024),
     );
+    p.add(
+        "validate",
+        Validate::between(source.conn(&db), target.conn(&db)).live(replicate.slots()),
+    )
+    .after(&caught_up);
     Ok(p)
 }

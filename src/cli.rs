@@ -54,7 +54,7 @@ enum GraphFormat {
 
 #[derive(clap::Args, Debug, Default, Clone)]
 struct RunArgs {
-    /// Force replacement of this node (repeatable).
+    /// Force replacement of this resource, or run this done step again (repeatable).
     #[arg(long, value_name = "NODE")]
     replace: Vec<String>,
     /// Let this gate open (repeatable).

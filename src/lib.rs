@@ -30,7 +30,7 @@ pub mod prelude {
     pub use crate::provider::builtin::{Assert, Null, Sleep};
     pub use crate::provider::local_file::{Append, Directory, File, ReadFile};
     pub use crate::provider::local_pg::Postgres;
-    pub use crate::provider::pg_steps::{Preflight, Replicate, Sql, WaitLag};
+    pub use crate::provider::pg_steps::{Preflight, Replicate, Sql, Validate, WaitLag};
     pub use crate::stack::Stack;
     pub use crate::value::Value;
     pub use std::time::Duration;

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod preflight;
 pub mod replication;
+pub mod validate;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, NoTls};

@@ -347,7 +347,14 @@ pub fn plan(
                                 .map(|(k, _)| k)
                                 .chain(s.triggers.keys().filter(|k| !triggers.contains_key(*k)))
                                 .collect();
-                            if changed.is_empty() {
+                            if opts.replace.contains(&n.name) {
+                                a.action = ActionKind::Run;
+                                a.reason = format!(
+                                    "done at {}; run again as requested with --replace",
+                                    s.done_at
+                                );
+                                unknown.insert(&n.name, None);
+                            } else if changed.is_empty() {
                                 a.action = ActionKind::Done;
                                 a.reason = format!("done at {}", s.done_at);
                             } else {

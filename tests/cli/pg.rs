@@ -88,7 +88,7 @@ fn the_local_rehearsal_provisions_seeds_checks_and_tears_down() {
     let (code, out, err) = p.run(&["apply", "local", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("Apply complete: 2 added, 0 changed, 0 destroyed, 6 steps run."),
+        out.contains("Apply complete: 2 added, 0 changed, 0 destroyed, 7 steps run."),
         "{out}"
     );
     assert!(
@@ -283,4 +283,92 @@ fn killed_during_replication_the_next_apply_reconciles_and_finishes_without_dupl
     });
     let (code, out, _) = p.run(&["preview", "local", "--detailed-exitcode"]);
     assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn validation_names_changed_missing_and_extra_keys_and_passes_when_equal() {
+    if !require_pg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (sp, tp) = (free_port(), free_port());
+    let src = LocalCluster::new(dir.path().join("s"), sp);
+    let dst = LocalCluster::new(dir.path().join("t"), tp);
+    let _stop = Stopper(vec![src.data_dir.clone(), dst.data_dir.clone()]);
+    for c in [&src, &dst] {
+        c.init(&[]).unwrap();
+        c.start().unwrap();
+    }
+    let schema = "CREATE TABLE items (id bigint PRIMARY KEY, name text, price numeric(10,2), at timestamptz);
+        INSERT INTO items SELECT g, 'item ' || g, g * 0.5, '2026-01-01 00:00:00+00'::timestamptz + g * interval '1 minute' FROM generate_series(1, 100000) g;
+        CREATE TABLE tags (tag text, n int);
+        INSERT INTO tags SELECT 'tag' || g, g FROM generate_series(1, 50) g;";
+    let (s, t) = (target(sp, "postgres"), target(tp, "postgres"));
+    rt().block_on(async {
+        let (a, b) = (s.connect().await.unwrap(), t.connect().await.unwrap());
+        a.batch_execute(schema).await.unwrap();
+        // The target's default time zone differs: the same instants must still compare equal.
+        b.batch_execute(&format!("ALTER DATABASE postgres SET TimeZone = 'Asia/Tokyo'; {schema}"))
+            .await
+            .unwrap();
+        let opts = cutover::pg::validate::Options::default();
+        let r = cutover::pg::validate::validate(&s, &t, &[], &opts, &|_| {}).await.unwrap();
+        assert!(r.passed, "{r:#?}");
+        assert_eq!(r.tables.iter().map(|t| t.source_rows).sum::<i64>(), 100050);
+        b.batch_execute(
+            "UPDATE items SET price = price + 0.01 WHERE id = 4242;
+             DELETE FROM items WHERE id = 77777;
+             INSERT INTO items VALUES (100001, 'extra', 1, now());
+             UPDATE tags SET n = 0 WHERE tag = 'tag7';",
+        )
+        .await
+        .unwrap();
+        let r = cutover::pg::validate::validate(&s, &t, &[], &opts, &|_| {}).await.unwrap();
+        assert!(!r.passed);
+        let items = r.tables.iter().find(|x| x.table == "public.items").unwrap();
+        let got: Vec<(String, String)> = items.differences.iter().map(|d| (d.kind.clone(), d.key.clone())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("changed".to_string(), "4242".to_string()),
+                ("missing".to_string(), "77777".to_string()),
+                ("extra".to_string(), "100001".to_string()),
+            ]
+        );
+        let tags = r.tables.iter().find(|x| x.table == "public.tags").unwrap();
+        assert!(tags.note.as_deref().unwrap().contains("no primary key"));
+        assert_eq!(tags.differences.len(), 2, "{:?}", tags.differences);
+        assert!(tags.differences.iter().any(|d| d.key.contains("tag7")));
+        assert!(r.summary().contains("public.items: 100000 rows on the source, 100000 on the target; changed 4242, missing 77777, extra 100001"), "{}", r.summary());
+    });
+}
+
+#[test]
+fn the_rehearsal_validation_step_fails_naming_a_key_changed_on_the_target() {
+    if !require_pg() {
+        return;
+    }
+    let p = Project::new();
+    let (_s, t, _stop) = local_stack(&p);
+    let (code, out, _) = p.run(&["apply", "local", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("validate: 3 table(s), 1102 rows identical"),
+        "{out}"
+    );
+    rt().block_on(async {
+        let dst = target(t, "app").connect().await.unwrap();
+        dst.batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 42")
+            .await
+            .unwrap();
+    });
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--replace", "validate"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("validate (pg.validate): will run: done at"),
+        "{out}"
+    );
+    assert!(out.contains("validation found differences: public.accounts: 100 rows on the source, 100 on the target; changed 42"), "{out}");
 }
