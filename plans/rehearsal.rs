@@ -1,9 +1,10 @@
 //! The `rehearsal` plan: a PostgreSQL migration rehearsed on this machine. Two local clusters stand
 //! in for the old database and the new one; the source gets an application's schema and data; a
 //! preflight checks both sides; native logical replication copies the schema and the data (the
-//! largest table in a group of its own) and keeps the target in step; a wait until the lag is small.
-//!
-//! Validation and the cutover steps (fence, catch-up, sequences, flip, rollback) are not built yet.
+//! largest table in a group of its own) and keeps the target in step; a wait until the lag is small;
+//! validation. The application reaches the database through a pgbouncer; behind the gate `cutover`,
+//! the cutover step fences it, waits for catch-up, syncs sequences, sets up reverse replication and
+//! flips it to the target.
 
 use cutover::prelude::*;
 
@@ -46,9 +47,12 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let data_root: String = stack.get("data_root")?;
     let source_port: u16 = stack.get("source_port")?;
     let target_port: u16 = stack.get("target_port")?;
+    let pooler_port: u16 = stack.get("pooler_port")?;
     let accounts: u64 = stack.get("accounts")?;
     let events: u64 = stack.get("events")?;
     let db: String = stack.get_or("database", "app".to_string())?;
+    let max_lag_bytes: u64 = stack.get_or("max_lag_bytes", 1024 * 1024)?;
+    let max_xact_seconds: f64 = stack.get_or("max_xact_seconds", 5.0)?;
 
     let source = p.add(
         "source",
@@ -66,6 +70,14 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         "target-db",
         Sql::run(target.conn("postgres"), &create_db(&db)).probe(&db_exists(&db)),
     );
+    // What the application connects to: a pooler in front of the source, moved at cutover.
+    let pooler = p
+        .add(
+            "pooler",
+            Pgbouncer::new(format!("{data_root}/pgbouncer"), pooler_port)
+                .route(&db, source.conn(&db)),
+        )
+        .after(&source_db);
     let seed_sql = SEED
         .replace(":accounts", &accounts.to_string())
         .replace(":events", &events.to_string());
@@ -93,12 +105,24 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         .after(&preflight);
     let caught_up = p.add(
         "caught-up",
-        WaitLag::on(source.conn(&db), replicate.slots()).under_bytes(1024 * 1024),
+        WaitLag::on(source.conn(&db), replicate.slots()).under_bytes(max_lag_bytes),
     );
+    let validate = p
+        .add(
+            "validate",
+            Validate::between(source.conn(&db), target.conn(&db)).live(replicate.slots()),
+        )
+        .after(&caught_up);
+    // Everything above can run today; the cutover waits for `--approve cutover`.
+    let gate = p.gate("cutover").after(&validate).after(&pooler);
     p.add(
-        "validate",
-        Validate::between(source.conn(&db), target.conn(&db)).live(replicate.slots()),
+        "switch",
+        Cutover::between(source.conn(&db), target.conn(&db), pooler.pooler(), &db)
+            .replication(replicate.slots(), replicate.subscriptions())
+            .validated(validate.validated_at(), 3600)
+            .guards(max_lag_bytes, max_xact_seconds)
+            .reverse_replication(),
     )
-    .after(&caught_up);
+    .after(&gate);
     Ok(p)
 }

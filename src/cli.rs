@@ -204,7 +204,11 @@ fn load(root: &Path, plans: &[PlanEntry], stack: &str) -> Result<Loaded> {
 }
 
 async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
-    let root = cli.root.clone();
+    // Absolute, so that paths handed to daemons (pgbouncer) and providers stay valid.
+    let root = cli
+        .root
+        .canonicalize()
+        .with_context(|| format!("--root {}: no such directory", cli.root.display()))?;
     match cli.command {
         Command::List => {
             println!("Plans:");

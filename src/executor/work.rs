@@ -432,11 +432,12 @@ impl super::Work for ApplyWork {
                         let Some(NodeRecord::Resource(prior)) = op.prior.clone() else {
                             return fail("no prior record to update".into());
                         };
-                        let ignore = op
+                        let mut ignore = op
                             .spec
                             .as_ref()
                             .map(|s| s.options.ignore_changes.clone())
                             .unwrap_or_default();
+                        ignore.extend(rt.create_only().iter().map(|s| s.to_string()));
                         let changed: Vec<String> = inputs
                             .keys()
                             .chain(prior.inputs.keys())

@@ -5,6 +5,8 @@
 //! Nothing here prints, and nothing here keeps a password beyond the call that uses it.
 
 pub mod cluster;
+pub mod cutover;
+pub mod pooler;
 pub mod preflight;
 pub mod replication;
 pub mod validate;

@@ -655,9 +655,13 @@ fn plan_resource(
         a.action = ActionKind::Replace;
         a.reason = format!("type changed from `{}`", r.type_name);
     }
+    let create_only: &[&str] = match registry.get(&n.type_name) {
+        Some(TypeImpl::Resource(t)) => t.create_only(),
+        _ => &[],
+    };
     let keys: BTreeSet<&String> = inputs.keys().chain(r.inputs.keys()).collect();
     for k in keys {
-        if n.options.ignore_changes.iter().any(|i| i == k) {
+        if n.options.ignore_changes.iter().any(|i| i == k) || create_only.contains(&k.as_str()) {
             continue;
         }
         let new = inputs.get(k);

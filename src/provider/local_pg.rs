@@ -12,7 +12,7 @@ use crate::pg::cluster::LocalCluster;
 use crate::value::{self, get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry) {
-    r.resource(PostgresType);
+    r.resource(PostgresType).resource(PgbouncerType);
 }
 
 /// A local cluster.
@@ -215,5 +215,198 @@ impl ResourceType for PostgresType {
         inputs.insert("data_dir".into(), Value::from(id));
         let c = cluster(ctx, &inputs)?;
         blocking(move || c.destroy()).await
+    }
+}
+
+/// A local pgbouncer in transaction pooling mode: the stand-in for the DNS name or pooler clients
+/// use. Its routes are set at creation; afterwards the cutover step moves them.
+#[derive(Debug, Clone)]
+pub struct Pgbouncer {
+    dir: Value,
+    port: u16,
+    routes: Vec<Value>,
+}
+
+impl Pgbouncer {
+    pub fn new(dir: impl Into<Output<String>>, port: u16) -> Self {
+        Pgbouncer {
+            dir: dir.into().into(),
+            port,
+            routes: vec![],
+        }
+    }
+    /// Clients of database `name` reach `conn` (a cluster's `conn(db)`).
+    pub fn route(mut self, name: &str, conn: Value) -> Self {
+        self.routes
+            .push(serde_json::json!({ "name": name, "conn": conn }));
+        self
+    }
+}
+
+impl Declare for Pgbouncer {
+    const TYPE: &'static str = "local.pgbouncer";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        Attrs::from([
+            ("dir".to_string(), self.dir),
+            ("port".to_string(), Value::from(self.port)),
+            ("routes".to_string(), Value::Array(self.routes)),
+            ("running".to_string(), Value::Bool(true)),
+        ])
+    }
+}
+
+impl Handle<Pgbouncer> {
+    /// A connection through the pooler to database `name`.
+    pub fn conn(&self, name: &str) -> Value {
+        serde_json::json!({
+            "host": Value::from(self.output::<String>("host")),
+            "port": Value::from(self.output::<u64>("port")),
+            "user": "postgres",
+            "dbname": name,
+        })
+    }
+    /// What a cutover step needs to drive this pooler.
+    pub fn pooler(&self) -> Value {
+        serde_json::json!({
+            "dir": Value::from(self.output::<String>("dir")),
+            "port": Value::from(self.output::<u64>("port")),
+        })
+    }
+}
+
+struct PgbouncerType;
+
+fn bouncer(ctx: &Ctx, inputs: &Attrs) -> Result<crate::pg::pooler::LocalBouncer, ProviderError> {
+    let dir =
+        get_str(inputs, "dir").ok_or_else(|| ProviderError::new("input `dir` must be a string"))?;
+    let port = get_u64(inputs, "port")
+        .ok_or_else(|| ProviderError::new("input `port` must be a TCP port"))?;
+    Ok(crate::pg::pooler::LocalBouncer::new(
+        ctx.path(dir),
+        port as u16,
+    ))
+}
+
+fn routes(inputs: &Attrs) -> Result<Vec<crate::pg::pooler::Route>, ProviderError> {
+    let mut out = Vec::new();
+    for r in inputs
+        .get("routes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
+        let name = r
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let t = crate::pg::Target::from_value(r.get("conn").unwrap_or(&Value::Null))
+            .map_err(|e| ProviderError::new(format!("route `{name}`: {e}")))?;
+        out.push(crate::pg::pooler::Route {
+            name,
+            host: t.host,
+            port: t.port,
+            dbname: t.dbname,
+        });
+    }
+    Ok(out)
+}
+
+fn bouncer_observed(id: &str, inputs: &Attrs, running: bool) -> Observed {
+    let mut obs = inputs.clone();
+    obs.insert("running".into(), Value::Bool(running));
+    Observed {
+        id: id.into(),
+        inputs: obs,
+        outputs: Attrs::from([
+            ("id".to_string(), Value::from(id)),
+            ("dir".to_string(), Value::from(id)),
+            ("host".to_string(), Value::from("127.0.0.1")),
+            (
+                "port".to_string(),
+                inputs.get("port").cloned().unwrap_or(Value::Null),
+            ),
+        ]),
+    }
+}
+
+#[async_trait]
+impl ResourceType for PgbouncerType {
+    fn type_name(&self) -> &'static str {
+        "local.pgbouncer"
+    }
+    fn service(&self) -> &'static str {
+        "local_pg"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["dir", "port"]
+    }
+    fn create_only(&self) -> &'static [&'static str] {
+        &["routes"]
+    }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["id", "dir", "host", "port"]
+    }
+    fn planned_outputs(&self, inputs: &Attrs) -> Attrs {
+        let mut out = Attrs::from([("host".to_string(), Value::from("127.0.0.1"))]);
+        for k in ["dir", "port"] {
+            if let Some(v) = inputs.get(k).filter(|v| !value::has_refs(v)) {
+                out.insert(k.into(), v.clone());
+            }
+        }
+        out
+    }
+    fn id_for(&self, req: &Request<'_>) -> String {
+        get_str(req.inputs, "dir").unwrap_or_default().to_string()
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let b = bouncer(ctx, req.inputs)?;
+        let r = routes(req.inputs)?;
+        blocking(move || {
+            b.write_config(&r)?;
+            b.start()
+        })
+        .await?;
+        Ok(bouncer_observed(&self.id_for(req), req.inputs, true))
+    }
+    async fn read(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        let mut inputs = req.inputs.clone();
+        inputs.insert("dir".into(), Value::from(id));
+        let b = bouncer(ctx, &inputs)?;
+        let exists = b.config_path().exists();
+        let running = b.running();
+        Ok(exists.then(|| bouncer_observed(id, &inputs, running)))
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        _id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        // Only `running` can change in place: start it again (routes stay as the cutover left them).
+        let b = bouncer(ctx, req.inputs)?;
+        blocking(move || b.start()).await?;
+        Ok(bouncer_observed(&self.id_for(req), req.inputs, true))
+    }
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        let mut inputs = req.inputs.clone();
+        inputs.insert("dir".into(), Value::from(id));
+        let b = bouncer(ctx, &inputs)?;
+        blocking(move || {
+            b.stop()?;
+            if b.dir.join("pgbouncer.ini").exists() {
+                std::fs::remove_dir_all(&b.dir)
+                    .map_err(|e| format!("remove {}: {e}", b.dir.display()))?;
+            }
+            Ok(())
+        })
+        .await
     }
 }

@@ -124,6 +124,11 @@ pub trait ResourceType: Send + Sync {
     fn force_new(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Inputs used only when the object is created; afterwards steps own them (a pooler's routes,
+    /// moved by the cutover), so they are never diffed.
+    fn create_only(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Outputs that an in-place update never changes (the rest become unknown in a preview).
     fn stable_outputs(&self) -> &'static [&'static str] {
         &["id"]

@@ -17,7 +17,8 @@ pub fn register(r: &mut Registry) {
         .step(PreflightType)
         .step(ReplicateType)
         .step(WaitLagType)
-        .step(ValidateType);
+        .step(ValidateType)
+        .step(CutoverType);
 }
 
 fn target(inputs: &Attrs, key: &str) -> Result<Target, ProviderError> {
@@ -291,6 +292,14 @@ impl StepType for ReplicateType {
             .get("copy_schema")
             .and_then(Value::as_bool)
             .unwrap_or(true);
+        // The cutover's catch-up marker travels with the data.
+        s.connect()
+            .await
+            .map_err(pg_err)?
+            .batch_execute(crate::pg::cutover::MARKER_DDL)
+            .await
+            .map_err(s.err("create the marker table"))
+            .map_err(pg_err)?;
         let rest = if copy_schema {
             ctx.report(req.node, "copying the schema (tables and keys)");
             r::copy_schema_pre(&s, &t).await.map_err(pg_err)?
@@ -571,5 +580,185 @@ impl StepType for ValidateType {
             ),
             ("validated_at".to_string(), Value::from(crate::state::now())),
         ]))
+    }
+}
+
+impl crate::dsl::Handle<Replicate> {
+    /// The subscriptions on the target (one per group).
+    pub fn subscriptions(&self) -> Value {
+        self.output::<Vec<String>>("subscriptions").into()
+    }
+}
+
+impl crate::dsl::Handle<Validate> {
+    /// When validation last passed (RFC 3339), for the cutover's guard.
+    pub fn validated_at(&self) -> Value {
+        self.output::<String>("validated_at").into()
+    }
+}
+
+/// The cutover through a local pgbouncer: guard, fence, catch-up, sequences, optional reverse
+/// replication, flip, post-check. See `crate::pg::cutover`.
+#[derive(Debug, Clone)]
+pub struct Cutover {
+    inputs: Attrs,
+}
+
+impl Cutover {
+    /// Moves clients of `database` on `pooler` (a pgbouncer handle's `pooler()`) from `source` to
+    /// `target`.
+    pub fn between(source: Value, target: Value, pooler: Value, database: &str) -> Self {
+        Cutover {
+            inputs: Attrs::from([
+                ("source".to_string(), source),
+                ("target".to_string(), target),
+                ("pooler".to_string(), pooler),
+                ("database".to_string(), Value::from(database)),
+                ("slots".to_string(), Value::Array(vec![])),
+                ("subscriptions".to_string(), Value::Array(vec![])),
+                ("validated_at".to_string(), Value::Null),
+                ("max_lag_bytes".to_string(), Value::from(1024 * 1024u64)),
+                ("max_xact_seconds".to_string(), Value::from(5.0)),
+                (
+                    "max_validation_age_seconds".to_string(),
+                    Value::from(3600u64),
+                ),
+                ("sequence_margin".to_string(), Value::from(1000u64)),
+                ("reverse".to_string(), Value::Bool(false)),
+                ("fence_timeout_ms".to_string(), Value::from(10_000u64)),
+                ("catchup_timeout_ms".to_string(), Value::from(30_000u64)),
+            ]),
+        }
+    }
+    fn set(mut self, k: &str, v: Value) -> Self {
+        self.inputs.insert(k.into(), v);
+        self
+    }
+    /// Forward replication (a replicate step's `slots()` and `subscriptions()`).
+    pub fn replication(self, slots: Value, subscriptions: Value) -> Self {
+        self.set("slots", slots).set("subscriptions", subscriptions)
+    }
+    /// A validation step's `validated_at()`: the guard requires it recent.
+    pub fn validated(self, at: Value, max_age_seconds: u64) -> Self {
+        self.set("validated_at", at)
+            .set("max_validation_age_seconds", Value::from(max_age_seconds))
+    }
+    /// Guard bounds: replication lag and the oldest open transaction on the source.
+    pub fn guards(self, max_lag_bytes: u64, max_xact_seconds: f64) -> Self {
+        self.set("max_lag_bytes", Value::from(max_lag_bytes))
+            .set("max_xact_seconds", Value::from(max_xact_seconds))
+    }
+    /// Sequences on the target end at least this far past the source's.
+    pub fn sequence_margin(self, n: u64) -> Self {
+        self.set("sequence_margin", Value::from(n))
+    }
+    /// Set up replication from the target back to the source inside the fence (for rollback).
+    pub fn reverse_replication(self) -> Self {
+        self.set("reverse", Value::Bool(true))
+    }
+}
+
+impl Declare for Cutover {
+    const TYPE: &'static str = "pg.cutover";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct CutoverType;
+
+fn cutover_spec(ctx: &Ctx, inputs: &Attrs) -> Result<crate::pg::cutover::Spec, ProviderError> {
+    let list = |k: &str| -> Vec<String> {
+        inputs
+            .get(k)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let num = |k: &str| inputs.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let pooler = inputs.get("pooler").cloned().unwrap_or(Value::Null);
+    let dir = pooler.get("dir").and_then(Value::as_str).ok_or_else(|| {
+        ProviderError::new("input `pooler` needs `dir` (a pgbouncer handle's pooler())")
+    })?;
+    let port = pooler
+        .get("port")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| ProviderError::new("input `pooler` needs `port`"))?;
+    Ok(crate::pg::cutover::Spec {
+        source: target(inputs, "source")?,
+        target: target(inputs, "target")?,
+        pooler_dir: ctx.path(dir),
+        pooler_port: port as u16,
+        database: get_str(inputs, "database").unwrap_or("app").to_string(),
+        slots: list("slots"),
+        subscriptions: list("subscriptions"),
+        max_lag_bytes: num("max_lag_bytes") as i64,
+        max_xact_seconds: num("max_xact_seconds"),
+        validated_at: get_str(inputs, "validated_at").map(String::from),
+        max_validation_age_seconds: num("max_validation_age_seconds") as u64,
+        sequence_margin: num("sequence_margin") as i64,
+        reverse: inputs
+            .get("reverse")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        fence_timeout_ms: num("fence_timeout_ms") as u64,
+        catchup_timeout_ms: num("catchup_timeout_ms") as u64,
+    })
+}
+
+#[async_trait]
+impl StepType for CutoverType {
+    fn type_name(&self) -> &'static str {
+        "pg.cutover"
+    }
+    fn service(&self) -> &'static str {
+        "pg"
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let spec = cutover_spec(ctx, req.inputs)?;
+        let node = req.node.to_string();
+        let out = crate::pg::cutover::run(&spec, &|m| ctx.report(&node, &m))
+            .await
+            .map_err(|e| ProviderError::new(e.to_string()))?;
+        let phases: Vec<String> = out
+            .phases
+            .iter()
+            .map(|p| format!("{} {} ms", p.name, p.ms))
+            .collect();
+        ctx.report(req.node, &format!("phases: {}", phases.join(", ")));
+        let mut o = Attrs::from([
+            ("fenced_ms".to_string(), Value::from(out.fenced_ms)),
+            ("sequences".to_string(), Value::from(out.sequences as u64)),
+            ("reverse".to_string(), Value::Bool(out.reverse)),
+            ("flipped_at".to_string(), Value::from(crate::state::now())),
+        ]);
+        o.insert(
+            "phases".into(),
+            serde_json::to_value(&out.phases).unwrap_or(Value::Null),
+        );
+        Ok(o)
+    }
+    async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let spec = cutover_spec(ctx, req.inputs)?;
+        let flipped = crate::pg::cutover::recover(&spec)
+            .await
+            .map_err(ProviderError::new)?;
+        ctx.report(
+            req.node,
+            if flipped {
+                "an interrupted cutover had flipped: finished it (pooler resumed on the target)"
+            } else {
+                "an interrupted cutover had not flipped: unfenced the source; it runs again"
+            },
+        );
+        Ok(Some(if flipped {
+            Probe::Done(Attrs::from([
+                ("recovered".to_string(), Value::Bool(true)),
+                ("reverse".to_string(), Value::Bool(spec.reverse)),
+                ("flipped_at".to_string(), Value::from(crate::state::now())),
+            ]))
+        } else {
+            Probe::NotDone
+        }))
     }
 }

@@ -29,22 +29,50 @@ pub struct Stopper(pub Vec<PathBuf>);
 impl Drop for Stopper {
     fn drop(&mut self) {
         for d in &self.0 {
-            let _ = LocalCluster::new(d, 0).stop();
+            if d.join("pgbouncer.ini").exists() {
+                let _ = cutover::pg::pooler::LocalBouncer::new(d, 0).stop();
+            } else {
+                let _ = LocalCluster::new(d, 0).stop();
+            }
         }
     }
 }
 
+/// pgbouncer is needed too (for the cutover); same rule as PostgreSQL.
+pub fn require_pgbouncer() -> bool {
+    if cutover::pg::pooler::program().is_some() {
+        return true;
+    }
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        panic!(
+            "pgbouncer is required under CI=true: apt-get install pgbouncer (scripts/test does)"
+        );
+    }
+    eprintln!("SKIPPED: pgbouncer not found (install pgbouncer or set CUTOVER_PGBOUNCER)");
+    false
+}
+
 fn local_stack(p: &Project) -> (u16, u16, Stopper) {
-    let (s, t) = (free_port(), free_port());
-    p.stack(
-        "local",
-        &format!("plan = \"rehearsal\"\nprovider = \"local\"\n[values]\ndata_root = \"pgdata\"\nsource_port = {s}\ntarget_port = {t}\naccounts = 100\nevents = 1000\n"),
-    );
-    let stopper = Stopper(vec![
+    let (s, t, _) = local_stack_with(p, "");
+    (s, t, stopper(p))
+}
+
+fn stopper(p: &Project) -> Stopper {
+    Stopper(vec![
+        p.root().join("pgdata/pgbouncer"),
         p.root().join("pgdata/source"),
         p.root().join("pgdata/target"),
-    ]);
-    (s, t, stopper)
+    ])
+}
+
+/// The local stack on free ports, with extra `[values]` lines; returns source, target, pooler ports.
+fn local_stack_with(p: &Project, extra: &str) -> (u16, u16, u16) {
+    let (s, t, b) = (free_port(), free_port(), free_port());
+    p.stack(
+        "local",
+        &format!("plan = \"rehearsal\"\nprovider = \"local\"\n[values]\ndata_root = \"pgdata\"\nsource_port = {s}\ntarget_port = {t}\npooler_port = {b}\naccounts = 100\nevents = 1000\n{extra}"),
+    );
+    (s, t, b)
 }
 
 fn target(port: u16, db: &str) -> Target {
@@ -88,11 +116,11 @@ fn the_local_rehearsal_provisions_seeds_checks_and_tears_down() {
     let (code, out, err) = p.run(&["apply", "local", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("Apply complete: 2 added, 0 changed, 0 destroyed, 7 steps run."),
+        out.contains("Apply complete: 3 added, 0 changed, 0 destroyed, 7 steps run."),
         "{out}"
     );
     assert!(
-        out.contains("replicate: initial copy: 3 of 3 tables ready"),
+        out.contains("replicate: initial copy: 4 of 4 tables ready"),
         "{out}"
     );
     let rt = rt();
@@ -355,7 +383,7 @@ fn the_rehearsal_validation_step_fails_naming_a_key_changed_on_the_target() {
     let (code, out, _) = p.run(&["apply", "local", "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("validate: 3 table(s), 1102 rows identical"),
+        out.contains("validate: 4 table(s), 1102 rows identical"),
         "{out}"
     );
     rt().block_on(async {
@@ -371,4 +399,262 @@ fn the_rehearsal_validation_step_fails_naming_a_key_changed_on_the_target() {
         "{out}"
     );
     assert!(out.contains("validation found differences: public.accounts: 100 rows on the source, 100 on the target; changed 42"), "{out}");
+}
+
+/// A writer through the pooler: inserts at a steady rate, recording every acknowledged id, every
+/// error, and the longest time between two acknowledgements.
+struct Writer {
+    acked: Vec<i64>,
+    errors: Vec<String>,
+    max_gap: std::time::Duration,
+}
+
+async fn write_until(
+    pooler: Target,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Writer {
+    let mut w = Writer {
+        acked: vec![],
+        errors: vec![],
+        max_gap: std::time::Duration::ZERO,
+    };
+    let mut client = pooler.connect().await.unwrap();
+    let mut last = std::time::Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match client
+            .simple_query("INSERT INTO events (account_id, kind) VALUES (1, 'writer') RETURNING id")
+            .await
+        {
+            Ok(msgs) => {
+                for m in msgs {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        w.acked.push(r.get(0).unwrap().parse().unwrap());
+                    }
+                }
+                w.max_gap = w.max_gap.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+            Err(e) => {
+                w.errors.push(cutover::pg::describe(&e));
+                if let Ok(c) = pooler.connect().await {
+                    client = c;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    w
+}
+
+#[test]
+fn the_cutover_under_writes_loses_nothing_and_no_client_sees_an_error() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    let (code, out, _) = p.run(&["apply", "local", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Held back by gate `cutover`"), "{out}");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = rt.spawn(write_until(target(b, "app"), stop.clone()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let w = rt.block_on(writer).unwrap();
+    let fenced = out
+        .lines()
+        .find(|l| l.contains("clients waited at most"))
+        .unwrap_or("")
+        .to_string();
+    eprintln!(
+        "cutover: {} writes acknowledged, {} errors, longest gap between acknowledgements {:?}; {}",
+        w.acked.len(),
+        w.errors.len(),
+        w.max_gap,
+        fenced.trim()
+    );
+    assert!(w.errors.is_empty(), "clients saw errors: {:?}", w.errors);
+    assert!(
+        w.acked.len() > 50,
+        "the writer barely wrote: {}",
+        w.acked.len()
+    );
+    let unique: std::collections::BTreeSet<i64> = w.acked.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        w.acked.len(),
+        "an id was handed out twice (sequence collision)"
+    );
+    rt.block_on(async {
+        let dst = target(t, "app").connect().await.unwrap();
+        let found: i64 = dst
+            .query_one(
+                "SELECT count(*) FROM events WHERE id = ANY($1)",
+                &[&w.acked],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            found as usize,
+            w.acked.len(),
+            "acknowledged rows are missing on the target"
+        );
+        // The pooler now reaches the target; reverse replication carries new writes to the source.
+        let via = target(b, "app").connect().await.unwrap();
+        let port = via
+            .simple_query("SELECT inet_server_port()::text")
+            .await
+            .unwrap();
+        let port = port.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+            _ => None,
+        });
+        assert_eq!(port, Some(t.to_string()));
+        let last = *w.acked.iter().max().unwrap();
+        let src = target(s, "app").connect().await.unwrap();
+        let mut back = false;
+        for _ in 0..100 {
+            let n: i64 = src
+                .query_one("SELECT count(*) FROM events WHERE id = $1", &[&last])
+                .await
+                .unwrap()
+                .get(0);
+            if n == 1 {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            back,
+            "reverse replication did not bring the last write back to the source"
+        );
+    });
+    assert!(
+        w.max_gap < std::time::Duration::from_secs(2),
+        "writes stopped for {:?}",
+        w.max_gap
+    );
+}
+
+#[test]
+fn a_failed_guard_aborts_before_the_fence_and_the_source_keeps_taking_writes() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, _t, b) = local_stack_with(&p, "max_xact_seconds = 1.0\n");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let rt = rt();
+    let (code, out) = rt.block_on(async {
+        // A transaction held open on the source, directly.
+        let holder = target(s, "app").connect().await.unwrap();
+        holder
+            .batch_execute("BEGIN; SELECT txid_current();")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+        holder.batch_execute("COMMIT").await.unwrap();
+        (code, out)
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "cutover stopped in phase `guard`: a transaction on the source has been open for"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("Nothing was changed; the source takes writes as before."),
+        "{out}"
+    );
+    rt.block_on(async {
+        let via = target(b, "app").connect().await.unwrap();
+        let r = via.simple_query("INSERT INTO accounts (name) VALUES ('still here') RETURNING inet_server_port()::text").await.unwrap();
+        let port = r.iter().find_map(|m| match m { tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from), _ => None });
+        assert_eq!(port, Some(s.to_string()), "writes still go to the source");
+        let state = cutover::pg::pooler::pool_state(&cutover::pg::pooler::LocalBouncer::new(p.root().join("pgdata/pgbouncer"), b).admin(), "app").await.unwrap().unwrap();
+        assert!(!state.paused);
+    });
+    // With the transaction gone, the same apply goes through.
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn killed_after_the_fence_the_next_apply_unfences_and_finishes() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let rt = rt();
+    let console =
+        cutover::pg::pooler::LocalBouncer::new(p.root().join("pgdata/pgbouncer"), b).admin();
+    rt.block_on(async {
+        // A transaction in flight through the pooler: PAUSE waits for it.
+        let app = target(b, "app").connect().await.unwrap();
+        app.simple_query("BEGIN; INSERT INTO accounts (name) VALUES ('in flight')")
+            .await
+            .unwrap();
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
+            .arg("--root")
+            .arg(p.root())
+            .args(["apply", "local", "--yes", "--approve", "cutover", "--quiet"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until the fence is up (the pooler reports the database paused), then kill.
+        let mut fenced = false;
+        for _ in 0..200 {
+            if let Ok(Some(st)) = cutover::pg::pooler::pool_state(&console, "app").await {
+                if st.paused {
+                    fenced = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(fenced, "the fence never went up");
+        app.simple_query("COMMIT").await.unwrap();
+    });
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reconciled switch:"), "{out}");
+    rt.block_on(async {
+        let st = cutover::pg::pooler::pool_state(&console, "app")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!st.paused, "the pooler was left paused");
+        assert_eq!(st.port, t, "the pooler points at the target");
+        let dst = target(t, "app").connect().await.unwrap();
+        let n: i64 = dst
+            .query_one(
+                "SELECT count(*) FROM accounts WHERE name = 'in flight'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "the in-flight transaction reached the target");
+        let _ = s;
+    });
 }
