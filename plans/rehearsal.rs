@@ -53,6 +53,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let db: String = stack.get_or("database", "app".to_string())?;
     let max_lag_bytes: u64 = stack.get_or("max_lag_bytes", 1024 * 1024)?;
     let max_xact_seconds: f64 = stack.get_or("max_xact_seconds", 5.0)?;
+    let reverse: bool = stack.get_or("reverse_replication", true)?;
 
     let source = p.add(
         "source",
@@ -115,14 +116,14 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         .after(&caught_up);
     // Everything above can run today; the cutover waits for `--approve cutover`.
     let gate = p.gate("cutover").after(&validate).after(&pooler);
-    p.add(
-        "switch",
-        Cutover::between(source.conn(&db), target.conn(&db), pooler.pooler(), &db)
-            .replication(replicate.slots(), replicate.subscriptions())
-            .validated(validate.validated_at(), 3600)
-            .guards(max_lag_bytes, max_xact_seconds)
-            .reverse_replication(),
-    )
-    .after(&gate);
+    let mut switch = Cutover::between(source.conn(&db), target.conn(&db), pooler.pooler(), &db)
+        .replication(replicate.slots(), replicate.subscriptions())
+        .validated(validate.validated_at(), 3600)
+        .guards(max_lag_bytes, max_xact_seconds);
+    if reverse {
+        // Replication from the new database back to the old one, for `plan rollback local`.
+        switch = switch.reverse_replication();
+    }
+    p.add("switch", switch).after(&gate);
     Ok(p)
 }

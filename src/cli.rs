@@ -137,6 +137,15 @@ enum Command {
         node: String,
         id: String,
     },
+    /// Undo done steps that can be undone (the cutover, through its reverse replication).
+    Rollback {
+        stack: String,
+        /// Only this step.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -347,6 +356,26 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
             Ok(0)
         }
         Command::State { stack, action } => state_cmd(&root, plans, &stack, action),
+        Command::Rollback { stack, node, yes } => {
+            let l = load(&root, plans, &stack)?;
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    bail!("rollback needs confirmation, and standard input is not a terminal: run `plan rollback {stack} --yes`");
+                }
+                if !confirm(&format!(
+                    "Roll back the cutover of stack `{stack}`? Clients move back to the source."
+                ))? {
+                    println!("Rollback cancelled.");
+                    return Ok(1);
+                }
+            }
+            let notes = engine::rollback(&l, node.as_deref(), &command_line()).await?;
+            for n in &notes {
+                println!("{}: {}", n.node, n.message);
+            }
+            println!("Rollback complete. Forward replication stays stopped: rebuild the target before another cutover.");
+            Ok(0)
+        }
     }
 }
 

@@ -285,6 +285,10 @@ async fn reconcile_one(
                 ),
             })
         }
+        Some(TypeImpl::Step(_)) if intent.op == Op::Rollback => Err(err(format!(
+            "a rollback of `{node}` was interrupted; run `plan rollback {}` again (it is safe to repeat)",
+            l.stack.name
+        ))),
         Some(TypeImpl::Step(st)) => {
             let probe = st.probe(ctx, &req).await.map_err(|e| err(e.to_string()))?;
             match probe {
@@ -677,4 +681,135 @@ pub fn resolve_intent(
     store.compact()?;
     drop(lock);
     Ok(())
+}
+
+/// Undoes done steps that can be undone (`plan rollback`), latest first; each is journaled like any
+/// operation. Gates the undone steps depended on are closed again, so the next apply stops there.
+pub async fn rollback(
+    l: &Loaded,
+    only: Option<&str>,
+    command: &str,
+) -> Result<Vec<Note>, EngineError> {
+    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let ctx = l.ctx();
+    let mut order = l.graph.topo_order();
+    order.reverse();
+    let mut targets = Vec::new();
+    for i in order {
+        let n = &l.graph.spec.nodes[i];
+        if only.is_some_and(|o| o != n.name) {
+            continue;
+        }
+        let done = matches!(store.state().nodes.get(&n.name), Some(NodeRecord::Step(_)));
+        let pending = store
+            .state()
+            .pending
+            .get(&n.name)
+            .is_some_and(|p| p.op == Op::Rollback);
+        if let Some(TypeImpl::Step(st)) = l.registry.get(&n.type_name) {
+            if st.can_roll_back() && (done || pending) {
+                targets.push((i, st.clone()));
+            }
+        }
+    }
+    if targets.is_empty() {
+        return Err(EngineError::Usage(match only {
+            Some(o) => format!("`{o}` is not a done step that can be rolled back"),
+            None => "nothing to roll back: no done step of this stack can be undone".into(),
+        }));
+    }
+    let mut notes = Vec::new();
+    for (i, st) in targets {
+        let n = &l.graph.spec.nodes[i];
+        let outputs = match store.state().nodes.get(&n.name) {
+            Some(r) => r.outputs().clone(),
+            None => Attrs::new(),
+        };
+        let lookup = |x: &str, o: &str| {
+            store
+                .state()
+                .nodes
+                .get(x)
+                .and_then(|r| r.outputs().get(o).cloned())
+        };
+        let inputs = value::resolve_attrs(&n.inputs, &lookup);
+        if inputs.values().any(value::has_refs) {
+            return Err(EngineError::Usage(format!(
+                "`{}`: its inputs are no longer all known from state; cannot roll it back",
+                n.name
+            )));
+        }
+        store.append(Entry::Intent {
+            node: n.name.clone(),
+            intent: crate::state::Intent {
+                op: Op::Rollback,
+                type_name: n.type_name.clone(),
+                id: n.name.clone(),
+                inputs: inputs.clone(),
+                triggers: Attrs::new(),
+                at: now(),
+                failed: None,
+            },
+        });
+        store.commit()?;
+        let revealed = value::reveal_attrs(&inputs, &*ctx.secrets).map_err(EngineError::Usage)?;
+        let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, &n.name);
+        let req = Request {
+            node: &n.name,
+            deterministic_id: &det,
+            inputs: &revealed,
+        };
+        match st.rollback(&ctx, &req, &outputs).await {
+            Ok(_) => {
+                store.append(Entry::Remove {
+                    node: n.name.clone(),
+                });
+                // Close the gates it stood behind: the next apply stops there again.
+                let mut up = vec![i];
+                let mut seen = std::collections::BTreeSet::new();
+                while let Some(x) = up.pop() {
+                    for d in l.graph.deps(x) {
+                        if seen.insert(d) {
+                            up.push(d);
+                            let dn = &l.graph.spec.nodes[d];
+                            if dn.kind == NodeKind::Gate
+                                && store.state().nodes.contains_key(&dn.name)
+                            {
+                                store.append(Entry::Remove {
+                                    node: dn.name.clone(),
+                                });
+                                notes.push(Note {
+                                    node: dn.name.clone(),
+                                    message: "gate closed again".into(),
+                                });
+                            }
+                        }
+                    }
+                }
+                store.commit()?;
+                notes.push(Note {
+                    node: n.name.clone(),
+                    message: "rolled back".into(),
+                });
+            }
+            Err(e) => {
+                // A rollback is safe to repeat and its error says what state it left: nothing is
+                // left pending (a refused rollback must not block the next apply).
+                store.append(Entry::ClearIntent {
+                    node: n.name.clone(),
+                });
+                store.compact()?;
+                drop(lock);
+                return Err(EngineError::Reconcile {
+                    node: n.name.clone(),
+                    op: "rollback".into(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    store.compact()?;
+    drop(lock);
+    Ok(notes)
 }

@@ -501,3 +501,187 @@ pub async fn recover(spec: &Spec) -> Result<bool, String> {
         Ok(false)
     }
 }
+
+fn source_route(spec: &Spec) -> Route {
+    Route {
+        name: spec.database.clone(),
+        host: spec.source.host.clone(),
+        port: spec.source.port,
+        dbname: spec.source.dbname.clone(),
+    }
+}
+
+/// Rolls a flipped cutover back through its reverse replication: fence the target (PAUSE), wait
+/// until the source has every write made on the target (a marker), sync sequences back, point the
+/// pooler at the source, RESUME, and remove the reverse replication. Safe to repeat. Without
+/// reverse replication it refuses: the target's writes since the flip would be lost.
+pub async fn rollback(
+    spec: &Spec,
+    flipped_at: Option<&str>,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<Outcome, CutoverError> {
+    let fail = |phase: &str, message: String, state: &str| CutoverError {
+        phase: phase.into(),
+        message,
+        state: state.into(),
+    };
+    if !spec.reverse {
+        return Err(fail(
+            "refused",
+            format!(
+                "the cutover ran without reverse replication, and the target has taken writes since the flip{}; pointing clients back at the source would lose them",
+                flipped_at.map(|t| format!(" at {t}")).unwrap_or_default()
+            ),
+            "Nothing was changed. To go back, copy the target's changes to the source first (or rebuild the source from the target).",
+        ));
+    }
+    let b = bouncer(spec);
+    let console = b.admin();
+    let on_source = b
+        .routes()
+        .map_err(|m| fail("inspect", m, "Nothing was changed."))?
+        .iter()
+        .any(|r| {
+            r.name == spec.database && r.port == spec.source.port && r.host == spec.source.host
+        });
+    let src = spec
+        .source
+        .connect()
+        .await
+        .map_err(|e| fail("inspect", e.to_string(), "Nothing was changed."))?;
+    let has_reverse: bool = src
+        .query_one(
+            "SELECT exists(SELECT 1 FROM pg_subscription WHERE subname = $1)",
+            &[&REVERSE],
+        )
+        .await
+        .map_err(|e| fail("inspect", e.to_string(), "Nothing was changed."))?
+        .get(0);
+    if on_source && !has_reverse {
+        // Done before (an interrupted rollback that had finished its work).
+        let _ = pooler::admin(&console, "RELOAD").await;
+        resume(spec)
+            .await
+            .map_err(|m| fail("resume", m, "Run rollback again."))?;
+        return Ok(Outcome {
+            phases: vec![],
+            fenced_ms: 0.0,
+            sequences: 0,
+            reverse: false,
+            marker: String::new(),
+        });
+    }
+    if !has_reverse {
+        return Err(fail("refused", "the reverse subscription on the source is gone, so the target's writes cannot be brought back".into(), "Nothing was changed."));
+    }
+    let mut phases = Vec::new();
+    let fenced = Instant::now();
+    let paused = tokio::time::timeout(
+        Duration::from_millis(spec.fence_timeout_ms),
+        pooler::admin(&console, &format!("PAUSE {}", spec.database)),
+    )
+    .await;
+    if !matches!(paused, Ok(Ok(_))) {
+        let _ = resume(spec).await;
+        return Err(fail(
+            "fence",
+            "in-flight transactions on the target did not finish in time".into(),
+            "Unfenced: clients still use the target.",
+        ));
+    }
+    phases.push(Phase {
+        name: "fence".into(),
+        ms: ms(fenced.elapsed()),
+    });
+    let reversed = Spec {
+        source: spec.target.clone(),
+        target: spec.source.clone(),
+        ..spec.clone()
+    };
+    let marker = format!(
+        "rollback-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let t = Instant::now();
+    if let Err(m) = wait_marker(&reversed, &marker).await {
+        let _ = resume(spec).await;
+        return Err(fail(
+            "catch-up",
+            m,
+            "Unfenced: clients still use the target.",
+        ));
+    }
+    phases.push(Phase {
+        name: "catch-up".into(),
+        ms: ms(t.elapsed()),
+    });
+    let t = Instant::now();
+    let sequences = match sync_sequences(&spec.target, &spec.source, spec.sequence_margin).await {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = resume(spec).await;
+            return Err(fail(
+                "sequences",
+                e.to_string(),
+                "Unfenced: clients still use the target.",
+            ));
+        }
+    };
+    phases.push(Phase {
+        name: "sequences".into(),
+        ms: ms(t.elapsed()),
+    });
+    let t = Instant::now();
+    if let Err(m) = b.set_route(&source_route(spec)) {
+        let _ = resume(spec).await;
+        return Err(fail("flip", m, "Unfenced: clients still use the target."));
+    }
+    if let Err(e) = pooler::admin(&console, "RELOAD").await {
+        return Err(fail(
+            "flip",
+            e.to_string(),
+            "The pooler's file names the source but RELOAD failed; run rollback again.",
+        ));
+    }
+    resume(spec).await.map_err(|m| {
+        fail(
+            "flip",
+            m,
+            "The pooler points at the source but is paused; run rollback again.",
+        )
+    })?;
+    let fenced_ms = ms(fenced.elapsed());
+    phases.push(Phase {
+        name: "flip".into(),
+        ms: ms(t.elapsed()),
+    });
+    progress(format!(
+        "flipped back: clients waited at most {fenced_ms} ms"
+    ));
+    // The reverse replication has done its work.
+    if let Err(e) = src
+        .batch_execute(&format!("DROP SUBSCRIPTION {REVERSE}"))
+        .await
+    {
+        return Err(fail(
+            "cleanup",
+            spec.source.err("drop reverse subscription")(e).to_string(),
+            "Clients use the source again; drop the reverse subscription by hand.",
+        ));
+    }
+    if let Ok(dst) = spec.target.connect().await {
+        let _ = dst
+            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {REVERSE}"))
+            .await;
+    }
+    Ok(Outcome {
+        phases,
+        fenced_ms,
+        sequences,
+        reverse: false,
+        marker,
+    })
+}

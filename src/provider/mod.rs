@@ -191,6 +191,23 @@ pub trait StepType: Send + Sync {
     async fn probe(&self, _ctx: &Ctx, _req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
         Ok(None)
     }
+    /// Whether `plan rollback` can undo this step once done.
+    fn can_roll_back(&self) -> bool {
+        false
+    }
+    /// Undoes the step (given the outputs it recorded). Must be safe to repeat: an interrupted
+    /// rollback is run again.
+    async fn rollback(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        _outputs: &Attrs,
+    ) -> Result<Attrs, ProviderError> {
+        Err(ProviderError::new(format!(
+            "step `{}` cannot be rolled back",
+            req.node
+        )))
+    }
 }
 
 /// One registered type.

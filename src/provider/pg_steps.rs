@@ -738,6 +738,27 @@ impl StepType for CutoverType {
         );
         Ok(o)
     }
+    fn can_roll_back(&self) -> bool {
+        true
+    }
+    async fn rollback(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        outputs: &Attrs,
+    ) -> Result<Attrs, ProviderError> {
+        let spec = cutover_spec(ctx, req.inputs)?;
+        let node = req.node.to_string();
+        let out = crate::pg::cutover::rollback(&spec, get_str(outputs, "flipped_at"), &|m| {
+            ctx.report(&node, &m)
+        })
+        .await
+        .map_err(|e| ProviderError::new(e.to_string()))?;
+        Ok(Attrs::from([
+            ("fenced_ms".to_string(), Value::from(out.fenced_ms)),
+            ("sequences".to_string(), Value::from(out.sequences as u64)),
+        ]))
+    }
     async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
         let spec = cutover_spec(ctx, req.inputs)?;
         let flipped = crate::pg::cutover::recover(&spec)

@@ -64,6 +64,8 @@ pub enum Op {
     Delete,
     Run,
     Read,
+    /// Undoing a done step (`plan rollback`).
+    Rollback,
 }
 
 /// A recorded intent: written and made durable before the call.

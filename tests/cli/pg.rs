@@ -658,3 +658,112 @@ fn killed_after_the_fence_the_next_apply_unfences_and_finishes() {
         let _ = s;
     });
 }
+
+#[test]
+fn rollback_after_the_flip_brings_the_targets_writes_back_to_the_source() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, _t, b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    // A writer through the pooler across the rollback: writes land on the target, then the source.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = rt.spawn(write_until(target(b, "app"), stop.clone()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (code, out, err) = p.run(&["rollback", "local", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("switch: rolled back") && out.contains("cutover: gate closed again"),
+        "{out}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let w = rt.block_on(writer).unwrap();
+    assert!(w.errors.is_empty(), "clients saw errors: {:?}", w.errors);
+    let unique: std::collections::BTreeSet<i64> = w.acked.iter().copied().collect();
+    assert_eq!(unique.len(), w.acked.len(), "an id was handed out twice");
+    rt.block_on(async {
+        let src = target(s, "app").connect().await.unwrap();
+        let found: i64 = src
+            .query_one(
+                "SELECT count(*) FROM events WHERE id = ANY($1)",
+                &[&w.acked],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            found as usize,
+            w.acked.len(),
+            "writes made on the target are missing on the source"
+        );
+        let via = target(b, "app").connect().await.unwrap();
+        let r = via
+            .simple_query("SELECT inet_server_port()::text")
+            .await
+            .unwrap();
+        let port = r.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+            _ => None,
+        });
+        assert_eq!(
+            port,
+            Some(s.to_string()),
+            "the pooler points at the source again"
+        );
+    });
+    // The gate holds the cutover again.
+    let (_, out, _) = p.run(&["preview", "local"]);
+    assert!(
+        out.contains("| cutover (gate): held: needs `--approve cutover`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rollback_without_reverse_replication_refuses_and_changes_nothing() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (_s, t, b) = local_stack_with(&p, "reverse_replication = false\n");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    assert_eq!(
+        p.run(&["apply", "local", "--yes", "--approve", "cutover"])
+            .0,
+        0
+    );
+    let (code, _, err) = p.run(&["rollback", "local", "--yes"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the cutover ran without reverse replication, and the target has taken writes since the flip at"), "{err}");
+    assert!(err.contains("would lose them"), "{err}");
+    rt().block_on(async {
+        let st = cutover::pg::pooler::pool_state(
+            &cutover::pg::pooler::LocalBouncer::new(p.root().join("pgdata/pgbouncer"), b).admin(),
+            "app",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(st.port, t, "still on the target");
+        assert!(!st.paused);
+    });
+    let (_, list, _) = p.run(&["state", "local", "list"]);
+    assert!(list.contains("switch step pg.cutover"), "{list}");
+    assert!(
+        !list.contains("interrupted"),
+        "a refused rollback left an intent: {list}"
+    );
+    let (code, out, _) = p.run(&["apply", "local", "--yes"]);
+    assert_eq!(code, 0, "apply still works after a refused rollback: {out}");
+}
