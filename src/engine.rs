@@ -148,7 +148,55 @@ pub async fn preview(l: &Loaded, opts: &Options, refresh: bool) -> Result<Change
             state.apply(&e);
         }
     }
-    Ok(planner::plan(&l.graph, &state, &l.registry, opts)?)
+    let mut cs = planner::plan(&l.graph, &state, &l.registry, opts)?;
+    if refresh {
+        cs.checks = run_checks(l, &state).await;
+    }
+    Ok(cs)
+}
+
+/// Runs the read-only checks of every step whose inputs are known from state (a preflight of
+/// databases that exist), each bounded in time. Never fails: a check that cannot run says so.
+async fn run_checks(l: &Loaded, state: &State) -> Vec<planner::CheckNote> {
+    let ctx = l.ctx();
+    let mut out = Vec::new();
+    for n in &l.graph.spec.nodes {
+        let Some(TypeImpl::Step(st)) = l.registry.get(&n.type_name) else {
+            continue;
+        };
+        let lookup =
+            |x: &str, o: &str| state.nodes.get(x).and_then(|r| r.outputs().get(o).cloned());
+        let inputs = value::resolve_attrs(&n.inputs, &lookup);
+        if inputs.values().any(value::has_refs) {
+            continue;
+        }
+        let Ok(revealed) = value::reveal_attrs(&inputs, &*ctx.secrets) else {
+            continue;
+        };
+        let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, &n.name);
+        let req = Request {
+            node: &n.name,
+            deterministic_id: &det,
+            inputs: &revealed,
+        };
+        let note = |level: &str, message: String| planner::CheckNote {
+            node: n.name.clone(),
+            level: level.into(),
+            message,
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(15), st.check(&ctx, &req)).await {
+            Ok(Ok(Some(findings))) => {
+                out.extend(findings.into_iter().map(|(level, m)| note(&level, m)))
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => out.push(note("unavailable", e.to_string())),
+            Err(_) => out.push(note(
+                "unavailable",
+                "the check did not answer within 15 s".into(),
+            )),
+        }
+    }
+    out
 }
 
 /// What reconciling or refreshing found, for people.

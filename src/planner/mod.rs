@@ -167,7 +167,19 @@ pub struct ChangeSet {
     pub moved: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingNote>,
+    /// Findings of steps' read-only checks, when the preview ran with `--refresh`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckNote>,
     pub summary: Summary,
+}
+
+/// One finding of a step's check (a preflight), for the preview.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckNote {
+    pub node: String,
+    /// `error`, `warning`, `note`, or `unavailable` (the check could not run).
+    pub level: String,
+    pub message: String,
 }
 
 impl ChangeSet {
@@ -566,6 +578,7 @@ pub fn plan(
                 failed: i.failed.clone(),
             })
             .collect(),
+        checks: vec![],
         summary,
     })
 }

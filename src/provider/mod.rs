@@ -191,6 +191,15 @@ pub trait StepType: Send + Sync {
     async fn probe(&self, _ctx: &Ctx, _req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
         Ok(None)
     }
+    /// Read-only checks shown by `preview --refresh` (a preflight's findings), as
+    /// `(level, message)`; `None` when the type has none.
+    async fn check(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+        Ok(None)
+    }
     /// Whether `plan rollback` can undo this step once done.
     fn can_roll_back(&self) -> bool {
         false

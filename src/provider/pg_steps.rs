@@ -157,6 +157,29 @@ impl StepType for PreflightType {
     fn rerun_safe(&self) -> bool {
         true
     }
+    async fn check(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+        let s = target(req.inputs, "source")?;
+        let t = target(req.inputs, "target")?;
+        let slots = crate::value::get_u64(req.inputs, "slots").unwrap_or(1) as i64;
+        let findings = preflight::check(&s, &t, slots).await.map_err(pg_err)?;
+        Ok(Some(
+            findings
+                .into_iter()
+                .map(|f| {
+                    let level = format!("{:?}", f.level).to_lowercase();
+                    let mut m = format!("[{}] {}", f.check, f.message);
+                    if let Some(fix) = f.fix {
+                        m.push_str(&format!(" Fix: {fix}"));
+                    }
+                    (level, m)
+                })
+                .collect(),
+        ))
+    }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         let s = target(req.inputs, "source")?;
         let t = target(req.inputs, "target")?;

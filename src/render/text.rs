@@ -124,6 +124,18 @@ pub fn diff_body(cs: &ChangeSet) -> String {
         }
         out.push('\n');
     }
+    if !cs.checks.is_empty() {
+        out.push_str("Checks (read with --refresh):\n");
+        for c in &cs.checks {
+            let sym = match c.level.as_str() {
+                "error" => "!",
+                "warning" | "unavailable" => "?",
+                _ => " ",
+            };
+            let _ = writeln!(out, "  {sym} {} {}: {}", c.node, c.level, c.message);
+        }
+        out.push('\n');
+    }
     let held: Vec<&Action> = cs
         .actions
         .iter()

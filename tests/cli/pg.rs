@@ -767,3 +767,103 @@ fn rollback_without_reverse_replication_refuses_and_changes_nothing() {
     let (code, out, _) = p.run(&["apply", "local", "--yes"]);
     assert_eq!(code, 0, "apply still works after a refused rollback: {out}");
 }
+
+#[test]
+fn a_lag_above_the_bound_stops_the_cutover_at_its_guard() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, b) = local_stack_with(&p, "max_lag_bytes = 65536\n");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let rt = rt();
+    rt.block_on(async {
+        // The target stops applying; the source writes a few megabytes.
+        let dst = target(t, "app").connect().await.unwrap();
+        dst.batch_execute("ALTER SUBSCRIPTION cutover_events DISABLE").await.unwrap();
+        let src = target(s, "app").connect().await.unwrap();
+        src.batch_execute("INSERT INTO events (account_id, kind, payload) SELECT 1, 'bulk', jsonb_build_object('pad', repeat('x', 500)) FROM generate_series(1, 20000)")
+            .await
+            .unwrap();
+    });
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cutover stopped in phase `guard`: replication lag on `cutover_events` is"),
+        "{out}"
+    );
+    assert!(
+        out.contains("above the bound of 65536; wait until it is lower"),
+        "{out}"
+    );
+    rt.block_on(async {
+        let st = cutover::pg::pooler::pool_state(
+            &cutover::pg::pooler::LocalBouncer::new(p.root().join("pgdata/pgbouncer"), b).admin(),
+            "app",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(!st.paused);
+        assert_eq!(st.port, s, "still on the source");
+        target(t, "app")
+            .connect()
+            .await
+            .unwrap()
+            .batch_execute("ALTER SUBSCRIPTION cutover_events ENABLE")
+            .await
+            .unwrap();
+    });
+    // Caught up again, the cutover goes through (it waits for the lag step's bound first).
+    let mut ok = false;
+    for _ in 0..20 {
+        let (code, _, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+        if code == 0 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(
+        ok,
+        "the cutover did not go through once replication caught up"
+    );
+}
+
+#[test]
+fn preview_with_refresh_shows_the_preflight_of_reachable_databases() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, _t, _b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    // Before anything exists the databases are unknown: no checks, and no error either.
+    let (code, out, _) = p.run(&["preview", "local", "--refresh"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("Checks"), "{out}");
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    rt().block_on(async {
+        target(s, "app")
+            .connect()
+            .await
+            .unwrap()
+            .batch_execute("CREATE TABLE bare (x int)")
+            .await
+            .unwrap();
+    });
+    let (_, out, _) = p.run(&["preview", "local"]);
+    assert!(
+        !out.contains("Checks"),
+        "a plain preview reads no database:\n{out}"
+    );
+    let (code, out, _) = p.run(&["preview", "local", "--refresh"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Checks (read with --refresh):"), "{out}");
+    assert!(out.contains("! preflight error: [replica_identity] 1 table(s) have no primary key or replica identity"), "{out}");
+    assert!(out.contains("public.bare"), "{out}");
+    assert!(out.contains("REPLICA IDENTITY FULL"), "{out}");
+    let (_, json, _) = p.run(&["preview", "local", "--refresh", "--format", "json"]);
+    assert!(json.contains("\"checks\": ["), "{json}");
+}
