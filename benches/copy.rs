@@ -27,6 +27,7 @@ fn target(port: u16, db: &str) -> Target {
         user: "postgres".into(),
         dbname: db.into(),
         password: None,
+        ..Default::default()
     }
 }
 

@@ -29,6 +29,7 @@ fn target(port: u16) -> Target {
         user: "postgres".into(),
         dbname: "postgres".into(),
         password: None,
+        ..Default::default()
     }
 }
 

@@ -439,6 +439,8 @@ pub async fn run(
         user: spec.target.user.clone(),
         dbname: spec.database.clone(),
         password: spec.target.password.clone(),
+        // The local pgbouncer serves no TLS.
+        ..Default::default()
     };
     let check = async {
         let c = through.connect().await.map_err(|e| e.to_string())?;

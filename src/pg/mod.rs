@@ -35,7 +35,7 @@ pub enum PgError {
 
 /// Where a database is. Built from a node's `conn` input (a map with host, port, user, dbname and
 /// an optional password, already revealed for the call).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     pub host: String,
     pub port: u16,
@@ -43,6 +43,14 @@ pub struct Target {
     pub dbname: String,
     #[serde(default, skip_serializing)]
     pub password: Option<String>,
+    /// `disable` (the default), `require` (encrypted, server not verified) or `verify-full`
+    /// (encrypted, certificate and host name verified), as libpq's `sslmode`.
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    /// A PEM bundle of the CAs to trust for `verify-full` (for RDS, its global bundle); without it
+    /// the Mozilla roots (webpki-roots) are used.
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
 }
 
 impl std::fmt::Display for Target {
@@ -70,6 +78,8 @@ impl Target {
             user: s("user").unwrap_or_else(|| "postgres".into()),
             dbname: s("dbname").unwrap_or_else(|| "postgres".into()),
             password: s("password"),
+            sslmode: s("sslmode"),
+            sslrootcert: s("sslrootcert"),
         })
     }
 
@@ -101,6 +111,12 @@ impl Target {
                 p.replace('\\', "\\\\").replace('\'', "\\'")
             ));
         }
+        if let Some(m) = &self.sslmode {
+            s.push_str(&format!(" sslmode={m}"));
+        }
+        if let Some(r) = &self.sslrootcert {
+            s.push_str(&format!(" sslrootcert='{}'", r.replace('\'', "\\'")));
+        }
         s
     }
 
@@ -120,18 +136,36 @@ impl Target {
 
     /// A client; its connection runs on a task of its own.
     pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, conn) = self
-            .config()
-            .connect(NoTls)
-            .await
-            .map_err(|e| PgError::Connect {
-                target: self.to_string(),
-                message: describe(&e),
-            })?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        let fail = |message: String| PgError::Connect {
+            target: self.to_string(),
+            message,
+        };
+        let mut config = self.config();
+        match self.sslmode.as_deref().unwrap_or("disable") {
+            "disable" => {
+                let (client, conn) = config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| fail(describe(&e)))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(client)
+            }
+            mode @ ("require" | "verify-full") => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let tls = tls::connector(mode == "verify-full", self.sslrootcert.as_deref())
+                    .map_err(fail)?;
+                let (client, conn) = config.connect(tls).await.map_err(|e| fail(describe(&e)))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(client)
+            }
+            other => Err(fail(format!(
+                "sslmode `{other}` is not supported; use disable, require or verify-full"
+            ))),
+        }
     }
 
     /// Wraps a query error with this target and what was being done.
@@ -180,4 +214,93 @@ pub fn ident(s: &str) -> String {
 /// Quotes a literal.
 pub fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+mod tls {
+    //! TLS for database connections with rustls: `verify-full` checks the certificate chain and
+    //! host name against the given CA bundle (or the Mozilla roots); `require` encrypts without
+    //! verifying, as libpq's `sslmode=require` does.
+
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use tokio_postgres_rustls::MakeRustlsConnect;
+
+    #[derive(Debug)]
+    struct NoVerify(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for NoVerify {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// A connector: verifying (`verify`) against `root` (a PEM bundle) or the Mozilla roots.
+    pub fn connector(verify: bool, root: Option<&str>) -> Result<MakeRustlsConnect, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let mut roots = RootCertStore::empty();
+        match root {
+            Some(path) => {
+                for cert in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("sslrootcert {path}: {e}"))?
+                {
+                    let cert = cert.map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let mut config = builder.with_root_certificates(roots).with_no_client_auth();
+        if !verify {
+            config
+                .dangerous()
+                .set_certificate_verifier(Arc::new(NoVerify(provider)));
+        }
+        Ok(MakeRustlsConnect::new(config))
+    }
 }

@@ -235,6 +235,7 @@ impl LocalBouncer {
             user: "postgres".into(),
             dbname: "pgbouncer".into(),
             password: None,
+            ..Default::default()
         }
     }
 }

@@ -82,6 +82,7 @@ fn target(port: u16, db: &str) -> Target {
         user: "postgres".into(),
         dbname: db.into(),
         password: None,
+        ..Default::default()
     }
 }
 
@@ -866,4 +867,144 @@ fn preview_with_refresh_shows_the_preflight_of_reachable_databases() {
     assert!(out.contains("REPLICA IDENTITY FULL"), "{out}");
     let (_, json, _) = p.run(&["preview", "local", "--refresh", "--format", "json"]);
     assert!(json.contains("\"checks\": ["), "{json}");
+}
+
+#[test]
+fn tls_connections_verify_the_server_or_fail_clearly() {
+    if !require_pg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let c = LocalCluster::new(dir.path().join("d"), port);
+    let _stop = Stopper(vec![c.data_dir.clone()]);
+    c.init(&[
+        ("ssl".into(), "on".into()),
+        ("ssl_cert_file".into(), "'server.crt'".into()),
+        ("ssl_key_file".into(), "'server.key'".into()),
+    ])
+    .unwrap();
+    // A CA of the test's own, and a server certificate for 127.0.0.1 signed by it.
+    let ca = dir.path().join("ca.crt");
+    let crt = dir.path().join("server.crt");
+    let key = dir.path().join("server.key");
+    let ext = dir.path().join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let p = |x: &std::path::Path| x.display().to_string();
+    for args in [
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=cutover test CA",
+            "-keyout",
+            &p(&dir.path().join("ca.key")),
+            "-out",
+            &p(&ca),
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &p(&key),
+            "-out",
+            &p(&dir.path().join("server.csr")),
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &p(&dir.path().join("server.csr")),
+            "-CA",
+            &p(&ca),
+            "-CAkey",
+            &p(&dir.path().join("ca.key")),
+            "-CAcreateserial",
+            "-extfile",
+            &p(&ext),
+            "-out",
+            &p(&crt),
+        ],
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl is needed for this test (scripts/prereqs installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (f, mode) in [(&crt, 0o644), (&key, 0o600)] {
+        let dest = c.data_dir.join(f.file_name().unwrap());
+        std::fs::copy(f, &dest).unwrap();
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode)).unwrap();
+        if let Some((uid, gid)) = cutover::pg::cluster::run_as().unwrap() {
+            std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    c.start().unwrap();
+    let with = |mode: &str, root: Option<&std::path::Path>, host: &str| Target {
+        host: host.into(),
+        port,
+        user: "postgres".into(),
+        dbname: "postgres".into(),
+        password: None,
+        sslmode: Some(mode.into()),
+        sslrootcert: root.map(|r| r.display().to_string()),
+    };
+    rt().block_on(async {
+        let ssl = |t: Target| async move {
+            let client = t.connect().await.map_err(|e| e.to_string())?;
+            let on: bool = client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            Ok::<bool, String>(on)
+        };
+        assert_eq!(
+            ssl(with("verify-full", Some(&ca), "127.0.0.1")).await,
+            Ok(true)
+        );
+        assert_eq!(ssl(with("require", None, "127.0.0.1")).await, Ok(true));
+        assert_eq!(ssl(with("disable", None, "127.0.0.1")).await, Ok(false));
+        // Not signed by a trusted CA: refused, and the error says so.
+        let e = ssl(with("verify-full", None, "127.0.0.1"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("cannot connect to postgres@127.0.0.1")
+                && e.to_lowercase().contains("certificate"),
+            "{e}"
+        );
+        // The certificate names 127.0.0.1, not localhost.
+        let e = ssl(with("verify-full", Some(&ca), "localhost"))
+            .await
+            .unwrap_err();
+        assert!(e.to_lowercase().contains("certificate"), "{e}");
+        let e = ssl(with("prefer", None, "127.0.0.1")).await.unwrap_err();
+        assert!(e.contains("sslmode `prefer` is not supported"), "{e}");
+    });
 }
