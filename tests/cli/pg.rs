@@ -455,6 +455,40 @@ fn the_cutover_under_writes_loses_nothing_and_no_client_sees_an_error() {
     let p = Project::new();
     let (s, t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
+    // pgbench's tables on the source too (replicated with the rest), for extra load.
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--until", "preflight"]);
+    assert_eq!(code, 0, "{out}");
+    let pgbench = cutover::pg::cluster::program("pgbench").unwrap();
+    let init = std::process::Command::new(&pgbench)
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.to_string(),
+            "-U",
+            "postgres",
+            "app",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    rt().block_on(async {
+        target(s, "app")
+            .connect()
+            .await
+            .unwrap()
+            .batch_execute("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
+            .await
+            .unwrap()
+    });
     let (code, out, _) = p.run(&["apply", "local", "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Held back by gate `cutover`"), "{out}");
@@ -465,10 +499,45 @@ fn the_cutover_under_writes_loses_nothing_and_no_client_sees_an_error() {
         .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = rt.spawn(write_until(target(b, "app"), stop.clone()));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let load = std::process::Command::new(&pgbench)
+        .args([
+            "-n",
+            "-c4",
+            "-R50",
+            "-T",
+            "3",
+            "-M",
+            "simple",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.to_string(),
+            "-U",
+            "postgres",
+            "app",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
     assert_eq!(code, 0, "{out}{err}");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let load = load.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&load.stdout),
+        String::from_utf8_lossy(&load.stderr)
+    );
+    assert!(
+        load.status.success(),
+        "pgbench failed through the cutover:\n{report}"
+    );
+    assert!(
+        report.contains("number of failed transactions: 0 "),
+        "{report}"
+    );
+    assert!(!report.contains("aborted"), "{report}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let w = rt.block_on(writer).unwrap();
     let fenced = out
