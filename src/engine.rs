@@ -403,7 +403,7 @@ pub async fn execute(
             to: to.clone(),
         });
     }
-    let (jobs, ops) = build_jobs(&p.changes, &l.graph, p.store.state(), &p.opts.approve);
+    let (jobs, ops) = build_jobs(&p.changes, &l.graph, p.store.state());
     let mut ctx = l.ctx();
     ctx.progress = progress;
     let mut work = ApplyWork::new(

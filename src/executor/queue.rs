@@ -4,7 +4,7 @@
 //! It knows nothing of nodes, providers or state. It must never hand out a job twice, nor a job
 //! whose dependency failed or was skipped.
 
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,15 +233,6 @@ impl DepQueue {
                 h.iter()
                     .all(|(_, std::cmp::Reverse(i))| self.state[*i] != JobState::Ready)
             })
-    }
-
-    /// Counts of jobs per state.
-    pub fn counts(&self) -> BTreeMap<String, usize> {
-        let mut m = BTreeMap::new();
-        for s in &self.state {
-            *m.entry(format!("{s:?}").to_lowercase()).or_default() += 1;
-        }
-        m
     }
 }
 

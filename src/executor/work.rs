@@ -4,7 +4,7 @@
 //!
 //! This module must never write state itself (the coordinator does) and never print.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use crate::provider::{
 use crate::state::{
     now, DataRecord, Entry, Intent, NodeRecord, Op, ResourceRecord, State, StepRecord,
 };
-use crate::value::{self, Attrs, Value};
+use crate::value::{self, Attrs};
 
 use super::{Finish, JobSpec, OnFailure, Start};
 
@@ -74,12 +74,7 @@ pub struct OpJob {
 
 /// Jobs for a change set: replaces become delete + create; deletes wait for the dependents
 /// (per state) that go too, and for former dependents that are updated first.
-pub fn build_jobs(
-    cs: &ChangeSet,
-    graph: &Graph,
-    state: &State,
-    approve: &std::collections::BTreeSet<String>,
-) -> (Vec<JobSpec>, Vec<OpJob>) {
+pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>, Vec<OpJob>) {
     let mut specs: Vec<JobSpec> = Vec::new();
     let mut ops: Vec<OpJob> = Vec::new();
     let mut apply_job: HashMap<String, usize> = HashMap::new();
@@ -158,7 +153,6 @@ pub fn build_jobs(
                 apply_job.insert(a.node.clone(), push(OpKind::Run, false));
             }
             ActionKind::Pass => {
-                let _ = approve;
                 apply_job.insert(a.node.clone(), push(OpKind::Gate, false));
             }
             ActionKind::Done | ActionKind::NoOp | ActionKind::Retired => {}
@@ -657,18 +651,4 @@ pub fn labels(ops: &[OpJob]) -> Vec<(String, String, String)> {
             )
         })
         .collect()
-}
-
-/// Outputs of every node in state, for resolving inputs outside a walk.
-pub fn state_outputs(state: &State) -> BTreeMap<String, Attrs> {
-    state
-        .nodes
-        .iter()
-        .map(|(k, r)| (k.clone(), r.outputs().clone()))
-        .collect()
-}
-
-/// A string value, for messages.
-pub fn short(v: &Value) -> String {
-    value::display(v)
 }

@@ -91,14 +91,6 @@ impl Target {
         Target::from_value(v).map_err(|e| format!("input `{key}`: {e}"))
     }
 
-    /// The same server, another database.
-    pub fn with_db(&self, dbname: &str) -> Target {
-        Target {
-            dbname: dbname.into(),
-            ..self.clone()
-        }
-    }
-
     /// A libpq connection string (for `CREATE SUBSCRIPTION`); includes the password if any.
     pub fn conninfo(&self) -> String {
         let mut s = format!(
