@@ -100,6 +100,19 @@ async fn same_data(src: &tokio_postgres::Client, dst: &tokio_postgres::Client) -
     }
 }
 
+/// The port of the server a connection through the pooler on `pooler` reaches.
+async fn port_via(pooler: u16) -> Option<String> {
+    let via = target(pooler, "app").connect().await.unwrap();
+    let msgs = via
+        .simple_query("SELECT inet_server_port()::text")
+        .await
+        .unwrap();
+    msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+        _ => None,
+    })
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -580,15 +593,7 @@ fn the_cutover_under_writes_loses_nothing_and_no_client_sees_an_error() {
             "acknowledged rows are missing on the target"
         );
         // The pooler now reaches the target; reverse replication carries new writes to the source.
-        let via = target(b, "app").connect().await.unwrap();
-        let port = via
-            .simple_query("SELECT inet_server_port()::text")
-            .await
-            .unwrap();
-        let port = port.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
-            _ => None,
-        });
+        let port = port_via(b).await;
         assert_eq!(port, Some(t.to_string()));
         let last = *w.acked.iter().max().unwrap();
         let src = target(s, "app").connect().await.unwrap();
