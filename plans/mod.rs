@@ -48,6 +48,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::secretive,
         },
         PlanEntry {
+            name: "aws-params",
+            about: "RDS parameter groups (AWS provider tests)",
+            hidden: true,
+            build: testing::aws_params,
+        },
+        PlanEntry {
             name: "failing",
             about: "a plan whose middle step fails on request (failure-policy tests)",
             hidden: true,

@@ -135,3 +135,22 @@ pub fn secretive(stack: &Stack) -> Result<Plan, PlanError> {
     );
     Ok(p)
 }
+
+/// An instance and a cluster parameter group (AWS provider tests).
+pub fn aws_params(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let family: String = stack.get("family")?;
+    let work_mem: String = stack.get("work_mem")?;
+    p.add(
+        "params",
+        ParameterGroup::instance(&family, "target instances")
+            .immediate("work_mem", &work_mem)
+            .pending_reboot("shared_buffers", "8192"),
+    );
+    p.add(
+        "cluster-params",
+        ParameterGroup::cluster("aurora-postgresql15", "target cluster")
+            .pending_reboot("rds.logical_replication", "1"),
+    );
+    Ok(p)
+}

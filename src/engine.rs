@@ -13,7 +13,9 @@ use crate::executor::work::{build_jobs, labels, ApplyWork, OpJob};
 use crate::executor::{self, Event, JobSpec, Limits, Report};
 use crate::graph::{Graph, GraphErrors};
 use crate::planner::{self, ChangeSet, Options, PlanningError};
-use crate::provider::{deterministic_id, registry_for, Ctx, Probe, Registry, Request, TypeImpl};
+use crate::provider::{
+    deterministic_id, registry_for_stack, Ctx, Probe, Registry, Request, TypeImpl,
+};
 use crate::stack::{Stack, StackError};
 use crate::state::{
     now, DataRecord, Entry, Lock, NodeRecord, Op, ResourceRecord, State, StateError, StateStore,
@@ -96,7 +98,7 @@ pub fn load(root: &Path, plans: &[PlanEntry], name: &str) -> Result<Loaded, Engi
     })?;
     let plan = (entry.build)(&stack)?;
     stack.check_unused()?;
-    let registry = registry_for(&stack.provider);
+    let registry = registry_for_stack(&stack);
     let graph = Graph::build(plan.finish(), &|t, k| registry.check(t, k))?;
     let state_dir = root.join(
         stack
@@ -292,6 +294,13 @@ async fn reconcile_one(
                 (Op::Delete, Some(_)) => (
                     Entry::ClearIntent { node: node.into() },
                     "the interrupted delete had not happened: the object is still recorded".into(),
+                ),
+                (Op::Create, Some(obs)) if !rt.owned(ctx, node, &obs) => (
+                    Entry::ClearIntent { node: node.into() },
+                    format!(
+                        "an object `{}` exists but was not created by this plan: not adopted (`plan import {} {node} {}` adopts it)",
+                        obs.id, l.stack.name, obs.id
+                    ),
                 ),
                 (_, Some(obs)) => {
                     let o = spec.map(|s| s.options.clone()).unwrap_or_default();

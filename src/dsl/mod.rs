@@ -154,6 +154,10 @@ pub trait Declare {
     /// `provider.type`.
     const TYPE: &'static str;
     const KIND: NodeKind;
+    /// The type of this declaration (one builder may serve related types).
+    fn type_name(&self) -> &'static str {
+        Self::TYPE
+    }
     /// The node's inputs.
     fn inputs(self) -> Attrs;
 }
@@ -402,7 +406,8 @@ impl Plan {
 
     /// Declares a node of a provider's type.
     pub fn add<T: Declare>(&self, name: &str, decl: T) -> Handle<T> {
-        self.push(name, T::KIND, T::TYPE, decl.inputs())
+        let type_name = decl.type_name();
+        self.push(name, T::KIND, type_name, decl.inputs())
     }
 
     /// Declares a node by type name with untyped inputs (generated plans and tests).

@@ -226,6 +226,17 @@ pub enum CallResult {
     Observed(Observed),
     Outputs(Attrs),
     Deleted,
+    /// The provider refused before changing anything: a failure with nothing to reconcile.
+    Refused(String),
+}
+
+/// A provider error as a job's result: refusals that changed nothing keep that fact.
+fn refused(e: ProviderError) -> Result<CallResult, String> {
+    if e.unchanged {
+        Ok(CallResult::Refused(e.to_string()))
+    } else {
+        Err(e.to_string())
+    }
 }
 
 /// The work of an apply.
@@ -418,7 +429,7 @@ impl super::Work for ApplyWork {
                                 rt.create(&ctx, &req)
                                     .await
                                     .map(CallResult::Observed)
-                                    .map_err(|e| e.to_string())
+                                    .or_else(refused)
                             }),
                         }
                     }
@@ -477,7 +488,7 @@ impl super::Work for ApplyWork {
                                 rt.update(&ctx, &req, &id, &changed)
                                     .await
                                     .map(CallResult::Observed)
-                                    .map_err(|e| e.to_string())
+                                    .or_else(refused)
                             }),
                         };
                     }
@@ -498,7 +509,7 @@ impl super::Work for ApplyWork {
                                 rt.delete(&ctx, &req, &id)
                                     .await
                                     .map(|_| CallResult::Deleted)
-                                    .map_err(|e| e.to_string())
+                                    .or_else(refused)
                             }),
                         }
                     }
@@ -515,7 +526,7 @@ impl super::Work for ApplyWork {
                                 dt.read(&ctx, &req)
                                     .await
                                     .map(CallResult::Outputs)
-                                    .map_err(|e| e.to_string())
+                                    .or_else(refused)
                             }),
                         }
                     }
@@ -563,6 +574,10 @@ impl super::Work for ApplyWork {
                     error: Some(error),
                 }
             }
+            Ok(CallResult::Refused(e)) => Finish {
+                entries: vec![Entry::ClearIntent { node: node.clone() }],
+                error: Some(format!("`{node}`: {e}")),
+            },
             Ok(r) => {
                 let entry = match (op.op, r) {
                     (OpKind::Create | OpKind::Update, CallResult::Observed(obs)) => {

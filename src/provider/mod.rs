@@ -5,6 +5,7 @@
 //! a concrete provider. A provider must never return a revealed secret in what it observes: the
 //! engine stores observed attributes in state.
 
+pub mod aws;
 pub mod builtin;
 pub mod local_file;
 pub mod local_pg;
@@ -26,6 +27,8 @@ use crate::value::{Attrs, SecretSource};
 pub struct ProviderError {
     pub message: String,
     pub fix: Option<String>,
+    /// The call was refused before it changed anything (nothing to reconcile afterwards).
+    pub unchanged: bool,
 }
 
 impl ProviderError {
@@ -33,12 +36,21 @@ impl ProviderError {
         ProviderError {
             message: message.into(),
             fix: None,
+            unchanged: false,
         }
     }
     pub fn with_fix(message: impl Into<String>, fix: impl Into<String>) -> Self {
         ProviderError {
             message: message.into(),
             fix: Some(fix.into()),
+            unchanged: false,
+        }
+    }
+    /// A refusal that changed nothing (its intent is dropped, not reconciled).
+    pub fn refused(message: impl Into<String>, fix: impl Into<String>) -> Self {
+        ProviderError {
+            unchanged: true,
+            ..Self::with_fix(message, fix)
         }
     }
 }
@@ -140,6 +152,11 @@ pub trait ResourceType: Send + Sync {
     /// Outputs known before the object exists because they copy an input (a path, a name).
     fn planned_outputs(&self, _inputs: &Attrs) -> Attrs {
         Attrs::new()
+    }
+    /// Whether an object found by its identifier was created by this plan's node (its tags say
+    /// so). Reconciliation never records an object that is not ours.
+    fn owned(&self, _ctx: &Ctx, _node: &str, _found: &Observed) -> bool {
+        true
     }
     /// The identifier a create with these inputs would give the object.
     fn id_for(&self, req: &Request<'_>) -> String {
@@ -304,6 +321,16 @@ pub fn registry_for(provider: &str) -> Registry {
     pg_steps::register(&mut r);
     if provider == "local" {
         local_pg::register(&mut r);
+    }
+    r
+}
+
+/// The registry for a stack: [`registry_for`] its provider, with the `aws` types configured from the
+/// stack (region, endpoint, profile) when the provider is `aws`.
+pub fn registry_for_stack(stack: &crate::stack::Stack) -> Registry {
+    let mut r = registry_for(&stack.provider);
+    if stack.provider == "aws" {
+        aws::register(&mut r, aws::Aws::from_stack(stack));
     }
     r
 }

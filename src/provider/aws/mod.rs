@@ -1,0 +1,97 @@
+//! The `aws` provider: clients built once per stack from its region, profile and endpoint (or the
+//! standard `AWS_ENDPOINT_URL`), with the SDK's standard retry mode and operation timeouts; the tags
+//! every object we create carries; and error messages that keep the service's own words.
+//!
+//! It must never adopt or change an existing object that lacks our tags: the error says how to adopt
+//! it with `plan import`.
+
+pub mod rds;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use tokio::sync::OnceCell;
+
+use super::{ProviderError, Registry};
+use crate::stack::Stack;
+
+/// Where the stack's AWS is, and its clients once made.
+pub struct Aws {
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    profile: Option<String>,
+    rds: OnceCell<aws_sdk_rds::Client>,
+}
+
+impl Aws {
+    pub fn from_stack(stack: &Stack) -> Arc<Aws> {
+        Arc::new(Aws {
+            region: stack.region.clone(),
+            endpoint_url: stack.endpoint_url.clone(),
+            profile: stack.profile.clone(),
+            rds: OnceCell::new(),
+        })
+    }
+
+    async fn config(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(6))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(120))
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .build(),
+            );
+        if let Some(r) = &self.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(p) = &self.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(e) = &self.endpoint_url {
+            loader = loader.endpoint_url(e);
+        }
+        loader.load().await
+    }
+
+    /// The RDS client.
+    pub async fn rds(&self) -> &aws_sdk_rds::Client {
+        self.rds
+            .get_or_init(|| async { aws_sdk_rds::Client::new(&self.config().await) })
+            .await
+    }
+}
+
+/// Registers the `aws` provider's types.
+pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+    rds::register(r, aws);
+}
+
+/// The tags naming plan, stack and node that every object we create carries.
+pub fn tags(plan: &str, stack: &str, node: &str) -> Vec<(String, String)> {
+    vec![
+        ("cutover:plan".into(), plan.into()),
+        ("cutover:stack".into(), stack.into()),
+        ("cutover:node".into(), node.into()),
+    ]
+}
+
+/// Whether `found` are our tags for this node.
+pub fn ours(found: &[(String, String)], plan: &str, stack: &str, node: &str) -> bool {
+    tags(plan, stack, node).iter().all(|t| found.contains(t))
+}
+
+/// An SDK error with the service's message.
+pub fn sdk_err<E, R>(what: &str, e: aws_sdk_rds::error::SdkError<E, R>) -> ProviderError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    ProviderError::new(format!(
+        "{what}: {}",
+        aws_sdk_rds::error::DisplayErrorContext(&e)
+    ))
+}

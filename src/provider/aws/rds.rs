@@ -1,0 +1,717 @@
+//! RDS parameter groups (DB and DB cluster): family, description, and parameters each with an apply
+//! method (`immediate` or `pending-reboot`). Each parameter is an input of its own
+//! (`parameter.NAME`), so a preview diffs them one by one and shows which need a reboot.
+//!
+//! Family, name and description cannot change in place (replacement). Parameters removed from the
+//! plan are reset to the family's default.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
+
+use super::{ours, sdk_err, tags, Aws};
+use crate::dsl::{Declare, Handle, NodeKind, Output};
+use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, ResourceType};
+use crate::value::{get_str, Attrs, Value};
+
+pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+    r.resource(ParameterGroupType {
+        aws: aws.clone(),
+        cluster: false,
+    })
+    .resource(ParameterGroupType { aws, cluster: true });
+}
+
+/// Families we know, for offline checks (a typo fails at preview, before any call).
+const FAMILIES: &[&str] = &[
+    "postgres11",
+    "postgres12",
+    "postgres13",
+    "postgres14",
+    "postgres15",
+    "postgres16",
+    "postgres17",
+    "aurora-postgresql11",
+    "aurora-postgresql12",
+    "aurora-postgresql13",
+    "aurora-postgresql14",
+    "aurora-postgresql15",
+    "aurora-postgresql16",
+    "aurora-postgresql17",
+    "mysql5.7",
+    "mysql8.0",
+    "mysql8.4",
+    "aurora-mysql5.7",
+    "aurora-mysql8.0",
+];
+
+/// A DB parameter group (instances) or, with [`ParameterGroup::cluster`], a DB cluster parameter
+/// group (Aurora clusters).
+#[derive(Debug, Clone)]
+pub struct ParameterGroup {
+    cluster: bool,
+    family: String,
+    description: String,
+    name: Option<String>,
+    parameters: BTreeMap<String, (String, &'static str)>,
+}
+
+impl ParameterGroup {
+    /// A DB parameter group of `family` (e.g. `postgres15`).
+    pub fn instance(family: &str, description: &str) -> Self {
+        ParameterGroup {
+            cluster: false,
+            family: family.into(),
+            description: description.into(),
+            name: None,
+            parameters: BTreeMap::new(),
+        }
+    }
+    /// A DB cluster parameter group of `family` (e.g. `aurora-postgresql15`).
+    pub fn cluster(family: &str, description: &str) -> Self {
+        ParameterGroup {
+            cluster: true,
+            ..Self::instance(family, description)
+        }
+    }
+    /// The group's name (default: derived from plan, stack and node).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// A dynamic parameter, applied at once.
+    pub fn immediate(mut self, name: &str, value: &str) -> Self {
+        self.parameters
+            .insert(name.into(), (value.into(), "immediate"));
+        self
+    }
+    /// A static parameter, applied at the next reboot (a reboot step makes it take effect).
+    pub fn pending_reboot(mut self, name: &str, value: &str) -> Self {
+        self.parameters
+            .insert(name.into(), (value.into(), "pending-reboot"));
+        self
+    }
+}
+
+impl Declare for ParameterGroup {
+    const TYPE: &'static str = "aws.rds.parameter_group";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn type_name(&self) -> &'static str {
+        if self.cluster {
+            "aws.rds.cluster_parameter_group"
+        } else {
+            Self::TYPE
+        }
+    }
+    fn inputs(self) -> Attrs {
+        let mut a = Attrs::from([
+            ("family".to_string(), Value::from(self.family)),
+            ("description".to_string(), Value::from(self.description)),
+            ("cluster".to_string(), Value::Bool(self.cluster)),
+        ]);
+        if let Some(n) = self.name {
+            a.insert("name".into(), Value::from(n));
+        }
+        for (k, (v, m)) in self.parameters {
+            a.insert(
+                format!("parameter.{k}"),
+                serde_json::json!({ "value": v, "apply": m }),
+            );
+        }
+        a
+    }
+}
+
+impl Handle<ParameterGroup> {
+    /// The group's name (known at plan time when set).
+    pub fn group_name(&self) -> Output<String> {
+        self.output("name")
+    }
+    pub fn arn(&self) -> Output<String> {
+        self.output("arn")
+    }
+}
+
+struct ParameterGroupType {
+    aws: Arc<Aws>,
+    cluster: bool,
+}
+
+fn parameters(inputs: &Attrs) -> BTreeMap<String, (String, String)> {
+    inputs
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("parameter.")?;
+            let value = v.get("value").and_then(Value::as_str)?.to_string();
+            let apply = v
+                .get("apply")
+                .and_then(Value::as_str)
+                .unwrap_or("pending-reboot")
+                .to_string();
+            Some((name.to_string(), (value, apply)))
+        })
+        .collect()
+}
+
+fn to_sdk(params: &BTreeMap<String, (String, String)>) -> Vec<Parameter> {
+    params
+        .iter()
+        .map(|(k, (v, m))| {
+            Parameter::builder()
+                .parameter_name(k)
+                .parameter_value(v)
+                .apply_method(if m == "immediate" {
+                    ApplyMethod::Immediate
+                } else {
+                    ApplyMethod::PendingReboot
+                })
+                .build()
+        })
+        .collect()
+}
+
+struct Found {
+    arn: String,
+    family: String,
+    description: String,
+    params: BTreeMap<String, (String, String)>,
+    tags: Vec<(String, String)>,
+}
+
+impl ParameterGroupType {
+    fn name_of(&self, req: &Request<'_>) -> String {
+        get_str(req.inputs, "name")
+            .map(String::from)
+            .unwrap_or_else(|| req.deterministic_id.to_string())
+    }
+
+    async fn find(&self, name: &str) -> Result<Option<Found>, ProviderError> {
+        let rds = self.aws.rds().await;
+        let (arn, family, description) = if self.cluster {
+            match rds
+                .describe_db_cluster_parameter_groups()
+                .db_cluster_parameter_group_name(name)
+                .send()
+                .await
+            {
+                Ok(o) => match o.db_cluster_parameter_groups().first() {
+                    // An emulator answers an empty list where AWS says "not found".
+                    None => return Ok(None),
+                    Some(g) => (
+                        g.db_cluster_parameter_group_arn()
+                            .unwrap_or_default()
+                            .to_string(),
+                        g.db_parameter_group_family()
+                            .unwrap_or_default()
+                            .to_string(),
+                        g.description().unwrap_or_default().to_string(),
+                    ),
+                },
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_db_parameter_group_not_found_fault()) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => {
+                    return Err(sdk_err(
+                        &format!("describe DB cluster parameter group {name}"),
+                        e,
+                    ))
+                }
+            }
+        } else {
+            match rds
+                .describe_db_parameter_groups()
+                .db_parameter_group_name(name)
+                .send()
+                .await
+            {
+                Ok(o) => match o.db_parameter_groups().first() {
+                    None => return Ok(None),
+                    Some(g) => (
+                        g.db_parameter_group_arn().unwrap_or_default().to_string(),
+                        g.db_parameter_group_family()
+                            .unwrap_or_default()
+                            .to_string(),
+                        g.description().unwrap_or_default().to_string(),
+                    ),
+                },
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_db_parameter_group_not_found_fault()) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(sdk_err(&format!("describe DB parameter group {name}"), e)),
+            }
+        };
+        let mut params = BTreeMap::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let (list, next): (Vec<Parameter>, Option<String>) = if self.cluster {
+                let o = rds
+                    .describe_db_cluster_parameters()
+                    .db_cluster_parameter_group_name(name)
+                    .source("user")
+                    .set_marker(marker.clone())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("describe cluster parameters", e))?;
+                (o.parameters().to_vec(), o.marker().map(String::from))
+            } else {
+                let o = rds
+                    .describe_db_parameters()
+                    .db_parameter_group_name(name)
+                    .source("user")
+                    .set_marker(marker.clone())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("describe parameters", e))?;
+                (o.parameters().to_vec(), o.marker().map(String::from))
+            };
+            for p in list {
+                if let (Some(n), Some(v)) = (p.parameter_name(), p.parameter_value()) {
+                    let m = p
+                        .apply_method()
+                        .map(|m| m.as_str().to_string())
+                        .unwrap_or_else(|| "pending-reboot".into());
+                    params.insert(n.to_string(), (v.to_string(), m));
+                }
+            }
+            match next {
+                Some(m) if !m.is_empty() => marker = Some(m),
+                _ => break,
+            }
+        }
+        let tags = rds
+            .list_tags_for_resource()
+            .resource_name(&arn)
+            .send()
+            .await
+            .map_err(|e| sdk_err("list tags", e))?
+            .tag_list()
+            .iter()
+            .map(|t| {
+                (
+                    t.key().unwrap_or_default().to_string(),
+                    t.value().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        Ok(Some(Found {
+            arn,
+            family,
+            description,
+            params,
+            tags,
+        }))
+    }
+
+    fn observed(&self, name: &str, f: &Found) -> Observed {
+        let mut inputs = Attrs::from([
+            ("family".to_string(), Value::from(f.family.clone())),
+            (
+                "description".to_string(),
+                Value::from(f.description.clone()),
+            ),
+            ("cluster".to_string(), Value::Bool(self.cluster)),
+        ]);
+        for (k, (v, m)) in &f.params {
+            inputs.insert(
+                format!("parameter.{k}"),
+                serde_json::json!({ "value": v, "apply": m }),
+            );
+        }
+        Observed {
+            id: name.into(),
+            inputs,
+            outputs: Attrs::from([
+                ("id".to_string(), Value::from(name)),
+                ("name".to_string(), Value::from(name)),
+                ("arn".to_string(), Value::from(f.arn.clone())),
+                (
+                    "tags".to_string(),
+                    Value::Object(
+                        f.tags
+                            .iter()
+                            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                            .collect(),
+                    ),
+                ),
+            ]),
+        }
+    }
+
+    async fn modify(
+        &self,
+        name: &str,
+        params: &BTreeMap<String, (String, String)>,
+    ) -> Result<(), ProviderError> {
+        let rds = self.aws.rds().await;
+        let all = to_sdk(params);
+        // RDS takes at most 20 parameters per call.
+        for chunk in all.chunks(20) {
+            if self.cluster {
+                rds.modify_db_cluster_parameter_group()
+                    .db_cluster_parameter_group_name(name)
+                    .set_parameters(Some(chunk.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        sdk_err(&format!("modify DB cluster parameter group {name}"), e)
+                    })?;
+            } else {
+                rds.modify_db_parameter_group()
+                    .db_parameter_group_name(name)
+                    .set_parameters(Some(chunk.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("modify DB parameter group {name}"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(
+        &self,
+        name: &str,
+        params: &BTreeMap<String, (String, String)>,
+    ) -> Result<(), ProviderError> {
+        let rds = self.aws.rds().await;
+        for chunk in to_sdk(params).chunks(20) {
+            let reset: Vec<Parameter> = chunk
+                .iter()
+                .map(|p| {
+                    Parameter::builder()
+                        .set_parameter_name(p.parameter_name().map(String::from))
+                        .set_apply_method(p.apply_method().cloned())
+                        .build()
+                })
+                .collect();
+            if self.cluster {
+                rds.reset_db_cluster_parameter_group()
+                    .db_cluster_parameter_group_name(name)
+                    .set_parameters(Some(reset))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("reset parameters of {name}"), e))?;
+            } else {
+                rds.reset_db_parameter_group()
+                    .db_parameter_group_name(name)
+                    .set_parameters(Some(reset))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("reset parameters of {name}"), e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ResourceType for ParameterGroupType {
+    fn type_name(&self) -> &'static str {
+        if self.cluster {
+            "aws.rds.cluster_parameter_group"
+        } else {
+            "aws.rds.parameter_group"
+        }
+    }
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["name", "family", "description", "cluster"]
+    }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["id", "name", "arn"]
+    }
+    fn planned_outputs(&self, inputs: &Attrs) -> Attrs {
+        match get_str(inputs, "name") {
+            Some(n) => Attrs::from([
+                ("name".to_string(), Value::from(n)),
+                ("id".to_string(), Value::from(n)),
+            ]),
+            None => Attrs::new(),
+        }
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        let mut v = vec![];
+        let family = get_str(inputs, "family").unwrap_or_default();
+        if !FAMILIES.contains(&family) {
+            v.push(format!(
+                "family `{family}` is not a parameter group family RDS offers; use one of {}",
+                FAMILIES.join(", ")
+            ));
+        } else if self.cluster != family.starts_with("aurora") {
+            v.push(format!(
+                "family `{family}` is for {}; use {} here",
+                if family.starts_with("aurora") {
+                    "Aurora clusters"
+                } else {
+                    "RDS instances"
+                },
+                if self.cluster {
+                    "a cluster parameter group of an aurora-* family"
+                } else {
+                    "an instance parameter group of a non-Aurora family, or ParameterGroup::cluster"
+                }
+            ));
+        }
+        if let Some(n) = get_str(inputs, "name") {
+            if !crate::graph::valid_name(&n.to_lowercase())
+                || n.contains("--")
+                || n.ends_with('-')
+                || n.len() > 255
+            {
+                v.push(format!("name `{n}` breaks RDS's rules: a letter first, then letters, digits and single hyphens, not ending in a hyphen"));
+            }
+        }
+        for (k, p) in parameters(inputs) {
+            if p.1 != "immediate" && p.1 != "pending-reboot" {
+                v.push(format!(
+                    "parameter `{k}`: apply method `{}` is neither immediate nor pending-reboot",
+                    p.1
+                ));
+            }
+        }
+        v
+    }
+    fn id_for(&self, req: &Request<'_>) -> String {
+        self.name_of(req)
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        let tags: Vec<(String, String)> = found
+            .outputs
+            .get("tags")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ours(&tags, &ctx.plan, &ctx.stack, node)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let name = self.name_of(req);
+        let family = get_str(req.inputs, "family").unwrap_or_default();
+        let description = get_str(req.inputs, "description").unwrap_or_default();
+        let t: Vec<Tag> = tags(&ctx.plan, &ctx.stack, req.node)
+            .into_iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let rds = self.aws.rds().await;
+        let created = if self.cluster {
+            rds.create_db_cluster_parameter_group()
+                .db_cluster_parameter_group_name(&name)
+                .db_parameter_group_family(family)
+                .description(description)
+                .set_tags(Some(t))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    (
+                        e.as_service_error()
+                            .is_some_and(|s| s.is_db_parameter_group_already_exists_fault()),
+                        sdk_err(&format!("create DB cluster parameter group {name}"), e),
+                    )
+                })
+        } else {
+            rds.create_db_parameter_group()
+                .db_parameter_group_name(&name)
+                .db_parameter_group_family(family)
+                .description(description)
+                .set_tags(Some(t))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    (
+                        e.as_service_error()
+                            .is_some_and(|s| s.is_db_parameter_group_already_exists_fault()),
+                        sdk_err(&format!("create DB parameter group {name}"), e),
+                    )
+                })
+        };
+        if let Err((exists, err)) = created {
+            if !exists {
+                return Err(err);
+            }
+            // Ours from an interrupted run is fine; anybody else's is never taken over silently.
+            let found = self.find(&name).await?;
+            if !found
+                .as_ref()
+                .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
+            {
+                return Err(ProviderError::refused(
+                    format!("a parameter group named `{name}` already exists and was not created by this plan"),
+                    format!("adopt it with `plan import {} {} {name}`, or give the node another name", ctx.stack, req.node),
+                ));
+            }
+        }
+        self.modify(&name, &parameters(req.inputs)).await?;
+        let found = self.find(&name).await?.ok_or_else(|| {
+            ProviderError::new(format!("parameter group {name} vanished after creation"))
+        })?;
+        Ok(self.observed(&name, &found))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        Ok(self.find(id).await?.map(|f| self.observed(id, &f)))
+    }
+    async fn update(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        let want = parameters(req.inputs);
+        let have = self.find(id).await?.ok_or_else(|| {
+            ProviderError::new(format!(
+                "parameter group {id} does not exist; run `plan refresh` to record that"
+            ))
+        })?;
+        let changed: BTreeMap<String, (String, String)> = want
+            .iter()
+            .filter(|(k, v)| have.params.get(*k) != Some(v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let removed: BTreeMap<String, (String, String)> = have
+            .params
+            .iter()
+            .filter(|(k, _)| !want.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !changed.is_empty() {
+            self.modify(id, &changed).await?;
+        }
+        if !removed.is_empty() {
+            self.reset(id, &removed).await?;
+        }
+        let found = self
+            .find(id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("parameter group {id} vanished")))?;
+        Ok(self.observed(id, &found))
+    }
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        let rds = self.aws.rds().await;
+        let r = if self.cluster {
+            rds.delete_db_cluster_parameter_group()
+                .db_cluster_parameter_group_name(id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    (
+                        e.as_service_error()
+                            .is_some_and(|s| s.is_db_parameter_group_not_found_fault()),
+                        sdk_err(&format!("delete DB cluster parameter group {id}"), e),
+                    )
+                })
+        } else {
+            rds.delete_db_parameter_group()
+                .db_parameter_group_name(id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    (
+                        e.as_service_error()
+                            .is_some_and(|s| s.is_db_parameter_group_not_found_fault()),
+                        sdk_err(&format!("delete DB parameter group {id}"), e),
+                    )
+                })
+        };
+        match r {
+            Ok(()) | Err((true, _)) => Ok(()),
+            Err((false, e)) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Graph;
+    use crate::planner::{plan, ActionKind, Options};
+    use crate::state::State;
+
+    fn registry() -> Registry {
+        let stack = crate::stack::Stack::parse(
+            "t",
+            std::path::Path::new("stacks/t.toml"),
+            "plan = \"p\"\nprovider = \"aws\"\nregion = \"us-east-1\"\n",
+        )
+        .unwrap();
+        crate::provider::registry_for_stack(&stack)
+    }
+
+    #[test]
+    fn families_are_checked_offline_with_the_fix() {
+        let r = registry();
+        let p = crate::dsl::Plan::named("p", "t", "aws");
+        p.add("typo", ParameterGroup::instance("postgres99", "x"));
+        p.add(
+            "wrong-kind",
+            ParameterGroup::instance("aurora-postgresql15", "x"),
+        );
+        let g = Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap();
+        let err = plan(&g, &State::new("p", "t"), &r, &Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node `typo` (aws.rds.parameter_group): family `postgres99` is not a parameter group family RDS offers"), "{err}");
+        assert!(err.contains("node `wrong-kind` (aws.rds.parameter_group): family `aurora-postgresql15` is for Aurora clusters"), "{err}");
+    }
+
+    #[test]
+    fn parameters_diff_one_by_one_and_family_forces_replacement() {
+        let r = registry();
+        let mk = |family: &str, work_mem: &str| {
+            let p = crate::dsl::Plan::named("p", "t", "aws");
+            p.add(
+                "params",
+                ParameterGroup::instance(family, "target")
+                    .immediate("work_mem", work_mem)
+                    .pending_reboot("shared_buffers", "8192"),
+            );
+            Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap()
+        };
+        let g = mk("postgres15", "262144");
+        let mut st = State::new("p", "t");
+        st.nodes.insert(
+            "params".into(),
+            crate::state::NodeRecord::Resource(crate::state::ResourceRecord {
+                type_name: "aws.rds.parameter_group".into(),
+                id: "p-t-params".into(),
+                inputs: g.spec.nodes[0].inputs.clone(),
+                outputs: Attrs::new(),
+                deps: vec![],
+                temporary: false,
+                protect: false,
+                retain_on_delete: false,
+                retired: false,
+                drift: vec![],
+                updated_at: "t".into(),
+            }),
+        );
+        let cs = plan(&mk("postgres15", "524288"), &st, &r, &Options::default()).unwrap();
+        let a = &cs.actions[0];
+        assert_eq!(a.action, ActionKind::Update);
+        assert_eq!(a.changes.len(), 1);
+        assert_eq!(a.changes[0].attribute, "parameter.work_mem");
+        let cs = plan(&mk("postgres16", "262144"), &st, &r, &Options::default()).unwrap();
+        assert_eq!(cs.actions[0].action, ActionKind::Replace);
+        assert_eq!(cs.actions[0].reason, "`family` cannot change in place");
+    }
+}
