@@ -54,6 +54,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::aws_params,
         },
         PlanEntry {
+            name: "aws-cluster",
+            about: "an Aurora cluster with a writer and a reader (AWS provider tests)",
+            hidden: true,
+            build: testing::aws_cluster,
+        },
+        PlanEntry {
             name: "failing",
             about: "a plan whose middle step fails on request (failure-policy tests)",
             hidden: true,

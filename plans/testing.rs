@@ -154,3 +154,39 @@ pub fn aws_params(stack: &Stack) -> Result<Plan, PlanError> {
     );
     Ok(p)
 }
+
+/// A cluster parameter group, an Aurora cluster, a writer and a reader (AWS provider tests).
+pub fn aws_cluster(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let retention: u32 = stack.get("backup_retention")?;
+    let reader_class: String = stack.get("reader_class")?;
+    let protect: bool = stack.get_or("deletion_protection", false)?;
+    let params = p.add(
+        "cluster-params",
+        ParameterGroup::cluster("aurora-postgresql15", "target cluster")
+            .pending_reboot("rds.logical_replication", "1"),
+    );
+    let mut cluster = AuroraCluster::postgres("15.4")
+        .master("cutover_admin", stack.secret("master_password")?)
+        .parameter_group(params.group_name())
+        .backups(retention, "03:00-04:00")
+        .maintenance_window("sun:04:00-sun:05:00")
+        .deletion_protection(protect)
+        .apply_immediately(true);
+    if !protect {
+        cluster = cluster.skip_final_snapshot();
+    }
+    let cluster = p.add("target", cluster);
+    p.add(
+        "writer",
+        ClusterInstance::of(cluster.identifier(), "aurora-postgresql", "db.r6g.large")
+            .promotion_tier(0),
+    );
+    p.add(
+        "reader",
+        ClusterInstance::of(cluster.identifier(), "aurora-postgresql", &reader_class)
+            .promotion_tier(1)
+            .apply_immediately(true),
+    );
+    Ok(p)
+}

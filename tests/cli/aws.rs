@@ -382,3 +382,174 @@ fn an_existing_group_without_our_tags_is_not_taken_over_until_imported() {
         "{params:?}"
     );
 }
+
+fn cluster_stack(p: &Project, m: &Moto, retention: u32, reader_class: &str, protect: bool) {
+    p.stack(
+        "aurora",
+        &format!(
+            "plan = \"aws-cluster\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\nbackup_retention = {retention}\nreader_class = \"{reader_class}\"\ndeletion_protection = {protect}\n[secrets]\nmaster_password = \"env:CUTOVER_TEST_MASTER_PASSWORD\"\n",
+            m.url()
+        ),
+    );
+}
+
+fn run_with_password(p: &Project, args: &[&str]) -> (i32, String) {
+    let out = p
+        .plan()
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn an_aurora_cluster_with_a_writer_and_a_reader_is_created_changed_and_destroyed() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let p = Project::new();
+    cluster_stack(&p, &m, 7, "db.r6g.large", false);
+    let c = m.rds();
+    let rt = rt();
+    let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Apply complete: 4 added"), "{out}");
+    let cluster_id = "aws-cluster-aurora-target";
+    let (status, pg, retention, members, tags) = rt.block_on(async {
+        let d = c
+            .describe_db_clusters()
+            .db_cluster_identifier(cluster_id)
+            .send()
+            .await
+            .unwrap();
+        let d = d.db_clusters()[0].clone();
+        let members: Vec<String> = d
+            .db_cluster_members()
+            .iter()
+            .map(|m| m.db_instance_identifier().unwrap_or_default().to_string())
+            .collect();
+        (
+            d.status().unwrap().to_string(),
+            d.db_cluster_parameter_group().unwrap().to_string(),
+            d.backup_retention_period().unwrap(),
+            members,
+            tag_list(d.tag_list()),
+        )
+    });
+    assert_eq!(status, "available");
+    assert_eq!(pg, "aws-cluster-aurora-cluster-params");
+    assert_eq!(retention, 7);
+    let mut members = members;
+    members.sort();
+    assert_eq!(
+        members,
+        vec![
+            "aws-cluster-aurora-reader".to_string(),
+            "aws-cluster-aurora-writer".to_string()
+        ]
+    );
+    assert!(
+        tags.contains(&("cutover:node".to_string(), "target".to_string())),
+        "{tags:?}"
+    );
+    // The password reached AWS but not the state.
+    for (path, bytes) in super::tree(&p.state_dir("aurora")) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("s3cr3t-Master-9f2"),
+            "password in {}",
+            path.display()
+        );
+    }
+    assert_eq!(
+        run_with_password(&p, &["preview", "aurora", "--detailed-exitcode"]).0,
+        0,
+        "no changes after apply"
+    );
+
+    // In-place changes: the cluster's backups and the reader's class.
+    cluster_stack(&p, &m, 14, "db.r6g.xlarge", false);
+    let (code, out) = run_with_password(&p, &["preview", "aurora", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("~ backup_retention_period = 7 -> 14"), "{out}");
+    assert!(
+        out.contains("~ class = \"db.r6g.large\" -> \"db.r6g.xlarge\""),
+        "{out}"
+    );
+    let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 added, 2 changed, 0 destroyed"), "{out}");
+    rt.block_on(async {
+        let d = c
+            .describe_db_clusters()
+            .db_cluster_identifier(cluster_id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(d.db_clusters()[0].backup_retention_period(), Some(14));
+        let i = c
+            .describe_db_instances()
+            .db_instance_identifier("aws-cluster-aurora-reader")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            i.db_instances()[0].db_instance_class(),
+            Some("db.r6g.xlarge")
+        );
+    });
+
+    let (code, out) = run_with_password(&p, &["destroy", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    rt.block_on(async {
+        let gone = c
+            .describe_db_clusters()
+            .db_cluster_identifier(cluster_id)
+            .send()
+            .await;
+        assert!(
+            gone.is_err() || gone.unwrap().db_clusters().is_empty(),
+            "cluster deleted"
+        );
+    });
+}
+
+#[test]
+fn deletion_protection_stops_a_destroy_with_the_fix() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let p = Project::new();
+    cluster_stack(&p, &m, 7, "db.r6g.large", true);
+    assert_eq!(run_with_password(&p, &["apply", "aurora", "--yes"]).0, 0);
+    let (code, out) = run_with_password(&p, &["destroy", "aurora", "--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cluster aws-cluster-aurora-target has deletion protection on; set .deletion_protection(false) in the plan and apply, then destroy"), "{out}");
+    let (_, list) = run_with_password(&p, &["state", "aurora", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("target resource aws.rds.cluster")),
+        "still recorded: {list}"
+    );
+    assert!(!list.contains("interrupted"), "{list}");
+}
+
+fn tag_list(t: &[aws_sdk_rds::types::Tag]) -> Vec<(String, String)> {
+    t.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}

@@ -878,8 +878,8 @@ fn a_lag_above_the_bound_stops_the_cutover_at_its_guard() {
             "app",
         )
         .await
-        .unwrap()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("reading the pooler's state failed: {e}"))
+        .expect("the pooler lists the database");
         assert!(!st.paused);
         assert_eq!(st.port, s, "still on the source");
         target(t, "app")

@@ -5,6 +5,7 @@
 //! It must never adopt or change an existing object that lacks our tags: the error says how to adopt
 //! it with `plan import`.
 
+pub mod cluster;
 pub mod rds;
 
 use std::sync::Arc;
@@ -67,7 +68,8 @@ impl Aws {
 
 /// Registers the `aws` provider's types.
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
-    rds::register(r, aws);
+    rds::register(r, aws.clone());
+    cluster::register(r, aws);
 }
 
 /// The tags naming plan, stack and node that every object we create carries.

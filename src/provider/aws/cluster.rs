@@ -1,0 +1,837 @@
+//! Aurora clusters and their instances (`aws.rds.cluster`, `aws.rds.cluster_instance`). A create
+//! waits until the object is `available`, reporting each status change; updates go through the
+//! modify calls with the plan's apply-immediately choice; a cluster's delete takes a final snapshot
+//! unless the plan says otherwise, and refuses while deletion protection is on.
+//!
+//! The master password arrives revealed for the call only; it is never observed, stored or logged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_sdk_rds::types::Tag;
+
+use super::{ours, sdk_err, tags, Aws};
+use crate::dsl::{Declare, Handle, NodeKind, Output};
+use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, ResourceType};
+use crate::value::{get_str, get_u64, Attrs, Value};
+
+pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+    r.resource(ClusterType { aws: aws.clone() })
+        .resource(InstanceType { aws });
+}
+
+fn b(inputs: &Attrs, k: &str) -> Option<bool> {
+    inputs.get(k).and_then(Value::as_bool)
+}
+
+fn aws_tags(ctx: &Ctx, node: &str) -> Vec<Tag> {
+    tags(&ctx.plan, &ctx.stack, node)
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn tag_pairs(t: &[Tag]) -> Vec<(String, String)> {
+    t.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Keeps only the attributes the plan sets (AWS fills in the rest; they are not drift).
+fn only_declared(mut observed: Attrs, declared: &Attrs) -> Attrs {
+    observed.retain(|k, _| declared.contains_key(k));
+    observed
+}
+
+/// Waits until `status()` says `available` (or `None`: gone when `gone_ok`), reporting changes.
+async fn wait_status<F, Fut>(
+    ctx: &Ctx,
+    node: &str,
+    what: &str,
+    mut status: F,
+    gone_ok: bool,
+) -> Result<(), ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, ProviderError>>,
+{
+    let t0 = Instant::now();
+    let mut last = String::new();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let s = status().await?;
+        match s.as_deref() {
+            Some("available") if !gone_ok => return Ok(()),
+            None if gone_ok => return Ok(()),
+            None => {
+                return Err(ProviderError::new(format!(
+                    "{what} disappeared while waiting for it"
+                )))
+            }
+            Some(st) if st.contains("fail") || st == "incompatible-parameters" => {
+                return Err(ProviderError::new(format!("{what} is `{st}`")))
+            }
+            Some(st) => {
+                if st != last {
+                    ctx.report(node, &format!("{what}: {st} ({}s)", t0.elapsed().as_secs()));
+                    last = st.to_string();
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(15));
+    }
+}
+
+/// An Aurora cluster.
+#[derive(Debug, Clone)]
+pub struct AuroraCluster {
+    inputs: Attrs,
+}
+
+impl AuroraCluster {
+    fn new(engine: &str, version: &str) -> Self {
+        AuroraCluster {
+            inputs: Attrs::from([
+                ("engine".to_string(), Value::from(engine)),
+                ("engine_version".to_string(), Value::from(version)),
+                ("backup_retention_period".to_string(), Value::from(7u64)),
+                ("deletion_protection".to_string(), Value::Bool(true)),
+                ("storage_encrypted".to_string(), Value::Bool(true)),
+                ("skip_final_snapshot".to_string(), Value::Bool(false)),
+                ("apply_immediately".to_string(), Value::Bool(false)),
+            ]),
+        }
+    }
+    /// Aurora PostgreSQL of `version` (e.g. `15.4`).
+    pub fn postgres(version: &str) -> Self {
+        Self::new("aurora-postgresql", version)
+    }
+    /// Aurora MySQL of `version`.
+    pub fn mysql(version: &str) -> Self {
+        Self::new("aurora-mysql", version)
+    }
+    fn set(mut self, k: &str, v: impl Into<Value>) -> Self {
+        self.inputs.insert(k.into(), v.into());
+        self
+    }
+    /// The cluster identifier (default: derived from plan, stack and node).
+    pub fn named(self, id: &str) -> Self {
+        self.set("name", id)
+    }
+    /// Master user with its password from a secret reference (`stack.secret(..)`).
+    pub fn master(self, user: &str, password: Output<String>) -> Self {
+        self.set("master_username", user)
+            .set("master_password", password)
+    }
+    /// Master user whose password RDS manages in Secrets Manager.
+    pub fn managed_master(self, user: &str) -> Self {
+        self.set("master_username", user)
+            .set("manage_master_user_password", true)
+    }
+    pub fn parameter_group(self, name: Output<String>) -> Self {
+        self.set("parameter_group", name)
+    }
+    pub fn port(self, port: u16) -> Self {
+        self.set("port", port as u64)
+    }
+    pub fn backups(self, retention_days: u32, window: &str) -> Self {
+        self.set("backup_retention_period", retention_days as u64)
+            .set("preferred_backup_window", window)
+    }
+    pub fn maintenance_window(self, window: &str) -> Self {
+        self.set("preferred_maintenance_window", window)
+    }
+    pub fn deletion_protection(self, on: bool) -> Self {
+        self.set("deletion_protection", on)
+    }
+    /// Delete without a final snapshot (rehearsals; never the production target).
+    pub fn skip_final_snapshot(self) -> Self {
+        self.set("skip_final_snapshot", true)
+    }
+    /// Apply modifications now rather than in the maintenance window.
+    pub fn apply_immediately(self, on: bool) -> Self {
+        self.set("apply_immediately", on)
+    }
+}
+
+impl Declare for AuroraCluster {
+    const TYPE: &'static str = "aws.rds.cluster";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl Handle<AuroraCluster> {
+    pub fn identifier(&self) -> Output<String> {
+        self.output("id")
+    }
+    pub fn endpoint(&self) -> Output<String> {
+        self.output("endpoint")
+    }
+    pub fn reader_endpoint(&self) -> Output<String> {
+        self.output("reader_endpoint")
+    }
+    pub fn port(&self) -> Output<u64> {
+        self.output("port")
+    }
+    pub fn arn(&self) -> Output<String> {
+        self.output("arn")
+    }
+}
+
+struct ClusterType {
+    aws: Arc<Aws>,
+}
+
+struct ClusterFound {
+    status: String,
+    observed: Observed,
+    tags: Vec<(String, String)>,
+    deletion_protection: bool,
+}
+
+impl ClusterType {
+    async fn find(&self, id: &str) -> Result<Option<ClusterFound>, ProviderError> {
+        let rds = self.aws.rds().await;
+        let out = match rds
+            .describe_db_clusters()
+            .db_cluster_identifier(id)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_db_cluster_not_found_fault()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_err(&format!("describe cluster {id}"), e)),
+        };
+        let Some(c) = out.db_clusters().first() else {
+            return Ok(None);
+        };
+        let mut inputs = Attrs::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                inputs.insert(k.to_string(), v);
+            }
+        };
+        put("engine", c.engine().map(Value::from));
+        put("engine_version", c.engine_version().map(Value::from));
+        put("master_username", c.master_username().map(Value::from));
+        put(
+            "parameter_group",
+            c.db_cluster_parameter_group().map(Value::from),
+        );
+        put("port", c.port().map(|p| Value::from(p as u64)));
+        put(
+            "backup_retention_period",
+            c.backup_retention_period().map(|p| Value::from(p as u64)),
+        );
+        put(
+            "preferred_backup_window",
+            c.preferred_backup_window().map(Value::from),
+        );
+        put(
+            "preferred_maintenance_window",
+            c.preferred_maintenance_window().map(Value::from),
+        );
+        put(
+            "deletion_protection",
+            c.deletion_protection().map(Value::Bool),
+        );
+        put("storage_encrypted", c.storage_encrypted().map(Value::Bool));
+        let outputs = Attrs::from([
+            ("id".to_string(), Value::from(id)),
+            (
+                "arn".to_string(),
+                Value::from(c.db_cluster_arn().unwrap_or_default()),
+            ),
+            (
+                "endpoint".to_string(),
+                Value::from(c.endpoint().unwrap_or_default()),
+            ),
+            (
+                "reader_endpoint".to_string(),
+                Value::from(c.reader_endpoint().unwrap_or_default()),
+            ),
+            (
+                "port".to_string(),
+                Value::from(c.port().unwrap_or(0) as u64),
+            ),
+            (
+                "status".to_string(),
+                Value::from(c.status().unwrap_or_default()),
+            ),
+        ]);
+        Ok(Some(ClusterFound {
+            status: c.status().unwrap_or_default().to_string(),
+            deletion_protection: c.deletion_protection().unwrap_or(false),
+            tags: tag_pairs(c.tag_list()),
+            observed: Observed {
+                id: id.into(),
+                inputs,
+                outputs,
+            },
+        }))
+    }
+
+    async fn wait(&self, ctx: &Ctx, node: &str, id: &str, gone: bool) -> Result<(), ProviderError> {
+        wait_status(
+            ctx,
+            node,
+            &format!("cluster {id}"),
+            || async { Ok(self.find(id).await?.map(|f| f.status)) },
+            gone,
+        )
+        .await
+    }
+
+    fn id(&self, req: &Request<'_>) -> String {
+        get_str(req.inputs, "name")
+            .map(String::from)
+            .unwrap_or_else(|| req.deterministic_id.to_string())
+    }
+}
+
+#[async_trait]
+impl ResourceType for ClusterType {
+    fn type_name(&self) -> &'static str {
+        "aws.rds.cluster"
+    }
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &[
+            "engine",
+            "name",
+            "master_username",
+            "storage_encrypted",
+            "kms_key_id",
+        ]
+    }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["id", "arn", "endpoint", "reader_endpoint"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        let mut v = vec![];
+        let engine = get_str(inputs, "engine").unwrap_or_default();
+        if !matches!(engine, "aurora-postgresql" | "aurora-mysql") {
+            v.push(format!(
+                "engine `{engine}` is not an Aurora engine; use AuroraCluster::postgres or ::mysql"
+            ));
+        }
+        if !inputs.contains_key("master_username") {
+            v.push("a master user is required: .master(user, stack.secret(..)?) or .managed_master(user)".into());
+        }
+        if inputs.contains_key("master_password")
+            && b(inputs, "manage_master_user_password") == Some(true)
+        {
+            v.push("give either a master password or manage_master_user_password, not both".into());
+        }
+        if let Some(p) = inputs.get("master_password") {
+            if !crate::value::has_refs(p) && crate::value::as_secret(p).is_none() {
+                v.push("the master password must be a secret reference (stack.secret(..)), never a literal".into());
+            }
+        }
+        v
+    }
+    fn id_for(&self, req: &Request<'_>) -> String {
+        self.id(req)
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        let tags: Vec<(String, String)> = found
+            .outputs
+            .get("tags")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ours(&tags, &ctx.plan, &ctx.stack, node)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let id = self.id(req);
+        let i = req.inputs;
+        let rds = self.aws.rds().await;
+        let r = rds
+            .create_db_cluster()
+            .db_cluster_identifier(&id)
+            .engine(get_str(i, "engine").unwrap_or_default())
+            .set_engine_version(get_str(i, "engine_version").map(String::from))
+            .set_master_username(get_str(i, "master_username").map(String::from))
+            .set_master_user_password(get_str(i, "master_password").map(String::from))
+            .set_manage_master_user_password(b(i, "manage_master_user_password"))
+            .set_db_cluster_parameter_group_name(get_str(i, "parameter_group").map(String::from))
+            .set_port(get_u64(i, "port").map(|p| p as i32))
+            .set_backup_retention_period(get_u64(i, "backup_retention_period").map(|p| p as i32))
+            .set_preferred_backup_window(get_str(i, "preferred_backup_window").map(String::from))
+            .set_preferred_maintenance_window(
+                get_str(i, "preferred_maintenance_window").map(String::from),
+            )
+            .set_deletion_protection(b(i, "deletion_protection"))
+            .set_storage_encrypted(b(i, "storage_encrypted"))
+            .set_kms_key_id(get_str(i, "kms_key_id").map(String::from))
+            .set_tags(Some(aws_tags(ctx, req.node)))
+            .send()
+            .await;
+        if let Err(e) = r {
+            if e.as_service_error()
+                .is_some_and(|s| s.is_db_cluster_already_exists_fault())
+            {
+                let f = self.find(&id).await?;
+                if !f
+                    .as_ref()
+                    .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
+                {
+                    return Err(ProviderError::refused(
+                        format!("a cluster `{id}` already exists and was not created by this plan"),
+                        format!(
+                            "adopt it with `plan import {} {} {id}`, or give the node another name",
+                            ctx.stack, req.node
+                        ),
+                    ));
+                }
+            } else {
+                return Err(sdk_err(&format!("create cluster {id}"), e));
+            }
+        }
+        self.wait(ctx, req.node, &id, false).await?;
+        let f = self
+            .find(&id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("cluster {id} vanished")))?;
+        Ok(self.observed(f, req.inputs))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        Ok(self.find(id).await?.map(|f| self.observed(f, req.inputs)))
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        let i = req.inputs;
+        let has = |k: &str| changed.iter().any(|c| c == k);
+        let rds = self.aws.rds().await;
+        rds.modify_db_cluster()
+            .db_cluster_identifier(id)
+            .set_engine_version(
+                has("engine_version")
+                    .then(|| get_str(i, "engine_version").map(String::from))
+                    .flatten(),
+            )
+            .set_allow_major_version_upgrade(has("engine_version").then_some(true))
+            .set_db_cluster_parameter_group_name(
+                has("parameter_group")
+                    .then(|| get_str(i, "parameter_group").map(String::from))
+                    .flatten(),
+            )
+            .set_port(
+                has("port")
+                    .then(|| get_u64(i, "port").map(|p| p as i32))
+                    .flatten(),
+            )
+            .set_backup_retention_period(
+                has("backup_retention_period")
+                    .then(|| get_u64(i, "backup_retention_period").map(|p| p as i32))
+                    .flatten(),
+            )
+            .set_preferred_backup_window(
+                has("preferred_backup_window")
+                    .then(|| get_str(i, "preferred_backup_window").map(String::from))
+                    .flatten(),
+            )
+            .set_preferred_maintenance_window(
+                has("preferred_maintenance_window")
+                    .then(|| get_str(i, "preferred_maintenance_window").map(String::from))
+                    .flatten(),
+            )
+            .set_deletion_protection(
+                has("deletion_protection")
+                    .then(|| b(i, "deletion_protection"))
+                    .flatten(),
+            )
+            .set_master_user_password(
+                has("master_password")
+                    .then(|| get_str(i, "master_password").map(String::from))
+                    .flatten(),
+            )
+            .set_manage_master_user_password(
+                has("manage_master_user_password")
+                    .then(|| b(i, "manage_master_user_password"))
+                    .flatten(),
+            )
+            .apply_immediately(b(i, "apply_immediately").unwrap_or(false))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("modify cluster {id}"), e))?;
+        self.wait(ctx, req.node, id, false).await?;
+        let f = self
+            .find(id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("cluster {id} vanished")))?;
+        Ok(self.observed(f, req.inputs))
+    }
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        let Some(f) = self.find(id).await? else {
+            return Ok(());
+        };
+        if f.deletion_protection {
+            return Err(ProviderError::refused(
+                format!("cluster {id} has deletion protection on"),
+                "set .deletion_protection(false) in the plan and apply, then destroy",
+            ));
+        }
+        let skip = b(req.inputs, "skip_final_snapshot").unwrap_or(false);
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace([':', 'T', 'Z'], "-")
+            .trim_end_matches('-')
+            .to_string();
+        let rds = self.aws.rds().await;
+        rds.delete_db_cluster()
+            .db_cluster_identifier(id)
+            .skip_final_snapshot(skip)
+            .set_final_db_snapshot_identifier((!skip).then(|| format!("{id}-final-{stamp}")))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("delete cluster {id}"), e))?;
+        self.wait(ctx, req.node, id, true).await
+    }
+}
+
+impl ClusterType {
+    fn observed(&self, f: ClusterFound, declared: &Attrs) -> Observed {
+        let mut o = f.observed;
+        o.inputs = only_declared(o.inputs, declared);
+        o.outputs.insert(
+            "tags".into(),
+            Value::Object(
+                f.tags
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                    .collect(),
+            ),
+        );
+        o
+    }
+}
+
+/// An instance of an Aurora cluster (the writer or a reader).
+#[derive(Debug, Clone)]
+pub struct ClusterInstance {
+    inputs: Attrs,
+}
+
+impl ClusterInstance {
+    /// An instance of class `class` in `cluster` (a cluster handle's `identifier()`).
+    pub fn of(cluster: Output<String>, engine: &str, class: &str) -> Self {
+        ClusterInstance {
+            inputs: Attrs::from([
+                ("cluster".to_string(), cluster.into()),
+                ("engine".to_string(), Value::from(engine)),
+                ("class".to_string(), Value::from(class)),
+                ("apply_immediately".to_string(), Value::Bool(false)),
+            ]),
+        }
+    }
+    fn set(mut self, k: &str, v: impl Into<Value>) -> Self {
+        self.inputs.insert(k.into(), v.into());
+        self
+    }
+    /// Failover order: 0 first.
+    pub fn promotion_tier(self, tier: u32) -> Self {
+        self.set("promotion_tier", tier as u64)
+    }
+    pub fn performance_insights(self, on: bool) -> Self {
+        self.set("performance_insights", on)
+    }
+    /// Enhanced monitoring interval in seconds (0, 1, 5, 10, 15, 30, 60).
+    pub fn monitoring_interval(self, seconds: u32) -> Self {
+        self.set("monitoring_interval", seconds as u64)
+    }
+    pub fn apply_immediately(self, on: bool) -> Self {
+        self.set("apply_immediately", on)
+    }
+}
+
+impl Declare for ClusterInstance {
+    const TYPE: &'static str = "aws.rds.cluster_instance";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl Handle<ClusterInstance> {
+    pub fn endpoint(&self) -> Output<String> {
+        self.output("endpoint")
+    }
+}
+
+struct InstanceType {
+    aws: Arc<Aws>,
+}
+
+struct InstanceFound {
+    status: String,
+    observed: Observed,
+    tags: Vec<(String, String)>,
+}
+
+impl InstanceType {
+    async fn find(&self, id: &str) -> Result<Option<InstanceFound>, ProviderError> {
+        let rds = self.aws.rds().await;
+        let out = match rds
+            .describe_db_instances()
+            .db_instance_identifier(id)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_db_instance_not_found_fault()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_err(&format!("describe instance {id}"), e)),
+        };
+        let Some(d) = out.db_instances().first() else {
+            return Ok(None);
+        };
+        let mut inputs = Attrs::new();
+        if let Some(c) = d.db_cluster_identifier() {
+            inputs.insert("cluster".into(), Value::from(c));
+        }
+        if let Some(c) = d.db_instance_class() {
+            inputs.insert("class".into(), Value::from(c));
+        }
+        if let Some(e) = d.engine() {
+            inputs.insert("engine".into(), Value::from(e));
+        }
+        if let Some(t) = d.promotion_tier() {
+            inputs.insert("promotion_tier".into(), Value::from(t as u64));
+        }
+        if let Some(p) = d.performance_insights_enabled() {
+            inputs.insert("performance_insights".into(), Value::Bool(p));
+        }
+        if let Some(m) = d.monitoring_interval() {
+            inputs.insert("monitoring_interval".into(), Value::from(m as u64));
+        }
+        let endpoint = d.endpoint().and_then(|e| e.address()).unwrap_or_default();
+        Ok(Some(InstanceFound {
+            status: d.db_instance_status().unwrap_or_default().to_string(),
+            tags: tag_pairs(d.tag_list()),
+            observed: Observed {
+                id: id.into(),
+                inputs,
+                outputs: Attrs::from([
+                    ("id".to_string(), Value::from(id)),
+                    (
+                        "arn".to_string(),
+                        Value::from(d.db_instance_arn().unwrap_or_default()),
+                    ),
+                    ("endpoint".to_string(), Value::from(endpoint)),
+                    (
+                        "status".to_string(),
+                        Value::from(d.db_instance_status().unwrap_or_default()),
+                    ),
+                ]),
+            },
+        }))
+    }
+    async fn wait(&self, ctx: &Ctx, node: &str, id: &str, gone: bool) -> Result<(), ProviderError> {
+        wait_status(
+            ctx,
+            node,
+            &format!("instance {id}"),
+            || async { Ok(self.find(id).await?.map(|f| f.status)) },
+            gone,
+        )
+        .await
+    }
+    fn observed(f: InstanceFound, declared: &Attrs) -> Observed {
+        let mut o = f.observed;
+        o.inputs = only_declared(o.inputs, declared);
+        o.outputs.insert(
+            "tags".into(),
+            Value::Object(
+                f.tags
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                    .collect(),
+            ),
+        );
+        o
+    }
+}
+
+#[async_trait]
+impl ResourceType for InstanceType {
+    fn type_name(&self) -> &'static str {
+        "aws.rds.cluster_instance"
+    }
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["cluster", "engine"]
+    }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["id", "arn", "endpoint"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        match get_str(inputs, "class") {
+            Some(c) if c.starts_with("db.") => vec![],
+            Some(c) => vec![format!(
+                "class `{c}` is not an RDS instance class (they start with `db.`)"
+            )],
+            None => vec!["input `class` is required".into()],
+        }
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        let tags: Vec<(String, String)> = found
+            .outputs
+            .get("tags")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ours(&tags, &ctx.plan, &ctx.stack, node)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let id = req.deterministic_id.to_string();
+        let i = req.inputs;
+        let rds = self.aws.rds().await;
+        let r = rds
+            .create_db_instance()
+            .db_instance_identifier(&id)
+            .set_db_cluster_identifier(get_str(i, "cluster").map(String::from))
+            .db_instance_class(get_str(i, "class").unwrap_or_default())
+            .engine(get_str(i, "engine").unwrap_or_default())
+            .set_promotion_tier(get_u64(i, "promotion_tier").map(|t| t as i32))
+            .set_enable_performance_insights(b(i, "performance_insights"))
+            .set_monitoring_interval(get_u64(i, "monitoring_interval").map(|m| m as i32))
+            .set_tags(Some(aws_tags(ctx, req.node)))
+            .send()
+            .await;
+        if let Err(e) = r {
+            if e.as_service_error()
+                .is_some_and(|s| s.is_db_instance_already_exists_fault())
+            {
+                let f = self.find(&id).await?;
+                if !f
+                    .as_ref()
+                    .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
+                {
+                    return Err(ProviderError::refused(
+                        format!(
+                            "an instance `{id}` already exists and was not created by this plan"
+                        ),
+                        format!(
+                            "adopt it with `plan import {} {} {id}`",
+                            ctx.stack, req.node
+                        ),
+                    ));
+                }
+            } else {
+                return Err(sdk_err(&format!("create instance {id}"), e));
+            }
+        }
+        self.wait(ctx, req.node, &id, false).await?;
+        let f = self
+            .find(&id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("instance {id} vanished")))?;
+        Ok(Self::observed(f, req.inputs))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        Ok(self.find(id).await?.map(|f| Self::observed(f, req.inputs)))
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        let i = req.inputs;
+        let has = |k: &str| changed.iter().any(|c| c == k);
+        let rds = self.aws.rds().await;
+        rds.modify_db_instance()
+            .db_instance_identifier(id)
+            .set_db_instance_class(
+                has("class")
+                    .then(|| get_str(i, "class").map(String::from))
+                    .flatten(),
+            )
+            .set_promotion_tier(
+                has("promotion_tier")
+                    .then(|| get_u64(i, "promotion_tier").map(|t| t as i32))
+                    .flatten(),
+            )
+            .set_enable_performance_insights(
+                has("performance_insights")
+                    .then(|| b(i, "performance_insights"))
+                    .flatten(),
+            )
+            .set_monitoring_interval(
+                has("monitoring_interval")
+                    .then(|| get_u64(i, "monitoring_interval").map(|m| m as i32))
+                    .flatten(),
+            )
+            .apply_immediately(b(i, "apply_immediately").unwrap_or(false))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("modify instance {id}"), e))?;
+        self.wait(ctx, req.node, id, false).await?;
+        let f = self
+            .find(id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("instance {id} vanished")))?;
+        Ok(Self::observed(f, req.inputs))
+    }
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        if self.find(id).await?.is_none() {
+            return Ok(());
+        }
+        let rds = self.aws.rds().await;
+        // Cluster instances have no snapshots of their own (the cluster's cover them).
+        rds.delete_db_instance()
+            .db_instance_identifier(id)
+            .skip_final_snapshot(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("delete instance {id}"), e))?;
+        self.wait(ctx, req.node, id, true).await
+    }
+}
