@@ -182,11 +182,20 @@ pub fn aws_cluster(stack: &Stack) -> Result<Plan, PlanError> {
         ClusterInstance::of(cluster.identifier(), "aurora-postgresql", "db.r6g.large")
             .promotion_tier(0),
     );
-    p.add(
+    let reader = p.add(
         "reader",
         ClusterInstance::of(cluster.identifier(), "aurora-postgresql", &reader_class)
             .promotion_tier(1)
             .apply_immediately(true),
     );
+    let max_readers: u32 = stack.get_or("max_readers", 4)?;
+    p.add(
+        "reader-scaling",
+        ReaderAutoscaling::of(cluster.identifier())
+            .between(1, max_readers)
+            .target_cpu(60.0)
+            .cooldowns(300, 120),
+    )
+    .after(&reader);
     Ok(p)
 }

@@ -27,6 +27,7 @@ pub mod value;
 pub mod prelude {
     pub use crate::dsl::{FailurePolicy, Handle, NodeKind, Output, Plan, PlanError, Window};
     pub use crate::engine::PlanEntry;
+    pub use crate::provider::aws::autoscaling::ReaderAutoscaling;
     pub use crate::provider::aws::cluster::{AuroraCluster, ClusterInstance};
     pub use crate::provider::aws::rds::ParameterGroup;
     pub use crate::provider::builtin::{Assert, Null, Sleep};

@@ -384,10 +384,21 @@ fn an_existing_group_without_our_tags_is_not_taken_over_until_imported() {
 }
 
 fn cluster_stack(p: &Project, m: &Moto, retention: u32, reader_class: &str, protect: bool) {
+    cluster_stack_max(p, m, retention, reader_class, protect, 4)
+}
+
+fn cluster_stack_max(
+    p: &Project,
+    m: &Moto,
+    retention: u32,
+    reader_class: &str,
+    protect: bool,
+    max: u32,
+) {
     p.stack(
         "aurora",
         &format!(
-            "plan = \"aws-cluster\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\nbackup_retention = {retention}\nreader_class = \"{reader_class}\"\ndeletion_protection = {protect}\n[secrets]\nmaster_password = \"env:CUTOVER_TEST_MASTER_PASSWORD\"\n",
+            "plan = \"aws-cluster\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\nbackup_retention = {retention}\nreader_class = \"{reader_class}\"\ndeletion_protection = {protect}\nmax_readers = {max}\n[secrets]\nmaster_password = \"env:CUTOVER_TEST_MASTER_PASSWORD\"\n",
             m.url()
         ),
     );
@@ -424,7 +435,7 @@ fn an_aurora_cluster_with_a_writer_and_a_reader_is_created_changed_and_destroyed
     let rt = rt();
     let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("Apply complete: 4 added"), "{out}");
+    assert!(out.contains("Apply complete: 5 added"), "{out}");
     let cluster_id = "aws-cluster-aurora-target";
     let (status, pg, retention, members, tags) = rt.block_on(async {
         let d = c
@@ -476,9 +487,54 @@ fn an_aurora_cluster_with_a_writer_and_a_reader_is_created_changed_and_destroyed
         0,
         "no changes after apply"
     );
+    // Reader autoscaling: the scalable target and its target-tracking policy.
+    let aas = {
+        let conf = aws_sdk_applicationautoscaling::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_applicationautoscaling::config::Region::new(
+                "us-east-1",
+            ))
+            .endpoint_url(m.url())
+            .credentials_provider(aws_sdk_applicationautoscaling::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_applicationautoscaling::Client::from_conf(conf)
+    };
+    let scaling = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            use aws_sdk_applicationautoscaling::types::ServiceNamespace;
+            let t = aas
+                .describe_scalable_targets()
+                .service_namespace(ServiceNamespace::Rds)
+                .resource_ids(format!("cluster:{cluster_id}"))
+                .send()
+                .await
+                .unwrap();
+            let t = t.scalable_targets()[0].clone();
+            let p = aas
+                .describe_scaling_policies()
+                .service_namespace(ServiceNamespace::Rds)
+                .resource_id(format!("cluster:{cluster_id}"))
+                .send()
+                .await
+                .unwrap();
+            let cfg = p.scaling_policies()[0]
+                .target_tracking_scaling_policy_configuration()
+                .unwrap()
+                .clone();
+            (
+                t.min_capacity(),
+                t.max_capacity(),
+                cfg.target_value(),
+                cfg.scale_out_cooldown(),
+            )
+        })
+    };
+    assert_eq!(scaling(&rt), (1, 4, 60.0, Some(120)));
 
-    // In-place changes: the cluster's backups and the reader's class.
-    cluster_stack(&p, &m, 14, "db.r6g.xlarge", false);
+    // In-place changes: the cluster's backups, the reader's class, the most readers.
+    cluster_stack_max(&p, &m, 14, "db.r6g.xlarge", false, 6);
     let (code, out) = run_with_password(&p, &["preview", "aurora", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("~ backup_retention_period = 7 -> 14"), "{out}");
@@ -488,7 +544,9 @@ fn an_aurora_cluster_with_a_writer_and_a_reader_is_created_changed_and_destroyed
     );
     let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("0 added, 2 changed, 0 destroyed"), "{out}");
+    assert!(out.contains("~ max = 4 -> 6"), "{out}");
+    assert!(out.contains("0 added, 3 changed, 0 destroyed"), "{out}");
+    assert_eq!(scaling(&rt).1, 6);
     rt.block_on(async {
         let d = c
             .describe_db_clusters()

@@ -5,6 +5,7 @@
 //! It must never adopt or change an existing object that lacks our tags: the error says how to adopt
 //! it with `plan import`.
 
+pub mod autoscaling;
 pub mod cluster;
 pub mod rds;
 
@@ -25,6 +26,7 @@ pub struct Aws {
     endpoint_url: Option<String>,
     profile: Option<String>,
     rds: OnceCell<aws_sdk_rds::Client>,
+    autoscaling: OnceCell<aws_sdk_applicationautoscaling::Client>,
 }
 
 impl Aws {
@@ -34,6 +36,7 @@ impl Aws {
             endpoint_url: stack.endpoint_url.clone(),
             profile: stack.profile.clone(),
             rds: OnceCell::new(),
+            autoscaling: OnceCell::new(),
         })
     }
 
@@ -58,6 +61,15 @@ impl Aws {
         loader.load().await
     }
 
+    /// The Application Auto Scaling client.
+    pub async fn autoscaling(&self) -> &aws_sdk_applicationautoscaling::Client {
+        self.autoscaling
+            .get_or_init(|| async {
+                aws_sdk_applicationautoscaling::Client::new(&self.config().await)
+            })
+            .await
+    }
+
     /// The RDS client.
     pub async fn rds(&self) -> &aws_sdk_rds::Client {
         self.rds
@@ -69,7 +81,8 @@ impl Aws {
 /// Registers the `aws` provider's types.
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     rds::register(r, aws.clone());
-    cluster::register(r, aws);
+    cluster::register(r, aws.clone());
+    autoscaling::register(r, aws);
 }
 
 /// The tags naming plan, stack and node that every object we create carries.
