@@ -85,15 +85,21 @@ impl Drop for Moto {
 }
 
 fn run(p: &Project, args: &[&str]) -> (i32, String) {
-    let out = p
-        .plan()
-        .args(args)
+    run_env(p, args, &[])
+}
+
+/// Runs `plan ARGS` with the emulator's credentials (and `env`); (exit code, stdout + stderr).
+fn run_env(p: &Project, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = p.plan();
+    cmd.args(args)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .unwrap();
+        .env_remove("AWS_PROFILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         format!(
@@ -404,24 +410,12 @@ fn cluster_stack_max(
     );
 }
 
+/// `run` with the master password of the cluster tests in the environment.
 fn run_with_password(p: &Project, args: &[&str]) -> (i32, String) {
-    let out = p
-        .plan()
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    run_env(
+        p,
+        args,
+        &[("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")],
     )
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use aws_sdk_rds::types::Tag;
 
-use super::{ours, sdk_err, tags, Aws};
+use super::{ours, owned_by_tags, sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
 use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, ResourceType};
 use crate::value::{get_str, get_u64, Attrs, Value};
@@ -350,17 +350,7 @@ impl ResourceType for ClusterType {
         self.id(req)
     }
     fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        let tags: Vec<(String, String)> = found
-            .outputs
-            .get("tags")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        ours(&tags, &ctx.plan, &ctx.stack, node)
+        owned_by_tags(ctx, node, found)
     }
     async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
         let id = self.id(req);
@@ -524,15 +514,7 @@ impl ClusterType {
     fn observed(&self, f: ClusterFound, declared: &Attrs) -> Observed {
         let mut o = f.observed;
         o.inputs = only_declared(o.inputs, declared);
-        o.outputs.insert(
-            "tags".into(),
-            Value::Object(
-                f.tags
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                    .collect(),
-            ),
-        );
+        o.outputs.insert("tags".into(), tags_value(&f.tags));
         o
     }
 }
@@ -674,15 +656,7 @@ impl InstanceType {
     fn observed(f: InstanceFound, declared: &Attrs) -> Observed {
         let mut o = f.observed;
         o.inputs = only_declared(o.inputs, declared);
-        o.outputs.insert(
-            "tags".into(),
-            Value::Object(
-                f.tags
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                    .collect(),
-            ),
-        );
+        o.outputs.insert("tags".into(), tags_value(&f.tags));
         o
     }
 }
@@ -711,17 +685,7 @@ impl ResourceType for InstanceType {
         }
     }
     fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        let tags: Vec<(String, String)> = found
-            .outputs
-            .get("tags")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        ours(&tags, &ctx.plan, &ctx.stack, node)
+        owned_by_tags(ctx, node, found)
     }
     async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
         let id = req.deterministic_id.to_string();

@@ -99,6 +99,30 @@ pub fn ours(found: &[(String, String)], plan: &str, stack: &str, node: &str) -> 
     tags(plan, stack, node).iter().all(|t| found.contains(t))
 }
 
+/// Tags as an output value (what `owned` reads back).
+pub fn tags_value(tags: &[(String, String)]) -> crate::value::Value {
+    crate::value::Value::Object(
+        tags.iter()
+            .map(|(k, v)| (k.clone(), crate::value::Value::from(v.clone())))
+            .collect(),
+    )
+}
+
+/// Whether an observed object's `tags` output says this node created it.
+pub fn owned_by_tags(ctx: &super::Ctx, node: &str, found: &super::Observed) -> bool {
+    let tags: Vec<(String, String)> = found
+        .outputs
+        .get("tags")
+        .and_then(crate::value::Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    ours(&tags, &ctx.plan, &ctx.stack, node)
+}
+
 /// An SDK error with the service's message.
 pub fn sdk_err<E, R>(what: &str, e: aws_sdk_rds::error::SdkError<E, R>) -> ProviderError
 where

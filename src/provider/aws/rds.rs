@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
 
-use super::{ours, sdk_err, tags, Aws};
+use super::{ours, owned_by_tags, sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
 use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, ResourceType};
 use crate::value::{get_str, Attrs, Value};
@@ -332,15 +332,7 @@ impl ParameterGroupType {
                 ("id".to_string(), Value::from(name)),
                 ("name".to_string(), Value::from(name)),
                 ("arn".to_string(), Value::from(f.arn.clone())),
-                (
-                    "tags".to_string(),
-                    Value::Object(
-                        f.tags
-                            .iter()
-                            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                            .collect(),
-                    ),
-                ),
+                ("tags".to_string(), tags_value(&f.tags)),
             ]),
         }
     }
@@ -484,17 +476,7 @@ impl ResourceType for ParameterGroupType {
         self.name_of(req)
     }
     fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        let tags: Vec<(String, String)> = found
-            .outputs
-            .get("tags")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        ours(&tags, &ctx.plan, &ctx.stack, node)
+        owned_by_tags(ctx, node, found)
     }
     async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
         let name = self.name_of(req);
