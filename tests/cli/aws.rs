@@ -4,7 +4,7 @@
 //!
 //! Emulator gaps, written down where they matter: moto answers ResetDBParameterGroup and
 //! ResetDBClusterParameterGroup with a 500, so removing a parameter from a plan (which resets it)
-//! is not exercised here; describing a missing parameter group returns an empty list instead of
+//! is checked in `src/provider/aws/rds.rs` by capturing the exact request instead; describing a missing parameter group returns an empty list instead of
 //! DBParameterGroupNotFound (the provider treats both as absent); unknown families are accepted
 //! (the provider checks them offline).
 

@@ -40,6 +40,17 @@ impl Aws {
         })
     }
 
+    /// An `Aws` whose RDS client is given (tests that capture requests).
+    pub fn with_rds(client: aws_sdk_rds::Client) -> Arc<Aws> {
+        Arc::new(Aws {
+            region: None,
+            endpoint_url: None,
+            profile: None,
+            rds: OnceCell::new_with(Some(client)),
+            autoscaling: OnceCell::new(),
+        })
+    }
+
     async fn config(&self) -> aws_config::SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::standard().with_max_attempts(6))

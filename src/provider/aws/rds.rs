@@ -639,6 +639,60 @@ mod tests {
         crate::provider::registry_for_stack(&stack)
     }
 
+    /// moto 5.2.5 answers ResetDBParameterGroup and ResetDBClusterParameterGroup with a 500, so
+    /// the reset of parameters removed from a plan is checked here instead: the exact request the
+    /// SDK sends, captured before it leaves.
+    #[tokio::test]
+    async fn removed_parameters_are_reset_with_the_exact_request() {
+        for cluster in [false, true] {
+            let (http, rx) = aws_smithy_http_client::test_util::capture_request(None);
+            let conf = aws_sdk_rds::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_rds::config::Region::new("us-east-1"))
+                .credentials_provider(aws_sdk_rds::config::Credentials::new(
+                    "a", "b", None, None, "t",
+                ))
+                .http_client(http)
+                .build();
+            let t = ParameterGroupType {
+                aws: Aws::with_rds(aws_sdk_rds::Client::from_conf(conf)),
+                cluster,
+            };
+            let removed = BTreeMap::from([(
+                "work_mem".to_string(),
+                ("262144".to_string(), "immediate".to_string()),
+            )]);
+            // The captured reply is empty, which the SDK may not parse: the request is what counts.
+            let _ = t.reset("target-params", &removed).await;
+            let req = rx.expect_request();
+            let body = std::str::from_utf8(req.body().bytes().unwrap())
+                .unwrap()
+                .to_string();
+            let (action, group) = if cluster {
+                (
+                    "ResetDBClusterParameterGroup",
+                    "DBClusterParameterGroupName",
+                )
+            } else {
+                ("ResetDBParameterGroup", "DBParameterGroupName")
+            };
+            assert!(body.contains(&format!("Action={action}")), "{body}");
+            assert!(body.contains(&format!("{group}=target-params")), "{body}");
+            assert!(
+                body.contains("Parameters.Parameter.1.ParameterName=work_mem"),
+                "{body}"
+            );
+            assert!(
+                body.contains("Parameters.Parameter.1.ApplyMethod=immediate"),
+                "{body}"
+            );
+            assert!(
+                !body.contains("ResetAllParameters=true"),
+                "only the removed parameter is reset: {body}"
+            );
+        }
+    }
+
     #[test]
     fn families_are_checked_offline_with_the_fix() {
         let r = registry();
