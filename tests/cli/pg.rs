@@ -100,6 +100,17 @@ async fn same_data(src: &tokio_postgres::Client, dst: &tokio_postgres::Client) -
     }
 }
 
+/// How many of the writer's acknowledged ids the `app` database on `port` holds.
+async fn acked_on(port: u16, ids: &[i64]) -> usize {
+    let c = target(port, "app").connect().await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM events WHERE id = ANY($1)", &[&ids])
+        .await
+        .unwrap()
+        .get(0);
+    n as usize
+}
+
 /// The port of the server a connection through the pooler on `pooler` reaches.
 async fn port_via(pooler: u16) -> Option<String> {
     let via = target(pooler, "app").connect().await.unwrap();
@@ -578,17 +589,8 @@ fn the_cutover_under_writes_loses_nothing_and_no_client_sees_an_error() {
         "an id was handed out twice (sequence collision)"
     );
     rt.block_on(async {
-        let dst = target(t, "app").connect().await.unwrap();
-        let found: i64 = dst
-            .query_one(
-                "SELECT count(*) FROM events WHERE id = ANY($1)",
-                &[&w.acked],
-            )
-            .await
-            .unwrap()
-            .get(0);
         assert_eq!(
-            found as usize,
+            acked_on(t, &w.acked).await,
             w.acked.len(),
             "acknowledged rows are missing on the target"
         );
@@ -674,7 +676,7 @@ fn killed_after_the_fence_the_next_apply_unfences_and_finishes() {
         return;
     }
     let p = Project::new();
-    let (s, t, b) = local_stack_with(&p, "");
+    let (_s, t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
     assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
     let rt = rt();
@@ -730,7 +732,6 @@ fn killed_after_the_fence_the_next_apply_unfences_and_finishes() {
             .unwrap()
             .get(0);
         assert_eq!(n, 1, "the in-flight transaction reached the target");
-        let _ = s;
     });
 }
 
@@ -767,31 +768,13 @@ fn rollback_after_the_flip_brings_the_targets_writes_back_to_the_source() {
     let unique: std::collections::BTreeSet<i64> = w.acked.iter().copied().collect();
     assert_eq!(unique.len(), w.acked.len(), "an id was handed out twice");
     rt.block_on(async {
-        let src = target(s, "app").connect().await.unwrap();
-        let found: i64 = src
-            .query_one(
-                "SELECT count(*) FROM events WHERE id = ANY($1)",
-                &[&w.acked],
-            )
-            .await
-            .unwrap()
-            .get(0);
         assert_eq!(
-            found as usize,
+            acked_on(s, &w.acked).await,
             w.acked.len(),
             "writes made on the target are missing on the source"
         );
-        let via = target(b, "app").connect().await.unwrap();
-        let r = via
-            .simple_query("SELECT inet_server_port()::text")
-            .await
-            .unwrap();
-        let port = r.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
-            _ => None,
-        });
         assert_eq!(
-            port,
+            port_via(b).await,
             Some(s.to_string()),
             "the pooler points at the source again"
         );

@@ -43,10 +43,12 @@ fn tag_pairs(t: &[Tag]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Keeps only the attributes the plan sets (AWS fills in the rest; they are not drift).
-fn only_declared(mut observed: Attrs, declared: &Attrs) -> Attrs {
-    observed.retain(|k, _| declared.contains_key(k));
-    observed
+/// What a describe found, as the engine sees it: only the attributes the plan sets (AWS fills in
+/// the rest; they are not drift), and the tags (`owned` reads them).
+fn observed(mut o: Observed, tags: &[(String, String)], declared: &Attrs) -> Observed {
+    o.inputs.retain(|k, _| declared.contains_key(k));
+    o.outputs.insert("tags".into(), tags_value(tags));
+    o
 }
 
 /// Waits until `status()` says `available` (or `None`: gone when `gone_ok`), reporting changes.
@@ -403,7 +405,7 @@ impl ResourceType for ClusterType {
             .find(&id)
             .await?
             .ok_or_else(|| ProviderError::new(format!("cluster {id} vanished")))?;
-        Ok(self.observed(f, req.inputs))
+        Ok(observed(f.observed, &f.tags, req.inputs))
     }
     async fn read(
         &self,
@@ -411,7 +413,10 @@ impl ResourceType for ClusterType {
         req: &Request<'_>,
         id: &str,
     ) -> Result<Option<Observed>, ProviderError> {
-        Ok(self.find(id).await?.map(|f| self.observed(f, req.inputs)))
+        Ok(self
+            .find(id)
+            .await?
+            .map(|f| observed(f.observed, &f.tags, req.inputs)))
     }
     async fn update(
         &self,
@@ -480,7 +485,7 @@ impl ResourceType for ClusterType {
             .find(id)
             .await?
             .ok_or_else(|| ProviderError::new(format!("cluster {id} vanished")))?;
-        Ok(self.observed(f, req.inputs))
+        Ok(observed(f.observed, &f.tags, req.inputs))
     }
     async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
         let Some(f) = self.find(id).await? else {
@@ -507,15 +512,6 @@ impl ResourceType for ClusterType {
             .await
             .map_err(|e| sdk_err(&format!("delete cluster {id}"), e))?;
         self.wait(ctx, req.node, id, true).await
-    }
-}
-
-impl ClusterType {
-    fn observed(&self, f: ClusterFound, declared: &Attrs) -> Observed {
-        let mut o = f.observed;
-        o.inputs = only_declared(o.inputs, declared);
-        o.outputs.insert("tags".into(), tags_value(&f.tags));
-        o
     }
 }
 
@@ -653,12 +649,6 @@ impl InstanceType {
         )
         .await
     }
-    fn observed(f: InstanceFound, declared: &Attrs) -> Observed {
-        let mut o = f.observed;
-        o.inputs = only_declared(o.inputs, declared);
-        o.outputs.insert("tags".into(), tags_value(&f.tags));
-        o
-    }
 }
 
 #[async_trait]
@@ -731,7 +721,7 @@ impl ResourceType for InstanceType {
             .find(&id)
             .await?
             .ok_or_else(|| ProviderError::new(format!("instance {id} vanished")))?;
-        Ok(Self::observed(f, req.inputs))
+        Ok(observed(f.observed, &f.tags, req.inputs))
     }
     async fn read(
         &self,
@@ -739,7 +729,10 @@ impl ResourceType for InstanceType {
         req: &Request<'_>,
         id: &str,
     ) -> Result<Option<Observed>, ProviderError> {
-        Ok(self.find(id).await?.map(|f| Self::observed(f, req.inputs)))
+        Ok(self
+            .find(id)
+            .await?
+            .map(|f| observed(f.observed, &f.tags, req.inputs)))
     }
     async fn update(
         &self,
@@ -782,7 +775,7 @@ impl ResourceType for InstanceType {
             .find(id)
             .await?
             .ok_or_else(|| ProviderError::new(format!("instance {id} vanished")))?;
-        Ok(Self::observed(f, req.inputs))
+        Ok(observed(f.observed, &f.tags, req.inputs))
     }
     async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
         if self.find(id).await?.is_none() {
