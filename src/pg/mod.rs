@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod cutover;
+pub mod load;
 pub mod pooler;
 pub mod preflight;
 pub mod replication;
@@ -93,16 +94,28 @@ impl Target {
 
     /// A libpq connection string (for `CREATE SUBSCRIPTION`); includes the password if any.
     pub fn conninfo(&self) -> String {
-        let mut s = format!(
-            "host={} port={} user={} dbname={}",
-            self.host, self.port, self.user, self.dbname
-        );
+        let mut s = self.conninfo_without_password();
         if let Some(p) = &self.password {
             s.push_str(&format!(
                 " password='{}'",
                 p.replace('\\', "\\\\").replace('\'', "\\'")
             ));
         }
+        s
+    }
+
+    /// A libpq connection string without the password, for programs run here (`pg_dump`,
+    /// `psql`), which get the password from the environment (`libpq_command`) so that it never
+    /// shows in the process list.
+    pub fn conninfo_without_password(&self) -> String {
+        let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut s = format!(
+            "host={} port={} user={} dbname={}",
+            q(&self.host),
+            self.port,
+            q(&self.user),
+            q(&self.dbname)
+        );
         if let Some(m) = &self.sslmode {
             s.push_str(&format!(" sslmode={m}"));
         }
@@ -110,6 +123,17 @@ impl Target {
             s.push_str(&format!(" sslrootcert='{}'", r.replace('\'', "\\'")));
         }
         s
+    }
+
+    /// A command for a libpq program (`pg_dump`, `psql`) with the password in its environment;
+    /// the caller passes `conninfo_without_password()` (or a variant) as its database argument.
+    pub fn libpq_command(&self, program: &str) -> Result<std::process::Command, PgError> {
+        let mut c = std::process::Command::new(cluster::program(program).map_err(PgError::Other)?);
+        if let Some(p) = &self.password {
+            c.env("PGPASSWORD", p);
+        }
+        c.env_remove("PGSERVICE").env("PGCONNECT_TIMEOUT", "10");
+        Ok(c)
     }
 
     fn config(&self) -> tokio_postgres::Config {

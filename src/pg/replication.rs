@@ -121,28 +121,16 @@ pub fn assign(all: &[String], groups: &[Group]) -> Result<Vec<(String, Vec<Strin
 
 /// `pg_dump --schema-only --section=SECTION` of the source.
 pub fn dump_schema(source: &Target, section: &str) -> Result<String, PgError> {
-    let mut c =
-        std::process::Command::new(super::cluster::program("pg_dump").map_err(PgError::Other)?);
+    let mut c = source.libpq_command("pg_dump")?;
     c.args([
         "--schema-only",
         "--no-owner",
         "--no-privileges",
         "--section",
         section,
+        "--dbname",
     ])
-    .args([
-        "-h",
-        &source.host,
-        "-p",
-        &source.port.to_string(),
-        "-U",
-        &source.user,
-        "-d",
-        &source.dbname,
-    ]);
-    if let Some(p) = &source.password {
-        c.env("PGPASSWORD", p);
-    }
+    .arg(source.conninfo_without_password());
     let out = c
         .output()
         .map_err(|e| PgError::Other(format!("pg_dump: cannot run: {e}")))?;
@@ -187,14 +175,14 @@ pub fn statements(script: &str) -> Vec<String> {
 }
 
 /// Whether a post-data statement creates what apply needs (a primary key or unique constraint).
-fn is_identity(stmt: &str) -> bool {
+pub(super) fn is_identity(stmt: &str) -> bool {
     let l = stmt.to_lowercase();
     l.starts_with("alter table")
         && (l.contains(" primary key") || l.contains(" unique (") || l.contains(" unique using"))
         || l.starts_with("create unique index")
 }
 
-async fn run_ignoring_duplicates(
+pub(super) async fn run_ignoring_duplicates(
     t: &Target,
     c: &tokio_postgres::Client,
     stmts: &[String],
@@ -214,19 +202,36 @@ async fn run_ignoring_duplicates(
     Ok(())
 }
 
-/// Creates the schema on the target unless it is there: tables and keys now, the post-data rest
-/// (returned) after the initial copy.
-pub async fn copy_schema_pre(source: &Target, target: &Target) -> Result<Vec<String>, PgError> {
+/// Creates the schema on the target unless it is there: the tables now, with their keys when
+/// `keys_now` (native copy needs them to apply changes during the copy); returns the post-data
+/// statements still to run after the initial copy.
+pub async fn copy_schema_pre(
+    source: &Target,
+    target: &Target,
+    keys_now: bool,
+) -> Result<Vec<String>, PgError> {
     let src = source.connect().await?;
     let dst = target.connect().await?;
     let st = tables(source, &src).await?;
     let tt: BTreeSet<String> = tables(target, &dst).await?.into_iter().collect();
-    let post = statements(&dump_schema(source, "post-data")?);
+    let present = st.iter().filter(|t| tt.contains(*t)).count();
+    // Both sections at once: each pg_dump spends most of its time starting and reading catalogs.
+    let dump = |section: &'static str| {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || dump_schema(&source, section))
+    };
+    let (post, pre) = tokio::join!(dump("post-data"), async {
+        match present {
+            0 => Some(dump("pre-data").await),
+            _ => None,
+        }
+    });
+    let joined = |e: tokio::task::JoinError| PgError::Other(format!("pg_dump: {e}"));
+    let post = statements(&post.map_err(joined)??);
     let (identity, rest): (Vec<String>, Vec<String>) =
         post.into_iter().partition(|s| is_identity(s));
-    let present = st.iter().filter(|t| tt.contains(*t)).count();
-    if present == 0 {
-        let pre = dump_schema(source, "pre-data")?;
+    if let Some(pre) = pre {
+        let pre = pre.map_err(joined)??;
         dst.batch_execute(&pre)
             .await
             .map_err(target.err("create tables (pre-data)"))?;
@@ -235,6 +240,9 @@ pub async fn copy_schema_pre(source: &Target, target: &Target) -> Result<Vec<Str
         return Err(PgError::Other(format!(
             "the target has some of the source's tables but not {missing:?}: create them, or drop the partial schema, then run again"
         )));
+    }
+    if !keys_now {
+        return Ok(identity.into_iter().chain(rest).collect());
     }
     run_ignoring_duplicates(target, &dst, &identity).await?;
     Ok(rest)
@@ -246,15 +254,22 @@ pub async fn copy_schema_post(target: &Target, rest: &[String]) -> Result<(), Pg
     run_ignoring_duplicates(target, &dst, rest).await
 }
 
-/// Creates each group's publication (source) and subscription (target) unless they exist.
+/// Creates each group's publication (source) and subscription (target) unless they exist; the
+/// subscriptions copy the tables' data themselves (`copy_data`).
 pub async fn start(
     source: &Target,
     target: &Target,
     prefix: &str,
     groups: &[Group],
 ) -> Result<Setup, PgError> {
+    let published = publish(source, prefix, groups).await?;
+    subscribe(source, target, &published, true).await
+}
+
+/// Creates each group's publication on the source unless it exists; returns the setup (no
+/// subscription made yet).
+pub async fn publish(source: &Target, prefix: &str, groups: &[Group]) -> Result<Setup, PgError> {
     let src = source.connect().await?;
-    let dst = target.connect().await?;
     let all = tables(source, &src).await?;
     let assigned = assign(&all, groups).map_err(PgError::Other)?;
     let mut setup = Setup {
@@ -272,13 +287,7 @@ pub async fn start(
             .map_err(source.err("find publication"))?
             .get(0);
         if !exists {
-            let list: Vec<String> = ts
-                .iter()
-                .map(|t| {
-                    let (s, n) = t.split_once('.').unwrap_or(("public", t));
-                    format!("{}.{}", ident(s), ident(n))
-                })
-                .collect();
+            let list: Vec<String> = ts.iter().map(|t| qualified(t)).collect();
             src.batch_execute(&format!(
                 "CREATE PUBLICATION {} FOR TABLE {}",
                 ident(&obj),
@@ -286,36 +295,6 @@ pub async fn start(
             ))
             .await
             .map_err(source.err("create publication"))?;
-        }
-        let exists: bool = dst
-            .query_one(
-                "SELECT exists(SELECT 1 FROM pg_subscription WHERE subname = $1)",
-                &[&obj],
-            )
-            .await
-            .map_err(target.err("find subscription"))?
-            .get(0);
-        if !exists {
-            // A slot left by an interrupted CREATE SUBSCRIPTION would make it fail: reuse it.
-            let slot: bool = src
-                .query_one(
-                    "SELECT exists(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                    &[&obj],
-                )
-                .await
-                .map_err(source.err("find slot"))?
-                .get(0);
-            let sql = format!(
-                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, create_slot = {}, slot_name = {})",
-                ident(&obj),
-                literal(&source.conninfo()),
-                ident(&obj),
-                !slot,
-                literal(&obj),
-            );
-            dst.batch_execute(&sql)
-                .await
-                .map_err(target.err("create subscription"))?;
         }
         setup.groups.push(GroupSetup {
             name,
@@ -326,6 +305,75 @@ pub async fn start(
         });
     }
     Ok(setup)
+}
+
+/// `schema.table` quoted.
+pub fn qualified(t: &str) -> String {
+    let (s, n) = t.split_once('.').unwrap_or(("public", t));
+    format!("{}.{}", ident(s), ident(n))
+}
+
+/// Whether the subscription `name` exists on the target.
+pub async fn subscribed(
+    target: &Target,
+    dst: &tokio_postgres::Client,
+    name: &str,
+) -> Result<bool, PgError> {
+    Ok(dst
+        .query_one(
+            "SELECT exists(SELECT 1 FROM pg_subscription WHERE subname = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(target.err("find subscription"))?
+        .get(0))
+}
+
+/// Creates each group's subscription on the target unless it exists. With `copy_data` the
+/// subscription copies the tables itself (reusing a slot an interrupted run left); without it the
+/// group's slot must exist already (made by the parallel load) and streaming starts at its
+/// consistent point.
+pub async fn subscribe(
+    source: &Target,
+    target: &Target,
+    setup: &Setup,
+    copy_data: bool,
+) -> Result<Setup, PgError> {
+    let src = source.connect().await?;
+    let dst = target.connect().await?;
+    for g in &setup.groups {
+        let obj = &g.subscription;
+        if subscribed(target, &dst, obj).await? {
+            continue;
+        }
+        // A slot left by an interrupted CREATE SUBSCRIPTION would make it fail: reuse it.
+        let slot: bool = src
+            .query_one(
+                "SELECT exists(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&g.slot],
+            )
+            .await
+            .map_err(source.err("find slot"))?
+            .get(0);
+        if !copy_data && !slot {
+            return Err(PgError::Other(format!(
+                "{source}: replication slot `{}` is missing: the initial load makes it; run the step again",
+                g.slot
+            )));
+        }
+        let sql = format!(
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = {copy_data}, create_slot = {}, slot_name = {})",
+            ident(obj),
+            literal(&source.conninfo()),
+            ident(&g.publication),
+            !slot,
+            literal(&g.slot),
+        );
+        dst.batch_execute(&sql)
+            .await
+            .map_err(target.err("create subscription"))?;
+    }
+    Ok(setup.clone())
 }
 
 /// Tables whose initial copy is done, and all tables, across `subscriptions`; and sync errors.

@@ -208,8 +208,12 @@ impl StepType for PreflightType {
 }
 
 /// Native logical replication from `source` to `target`: schema (unless told not to), one
-/// publication and subscription per table group, the wait for the initial copy, then indexes and
-/// foreign keys. Outputs `slots` and `subscriptions` (lists of names).
+/// publication, slot and subscription per table group, and the initial load. By default the load
+/// is parallel from each slot's exported snapshot (tables copied by several workers into tables
+/// without indexes, then keys and indexes built in parallel, then the subscriptions stream from
+/// the slots); `native_load()` lets the subscriptions copy instead (`copy_data`, keys first).
+/// Outputs `slots` and `subscriptions` (lists of names) and, for the parallel load, `load` (rows,
+/// bytes, seconds).
 #[derive(Debug, Clone)]
 pub struct Replicate {
     source: Value,
@@ -217,6 +221,7 @@ pub struct Replicate {
     groups: Vec<crate::pg::replication::Group>,
     prefix: String,
     copy_schema: bool,
+    load: Value,
 }
 
 impl Replicate {
@@ -227,7 +232,24 @@ impl Replicate {
             groups: vec![],
             prefix: "cutover".into(),
             copy_schema: true,
+            load: load_input(&crate::pg::load::Options::default()),
         }
+    }
+    /// The parallel load's workers (copy sessions and index builds at once; default 4) and the
+    /// size above which a table is split into block ranges copied in parallel (default 1024 MB;
+    /// smaller tables are copied whole, frozen).
+    pub fn parallel_load(mut self, workers: usize, split_above_mb: u64) -> Self {
+        self.load = load_input(&crate::pg::load::Options {
+            workers,
+            chunk_pages: (split_above_mb * 128).max(1),
+        });
+        self
+    }
+    /// Let the subscriptions copy the data (`copy_data`), with keys created first: slower, but
+    /// needs neither `psql` here nor a replication connection from here.
+    pub fn native_load(mut self) -> Self {
+        self.load = serde_json::json!({"mode": "native"});
+        self
     }
     /// A group of tables with its own publication, subscription and slot; tables named in no
     /// group go to the group `rest`.
@@ -263,8 +285,29 @@ impl Declare for Replicate {
             ),
             ("prefix".to_string(), Value::String(self.prefix)),
             ("copy_schema".to_string(), Value::Bool(self.copy_schema)),
+            ("load".to_string(), self.load),
         ])
     }
+}
+
+fn load_input(o: &crate::pg::load::Options) -> Value {
+    serde_json::json!({"mode": "snapshot", "workers": o.workers, "split_above_mb": o.chunk_pages / 128})
+}
+
+/// The load options of a replicate node; None for the native load.
+fn load_options(inputs: &Attrs) -> Option<crate::pg::load::Options> {
+    let l = inputs.get("load");
+    if l.and_then(|l| l.get("mode")).and_then(Value::as_str) == Some("native") {
+        return None;
+    }
+    let d = crate::pg::load::Options::default();
+    let n = |k: &str| l.and_then(|l| l.get(k)).and_then(Value::as_u64);
+    Some(crate::pg::load::Options {
+        workers: n("workers").map(|w| w.max(1) as usize).unwrap_or(d.workers),
+        chunk_pages: n("split_above_mb")
+            .map(|m| (m * 128).max(1))
+            .unwrap_or(d.chunk_pages),
+    })
 }
 
 impl crate::dsl::Handle<Replicate> {
@@ -275,6 +318,39 @@ impl crate::dsl::Handle<Replicate> {
 }
 
 struct ReplicateType;
+
+/// Waits until every table of `subs` has finished its initial copy (native load), reporting it.
+async fn wait_for_copy(
+    ctx: &Ctx,
+    req: &Request<'_>,
+    t: &crate::pg::Target,
+    subs: &[String],
+) -> Result<(), ProviderError> {
+    use crate::pg::replication as r;
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let (done, total, errors) = r::copy_progress(t, subs).await.map_err(pg_err)?;
+        let msg = if errors > 0 {
+            format!("initial copy: {done} of {total} tables ready; {errors} table sync error(s) so far, retrying (see the target's log)")
+        } else {
+            format!("initial copy: {done} of {total} tables ready")
+        };
+        if msg != last {
+            ctx.report(req.node, &msg);
+            last = msg;
+        }
+        if total > 0 && done == total {
+            return Ok(());
+        }
+        if total == 0 && started.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(ProviderError::new(
+                "the subscriptions list no tables after 30 s: the publications are empty",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
 
 fn groups_of(inputs: &Attrs) -> Vec<crate::pg::replication::Group> {
     inputs
@@ -323,59 +399,95 @@ impl StepType for ReplicateType {
             .await
             .map_err(s.err("create the marker table"))
             .map_err(pg_err)?;
+        let opts = load_options(req.inputs);
         let rest = if copy_schema {
-            ctx.report(req.node, "copying the schema (tables and keys)");
-            r::copy_schema_pre(&s, &t).await.map_err(pg_err)?
+            ctx.report(
+                req.node,
+                if opts.is_some() {
+                    "copying the schema (tables; keys and indexes after the data)"
+                } else {
+                    "copying the schema (tables and keys)"
+                },
+            );
+            r::copy_schema_pre(&s, &t, opts.is_none())
+                .await
+                .map_err(pg_err)?
         } else {
             vec![]
         };
-        let setup = r::start(&s, &t, &prefix, &groups_of(req.inputs))
-            .await
-            .map_err(pg_err)?;
+        let groups = groups_of(req.inputs);
+        let mut loaded = None;
+        let setup = match opts {
+            Some(opts) => {
+                let setup = r::publish(&s, &prefix, &groups).await.map_err(pg_err)?;
+                let report = |m: String| ctx.report(req.node, &m);
+                let done = crate::pg::load::load(&s, &t, &setup, opts, &report)
+                    .await
+                    .map_err(pg_err)?;
+                if done.chunks > 0 {
+                    ctx.report(
+                        req.node,
+                        &format!(
+                            "initial load: {} rows, {:.0} MB of tables in {:.1} s",
+                            done.rows,
+                            done.bytes as f64 / 1e6,
+                            done.seconds
+                        ),
+                    );
+                    loaded = Some(done);
+                }
+                if !rest.is_empty() {
+                    ctx.report(
+                        req.node,
+                        &format!(
+                            "building {} key(s), index(es), foreign key(s) and the rest of the schema",
+                            rest.len()
+                        ),
+                    );
+                    crate::pg::load::build_post(&t, &rest, opts.workers)
+                        .await
+                        .map_err(pg_err)?;
+                }
+                r::subscribe(&s, &t, &setup, false).await.map_err(pg_err)?
+            }
+            None => {
+                let setup = r::start(&s, &t, &prefix, &groups).await.map_err(pg_err)?;
+                let subs: Vec<String> = setup
+                    .groups
+                    .iter()
+                    .map(|g| g.subscription.clone())
+                    .collect();
+                wait_for_copy(ctx, req, &t, &subs).await?;
+                if !rest.is_empty() {
+                    ctx.report(
+                        req.node,
+                        &format!(
+                            "building {} index(es), foreign key(s) and the rest of the schema",
+                            rest.len()
+                        ),
+                    );
+                    r::copy_schema_post(&t, &rest).await.map_err(pg_err)?;
+                }
+                setup
+            }
+        };
         let subs: Vec<String> = setup
             .groups
             .iter()
             .map(|g| g.subscription.clone())
             .collect();
-        let started = std::time::Instant::now();
-        let mut last = String::new();
-        loop {
-            let (done, total, errors) = r::copy_progress(&t, &subs).await.map_err(pg_err)?;
-            let msg = if errors > 0 {
-                format!("initial copy: {done} of {total} tables ready; {errors} table sync error(s) so far, retrying (see the target's log)")
-            } else {
-                format!("initial copy: {done} of {total} tables ready")
-            };
-            if msg != last {
-                ctx.report(req.node, &msg);
-                last = msg;
-            }
-            if total > 0 && done == total {
-                break;
-            }
-            if total == 0 && started.elapsed() > std::time::Duration::from_secs(30) {
-                return Err(ProviderError::new(
-                    "the subscriptions list no tables after 30 s: the publications are empty",
-                ));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-        if !rest.is_empty() {
-            ctx.report(
-                req.node,
-                &format!(
-                    "building {} index(es), foreign key(s) and the rest of the schema",
-                    rest.len()
-                ),
-            );
-            r::copy_schema_post(&t, &rest).await.map_err(pg_err)?;
-        }
         r::mark_ready(&t, &subs).await.map_err(pg_err)?;
         let mut out = setup_outputs(&subs, setup.tables);
         out.insert(
             "groups".into(),
             serde_json::to_value(&setup.groups).unwrap_or(Value::Null),
         );
+        if let Some(l) = loaded {
+            out.insert(
+                "load".into(),
+                serde_json::to_value(&l).unwrap_or(Value::Null),
+            );
+        }
         Ok(out)
     }
     async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
