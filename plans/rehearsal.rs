@@ -4,7 +4,9 @@
 //! largest table in a group of its own) and keeps the target in step; a wait until the lag is small;
 //! validation. The application reaches the database through a pgbouncer; behind the gate `cutover`,
 //! the cutover step fences it, waits for catch-up, syncs sequences, sets up reverse replication and
-//! flips it to the target.
+//! flips it to the target. With `fence = "read_only"` in the stack the cutover does without the
+//! pooler: the source is fenced read-only and the flip rewrites the file the application reads
+//! its connection string from (`flip_file`, default `<data_root>/app.conn`).
 
 use cutover::prelude::*;
 
@@ -34,6 +36,14 @@ INSERT INTO events (account_id, kind, payload)
 INSERT INTO settings VALUES ('currency', 'EUR'), ('region', 'eu-west-1');
 ";
 
+/// The stack's `fence` value.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FenceChoice {
+    Pooler,
+    ReadOnly,
+}
+
 fn create_db(name: &str) -> String {
     format!("CREATE DATABASE {name}")
 }
@@ -54,6 +64,8 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let max_lag_bytes: u64 = stack.get_or("max_lag_bytes", 1024 * 1024)?;
     let max_xact_seconds: f64 = stack.get_or("max_xact_seconds", 5.0)?;
     let reverse: bool = stack.get_or("reverse_replication", true)?;
+    let fence: FenceChoice = stack.get_or("fence", FenceChoice::Pooler)?;
+    let flip_file: String = stack.get_or("flip_file", format!("{data_root}/app.conn"))?;
 
     let source = p.add(
         "source",
@@ -116,7 +128,15 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         .after(&caught_up);
     // Everything above can run today; the cutover waits for `--approve cutover`.
     let gate = p.gate("cutover").after(&validate).after(&pooler);
-    let mut switch = Cutover::between(source.conn(&db), target.conn(&db), pooler.pooler(), &db)
+    let switch = match fence {
+        FenceChoice::Pooler => {
+            Cutover::between(source.conn(&db), target.conn(&db), pooler.pooler(), &db)
+        }
+        FenceChoice::ReadOnly => {
+            Cutover::read_only_fence(source.conn(&db), target.conn(&db)).flip_file(&flip_file)
+        }
+    };
+    let mut switch = switch
         .replication(replicate.slots(), replicate.subscriptions())
         .validated(validate.validated_at(), 3600)
         .guards(max_lag_bytes, max_xact_seconds);

@@ -369,7 +369,9 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
                     return Ok(1);
                 }
             }
-            let notes = engine::rollback(&l, node.as_deref(), &command_line()).await?;
+            let progress: crate::provider::ProgressFn =
+                Arc::new(|node: &str, m: &str| println!("  {node}: {m}"));
+            let notes = engine::rollback(&l, node.as_deref(), &command_line(), progress).await?;
             for n in &notes {
                 println!("{}: {}", n.node, n.message);
             }

@@ -746,10 +746,12 @@ pub async fn rollback(
     l: &Loaded,
     only: Option<&str>,
     command: &str,
+    progress: crate::provider::ProgressFn,
 ) -> Result<Vec<Note>, EngineError> {
     let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
     let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
-    let ctx = l.ctx();
+    let mut ctx = l.ctx();
+    ctx.progress = progress;
     let mut order = l.graph.topo_order();
     order.reverse();
     let mut targets = Vec::new();

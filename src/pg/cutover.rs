@@ -1,12 +1,20 @@
 //! The cutover, one composite step with timed phases: guard (lag, long transactions, validation
-//! age) -> fence (pgbouncer PAUSE: waits for in-flight transactions) -> catch-up (a marker row
-//! written on the source after the fence, seen on the target) -> sequences (target at least the
-//! source's last value plus a margin) -> optional reverse replication (forward subscriptions
-//! disabled first; PostgreSQL 15 has no `origin = none`) -> flip (the pooler re-pointed, RELOAD,
-//! RESUME) -> post-check (a write and a read through the pooler reach the target).
+//! age) -> fence -> catch-up (a marker row written on the source after the fence, seen on the
+//! target) -> sequences (target at least the source's last value plus a margin) -> optional
+//! reverse replication (forward subscriptions disabled first; PostgreSQL 15 has no
+//! `origin = none`) -> flip -> post-check (a write and a read reach the target).
+//!
+//! Two fences. With a pooler: pgbouncer PAUSE (waits for in-flight transactions; clients wait, and
+//! see no error), the flip re-points it (RELOAD, RESUME). Without one: the source database is made
+//! read-only for new sessions, in-flight transactions get a grace period, then every client
+//! session of the database is ended (clients reconnect and find it read-only); the flip rewrites
+//! the file the application reads its connection from (or is left to a later step, such as a
+//! DNS flip), and the source stays read-only so a client with a stale configuration cannot write
+//! to it.
 //!
 //! Any failure before the flip unfences and leaves the source as it was. The probe used after a
-//! crash finishes a flip whose file was written, or unfences: it must never leave the pooler paused.
+//! crash finishes a flip whose file was written, or unfences: it must never leave the pooler
+//! paused or the source read-only without a flip.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,15 +32,33 @@ pub const MARKER_DDL: &str =
 /// The reverse replication's publication (target) and subscription (source).
 pub const REVERSE: &str = "cutover_reverse";
 
+/// How writes are stopped on the source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fence {
+    /// pgbouncer PAUSE, then the pooler re-pointed.
+    #[default]
+    Pooler,
+    /// The database read-only for new sessions and its client sessions ended; the flip rewrites
+    /// `flip_file` (if any).
+    ReadOnly,
+}
+
 /// What the cutover needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spec {
     pub source: Target,
     pub target: Target,
-    /// The local pgbouncer: its directory and port, and the database clients use.
+    #[serde(default)]
+    pub fence: Fence,
+    /// The local pgbouncer: its directory and port, and the database clients use (pooler fence).
     pub pooler_dir: PathBuf,
     pub pooler_port: u16,
     pub database: String,
+    /// Read-only fence: the file holding the connection string the application uses, rewritten
+    /// by the flip (None: a later step re-points the clients).
+    #[serde(default)]
+    pub flip_file: Option<PathBuf>,
     /// Forward replication: slots on the source, subscriptions on the target.
     pub slots: Vec<String>,
     pub subscriptions: Vec<String>,
@@ -82,6 +108,126 @@ fn bouncer(spec: &Spec) -> LocalBouncer {
     LocalBouncer::new(&spec.pooler_dir, spec.pooler_port)
 }
 
+/// A session that may write even where the database is fenced read-only.
+async fn writer(t: &Target) -> Result<tokio_postgres::Client, String> {
+    let c = t.connect().await.map_err(|e| e.to_string())?;
+    c.batch_execute("SET default_transaction_read_only = off")
+        .await
+        .map_err(|e| t.err("session settings")(e).to_string())?;
+    Ok(c)
+}
+
+/// Read-only fence of `t`'s database: read-only for new sessions; in-flight transactions get up
+/// to `grace` to finish; then every other client session of the database is ended.
+pub async fn fence_read_only(t: &Target, grace: Duration) -> Result<(), String> {
+    let c = writer(t).await?;
+    c.batch_execute(&format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        ident(&t.dbname)
+    ))
+    .await
+    .map_err(|e| t.err("make the database read-only")(e).to_string())?;
+    let others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+    let t0 = Instant::now();
+    while t0.elapsed() < grace {
+        let busy: i64 = c
+            .query_one(
+                &format!("SELECT count(*) {others} AND xact_start IS NOT NULL"),
+                &[],
+            )
+            .await
+            .map_err(|e| t.err("in-flight transactions")(e).to_string())?
+            .get(0);
+        if busy == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.batch_execute(&format!("SELECT pg_terminate_backend(pid) {others}"))
+        .await
+        .map_err(|e| t.err("end client sessions")(e).to_string())?;
+    // Termination is asynchronous: wait until the sessions are gone.
+    let t0 = Instant::now();
+    loop {
+        let left: i64 = c
+            .query_one(&format!("SELECT count(*) {others}"), &[])
+            .await
+            .map_err(|e| t.err("client sessions")(e).to_string())?
+            .get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err(format!(
+                "{left} client session(s) of {t} did not end within 10 s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Lifts a read-only fence of `t`'s database (new sessions may write again).
+pub async fn unfence_read_only(t: &Target) -> Result<(), String> {
+    let c = writer(t).await?;
+    c.batch_execute(&format!(
+        "ALTER DATABASE {} RESET default_transaction_read_only",
+        ident(&t.dbname)
+    ))
+    .await
+    .map_err(|e| t.err("lift the read-only fence")(e).to_string())
+}
+
+/// Whether `t`'s database is fenced read-only.
+pub async fn is_read_only(t: &Target) -> Result<bool, String> {
+    let c = t.connect().await.map_err(|e| e.to_string())?;
+    let r: bool = c
+        .query_one(
+            "SELECT exists(SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+             WHERE d.datname = current_database() AND s.setrole = 0
+               AND 'default_transaction_read_only=on' = ANY(s.setconfig))",
+            &[],
+        )
+        .await
+        .map_err(|e| t.err("read-only fence")(e).to_string())?
+        .get(0);
+    Ok(r)
+}
+
+/// The line the flip file holds for `t`: a libpq connection string without the password.
+pub fn flip_line(t: &Target) -> String {
+    format!("{}\n", t.conninfo_without_password())
+}
+
+/// Rewrites the flip file atomically (temporary file, fsync, rename, directory fsync).
+fn write_flip_file(path: &std::path::Path, t: &Target) -> Result<(), String> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("flip"),
+        std::process::id()
+    ));
+    let fail = |e: std::io::Error| format!("write {}: {e}", path.display());
+    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+    f.write_all(flip_line(t).as_bytes()).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Whether the flip file names `t`.
+fn flip_file_names(path: &std::path::Path, t: &Target) -> bool {
+    std::fs::read_to_string(path)
+        .map(|s| s == flip_line(t))
+        .unwrap_or(false)
+}
+
 async fn guard(spec: &Spec) -> Result<(), String> {
     for slot in &spec.slots {
         let l = replication::lag(&spec.source, slot)
@@ -128,7 +274,7 @@ async fn guard(spec: &Spec) -> Result<(), String> {
 }
 
 async fn wait_marker(spec: &Spec, marker: &str) -> Result<(), String> {
-    let src = spec.source.connect().await.map_err(|e| e.to_string())?;
+    let src = writer(&spec.source).await?;
     src.execute(
         &format!("INSERT INTO {MARKER_TABLE} (id) VALUES ($1)"),
         &[&marker],
@@ -189,6 +335,10 @@ pub async fn sync_sequences(
     }
     if !sql.is_empty() {
         let dst = target.connect().await?;
+        // On its own: a multi-statement query is one transaction, read-only from its start.
+        dst.batch_execute("SET default_transaction_read_only = off")
+            .await
+            .map_err(target.err("session settings"))?;
         dst.batch_execute(&sql)
             .await
             .map_err(target.err("set sequences"))?;
@@ -198,7 +348,7 @@ pub async fn sync_sequences(
 
 async fn setup_reverse(spec: &Spec) -> Result<(), String> {
     let dst = spec.target.connect().await.map_err(|e| e.to_string())?;
-    let src = spec.source.connect().await.map_err(|e| e.to_string())?;
+    let src = writer(&spec.source).await?;
     for s in &spec.subscriptions {
         dst.batch_execute(&format!("ALTER SUBSCRIPTION {} DISABLE", ident(s)))
             .await
@@ -251,7 +401,7 @@ async fn setup_reverse(spec: &Spec) -> Result<(), String> {
 
 /// Removes reverse replication and re-enables forward subscriptions (undo before a flip).
 pub async fn undo_reverse(spec: &Spec) -> Result<(), String> {
-    let src = spec.source.connect().await.map_err(|e| e.to_string())?;
+    let src = writer(&spec.source).await?;
     let dst = spec.target.connect().await.map_err(|e| e.to_string())?;
     let has: bool = src
         .query_one(
@@ -300,6 +450,70 @@ async fn resume(spec: &Spec) -> Result<(), String> {
     }
 }
 
+/// Stops writes on the source: pgbouncer PAUSE (bounded by the fence timeout), or the read-only
+/// fence with the fence timeout as the grace period of in-flight transactions.
+async fn fence(spec: &Spec) -> Result<(), String> {
+    match spec.fence {
+        Fence::Pooler => {
+            let console = bouncer(spec).admin();
+            match tokio::time::timeout(
+                Duration::from_millis(spec.fence_timeout_ms),
+                pooler::admin(&console, &format!("PAUSE {}", spec.database)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "in-flight transactions did not finish within {} ms",
+                    spec.fence_timeout_ms
+                )),
+            }
+        }
+        Fence::ReadOnly => {
+            fence_read_only(&spec.source, Duration::from_millis(spec.fence_timeout_ms)).await
+        }
+    }
+}
+
+/// Lets the source take writes again.
+async fn unfence(spec: &Spec) -> Result<(), String> {
+    match spec.fence {
+        Fence::Pooler => resume(spec).await,
+        Fence::ReadOnly => unfence_read_only(&spec.source).await,
+    }
+}
+
+/// Read-only fence's post-check: a write and a read on the target, and a new session on the
+/// source is refused a write.
+async fn post_check_direct(spec: &Spec, marker: &str) -> Result<(), String> {
+    let dst = spec.target.connect().await.map_err(|e| e.to_string())?;
+    let post = format!("{marker}-post-check");
+    dst.execute(
+        &format!("INSERT INTO {MARKER_TABLE} (id) VALUES ($1)"),
+        &[&post],
+    )
+    .await
+    .map_err(|e| spec.target.err("post-check write")(e).to_string())?;
+    let src = spec.source.connect().await.map_err(|e| e.to_string())?;
+    match src
+        .execute(
+            &format!("INSERT INTO {MARKER_TABLE} (id) VALUES ($1)"),
+            &[&format!("{marker}-must-fail")],
+        )
+        .await
+    {
+        Err(e) if e.code().map(|c| c.code()) == Some("25006") => Ok(()),
+        Err(e) => Err(format!(
+            "the source's refusal of writes could not be checked: {}",
+            super::describe(&e)
+        )),
+        Ok(_) => {
+            Err("a new session on the source could still write: the fence did not hold".into())
+        }
+    }
+}
+
 /// Runs the cutover. `progress` gets a line per phase.
 pub async fn run(
     spec: &Spec,
@@ -325,26 +539,24 @@ pub async fn run(
     });
     progress("guard passed: lag, open transactions and validation within bounds".into());
 
-    let console = bouncer(spec).admin();
     let fenced = Instant::now();
-    let paused = tokio::time::timeout(
-        Duration::from_millis(spec.fence_timeout_ms),
-        pooler::admin(&console, &format!("PAUSE {}", spec.database)),
-    )
-    .await;
     let unfence = |phase: &'static str, message: String| async move {
         let undo = if spec.reverse {
             undo_reverse(spec).await.err()
         } else {
             None
         };
-        let resumed = resume(spec).await;
+        let resumed = unfence(spec).await;
         let state = match (undo, resumed) {
             (None, Ok(())) => "Unfenced: the source takes writes as before.".to_string(),
             (u, r) => format!(
-                "Unfencing was incomplete ({}{}): check the pooler (SHOW DATABASES) and run apply again",
+                "Unfencing was incomplete ({}{}): {} and run apply again",
                 u.unwrap_or_default(),
-                r.err().unwrap_or_default()
+                r.err().unwrap_or_default(),
+                match spec.fence {
+                    Fence::Pooler => "check the pooler (SHOW DATABASES)",
+                    Fence::ReadOnly => "check the source database's settings (\\drds in psql)",
+                }
             ),
         };
         CutoverError {
@@ -353,19 +565,8 @@ pub async fn run(
             state,
         }
     };
-    match paused {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(unfence("fence", e.to_string()).await),
-        Err(_) => {
-            return Err(unfence(
-                "fence",
-                format!(
-                    "in-flight transactions did not finish within {} ms",
-                    spec.fence_timeout_ms
-                ),
-            )
-            .await)
-        }
+    if let Err(m) = fence(spec).await {
+        return Err(unfence("fence", m).await);
     }
     phases.push(Phase {
         name: "fence".into(),
@@ -410,6 +611,43 @@ pub async fn run(
     }
 
     let t = Instant::now();
+    if spec.fence == Fence::ReadOnly {
+        if let Some(path) = &spec.flip_file {
+            if let Err(m) = write_flip_file(path, &spec.target) {
+                return Err(unfence("flip", m).await);
+            }
+        }
+        let fenced_ms = ms(fenced.elapsed());
+        phases.push(Phase {
+            name: "flip".into(),
+            ms: ms(t.elapsed()),
+        });
+        progress(match &spec.flip_file {
+            Some(p) => format!(
+                "flipped: {} names the target; the source refuses writes (writes were refused for {fenced_ms} ms)",
+                p.display()
+            ),
+            None => format!(
+                "the target is ready and the source refuses writes (for {fenced_ms} ms so far): re-point the clients (the next step)"
+            ),
+        });
+        let t = Instant::now();
+        if let Err(m) = post_check_direct(spec, &marker).await {
+            return Err(fail("post-check", m, "The flip is done; writes may have reached the target. Investigate before any rollback."));
+        }
+        phases.push(Phase {
+            name: "post-check".into(),
+            ms: ms(t.elapsed()),
+        });
+        return Ok(Outcome {
+            phases,
+            fenced_ms,
+            sequences,
+            reverse: spec.reverse,
+            marker,
+        });
+    }
+    let console = bouncer(spec).admin();
     let b = bouncer(spec);
     if let Err(m) = b.set_route(&target_route(spec)) {
         return Err(unfence("flip", m).await);
@@ -483,6 +721,22 @@ pub async fn run(
 /// After a crash: where did the cutover stop? Finishes a decided flip (RELOAD, RESUME) and returns
 /// true; otherwise undoes reverse replication, unfences and returns false (the cutover runs again).
 pub async fn recover(spec: &Spec) -> Result<bool, String> {
+    if spec.fence == Fence::ReadOnly {
+        // Without a flip file the flip is a later step: the cutover itself never ends flipped.
+        let flipped = spec
+            .flip_file
+            .as_deref()
+            .map(|p| flip_file_names(p, &spec.target))
+            .unwrap_or(false);
+        if flipped {
+            return Ok(true);
+        }
+        if spec.reverse {
+            undo_reverse(spec).await?;
+        }
+        unfence_read_only(&spec.source).await?;
+        return Ok(false);
+    }
     let b = bouncer(spec);
     let routes = b.routes()?;
     let flipped = routes.iter().any(|r| {
@@ -513,10 +767,12 @@ fn source_route(spec: &Spec) -> Route {
     }
 }
 
-/// Rolls a flipped cutover back through its reverse replication: fence the target (PAUSE), wait
-/// until the source has every write made on the target (a marker), sync sequences back, point the
-/// pooler at the source, RESUME, and remove the reverse replication. Safe to repeat. Without
-/// reverse replication it refuses: the target's writes since the flip would be lost.
+/// Rolls a flipped cutover back through its reverse replication: fence the target (PAUSE, or
+/// read-only with its sessions ended), wait until the source has every write made on the target
+/// (a marker), sync sequences back, point the clients at the source (the pooler, or the flip
+/// file; lifting the source's read-only fence), and remove the reverse replication. Safe to
+/// repeat. Without reverse replication it refuses: the target's writes since the flip would be
+/// lost.
 pub async fn rollback(
     spec: &Spec,
     flipped_at: Option<&str>,
@@ -537,20 +793,24 @@ pub async fn rollback(
             "Nothing was changed. To go back, copy the target's changes to the source first (or rebuild the source from the target).",
         ));
     }
+    let pooled = spec.fence == Fence::Pooler;
     let b = bouncer(spec);
     let console = b.admin();
-    let on_source = b
-        .routes()
-        .map_err(|m| fail("inspect", m, "Nothing was changed."))?
-        .iter()
-        .any(|r| {
-            r.name == spec.database && r.port == spec.source.port && r.host == spec.source.host
-        });
-    let src = spec
-        .source
-        .connect()
+    let on_source = if pooled {
+        b.routes()
+            .map_err(|m| fail("inspect", m, "Nothing was changed."))?
+            .iter()
+            .any(|r| {
+                r.name == spec.database && r.port == spec.source.port && r.host == spec.source.host
+            })
+    } else {
+        !is_read_only(&spec.source)
+            .await
+            .map_err(|m| fail("inspect", m, "Nothing was changed."))?
+    };
+    let src = writer(&spec.source)
         .await
-        .map_err(|e| fail("inspect", e.to_string(), "Nothing was changed."))?;
+        .map_err(|m| fail("inspect", m, "Nothing was changed."))?;
     let has_reverse: bool = src
         .query_one(
             "SELECT exists(SELECT 1 FROM pg_subscription WHERE subname = $1)",
@@ -559,12 +819,21 @@ pub async fn rollback(
         .await
         .map_err(|e| fail("inspect", e.to_string(), "Nothing was changed."))?
         .get(0);
+    let unfence_target = || async {
+        if pooled {
+            resume(spec).await
+        } else {
+            unfence_read_only(&spec.target).await
+        }
+    };
     if on_source && !has_reverse {
         // Done before (an interrupted rollback that had finished its work).
-        let _ = pooler::admin(&console, "RELOAD").await;
-        resume(spec)
-            .await
-            .map_err(|m| fail("resume", m, "Run rollback again."))?;
+        if pooled {
+            let _ = pooler::admin(&console, "RELOAD").await;
+            resume(spec)
+                .await
+                .map_err(|m| fail("resume", m, "Run rollback again."))?;
+        }
         return Ok(Outcome {
             phases: vec![],
             fenced_ms: 0.0,
@@ -578,13 +847,22 @@ pub async fn rollback(
     }
     let mut phases = Vec::new();
     let fenced = Instant::now();
-    let paused = tokio::time::timeout(
-        Duration::from_millis(spec.fence_timeout_ms),
-        pooler::admin(&console, &format!("PAUSE {}", spec.database)),
-    )
-    .await;
-    if !matches!(paused, Ok(Ok(_))) {
-        let _ = resume(spec).await;
+    let fenced_ok = if pooled {
+        matches!(
+            tokio::time::timeout(
+                Duration::from_millis(spec.fence_timeout_ms),
+                pooler::admin(&console, &format!("PAUSE {}", spec.database)),
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    } else {
+        fence_read_only(&spec.target, Duration::from_millis(spec.fence_timeout_ms))
+            .await
+            .is_ok()
+    };
+    if !fenced_ok {
+        let _ = unfence_target().await;
         return Err(fail(
             "fence",
             "in-flight transactions on the target did not finish in time".into(),
@@ -609,7 +887,7 @@ pub async fn rollback(
     );
     let t = Instant::now();
     if let Err(m) = wait_marker(&reversed, &marker).await {
-        let _ = resume(spec).await;
+        let _ = unfence_target().await;
         return Err(fail(
             "catch-up",
             m,
@@ -624,7 +902,7 @@ pub async fn rollback(
     let sequences = match sync_sequences(&spec.target, &spec.source, spec.sequence_margin).await {
         Ok(n) => n,
         Err(e) => {
-            let _ = resume(spec).await;
+            let _ = unfence_target().await;
             return Err(fail(
                 "sequences",
                 e.to_string(),
@@ -637,32 +915,53 @@ pub async fn rollback(
         ms: ms(t.elapsed()),
     });
     let t = Instant::now();
-    if let Err(m) = b.set_route(&source_route(spec)) {
-        let _ = resume(spec).await;
-        return Err(fail("flip", m, "Unfenced: clients still use the target."));
+    if pooled {
+        if let Err(m) = b.set_route(&source_route(spec)) {
+            let _ = resume(spec).await;
+            return Err(fail("flip", m, "Unfenced: clients still use the target."));
+        }
+        if let Err(e) = pooler::admin(&console, "RELOAD").await {
+            return Err(fail(
+                "flip",
+                e.to_string(),
+                "The pooler's file names the source but RELOAD failed; run rollback again.",
+            ));
+        }
+        resume(spec).await.map_err(|m| {
+            fail(
+                "flip",
+                m,
+                "The pooler points at the source but is paused; run rollback again.",
+            )
+        })?;
+    } else {
+        if let Some(path) = &spec.flip_file {
+            if let Err(m) = write_flip_file(path, &spec.source) {
+                let _ = unfence_target().await;
+                return Err(fail("flip", m, "Unfenced: clients still use the target."));
+            }
+        }
+        unfence_read_only(&spec.source).await.map_err(|m| {
+            fail(
+                "flip",
+                m,
+                "The target is read-only and the source still refuses writes; run rollback again.",
+            )
+        })?;
     }
-    if let Err(e) = pooler::admin(&console, "RELOAD").await {
-        return Err(fail(
-            "flip",
-            e.to_string(),
-            "The pooler's file names the source but RELOAD failed; run rollback again.",
-        ));
-    }
-    resume(spec).await.map_err(|m| {
-        fail(
-            "flip",
-            m,
-            "The pooler points at the source but is paused; run rollback again.",
-        )
-    })?;
     let fenced_ms = ms(fenced.elapsed());
     phases.push(Phase {
         name: "flip".into(),
         ms: ms(t.elapsed()),
     });
-    progress(format!(
-        "flipped back: clients waited at most {fenced_ms} ms"
-    ));
+    progress(match (pooled, &spec.flip_file) {
+        (true, _) => format!("flipped back: clients waited at most {fenced_ms} ms"),
+        (false, Some(p)) => format!(
+            "flipped back: {} names the source, which takes writes again; the target refuses them",
+            p.display()
+        ),
+        (false, None) => "the source takes writes again and the target refuses them: re-point the clients at the source".to_string(),
+    });
     // The reverse replication has done its work.
     if let Err(e) = src
         .batch_execute(&format!("DROP SUBSCRIPTION {REVERSE}"))
@@ -674,7 +973,7 @@ pub async fn rollback(
             "Clients use the source again; drop the reverse subscription by hand.",
         ));
     }
-    if let Ok(dst) = spec.target.connect().await {
+    if let Ok(dst) = writer(&spec.target).await {
         let _ = dst
             .batch_execute(&format!("DROP PUBLICATION IF EXISTS {REVERSE}"))
             .await;

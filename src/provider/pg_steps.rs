@@ -765,6 +765,23 @@ impl Cutover {
             ]),
         }
     }
+    /// Moves clients from `source` to `target` without a pooler: the source database is fenced
+    /// read-only (new sessions read-only, in-flight transactions given the fence timeout, then
+    /// its client sessions ended) and stays so after the flip. Clients see errors while fenced
+    /// (unlike a pooler's PAUSE). The flip rewrites `flip_file` if one is set (`flip_file`),
+    /// otherwise a later step re-points the clients (a DNS flip).
+    pub fn read_only_fence(source: Value, target: Value) -> Self {
+        Cutover::between(source, target, Value::Null, "").set("fence", Value::from("read_only"))
+    }
+    /// The file the application reads its connection string from (read-only fence): the flip
+    /// rewrites it atomically with the target's (libpq keywords, no password).
+    pub fn flip_file(self, path: &str) -> Self {
+        self.set("flip_file", Value::from(path))
+    }
+    /// How long the fence waits for in-flight transactions (default 10 s).
+    pub fn fence_timeout_ms(self, ms: u64) -> Self {
+        self.set("fence_timeout_ms", Value::from(ms))
+    }
     fn set(mut self, k: &str, v: Value) -> Self {
         self.inputs.insert(k.into(), v);
         self
@@ -811,19 +828,37 @@ fn cutover_spec(ctx: &Ctx, inputs: &Attrs) -> Result<crate::pg::cutover::Spec, P
             .unwrap_or_default()
     };
     let num = |k: &str| inputs.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let pooler = inputs.get("pooler").cloned().unwrap_or(Value::Null);
-    let dir = pooler.get("dir").and_then(Value::as_str).ok_or_else(|| {
-        ProviderError::new("input `pooler` needs `dir` (a pgbouncer handle's pooler())")
-    })?;
-    let port = pooler
-        .get("port")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| ProviderError::new("input `pooler` needs `port`"))?;
+    use crate::pg::cutover::Fence;
+    let fence = match get_str(inputs, "fence") {
+        None | Some("pooler") => Fence::Pooler,
+        Some("read_only") => Fence::ReadOnly,
+        Some(other) => {
+            return Err(ProviderError::new(format!(
+                "input `fence` is `{other}`; use `pooler` or `read_only`"
+            )))
+        }
+    };
+    let (dir, port) = match fence {
+        Fence::Pooler => {
+            let pooler = inputs.get("pooler").cloned().unwrap_or(Value::Null);
+            let dir = pooler.get("dir").and_then(Value::as_str).ok_or_else(|| {
+                ProviderError::new("input `pooler` needs `dir` (a pgbouncer handle's pooler()); without a pooler use Cutover::read_only_fence")
+            })?;
+            let port = pooler
+                .get("port")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| ProviderError::new("input `pooler` needs `port`"))?;
+            (ctx.path(dir), port as u16)
+        }
+        Fence::ReadOnly => (std::path::PathBuf::new(), 0),
+    };
     Ok(crate::pg::cutover::Spec {
         source: target(inputs, "source")?,
         target: target(inputs, "target")?,
-        pooler_dir: ctx.path(dir),
-        pooler_port: port as u16,
+        fence,
+        flip_file: get_str(inputs, "flip_file").map(|p| ctx.path(p)),
+        pooler_dir: dir,
+        pooler_port: port,
         database: get_str(inputs, "database").unwrap_or("app").to_string(),
         slots: list("slots"),
         subscriptions: list("subscriptions"),

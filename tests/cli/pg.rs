@@ -1206,3 +1206,250 @@ fn the_parallel_load_splits_big_tables_and_misses_no_write_made_during_it() {
         assert_eq!(slot, 0, "no slot was made for a refused load");
     });
 }
+
+/// A writer without a pooler, as an application would be: it connects where the flip file says
+/// (the source until the file exists), reconnects on any error, and records each acknowledged id,
+/// the port it went to, and every error.
+async fn write_direct_until(
+    flip_file: PathBuf,
+    source_port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Writer, Vec<(i64, u16)>) {
+    let mut w = Writer {
+        acked: vec![],
+        errors: vec![],
+        max_gap: std::time::Duration::ZERO,
+    };
+    let mut placed = vec![];
+    let port_now = || -> u16 {
+        std::fs::read_to_string(&flip_file)
+            .ok()
+            .and_then(|s| {
+                s.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("port=").and_then(|p| p.parse().ok()))
+            })
+            .unwrap_or(source_port)
+    };
+    let mut port = port_now();
+    let mut client = target(port, "app").connect().await.ok();
+    let mut last = std::time::Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let r = match &client {
+            Some(c) => c
+                .simple_query(
+                    "INSERT INTO events (account_id, kind) VALUES (1, 'direct') RETURNING id",
+                )
+                .await
+                .map_err(|e| cutover::pg::describe(&e)),
+            None => Err("not connected".to_string()),
+        };
+        match r {
+            Ok(msgs) => {
+                for m in msgs {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        let id: i64 = r.get(0).unwrap().parse().unwrap();
+                        w.acked.push(id);
+                        placed.push((id, port));
+                    }
+                }
+                w.max_gap = w.max_gap.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+            Err(e) => {
+                w.errors.push(e);
+                port = port_now();
+                client = target(port, "app").connect().await.ok();
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    (w, placed)
+}
+
+#[test]
+fn the_read_only_fence_moves_a_direct_writer_and_rollback_brings_its_writes_back() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, _b) = local_stack_with(&p, "fence = \"read_only\"\n");
+    let _stop = stopper(&p);
+    let flip_file = p.root().join("pgdata/app.conn");
+    let (code, out, _) = p.run(&["apply", "local", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!flip_file.exists(), "nothing flipped before the gate");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = rt.spawn(write_direct_until(flip_file.clone(), s, stop.clone()));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("names the target; the source refuses writes"),
+        "{out}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (w, placed) = rt.block_on(writer).unwrap();
+    eprintln!(
+        "read-only fence: {} writes acknowledged, {} errors while fenced, longest gap {:?}",
+        w.acked.len(),
+        w.errors.len(),
+        w.max_gap
+    );
+    // Without a pooler clients see the fence: their sessions end and the source refuses writes.
+    // Nothing else may go wrong.
+    for e in &w.errors {
+        assert!(
+            e.contains("read-only transaction")
+                || e.contains("terminating connection due to administrator command")
+                || e.contains("connection closed")
+                || e.contains("not connected"),
+            "an unexpected error: {e}"
+        );
+    }
+    assert!(
+        placed.iter().any(|(_, p)| *p == s) && placed.iter().any(|(_, p)| *p == t),
+        "the writer wrote to both sides: {placed:?}"
+    );
+    let unique: std::collections::BTreeSet<i64> = w.acked.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        w.acked.len(),
+        "an id was handed out twice (sequence collision)"
+    );
+    let on_target: Vec<i64> = placed
+        .iter()
+        .filter(|(_, p)| *p == t)
+        .map(|(id, _)| *id)
+        .collect();
+    rt.block_on(async {
+        assert_eq!(
+            acked_on(t, &w.acked).await,
+            w.acked.len(),
+            "acknowledged rows are missing on the target"
+        );
+        // The source stays fenced: a new session cannot write.
+        let src = target(s, "app").connect().await.unwrap();
+        let e = src
+            .batch_execute("INSERT INTO settings VALUES ('late', 'write')")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e}");
+        // Reverse replication carries the target's writes back.
+        for _ in 0..100 {
+            if acked_on(s, &on_target).await == on_target.len() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(acked_on(s, &on_target).await, on_target.len());
+    });
+    assert!(std::fs::read_to_string(&flip_file)
+        .unwrap()
+        .contains(&format!("port={t}")));
+
+    // Roll back: the target is fenced, its writes reach the source, the file names the source.
+    let dst = rt.block_on(target(t, "app").connect()).unwrap();
+    rt.block_on(dst.batch_execute("INSERT INTO settings VALUES ('after', 'flip')"))
+        .unwrap();
+    let (code, out, err) = p.run(&["rollback", "local", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("names the source, which takes writes again"),
+        "{out}{err}"
+    );
+    assert!(std::fs::read_to_string(&flip_file)
+        .unwrap()
+        .contains(&format!("port={s}")));
+    rt.block_on(async {
+        let src = target(s, "app").connect().await.unwrap();
+        let v: String = src
+            .query_one("SELECT value FROM settings WHERE key = 'after'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, "flip");
+        src.batch_execute("INSERT INTO settings VALUES ('source', 'writable again')")
+            .await
+            .unwrap();
+        let dst = target(t, "app").connect().await.unwrap();
+        let e = dst
+            .batch_execute("INSERT INTO settings VALUES ('x', 'y')")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code().map(|c| c.code()),
+            Some("25006"),
+            "the target is fenced after the rollback: {e}"
+        );
+    });
+}
+
+#[test]
+fn killed_inside_the_read_only_fence_the_next_apply_lifts_it_and_finishes() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, _b) = local_stack_with(&p, "fence = \"read_only\"\n");
+    let _stop = stopper(&p);
+    let flip_file = p.root().join("pgdata/app.conn");
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let rt = rt();
+    let src = target(s, "app");
+    rt.block_on(async {
+        // A transaction in flight on the source: the fence gives it a grace period.
+        let app = src.connect().await.unwrap();
+        app.batch_execute("BEGIN; INSERT INTO accounts (name) VALUES ('in flight')")
+            .await
+            .unwrap();
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
+            .arg("--root")
+            .arg(p.root())
+            .args(["apply", "local", "--yes", "--approve", "cutover", "--quiet"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut fenced = false;
+        for _ in 0..200 {
+            if cutover::pg::cutover::is_read_only(&src).await.unwrap() {
+                fenced = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(fenced, "the fence never went up");
+        app.batch_execute("COMMIT").await.unwrap();
+    });
+    assert!(!flip_file.exists(), "killed before the flip");
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reconciled switch:"), "{out}");
+    assert!(std::fs::read_to_string(&flip_file)
+        .unwrap()
+        .contains(&format!("port={t}")));
+    rt.block_on(async {
+        let dst = target(t, "app").connect().await.unwrap();
+        let n: i64 = dst
+            .query_one(
+                "SELECT count(*) FROM accounts WHERE name = 'in flight'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "the in-flight transaction reached the target");
+        assert!(
+            cutover::pg::cutover::is_read_only(&src).await.unwrap(),
+            "the source stays fenced after the flip"
+        );
+    });
+}
