@@ -54,6 +54,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::aws_params,
         },
         PlanEntry {
+            name: "aws-dns",
+            about: "a hosted zone, a record and a DNS flip (AWS provider tests)",
+            hidden: true,
+            build: testing::aws_dns,
+        },
+        PlanEntry {
             name: "aws-cluster",
             about: "an Aurora cluster with a writer and a reader (AWS provider tests)",
             hidden: true,

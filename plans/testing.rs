@@ -199,3 +199,50 @@ pub fn aws_cluster(stack: &Stack) -> Result<Plan, PlanError> {
     .after(&reader);
     Ok(p)
 }
+
+/// A hosted zone looked up by name, a CNAME the plan owns, and the flip of an existing record
+/// (AWS provider tests).
+pub fn aws_dns(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let zone_name: String = stack.get("zone")?;
+    let db_target: String = stack.get("db_target")?;
+    let old: String = stack.get("app_from")?;
+    let new: String = stack.get("app_to")?;
+    let also: Option<String> = stack.get_or("also_declare", None)?;
+    let zone = p.add("zone", HostedZone::named(&zone_name));
+    let db = p.add(
+        "db-record",
+        DnsRecord::cname(
+            zone.zone_id(),
+            &format!("db.{zone_name}"),
+            db_target.as_str(),
+        )
+        .ttl(30),
+    );
+    if let Some(name) = also {
+        p.add(
+            "also",
+            DnsRecord::new(
+                zone.zone_id(),
+                &format!("{name}.{zone_name}"),
+                "A",
+                &["10.0.0.9"],
+            ),
+        );
+    }
+    let gate = p.gate("cutover").after(&db);
+    p.add(
+        "flip",
+        DnsFlip::record(
+            zone.zone_id(),
+            &format!("app.{zone_name}"),
+            "CNAME",
+            new.as_str(),
+        )
+        .from(old.as_str())
+        .ttl(30)
+        .poll_ms(100),
+    )
+    .after(&gate);
+    Ok(p)
+}

@@ -30,6 +30,7 @@ pub mod prelude {
     pub use crate::provider::aws::autoscaling::ReaderAutoscaling;
     pub use crate::provider::aws::cluster::{AuroraCluster, ClusterInstance};
     pub use crate::provider::aws::rds::ParameterGroup;
+    pub use crate::provider::aws::route53::{Flip as DnsFlip, HostedZone, Record as DnsRecord};
     pub use crate::provider::builtin::{Assert, Null, Sleep};
     pub use crate::provider::local_file::{Append, Directory, File, ReadFile};
     pub use crate::provider::local_pg::{Pgbouncer, Postgres};

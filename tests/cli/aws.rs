@@ -6,7 +6,9 @@
 //! ResetDBClusterParameterGroup with a 500, so removing a parameter from a plan (which resets it)
 //! is checked in `src/provider/aws/rds.rs` by capturing the exact request instead; describing a missing parameter group returns an empty list instead of
 //! DBParameterGroupNotFound (the provider treats both as absent); unknown families are accepted
-//! (the provider checks them offline).
+//! (the provider checks them offline). Route53: a CREATE of an existing record succeeds and
+//! overwrites it (AWS refuses it), so the provider's look-up before CREATE is what the emulator
+//! tests; changes are INSYNC at once, so the flip's wait polls only once here.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -74,6 +76,20 @@ impl Moto {
             .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
             .build();
         aws_sdk_rds::Client::from_conf(conf)
+    }
+}
+
+impl Moto {
+    fn route53(&self) -> aws_sdk_route53::Client {
+        let conf = aws_sdk_route53::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_route53::config::Region::new("us-east-1"))
+            .endpoint_url(self.url())
+            .credentials_provider(aws_sdk_route53::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_route53::Client::from_conf(conf)
     }
 }
 
@@ -604,4 +620,228 @@ fn tag_list(t: &[aws_sdk_rds::types::Tag]) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// (values, ttl) of a record, if it exists.
+async fn record(
+    c: &aws_sdk_route53::Client,
+    zone: &str,
+    name: &str,
+    kind: aws_sdk_route53::types::RrType,
+) -> Option<(Vec<String>, i64)> {
+    let out = c
+        .list_resource_record_sets()
+        .hosted_zone_id(zone)
+        .start_record_name(name)
+        .start_record_type(kind.clone())
+        .send()
+        .await
+        .unwrap();
+    out.resource_record_sets()
+        .iter()
+        .find(|r| r.name().trim_end_matches('.') == name && *r.r#type() == kind)
+        .map(|r| {
+            (
+                r.resource_records()
+                    .iter()
+                    .map(|v| v.value().to_string())
+                    .collect(),
+                r.ttl().unwrap_or(0),
+            )
+        })
+}
+
+async fn upsert(
+    c: &aws_sdk_route53::Client,
+    zone: &str,
+    name: &str,
+    kind: aws_sdk_route53::types::RrType,
+    value: &str,
+) {
+    use aws_sdk_route53::types::{
+        Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet,
+    };
+    c.change_resource_record_sets()
+        .hosted_zone_id(zone)
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Upsert)
+                        .resource_record_set(
+                            ResourceRecordSet::builder()
+                                .name(name)
+                                .r#type(kind)
+                                .ttl(300)
+                                .resource_records(
+                                    ResourceRecord::builder().value(value).build().unwrap(),
+                                )
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+fn dns_stack(p: &Project, m: &Moto, db_target: &str, extra: &str) {
+    p.stack(
+        "aws",
+        &format!(
+            "plan = \"aws-dns\"\nprovider = \"aws\"\nregion = \"eu-west-1\"\nendpoint_url = \"{}\"\n[values]\nzone = \"example.test\"\ndb_target = \"{db_target}\"\napp_from = \"old-db.internal\"\napp_to = \"new-db.internal\"\n{extra}",
+            m.url()
+        ),
+    );
+}
+
+#[test]
+fn route53_records_and_the_dns_flip_with_its_rollback() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let c = m.route53();
+    let rt = rt();
+    use aws_sdk_route53::types::RrType;
+    // The zone and the record the application uses exist before the plan.
+    let zone = rt.block_on(async {
+        let z = c
+            .create_hosted_zone()
+            .name("example.test")
+            .caller_reference("test")
+            .send()
+            .await
+            .unwrap();
+        let id = z
+            .hosted_zone()
+            .unwrap()
+            .id()
+            .trim_start_matches("/hostedzone/")
+            .to_string();
+        upsert(
+            &c,
+            &id,
+            "app.example.test",
+            RrType::Cname,
+            "old-db.internal",
+        )
+        .await;
+        upsert(&c, &id, "taken.example.test", RrType::A, "10.0.0.1").await;
+        id
+    });
+    let p = Project::new();
+    dns_stack(&p, &m, "cluster-1.internal", "");
+    let (code, out) = run(&p, &["preview", "aws"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("+ db-record (aws.route53.record)"), "{out}");
+    assert!(out.contains("flip (aws.route53.flip)"), "{out}");
+
+    // Create: the record the plan owns; the flip waits behind its gate.
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let got = rt.block_on(record(&c, &zone, "db.example.test", RrType::Cname));
+    assert_eq!(got, Some((vec!["cluster-1.internal".to_string()], 30)));
+
+    // Update in place (UPSERT).
+    dns_stack(&p, &m, "cluster-2.internal", "");
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 changed"), "{out}");
+    let got = rt.block_on(record(&c, &zone, "db.example.test", RrType::Cname));
+    assert_eq!(got.unwrap().0, vec!["cluster-2.internal".to_string()]);
+
+    // Drift behind the tool's back shows in refresh and preview.
+    rt.block_on(upsert(
+        &c,
+        &zone,
+        "db.example.test",
+        RrType::Cname,
+        "someone-else.internal",
+    ));
+    let (code, out) = run(&p, &["refresh", "aws"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("~ db-record: changed outside this tool: ttl, values"),
+        "{out}"
+    );
+    let (code, out) = run(&p, &["preview", "aws", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(run(&p, &["apply", "aws", "--yes"]).0, 0);
+
+    // An existing record is never taken over: refused, nothing recorded; adopted by import.
+    dns_stack(&p, &m, "cluster-2.internal", "also_declare = \"taken\"\n");
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("already exists in zone"), "{out}");
+    assert!(out.contains("plan import"), "{out}");
+    let got = rt.block_on(record(&c, &zone, "taken.example.test", RrType::A));
+    assert_eq!(got.unwrap().0, vec!["10.0.0.1".to_string()], "untouched");
+    let (code, out) = run(
+        &p,
+        &[
+            "import",
+            "aws",
+            "also",
+            &format!("{zone}/taken.example.test/A"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let got = rt.block_on(record(&c, &zone, "taken.example.test", RrType::A));
+    assert_eq!(
+        got.unwrap().0,
+        vec!["10.0.0.9".to_string()],
+        "adopted, then managed"
+    );
+
+    // The flip: the record moves to the new target; the old value is kept for rollback.
+    let (code, out) = run(&p, &["apply", "aws", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("INSYNC"), "{out}");
+    let got = rt.block_on(record(&c, &zone, "app.example.test", RrType::Cname));
+    assert_eq!(got, Some((vec!["new-db.internal".to_string()], 30)));
+    let (code, out) = run(&p, &["apply", "aws", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("flip: running"),
+        "the flip never runs twice: {out}"
+    );
+    let (code, out) = run(&p, &["rollback", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let got = rt.block_on(record(&c, &zone, "app.example.test", RrType::Cname));
+    assert_eq!(
+        got,
+        Some((vec!["old-db.internal".to_string()], 300)),
+        "back to the old value and TTL"
+    );
+
+    // A record changed by someone else in the meantime is never overwritten by the flip.
+    rt.block_on(upsert(
+        &c,
+        &zone,
+        "app.example.test",
+        RrType::Cname,
+        "third.internal",
+    ));
+    let (code, out) = run(&p, &["apply", "aws", "--yes", "--approve", "cutover"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("someone else changed it"), "{out}");
+    let got = rt.block_on(record(&c, &zone, "app.example.test", RrType::Cname));
+    assert_eq!(got.unwrap().0, vec!["third.internal".to_string()]);
+
+    // Destroy removes the records the plan owns; the application's record is not the plan's.
+    let (code, out) = run(&p, &["destroy", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        rt.block_on(record(&c, &zone, "db.example.test", RrType::Cname)),
+        None
+    );
+    assert!(rt
+        .block_on(record(&c, &zone, "app.example.test", RrType::Cname))
+        .is_some());
 }

@@ -8,6 +8,7 @@
 pub mod autoscaling;
 pub mod cluster;
 pub mod rds;
+pub mod route53;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub struct Aws {
     profile: Option<String>,
     rds: OnceCell<aws_sdk_rds::Client>,
     autoscaling: OnceCell<aws_sdk_applicationautoscaling::Client>,
+    route53: OnceCell<aws_sdk_route53::Client>,
 }
 
 impl Aws {
@@ -37,6 +39,7 @@ impl Aws {
             profile: stack.profile.clone(),
             rds: OnceCell::new(),
             autoscaling: OnceCell::new(),
+            route53: OnceCell::new(),
         })
     }
 
@@ -48,6 +51,7 @@ impl Aws {
             profile: None,
             rds: OnceCell::new_with(Some(client)),
             autoscaling: OnceCell::new(),
+            route53: OnceCell::new(),
         })
     }
 
@@ -81,6 +85,18 @@ impl Aws {
             .await
     }
 
+    /// The Route53 client (a global service: its region is us-east-1 whatever the stack's).
+    pub async fn route53(&self) -> &aws_sdk_route53::Client {
+        self.route53
+            .get_or_init(|| async {
+                let conf = aws_sdk_route53::config::Builder::from(&self.config().await)
+                    .region(Region::new("us-east-1"))
+                    .build();
+                aws_sdk_route53::Client::from_conf(conf)
+            })
+            .await
+    }
+
     /// The RDS client.
     pub async fn rds(&self) -> &aws_sdk_rds::Client {
         self.rds
@@ -93,7 +109,8 @@ impl Aws {
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     rds::register(r, aws.clone());
     cluster::register(r, aws.clone());
-    autoscaling::register(r, aws);
+    autoscaling::register(r, aws.clone());
+    route53::register(r, aws);
 }
 
 /// The tags naming plan, stack and node that every object we create carries.

@@ -1,0 +1,700 @@
+//! Route53: a hosted zone looked up by name (`aws.route53.zone`, read-only), record sets the plan
+//! owns (`aws.route53.record`: CNAME, A, AAAA, TXT with a TTL, optionally weighted), and the
+//! cutover's flip (`aws.route53.flip`): UPSERT a record to the new target, wait until the change
+//! is INSYNC, keep the previous value for `plan rollback`.
+//!
+//! Records cannot carry tags, so a record is created with the CREATE action, which fails when the
+//! record exists: an existing record is never taken over, it is adopted with `plan import`. The
+//! flip never writes a record whose value is neither the expected old one nor the new one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_route53::types::{
+    Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
+};
+
+use super::{sdk_err, Aws};
+use crate::dsl::{Declare, NodeKind, Output};
+use crate::provider::{
+    Ctx, DataType, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
+};
+use crate::value::{get_str, get_u64, Attrs, Value};
+
+pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+    r.data(ZoneType { aws: aws.clone() });
+    r.resource(RecordType { aws: aws.clone() });
+    r.step(FlipType { aws });
+}
+
+/// A hosted zone found by its name (read-only).
+#[derive(Debug, Clone)]
+pub struct HostedZone {
+    name: String,
+}
+
+impl HostedZone {
+    pub fn named(name: &str) -> Self {
+        HostedZone { name: name.into() }
+    }
+}
+
+impl Declare for HostedZone {
+    const TYPE: &'static str = "aws.route53.zone";
+    const KIND: NodeKind = NodeKind::Data;
+    fn inputs(self) -> Attrs {
+        Attrs::from([("name".to_string(), Value::from(self.name))])
+    }
+}
+
+impl crate::dsl::Handle<HostedZone> {
+    /// The zone's id (without the `/hostedzone/` prefix).
+    pub fn zone_id(&self) -> Output<String> {
+        self.output("id")
+    }
+}
+
+/// A record set: name, type, TTL and values; weighted when given a set identifier and weight.
+#[derive(Debug, Clone)]
+pub struct Record {
+    inputs: Attrs,
+}
+
+impl Record {
+    /// A record `name` of `kind` (CNAME, A, AAAA, TXT) in `zone` (a zone handle's `zone_id()`).
+    pub fn new(zone: impl Into<Value>, name: &str, kind: &str, values: &[&str]) -> Self {
+        Record {
+            inputs: Attrs::from([
+                ("zone_id".to_string(), zone.into()),
+                ("name".to_string(), Value::from(name)),
+                ("type".to_string(), Value::from(kind)),
+                ("ttl".to_string(), Value::from(60u64)),
+                ("values".to_string(), serde_json::json!(values)),
+            ]),
+        }
+    }
+    /// A CNAME to `target` (which may be an output, such as a cluster's endpoint).
+    pub fn cname(zone: impl Into<Value>, name: &str, target: impl Into<Value>) -> Self {
+        let mut r = Record::new(zone, name, "CNAME", &[]);
+        r.inputs
+            .insert("values".into(), Value::Array(vec![target.into()]));
+        r
+    }
+    pub fn ttl(mut self, seconds: u64) -> Self {
+        self.inputs.insert("ttl".into(), Value::from(seconds));
+        self
+    }
+    /// One of several weighted records of the same name and type.
+    pub fn weighted(mut self, set_identifier: &str, weight: u64) -> Self {
+        self.inputs
+            .insert("set_identifier".into(), Value::from(set_identifier));
+        self.inputs.insert("weight".into(), Value::from(weight));
+        self
+    }
+}
+
+impl Declare for Record {
+    const TYPE: &'static str = "aws.route53.record";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+/// The cutover's DNS flip: `name` (an existing record, often adopted with `plan import`) pointed
+/// at new values; the previous ones are kept in state for `plan rollback`.
+#[derive(Debug, Clone)]
+pub struct Flip {
+    inputs: Attrs,
+}
+
+impl Flip {
+    /// Points the `kind` record `name` of `zone` at `to` (for a CNAME, one host name).
+    pub fn record(zone: impl Into<Value>, name: &str, kind: &str, to: impl Into<Value>) -> Self {
+        Flip {
+            inputs: Attrs::from([
+                ("zone_id".to_string(), zone.into()),
+                ("name".to_string(), Value::from(name)),
+                ("type".to_string(), Value::from(kind)),
+                ("to".to_string(), Value::Array(vec![to.into()])),
+                ("ttl".to_string(), Value::from(60u64)),
+                ("poll_ms".to_string(), Value::from(2000u64)),
+            ]),
+        }
+    }
+    /// The value the record must hold before the flip (a safety check; also what a crash-time
+    /// probe records as the previous value).
+    pub fn from(mut self, value: impl Into<Value>) -> Self {
+        self.inputs
+            .insert("from".into(), Value::Array(vec![value.into()]));
+        self
+    }
+    pub fn ttl(mut self, seconds: u64) -> Self {
+        self.inputs.insert("ttl".into(), Value::from(seconds));
+        self
+    }
+    /// The weighted record with this set identifier.
+    pub fn set_identifier(mut self, id: &str) -> Self {
+        self.inputs.insert("set_identifier".into(), Value::from(id));
+        self
+    }
+    /// How often the change's status is polled (default 2 s).
+    pub fn poll_ms(mut self, ms: u64) -> Self {
+        self.inputs.insert("poll_ms".into(), Value::from(ms));
+        self
+    }
+}
+
+impl Declare for Flip {
+    const TYPE: &'static str = "aws.route53.flip";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+/// A record name compared as Route53 does: case-insensitive, trailing dot optional.
+fn norm(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn values_of(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(norm_value))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Host names in values are compared without their trailing dot.
+fn norm_value(v: &str) -> String {
+    v.trim_end_matches('.').to_string()
+}
+
+fn rr_type(s: &str) -> Result<RrType, ProviderError> {
+    match s {
+        "CNAME" => Ok(RrType::Cname),
+        "A" => Ok(RrType::A),
+        "AAAA" => Ok(RrType::Aaaa),
+        "TXT" => Ok(RrType::Txt),
+        other => Err(ProviderError::new(format!(
+            "record type `{other}` is not supported; use CNAME, A, AAAA or TXT"
+        ))),
+    }
+}
+
+/// Where a record is: zone, name, type and set identifier (its id is these joined by `/`).
+#[derive(Debug, Clone, PartialEq)]
+struct Key {
+    zone: String,
+    name: String,
+    kind: String,
+    set_id: Option<String>,
+}
+
+impl Key {
+    fn of(inputs: &Attrs) -> Key {
+        Key {
+            zone: get_str(inputs, "zone_id")
+                .unwrap_or_default()
+                .trim_start_matches("/hostedzone/")
+                .to_string(),
+            name: norm(get_str(inputs, "name").unwrap_or_default()),
+            kind: get_str(inputs, "type").unwrap_or("CNAME").to_string(),
+            set_id: get_str(inputs, "set_identifier").map(String::from),
+        }
+    }
+    fn id(&self) -> String {
+        match &self.set_id {
+            Some(s) => format!("{}/{}/{}/{s}", self.zone, self.name, self.kind),
+            None => format!("{}/{}/{}", self.zone, self.name, self.kind),
+        }
+    }
+    fn parse(id: &str) -> Option<Key> {
+        let mut p = id.split('/');
+        Some(Key {
+            zone: p.next()?.into(),
+            name: p.next()?.into(),
+            kind: p.next()?.into(),
+            set_id: p.next().map(String::from),
+        })
+    }
+}
+
+/// A record as found: values, TTL, weight.
+#[derive(Debug, Clone, PartialEq)]
+struct Found {
+    values: Vec<String>,
+    ttl: Option<i64>,
+    weight: Option<i64>,
+}
+
+async fn find(aws: &Aws, key: &Key) -> Result<Option<Found>, ProviderError> {
+    let c = aws.route53().await;
+    let out = c
+        .list_resource_record_sets()
+        .hosted_zone_id(&key.zone)
+        .start_record_name(&key.name)
+        .start_record_type(rr_type(&key.kind)?)
+        .max_items(100)
+        .send()
+        .await
+        .map_err(|e| sdk_err(&format!("list records of zone {}", key.zone), e))?;
+    Ok(out
+        .resource_record_sets()
+        .iter()
+        .find(|r| {
+            norm(r.name()) == key.name
+                && r.r#type().as_str() == key.kind
+                && r.set_identifier() == key.set_id.as_deref()
+        })
+        .map(|r| Found {
+            values: r
+                .resource_records()
+                .iter()
+                .map(|v| norm_value(v.value()))
+                .collect(),
+            ttl: r.ttl(),
+            weight: r.weight(),
+        }))
+}
+
+fn record_set(
+    key: &Key,
+    values: &[String],
+    ttl: i64,
+    weight: Option<i64>,
+) -> Result<ResourceRecordSet, ProviderError> {
+    let mut b = ResourceRecordSet::builder()
+        .name(&key.name)
+        .r#type(rr_type(&key.kind)?)
+        .ttl(ttl);
+    for v in values {
+        b = b.resource_records(
+            ResourceRecord::builder()
+                .value(v)
+                .build()
+                .map_err(|e| ProviderError::new(e.to_string()))?,
+        );
+    }
+    if let Some(s) = &key.set_id {
+        b = b.set_identifier(s).weight(weight.unwrap_or(0));
+    }
+    b.build().map_err(|e| ProviderError::new(e.to_string()))
+}
+
+/// Sends one change and returns its id.
+async fn change(
+    aws: &Aws,
+    key: &Key,
+    action: ChangeAction,
+    set: ResourceRecordSet,
+    comment: &str,
+) -> Result<String, ProviderError> {
+    let c = aws.route53().await;
+    let batch = ChangeBatch::builder()
+        .comment(comment)
+        .changes(
+            Change::builder()
+                .action(action.clone())
+                .resource_record_set(set)
+                .build()
+                .map_err(|e| ProviderError::new(e.to_string()))?,
+        )
+        .build()
+        .map_err(|e| ProviderError::new(e.to_string()))?;
+    let out = c
+        .change_resource_record_sets()
+        .hosted_zone_id(&key.zone)
+        .change_batch(batch)
+        .send()
+        .await
+        .map_err(|e| {
+            sdk_err(
+                &format!("{} record {} ({})", action.as_str(), key.name, key.kind),
+                e,
+            )
+        })?;
+    Ok(out
+        .change_info()
+        .map(|i| i.id().trim_start_matches("/change/").to_string())
+        .unwrap_or_default())
+}
+
+/// Polls the change until INSYNC, reporting its status.
+async fn wait_insync(
+    aws: &Aws,
+    ctx: &Ctx,
+    node: &str,
+    id: &str,
+    poll: Duration,
+) -> Result<(), ProviderError> {
+    if id.is_empty() {
+        return Ok(());
+    }
+    let c = aws.route53().await;
+    let started = std::time::Instant::now();
+    loop {
+        let out = c
+            .get_change()
+            .id(id)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("get change {id}"), e))?;
+        let status = out.change_info().map(|i| i.status().clone());
+        if status == Some(ChangeStatus::Insync) {
+            ctx.report(
+                node,
+                &format!(
+                    "change {id} INSYNC after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+            return Ok(());
+        }
+        ctx.report(
+            node,
+            &format!(
+                "change {id} {} for {:.0} s",
+                status.map(|s| s.as_str().to_string()).unwrap_or_default(),
+                started.elapsed().as_secs_f64()
+            ),
+        );
+        tokio::time::sleep(poll).await;
+    }
+}
+
+struct ZoneType {
+    aws: Arc<Aws>,
+}
+
+#[async_trait]
+impl DataType for ZoneType {
+    fn type_name(&self) -> &'static str {
+        "aws.route53.zone"
+    }
+    fn service(&self) -> &'static str {
+        "route53"
+    }
+    async fn read(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let name = norm(get_str(req.inputs, "name").unwrap_or_default());
+        let out = self
+            .aws
+            .route53()
+            .await
+            .list_hosted_zones_by_name()
+            .dns_name(&name)
+            .max_items(10)
+            .send()
+            .await
+            .map_err(|e| sdk_err("list hosted zones", e))?;
+        let zones: Vec<_> = out
+            .hosted_zones()
+            .iter()
+            .filter(|z| norm(z.name()) == name)
+            .collect();
+        match zones.as_slice() {
+            [z] => Ok(Attrs::from([
+                (
+                    "id".to_string(),
+                    Value::from(z.id().trim_start_matches("/hostedzone/")),
+                ),
+                ("name".to_string(), Value::from(name)),
+                (
+                    "private".to_string(),
+                    Value::Bool(z.config().map(|c| c.private_zone()).unwrap_or(false)),
+                ),
+            ])),
+            [] => Err(ProviderError::new(format!(
+                "no hosted zone named `{name}` in this account: check the name, or the stack's profile and region"
+            ))),
+            _ => Err(ProviderError::new(format!(
+                "{} hosted zones are named `{name}` (public and private?): refer to the zone by id instead",
+                zones.len()
+            ))),
+        }
+    }
+}
+
+struct RecordType {
+    aws: Arc<Aws>,
+}
+
+impl RecordType {
+    fn observed(key: &Key, f: Found) -> Observed {
+        let mut inputs = Attrs::from([
+            ("zone_id".to_string(), Value::from(key.zone.clone())),
+            ("name".to_string(), Value::from(key.name.clone())),
+            ("type".to_string(), Value::from(key.kind.clone())),
+            ("values".to_string(), serde_json::json!(f.values)),
+        ]);
+        if let Some(t) = f.ttl {
+            inputs.insert("ttl".into(), Value::from(t as u64));
+        }
+        if let Some(s) = &key.set_id {
+            inputs.insert("set_identifier".into(), Value::from(s.clone()));
+            inputs.insert("weight".into(), Value::from(f.weight.unwrap_or(0) as u64));
+        }
+        Observed {
+            id: key.id(),
+            outputs: Attrs::from([
+                ("id".to_string(), Value::from(key.id())),
+                ("fqdn".to_string(), Value::from(key.name.clone())),
+            ]),
+            inputs,
+        }
+    }
+
+    async fn put(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        action: ChangeAction,
+    ) -> Result<Observed, ProviderError> {
+        let key = Key::of(req.inputs);
+        let values = values_of(req.inputs.get("values"));
+        let ttl = get_u64(req.inputs, "ttl").unwrap_or(60) as i64;
+        let weight = get_u64(req.inputs, "weight").map(|w| w as i64);
+        let set = record_set(&key, &values, ttl, weight)?;
+        let taken = || {
+            ProviderError::refused(
+                format!("record {} ({}) already exists in zone {}: records carry no tags, so it is never taken over", key.name, key.kind, key.zone),
+                format!("adopt it with `plan import <stack> {} {}`", req.node, key.id()),
+            )
+        };
+        // Looked up first, and CREATE fails on AWS if the record appeared since (moto 5.2.5
+        // accepts a CREATE of an existing record and overwrites it, so only the look-up is
+        // exercised against the emulator).
+        if action == ChangeAction::Create && find(&self.aws, &key).await?.is_some() {
+            return Err(taken());
+        }
+        let id = match change(&self.aws, &key, action.clone(), set, "cutover").await {
+            Ok(id) => id,
+            Err(e) if action == ChangeAction::Create && e.message.contains("already exists") => {
+                return Err(taken())
+            }
+            Err(e) => return Err(e),
+        };
+        wait_insync(&self.aws, ctx, req.node, &id, Duration::from_secs(2)).await?;
+        let f = find(&self.aws, &key).await?.ok_or_else(|| {
+            ProviderError::new(format!("record {} vanished after the change", key.name))
+        })?;
+        Ok(Self::observed(&key, f))
+    }
+}
+
+#[async_trait]
+impl ResourceType for RecordType {
+    fn type_name(&self) -> &'static str {
+        "aws.route53.record"
+    }
+    fn service(&self) -> &'static str {
+        "route53"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["zone_id", "name", "type", "set_identifier"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        let mut v = vec![];
+        if let Some(t) = get_str(inputs, "type") {
+            if let Err(e) = rr_type(t) {
+                v.push(e.message);
+            }
+        }
+        if inputs
+            .get("values")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.is_empty())
+        {
+            v.push("a record needs at least one value".into());
+        }
+        if get_str(inputs, "type") == Some("CNAME")
+            && inputs
+                .get("values")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.len() > 1)
+        {
+            v.push("a CNAME record has exactly one value".into());
+        }
+        if inputs.contains_key("weight") != inputs.contains_key("set_identifier") {
+            v.push("a weighted record needs both a set identifier and a weight".into());
+        }
+        v
+    }
+    fn id_for(&self, req: &Request<'_>) -> String {
+        Key::of(req.inputs).id()
+    }
+    fn owned(&self, _ctx: &Ctx, _node: &str, _found: &Observed) -> bool {
+        // Created only with CREATE, which fails on an existing record: a record found after an
+        // interrupted create of ours did not exist before it.
+        true
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        self.put(ctx, req, ChangeAction::Create).await
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        let key = Key::parse(id)
+            .ok_or_else(|| ProviderError::new(format!("`{id}` is not zone/name/type[/set]")))?;
+        Ok(find(&self.aws, &key)
+            .await?
+            .map(|f| Self::observed(&key, f)))
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        _id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        self.put(ctx, req, ChangeAction::Upsert).await
+    }
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        let key = Key::parse(id)
+            .ok_or_else(|| ProviderError::new(format!("`{id}` is not zone/name/type[/set]")))?;
+        // DELETE must name the record exactly as it is.
+        let Some(f) = find(&self.aws, &key).await? else {
+            return Ok(());
+        };
+        let set = record_set(&key, &f.values, f.ttl.unwrap_or(60), f.weight)?;
+        let change_id = change(&self.aws, &key, ChangeAction::Delete, set, "cutover").await?;
+        wait_insync(&self.aws, ctx, req.node, &change_id, Duration::from_secs(2)).await
+    }
+}
+
+struct FlipType {
+    aws: Arc<Aws>,
+}
+
+impl FlipType {
+    async fn point(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        to: &[String],
+        ttl: i64,
+        weight: Option<i64>,
+    ) -> Result<String, ProviderError> {
+        let key = Key::of(req.inputs);
+        let set = record_set(&key, to, ttl, weight)?;
+        let id = change(&self.aws, &key, ChangeAction::Upsert, set, "cutover flip").await?;
+        let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(2000));
+        wait_insync(&self.aws, ctx, req.node, &id, poll).await?;
+        Ok(id)
+    }
+}
+
+#[async_trait]
+impl StepType for FlipType {
+    fn type_name(&self) -> &'static str {
+        "aws.route53.flip"
+    }
+    fn service(&self) -> &'static str {
+        "route53"
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        match get_str(inputs, "type").map(rr_type) {
+            Some(Err(e)) => vec![e.message],
+            _ => vec![],
+        }
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let key = Key::of(req.inputs);
+        let to = values_of(req.inputs.get("to"));
+        let from = values_of(req.inputs.get("from"));
+        let current = find(&self.aws, &key).await?.ok_or_else(|| {
+            ProviderError::refused(
+                format!("record {} ({}) does not exist in zone {}", key.name, key.kind, key.zone),
+                "the flip re-points an existing record: create it first (an aws.route53.record node) or check the name",
+            )
+        })?;
+        if !from.is_empty() && current.values != from && current.values != to {
+            return Err(ProviderError::refused(
+                format!(
+                    "record {} holds {:?}, neither the expected {:?} nor the target {:?}: someone else changed it",
+                    key.name, current.values, from, to
+                ),
+                "find out who changed it; then correct the plan's `from` or the record",
+            ));
+        }
+        let ttl = get_u64(req.inputs, "ttl")
+            .map(|t| t as i64)
+            .or(current.ttl)
+            .unwrap_or(60);
+        let id = self.point(ctx, req, &to, ttl, current.weight).await?;
+        Ok(Attrs::from([
+            ("previous".to_string(), serde_json::json!(current.values)),
+            (
+                "previous_ttl".to_string(),
+                Value::from(current.ttl.unwrap_or(60) as u64),
+            ),
+            ("change_id".to_string(), Value::from(id)),
+            (
+                "flipped_at".to_string(),
+                Value::from(
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                ),
+            ),
+        ]))
+    }
+    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let key = Key::of(req.inputs);
+        let to = values_of(req.inputs.get("to"));
+        let from = values_of(req.inputs.get("from"));
+        Ok(Some(match find(&self.aws, &key).await? {
+            Some(f) if f.values == to => Probe::Done(Attrs::from([
+                // The value before the flip is known only if the plan stated it.
+                (
+                    "previous".to_string(),
+                    if from.is_empty() {
+                        Value::Null
+                    } else {
+                        serde_json::json!(from)
+                    },
+                ),
+                (
+                    "previous_ttl".to_string(),
+                    Value::from(f.ttl.unwrap_or(60) as u64),
+                ),
+            ])),
+            _ => Probe::NotDone,
+        }))
+    }
+    fn can_roll_back(&self) -> bool {
+        true
+    }
+    async fn rollback(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        outputs: &Attrs,
+    ) -> Result<Attrs, ProviderError> {
+        let previous = values_of(outputs.get("previous"));
+        if previous.is_empty() {
+            return Err(ProviderError::refused(
+                "the value before the flip was not recorded (the flip was found done after a crash, and the plan has no `from`)",
+                "set the record back by hand, or add `.from(...)` to the flip so the old value is known",
+            ));
+        }
+        let key = Key::of(req.inputs);
+        let current = find(&self.aws, &key).await?;
+        if current.as_ref().map(|f| &f.values) == Some(&previous) {
+            return Ok(Attrs::new());
+        }
+        let ttl = get_u64(outputs, "previous_ttl").unwrap_or(60) as i64;
+        self.point(ctx, req, &previous, ttl, current.and_then(|f| f.weight))
+            .await?;
+        ctx.report(
+            req.node,
+            &format!("{} points at {:?} again", key.name, previous),
+        );
+        Ok(Attrs::new())
+    }
+}
