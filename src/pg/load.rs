@@ -323,14 +323,7 @@ pub async fn load(
         if super::replication::subscribed(target, &dst, &g.subscription).await? {
             continue;
         }
-        let leftover: bool = src
-            .query_one(
-                "SELECT exists(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                &[&g.slot],
-            )
-            .await
-            .map_err(source.err("find slot"))?
-            .get(0);
+        let leftover = super::replication::slot_exists(source, &src, &g.slot).await?;
         let list: Vec<String> = g.tables.iter().map(|t| qualified(t)).collect();
         if leftover {
             // An interrupted load: its snapshot is gone, so start this group over.

@@ -329,6 +329,22 @@ pub async fn subscribed(
         .get(0))
 }
 
+/// Whether the replication slot `slot` exists on the source.
+pub async fn slot_exists(
+    source: &Target,
+    src: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<bool, PgError> {
+    Ok(src
+        .query_one(
+            "SELECT exists(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await
+        .map_err(source.err("find slot"))?
+        .get(0))
+}
+
 /// Creates each group's subscription on the target unless it exists. With `copy_data` the
 /// subscription copies the tables itself (reusing a slot an interrupted run left); without it the
 /// group's slot must exist already (made by the parallel load) and streaming starts at its
@@ -347,14 +363,7 @@ pub async fn subscribe(
             continue;
         }
         // A slot left by an interrupted CREATE SUBSCRIPTION would make it fail: reuse it.
-        let slot: bool = src
-            .query_one(
-                "SELECT exists(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                &[&g.slot],
-            )
-            .await
-            .map_err(source.err("find slot"))?
-            .get(0);
+        let slot = slot_exists(source, &src, &g.slot).await?;
         if !copy_data && !slot {
             return Err(PgError::Other(format!(
                 "{source}: replication slot `{}` is missing: the initial load makes it; run the step again",

@@ -124,6 +124,18 @@ async fn port_via(pooler: u16) -> Option<String> {
     })
 }
 
+/// `plan apply local --approve cutover`, quiet, in the background (to be killed).
+fn spawn_cutover(p: &Project) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
+        .arg("--root")
+        .arg(p.root())
+        .args(["apply", "local", "--yes", "--approve", "cutover", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -685,14 +697,7 @@ fn killed_after_the_fence_the_next_apply_unfences_and_finishes() {
         app.simple_query("BEGIN; INSERT INTO accounts (name) VALUES ('in flight')")
             .await
             .unwrap();
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
-            .arg("--root")
-            .arg(p.root())
-            .args(["apply", "local", "--yes", "--approve", "cutover", "--quiet"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_cutover(&p);
         // Wait until the fence is up (the pooler reports the database paused), then kill.
         let mut fenced = false;
         for _ in 0..200 {
@@ -1408,14 +1413,7 @@ fn killed_inside_the_read_only_fence_the_next_apply_lifts_it_and_finishes() {
         app.batch_execute("BEGIN; INSERT INTO accounts (name) VALUES ('in flight')")
             .await
             .unwrap();
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
-            .arg("--root")
-            .arg(p.root())
-            .args(["apply", "local", "--yes", "--approve", "cutover", "--quiet"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_cutover(&p);
         let mut fenced = false;
         for _ in 0..200 {
             if cutover::pg::cutover::is_read_only(&src).await.unwrap() {
