@@ -212,6 +212,12 @@ pub async fn copy_schema_pre(
 ) -> Result<Vec<String>, PgError> {
     let src = source.connect().await?;
     let dst = target.connect().await?;
+    // One schema copy at a time on the target, held for this session: a run killed while its
+    // CREATE statements ran leaves a server session that finishes them (and then lets go of the
+    // lock), so the next run must look at the tables only once that session is done.
+    dst.batch_execute("SELECT pg_advisory_lock(hashtext('cutover: schema copy'))")
+        .await
+        .map_err(target.err("lock the schema copy"))?;
     let st = tables(source, &src).await?;
     let tt: BTreeSet<String> = tables(target, &dst).await?.into_iter().collect();
     let present = st.iter().filter(|t| tt.contains(*t)).count();
