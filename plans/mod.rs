@@ -54,6 +54,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::aws_params,
         },
         PlanEntry {
+            name: "retire",
+            about: "a temporary retired after a bake step (retirement tests)",
+            hidden: true,
+            build: testing::retire,
+        },
+        PlanEntry {
             name: "aws-dns",
             about: "a hosted zone, a record and a DNS flip (AWS provider tests)",
             hidden: true,

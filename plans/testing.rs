@@ -246,3 +246,19 @@ pub fn aws_dns(stack: &Stack) -> Result<Plan, PlanError> {
     .after(&gate);
     Ok(p)
 }
+
+/// A temporary file that retires after a bake step behind a gate (retirement tests).
+pub fn retire(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let out: String = stack.get("out_dir")?;
+    let dir = p.add("dir", Directory::new(&out));
+    let keep = p.add("keep", File::new(dir.path().join("/keep.txt"), "stays"));
+    let gate = p.gate("done").after(&keep);
+    let bake = p.add("bake", Sleep::ms(50)).after(&gate);
+    p.add(
+        "scratch",
+        File::new(dir.path().join("/scratch.txt"), "temporary"),
+    )
+    .retire_after(&bake);
+    Ok(p)
+}

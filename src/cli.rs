@@ -72,6 +72,7 @@ impl RunArgs {
             replace: self.replace.iter().cloned().collect(),
             approve: self.approve.iter().cloned().collect(),
             until: self.until.clone(),
+            force: false,
         }
     }
 }
@@ -128,6 +129,9 @@ enum Command {
         stack: String,
         #[arg(long)]
         temporary: bool,
+        /// With --temporary: also temporaries whose retire_after gate has not passed.
+        #[arg(long, requires = "temporary")]
+        force: bool,
         #[arg(long)]
         yes: bool,
     },
@@ -309,6 +313,7 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
         Command::Destroy {
             stack,
             temporary,
+            force,
             yes,
         } => {
             let mode = if temporary {
@@ -316,16 +321,9 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
             } else {
                 Mode::DestroyAll
             };
-            apply(
-                &root,
-                plans,
-                &stack,
-                RunArgs::default().options(mode),
-                yes,
-                None,
-                cli.quiet,
-            )
-            .await
+            let mut options = RunArgs::default().options(mode);
+            options.force = force;
+            apply(&root, plans, &stack, options, yes, None, cli.quiet).await
         }
         Command::Graph { stack, format } => {
             let l = load(&root, plans, &stack)?;

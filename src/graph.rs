@@ -55,6 +55,11 @@ pub enum GraphError {
         new: String,
         why: String,
     },
+    /// A `retire_after` that cannot work.
+    Retire {
+        node: String,
+        why: String,
+    },
 }
 
 impl fmt::Display for GraphError {
@@ -85,6 +90,7 @@ impl fmt::Display for GraphError {
             GraphError::Moved { old, new, why } => {
                 write!(f, "moved `{old}` -> `{new}`: {why}")
             }
+            GraphError::Retire { node, why } => write!(f, "node `{node}`: {why}"),
         }
     }
 }
@@ -199,6 +205,28 @@ impl Graph {
                             Edge::After => "after".into(),
                         },
                     }),
+                }
+            }
+            if let Some(g) = &n.options.retire_after {
+                let why = match spec.nodes.iter().find(|x| &x.name == g) {
+                    _ if n.kind != NodeKind::Resource => {
+                        Some(format!(
+                            "only resources retire; `{}` is a {}",
+                            n.name,
+                            format!("{:?}", n.kind).to_lowercase()
+                        ))
+                    }
+                    None => Some(format!("retire_after names `{g}`, which is not declared")),
+                    Some(x) if !matches!(x.kind, NodeKind::Step | NodeKind::Gate) => Some(format!(
+                        "retire_after names `{g}`, a resource; name the step or gate after which it retires"
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    errors.push(GraphError::Retire {
+                        node: n.name.clone(),
+                        why,
+                    });
                 }
             }
             if let FailurePolicy::Compensate(names) = &n.options.on_failure {
@@ -336,6 +364,7 @@ fn error_order(e: &GraphError) -> (u8, String) {
         GraphError::Dangling { node, missing, .. } => (3, format!("{node}/{missing}")),
         GraphError::Moved { old, .. } => (4, old.clone()),
         GraphError::Cycle { path, .. } => (5, path.join(",")),
+        GraphError::Retire { node, .. } => (6, node.clone()),
     }
 }
 
@@ -429,6 +458,36 @@ mod tests {
             .map(|i| g.spec.nodes[i].name.as_str())
             .collect();
         assert_eq!(names, vec!["b", "c", "a"]);
+    }
+
+    #[test]
+    fn retire_after_must_name_a_step_or_gate_and_sit_on_a_resource() {
+        let p = Plan::named("p", "s", "local");
+        let res = p.add_raw("res", NodeKind::Resource, "core.null", Attrs::new());
+        let step = p.add_raw("step", NodeKind::Step, "wait.sleep", Attrs::new());
+        let gate = p.gate("gate");
+        p.add_raw("ok", NodeKind::Resource, "core.null", Attrs::new())
+            .retire_after(&gate);
+        p.add_raw("on-resource", NodeKind::Resource, "core.null", Attrs::new())
+            .retire_after(&res);
+        p.add_raw("a-step", NodeKind::Step, "wait.sleep", Attrs::new())
+            .retire_after(&step);
+        p.add_raw("unknown", NodeKind::Resource, "core.null", Attrs::new())
+            .retire_after_name_for_tests("nowhere");
+        let errs: Vec<String> = Graph::build(p.finish(), &any_type)
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            errs,
+            vec![
+                "node `a-step`: only resources retire; `a-step` is a step".to_string(),
+                "node `on-resource`: retire_after names `res`, a resource; name the step or gate after which it retires".to_string(),
+                "node `unknown`: retire_after names `nowhere`, which is not declared".to_string(),
+            ]
+        );
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub struct NodeOptions {
     pub rollback_only: bool,
     /// For gates: a daily window in which the gate opens by itself.
     pub window: Option<Window>,
+    /// A temporary resource retired (deleted, recorded as retired) by `apply` once this step or
+    /// gate has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_after: Option<String>,
 }
 
 impl Default for NodeOptions {
@@ -119,6 +123,7 @@ impl Default for NodeOptions {
             on_failure: FailurePolicy::SkipDependents,
             rollback_only: false,
             window: None,
+            retire_after: None,
         }
     }
 }
@@ -286,9 +291,29 @@ impl<T> Handle<T> {
         self.edit(|n| n.after.push(name.to_string()));
         self
     }
+    /// `retire_after` by name (tests of graph validation).
+    #[doc(hidden)]
+    pub fn retire_after_name_for_tests(self, name: &str) -> Self {
+        self.edit(|n| {
+            n.options.temporary = true;
+            n.options.retire_after = Some(name.to_string());
+        });
+        self
+    }
     /// Removed by `destroy --temporary`.
     pub fn temporary(self) -> Self {
         self.edit(|n| n.options.temporary = true);
+        self
+    }
+    /// Temporary, and retired by `apply` once `gate` (a step or gate: validation passed, a bake
+    /// period over) has passed: deleted then, and recorded as retired so that it is not created
+    /// again. `destroy --temporary` waits for the same gate unless forced.
+    pub fn retire_after(self, gate: &impl NodeName) -> Self {
+        let g = gate.node_name().to_string();
+        self.edit(|n| {
+            n.options.temporary = true;
+            n.options.retire_after = Some(g);
+        });
         self
     }
     /// Refuse delete or replace until this is removed from the code.

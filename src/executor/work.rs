@@ -170,6 +170,18 @@ pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>
     }
     for j in 0..ops.len() {
         let node = ops[j].node.clone();
+        // A retirement waits for the step or gate it retires after, when that runs now.
+        if ops[j].op == OpKind::Delete && ops[j].retire {
+            if let Some(g) = ops[j]
+                .spec
+                .as_ref()
+                .and_then(|s| s.options.retire_after.as_ref())
+            {
+                if let Some(&gj) = apply_job.get(g) {
+                    specs[j].deps.push(gj);
+                }
+            }
+        }
         match ops[j].op {
             OpKind::Delete | OpKind::Forget => {
                 for other in recorded_dependents.get(node.as_str()).into_iter().flatten() {

@@ -214,6 +214,8 @@ pub struct Options {
     pub approve: BTreeSet<String>,
     /// Stop before this node (and what depends on it).
     pub until: Option<String>,
+    /// `destroy --temporary --force`: retire temporaries whose gate has not passed.
+    pub force: bool,
 }
 
 /// A plan that cannot be carried out as asked (a protected node would be destroyed, an unknown
@@ -449,6 +451,46 @@ pub fn plan(
         }
     }
 
+    // Retirement: a temporary whose `retire_after` step or gate has passed (in state, or in this
+    // run) is deleted and recorded retired; its job waits for that gate's (see build_jobs).
+    if opts.mode == Mode::Apply {
+        for (i, n) in spec.nodes.iter().enumerate() {
+            let Some(g) = &n.options.retire_after else {
+                continue;
+            };
+            let Some(NodeRecord::Resource(r)) = nodes.get(n.name.as_str()).copied() else {
+                continue;
+            };
+            if r.retired {
+                continue;
+            }
+            let passed = matches!(
+                nodes.get(g.as_str()),
+                Some(NodeRecord::Step(_) | NodeRecord::Gate(_))
+            );
+            let passes_now = graph
+                .index_of(g)
+                .and_then(|gi| actions_by_index[gi].as_ref())
+                .is_some_and(|ga| {
+                    ga.held_by.is_none() && matches!(ga.action, ActionKind::Run | ActionKind::Pass)
+                });
+            let held = actions_by_index[i].as_ref().and_then(|a| a.held_by.clone());
+            if !(passed || passes_now) || held.is_some() {
+                continue;
+            }
+            if let Some(a) = actions_by_index[i].as_mut() {
+                a.action = ActionKind::Delete;
+                a.retire = true;
+                a.changes = vec![];
+                a.reason = if passes_now {
+                    format!("retires once `{g}` passes in this run")
+                } else {
+                    format!("retires: `{g}` has passed")
+                };
+            }
+        }
+    }
+
     // Deletes: vanished nodes (or everything / temporaries when destroying), dependents first.
     let mut deletes: Vec<Action> = Vec::new();
     let doomed: Vec<&str> = nodes
@@ -470,6 +512,24 @@ pub fn plan(
             },
         })
         .collect();
+    // `destroy --temporary` honours the same gates as apply's retirement, unless forced.
+    if opts.mode == Mode::DestroyTemporary && !opts.force {
+        for name in &doomed {
+            if let Some(g) = graph
+                .node(name)
+                .and_then(|n| n.options.retire_after.as_ref())
+            {
+                if !matches!(
+                    nodes.get(g.as_str()),
+                    Some(NodeRecord::Step(_) | NodeRecord::Gate(_))
+                ) {
+                    problems.push(format!(
+                        "`{name}` retires after `{g}`, which has not passed: wait for it (apply retires it then), or add --force"
+                    ));
+                }
+            }
+        }
+    }
     for name in order_deletes(&doomed, &nodes) {
         let r = nodes[name];
         let desired = graph.node(name);

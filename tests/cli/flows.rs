@@ -470,3 +470,56 @@ fn a_secret_reaches_the_object_but_never_state_previews_or_output() {
     let (_, list, _) = p.run(&["state", "s", "list"]);
     assert!(!list.contains("secret-file"), "{list}");
 }
+
+#[test]
+fn a_temporary_retires_in_the_apply_where_its_gate_passes_and_not_before() {
+    let p = Project::new();
+    p.stack(
+        "r",
+        "plan = \"retire\"\nprovider = \"local\"\n[values]\nout_dir = \"out/r\"\n",
+    );
+    let (code, out, _) = p.run(&["apply", "r", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(p.read("out/r/scratch.txt"), "temporary");
+    // destroy --temporary honours the same gate: refused, nothing touched.
+    let (code, out, err) = p.run(&["destroy", "r", "--temporary", "--yes"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        format!("{out}{err}").contains("`scratch` retires after `bake`, which has not passed: wait for it (apply retires it then), or add --force"),
+        "{out}{err}"
+    );
+    assert!(p.root().join("out/r/scratch.txt").exists());
+    // The gate opens, the bake step runs, and the temporary goes in the same apply, after it.
+    let (code, out, _) = p.run(&["apply", "r", "--yes", "--approve", "done"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "- scratch (local_file.file) [temporary]  # retires once `bake` passes in this run"
+        ),
+        "{out}"
+    );
+    let bake_done = out.find("> bake: done").expect("bake ran");
+    let deleted = out.find("- scratch: done").expect("scratch deleted");
+    assert!(bake_done < deleted, "retired only after the bake: {out}");
+    assert!(!p.root().join("out/r/scratch.txt").exists());
+    assert_eq!(p.read("out/r/keep.txt"), "stays");
+    // Retired: not recreated, nothing to do.
+    let (code, out, _) = p.run(&["preview", "r", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("scratch (local_file.file) [temporary]  # retired at"),
+        "{out}"
+    );
+
+    // Forced, destroy --temporary does not wait for the gate.
+    let q = Project::new();
+    q.stack(
+        "r",
+        "plan = \"retire\"\nprovider = \"local\"\n[values]\nout_dir = \"out/r\"\n",
+    );
+    assert_eq!(q.run(&["apply", "r", "--yes"]).0, 0);
+    let (code, out, _) = q.run(&["destroy", "r", "--temporary", "--force", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!q.root().join("out/r/scratch.txt").exists());
+    assert_eq!(q.read("out/r/keep.txt"), "stays");
+}
