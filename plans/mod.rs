@@ -60,6 +60,13 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::retire,
         },
         PlanEntry {
+            name: "aws-watch",
+            about:
+                "SNS, CloudWatch alarms, a bake step and a retiring temporary (AWS provider tests)",
+            hidden: true,
+            build: testing::aws_watch,
+        },
+        PlanEntry {
             name: "aws-dns",
             about: "a hosted zone, a record and a DNS flip (AWS provider tests)",
             hidden: true,

@@ -262,3 +262,56 @@ pub fn retire(stack: &Stack) -> Result<Plan, PlanError> {
     .retire_after(&bake);
     Ok(p)
 }
+
+/// An SNS topic with an email subscription, three RDS alarms notifying it, a temporary DMS
+/// latency alarm, and a bake step behind a gate after which the temporary retires (AWS provider
+/// tests).
+pub fn aws_watch(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let instance: String = stack.get("instance")?;
+    let cpu: f64 = stack.get("cpu_threshold")?;
+    let bake_seconds: u64 = stack.get("bake_seconds")?;
+    let taken: Option<String> = stack.get_or("taken_alarm", None)?;
+    let topic = p.add("alerts", SnsTopic::new().display_name("migration alerts"));
+    p.add(
+        "oncall",
+        SnsSubscription::to(topic.arn(), "email", "oncall@example.test"),
+    );
+    let cpu = p.add(
+        "cpu",
+        Alarm::rds_cpu_above(instance.as_str(), cpu).notify(topic.arn()),
+    );
+    let conns = p.add(
+        "connections",
+        Alarm::rds_connections_above(instance.as_str(), 40.0).notify(topic.arn()),
+    );
+    let latency = p.add(
+        "read-latency",
+        Alarm::rds_read_latency_above(instance.as_str(), 0.2)
+            .over(60, 5)
+            .notify(topic.arn()),
+    );
+    if let Some(name) = taken {
+        p.add(
+            "taken",
+            Alarm::rds_cpu_above(instance.as_str(), 99.0).named(&name),
+        );
+    }
+    let gate = p.gate("watch").after(&cpu).after(&conns).after(&latency);
+    let bake = p
+        .add(
+            "bake",
+            Bake::alarms(
+                vec![cpu.alarm_name(), conns.alarm_name(), latency.alarm_name()],
+                bake_seconds,
+            )
+            .poll_ms(100),
+        )
+        .after(&gate);
+    p.add(
+        "dms-latency",
+        Alarm::dms_cdc_latency_above("dms-temp", "task-big", 300.0).notify(topic.arn()),
+    )
+    .retire_after(&bake);
+    Ok(p)
+}

@@ -29,6 +29,9 @@ pub mod prelude {
     pub use crate::engine::PlanEntry;
     pub use crate::provider::aws::autoscaling::ReaderAutoscaling;
     pub use crate::provider::aws::cluster::{AuroraCluster, ClusterInstance};
+    pub use crate::provider::aws::monitoring::{
+        Alarm, Bake, Subscription as SnsSubscription, Topic as SnsTopic,
+    };
     pub use crate::provider::aws::rds::ParameterGroup;
     pub use crate::provider::aws::route53::{Flip as DnsFlip, HostedZone, Record as DnsRecord};
     pub use crate::provider::builtin::{Assert, Null, Sleep};

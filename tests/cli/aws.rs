@@ -93,6 +93,31 @@ impl Moto {
     }
 }
 
+impl Moto {
+    fn cloudwatch(&self) -> aws_sdk_cloudwatch::Client {
+        let conf = aws_sdk_cloudwatch::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_cloudwatch::config::Region::new("us-east-1"))
+            .endpoint_url(self.url())
+            .credentials_provider(aws_sdk_cloudwatch::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_cloudwatch::Client::from_conf(conf)
+    }
+    fn sns(&self) -> aws_sdk_sns::Client {
+        let conf = aws_sdk_sns::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_sns::config::Region::new("us-east-1"))
+            .endpoint_url(self.url())
+            .credentials_provider(aws_sdk_sns::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_sns::Client::from_conf(conf)
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -844,4 +869,228 @@ fn route53_records_and_the_dns_flip_with_its_rollback() {
     assert!(rt
         .block_on(record(&c, &zone, "app.example.test", RrType::Cname))
         .is_some());
+}
+
+fn watch_stack(p: &Project, m: &Moto, cpu: f64, extra: &str) {
+    p.stack(
+        "aws",
+        &format!(
+            "plan = \"aws-watch\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\ninstance = \"target-1\"\ncpu_threshold = {cpu:.1}\nbake_seconds = 1\n{extra}",
+            m.url()
+        ),
+    );
+}
+
+/// name -> (threshold, state, alarm actions) of every alarm.
+async fn alarms(
+    c: &aws_sdk_cloudwatch::Client,
+) -> std::collections::BTreeMap<String, (f64, String, Vec<String>)> {
+    c.describe_alarms()
+        .send()
+        .await
+        .unwrap()
+        .metric_alarms()
+        .iter()
+        .map(|a| {
+            (
+                a.alarm_name().unwrap().to_string(),
+                (
+                    a.threshold().unwrap_or(0.0),
+                    a.state_value()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    a.alarm_actions().to_vec(),
+                ),
+            )
+        })
+        .collect()
+}
+
+async fn set_state(
+    c: &aws_sdk_cloudwatch::Client,
+    name: &str,
+    state: aws_sdk_cloudwatch::types::StateValue,
+) {
+    c.set_alarm_state()
+        .alarm_name(name)
+        .state_value(state)
+        .state_reason("set by the test")
+        .send()
+        .await
+        .unwrap();
+}
+
+#[test]
+fn alarms_on_a_topic_bake_and_retire_a_temporary() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let (cw, sns) = (m.cloudwatch(), m.sns());
+    let rt = rt();
+    use aws_sdk_cloudwatch::types::StateValue;
+    let p = Project::new();
+    watch_stack(&p, &m, 80.0, "");
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    // Read back: a tagged topic with its subscription; four alarms notifying it.
+    let (topic, names) = rt.block_on(async {
+        let topics = sns.list_topics().send().await.unwrap();
+        let arns: Vec<String> = topics
+            .topics()
+            .iter()
+            .filter_map(|t| t.topic_arn().map(String::from))
+            .collect();
+        assert_eq!(arns.len(), 1, "{arns:?}");
+        let tags = sns
+            .list_tags_for_resource()
+            .resource_arn(&arns[0])
+            .send()
+            .await
+            .unwrap();
+        assert!(tags
+            .tags()
+            .iter()
+            .any(|t| t.key() == "cutover:node" && t.value() == "alerts"));
+        let subs = sns
+            .list_subscriptions_by_topic()
+            .topic_arn(&arns[0])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(subs.subscriptions().len(), 1);
+        assert_eq!(
+            subs.subscriptions()[0].endpoint(),
+            Some("oncall@example.test")
+        );
+        let all = alarms(&cw).await;
+        assert_eq!(all.len(), 4, "{all:?}");
+        for (_, _, actions) in all.values() {
+            assert_eq!(actions, &vec![arns[0].clone()]);
+        }
+        (arns[0].clone(), all.keys().cloned().collect::<Vec<_>>())
+    });
+    let cpu_name = names.iter().find(|n| n.contains("cpu")).unwrap().clone();
+    assert_eq!(rt.block_on(alarms(&cw))[&cpu_name].0, 80.0);
+
+    // Update in place: a new threshold.
+    watch_stack(&p, &m, 85.0, "");
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 changed"), "{out}");
+    assert_eq!(rt.block_on(alarms(&cw))[&cpu_name].0, 85.0);
+
+    // Drift: the threshold changed behind the tool's back.
+    rt.block_on(async {
+        cw.put_metric_alarm()
+            .alarm_name(&cpu_name)
+            .namespace("AWS/RDS")
+            .metric_name("CPUUtilization")
+            .statistic(aws_sdk_cloudwatch::types::Statistic::Average)
+            .period(60)
+            .evaluation_periods(3)
+            .threshold(50.0)
+            .comparison_operator(
+                aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold,
+            )
+            .dimensions(
+                aws_sdk_cloudwatch::types::Dimension::builder()
+                    .name("DBInstanceIdentifier")
+                    .value("target-1")
+                    .build(),
+            )
+            .alarm_actions(&topic)
+            .ok_actions(&topic)
+            .send()
+            .await
+            .unwrap()
+    });
+    let (code, out) = run(&p, &["refresh", "aws"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("~ cpu: changed outside this tool: threshold"),
+        "{out}"
+    );
+    assert_eq!(run(&p, &["apply", "aws", "--yes"]).0, 0);
+    assert_eq!(rt.block_on(alarms(&cw))[&cpu_name].0, 85.0);
+
+    // An existing alarm without our tags is never taken over.
+    rt.block_on(async {
+        cw.put_metric_alarm()
+            .alarm_name("someone-elses")
+            .namespace("AWS/RDS")
+            .metric_name("CPUUtilization")
+            .statistic(aws_sdk_cloudwatch::types::Statistic::Average)
+            .period(60)
+            .evaluation_periods(1)
+            .threshold(1.0)
+            .comparison_operator(
+                aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold,
+            )
+            .send()
+            .await
+            .unwrap()
+    });
+    watch_stack(&p, &m, 85.0, "taken_alarm = \"someone-elses\"\n");
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("alarm `someone-elses` exists and is not this plan's"),
+        "{out}"
+    );
+    assert_eq!(
+        rt.block_on(alarms(&cw))["someone-elses"].0,
+        1.0,
+        "untouched"
+    );
+    watch_stack(&p, &m, 85.0, "");
+
+    // The bake: moto starts alarms with insufficient data; one in ALARM fails the bake by name.
+    let watched: Vec<String> = names
+        .iter()
+        .filter(|n| !n.contains("dms"))
+        .cloned()
+        .collect();
+    rt.block_on(async {
+        for n in &watched {
+            set_state(&cw, n, StateValue::Ok).await;
+        }
+        set_state(&cw, &cpu_name, StateValue::Alarm).await;
+    });
+    let (code, out) = run(&p, &["apply", "aws", "--yes", "--approve", "watch"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("alarm `{cpu_name}` is in ALARM: set by the test")),
+        "{out}"
+    );
+    let dms = names.iter().find(|n| n.contains("dms")).unwrap().clone();
+    assert!(
+        rt.block_on(alarms(&cw)).contains_key(&dms),
+        "no retirement without the bake"
+    );
+    // All quiet: the bake passes after its period, and the temporary retires in the same apply.
+    rt.block_on(set_state(&cw, &cpu_name, StateValue::Ok));
+    let (code, out) = run(&p, &["apply", "aws", "--yes", "--approve", "watch"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("alarm(s) OK for"), "{out}");
+    assert!(
+        out.contains("retires once `bake` passes in this run"),
+        "{out}"
+    );
+    assert!(!rt.block_on(alarms(&cw)).contains_key(&dms), "retired");
+    let (code, out) = run(&p, &["preview", "aws", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("dms-latency (aws.cloudwatch.alarm) [temporary]  # retired at"),
+        "{out}"
+    );
+
+    // Destroy removes what the plan made and leaves the rest.
+    let (code, out) = run(&p, &["destroy", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let left = rt.block_on(alarms(&cw));
+    assert_eq!(
+        left.keys().cloned().collect::<Vec<_>>(),
+        vec!["someone-elses".to_string()]
+    );
+    let topics = rt.block_on(sns.list_topics().send()).unwrap();
+    assert!(topics.topics().is_empty());
 }

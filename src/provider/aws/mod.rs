@@ -7,6 +7,7 @@
 
 pub mod autoscaling;
 pub mod cluster;
+pub mod monitoring;
 pub mod rds;
 pub mod route53;
 
@@ -29,6 +30,8 @@ pub struct Aws {
     rds: OnceCell<aws_sdk_rds::Client>,
     autoscaling: OnceCell<aws_sdk_applicationautoscaling::Client>,
     route53: OnceCell<aws_sdk_route53::Client>,
+    sns: OnceCell<aws_sdk_sns::Client>,
+    cloudwatch: OnceCell<aws_sdk_cloudwatch::Client>,
 }
 
 impl Aws {
@@ -40,6 +43,8 @@ impl Aws {
             rds: OnceCell::new(),
             autoscaling: OnceCell::new(),
             route53: OnceCell::new(),
+            sns: OnceCell::new(),
+            cloudwatch: OnceCell::new(),
         })
     }
 
@@ -52,6 +57,8 @@ impl Aws {
             rds: OnceCell::new_with(Some(client)),
             autoscaling: OnceCell::new(),
             route53: OnceCell::new(),
+            sns: OnceCell::new(),
+            cloudwatch: OnceCell::new(),
         })
     }
 
@@ -97,6 +104,20 @@ impl Aws {
             .await
     }
 
+    /// The SNS client.
+    pub async fn sns(&self) -> &aws_sdk_sns::Client {
+        self.sns
+            .get_or_init(|| async { aws_sdk_sns::Client::new(&self.config().await) })
+            .await
+    }
+
+    /// The CloudWatch client.
+    pub async fn cloudwatch(&self) -> &aws_sdk_cloudwatch::Client {
+        self.cloudwatch
+            .get_or_init(|| async { aws_sdk_cloudwatch::Client::new(&self.config().await) })
+            .await
+    }
+
     /// The RDS client.
     pub async fn rds(&self) -> &aws_sdk_rds::Client {
         self.rds
@@ -110,7 +131,8 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     rds::register(r, aws.clone());
     cluster::register(r, aws.clone());
     autoscaling::register(r, aws.clone());
-    route53::register(r, aws);
+    route53::register(r, aws.clone());
+    monitoring::register(r, aws);
 }
 
 /// The tags naming plan, stack and node that every object we create carries.

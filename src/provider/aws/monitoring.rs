@@ -1,0 +1,1024 @@
+//! SNS and CloudWatch: topics (`aws.sns.topic`) and their subscriptions (`aws.sns.subscription`),
+//! metric alarms (`aws.cloudwatch.alarm`, with helpers for the alarms a migration watches), and
+//! the bake step (`aws.cloudwatch.bake`): wait until a set of alarms has stayed OK for a period,
+//! the usual gate before temporaries retire.
+//!
+//! Topics and alarms carry our tags; one that exists without them is never taken over (the error
+//! names the `plan import` command). Subscriptions cannot be tagged: an existing identical
+//! subscription is refused the same way, before SUBSCRIBE (which would silently return it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, StateValue, Statistic};
+
+use super::{sdk_err, tags, tags_value, Aws};
+use crate::dsl::{Declare, NodeKind, Output};
+use crate::provider::{
+    Ctx, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
+};
+use crate::value::{get_str, get_u64, Attrs, Value};
+
+pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+    r.resource(TopicType { aws: aws.clone() });
+    r.resource(SubscriptionType { aws: aws.clone() });
+    r.resource(AlarmType { aws: aws.clone() });
+    r.step(BakeType { aws });
+}
+
+fn name_or_id(req: &Request<'_>) -> String {
+    get_str(req.inputs, "name")
+        .map(String::from)
+        .unwrap_or_else(|| req.deterministic_id.to_string())
+}
+
+fn list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// SNS topic
+
+/// An SNS topic (named after the node unless given a name).
+#[derive(Debug, Clone, Default)]
+pub struct Topic {
+    inputs: Attrs,
+}
+
+impl Topic {
+    pub fn new() -> Self {
+        Topic::default()
+    }
+    pub fn named(mut self, name: &str) -> Self {
+        self.inputs.insert("name".into(), Value::from(name));
+        self
+    }
+    pub fn display_name(mut self, d: &str) -> Self {
+        self.inputs.insert("display_name".into(), Value::from(d));
+        self
+    }
+}
+
+impl Declare for Topic {
+    const TYPE: &'static str = "aws.sns.topic";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl crate::dsl::Handle<Topic> {
+    pub fn arn(&self) -> Output<String> {
+        self.output("arn")
+    }
+}
+
+struct TopicType {
+    aws: Arc<Aws>,
+}
+
+impl TopicType {
+    async fn find_arn(&self, name: &str) -> Result<Option<String>, ProviderError> {
+        let c = self.aws.sns().await;
+        let mut token = None;
+        loop {
+            let out = c
+                .list_topics()
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| sdk_err("list topics", e))?;
+            if let Some(t) = out
+                .topics()
+                .iter()
+                .filter_map(|t| t.topic_arn())
+                .find(|a| a.rsplit(':').next() == Some(name))
+            {
+                return Ok(Some(t.to_string()));
+            }
+            token = out.next_token().map(String::from);
+            if token.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The topic as found; `name` among its inputs only when it is not the node's default.
+    async fn observe(&self, arn: &str, default: &str) -> Result<Option<Observed>, ProviderError> {
+        let c = self.aws.sns().await;
+        let attrs = match c.get_topic_attributes().topic_arn(arn).send().await {
+            Ok(o) => o.attributes().cloned().unwrap_or_default(),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_not_found_exception()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_err(&format!("describe topic {arn}"), e)),
+        };
+        let t = c
+            .list_tags_for_resource()
+            .resource_arn(arn)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("tags of topic {arn}"), e))?;
+        let found: Vec<(String, String)> = t
+            .tags()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect();
+        let name = arn.rsplit(':').next().unwrap_or_default().to_string();
+        let mut inputs = Attrs::new();
+        if name != default {
+            inputs.insert("name".into(), Value::from(name.clone()));
+        }
+        if let Some(d) = attrs.get("DisplayName").filter(|d| !d.is_empty()) {
+            inputs.insert("display_name".into(), Value::from(d.clone()));
+        }
+        Ok(Some(Observed {
+            id: arn.to_string(),
+            inputs,
+            outputs: Attrs::from([
+                ("arn".to_string(), Value::from(arn)),
+                ("name".to_string(), Value::from(name)),
+                ("tags".to_string(), tags_value(&found)),
+            ]),
+        }))
+    }
+}
+
+#[async_trait]
+impl ResourceType for TopicType {
+    fn type_name(&self) -> &'static str {
+        "aws.sns.topic"
+    }
+    fn service(&self) -> &'static str {
+        "sns"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["name"]
+    }
+    fn planned_outputs(&self, _inputs: &Attrs) -> Attrs {
+        Attrs::new()
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        super::owned_by_tags(ctx, node, found)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let name = name_or_id(req);
+        if let Some(arn) = self.find_arn(&name).await? {
+            let obs = self.observe(&arn, req.deterministic_id).await?;
+            if !obs.as_ref().is_some_and(|o| self.owned(ctx, req.node, o)) {
+                return Err(ProviderError::refused(
+                    format!("SNS topic `{name}` exists and is not this plan's (no cutover tags)"),
+                    format!("adopt it with `plan import <stack> {} {arn}`", req.node),
+                ));
+            }
+        }
+        let c = self.aws.sns().await;
+        let mut b = c.create_topic().name(&name);
+        if let Some(d) = get_str(req.inputs, "display_name") {
+            b = b.attributes("DisplayName", d);
+        }
+        for (k, v) in tags(&ctx.plan, &ctx.stack, req.node) {
+            b = b.tags(
+                aws_sdk_sns::types::Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .build()
+                    .map_err(|e| ProviderError::new(e.to_string()))?,
+            );
+        }
+        let out = b
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("create topic {name}"), e))?;
+        let arn = out.topic_arn().unwrap_or_default().to_string();
+        self.observe(&arn, req.deterministic_id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("topic {arn} vanished after create")))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        self.observe(id, req.deterministic_id).await
+    }
+    async fn update(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        self.aws
+            .sns()
+            .await
+            .set_topic_attributes()
+            .topic_arn(id)
+            .attribute_name("DisplayName")
+            .attribute_value(get_str(req.inputs, "display_name").unwrap_or_default())
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("update topic {id}"), e))?;
+        self.observe(id, req.deterministic_id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("topic {id} vanished")))
+    }
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        self.aws
+            .sns()
+            .await
+            .delete_topic()
+            .topic_arn(id)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("delete topic {id}"), e))?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SNS subscription
+
+/// A subscription of an endpoint to a topic: `email`, `https`, `sqs` (a queue ARN) or `lambda`
+/// (a function ARN).
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    inputs: Attrs,
+}
+
+impl Subscription {
+    pub fn to(topic: Output<String>, protocol: &str, endpoint: impl Into<Value>) -> Self {
+        Subscription {
+            inputs: Attrs::from([
+                ("topic".to_string(), topic.into()),
+                ("protocol".to_string(), Value::from(protocol)),
+                ("endpoint".to_string(), endpoint.into()),
+            ]),
+        }
+    }
+}
+
+impl Declare for Subscription {
+    const TYPE: &'static str = "aws.sns.subscription";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct SubscriptionType {
+    aws: Arc<Aws>,
+}
+
+impl SubscriptionType {
+    async fn existing(
+        &self,
+        topic: &str,
+        protocol: &str,
+        endpoint: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        let c = self.aws.sns().await;
+        let mut token = None;
+        loop {
+            let out = c
+                .list_subscriptions_by_topic()
+                .topic_arn(topic)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("list subscriptions of {topic}"), e))?;
+            if let Some(s) = out
+                .subscriptions()
+                .iter()
+                .find(|s| s.protocol() == Some(protocol) && s.endpoint() == Some(endpoint))
+            {
+                return Ok(s.subscription_arn().map(String::from));
+            }
+            token = out.next_token().map(String::from);
+            if token.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ResourceType for SubscriptionType {
+    fn type_name(&self) -> &'static str {
+        "aws.sns.subscription"
+    }
+    fn service(&self) -> &'static str {
+        "sns"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["topic", "protocol", "endpoint"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        match get_str(inputs, "protocol") {
+            Some("email" | "email-json" | "https" | "http" | "sqs" | "lambda" | "sms") | None => {
+                vec![]
+            }
+            Some(p) => vec![format!(
+                "protocol `{p}`: use email, https, sqs or lambda (or email-json, http, sms)"
+            )],
+        }
+    }
+    fn owned(&self, _ctx: &Ctx, _node: &str, _found: &Observed) -> bool {
+        // Subscriptions carry no tags; create refuses an identical one that exists, so one found
+        // after an interrupted create of ours is ours.
+        true
+    }
+    async fn create(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let topic = get_str(req.inputs, "topic").unwrap_or_default();
+        let protocol = get_str(req.inputs, "protocol").unwrap_or_default();
+        let endpoint = get_str(req.inputs, "endpoint").unwrap_or_default();
+        if let Some(arn) = self.existing(topic, protocol, endpoint).await? {
+            return Err(ProviderError::refused(
+                format!("{endpoint} ({protocol}) is already subscribed to {topic}: subscriptions carry no tags, so it is never taken over"),
+                format!("adopt it with `plan import <stack> {} {arn}`", req.node),
+            ));
+        }
+        let out = self
+            .aws
+            .sns()
+            .await
+            .subscribe()
+            .topic_arn(topic)
+            .protocol(protocol)
+            .endpoint(endpoint)
+            .return_subscription_arn(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("subscribe {endpoint} to {topic}"), e))?;
+        let arn = out.subscription_arn().unwrap_or_default().to_string();
+        Ok(Observed {
+            id: arn.clone(),
+            inputs: req.inputs.clone(),
+            outputs: Attrs::from([("arn".to_string(), Value::from(arn))]),
+        })
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        let out = match self
+            .aws
+            .sns()
+            .await
+            .get_subscription_attributes()
+            .subscription_arn(id)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_not_found_exception()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_err(&format!("describe subscription {id}"), e)),
+        };
+        let a = out.attributes().cloned().unwrap_or_default();
+        let get = |k: &str| Value::from(a.get(k).cloned().unwrap_or_default());
+        Ok(Some(Observed {
+            id: id.to_string(),
+            inputs: Attrs::from([
+                ("topic".to_string(), get("TopicArn")),
+                ("protocol".to_string(), get("Protocol")),
+                ("endpoint".to_string(), get("Endpoint")),
+            ]),
+            outputs: Attrs::from([("arn".to_string(), Value::from(id))]),
+        }))
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        // Every input forces replacement; nothing to update in place.
+        self.read(ctx, req, id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("subscription {id} vanished")))
+    }
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        self.aws
+            .sns()
+            .await
+            .unsubscribe()
+            .subscription_arn(id)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("unsubscribe {id}"), e))?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CloudWatch metric alarm
+
+/// A metric alarm. Helpers build the ones a migration watches; `notify` sends alarm and OK
+/// notifications to a topic.
+#[derive(Debug, Clone)]
+pub struct Alarm {
+    inputs: Attrs,
+}
+
+impl Alarm {
+    /// `metric` of `namespace` with `dimensions`, `statistic` over `period` seconds, in alarm when
+    /// `comparison` (`>`, `>=`, `<`, `<=`) `threshold` for `evaluation_periods` periods.
+    pub fn metric(
+        namespace: &str,
+        metric: &str,
+        dimensions: &[(&str, Value)],
+        comparison: &str,
+        threshold: f64,
+    ) -> Self {
+        let dims: serde_json::Map<String, Value> = dimensions
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Alarm {
+            inputs: Attrs::from([
+                ("namespace".to_string(), Value::from(namespace)),
+                ("metric".to_string(), Value::from(metric)),
+                ("dimensions".to_string(), Value::Object(dims)),
+                ("statistic".to_string(), Value::from("Average")),
+                ("period".to_string(), Value::from(60u64)),
+                ("evaluation_periods".to_string(), Value::from(3u64)),
+                ("comparison".to_string(), Value::from(comparison)),
+                ("threshold".to_string(), Value::from(threshold)),
+                ("treat_missing_data".to_string(), Value::from("missing")),
+                ("alarm_actions".to_string(), Value::Array(vec![])),
+                ("ok_actions".to_string(), Value::Array(vec![])),
+            ]),
+        }
+    }
+    /// An RDS instance's CPU above `percent` (80 in the cases).
+    pub fn rds_cpu_above(instance: impl Into<Value>, percent: f64) -> Self {
+        Alarm::metric(
+            "AWS/RDS",
+            "CPUUtilization",
+            &[("DBInstanceIdentifier", instance.into())],
+            ">",
+            percent,
+        )
+    }
+    /// An RDS instance's connections above `n` (40 in the cases).
+    pub fn rds_connections_above(instance: impl Into<Value>, n: f64) -> Self {
+        Alarm::metric(
+            "AWS/RDS",
+            "DatabaseConnections",
+            &[("DBInstanceIdentifier", instance.into())],
+            ">",
+            n,
+        )
+    }
+    /// An RDS instance's read latency above `seconds` (0.2 in the cases).
+    pub fn rds_read_latency_above(instance: impl Into<Value>, seconds: f64) -> Self {
+        Alarm::metric(
+            "AWS/RDS",
+            "ReadLatency",
+            &[("DBInstanceIdentifier", instance.into())],
+            ">",
+            seconds,
+        )
+    }
+    /// A DMS task's CDC latency at the target above `seconds` (300 in the cases).
+    pub fn dms_cdc_latency_above(
+        instance: impl Into<Value>,
+        task: impl Into<Value>,
+        seconds: f64,
+    ) -> Self {
+        Alarm::metric(
+            "AWS/DMS",
+            "CDCLatencyTarget",
+            &[
+                ("ReplicationInstanceIdentifier", instance.into()),
+                ("ReplicationTaskIdentifier", task.into()),
+            ],
+            ">",
+            seconds,
+        )
+    }
+    fn set(mut self, k: &str, v: impl Into<Value>) -> Self {
+        self.inputs.insert(k.into(), v.into());
+        self
+    }
+    pub fn named(self, name: &str) -> Self {
+        self.set("name", name)
+    }
+    pub fn statistic(self, s: &str) -> Self {
+        self.set("statistic", s)
+    }
+    /// `period` seconds, in alarm after `evaluation_periods` periods beyond the threshold.
+    pub fn over(self, period: u64, evaluation_periods: u64) -> Self {
+        self.set("period", period)
+            .set("evaluation_periods", evaluation_periods)
+    }
+    /// `missing`, `notBreaching`, `breaching` or `ignore`.
+    pub fn missing_data(self, treatment: &str) -> Self {
+        self.set("treat_missing_data", treatment)
+    }
+    /// Alarm and OK notifications to `topic` (a topic's `arn()`).
+    pub fn notify(mut self, topic: Output<String>) -> Self {
+        let v: Value = topic.into();
+        for k in ["alarm_actions", "ok_actions"] {
+            if let Some(Value::Array(a)) = self.inputs.get_mut(k) {
+                a.push(v.clone());
+            }
+        }
+        self
+    }
+}
+
+impl Declare for Alarm {
+    const TYPE: &'static str = "aws.cloudwatch.alarm";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl crate::dsl::Handle<Alarm> {
+    /// The alarm's name (what a bake step watches).
+    pub fn alarm_name(&self) -> Output<String> {
+        self.output("name")
+    }
+}
+
+fn comparison(s: &str) -> Result<ComparisonOperator, String> {
+    Ok(match s {
+        ">" => ComparisonOperator::GreaterThanThreshold,
+        ">=" => ComparisonOperator::GreaterThanOrEqualToThreshold,
+        "<" => ComparisonOperator::LessThanThreshold,
+        "<=" => ComparisonOperator::LessThanOrEqualToThreshold,
+        other => return Err(format!("comparison `{other}`: use >, >=, < or <=")),
+    })
+}
+
+fn comparison_str(c: &ComparisonOperator) -> &'static str {
+    match c {
+        ComparisonOperator::GreaterThanThreshold => ">",
+        ComparisonOperator::GreaterThanOrEqualToThreshold => ">=",
+        ComparisonOperator::LessThanThreshold => "<",
+        ComparisonOperator::LessThanOrEqualToThreshold => "<=",
+        _ => "?",
+    }
+}
+
+struct AlarmType {
+    aws: Arc<Aws>,
+}
+
+impl AlarmType {
+    /// The alarm as found; `name` among its inputs only when it is not the node's default.
+    async fn observe(&self, name: &str, default: &str) -> Result<Option<Observed>, ProviderError> {
+        let c = self.aws.cloudwatch().await;
+        let out = c
+            .describe_alarms()
+            .alarm_names(name)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("describe alarm {name}"), e))?;
+        let Some(a) = out.metric_alarms().first() else {
+            return Ok(None);
+        };
+        let arn = a.alarm_arn().unwrap_or_default().to_string();
+        let found: Vec<(String, String)> = if arn.is_empty() {
+            vec![]
+        } else {
+            c.list_tags_for_resource()
+                .resource_arn(&arn)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("tags of alarm {name}"), e))?
+                .tags()
+                .iter()
+                .map(|t| {
+                    (
+                        t.key().unwrap_or_default().to_string(),
+                        t.value().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let dims: serde_json::Map<String, Value> = a
+            .dimensions()
+            .iter()
+            .map(|d| {
+                (
+                    d.name().unwrap_or_default().to_string(),
+                    Value::from(d.value().unwrap_or_default()),
+                )
+            })
+            .collect();
+        let mut inputs = Attrs::from([
+            (
+                "namespace".to_string(),
+                Value::from(a.namespace().unwrap_or_default()),
+            ),
+            (
+                "metric".to_string(),
+                Value::from(a.metric_name().unwrap_or_default()),
+            ),
+            ("dimensions".to_string(), Value::Object(dims)),
+            (
+                "statistic".to_string(),
+                Value::from(a.statistic().map(|s| s.as_str()).unwrap_or_default()),
+            ),
+            (
+                "period".to_string(),
+                Value::from(a.period().unwrap_or(0) as u64),
+            ),
+            (
+                "evaluation_periods".to_string(),
+                Value::from(a.evaluation_periods().unwrap_or(0) as u64),
+            ),
+            (
+                "comparison".to_string(),
+                Value::from(a.comparison_operator().map(comparison_str).unwrap_or("?")),
+            ),
+            (
+                "threshold".to_string(),
+                Value::from(a.threshold().unwrap_or(0.0)),
+            ),
+            (
+                "treat_missing_data".to_string(),
+                Value::from(a.treat_missing_data().unwrap_or("missing")),
+            ),
+            (
+                "alarm_actions".to_string(),
+                serde_json::json!(a.alarm_actions()),
+            ),
+            ("ok_actions".to_string(), serde_json::json!(a.ok_actions())),
+        ]);
+        if name != default {
+            inputs.insert("name".into(), Value::from(name));
+        }
+        Ok(Some(Observed {
+            id: name.to_string(),
+            inputs,
+            outputs: Attrs::from([
+                ("name".to_string(), Value::from(name)),
+                ("arn".to_string(), Value::from(arn)),
+                ("tags".to_string(), tags_value(&found)),
+            ]),
+        }))
+    }
+
+    async fn put(&self, ctx: &Ctx, req: &Request<'_>, name: &str) -> Result<(), ProviderError> {
+        let i = req.inputs;
+        let mut b = self
+            .aws
+            .cloudwatch()
+            .await
+            .put_metric_alarm()
+            .alarm_name(name)
+            .namespace(get_str(i, "namespace").unwrap_or_default())
+            .metric_name(get_str(i, "metric").unwrap_or_default())
+            .statistic(Statistic::from(
+                get_str(i, "statistic").unwrap_or("Average"),
+            ))
+            .period(get_u64(i, "period").unwrap_or(60) as i32)
+            .evaluation_periods(get_u64(i, "evaluation_periods").unwrap_or(3) as i32)
+            .threshold(i.get("threshold").and_then(Value::as_f64).unwrap_or(0.0))
+            .comparison_operator(
+                comparison(get_str(i, "comparison").unwrap_or(">")).map_err(ProviderError::new)?,
+            )
+            .treat_missing_data(get_str(i, "treat_missing_data").unwrap_or("missing"));
+        if let Some(Value::Object(d)) = i.get("dimensions") {
+            for (k, v) in d {
+                b = b.dimensions(
+                    Dimension::builder()
+                        .name(k)
+                        .value(v.as_str().unwrap_or_default())
+                        .build(),
+                );
+            }
+        }
+        for a in list(i.get("alarm_actions")) {
+            b = b.alarm_actions(a);
+        }
+        for a in list(i.get("ok_actions")) {
+            b = b.ok_actions(a);
+        }
+        for (k, v) in tags(&ctx.plan, &ctx.stack, req.node) {
+            b = b.tags(
+                aws_sdk_cloudwatch::types::Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .build(),
+            );
+        }
+        b.send()
+            .await
+            .map_err(|e| sdk_err(&format!("put alarm {name}"), e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ResourceType for AlarmType {
+    fn type_name(&self) -> &'static str {
+        "aws.cloudwatch.alarm"
+    }
+    fn service(&self) -> &'static str {
+        "cloudwatch"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["name"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        let mut v = vec![];
+        if let Some(c) = get_str(inputs, "comparison") {
+            if let Err(e) = comparison(c) {
+                v.push(e);
+            }
+        }
+        if let Some(t) = get_str(inputs, "treat_missing_data") {
+            if !["missing", "notBreaching", "breaching", "ignore"].contains(&t) {
+                v.push(format!(
+                    "missing-data treatment `{t}`: use missing, notBreaching, breaching or ignore"
+                ));
+            }
+        }
+        if let Some(p) = get_u64(inputs, "period") {
+            if p < 10 || (p > 30 && p % 60 != 0) {
+                v.push(format!(
+                    "period {p} s: use 10, 20, 30 or a multiple of 60 seconds"
+                ));
+            }
+        }
+        v
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        super::owned_by_tags(ctx, node, found)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let name = name_or_id(req);
+        if let Some(o) = self.observe(&name, req.deterministic_id).await? {
+            if !self.owned(ctx, req.node, &o) {
+                return Err(ProviderError::refused(
+                    format!("alarm `{name}` exists and is not this plan's (no cutover tags)"),
+                    format!("adopt it with `plan import <stack> {} {name}`", req.node),
+                ));
+            }
+        }
+        self.put(ctx, req, &name).await?;
+        self.observe(&name, req.deterministic_id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("alarm {name} vanished after create")))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        self.observe(id, req.deterministic_id).await
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        // PutMetricAlarm replaces the whole definition in place.
+        self.put(ctx, req, id).await?;
+        self.observe(id, req.deterministic_id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("alarm {id} vanished")))
+    }
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        self.aws
+            .cloudwatch()
+            .await
+            .delete_alarms()
+            .alarm_names(id)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("delete alarm {id}"), e))?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bake step
+
+/// Waits until every alarm of `alarms` has been OK for `seconds` without a break. An alarm in
+/// ALARM ends the step with an error naming it; INSUFFICIENT_DATA restarts the count.
+#[derive(Debug, Clone)]
+pub struct Bake {
+    inputs: Attrs,
+}
+
+impl Bake {
+    pub fn alarms(alarms: Vec<Output<String>>, seconds: u64) -> Self {
+        Bake {
+            inputs: Attrs::from([
+                (
+                    "alarms".to_string(),
+                    Value::Array(alarms.into_iter().map(Into::into).collect()),
+                ),
+                ("seconds".to_string(), Value::from(seconds)),
+                ("poll_ms".to_string(), Value::from(30_000u64)),
+            ]),
+        }
+    }
+    /// Count the bake from this time (RFC 3339, e.g. a flip's `flipped_at`) at the earliest, so a
+    /// bake interrupted by a crash resumes instead of starting over.
+    pub fn since(mut self, at: impl Into<Value>) -> Self {
+        self.inputs.insert("since".into(), at.into());
+        self
+    }
+    /// How often the alarms are read (default 30 s).
+    pub fn poll_ms(mut self, ms: u64) -> Self {
+        self.inputs.insert("poll_ms".into(), Value::from(ms));
+        self
+    }
+}
+
+impl Declare for Bake {
+    const TYPE: &'static str = "aws.cloudwatch.bake";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct BakeType {
+    aws: Arc<Aws>,
+}
+
+/// Where a bake stands.
+enum Baked {
+    /// All OK since this time (seconds since the epoch).
+    OkSince(f64),
+    Waiting(String),
+    Failed(String),
+}
+
+impl BakeType {
+    async fn look(&self, names: &[String]) -> Result<Baked, ProviderError> {
+        let out = self
+            .aws
+            .cloudwatch()
+            .await
+            .describe_alarms()
+            .set_alarm_names(Some(names.to_vec()))
+            .send()
+            .await
+            .map_err(|e| sdk_err("describe alarms", e))?;
+        let found: BTreeMap<&str, _> = out
+            .metric_alarms()
+            .iter()
+            .map(|a| (a.alarm_name().unwrap_or_default(), a))
+            .collect();
+        let mut since = 0f64;
+        let mut waiting = vec![];
+        for n in names {
+            let Some(a) = found.get(n.as_str()) else {
+                return Ok(Baked::Failed(format!("alarm `{n}` does not exist")));
+            };
+            match a.state_value() {
+                Some(StateValue::Alarm) => {
+                    return Ok(Baked::Failed(format!(
+                        "alarm `{n}` is in ALARM: {}",
+                        a.state_reason().unwrap_or("no reason given")
+                    )))
+                }
+                Some(StateValue::Ok) => {
+                    let t = a
+                        .state_updated_timestamp()
+                        .map(|t| t.as_secs_f64())
+                        .unwrap_or(0.0);
+                    since = since.max(t);
+                }
+                other => waiting.push(format!(
+                    "`{n}` is {}",
+                    other.map(|s| s.as_str()).unwrap_or("in no state")
+                )),
+            }
+        }
+        Ok(if waiting.is_empty() {
+            Baked::OkSince(since)
+        } else {
+            Baked::Waiting(waiting.join(", "))
+        })
+    }
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn since_input(inputs: &Attrs) -> Option<f64> {
+    get_str(inputs, "since")
+        .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+}
+
+#[async_trait]
+impl StepType for BakeType {
+    fn type_name(&self) -> &'static str {
+        "aws.cloudwatch.bake"
+    }
+    fn service(&self) -> &'static str {
+        "cloudwatch"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        if inputs
+            .get("alarms")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.is_empty())
+        {
+            vec!["a bake needs at least one alarm".into()]
+        } else {
+            vec![]
+        }
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let names = list(req.inputs.get("alarms"));
+        let period = get_u64(req.inputs, "seconds").unwrap_or(0) as f64;
+        let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(30_000));
+        let start = since_input(req.inputs).unwrap_or_else(now_secs);
+        let mut last = String::new();
+        loop {
+            let msg = match self.look(&names).await? {
+                Baked::Failed(why) => return Err(ProviderError::new(format!(
+                    "the bake failed: {why}; investigate, then run it again with `--replace {}`",
+                    req.node
+                ))),
+                Baked::Waiting(why) => format!("waiting: {why}"),
+                Baked::OkSince(t) => {
+                    let ok_for = now_secs() - t.max(start);
+                    if ok_for >= period {
+                        return Ok(Attrs::from([
+                            (
+                                "baked_at".to_string(),
+                                Value::from(
+                                    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                                        .to_string(),
+                                ),
+                            ),
+                            ("alarms".to_string(), serde_json::json!(names)),
+                        ]));
+                    }
+                    format!(
+                        "{} alarm(s) OK for {:.0} s of {:.0} s",
+                        names.len(),
+                        ok_for.max(0.0),
+                        period
+                    )
+                }
+            };
+            if msg != last {
+                ctx.report(req.node, &msg);
+                last = msg;
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        // Only a bake counted from a recorded time can be judged done after a crash.
+        let Some(start) = since_input(req.inputs) else {
+            return Ok(Some(Probe::NotDone));
+        };
+        let names = list(req.inputs.get("alarms"));
+        let period = get_u64(req.inputs, "seconds").unwrap_or(0) as f64;
+        Ok(Some(match self.look(&names).await? {
+            Baked::OkSince(t) if now_secs() - t.max(start) >= period => {
+                Probe::Done(Attrs::from([(
+                    "alarms".to_string(),
+                    serde_json::json!(names),
+                )]))
+            }
+            _ => Probe::NotDone,
+        }))
+    }
+}
