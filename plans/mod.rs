@@ -67,6 +67,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::aws_watch,
         },
         PlanEntry {
+            name: "aws-network",
+            about: "VPC and subnet look-ups, security groups, a DB subnet group and a cluster in them (AWS provider tests)",
+            hidden: true,
+            build: testing::aws_network,
+        },
+        PlanEntry {
             name: "aws-dns",
             about: "a hosted zone, a record and a DNS flip (AWS provider tests)",
             hidden: true,

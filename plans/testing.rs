@@ -315,3 +315,39 @@ pub fn aws_watch(stack: &Stack) -> Result<Plan, PlanError> {
     .retire_after(&bake);
     Ok(p)
 }
+
+/// A VPC and its subnets looked up, an application security group, a database security group
+/// open to it and to a CIDR, a DB subnet group, and an Aurora cluster placed in both (AWS provider
+/// tests).
+pub fn aws_network(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let vpc_name: String = stack.get("vpc")?;
+    let office: String = stack.get("office_cidr")?;
+    let description: String = stack.get_or("db_sg_description", "database".to_string())?;
+    let vpc = p.add("vpc", Vpc::find(&vpc_name));
+    let subnets = p.add("subnets", Subnets::of(vpc.vpc_id()).named("private-*"));
+    let app = p.add(
+        "app-sg",
+        SecurityGroup::in_vpc(vpc.vpc_id(), "application").ingress_from_cidr(443, "10.0.0.0/16"),
+    );
+    let db = p.add(
+        "db-sg",
+        SecurityGroup::in_vpc(vpc.vpc_id(), &description)
+            .ingress_from_group(5432, app.group_id())
+            .ingress_from_cidr(5432, &office),
+    );
+    let subnet_group = p.add(
+        "db-subnets",
+        SubnetGroup::of(subnets.ids(), "target database"),
+    );
+    p.add(
+        "target",
+        AuroraCluster::postgres("15.4")
+            .master("cutover_admin", stack.secret("master_password")?)
+            .subnet_group(subnet_group.group_name())
+            .security_groups(vec![db.group_id()])
+            .deletion_protection(false)
+            .skip_final_snapshot(),
+    );
+    Ok(p)
+}

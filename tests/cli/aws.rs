@@ -118,6 +118,20 @@ impl Moto {
     }
 }
 
+impl Moto {
+    fn ec2(&self) -> aws_sdk_ec2::Client {
+        let conf = aws_sdk_ec2::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+            .endpoint_url(self.url())
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_ec2::Client::from_conf(conf)
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1093,4 +1107,244 @@ fn alarms_on_a_topic_bake_and_retire_a_temporary() {
     );
     let topics = rt.block_on(sns.list_topics().send()).unwrap();
     assert!(topics.topics().is_empty());
+}
+
+fn network_stack(p: &Project, m: &Moto, office: &str, extra: &str) {
+    p.stack(
+        "aws",
+        &format!(
+            "plan = \"aws-network\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\nvpc = \"migration\"\noffice_cidr = \"{office}\"\n{extra}[secrets]\nmaster_password = \"env:CUTOVER_TEST_MASTER_PASSWORD\"\n",
+            m.url()
+        ),
+    );
+}
+
+/// The ingress rules of a group as `tcp PORT from SOURCE`, sorted.
+async fn rules(c: &aws_sdk_ec2::Client, id: &str) -> Vec<String> {
+    let g = c
+        .describe_security_groups()
+        .group_ids(id)
+        .send()
+        .await
+        .unwrap();
+    let mut out = vec![];
+    for p in g.security_groups()[0].ip_permissions() {
+        let port = p.from_port().unwrap_or(0);
+        for r in p.ip_ranges() {
+            out.push(format!("tcp {port} from {}", r.cidr_ip().unwrap()));
+        }
+        for r in p.user_id_group_pairs() {
+            out.push(format!("tcp {port} from {}", r.group_id().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn security_groups_subnet_groups_and_a_cluster_placed_in_them() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let (ec2, rds) = (m.ec2(), m.rds());
+    let rt = rt();
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let name = |n: &str, kind: ResourceType| {
+        TagSpecification::builder()
+            .resource_type(kind)
+            .tags(Tag::builder().key("Name").value(n).build())
+            .build()
+    };
+    // The network exists before the plan, as it does in an account.
+    let (vpc, subnets) = rt.block_on(async {
+        let vpc = ec2
+            .create_vpc()
+            .cidr_block("10.0.0.0/16")
+            .tag_specifications(name("migration", ResourceType::Vpc))
+            .send()
+            .await
+            .unwrap()
+            .vpc()
+            .unwrap()
+            .vpc_id()
+            .unwrap()
+            .to_string();
+        let mut ids = vec![];
+        for (i, az) in ["us-east-1a", "us-east-1b", "us-east-1c"]
+            .iter()
+            .enumerate()
+        {
+            let n = if i < 2 {
+                format!("private-{az}")
+            } else {
+                "public".to_string()
+            };
+            let s = ec2
+                .create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block(format!("10.0.{i}.0/24"))
+                .availability_zone(*az)
+                .tag_specifications(name(&n, ResourceType::Subnet))
+                .send()
+                .await
+                .unwrap();
+            if i < 2 {
+                ids.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
+            }
+        }
+        ids.sort();
+        (vpc, ids)
+    });
+    let p = Project::new();
+    network_stack(&p, &m, "192.0.2.0/24", "");
+    let env = [("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")];
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
+    let state = p.read(".cutover/aws/state.json");
+    let id_of = |node: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(&state).unwrap();
+        v["nodes"][node]["resource"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (app, db) = (id_of("app-sg"), id_of("db-sg"));
+    assert!(app.starts_with("sg-") && db.starts_with("sg-"), "{state}");
+    // Read back through the SDK: rules, tags, the subnet group's subnets, the cluster's placement.
+    rt.block_on(async {
+        assert_eq!(rules(&ec2, &db).await, {
+            let mut r = vec![
+                format!("tcp 5432 from {app}"),
+                "tcp 5432 from 192.0.2.0/24".to_string(),
+            ];
+            r.sort();
+            r
+        });
+        let g = ec2
+            .describe_security_groups()
+            .group_ids(&db)
+            .send()
+            .await
+            .unwrap();
+        let g = &g.security_groups()[0];
+        assert_eq!(g.vpc_id(), Some(vpc.as_str()));
+        assert!(g
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("cutover:node") && t.value() == Some("db-sg")));
+        let sg = rds.describe_db_subnet_groups().send().await.unwrap();
+        let sg = &sg.db_subnet_groups()[0];
+        let mut got: Vec<String> = sg
+            .subnets()
+            .iter()
+            .map(|s| s.subnet_identifier().unwrap().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, subnets, "only the private subnets");
+        let c = rds.describe_db_clusters().send().await.unwrap();
+        let c = &c.db_clusters()[0];
+        assert_eq!(c.db_subnet_group(), sg.db_subnet_group_name());
+        let groups: Vec<&str> = c
+            .vpc_security_groups()
+            .iter()
+            .filter_map(|g| g.vpc_security_group_id())
+            .collect();
+        assert_eq!(groups, vec![db.as_str()]);
+    });
+    let (code, out) = run_env(&p, &["preview", "aws", "--detailed-exitcode"], &env);
+    assert_eq!(code, 0, "no drift after create: {out}");
+
+    // Update in place: one rule replaced, the other untouched.
+    network_stack(&p, &m, "198.51.100.0/24", "");
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 changed"), "{out}");
+    assert!(rt
+        .block_on(rules(&ec2, &db))
+        .contains(&"tcp 5432 from 198.51.100.0/24".to_string()));
+    assert_eq!(id_of("db-sg"), db, "same group");
+
+    // Drift: a rule revoked behind the tool's back is found and put back.
+    rt.block_on(async {
+        ec2.revoke_security_group_ingress()
+            .group_id(&db)
+            .ip_permissions(
+                aws_sdk_ec2::types::IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(5432)
+                    .to_port(5432)
+                    .ip_ranges(
+                        aws_sdk_ec2::types::IpRange::builder()
+                            .cidr_ip("198.51.100.0/24")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    });
+    let (code, out) = run_env(&p, &["refresh", "aws"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("~ db-sg: changed outside this tool: ingress"),
+        "{out}"
+    );
+    assert_eq!(run_env(&p, &["apply", "aws", "--yes"], &env).0, 0);
+    assert!(rt
+        .block_on(rules(&ec2, &db))
+        .contains(&"tcp 5432 from 198.51.100.0/24".to_string()));
+
+    // A new description cannot be changed in place: the preview says replace, and why.
+    network_stack(
+        &p,
+        &m,
+        "198.51.100.0/24",
+        "db_sg_description = \"database (new)\"\n",
+    );
+    let (code, out) = run_env(&p, &["preview", "aws"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("-/+ db-sg (aws.ec2.security_group)"), "{out}");
+    assert!(out.contains("description"), "{out}");
+
+    // Destroy: the cluster, the subnet group and both groups go; the VPC stays.
+    network_stack(&p, &m, "198.51.100.0/24", "");
+    let (code, out) = run_env(&p, &["destroy", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
+    rt.block_on(async {
+        let left = ec2
+            .describe_security_groups()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("vpc-id")
+                    .values(&vpc)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let names: Vec<&str> = left
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["default"],
+            "only the VPC's default group is left"
+        );
+        assert!(rds
+            .describe_db_subnet_groups()
+            .send()
+            .await
+            .unwrap()
+            .db_subnet_groups()
+            .is_empty());
+        assert!(rds
+            .describe_db_clusters()
+            .send()
+            .await
+            .unwrap()
+            .db_clusters()
+            .is_empty());
+    });
 }

@@ -21,6 +21,21 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
         .resource(InstanceType { aws });
 }
 
+/// A list of strings input, sorted (as the describe calls report them).
+fn str_list(inputs: &Attrs, k: &str) -> Vec<String> {
+    let mut v: Vec<String> = inputs
+        .get(k)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 fn b(inputs: &Attrs, k: &str) -> Option<bool> {
     inputs.get(k).and_then(Value::as_bool)
 }
@@ -47,6 +62,20 @@ fn tag_pairs(t: &[Tag]) -> Vec<(String, String)> {
 /// the rest; they are not drift), and the tags (`owned` reads them).
 fn observed(mut o: Observed, tags: &[(String, String)], declared: &Attrs) -> Observed {
     o.inputs.retain(|k, _| declared.contains_key(k));
+    // Security groups are a set: the declared order is not drift.
+    if let (Some(Value::Array(mut have)), Some(Value::Array(want))) = (
+        o.inputs.get("security_groups").cloned(),
+        declared.get("security_groups"),
+    ) {
+        let key = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        have.sort_by_key(key);
+        let mut sorted = want.clone();
+        sorted.sort_by_key(key);
+        if have == sorted {
+            o.inputs
+                .insert("security_groups".into(), Value::Array(want.clone()));
+        }
+    }
     o.outputs.insert("tags".into(), tags_value(tags));
     o
 }
@@ -139,6 +168,18 @@ impl AuroraCluster {
     }
     pub fn parameter_group(self, name: Output<String>) -> Self {
         self.set("parameter_group", name)
+    }
+    /// The DB subnet group (a subnet group handle's `group_name()`); changing it replaces the
+    /// cluster.
+    pub fn subnet_group(self, name: Output<String>) -> Self {
+        self.set("subnet_group", name)
+    }
+    /// VPC security groups (security group handles' `group_id()`), changed in place.
+    pub fn security_groups(self, ids: Vec<Output<String>>) -> Self {
+        self.set(
+            "security_groups",
+            Value::Array(ids.into_iter().map(Into::into).collect()),
+        )
     }
     pub fn port(self, port: u16) -> Self {
         self.set("port", port as u64)
@@ -235,6 +276,14 @@ impl ClusterType {
             c.db_cluster_parameter_group().map(Value::from),
         );
         put("port", c.port().map(|p| Value::from(p as u64)));
+        put("subnet_group", c.db_subnet_group().map(Value::from));
+        let mut groups: Vec<&str> = c
+            .vpc_security_groups()
+            .iter()
+            .filter_map(|g| g.vpc_security_group_id())
+            .collect();
+        groups.sort();
+        put("security_groups", Some(serde_json::json!(groups)));
         put(
             "backup_retention_period",
             c.backup_retention_period().map(|p| Value::from(p as u64)),
@@ -318,6 +367,7 @@ impl ResourceType for ClusterType {
             "engine",
             "name",
             "master_username",
+            "subnet_group",
             "storage_encrypted",
             "kms_key_id",
         ]
@@ -368,6 +418,11 @@ impl ResourceType for ClusterType {
             .set_manage_master_user_password(b(i, "manage_master_user_password"))
             .set_db_cluster_parameter_group_name(get_str(i, "parameter_group").map(String::from))
             .set_port(get_u64(i, "port").map(|p| p as i32))
+            .set_db_subnet_group_name(get_str(i, "subnet_group").map(String::from))
+            .set_vpc_security_group_ids(
+                i.contains_key("security_groups")
+                    .then(|| str_list(i, "security_groups")),
+            )
             .set_backup_retention_period(get_u64(i, "backup_retention_period").map(|p| p as i32))
             .set_preferred_backup_window(get_str(i, "preferred_backup_window").map(String::from))
             .set_preferred_maintenance_window(
@@ -445,6 +500,9 @@ impl ResourceType for ClusterType {
                 has("port")
                     .then(|| get_u64(i, "port").map(|p| p as i32))
                     .flatten(),
+            )
+            .set_vpc_security_group_ids(
+                has("security_groups").then(|| str_list(i, "security_groups")),
             )
             .set_backup_retention_period(
                 has("backup_retention_period")

@@ -8,6 +8,7 @@
 pub mod autoscaling;
 pub mod cluster;
 pub mod monitoring;
+pub mod network;
 pub mod rds;
 pub mod route53;
 
@@ -32,6 +33,7 @@ pub struct Aws {
     route53: OnceCell<aws_sdk_route53::Client>,
     sns: OnceCell<aws_sdk_sns::Client>,
     cloudwatch: OnceCell<aws_sdk_cloudwatch::Client>,
+    ec2: OnceCell<aws_sdk_ec2::Client>,
 }
 
 impl Aws {
@@ -45,6 +47,7 @@ impl Aws {
             route53: OnceCell::new(),
             sns: OnceCell::new(),
             cloudwatch: OnceCell::new(),
+            ec2: OnceCell::new(),
         })
     }
 
@@ -59,6 +62,7 @@ impl Aws {
             route53: OnceCell::new(),
             sns: OnceCell::new(),
             cloudwatch: OnceCell::new(),
+            ec2: OnceCell::new(),
         })
     }
 
@@ -118,6 +122,13 @@ impl Aws {
             .await
     }
 
+    /// The EC2 client.
+    pub async fn ec2(&self) -> &aws_sdk_ec2::Client {
+        self.ec2
+            .get_or_init(|| async { aws_sdk_ec2::Client::new(&self.config().await) })
+            .await
+    }
+
     /// The RDS client.
     pub async fn rds(&self) -> &aws_sdk_rds::Client {
         self.rds
@@ -132,7 +143,8 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     cluster::register(r, aws.clone());
     autoscaling::register(r, aws.clone());
     route53::register(r, aws.clone());
-    monitoring::register(r, aws);
+    monitoring::register(r, aws.clone());
+    network::register(r, aws);
 }
 
 /// The tags naming plan, stack and node that every object we create carries.

@@ -970,10 +970,12 @@ impl StepType for BakeType {
         let mut last = String::new();
         loop {
             let msg = match self.look(&names).await? {
-                Baked::Failed(why) => return Err(ProviderError::new(format!(
+                Baked::Failed(why) => {
+                    return Err(ProviderError::new(format!(
                     "the bake failed: {why}; investigate, then run it again with `--replace {}`",
                     req.node
-                ))),
+                )))
+                }
                 Baked::Waiting(why) => format!("waiting: {why}"),
                 Baked::OkSince(t) => {
                     let ok_for = now_secs() - t.max(start);

@@ -1,0 +1,748 @@
+//! The network a migration needs: a VPC and its subnets looked up by id or `Name` tag (read-only
+//! data nodes, `aws.ec2.vpc`, `aws.ec2.subnets`), security groups with their ingress rules
+//! (`aws.ec2.security_group`: the database port from a CIDR or from another group), and the DB
+//! subnet group RDS and Aurora place instances in (`aws.rds.subnet_group`).
+//!
+//! Security groups and subnet groups carry our tags; one that exists without them is never taken
+//! over. Rules are diffed one by one: a changed rule set revokes what went and authorizes what
+//! came, never touching the rest.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    Filter, IpPermission, IpRange, ResourceType as Ec2ResourceType, Tag, TagSpecification,
+    UserIdGroupPair,
+};
+
+use super::{ours, sdk_err, tags, tags_value, Aws};
+use crate::dsl::{Declare, NodeKind, Output};
+use crate::provider::{Ctx, DataType, Observed, ProviderError, Registry, Request, ResourceType};
+use crate::value::{get_str, Attrs, Value};
+
+pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+    r.data(VpcType { aws: aws.clone() });
+    r.data(SubnetsType { aws: aws.clone() });
+    r.resource(SecurityGroupType { aws: aws.clone() });
+    r.resource(SubnetGroupType { aws });
+}
+
+fn list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn name_filter(name: &str) -> Filter {
+    Filter::builder().name("tag:Name").values(name).build()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Look-ups
+
+/// A VPC by id (`vpc-...`) or by its `Name` tag.
+#[derive(Debug, Clone)]
+pub struct Vpc {
+    key: String,
+}
+
+impl Vpc {
+    pub fn find(id_or_name: &str) -> Self {
+        Vpc {
+            key: id_or_name.into(),
+        }
+    }
+}
+
+impl Declare for Vpc {
+    const TYPE: &'static str = "aws.ec2.vpc";
+    const KIND: NodeKind = NodeKind::Data;
+    fn inputs(self) -> Attrs {
+        Attrs::from([("find".to_string(), Value::from(self.key))])
+    }
+}
+
+impl crate::dsl::Handle<Vpc> {
+    pub fn vpc_id(&self) -> Output<String> {
+        self.output("id")
+    }
+}
+
+struct VpcType {
+    aws: Arc<Aws>,
+}
+
+#[async_trait]
+impl DataType for VpcType {
+    fn type_name(&self) -> &'static str {
+        "aws.ec2.vpc"
+    }
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+    async fn read(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let key = get_str(req.inputs, "find").unwrap_or_default();
+        let mut q = self.aws.ec2().await.describe_vpcs();
+        q = if key.starts_with("vpc-") {
+            q.vpc_ids(key)
+        } else {
+            q.filters(name_filter(key))
+        };
+        let out = q
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("find VPC {key}"), e))?;
+        match out.vpcs() {
+            [v] => Ok(Attrs::from([
+                ("id".to_string(), Value::from(v.vpc_id().unwrap_or_default())),
+                (
+                    "cidr".to_string(),
+                    Value::from(v.cidr_block().unwrap_or_default()),
+                ),
+            ])),
+            [] => Err(ProviderError::new(format!(
+                "no VPC `{key}` (by id, or by its Name tag) in this region: check the stack's region and the name"
+            ))),
+            many => Err(ProviderError::new(format!(
+                "{} VPCs are named `{key}`: refer to one by id",
+                many.len()
+            ))),
+        }
+    }
+}
+
+/// The subnets of a VPC, optionally only those whose `Name` tag matches (wildcards allowed).
+#[derive(Debug, Clone)]
+pub struct Subnets {
+    inputs: Attrs,
+}
+
+impl Subnets {
+    pub fn of(vpc: Output<String>) -> Self {
+        Subnets {
+            inputs: Attrs::from([("vpc".to_string(), vpc.into())]),
+        }
+    }
+    pub fn named(mut self, pattern: &str) -> Self {
+        self.inputs.insert("name".into(), Value::from(pattern));
+        self
+    }
+}
+
+impl Declare for Subnets {
+    const TYPE: &'static str = "aws.ec2.subnets";
+    const KIND: NodeKind = NodeKind::Data;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl crate::dsl::Handle<Subnets> {
+    /// The subnet ids, sorted.
+    pub fn ids(&self) -> Output<Vec<String>> {
+        self.output("ids")
+    }
+}
+
+struct SubnetsType {
+    aws: Arc<Aws>,
+}
+
+#[async_trait]
+impl DataType for SubnetsType {
+    fn type_name(&self) -> &'static str {
+        "aws.ec2.subnets"
+    }
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+    async fn read(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let vpc = get_str(req.inputs, "vpc").unwrap_or_default();
+        let mut q = self
+            .aws
+            .ec2()
+            .await
+            .describe_subnets()
+            .filters(Filter::builder().name("vpc-id").values(vpc).build());
+        if let Some(n) = get_str(req.inputs, "name") {
+            q = q.filters(name_filter(n));
+        }
+        let out = q
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("subnets of {vpc}"), e))?;
+        let mut found: Vec<(String, String)> = out
+            .subnets()
+            .iter()
+            .map(|s| {
+                (
+                    s.subnet_id().unwrap_or_default().to_string(),
+                    s.availability_zone().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        found.sort();
+        if found.is_empty() {
+            return Err(ProviderError::new(format!(
+                "VPC {vpc} has no subnets{}",
+                get_str(req.inputs, "name")
+                    .map(|n| format!(" named `{n}`"))
+                    .unwrap_or_default()
+            )));
+        }
+        let zones: BTreeSet<&String> = found.iter().map(|(_, z)| z).collect();
+        Ok(Attrs::from([
+            (
+                "ids".to_string(),
+                serde_json::json!(found.iter().map(|(i, _)| i).collect::<Vec<_>>()),
+            ),
+            ("zones".to_string(), serde_json::json!(zones)),
+        ]))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Security group
+
+/// A security group in a VPC with TCP ingress rules.
+#[derive(Debug, Clone)]
+pub struct SecurityGroup {
+    inputs: Attrs,
+    rules: Vec<Value>,
+}
+
+impl SecurityGroup {
+    pub fn in_vpc(vpc: Output<String>, description: &str) -> Self {
+        SecurityGroup {
+            inputs: Attrs::from([
+                ("vpc".to_string(), vpc.into()),
+                ("description".to_string(), Value::from(description)),
+            ]),
+            rules: vec![],
+        }
+    }
+    /// TCP `port` from a CIDR block.
+    pub fn ingress_from_cidr(mut self, port: u16, cidr: &str) -> Self {
+        self.rules
+            .push(Value::from(format!("tcp {port} from {cidr}")));
+        self
+    }
+    /// TCP `port` from the members of another group (its `group_id()`).
+    pub fn ingress_from_group(mut self, port: u16, group: Output<String>) -> Self {
+        self.rules.push(
+            Output::<String>::from(format!("tcp {port} from ").as_str())
+                .join(group)
+                .into(),
+        );
+        self
+    }
+}
+
+impl Declare for SecurityGroup {
+    const TYPE: &'static str = "aws.ec2.security_group";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(mut self) -> Attrs {
+        self.inputs
+            .insert("ingress".into(), Value::Array(self.rules));
+        self.inputs
+    }
+}
+
+impl crate::dsl::Handle<SecurityGroup> {
+    pub fn group_id(&self) -> Output<String> {
+        self.output("id")
+    }
+}
+
+/// A rule `tcp PORT from SOURCE` (a CIDR or a group id).
+fn parse_rule(r: &str) -> Result<(i32, String), ProviderError> {
+    let bad = || {
+        ProviderError::new(format!(
+            "ingress rule `{r}`: expected `tcp PORT from CIDR-or-sg-id`"
+        ))
+    };
+    let mut w = r.split_whitespace();
+    if w.next() != Some("tcp") {
+        return Err(bad());
+    }
+    let port: i32 = w.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    if w.next() != Some("from") {
+        return Err(bad());
+    }
+    let source = w.next().ok_or_else(bad)?.to_string();
+    Ok((port, source))
+}
+
+fn permission(port: i32, source: &str) -> IpPermission {
+    let b = IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(port)
+        .to_port(port);
+    if source.starts_with("sg-") {
+        b.user_id_group_pairs(UserIdGroupPair::builder().group_id(source).build())
+            .build()
+    } else {
+        b.ip_ranges(IpRange::builder().cidr_ip(source).build())
+            .build()
+    }
+}
+
+struct SecurityGroupType {
+    aws: Arc<Aws>,
+}
+
+/// Rules are a set: when the group has exactly the declared rules, report them in the declared
+/// order, so order is never drift.
+fn in_declared_order(mut o: Observed, declared: &Attrs) -> Observed {
+    let want = list(declared.get("ingress"));
+    let have: BTreeSet<String> = list(o.inputs.get("ingress")).into_iter().collect();
+    if want.len() == have.len() && want.iter().all(|r| have.contains(r)) {
+        o.inputs.insert("ingress".into(), serde_json::json!(want));
+    }
+    o
+}
+
+impl SecurityGroupType {
+    async fn find(&self, id: &str) -> Result<Option<Observed>, ProviderError> {
+        let out = match self
+            .aws
+            .ec2()
+            .await
+            .describe_security_groups()
+            .group_ids(id)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if e.code() == Some("InvalidGroup.NotFound") => return Ok(None),
+            Err(e) => return Err(sdk_err(&format!("describe security group {id}"), e)),
+        };
+        let Some(g) = out.security_groups().first() else {
+            return Ok(None);
+        };
+        let mut rules = BTreeSet::new();
+        for p in g.ip_permissions() {
+            let port = p.from_port().unwrap_or(0);
+            for r in p.ip_ranges() {
+                rules.insert(format!(
+                    "tcp {port} from {}",
+                    r.cidr_ip().unwrap_or_default()
+                ));
+            }
+            for r in p.user_id_group_pairs() {
+                rules.insert(format!(
+                    "tcp {port} from {}",
+                    r.group_id().unwrap_or_default()
+                ));
+            }
+        }
+        let tags: Vec<(String, String)> = g
+            .tags()
+            .iter()
+            .map(|t| {
+                (
+                    t.key().unwrap_or_default().to_string(),
+                    t.value().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        Ok(Some(Observed {
+            id: id.to_string(),
+            inputs: Attrs::from([
+                (
+                    "vpc".to_string(),
+                    Value::from(g.vpc_id().unwrap_or_default()),
+                ),
+                (
+                    "description".to_string(),
+                    Value::from(g.description().unwrap_or_default()),
+                ),
+                ("ingress".to_string(), serde_json::json!(rules)),
+            ]),
+            outputs: Attrs::from([
+                ("id".to_string(), Value::from(id)),
+                (
+                    "name".to_string(),
+                    Value::from(g.group_name().unwrap_or_default()),
+                ),
+                ("tags".to_string(), tags_value(&tags)),
+            ]),
+        }))
+    }
+
+    /// Brings the group's rules to `want`: revokes what is not wanted, authorizes what is missing.
+    async fn set_rules(&self, id: &str, want: &[String]) -> Result<(), ProviderError> {
+        let have: BTreeSet<String> = match self.find(id).await? {
+            Some(f) => list(f.inputs.get("ingress")).into_iter().collect(),
+            None => BTreeSet::new(),
+        };
+        let want: BTreeSet<String> = want.iter().cloned().collect();
+        let ec2 = self.aws.ec2().await;
+        for r in have.difference(&want) {
+            let (port, source) = parse_rule(r)?;
+            ec2.revoke_security_group_ingress()
+                .group_id(id)
+                .ip_permissions(permission(port, &source))
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("revoke `{r}` on {id}"), e))?;
+        }
+        for r in want.difference(&have) {
+            let (port, source) = parse_rule(r)?;
+            ec2.authorize_security_group_ingress()
+                .group_id(id)
+                .ip_permissions(permission(port, &source))
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("authorize `{r}` on {id}"), e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ResourceType for SecurityGroupType {
+    fn type_name(&self) -> &'static str {
+        "aws.ec2.security_group"
+    }
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        // AWS cannot change a group's VPC or description.
+        &["vpc", "description"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        list(inputs.get("ingress"))
+            .iter()
+            .filter(|r| !crate::value::has_refs(&Value::from(r.as_str())))
+            .filter_map(|r| parse_rule(r).err().map(|e| e.message))
+            .collect()
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        super::owned_by_tags(ctx, node, found)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let name = req.deterministic_id;
+        let vpc = get_str(req.inputs, "vpc").unwrap_or_default();
+        let ec2 = self.aws.ec2().await;
+        let existing = ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(vpc).build())
+            .filters(Filter::builder().name("group-name").values(name).build())
+            .send()
+            .await
+            .map_err(|e| sdk_err("find security group", e))?;
+        let id = match existing.security_groups().first() {
+            Some(g) => {
+                let id = g.group_id().unwrap_or_default().to_string();
+                let found: Vec<(String, String)> = g
+                    .tags()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.key().unwrap_or_default().to_string(),
+                            t.value().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect();
+                if !ours(&found, &ctx.plan, &ctx.stack, req.node) {
+                    return Err(ProviderError::refused(
+                        format!("security group `{name}` exists in {vpc} and is not this plan's (no cutover tags)"),
+                        format!("adopt it with `plan import <stack> {} {id}`", req.node),
+                    ));
+                }
+                id
+            }
+            None => {
+                let mut spec =
+                    TagSpecification::builder().resource_type(Ec2ResourceType::SecurityGroup);
+                for (k, v) in tags(&ctx.plan, &ctx.stack, req.node) {
+                    spec = spec.tags(Tag::builder().key(k).value(v).build());
+                }
+                ec2.create_security_group()
+                    .group_name(name)
+                    .description(get_str(req.inputs, "description").unwrap_or_default())
+                    .vpc_id(vpc)
+                    .tag_specifications(spec.build())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("create security group {name}"), e))?
+                    .group_id()
+                    .unwrap_or_default()
+                    .to_string()
+            }
+        };
+        self.set_rules(&id, &list(req.inputs.get("ingress")))
+            .await?;
+        self.find(&id)
+            .await?
+            .map(|o| in_declared_order(o, req.inputs))
+            .ok_or_else(|| ProviderError::new(format!("security group {id} vanished")))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        Ok(self
+            .find(id)
+            .await?
+            .map(|o| in_declared_order(o, req.inputs)))
+    }
+    async fn update(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        self.set_rules(id, &list(req.inputs.get("ingress"))).await?;
+        self.find(id)
+            .await?
+            .map(|o| in_declared_order(o, req.inputs))
+            .ok_or_else(|| ProviderError::new(format!("security group {id} vanished")))
+    }
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        match self
+            .aws
+            .ec2()
+            .await
+            .delete_security_group()
+            .group_id(id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("InvalidGroup.NotFound") => Ok(()),
+            Err(e) if e.code() == Some("DependencyViolation") => Err(ProviderError::new(format!(
+                "security group {id} is still in use (by an instance or another group's rule): {}",
+                e.message().unwrap_or_default()
+            ))),
+            Err(e) => Err(sdk_err(&format!("delete security group {id}"), e)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DB subnet group
+
+/// The subnets RDS and Aurora place instances in (named after the node).
+#[derive(Debug, Clone)]
+pub struct SubnetGroup {
+    inputs: Attrs,
+}
+
+impl SubnetGroup {
+    pub fn of(subnets: Output<Vec<String>>, description: &str) -> Self {
+        SubnetGroup {
+            inputs: Attrs::from([
+                ("subnets".to_string(), subnets.into()),
+                ("description".to_string(), Value::from(description)),
+            ]),
+        }
+    }
+}
+
+impl Declare for SubnetGroup {
+    const TYPE: &'static str = "aws.rds.subnet_group";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl crate::dsl::Handle<SubnetGroup> {
+    /// The group's name (what a cluster's `subnet_group` takes).
+    pub fn group_name(&self) -> Output<String> {
+        self.output("name")
+    }
+}
+
+struct SubnetGroupType {
+    aws: Arc<Aws>,
+}
+
+impl SubnetGroupType {
+    async fn find(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Observed, Vec<(String, String)>)>, ProviderError> {
+        let rds = self.aws.rds().await;
+        let out = match rds
+            .describe_db_subnet_groups()
+            .db_subnet_group_name(name)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_db_subnet_group_not_found_fault()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_err(&format!("describe DB subnet group {name}"), e)),
+        };
+        let Some(g) = out.db_subnet_groups().first() else {
+            return Ok(None);
+        };
+        let arn = g.db_subnet_group_arn().unwrap_or_default().to_string();
+        let tags = if arn.is_empty() {
+            vec![]
+        } else {
+            rds.list_tags_for_resource()
+                .resource_name(&arn)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("tags of DB subnet group {name}"), e))?
+                .tag_list()
+                .iter()
+                .map(|t| {
+                    (
+                        t.key().unwrap_or_default().to_string(),
+                        t.value().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let mut subnets: Vec<String> = g
+            .subnets()
+            .iter()
+            .filter_map(|s| s.subnet_identifier().map(String::from))
+            .collect();
+        subnets.sort();
+        Ok(Some((
+            Observed {
+                id: name.to_string(),
+                inputs: Attrs::from([
+                    ("subnets".to_string(), serde_json::json!(subnets)),
+                    (
+                        "description".to_string(),
+                        Value::from(g.db_subnet_group_description().unwrap_or_default()),
+                    ),
+                ]),
+                outputs: Attrs::from([
+                    ("name".to_string(), Value::from(name)),
+                    ("arn".to_string(), Value::from(arn)),
+                    (
+                        "vpc".to_string(),
+                        Value::from(g.vpc_id().unwrap_or_default()),
+                    ),
+                    ("tags".to_string(), tags_value(&tags)),
+                ]),
+            },
+            tags,
+        )))
+    }
+}
+
+#[async_trait]
+impl ResourceType for SubnetGroupType {
+    fn type_name(&self) -> &'static str {
+        "aws.rds.subnet_group"
+    }
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        match inputs.get("subnets").and_then(Value::as_array) {
+            Some(a) if a.len() < 2 => {
+                vec!["a DB subnet group needs subnets in at least two availability zones".into()]
+            }
+            _ => vec![],
+        }
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        super::owned_by_tags(ctx, node, found)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let name = req.deterministic_id;
+        if let Some((_, t)) = self.find(name).await? {
+            if !ours(&t, &ctx.plan, &ctx.stack, req.node) {
+                return Err(ProviderError::refused(
+                    format!(
+                        "DB subnet group `{name}` exists and is not this plan's (no cutover tags)"
+                    ),
+                    format!("adopt it with `plan import <stack> {} {name}`", req.node),
+                ));
+            }
+        } else {
+            let mut b = self
+                .aws
+                .rds()
+                .await
+                .create_db_subnet_group()
+                .db_subnet_group_name(name)
+                .db_subnet_group_description(get_str(req.inputs, "description").unwrap_or_default())
+                .set_subnet_ids(Some(list(req.inputs.get("subnets"))));
+            for (k, v) in tags(&ctx.plan, &ctx.stack, req.node) {
+                b = b.tags(aws_sdk_rds::types::Tag::builder().key(k).value(v).build());
+            }
+            b.send()
+                .await
+                .map_err(|e| sdk_err(&format!("create DB subnet group {name}"), e))?;
+        }
+        self.find(name)
+            .await?
+            .map(|(o, _)| o)
+            .ok_or_else(|| ProviderError::new(format!("DB subnet group {name} vanished")))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        Ok(self.find(id).await?.map(|(o, _)| o))
+    }
+    async fn update(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        self.aws
+            .rds()
+            .await
+            .modify_db_subnet_group()
+            .db_subnet_group_name(id)
+            .db_subnet_group_description(get_str(req.inputs, "description").unwrap_or_default())
+            .set_subnet_ids(Some(list(req.inputs.get("subnets"))))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("modify DB subnet group {id}"), e))?;
+        self.find(id)
+            .await?
+            .map(|(o, _)| o)
+            .ok_or_else(|| ProviderError::new(format!("DB subnet group {id} vanished")))
+    }
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        match self
+            .aws
+            .rds()
+            .await
+            .delete_db_subnet_group()
+            .db_subnet_group_name(id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_db_subnet_group_not_found_fault()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_err(&format!("delete DB subnet group {id}"), e)),
+        }
+    }
+}
