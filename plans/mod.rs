@@ -73,6 +73,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::aws_network,
         },
         PlanEntry {
+            name: "aws-dms",
+            about: "case 2 on the emulator: cluster, DMS instance, endpoints, split tasks, alarms, DNS (AWS provider tests)",
+            hidden: true,
+            build: testing::aws_dms,
+        },
+        PlanEntry {
             name: "aws-dns",
             about: "a hosted zone, a record and a DNS flip (AWS provider tests)",
             hidden: true,

@@ -351,3 +351,117 @@ pub fn aws_network(stack: &Stack) -> Result<Plan, PlanError> {
     );
     Ok(p)
 }
+
+/// The plan of case 2, on the emulator: a target cluster in its network, a DMS replication
+/// instance (retired after the bake), a source endpoint and a target endpoint fed by the
+/// cluster's outputs, two tasks splitting the tables (the biggest alone), three alarms on one
+/// topic, a DNS record for the new database, and behind gates the tasks' start and the bake
+/// (AWS provider tests).
+pub fn aws_dms(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let class: String = stack.get("dms_class")?;
+    let vpc = p.add("vpc", Vpc::find("migration"));
+    let subnets = p.add("subnets", Subnets::of(vpc.vpc_id()).named("private-*"));
+    let sg = p.add(
+        "db-sg",
+        SecurityGroup::in_vpc(vpc.vpc_id(), "database").ingress_from_cidr(5432, "10.0.0.0/16"),
+    );
+    let db_subnets = p.add("db-subnets", SubnetGroup::of(subnets.ids(), "target"));
+    let cluster = p.add(
+        "target",
+        AuroraCluster::postgres("15.4")
+            .master("cutover_admin", stack.secret("master_password")?)
+            .subnet_group(db_subnets.group_name())
+            .security_groups(vec![sg.group_id()])
+            .deletion_protection(false)
+            .skip_final_snapshot(),
+    );
+    let dms_subnets = p.add(
+        "dms-subnets",
+        DmsSubnetGroup::of(subnets.ids(), "replication"),
+    );
+    let gate_start = p.gate("start");
+    let gate_done = p.gate("done");
+    let bake = p.add("bake", Sleep::ms(10)).after(&gate_done);
+    let instance = p
+        .add(
+            "dms",
+            DmsInstance::new(&class, 100)
+                .subnet_group(dms_subnets.group_id())
+                .security_groups(vec![sg.group_id()]),
+        )
+        .retire_after(&bake);
+    let source = p
+        .add(
+            "source-endpoint",
+            DmsEndpoint::source("postgres", "old-db.internal", 5432, "app")
+                .credentials("dms", stack.secret("source_password")?)
+                .postgres_slot("pglogical", "dms_slot"),
+        )
+        .retire_after(&bake);
+    let target = p
+        .add(
+            "target-endpoint",
+            DmsEndpoint::target(
+                "aurora-postgresql",
+                cluster.endpoint(),
+                cluster.port(),
+                "app",
+            )
+            .credentials("cutover_admin", stack.secret("master_password")?),
+        )
+        .retire_after(&bake);
+    let settings = TaskSettings::default();
+    let big = p
+        .add(
+            "task-events",
+            DmsTask::new(
+                instance.arn(),
+                source.arn(),
+                target.arn(),
+                "full-load-and-cdc",
+                &TableMappings::new().include("public", "events"),
+                &settings,
+            ),
+        )
+        .retire_after(&bake);
+    let rest = p
+        .add(
+            "task-rest",
+            DmsTask::new(
+                instance.arn(),
+                source.arn(),
+                target.arn(),
+                "full-load-and-cdc",
+                &TableMappings::new()
+                    .include("public", "%")
+                    .exclude("public", "events"),
+                &settings,
+            ),
+        )
+        .retire_after(&bake);
+    for (name, task) in [("start-events", &big), ("start-rest", &rest)] {
+        p.add(name, StartTask::of(task.identifier(), "start"))
+            .after(&gate_start);
+    }
+    let topic = p.add("alerts", SnsTopic::new());
+    p.add(
+        "cpu",
+        Alarm::rds_cpu_above(cluster.identifier(), 80.0).notify(topic.arn()),
+    );
+    p.add(
+        "connections",
+        Alarm::rds_connections_above(cluster.identifier(), 40.0).notify(topic.arn()),
+    );
+    p.add(
+        "cdc-latency",
+        Alarm::dms_cdc_latency_above(instance.identifier(), big.identifier(), 300.0)
+            .notify(topic.arn()),
+    );
+    let zone = p.add("zone", HostedZone::named("example.test"));
+    p.add(
+        "db-record",
+        DnsRecord::cname(zone.zone_id(), "db.example.test", cluster.endpoint()),
+    );
+    Ok(p)
+}

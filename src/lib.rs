@@ -29,6 +29,10 @@ pub mod prelude {
     pub use crate::engine::PlanEntry;
     pub use crate::provider::aws::autoscaling::ReaderAutoscaling;
     pub use crate::provider::aws::cluster::{AuroraCluster, ClusterInstance};
+    pub use crate::provider::aws::dms::{
+        DmsEndpoint, DmsInstance, DmsSubnetGroup, DmsTask, Lobs, StartTask, StopTask,
+        TableMappings, TargetPrep, TaskSettings,
+    };
     pub use crate::provider::aws::monitoring::{
         Alarm, Bake, Subscription as SnsSubscription, Topic as SnsTopic,
     };

@@ -1147,53 +1147,8 @@ fn security_groups_subnet_groups_and_a_cluster_placed_in_them() {
     let m = Moto::start(&bin);
     let (ec2, rds) = (m.ec2(), m.rds());
     let rt = rt();
-    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-    let name = |n: &str, kind: ResourceType| {
-        TagSpecification::builder()
-            .resource_type(kind)
-            .tags(Tag::builder().key("Name").value(n).build())
-            .build()
-    };
     // The network exists before the plan, as it does in an account.
-    let (vpc, subnets) = rt.block_on(async {
-        let vpc = ec2
-            .create_vpc()
-            .cidr_block("10.0.0.0/16")
-            .tag_specifications(name("migration", ResourceType::Vpc))
-            .send()
-            .await
-            .unwrap()
-            .vpc()
-            .unwrap()
-            .vpc_id()
-            .unwrap()
-            .to_string();
-        let mut ids = vec![];
-        for (i, az) in ["us-east-1a", "us-east-1b", "us-east-1c"]
-            .iter()
-            .enumerate()
-        {
-            let n = if i < 2 {
-                format!("private-{az}")
-            } else {
-                "public".to_string()
-            };
-            let s = ec2
-                .create_subnet()
-                .vpc_id(&vpc)
-                .cidr_block(format!("10.0.{i}.0/24"))
-                .availability_zone(*az)
-                .tag_specifications(name(&n, ResourceType::Subnet))
-                .send()
-                .await
-                .unwrap();
-            if i < 2 {
-                ids.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
-            }
-        }
-        ids.sort();
-        (vpc, ids)
-    });
+    let (vpc, subnets) = rt.block_on(make_network(&ec2));
     let p = Project::new();
     network_stack(&p, &m, "192.0.2.0/24", "");
     let env = [("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")];
@@ -1347,4 +1302,383 @@ fn security_groups_subnet_groups_and_a_cluster_placed_in_them() {
             .db_clusters()
             .is_empty());
     });
+}
+
+/// A VPC named `migration` with two private subnets (returned, sorted) and a public one.
+async fn make_network(ec2: &aws_sdk_ec2::Client) -> (String, Vec<String>) {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let name = |n: &str, kind: ResourceType| {
+        TagSpecification::builder()
+            .resource_type(kind)
+            .tags(Tag::builder().key("Name").value(n).build())
+            .build()
+    };
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .tag_specifications(name("migration", ResourceType::Vpc))
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let mut ids = vec![];
+    for (i, az) in ["us-east-1a", "us-east-1b", "us-east-1c"]
+        .iter()
+        .enumerate()
+    {
+        let n = if i < 2 {
+            format!("private-{az}")
+        } else {
+            "public".to_string()
+        };
+        let s = ec2
+            .create_subnet()
+            .vpc_id(&vpc)
+            .cidr_block(format!("10.0.{i}.0/24"))
+            .availability_zone(*az)
+            .tag_specifications(name(&n, ResourceType::Subnet))
+            .send()
+            .await
+            .unwrap();
+        if i < 2 {
+            ids.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
+        }
+    }
+    ids.sort();
+    (vpc, ids)
+}
+
+impl Moto {
+    fn dms_via(&self, url: &str) -> aws_sdk_databasemigration::Client {
+        let conf = aws_sdk_databasemigration::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_databasemigration::config::Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(aws_sdk_databasemigration::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_databasemigration::Client::from_conf(conf)
+    }
+}
+
+fn dms_stack(p: &Project, url: &str, class: &str) {
+    p.stack(
+        "aws",
+        &format!(
+            "plan = \"aws-dms\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\ndms_class = \"{class}\"\n[secrets]\nmaster_password = \"env:CUTOVER_TEST_MASTER_PASSWORD\"\nsource_password = \"env:CUTOVER_TEST_SOURCE_PASSWORD\"\n",
+            url
+        ),
+    );
+}
+
+/// (identifier, status, table mappings) of every task.
+async fn dms_tasks(c: &aws_sdk_databasemigration::Client) -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = match c.describe_replication_tasks().send().await {
+        Ok(o) => o
+            .replication_tasks()
+            .iter()
+            .map(|t| {
+                (
+                    t.replication_task_identifier()
+                        .unwrap_or_default()
+                        .to_string(),
+                    t.status().unwrap_or_default().to_string(),
+                    t.table_mappings().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+        Err(_) => vec![],
+    };
+    v.sort();
+    v
+}
+
+#[test]
+fn case_two_on_the_emulator_dms_alarms_and_dns_applied_changed_retired_and_destroyed() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let proxy = FixingProxy::start(m.port);
+    let (ec2, rds, r53) = (m.ec2(), m.rds(), m.route53());
+    let dms = m.dms_via(&proxy.url());
+    let rt = rt();
+    rt.block_on(make_network(&ec2));
+    let zone = rt.block_on(async {
+        r53.create_hosted_zone()
+            .name("example.test")
+            .caller_reference("dms")
+            .send()
+            .await
+            .unwrap()
+            .hosted_zone()
+            .unwrap()
+            .id()
+            .trim_start_matches("/hostedzone/")
+            .to_string()
+    });
+    let env = [
+        ("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2"),
+        ("CUTOVER_TEST_SOURCE_PASSWORD", "s3cr3t-Source-1a7"),
+    ];
+    let p = Project::new();
+    // Everything goes through the proxy, which changes only DMS answers' timestamps.
+    dms_stack(&p, &proxy.url(), "dms.r5.large");
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
+    let state = p.read(".cutover/aws/state.json");
+    assert!(!state.contains("s3cr3t"), "no password in state");
+    // Read back: the target endpoint takes the cluster's endpoint; the tables are split.
+    let cluster_endpoint = rt.block_on(async {
+        let c = rds.describe_db_clusters().send().await.unwrap();
+        c.db_clusters()[0].endpoint().unwrap().to_string()
+    });
+    rt.block_on(async {
+        let eps = dms.describe_endpoints().send().await.unwrap();
+        let target = eps
+            .endpoints()
+            .iter()
+            .find(|e| {
+                e.endpoint_type()
+                    .is_some_and(|t| t.as_str().eq_ignore_ascii_case("target"))
+            })
+            .unwrap();
+        assert_eq!(target.server_name(), Some(cluster_endpoint.as_str()));
+        assert_eq!(target.engine_name(), Some("aurora-postgresql"));
+        let source = eps
+            .endpoints()
+            .iter()
+            .find(|e| {
+                e.endpoint_type()
+                    .is_some_and(|t| t.as_str().eq_ignore_ascii_case("source"))
+            })
+            .unwrap();
+        assert_eq!(source.server_name(), Some("old-db.internal"));
+        let tasks = dms_tasks(&dms).await;
+        assert_eq!(tasks.len(), 2, "{tasks:?}");
+        let events = tasks.iter().find(|t| t.0.ends_with("task-events")).unwrap();
+        assert!(
+            events.2.contains("\"events\"") && !events.2.contains("exclude"),
+            "{}",
+            events.2
+        );
+        let rest = tasks.iter().find(|t| t.0.ends_with("task-rest")).unwrap();
+        assert!(rest.2.contains("exclude"), "{}", rest.2);
+        let alarms = m.cloudwatch().describe_alarms().send().await.unwrap();
+        assert_eq!(alarms.metric_alarms().len(), 3);
+        let topics = m.sns().list_topics().send().await.unwrap();
+        let topic = topics.topics()[0].topic_arn().unwrap().to_string();
+        assert!(alarms
+            .metric_alarms()
+            .iter()
+            .all(|a| a.alarm_actions() == [topic.clone()]));
+    });
+    let got = rt.block_on(record(
+        &r53,
+        &zone,
+        "db.example.test",
+        aws_sdk_route53::types::RrType::Cname,
+    ));
+    assert_eq!(got.unwrap().0, vec![cluster_endpoint.clone()]);
+
+    // The tasks start behind their gate.
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "start"], &env);
+    assert_eq!(code, 0, "{out}");
+    let tasks = rt.block_on(dms_tasks(&dms));
+    assert!(tasks.iter().all(|t| t.1 == "running"), "{tasks:?}");
+
+    // Changed: a bigger replication instance, modified in place.
+    dms_stack(&p, &proxy.url(), "dms.r5.xlarge");
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("~ dms (aws.dms.instance)"), "{out}");
+    let class = rt.block_on(async {
+        dms.describe_replication_instances()
+            .send()
+            .await
+            .unwrap()
+            .replication_instances()[0]
+            .replication_instance_class()
+            .unwrap()
+            .to_string()
+    });
+    assert_eq!(class, "dms.r5.xlarge");
+
+    // After the bake the migration's temporaries retire: running tasks are stopped and deleted,
+    // then the endpoints and the instance.
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "done"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(rt.block_on(dms_tasks(&dms)).is_empty(), "tasks retired");
+    rt.block_on(async {
+        assert!(dms
+            .describe_endpoints()
+            .send()
+            .await
+            .map(|o| o.endpoints().is_empty())
+            .unwrap_or(true));
+        assert!(dms
+            .describe_replication_instances()
+            .send()
+            .await
+            .map(|o| o.replication_instances().is_empty())
+            .unwrap_or(true));
+    });
+    let (code, out) = run_env(&p, &["preview", "aws", "--detailed-exitcode"], &env);
+    assert_eq!(code, 0, "nothing to do, nothing recreated: {out}");
+
+    // Destroy the rest.
+    let (code, out) = run_env(&p, &["destroy", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
+    rt.block_on(async {
+        assert!(rds
+            .describe_db_clusters()
+            .send()
+            .await
+            .unwrap()
+            .db_clusters()
+            .is_empty());
+        assert!(m
+            .cloudwatch()
+            .describe_alarms()
+            .send()
+            .await
+            .unwrap()
+            .metric_alarms()
+            .is_empty());
+    });
+    assert_eq!(
+        rt.block_on(record(
+            &r53,
+            &zone,
+            "db.example.test",
+            aws_sdk_route53::types::RrType::Cname
+        )),
+        None
+    );
+}
+
+/// A loopback proxy of the test suite's own between the SDK and moto, for one emulator defect:
+/// moto 5.2.5 writes DMS timestamps (InstanceCreateTime, ReplicationTaskCreationDate, ...) as
+/// ISO strings where the DMS JSON protocol has epoch seconds, which the SDK rightly refuses to
+/// parse. The proxy rewrites those values to epoch seconds in DMS answers and passes everything
+/// else through unchanged; every request still reaches moto as the SDK sent it.
+struct FixingProxy {
+    port: u16,
+}
+
+impl FixingProxy {
+    fn start(upstream: u16) -> FixingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    let _ = FixingProxy::serve(conn, upstream);
+                });
+            }
+        });
+        FixingProxy { port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (head, body) of one HTTP/1.1 message with a Content-Length (or read to EOF).
+    fn read_message(
+        r: &mut impl std::io::Read,
+        to_eof: bool,
+    ) -> std::io::Result<(String, Vec<u8>)> {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if r.read(&mut byte)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).to_string();
+        let len = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        });
+        let mut body = Vec::new();
+        match len {
+            Some(n) => {
+                body.resize(n, 0);
+                r.read_exact(&mut body)?;
+            }
+            None if to_eof => {
+                r.read_to_end(&mut body)?;
+            }
+            None => {}
+        }
+        Ok((head, body))
+    }
+
+    fn serve(mut client: std::net::TcpStream, upstream: u16) -> std::io::Result<()> {
+        use std::io::Write;
+        loop {
+            let (head, body) = match FixingProxy::read_message(&mut client, false) {
+                Ok(m) => m,
+                Err(_) => return Ok(()),
+            };
+            let dms = head.contains("AmazonDMSv20160101");
+            let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+            up.write_all(head.as_bytes())?;
+            up.write_all(&body)?;
+            let (rhead, mut rbody) = FixingProxy::read_message(&mut up, true)?;
+            if dms {
+                if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&rbody) {
+                    fix_times(&mut v);
+                    rbody = serde_json::to_vec(&v).unwrap();
+                }
+            }
+            let mut out = String::new();
+            for l in rhead.trim_end().lines() {
+                let lower = l.to_ascii_lowercase();
+                if lower.starts_with("content-length:") || lower.starts_with("connection:") {
+                    continue;
+                }
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+            out.push_str(&format!(
+                "Content-Length: {}\r\nConnection: keep-alive\r\n\r\n",
+                rbody.len()
+            ));
+            client.write_all(out.as_bytes())?;
+            client.write_all(&rbody)?;
+        }
+    }
+}
+
+/// ISO timestamps under keys ending in Date or Time become epoch seconds.
+fn fix_times(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if let serde_json::Value::String(s) = x {
+                    if k.ends_with("Date") || k.ends_with("Time") {
+                        if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+                            let secs = t
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_secs_f64();
+                            *x = serde_json::json!(secs);
+                        }
+                    }
+                } else {
+                    fix_times(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(fix_times),
+        _ => {}
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod autoscaling;
 pub mod cluster;
+pub mod dms;
 pub mod monitoring;
 pub mod network;
 pub mod rds;
@@ -34,6 +35,7 @@ pub struct Aws {
     sns: OnceCell<aws_sdk_sns::Client>,
     cloudwatch: OnceCell<aws_sdk_cloudwatch::Client>,
     ec2: OnceCell<aws_sdk_ec2::Client>,
+    dms: OnceCell<aws_sdk_databasemigration::Client>,
 }
 
 impl Aws {
@@ -48,6 +50,7 @@ impl Aws {
             sns: OnceCell::new(),
             cloudwatch: OnceCell::new(),
             ec2: OnceCell::new(),
+            dms: OnceCell::new(),
         })
     }
 
@@ -63,7 +66,30 @@ impl Aws {
             sns: OnceCell::new(),
             cloudwatch: OnceCell::new(),
             ec2: OnceCell::new(),
+            dms: OnceCell::new(),
         })
+    }
+
+    /// An `Aws` whose DMS client is given (tests that replay or capture requests).
+    pub fn with_dms(client: aws_sdk_databasemigration::Client) -> Arc<Aws> {
+        let aws = Aws::from_parts();
+        let _ = aws.dms.set(client);
+        Arc::new(aws)
+    }
+
+    fn from_parts() -> Aws {
+        Aws {
+            region: None,
+            endpoint_url: None,
+            profile: None,
+            rds: OnceCell::new(),
+            autoscaling: OnceCell::new(),
+            route53: OnceCell::new(),
+            sns: OnceCell::new(),
+            cloudwatch: OnceCell::new(),
+            ec2: OnceCell::new(),
+            dms: OnceCell::new(),
+        }
     }
 
     async fn config(&self) -> aws_config::SdkConfig {
@@ -129,6 +155,13 @@ impl Aws {
             .await
     }
 
+    /// The DMS client.
+    pub async fn dms(&self) -> &aws_sdk_databasemigration::Client {
+        self.dms
+            .get_or_init(|| async { aws_sdk_databasemigration::Client::new(&self.config().await) })
+            .await
+    }
+
     /// The RDS client.
     pub async fn rds(&self) -> &aws_sdk_rds::Client {
         self.rds
@@ -144,7 +177,8 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     autoscaling::register(r, aws.clone());
     route53::register(r, aws.clone());
     monitoring::register(r, aws.clone());
-    network::register(r, aws);
+    network::register(r, aws.clone());
+    dms::register(r, aws);
 }
 
 /// The tags naming plan, stack and node that every object we create carries.

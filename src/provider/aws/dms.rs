@@ -1,0 +1,1858 @@
+//! AWS DMS: replication subnet groups (`aws.dms.subnet_group`), replication instances
+//! (`aws.dms.instance`, usually temporary), endpoints (`aws.dms.endpoint`, credentials from
+//! secret references), replication tasks (`aws.dms.task`, with table mappings and task settings
+//! built typed), and the steps that start and stop a task.
+//!
+//! A task that is running when its definition changes is stopped, modified and resumed as part of
+//! the update, never left stopped by it. The task builder refuses batch apply for a table the plan
+//! declares with a primary key and another unique constraint: DMS's batch apply can then drop
+//! rows. Objects carry our tags; one that exists without them is never taken over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_databasemigration::types::{
+    DmsSslModeValue, Filter, MigrationTypeValue, PluginNameValue, PostgreSqlSettings,
+    ReplicationEndpointTypeValue, StartReplicationTaskTypeValue, Tag,
+};
+
+use super::{ours, sdk_err, tags, tags_value, Aws};
+use crate::dsl::{Declare, NodeKind, Output};
+use crate::provider::{
+    Ctx, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
+};
+use crate::value::{get_str, get_u64, Attrs, Value};
+
+pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+    r.resource(SubnetGroupType { aws: aws.clone() });
+    r.resource(InstanceType { aws: aws.clone() });
+    r.resource(EndpointType { aws: aws.clone() });
+    r.resource(TaskType { aws: aws.clone() });
+    r.step(StartType { aws: aws.clone() });
+    r.step(StopType { aws });
+}
+
+fn list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn dms_tags(ctx: &Ctx, node: &str) -> Vec<Tag> {
+    tags(&ctx.plan, &ctx.stack, node)
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+async fn tags_of(aws: &Aws, arn: &str) -> Result<Vec<(String, String)>, ProviderError> {
+    Ok(aws
+        .dms()
+        .await
+        .list_tags_for_resource()
+        .resource_arn(arn)
+        .send()
+        .await
+        .map_err(|e| sdk_err(&format!("tags of {arn}"), e))?
+        .tag_list()
+        .iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+fn not_ours(what: &str, id: &str, node: &str) -> ProviderError {
+    ProviderError::refused(
+        format!("{what} `{id}` exists and is not this plan's (no cutover tags)"),
+        format!("adopt it with `plan import <stack> {node} {id}`"),
+    )
+}
+
+fn id_filter(name: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(name)
+        .values(value)
+        .build()
+        .expect("name and values are set")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Table mappings and task settings, typed
+
+/// Selection and transformation rules of a task, built typed (DMS's JSON is written for you).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableMappings {
+    rules: Vec<(String, String, String)>,
+    renames: Vec<(String, String)>,
+}
+
+impl TableMappings {
+    pub fn new() -> Self {
+        TableMappings::default()
+    }
+    /// Include tables matching `schema`.`table` (`%` is a wildcard).
+    pub fn include(mut self, schema: &str, table: &str) -> Self {
+        self.rules
+            .push(("include".into(), schema.into(), table.into()));
+        self
+    }
+    /// Exclude tables matching `schema`.`table` (after the includes).
+    pub fn exclude(mut self, schema: &str, table: &str) -> Self {
+        self.rules
+            .push(("exclude".into(), schema.into(), table.into()));
+        self
+    }
+    /// Rename schema `from` to `to` on the target.
+    pub fn rename_schema(mut self, from: &str, to: &str) -> Self {
+        self.renames.push((from.into(), to.into()));
+        self
+    }
+    /// DMS's JSON document.
+    pub fn to_json(&self) -> String {
+        let mut rules = vec![];
+        let mut id = 0;
+        for (action, schema, table) in &self.rules {
+            id += 1;
+            rules.push(serde_json::json!({
+                "rule-type": "selection", "rule-id": id.to_string(), "rule-name": format!("{action}-{id}"),
+                "object-locator": {"schema-name": schema, "table-name": table},
+                "rule-action": action,
+            }));
+        }
+        for (from, to) in &self.renames {
+            id += 1;
+            rules.push(serde_json::json!({
+                "rule-type": "transformation", "rule-id": id.to_string(), "rule-name": format!("rename-{id}"),
+                "rule-target": "schema", "object-locator": {"schema-name": from},
+                "rule-action": "rename", "value": to,
+            }));
+        }
+        serde_json::json!({ "rules": rules }).to_string()
+    }
+    /// The (action, schema, table) selection rules in a DMS JSON document.
+    fn selections(json: &str) -> Vec<(String, String, String)> {
+        let v: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+        v.get("rules")
+            .and_then(Value::as_array)
+            .map(|rs| {
+                rs.iter()
+                    .filter(|r| r.get("rule-type").and_then(Value::as_str) == Some("selection"))
+                    .map(|r| {
+                        let s = |k: &str| {
+                            r.pointer(k)
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_string()
+                        };
+                        (
+                            s("/rule-action"),
+                            s("/object-locator/schema-name"),
+                            s("/object-locator/table-name"),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// `%`-wildcard match as DMS selection rules use it.
+fn like(pattern: &str, s: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'%'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
+            (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), s.as_bytes())
+}
+
+/// Whether `schema.table` is selected by the mapping rules (includes, then excludes).
+fn selected(rules: &[(String, String, String)], qualified: &str) -> bool {
+    let (schema, table) = qualified.split_once('.').unwrap_or(("public", qualified));
+    let hit = |action: &str| {
+        rules
+            .iter()
+            .any(|(a, s, t)| a == action && like(s, schema) && like(t, table))
+    };
+    hit("include") && !hit("exclude")
+}
+
+/// How the target's tables are prepared at full load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetPrep {
+    DoNothing,
+    Truncate,
+    DropAndCreate,
+}
+
+/// LOB handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lobs {
+    /// LOBs up to `max_kb`, truncated beyond (fast).
+    Limited { max_kb: u64 },
+    /// Every LOB whole, looked up after the row (slow).
+    Full { chunk_kb: u64 },
+    /// LOBs up to `inline_kb` inline, bigger ones looked up (a per-table compromise).
+    Inline { inline_kb: u64 },
+}
+
+/// Task settings built typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSettings {
+    pub target_prep: TargetPrep,
+    pub lobs: Lobs,
+    pub batch_apply: bool,
+    pub validation: bool,
+    pub logging: bool,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        TaskSettings {
+            target_prep: TargetPrep::DoNothing,
+            lobs: Lobs::Limited { max_kb: 32 },
+            batch_apply: false,
+            validation: true,
+            logging: true,
+        }
+    }
+}
+
+impl TaskSettings {
+    /// DMS's JSON document.
+    pub fn to_json(&self) -> String {
+        let (full, limited, max, chunk, inline) = match self.lobs {
+            Lobs::Limited { max_kb } => (false, true, max_kb, 0, 0),
+            Lobs::Full { chunk_kb } => (true, false, 0, chunk_kb, 0),
+            Lobs::Inline { inline_kb } => (true, false, 0, 64, inline_kb),
+        };
+        serde_json::json!({
+            "TargetMetadata": {
+                "FullLobMode": full, "LimitedSizeLobMode": limited, "LobMaxSize": max,
+                "LobChunkSize": chunk, "InlineLobMaxSize": inline,
+                "BatchApplyEnabled": self.batch_apply,
+            },
+            "FullLoadSettings": {
+                "TargetTablePrepMode": match self.target_prep {
+                    TargetPrep::DoNothing => "DO_NOTHING",
+                    TargetPrep::Truncate => "TRUNCATE_BEFORE_LOAD",
+                    TargetPrep::DropAndCreate => "DROP_AND_CREATE",
+                },
+            },
+            "ValidationSettings": {"EnableValidation": self.validation},
+            "Logging": {"EnableLogging": self.logging},
+        })
+        .to_string()
+    }
+    fn batch_apply_of(json: &str) -> bool {
+        serde_json::from_str::<Value>(json)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/TargetMetadata/BatchApplyEnabled")
+                    .and_then(Value::as_bool)
+            })
+            .unwrap_or(false)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replication subnet group
+
+/// The subnets a replication instance lives in.
+#[derive(Debug, Clone)]
+pub struct DmsSubnetGroup {
+    inputs: Attrs,
+}
+
+impl DmsSubnetGroup {
+    pub fn of(subnets: Output<Vec<String>>, description: &str) -> Self {
+        DmsSubnetGroup {
+            inputs: Attrs::from([
+                ("subnets".to_string(), subnets.into()),
+                ("description".to_string(), Value::from(description)),
+            ]),
+        }
+    }
+}
+
+impl Declare for DmsSubnetGroup {
+    const TYPE: &'static str = "aws.dms.subnet_group";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl crate::dsl::Handle<DmsSubnetGroup> {
+    pub fn group_id(&self) -> Output<String> {
+        self.output("id")
+    }
+}
+
+struct SubnetGroupType {
+    aws: Arc<Aws>,
+}
+
+impl SubnetGroupType {
+    async fn find(&self, id: &str) -> Result<Option<Observed>, ProviderError> {
+        let out = self
+            .aws
+            .dms()
+            .await
+            .describe_replication_subnet_groups()
+            .filters(id_filter("replication-subnet-group-id", id))
+            .send()
+            .await;
+        let out = match out {
+            Ok(o) => o,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_fault()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_err(&format!("describe subnet group {id}"), e)),
+        };
+        let Some(g) = out.replication_subnet_groups().first() else {
+            return Ok(None);
+        };
+        let mut subnets: Vec<String> = g
+            .subnets()
+            .iter()
+            .filter_map(|s| s.subnet_identifier().map(String::from))
+            .collect();
+        subnets.sort();
+        Ok(Some(Observed {
+            id: id.into(),
+            inputs: Attrs::from([
+                ("subnets".to_string(), serde_json::json!(subnets)),
+                (
+                    "description".to_string(),
+                    Value::from(g.replication_subnet_group_description().unwrap_or_default()),
+                ),
+            ]),
+            outputs: Attrs::from([
+                ("id".to_string(), Value::from(id)),
+                (
+                    "vpc".to_string(),
+                    Value::from(g.vpc_id().unwrap_or_default()),
+                ),
+            ]),
+        }))
+    }
+}
+
+#[async_trait]
+impl ResourceType for SubnetGroupType {
+    fn type_name(&self) -> &'static str {
+        "aws.dms.subnet_group"
+    }
+    fn service(&self) -> &'static str {
+        "dms"
+    }
+    fn owned(&self, _ctx: &Ctx, _node: &str, _found: &Observed) -> bool {
+        // Created only after a look-up found none of that name (see create).
+        true
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let id = req.deterministic_id;
+        if self.find(id).await?.is_some() {
+            return Err(not_ours("replication subnet group", id, req.node));
+        }
+        self.aws
+            .dms()
+            .await
+            .create_replication_subnet_group()
+            .replication_subnet_group_identifier(id)
+            .replication_subnet_group_description(
+                get_str(req.inputs, "description").unwrap_or_default(),
+            )
+            .set_subnet_ids(Some(list(req.inputs.get("subnets"))))
+            .set_tags(Some(dms_tags(ctx, req.node)))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("create replication subnet group {id}"), e))?;
+        self.find(id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("subnet group {id} vanished")))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        self.find(id).await
+    }
+    async fn update(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        // moto 5.2.5 has no ModifyReplicationSubnetGroup: this call is not exercised there.
+        self.aws
+            .dms()
+            .await
+            .modify_replication_subnet_group()
+            .replication_subnet_group_identifier(id)
+            .replication_subnet_group_description(
+                get_str(req.inputs, "description").unwrap_or_default(),
+            )
+            .set_subnet_ids(Some(list(req.inputs.get("subnets"))))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("modify replication subnet group {id}"), e))?;
+        self.find(id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("subnet group {id} vanished")))
+    }
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        self.aws
+            .dms()
+            .await
+            .delete_replication_subnet_group()
+            .replication_subnet_group_identifier(id)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("delete replication subnet group {id}"), e))?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replication instance
+
+/// A replication instance (usually `.temporary()` or `.retire_after(...)`).
+#[derive(Debug, Clone)]
+pub struct DmsInstance {
+    inputs: Attrs,
+}
+
+impl DmsInstance {
+    pub fn new(class: &str, storage_gb: u64) -> Self {
+        DmsInstance {
+            inputs: Attrs::from([
+                ("class".to_string(), Value::from(class)),
+                ("storage".to_string(), Value::from(storage_gb)),
+                ("multi_az".to_string(), Value::Bool(false)),
+                ("public".to_string(), Value::Bool(false)),
+            ]),
+        }
+    }
+    fn set(mut self, k: &str, v: impl Into<Value>) -> Self {
+        self.inputs.insert(k.into(), v.into());
+        self
+    }
+    pub fn multi_az(self, on: bool) -> Self {
+        self.set("multi_az", on)
+    }
+    pub fn publicly_accessible(self, on: bool) -> Self {
+        self.set("public", on)
+    }
+    pub fn engine_version(self, v: &str) -> Self {
+        self.set("engine_version", v)
+    }
+    pub fn subnet_group(self, id: Output<String>) -> Self {
+        self.set("subnet_group", id)
+    }
+    pub fn security_groups(self, ids: Vec<Output<String>>) -> Self {
+        self.set(
+            "security_groups",
+            Value::Array(ids.into_iter().map(Into::into).collect()),
+        )
+    }
+}
+
+impl Declare for DmsInstance {
+    const TYPE: &'static str = "aws.dms.instance";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl crate::dsl::Handle<DmsInstance> {
+    pub fn arn(&self) -> Output<String> {
+        self.output("arn")
+    }
+    pub fn identifier(&self) -> Output<String> {
+        self.output("id")
+    }
+}
+
+struct InstanceType {
+    aws: Arc<Aws>,
+}
+
+impl InstanceType {
+    /// The instance, its status and its tags.
+    async fn find(
+        &self,
+        id: &str,
+        declared: &Attrs,
+    ) -> Result<Option<(Observed, String, Vec<(String, String)>)>, ProviderError> {
+        let out = match self
+            .aws
+            .dms()
+            .await
+            .describe_replication_instances()
+            .filters(id_filter("replication-instance-id", id))
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_fault()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_err(&format!("describe replication instance {id}"), e)),
+        };
+        let Some(i) = out.replication_instances().first() else {
+            return Ok(None);
+        };
+        let arn = i.replication_instance_arn().unwrap_or_default().to_string();
+        let t = tags_of(&self.aws, &arn).await?;
+        let mut inputs = Attrs::from([
+            (
+                "class".to_string(),
+                Value::from(i.replication_instance_class().unwrap_or_default()),
+            ),
+            (
+                "storage".to_string(),
+                Value::from(i.allocated_storage() as u64),
+            ),
+            ("multi_az".to_string(), Value::Bool(i.multi_az())),
+            ("public".to_string(), Value::Bool(i.publicly_accessible())),
+        ]);
+        if let Some(v) = i.engine_version() {
+            inputs.insert("engine_version".into(), Value::from(v));
+        }
+        if let Some(g) = i
+            .replication_subnet_group()
+            .and_then(|g| g.replication_subnet_group_identifier())
+        {
+            inputs.insert("subnet_group".into(), Value::from(g));
+        }
+        inputs.retain(|k, _| declared.contains_key(k));
+        Ok(Some((
+            Observed {
+                id: id.into(),
+                inputs,
+                outputs: Attrs::from([
+                    ("id".to_string(), Value::from(id)),
+                    ("arn".to_string(), Value::from(arn)),
+                    ("tags".to_string(), tags_value(&t)),
+                ]),
+            },
+            i.replication_instance_status()
+                .unwrap_or_default()
+                .to_string(),
+            t,
+        )))
+    }
+
+    async fn wait(
+        &self,
+        ctx: &Ctx,
+        node: &str,
+        id: &str,
+        gone: bool,
+    ) -> Result<Observed, ProviderError> {
+        let mut last = String::new();
+        let started = std::time::Instant::now();
+        loop {
+            match self.find(id, &Attrs::new()).await? {
+                None if gone => {
+                    return Ok(Observed {
+                        id: id.into(),
+                        inputs: Attrs::new(),
+                        outputs: Attrs::new(),
+                    })
+                }
+                None => {
+                    return Err(ProviderError::new(format!(
+                        "replication instance {id} vanished"
+                    )))
+                }
+                Some((o, status, _)) => {
+                    if !gone && status == "available" {
+                        return Ok(o);
+                    }
+                    if status != last {
+                        ctx.report(
+                            node,
+                            &format!(
+                                "replication instance {id}: {status} ({:.0} s)",
+                                started.elapsed().as_secs_f64()
+                            ),
+                        );
+                        last = status;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl ResourceType for InstanceType {
+    fn type_name(&self) -> &'static str {
+        "aws.dms.instance"
+    }
+    fn service(&self) -> &'static str {
+        "dms"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["subnet_group", "public"]
+    }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["id", "arn"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        match get_str(inputs, "class") {
+            Some(c) if !c.starts_with("dms.") => vec![format!(
+                "replication instance class `{c}`: DMS classes start with `dms.` (e.g. dms.r5.large)"
+            )],
+            _ => vec![],
+        }
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        super::owned_by_tags(ctx, node, found)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let id = req.deterministic_id;
+        let i = req.inputs;
+        match self.find(id, i).await? {
+            Some((_, _, t)) if !ours(&t, &ctx.plan, &ctx.stack, req.node) => {
+                return Err(not_ours("replication instance", id, req.node))
+            }
+            Some(_) => {}
+            None => {
+                self.aws
+                    .dms()
+                    .await
+                    .create_replication_instance()
+                    .replication_instance_identifier(id)
+                    .replication_instance_class(get_str(i, "class").unwrap_or_default())
+                    .allocated_storage(get_u64(i, "storage").unwrap_or(50) as i32)
+                    .multi_az(i.get("multi_az").and_then(Value::as_bool).unwrap_or(false))
+                    .publicly_accessible(i.get("public").and_then(Value::as_bool).unwrap_or(false))
+                    .set_engine_version(get_str(i, "engine_version").map(String::from))
+                    .set_replication_subnet_group_identifier(
+                        get_str(i, "subnet_group").map(String::from),
+                    )
+                    .set_vpc_security_group_ids(
+                        i.contains_key("security_groups")
+                            .then(|| list(i.get("security_groups"))),
+                    )
+                    .set_tags(Some(dms_tags(ctx, req.node)))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("create replication instance {id}"), e))?;
+            }
+        }
+        self.wait(ctx, req.node, id, false).await?;
+        self.find(id, i)
+            .await?
+            .map(|(o, _, _)| o)
+            .ok_or_else(|| ProviderError::new(format!("replication instance {id} vanished")))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        Ok(self.find(id, req.inputs).await?.map(|(o, _, _)| o))
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        let i = req.inputs;
+        let arn = self
+            .find(id, i)
+            .await?
+            .and_then(|(o, _, _)| get_str(&o.outputs, "arn").map(String::from))
+            .ok_or_else(|| ProviderError::new(format!("replication instance {id} vanished")))?;
+        self.aws
+            .dms()
+            .await
+            .modify_replication_instance()
+            .replication_instance_arn(&arn)
+            .apply_immediately(true)
+            .replication_instance_class(get_str(i, "class").unwrap_or_default())
+            .allocated_storage(get_u64(i, "storage").unwrap_or(50) as i32)
+            .multi_az(i.get("multi_az").and_then(Value::as_bool).unwrap_or(false))
+            .set_engine_version(get_str(i, "engine_version").map(String::from))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("modify replication instance {id}"), e))?;
+        self.wait(ctx, req.node, id, false).await?;
+        self.find(id, i)
+            .await?
+            .map(|(o, _, _)| o)
+            .ok_or_else(|| ProviderError::new(format!("replication instance {id} vanished")))
+    }
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        let Some((o, _, _)) = self.find(id, &Attrs::new()).await? else {
+            return Ok(());
+        };
+        let arn = get_str(&o.outputs, "arn").unwrap_or_default().to_string();
+        self.aws
+            .dms()
+            .await
+            .delete_replication_instance()
+            .replication_instance_arn(&arn)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("delete replication instance {id}"), e))?;
+        self.wait(ctx, req.node, id, true).await.map(|_| ())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoint
+
+/// A source or target endpoint. The password is a secret reference, never stored.
+#[derive(Debug, Clone)]
+pub struct DmsEndpoint {
+    inputs: Attrs,
+}
+
+impl DmsEndpoint {
+    fn new(kind: &str, engine: &str, server: Value, port: Value, database: &str) -> Self {
+        DmsEndpoint {
+            inputs: Attrs::from([
+                ("type".to_string(), Value::from(kind)),
+                ("engine".to_string(), Value::from(engine)),
+                ("server".to_string(), server),
+                ("port".to_string(), port),
+                ("database".to_string(), Value::from(database)),
+                ("ssl_mode".to_string(), Value::from("require")),
+            ]),
+        }
+    }
+    /// A source: `engine` is postgres, aurora-postgresql, mysql or aurora.
+    pub fn source(engine: &str, server: impl Into<Value>, port: u16, database: &str) -> Self {
+        DmsEndpoint::new(
+            "source",
+            engine,
+            server.into(),
+            Value::from(port as u64),
+            database,
+        )
+    }
+    /// A target; `server` and `port` may be a cluster's `endpoint()` and `port()`.
+    pub fn target(
+        engine: &str,
+        server: impl Into<Value>,
+        port: impl Into<Value>,
+        database: &str,
+    ) -> Self {
+        DmsEndpoint::new("target", engine, server.into(), port.into(), database)
+    }
+    /// User name and password (a secret reference).
+    pub fn credentials(mut self, user: &str, password: Output<String>) -> Self {
+        self.inputs.insert("username".into(), Value::from(user));
+        self.inputs.insert("password".into(), password.into());
+        self
+    }
+    /// `none`, `require`, `verify-ca` or `verify-full`.
+    pub fn ssl_mode(mut self, mode: &str) -> Self {
+        self.inputs.insert("ssl_mode".into(), Value::from(mode));
+        self
+    }
+    /// PostgreSQL source: the decoding plugin (`pglogical` or `test_decoding`) and the slot name.
+    pub fn postgres_slot(mut self, plugin: &str, slot: &str) -> Self {
+        self.inputs.insert("plugin".into(), Value::from(plugin));
+        self.inputs.insert("slot_name".into(), Value::from(slot));
+        self
+    }
+}
+
+impl Declare for DmsEndpoint {
+    const TYPE: &'static str = "aws.dms.endpoint";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl crate::dsl::Handle<DmsEndpoint> {
+    pub fn arn(&self) -> Output<String> {
+        self.output("arn")
+    }
+}
+
+struct EndpointType {
+    aws: Arc<Aws>,
+}
+
+fn ssl(s: &str) -> DmsSslModeValue {
+    DmsSslModeValue::from(s)
+}
+
+fn pg_settings(i: &Attrs) -> Option<PostgreSqlSettings> {
+    let plugin = get_str(i, "plugin");
+    let slot = get_str(i, "slot_name");
+    (plugin.is_some() || slot.is_some()).then(|| {
+        PostgreSqlSettings::builder()
+            .set_plugin_name(plugin.map(PluginNameValue::from))
+            .set_slot_name(slot.map(String::from))
+            .build()
+    })
+}
+
+impl EndpointType {
+    async fn find(
+        &self,
+        id: &str,
+        declared: &Attrs,
+    ) -> Result<Option<(Observed, Vec<(String, String)>)>, ProviderError> {
+        let out = match self
+            .aws
+            .dms()
+            .await
+            .describe_endpoints()
+            .filters(id_filter("endpoint-id", id))
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_fault()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sdk_err(&format!("describe endpoint {id}"), e)),
+        };
+        let Some(e) = out.endpoints().first() else {
+            return Ok(None);
+        };
+        let arn = e.endpoint_arn().unwrap_or_default().to_string();
+        let t = tags_of(&self.aws, &arn).await?;
+        let mut inputs = Attrs::from([
+            (
+                "type".to_string(),
+                Value::from(
+                    e.endpoint_type()
+                        .map(|t| t.as_str().to_lowercase())
+                        .unwrap_or_default(),
+                ),
+            ),
+            (
+                "engine".to_string(),
+                Value::from(e.engine_name().unwrap_or_default()),
+            ),
+            (
+                "server".to_string(),
+                Value::from(e.server_name().unwrap_or_default()),
+            ),
+            (
+                "port".to_string(),
+                Value::from(e.port().unwrap_or(0) as u64),
+            ),
+            (
+                "database".to_string(),
+                Value::from(e.database_name().unwrap_or_default()),
+            ),
+            (
+                "ssl_mode".to_string(),
+                Value::from(e.ssl_mode().map(|m| m.as_str()).unwrap_or("none")),
+            ),
+        ]);
+        if let Some(u) = e.username() {
+            inputs.insert("username".into(), Value::from(u));
+        }
+        if let Some(p) = e.postgre_sql_settings() {
+            if let Some(x) = p.plugin_name() {
+                inputs.insert("plugin".into(), Value::from(x.as_str()));
+            }
+            if let Some(x) = p.slot_name() {
+                inputs.insert("slot_name".into(), Value::from(x));
+            }
+        }
+        inputs.retain(|k, _| declared.contains_key(k) && k != "password");
+        Ok(Some((
+            Observed {
+                id: id.into(),
+                inputs,
+                outputs: Attrs::from([
+                    ("arn".to_string(), Value::from(arn)),
+                    ("tags".to_string(), tags_value(&t)),
+                ]),
+            },
+            t,
+        )))
+    }
+}
+
+#[async_trait]
+impl ResourceType for EndpointType {
+    fn type_name(&self) -> &'static str {
+        "aws.dms.endpoint"
+    }
+    fn service(&self) -> &'static str {
+        "dms"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["type", "engine"]
+    }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["arn"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        let mut v = vec![];
+        match get_str(inputs, "engine") {
+            Some("postgres" | "aurora-postgresql" | "mysql" | "aurora") | None => {}
+            Some(e) => v.push(format!(
+                "endpoint engine `{e}`: use postgres, aurora-postgresql, mysql or aurora"
+            )),
+        }
+        match get_str(inputs, "ssl_mode") {
+            Some("none" | "require" | "verify-ca" | "verify-full") | None => {}
+            Some(m) => v.push(format!(
+                "ssl mode `{m}`: use none, require, verify-ca or verify-full"
+            )),
+        }
+        if let Some(p) = get_str(inputs, "plugin") {
+            if ![
+                "pglogical",
+                "test-decoding",
+                "test_decoding",
+                "no-preference",
+            ]
+            .contains(&p)
+            {
+                v.push(format!("plugin `{p}`: use pglogical or test_decoding"));
+            }
+        }
+        v
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        super::owned_by_tags(ctx, node, found)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let id = req.deterministic_id;
+        let i = req.inputs;
+        match self.find(id, i).await? {
+            Some((_, t)) if !ours(&t, &ctx.plan, &ctx.stack, req.node) => {
+                return Err(not_ours("endpoint", id, req.node))
+            }
+            Some(_) => {}
+            None => {
+                self.aws
+                    .dms()
+                    .await
+                    .create_endpoint()
+                    .endpoint_identifier(id)
+                    .endpoint_type(ReplicationEndpointTypeValue::from(
+                        get_str(i, "type").unwrap_or("source"),
+                    ))
+                    .engine_name(get_str(i, "engine").unwrap_or_default())
+                    .set_server_name(get_str(i, "server").map(String::from))
+                    .set_port(get_u64(i, "port").map(|p| p as i32))
+                    .set_database_name(get_str(i, "database").map(String::from))
+                    .set_username(get_str(i, "username").map(String::from))
+                    .set_password(get_str(i, "password").map(String::from))
+                    .ssl_mode(ssl(get_str(i, "ssl_mode").unwrap_or("require")))
+                    .set_postgre_sql_settings(pg_settings(i))
+                    .set_tags(Some(dms_tags(ctx, req.node)))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("create endpoint {id}"), e))?;
+            }
+        }
+        self.find(id, i)
+            .await?
+            .map(|(o, _)| o)
+            .ok_or_else(|| ProviderError::new(format!("endpoint {id} vanished")))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        Ok(self.find(id, req.inputs).await?.map(|(o, _)| o))
+    }
+    async fn update(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        let i = req.inputs;
+        let arn = self
+            .find(id, i)
+            .await?
+            .and_then(|(o, _)| get_str(&o.outputs, "arn").map(String::from))
+            .ok_or_else(|| ProviderError::new(format!("endpoint {id} vanished")))?;
+        modify_endpoint(self.aws.dms().await, &arn, i)
+            .await
+            .map_err(|e| sdk_err(&format!("modify endpoint {id}"), e))?;
+        self.find(id, i)
+            .await?
+            .map(|(o, _)| o)
+            .ok_or_else(|| ProviderError::new(format!("endpoint {id} vanished")))
+    }
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        let Some((o, _)) = self.find(id, &Attrs::new()).await? else {
+            return Ok(());
+        };
+        self.aws
+            .dms()
+            .await
+            .delete_endpoint()
+            .endpoint_arn(get_str(&o.outputs, "arn").unwrap_or_default())
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("delete endpoint {id}"), e))?;
+        Ok(())
+    }
+}
+
+/// The ModifyEndpoint call an update makes (moto 5.2.5 lacks it: its exact request is checked
+/// with a capturing client in the tests below).
+pub async fn modify_endpoint(
+    c: &aws_sdk_databasemigration::Client,
+    arn: &str,
+    i: &Attrs,
+) -> Result<
+    aws_sdk_databasemigration::operation::modify_endpoint::ModifyEndpointOutput,
+    aws_sdk_databasemigration::error::SdkError<
+        aws_sdk_databasemigration::operation::modify_endpoint::ModifyEndpointError,
+        aws_sdk_databasemigration::config::http::HttpResponse,
+    >,
+> {
+    c.modify_endpoint()
+        .endpoint_arn(arn)
+        .set_server_name(get_str(i, "server").map(String::from))
+        .set_port(get_u64(i, "port").map(|p| p as i32))
+        .set_database_name(get_str(i, "database").map(String::from))
+        .set_username(get_str(i, "username").map(String::from))
+        .set_password(get_str(i, "password").map(String::from))
+        .ssl_mode(ssl(get_str(i, "ssl_mode").unwrap_or("require")))
+        .set_postgre_sql_settings(pg_settings(i))
+        .send()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replication task
+
+/// A replication task between two endpoints on an instance.
+#[derive(Debug, Clone)]
+pub struct DmsTask {
+    inputs: Attrs,
+}
+
+impl DmsTask {
+    /// `migration`: `full-load`, `cdc` or `full-load-and-cdc`.
+    pub fn new(
+        instance: Output<String>,
+        source: Output<String>,
+        target: Output<String>,
+        migration: &str,
+        mappings: &TableMappings,
+        settings: &TaskSettings,
+    ) -> Self {
+        DmsTask {
+            inputs: Attrs::from([
+                ("instance".to_string(), instance.into()),
+                ("source".to_string(), source.into()),
+                ("target".to_string(), target.into()),
+                ("migration".to_string(), Value::from(migration)),
+                ("mappings".to_string(), Value::from(mappings.to_json())),
+                ("settings".to_string(), Value::from(settings.to_json())),
+            ]),
+        }
+    }
+    /// Start change capture at this source position (a PostgreSQL LSN such as `0/16B3748`).
+    pub fn cdc_start_position(mut self, lsn: impl Into<Value>) -> Self {
+        self.inputs.insert("cdc_start_position".into(), lsn.into());
+        self
+    }
+    /// Tables that have a primary key and another unique constraint: batch apply is refused for
+    /// them (DMS's batch apply can drop rows of such tables).
+    pub fn tables_with_extra_unique(mut self, tables: &[&str]) -> Self {
+        self.inputs
+            .insert("extra_unique".into(), serde_json::json!(tables));
+        self
+    }
+}
+
+impl Declare for DmsTask {
+    const TYPE: &'static str = "aws.dms.task";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl crate::dsl::Handle<DmsTask> {
+    pub fn arn(&self) -> Output<String> {
+        self.output("arn")
+    }
+    pub fn identifier(&self) -> Output<String> {
+        self.output("id")
+    }
+}
+
+struct TaskType {
+    aws: Arc<Aws>,
+}
+
+struct TaskFound {
+    observed: Observed,
+    status: String,
+    tags: Vec<(String, String)>,
+}
+
+async fn find_task(aws: &Aws, id: &str) -> Result<Option<TaskFound>, ProviderError> {
+    let out = match aws
+        .dms()
+        .await
+        .describe_replication_tasks()
+        .filters(id_filter("replication-task-id", id))
+        .send()
+        .await
+    {
+        Ok(o) => o,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_fault()) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(sdk_err(&format!("describe task {id}"), e)),
+    };
+    let Some(t) = out.replication_tasks().first() else {
+        return Ok(None);
+    };
+    let arn = t.replication_task_arn().unwrap_or_default().to_string();
+    let tags = tags_of(aws, &arn).await?;
+    let mut inputs = Attrs::from([
+        (
+            "instance".to_string(),
+            Value::from(t.replication_instance_arn().unwrap_or_default()),
+        ),
+        (
+            "source".to_string(),
+            Value::from(t.source_endpoint_arn().unwrap_or_default()),
+        ),
+        (
+            "target".to_string(),
+            Value::from(t.target_endpoint_arn().unwrap_or_default()),
+        ),
+        (
+            "migration".to_string(),
+            Value::from(t.migration_type().map(|m| m.as_str()).unwrap_or_default()),
+        ),
+    ]);
+    // DMS returns the JSON documents re-serialised: compared by content, not by text.
+    if let Some(m) = t.table_mappings() {
+        inputs.insert("mappings".into(), Value::from(canonical(m)));
+    }
+    if let Some(s) = t.cdc_start_position() {
+        inputs.insert("cdc_start_position".into(), Value::from(s));
+    }
+    Ok(Some(TaskFound {
+        status: t.status().unwrap_or_default().to_string(),
+        observed: Observed {
+            id: id.into(),
+            inputs,
+            outputs: Attrs::from([
+                ("id".to_string(), Value::from(id)),
+                ("arn".to_string(), Value::from(arn)),
+                (
+                    "status".to_string(),
+                    Value::from(t.status().unwrap_or_default()),
+                ),
+                ("tags".to_string(), tags_value(&tags)),
+            ]),
+        },
+        tags,
+    }))
+}
+
+/// A JSON document in one canonical text (keys sorted, no spaces).
+fn canonical(json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json)
+        .map(|v| {
+            fn sort(v: serde_json::Value) -> serde_json::Value {
+                match v {
+                    serde_json::Value::Object(m) => {
+                        let mut e: Vec<_> = m.into_iter().collect();
+                        e.sort_by(|a, b| a.0.cmp(&b.0));
+                        serde_json::Value::Object(
+                            e.into_iter().map(|(k, v)| (k, sort(v))).collect(),
+                        )
+                    }
+                    serde_json::Value::Array(a) => {
+                        serde_json::Value::Array(a.into_iter().map(sort).collect())
+                    }
+                    other => other,
+                }
+            }
+            sort(v).to_string()
+        })
+        .unwrap_or_else(|_| json.to_string())
+}
+
+/// Observed with the declared documents' text where the content is the same.
+fn with_declared_text(mut o: Observed, declared: &Attrs) -> Observed {
+    if let (Some(have), Some(want)) = (
+        get_str(&o.inputs, "mappings").map(String::from),
+        get_str(declared, "mappings"),
+    ) {
+        if canonical(want) == have {
+            o.inputs.insert("mappings".into(), Value::from(want));
+        }
+    }
+    // Settings come back merged with DMS's defaults: not compared.
+    if let Some(s) = declared.get("settings") {
+        o.inputs.insert("settings".into(), s.clone());
+    }
+    for k in ["extra_unique"] {
+        if let Some(v) = declared.get(k) {
+            o.inputs.insert(k.into(), v.clone());
+        }
+    }
+    o
+}
+
+async fn wait_task(
+    aws: &Aws,
+    ctx: &Ctx,
+    node: &str,
+    id: &str,
+    until: &[&str],
+) -> Result<String, ProviderError> {
+    let mut last = String::new();
+    let started = std::time::Instant::now();
+    loop {
+        let status = find_task(aws, id)
+            .await?
+            .map(|t| t.status)
+            .unwrap_or_else(|| "deleted".into());
+        if until.contains(&status.as_str()) {
+            return Ok(status);
+        }
+        if status == "failed" {
+            return Err(ProviderError::new(format!("task {id} failed")));
+        }
+        if status != last {
+            ctx.report(
+                node,
+                &format!(
+                    "task {id}: {status} ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+            last = status;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// The plan of an update to a task: stop it first if it runs, resume it after.
+pub fn update_steps(status: &str) -> (bool, bool) {
+    let running = matches!(status, "running" | "starting");
+    (running, running)
+}
+
+#[async_trait]
+impl ResourceType for TaskType {
+    fn type_name(&self) -> &'static str {
+        "aws.dms.task"
+    }
+    fn service(&self) -> &'static str {
+        "dms"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["instance", "source", "target"]
+    }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["id", "arn"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        let mut v = vec![];
+        match get_str(inputs, "migration") {
+            Some("full-load" | "cdc" | "full-load-and-cdc") | None => {}
+            Some(m) => v.push(format!(
+                "migration type `{m}`: use full-load, cdc or full-load-and-cdc"
+            )),
+        }
+        let batch = get_str(inputs, "settings")
+            .map(TaskSettings::batch_apply_of)
+            .unwrap_or(false);
+        if batch {
+            let rules = get_str(inputs, "mappings")
+                .map(TableMappings::selections)
+                .unwrap_or_default();
+            for t in list(inputs.get("extra_unique")) {
+                if selected(&rules, &t) {
+                    v.push(format!(
+                        "batch apply is on, and table {t} has a primary key and another unique constraint: DMS's batch apply can then lose rows (changes are grouped and applied out of order against the other unique key); turn batch apply off for this task or move {t} to a task without it"
+                    ));
+                }
+            }
+        }
+        v
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        super::owned_by_tags(ctx, node, found)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let id = req.deterministic_id;
+        let i = req.inputs;
+        match find_task(&self.aws, id).await? {
+            Some(t) if !ours(&t.tags, &ctx.plan, &ctx.stack, req.node) => {
+                return Err(not_ours("replication task", id, req.node))
+            }
+            Some(_) => {}
+            None => {
+                self.aws
+                    .dms()
+                    .await
+                    .create_replication_task()
+                    .replication_task_identifier(id)
+                    .replication_instance_arn(get_str(i, "instance").unwrap_or_default())
+                    .source_endpoint_arn(get_str(i, "source").unwrap_or_default())
+                    .target_endpoint_arn(get_str(i, "target").unwrap_or_default())
+                    .migration_type(MigrationTypeValue::from(
+                        get_str(i, "migration").unwrap_or("full-load-and-cdc"),
+                    ))
+                    .table_mappings(get_str(i, "mappings").unwrap_or_default())
+                    .set_replication_task_settings(get_str(i, "settings").map(String::from))
+                    .set_cdc_start_position(get_str(i, "cdc_start_position").map(String::from))
+                    .set_tags(Some(dms_tags(ctx, req.node)))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("create task {id}"), e))?;
+            }
+        }
+        let t = find_task(&self.aws, id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("task {id} vanished")))?;
+        Ok(with_declared_text(t.observed, i))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        Ok(find_task(&self.aws, id)
+            .await?
+            .map(|t| with_declared_text(t.observed, req.inputs)))
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        let i = req.inputs;
+        let t = find_task(&self.aws, id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("task {id} vanished")))?;
+        let arn = get_str(&t.observed.outputs, "arn")
+            .unwrap_or_default()
+            .to_string();
+        let (stop, resume) = update_steps(&t.status);
+        let dms = self.aws.dms().await;
+        if stop {
+            ctx.report(
+                req.node,
+                &format!("task {id} is running: stopping it to modify it"),
+            );
+            dms.stop_replication_task()
+                .replication_task_arn(&arn)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("stop task {id}"), e))?;
+            wait_task(&self.aws, ctx, req.node, id, &["stopped"]).await?;
+        }
+        // moto 5.2.5 has no ModifyReplicationTask: the request is checked by capture in tests.
+        let modified = dms
+            .modify_replication_task()
+            .replication_task_arn(&arn)
+            .migration_type(MigrationTypeValue::from(
+                get_str(i, "migration").unwrap_or("full-load-and-cdc"),
+            ))
+            .table_mappings(get_str(i, "mappings").unwrap_or_default())
+            .set_replication_task_settings(get_str(i, "settings").map(String::from))
+            .set_cdc_start_position(get_str(i, "cdc_start_position").map(String::from))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("modify task {id}"), e));
+        if resume {
+            // Resumed whether or not the modification went through: an update never leaves a
+            // running task stopped.
+            ctx.report(req.node, &format!("resuming task {id}"));
+            dms.start_replication_task()
+                .replication_task_arn(&arn)
+                .start_replication_task_type(StartReplicationTaskTypeValue::ResumeProcessing)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("resume task {id}"), e))?;
+        }
+        modified?;
+        let t = find_task(&self.aws, id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("task {id} vanished")))?;
+        Ok(with_declared_text(t.observed, i))
+    }
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        let Some(t) = find_task(&self.aws, id).await? else {
+            return Ok(());
+        };
+        let arn = get_str(&t.observed.outputs, "arn")
+            .unwrap_or_default()
+            .to_string();
+        let dms = self.aws.dms().await;
+        if matches!(t.status.as_str(), "running" | "starting") {
+            dms.stop_replication_task()
+                .replication_task_arn(&arn)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("stop task {id}"), e))?;
+            wait_task(&self.aws, ctx, req.node, id, &["stopped"]).await?;
+        }
+        dms.delete_replication_task()
+            .replication_task_arn(&arn)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("delete task {id}"), e))?;
+        wait_task(&self.aws, ctx, req.node, id, &["deleted"]).await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps
+
+/// Starts a task: `start` (a new task), `resume` (resume processing) or `reload` (reload the
+/// target). Probe: the task is running.
+#[derive(Debug, Clone)]
+pub struct StartTask {
+    inputs: Attrs,
+}
+
+impl StartTask {
+    pub fn of(task: Output<String>, how: &str) -> Self {
+        StartTask {
+            inputs: Attrs::from([
+                ("task".to_string(), task.into()),
+                ("how".to_string(), Value::from(how)),
+            ]),
+        }
+    }
+}
+
+impl Declare for StartTask {
+    const TYPE: &'static str = "aws.dms.start";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+/// Stops a task. Probe: the task is stopped.
+#[derive(Debug, Clone)]
+pub struct StopTask {
+    inputs: Attrs,
+}
+
+impl StopTask {
+    pub fn of(task: Output<String>) -> Self {
+        StopTask {
+            inputs: Attrs::from([("task".to_string(), task.into())]),
+        }
+    }
+}
+
+impl Declare for StopTask {
+    const TYPE: &'static str = "aws.dms.stop";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct StartType {
+    aws: Arc<Aws>,
+}
+
+struct StopType {
+    aws: Arc<Aws>,
+}
+
+async fn task_status(aws: &Aws, id: &str) -> Result<(String, String), ProviderError> {
+    let t = find_task(aws, id)
+        .await?
+        .ok_or_else(|| ProviderError::new(format!("task {id} does not exist")))?;
+    Ok((
+        get_str(&t.observed.outputs, "arn")
+            .unwrap_or_default()
+            .to_string(),
+        t.status,
+    ))
+}
+
+#[async_trait]
+impl StepType for StartType {
+    fn type_name(&self) -> &'static str {
+        "aws.dms.start"
+    }
+    fn service(&self) -> &'static str {
+        "dms"
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        match get_str(inputs, "how") {
+            Some("start" | "resume" | "reload") | None => vec![],
+            Some(h) => vec![format!("start `{h}`: use start, resume or reload")],
+        }
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let id = get_str(req.inputs, "task").unwrap_or_default();
+        let (arn, _) = task_status(&self.aws, id).await?;
+        let how = match get_str(req.inputs, "how").unwrap_or("start") {
+            "resume" => StartReplicationTaskTypeValue::ResumeProcessing,
+            "reload" => StartReplicationTaskTypeValue::ReloadTarget,
+            _ => StartReplicationTaskTypeValue::StartReplication,
+        };
+        // A task just created is `creating` for a while, and DMS refuses to start it until it is
+        // ready: that refusal is retried (the node's timeout bounds the wait).
+        loop {
+            match self
+                .aws
+                .dms()
+                .await
+                .start_replication_task()
+                .replication_task_arn(&arn)
+                .start_replication_task_type(how.clone())
+                .send()
+                .await
+            {
+                Ok(_) => break,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_invalid_resource_state_fault()) =>
+                {
+                    ctx.report(
+                        req.node,
+                        &format!("task {id} cannot start yet (not ready); retrying in 10 s"),
+                    );
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+                Err(e) => return Err(sdk_err(&format!("start task {id}"), e)),
+            }
+        }
+        wait_task(&self.aws, ctx, req.node, id, &["running"]).await?;
+        Ok(Attrs::from([(
+            "status".to_string(),
+            Value::from("running"),
+        )]))
+    }
+    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let id = get_str(req.inputs, "task").unwrap_or_default();
+        let (_, status) = task_status(&self.aws, id).await?;
+        Ok(Some(if status == "running" {
+            Probe::Done(Attrs::from([("status".to_string(), Value::from(status))]))
+        } else {
+            Probe::NotDone
+        }))
+    }
+}
+
+#[async_trait]
+impl StepType for StopType {
+    fn type_name(&self) -> &'static str {
+        "aws.dms.stop"
+    }
+    fn service(&self) -> &'static str {
+        "dms"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let id = get_str(req.inputs, "task").unwrap_or_default();
+        let (arn, status) = task_status(&self.aws, id).await?;
+        if status != "stopped" {
+            self.aws
+                .dms()
+                .await
+                .stop_replication_task()
+                .replication_task_arn(&arn)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("stop task {id}"), e))?;
+            wait_task(&self.aws, ctx, req.node, id, &["stopped"]).await?;
+        }
+        Ok(Attrs::from([(
+            "status".to_string(),
+            Value::from("stopped"),
+        )]))
+    }
+    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let id = get_str(req.inputs, "task").unwrap_or_default();
+        let (_, status) = task_status(&self.aws, id).await?;
+        Ok(Some(if status == "stopped" {
+            Probe::Done(Attrs::from([("status".to_string(), Value::from(status))]))
+        } else {
+            Probe::NotDone
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_and_settings_are_dms_json() {
+        let m = TableMappings::new()
+            .include("public", "%")
+            .exclude("public", "audit_%")
+            .rename_schema("public", "app");
+        let v: Value = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(v["rules"].as_array().unwrap().len(), 3);
+        assert_eq!(v["rules"][1]["rule-action"], "exclude");
+        assert_eq!(v["rules"][2]["value"], "app");
+        let rules = TableMappings::selections(&m.to_json());
+        assert!(selected(&rules, "public.orders"));
+        assert!(!selected(&rules, "public.audit_log"));
+        assert!(!selected(&rules, "other.orders"));
+        let s = TaskSettings {
+            lobs: Lobs::Inline { inline_kb: 16 },
+            batch_apply: true,
+            target_prep: TargetPrep::Truncate,
+            ..Default::default()
+        };
+        let v: Value = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(v["TargetMetadata"]["InlineLobMaxSize"], 16);
+        assert_eq!(
+            v["FullLoadSettings"]["TargetTablePrepMode"],
+            "TRUNCATE_BEFORE_LOAD"
+        );
+        assert!(TaskSettings::batch_apply_of(&s.to_json()));
+    }
+
+    #[test]
+    fn batch_apply_is_refused_for_a_table_with_another_unique_key() {
+        let settings = TaskSettings {
+            batch_apply: true,
+            ..Default::default()
+        };
+        let task = |tables: &[&str]| {
+            DmsTask::new(
+                Output::from("i"),
+                Output::from("s"),
+                Output::from("t"),
+                "full-load-and-cdc",
+                &TableMappings::new()
+                    .include("public", "%")
+                    .exclude("public", "big"),
+                &settings,
+            )
+            .tables_with_extra_unique(tables)
+            .inputs()
+        };
+        let t = TaskType {
+            aws: Aws::with_rds(aws_sdk_rds::Client::from_conf(
+                aws_sdk_rds::Config::builder()
+                    .behavior_version(aws_sdk_rds::config::BehaviorVersion::latest())
+                    .region(aws_sdk_rds::config::Region::new("us-east-1"))
+                    .build(),
+            )),
+        };
+        let errs = t.validate(&task(&["public.users"]));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("public.users") && errs[0].contains("lose rows"));
+        // A table the task does not select is not its concern.
+        assert!(t.validate(&task(&["public.big"])).is_empty());
+    }
+
+    #[test]
+    fn a_running_task_is_stopped_and_resumed_around_an_update() {
+        assert_eq!(update_steps("running"), (true, true));
+        assert_eq!(update_steps("stopped"), (false, false));
+        assert_eq!(update_steps("ready"), (false, false));
+    }
+
+    fn client(
+        http: impl aws_sdk_databasemigration::config::HttpClient + 'static,
+    ) -> aws_sdk_databasemigration::Client {
+        aws_sdk_databasemigration::Client::from_conf(
+            aws_sdk_databasemigration::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_databasemigration::config::Region::new("us-east-1"))
+                .credentials_provider(aws_sdk_databasemigration::config::Credentials::new(
+                    "a", "b", None, None, "t",
+                ))
+                .http_client(http)
+                .build(),
+        )
+    }
+
+    fn ctx() -> Ctx {
+        Ctx::new(
+            std::path::PathBuf::from("."),
+            "p",
+            "s",
+            std::sync::Arc::new(crate::value::EnvSecrets),
+        )
+    }
+
+    /// moto 5.2.5 has no ModifyReplicationTask, so the update of a running task is replayed
+    /// against recorded DMS answers, and the requests the SDK sent are checked in order.
+    #[tokio::test]
+    async fn a_running_task_is_stopped_modified_and_resumed_in_that_order() {
+        use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
+        use aws_smithy_types::body::SdkBody;
+        let task = |status: &str| {
+            format!(
+                r#"{{"ReplicationTaskIdentifier":"t1","ReplicationTaskArn":"arn:aws:dms:us-east-1:1:task:t1","Status":"{status}","MigrationType":"full-load-and-cdc","TableMappings":"{{}}","ReplicationInstanceArn":"arn:i","SourceEndpointArn":"arn:s","TargetEndpointArn":"arn:t"}}"#
+            )
+        };
+        let answer = |body: String| {
+            ReplayEvent::new(
+                http::Request::builder()
+                    .uri("https://dms.us-east-1.amazonaws.com/")
+                    .body(SdkBody::empty())
+                    .unwrap(),
+                http::Response::builder()
+                    .status(200)
+                    .body(SdkBody::from(body))
+                    .unwrap(),
+            )
+        };
+        let list = |status: &str| answer(format!(r#"{{"ReplicationTasks":[{}]}}"#, task(status)));
+        let one = |status: &str| answer(format!(r#"{{"ReplicationTask":{}}}"#, task(status)));
+        let tags = || answer(r#"{"TagList":[]}"#.to_string());
+        let http = StaticReplayClient::new(vec![
+            list("running"),
+            tags(),
+            one("stopping"),
+            list("stopped"),
+            tags(),
+            one("stopped"),
+            one("starting"),
+            list("running"),
+            tags(),
+        ]);
+        let t = TaskType {
+            aws: Aws::with_dms(client(http.clone())),
+        };
+        let inputs = DmsTask::new(
+            Output::from("arn:i"),
+            Output::from("arn:s"),
+            Output::from("arn:t"),
+            "full-load-and-cdc",
+            &TableMappings::new().include("public", "orders"),
+            &TaskSettings::default(),
+        )
+        .inputs();
+        let req = Request {
+            node: "task",
+            deterministic_id: "t1",
+            inputs: &inputs,
+        };
+        t.update(&ctx(), &req, "t1", &["mappings".to_string()])
+            .await
+            .unwrap();
+        let sent: Vec<(String, String)> = http
+            .actual_requests()
+            .map(|r| {
+                (
+                    r.headers()
+                        .get("x-amz-target")
+                        .unwrap_or_default()
+                        .trim_start_matches("AmazonDMSv20160101.")
+                        .to_string(),
+                    std::str::from_utf8(r.body().bytes().unwrap_or_default())
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let ops: Vec<&str> = sent.iter().map(|(o, _)| o.as_str()).collect();
+        assert_eq!(
+            ops,
+            vec![
+                "DescribeReplicationTasks",
+                "ListTagsForResource",
+                "StopReplicationTask",
+                "DescribeReplicationTasks",
+                "ListTagsForResource",
+                "ModifyReplicationTask",
+                "StartReplicationTask",
+                "DescribeReplicationTasks",
+                "ListTagsForResource",
+            ]
+        );
+        assert!(
+            sent[5].1.contains("orders"),
+            "the new mappings: {}",
+            sent[5].1
+        );
+        assert!(
+            sent[6]
+                .1
+                .contains(r#""StartReplicationTaskType":"resume-processing""#),
+            "{}",
+            sent[6].1
+        );
+    }
+
+    /// moto 5.2.5 has no ModifyEndpoint: the exact request is captured instead.
+    #[tokio::test]
+    async fn an_endpoint_update_sends_modify_endpoint_with_the_new_settings() {
+        let (http, rx) = aws_smithy_http_client::test_util::capture_request(None);
+        let c = client(http);
+        let inputs =
+            DmsEndpoint::target("aurora-postgresql", "new.cluster.internal", 5432u64, "app")
+                .ssl_mode("verify-full")
+                .inputs();
+        // The captured reply is empty, which the SDK may not parse: the request is what counts.
+        let _ = modify_endpoint(&c, "arn:aws:dms:us-east-1:1:endpoint:e1", &inputs).await;
+        let req = rx.expect_request();
+        assert_eq!(
+            req.headers().get("x-amz-target"),
+            Some("AmazonDMSv20160101.ModifyEndpoint")
+        );
+        let body: Value = serde_json::from_slice(req.body().bytes().unwrap()).unwrap();
+        assert_eq!(body["EndpointArn"], "arn:aws:dms:us-east-1:1:endpoint:e1");
+        assert_eq!(body["ServerName"], "new.cluster.internal");
+        assert_eq!(body["Port"], 5432);
+        assert_eq!(body["SslMode"], "verify-full");
+    }
+}
