@@ -440,10 +440,30 @@ pub fn aws_dms(stack: &Stack) -> Result<Plan, PlanError> {
             ),
         )
         .retire_after(&bake);
-    for (name, task) in [("start-events", &big), ("start-rest", &rest)] {
-        p.add(name, StartTask::of(task.identifier(), "start"))
-            .after(&gate_start);
+    let tested = p
+        .add(
+            "test-connections",
+            TestConnections::of(instance.arn(), vec![source.arn(), target.arn()]).poll_ms(50),
+        )
+        .after(&gate_start);
+    for (name, task) in [("events", &big), ("rest", &rest)] {
+        let started = p
+            .add(
+                &format!("start-{name}"),
+                StartTask::of(task.identifier(), "start"),
+            )
+            .after(&tested);
+        p.add(
+            &format!("loaded-{name}"),
+            WaitFullLoad::of(task.identifier()).poll_ms(50),
+        )
+        .after(&started);
     }
+    p.add(
+        "cdc-caught-up",
+        WaitCdcLatency::of(instance.identifier(), big.identifier(), 30.0).poll_ms(50),
+    )
+    .after_name("loaded-events");
     let topic = p.add("alerts", SnsTopic::new());
     p.add(
         "cpu",

@@ -31,7 +31,7 @@ pub mod prelude {
     pub use crate::provider::aws::cluster::{AuroraCluster, ClusterInstance};
     pub use crate::provider::aws::dms::{
         DmsEndpoint, DmsInstance, DmsSubnetGroup, DmsTask, Lobs, StartTask, StopTask,
-        TableMappings, TargetPrep, TaskSettings,
+        TableMappings, TargetPrep, TaskSettings, TestConnections, WaitCdcLatency, WaitFullLoad,
     };
     pub use crate::provider::aws::monitoring::{
         Alarm, Bake, Subscription as SnsSubscription, Topic as SnsTopic,

@@ -1484,11 +1484,58 @@ fn case_two_on_the_emulator_dms_alarms_and_dns_applied_changed_retired_and_destr
     ));
     assert_eq!(got.unwrap().0, vec![cluster_endpoint.clone()]);
 
-    // The tasks start behind their gate.
+    // Behind their gate: the connections are tested, the tasks start, their full loads finish,
+    // and the big task's CDC latency (as CloudWatch reports it; the emulator has no DMS behind
+    // it, so the test reports the data points DMS would) comes under the bound.
+    let cw = m.cloudwatch();
+    let put = |metric: &'static str, value: f64| {
+        let cw = cw.clone();
+        async move {
+            use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
+            cw.put_metric_data()
+                .namespace("AWS/DMS")
+                .metric_data(
+                    MetricDatum::builder()
+                        .metric_name(metric)
+                        .dimensions(
+                            Dimension::builder()
+                                .name("ReplicationInstanceIdentifier")
+                                .value("aws-dms-aws-dms")
+                                .build(),
+                        )
+                        .dimensions(
+                            Dimension::builder()
+                                .name("ReplicationTaskIdentifier")
+                                .value("aws-dms-aws-task-events")
+                                .build(),
+                        )
+                        .value(value)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    rt.block_on(async {
+        put("CDCLatencySource", 4.0).await;
+        put("CDCLatencyTarget", 7.0).await;
+    });
     let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "start"], &env);
     assert_eq!(code, 0, "{out}");
+    assert!(out.contains("full load complete"), "{out}");
+    assert!(
+        out.contains("CDC latency 4 s at the source, 7 s at the target (bound 30 s)"),
+        "{out}"
+    );
     let tasks = rt.block_on(dms_tasks(&dms));
     assert!(tasks.iter().all(|t| t.1 == "running"), "{tasks:?}");
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "start"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("start-events: running"),
+        "a started task is not started again: {out}"
+    );
 
     // Changed: a bigger replication instance, modified in place.
     dms_stack(&p, &proxy.url(), "dms.r5.xlarge");

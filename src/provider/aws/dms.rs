@@ -30,7 +30,10 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(EndpointType { aws: aws.clone() });
     r.resource(TaskType { aws: aws.clone() });
     r.step(StartType { aws: aws.clone() });
-    r.step(StopType { aws });
+    r.step(StopType { aws: aws.clone() });
+    r.step(TestConnectionsType { aws: aws.clone() });
+    r.step(WaitFullLoadType { aws: aws.clone() });
+    r.step(WaitCdcLatencyType { aws });
 }
 
 fn list(v: Option<&Value>) -> Vec<String> {
@@ -1630,6 +1633,356 @@ impl StepType for StopType {
         } else {
             Probe::NotDone
         }))
+    }
+}
+
+/// Tests the connections from an instance to endpoints; fails naming the endpoint and DMS's
+/// message when one fails.
+#[derive(Debug, Clone)]
+pub struct TestConnections {
+    inputs: Attrs,
+}
+
+impl TestConnections {
+    pub fn of(instance: Output<String>, endpoints: Vec<Output<String>>) -> Self {
+        TestConnections {
+            inputs: Attrs::from([
+                ("instance".to_string(), instance.into()),
+                (
+                    "endpoints".to_string(),
+                    Value::Array(endpoints.into_iter().map(Into::into).collect()),
+                ),
+                ("poll_ms".to_string(), Value::from(10_000u64)),
+            ]),
+        }
+    }
+    pub fn poll_ms(mut self, ms: u64) -> Self {
+        self.inputs.insert("poll_ms".into(), Value::from(ms));
+        self
+    }
+}
+
+impl Declare for TestConnections {
+    const TYPE: &'static str = "aws.dms.test_connections";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct TestConnectionsType {
+    aws: Arc<Aws>,
+}
+
+#[async_trait]
+impl StepType for TestConnectionsType {
+    fn type_name(&self) -> &'static str {
+        "aws.dms.test_connections"
+    }
+    fn service(&self) -> &'static str {
+        "dms"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let instance = get_str(req.inputs, "instance").unwrap_or_default();
+        let endpoints = list(req.inputs.get("endpoints"));
+        let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(10_000));
+        let dms = self.aws.dms().await;
+        for e in &endpoints {
+            dms.test_connection()
+                .replication_instance_arn(instance)
+                .endpoint_arn(e)
+                .send()
+                .await
+                .map_err(|x| sdk_err(&format!("test connection to {e}"), x))?;
+        }
+        loop {
+            let out = dms
+                .describe_connections()
+                .filters(id_filter("replication-instance-arn", instance))
+                .send()
+                .await
+                .map_err(|e| sdk_err("describe connections", e))?;
+            let mut pending = vec![];
+            for e in &endpoints {
+                let c = out
+                    .connections()
+                    .iter()
+                    .find(|c| c.endpoint_arn() == Some(e.as_str()));
+                match c.and_then(|c| c.status()) {
+                    Some("successful") => {}
+                    Some("failed") => {
+                        return Err(ProviderError::new(format!(
+                            "the connection from the replication instance to {} failed: {}; check the endpoint's server, port, credentials and the security groups",
+                            c.and_then(|c| c.endpoint_identifier()).unwrap_or(e),
+                            c.and_then(|c| c.last_failure_message()).unwrap_or("no message")
+                        )))
+                    }
+                    other => pending.push(format!(
+                        "{} {}",
+                        c.and_then(|c| c.endpoint_identifier()).unwrap_or(e),
+                        other.unwrap_or("not yet tested")
+                    )),
+                }
+            }
+            if pending.is_empty() {
+                return Ok(Attrs::from([(
+                    "tested".to_string(),
+                    serde_json::json!(endpoints),
+                )]));
+            }
+            ctx.report(req.node, &format!("testing: {}", pending.join(", ")));
+            tokio::time::sleep(poll).await;
+        }
+    }
+}
+
+/// Waits until a task's full load is complete (every table loaded), reporting its progress.
+#[derive(Debug, Clone)]
+pub struct WaitFullLoad {
+    inputs: Attrs,
+}
+
+impl WaitFullLoad {
+    pub fn of(task: Output<String>) -> Self {
+        WaitFullLoad {
+            inputs: Attrs::from([
+                ("task".to_string(), task.into()),
+                ("poll_ms".to_string(), Value::from(30_000u64)),
+            ]),
+        }
+    }
+    pub fn poll_ms(mut self, ms: u64) -> Self {
+        self.inputs.insert("poll_ms".into(), Value::from(ms));
+        self
+    }
+}
+
+impl Declare for WaitFullLoad {
+    const TYPE: &'static str = "aws.dms.wait_full_load";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct WaitFullLoadType {
+    aws: Arc<Aws>,
+}
+
+/// Where a task's full load stands: done, or a progress line; an error for errored tables.
+async fn full_load(aws: &Aws, id: &str) -> Result<Result<bool, String>, ProviderError> {
+    let out = aws
+        .dms()
+        .await
+        .describe_replication_tasks()
+        .filters(id_filter("replication-task-id", id))
+        .send()
+        .await
+        .map_err(|e| sdk_err(&format!("describe task {id}"), e))?;
+    let t = out
+        .replication_tasks()
+        .first()
+        .ok_or_else(|| ProviderError::new(format!("task {id} does not exist")))?;
+    if t.status() == Some("failed") {
+        return Err(ProviderError::new(format!(
+            "task {id} failed: {}",
+            t.last_failure_message().unwrap_or("no message")
+        )));
+    }
+    let Some(st) = t.replication_task_stats() else {
+        return Ok(Err(format!(
+            "task {id}: {} (no statistics yet)",
+            t.status().unwrap_or_default()
+        )));
+    };
+    if st.tables_errored() > 0 {
+        return Err(ProviderError::new(format!(
+            "task {id}: {} table(s) failed to load; see the task's table statistics",
+            st.tables_errored()
+        )));
+    }
+    if st.full_load_progress_percent() >= 100 && st.tables_loading() == 0 && st.tables_queued() == 0
+    {
+        return Ok(Ok(true));
+    }
+    Ok(Err(format!(
+        "full load {} % ({} loaded, {} loading, {} queued)",
+        st.full_load_progress_percent(),
+        st.tables_loaded(),
+        st.tables_loading(),
+        st.tables_queued()
+    )))
+}
+
+#[async_trait]
+impl StepType for WaitFullLoadType {
+    fn type_name(&self) -> &'static str {
+        "aws.dms.wait_full_load"
+    }
+    fn service(&self) -> &'static str {
+        "dms"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let id = get_str(req.inputs, "task").unwrap_or_default();
+        let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(30_000));
+        let mut last = String::new();
+        loop {
+            match full_load(&self.aws, id).await? {
+                Ok(_) => {
+                    ctx.report(req.node, &format!("task {id}: full load complete"));
+                    return Ok(Attrs::from([("task".to_string(), Value::from(id))]));
+                }
+                Err(msg) => {
+                    if msg != last {
+                        ctx.report(req.node, &msg);
+                        last = msg;
+                    }
+                }
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let id = get_str(req.inputs, "task").unwrap_or_default();
+        Ok(Some(match full_load(&self.aws, id).await? {
+            Ok(_) => Probe::Done(Attrs::from([("task".to_string(), Value::from(id))])),
+            Err(_) => Probe::NotDone,
+        }))
+    }
+}
+
+/// Waits until a task's CDC latency (CloudWatch `CDCLatencySource` and `CDCLatencyTarget`, the
+/// latest minute's maximum) is under a bound.
+#[derive(Debug, Clone)]
+pub struct WaitCdcLatency {
+    inputs: Attrs,
+}
+
+impl WaitCdcLatency {
+    pub fn of(instance: Output<String>, task: Output<String>, max_seconds: f64) -> Self {
+        WaitCdcLatency {
+            inputs: Attrs::from([
+                ("instance".to_string(), instance.into()),
+                ("task".to_string(), task.into()),
+                ("max_seconds".to_string(), Value::from(max_seconds)),
+                ("poll_ms".to_string(), Value::from(60_000u64)),
+            ]),
+        }
+    }
+    pub fn poll_ms(mut self, ms: u64) -> Self {
+        self.inputs.insert("poll_ms".into(), Value::from(ms));
+        self
+    }
+}
+
+impl Declare for WaitCdcLatency {
+    const TYPE: &'static str = "aws.dms.wait_cdc_latency";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct WaitCdcLatencyType {
+    aws: Arc<Aws>,
+}
+
+impl WaitCdcLatencyType {
+    /// The latest maximum of `metric` in the last ten minutes, if any.
+    async fn latest(
+        &self,
+        metric: &str,
+        instance: &str,
+        task: &str,
+    ) -> Result<Option<f64>, ProviderError> {
+        let now = std::time::SystemTime::now();
+        let out = self
+            .aws
+            .cloudwatch()
+            .await
+            .get_metric_statistics()
+            .namespace("AWS/DMS")
+            .metric_name(metric)
+            .dimensions(
+                aws_sdk_cloudwatch::types::Dimension::builder()
+                    .name("ReplicationInstanceIdentifier")
+                    .value(instance)
+                    .build(),
+            )
+            .dimensions(
+                aws_sdk_cloudwatch::types::Dimension::builder()
+                    .name("ReplicationTaskIdentifier")
+                    .value(task)
+                    .build(),
+            )
+            .start_time((now - Duration::from_secs(600)).into())
+            .end_time(now.into())
+            .period(60)
+            .statistics(aws_sdk_cloudwatch::types::Statistic::Maximum)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("{metric} of {task}"), e))?;
+        Ok(out
+            .datapoints()
+            .iter()
+            .filter_map(|d| Some((d.timestamp()?.as_secs_f64(), d.maximum()?)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, v)| v))
+    }
+}
+
+#[async_trait]
+impl StepType for WaitCdcLatencyType {
+    fn type_name(&self) -> &'static str {
+        "aws.dms.wait_cdc_latency"
+    }
+    fn service(&self) -> &'static str {
+        "cloudwatch"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let instance = get_str(req.inputs, "instance").unwrap_or_default();
+        let task = get_str(req.inputs, "task").unwrap_or_default();
+        let max = req
+            .inputs
+            .get("max_seconds")
+            .and_then(Value::as_f64)
+            .unwrap_or(60.0);
+        let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(60_000));
+        let mut last = String::new();
+        loop {
+            let source = self.latest("CDCLatencySource", instance, task).await?;
+            let target = self.latest("CDCLatencyTarget", instance, task).await?;
+            let msg = match (source, target) {
+                (Some(s), Some(t)) if s <= max && t <= max => {
+                    ctx.report(
+                        req.node,
+                        &format!("CDC latency {s:.0} s at the source, {t:.0} s at the target (bound {max:.0} s)"),
+                    );
+                    return Ok(Attrs::from([
+                        ("source_seconds".to_string(), Value::from(s)),
+                        ("target_seconds".to_string(), Value::from(t)),
+                    ]));
+                }
+                (Some(s), Some(t)) => format!(
+                    "CDC latency {s:.0} s at the source, {t:.0} s at the target; waiting for both under {max:.0} s"
+                ),
+                _ => format!("no CDC latency reported for {task} yet"),
+            };
+            if msg != last {
+                ctx.report(req.node, &msg);
+                last = msg;
+            }
+            tokio::time::sleep(poll).await;
+        }
     }
 }
 
