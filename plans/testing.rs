@@ -360,6 +360,7 @@ pub fn aws_network(stack: &Stack) -> Result<Plan, PlanError> {
 pub fn aws_dms(stack: &Stack) -> Result<Plan, PlanError> {
     let p = Plan::new(stack);
     let class: String = stack.get("dms_class")?;
+    let also_exclude: Option<String> = stack.get_or("also_exclude", None)?;
     let vpc = p.add("vpc", Vpc::find("migration"));
     let subnets = p.add("subnets", Subnets::of(vpc.vpc_id()).named("private-*"));
     let sg = p.add(
@@ -433,9 +434,15 @@ pub fn aws_dms(stack: &Stack) -> Result<Plan, PlanError> {
                 source.arn(),
                 target.arn(),
                 "full-load-and-cdc",
-                &TableMappings::new()
-                    .include("public", "%")
-                    .exclude("public", "events"),
+                &match &also_exclude {
+                    Some(t) => TableMappings::new()
+                        .include("public", "%")
+                        .exclude("public", "events")
+                        .exclude("public", t),
+                    None => TableMappings::new()
+                        .include("public", "%")
+                        .exclude("public", "events"),
+                },
                 &settings,
             ),
         )

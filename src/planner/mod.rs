@@ -789,6 +789,12 @@ fn plan_resource(
         } else {
             format!("drift found by refresh in {}", r.drift.join(", "))
         };
+        if let Some(Some(note)) = match registry.get(&n.type_name) {
+            Some(TypeImpl::Resource(t)) => Some(t.update_note(&r.outputs)),
+            _ => None,
+        } {
+            a.reason = format!("{}; {note}", a.reason);
+        }
     } else {
         a.action = ActionKind::NoOp;
         a.reason = "up to date".into();

@@ -149,6 +149,11 @@ pub trait ResourceType: Send + Sync {
     fn validate(&self, _inputs: &Attrs) -> Vec<String> {
         vec![]
     }
+    /// What an update will do beyond the modify call, given the outputs recorded at the last
+    /// apply or refresh (shown in the preview); e.g. a running task is stopped and resumed.
+    fn update_note(&self, _recorded: &Attrs) -> Option<String> {
+        None
+    }
     /// Outputs known before the object exists because they copy an input (a path, a name).
     fn planned_outputs(&self, _inputs: &Attrs) -> Attrs {
         Attrs::new()

@@ -1536,6 +1536,25 @@ fn case_two_on_the_emulator_dms_alarms_and_dns_applied_changed_retired_and_destr
         !out.contains("start-events: running"),
         "a started task is not started again: {out}"
     );
+    // A change to a running task: the preview says it is stopped, modified and resumed. (The
+    // apply of it needs ModifyReplicationTask, which moto lacks: that sequence is checked by the
+    // replay test in src/provider/aws/dms.rs. No refresh here: moto 5.2.5 describes every
+    // replication subnet group with placeholder subnets (`subnet-12345`), which a refresh would
+    // report as drift.)
+    let stack = p
+        .read("stacks/aws.toml")
+        .replace("[secrets]", "also_exclude = \"audit\"\n[secrets]");
+    p.stack("aws", &stack);
+    let (code, out) = run_env(&p, &["preview", "aws"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("~ task-rest (aws.dms.task) [temporary]  # inputs changed; a running task is stopped, modified and resumed"),
+        "{out}"
+    );
+    let stack = p
+        .read("stacks/aws.toml")
+        .replace("also_exclude = \"audit\"\n", "");
+    p.stack("aws", &stack);
 
     // Changed: a bigger replication instance, modified in place.
     dms_stack(&p, &proxy.url(), "dms.r5.xlarge");

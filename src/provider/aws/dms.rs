@@ -1299,6 +1299,14 @@ impl ResourceType for TaskType {
     fn force_new(&self) -> &'static [&'static str] {
         &["instance", "source", "target"]
     }
+    fn update_note(&self, recorded: &Attrs) -> Option<String> {
+        match get_str(recorded, "status") {
+            Some("running" | "starting") => Some(
+                "the task was running when last read: it is stopped, modified and resumed".into(),
+            ),
+            _ => Some("a running task is stopped, modified and resumed".into()),
+        }
+    }
     fn stable_outputs(&self) -> &'static [&'static str] {
         &["id", "arn"]
     }
@@ -2059,6 +2067,16 @@ mod tests {
         assert_eq!(update_steps("running"), (true, true));
         assert_eq!(update_steps("stopped"), (false, false));
         assert_eq!(update_steps("ready"), (false, false));
+        let t = TaskType {
+            aws: Aws::with_dms(client(
+                aws_smithy_http_client::test_util::capture_request(None).0,
+            )),
+        };
+        let running = Attrs::from([("status".to_string(), Value::from("running"))]);
+        assert!(t
+            .update_note(&running)
+            .unwrap()
+            .contains("was running when last read: it is stopped, modified and resumed"));
     }
 
     fn client(
