@@ -209,12 +209,13 @@ pub fn aws_dns(stack: &Stack) -> Result<Plan, PlanError> {
     let old: String = stack.get("app_from")?;
     let new: String = stack.get("app_to")?;
     let also: Option<String> = stack.get_or("also_declare", None)?;
+    let db_name: String = stack.get_or("db_name", "db".to_string())?;
     let zone = p.add("zone", HostedZone::named(&zone_name));
     let db = p.add(
         "db-record",
         DnsRecord::cname(
             zone.zone_id(),
-            &format!("db.{zone_name}"),
+            &format!("{db_name}.{zone_name}"),
             db_target.as_str(),
         )
         .ttl(30),

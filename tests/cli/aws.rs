@@ -811,6 +811,20 @@ fn route53_records_and_the_dns_flip_with_its_rollback() {
     assert_eq!(code, 2, "{out}");
     assert_eq!(run(&p, &["apply", "aws", "--yes"]).0, 0);
 
+    // A new name cannot change in place: the record is replaced (the old one deleted).
+    dns_stack(&p, &m, "cluster-2.internal", "db_name = \"database\"\n");
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("-/+ db-record (aws.route53.record)"), "{out}");
+    assert_eq!(
+        rt.block_on(record(&c, &zone, "db.example.test", RrType::Cname)),
+        None
+    );
+    let got = rt.block_on(record(&c, &zone, "database.example.test", RrType::Cname));
+    assert_eq!(got.unwrap().0, vec!["cluster-2.internal".to_string()]);
+    dns_stack(&p, &m, "cluster-2.internal", "");
+    assert_eq!(run(&p, &["apply", "aws", "--yes"]).0, 0);
+
     // An existing record is never taken over: refused, nothing recorded; adopted by import.
     dns_stack(&p, &m, "cluster-2.internal", "also_declare = \"taken\"\n");
     let (code, out) = run(&p, &["apply", "aws", "--yes"]);

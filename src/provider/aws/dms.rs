@@ -23,6 +23,7 @@ use crate::provider::{
     Ctx, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
 };
 use crate::value::{get_str, get_u64, Attrs, Value};
+use aws_sdk_databasemigration::primitives as aws_smithy_types_dms;
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(SubnetGroupType { aws: aws.clone() });
@@ -1099,6 +1100,11 @@ impl DmsTask {
         self.inputs.insert("cdc_start_position".into(), lsn.into());
         self
     }
+    /// Start change capture at this time (RFC 3339), where no position is known.
+    pub fn cdc_start_time(mut self, at: &str) -> Self {
+        self.inputs.insert("cdc_start_time".into(), Value::from(at));
+        self
+    }
     /// Tables that have a primary key and another unique constraint: batch apply is refused for
     /// them (DMS's batch apply can drop rows of such tables).
     pub fn tables_with_extra_unique(mut self, tables: &[&str]) -> Self {
@@ -1282,6 +1288,21 @@ async fn wait_task(
     }
 }
 
+/// The `cdc_start_time` input as a timestamp.
+fn start_time(i: &Attrs) -> Result<Option<aws_smithy_types_dms::DateTime>, ProviderError> {
+    get_str(i, "cdc_start_time")
+        .map(|s| {
+            humantime::parse_rfc3339_weak(s)
+                .map(aws_smithy_types_dms::DateTime::from)
+                .map_err(|e| {
+                    ProviderError::new(format!(
+                        "cdc_start_time `{s}`: {e}; use RFC 3339, e.g. 2026-11-22T10:00:00Z"
+                    ))
+                })
+        })
+        .transpose()
+}
+
 /// The plan of an update to a task: stop it first if it runs, resume it after.
 pub fn update_steps(status: &str) -> (bool, bool) {
     let running = matches!(status, "running" | "starting");
@@ -1312,6 +1333,16 @@ impl ResourceType for TaskType {
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
         let mut v = vec![];
+        if let Some(s) = get_str(inputs, "cdc_start_time") {
+            if humantime::parse_rfc3339_weak(s).is_err() {
+                v.push(format!(
+                    "cdc_start_time `{s}` is not a time; use RFC 3339, e.g. 2026-11-22T10:00:00Z"
+                ));
+            }
+            if inputs.contains_key("cdc_start_position") {
+                v.push("give either a CDC start position or a start time, not both".into());
+            }
+        }
         match get_str(inputs, "migration") {
             Some("full-load" | "cdc" | "full-load-and-cdc") | None => {}
             Some(m) => v.push(format!(
@@ -1361,6 +1392,7 @@ impl ResourceType for TaskType {
                     .table_mappings(get_str(i, "mappings").unwrap_or_default())
                     .set_replication_task_settings(get_str(i, "settings").map(String::from))
                     .set_cdc_start_position(get_str(i, "cdc_start_position").map(String::from))
+                    .set_cdc_start_time(start_time(i)?)
                     .set_tags(Some(dms_tags(ctx, req.node)))
                     .send()
                     .await
@@ -1420,6 +1452,7 @@ impl ResourceType for TaskType {
             .table_mappings(get_str(i, "mappings").unwrap_or_default())
             .set_replication_task_settings(get_str(i, "settings").map(String::from))
             .set_cdc_start_position(get_str(i, "cdc_start_position").map(String::from))
+            .set_cdc_start_time(start_time(i)?)
             .send()
             .await
             .map_err(|e| sdk_err(&format!("modify task {id}"), e));
@@ -2060,6 +2093,13 @@ mod tests {
         assert!(errs[0].contains("public.users") && errs[0].contains("lose rows"));
         // A table the task does not select is not its concern.
         assert!(t.validate(&task(&["public.big"])).is_empty());
+        // A CDC start time must be a time, and not come with a start position.
+        let mut bad = task(&[]);
+        bad.insert("cdc_start_time".into(), Value::from("yesterday"));
+        bad.insert("cdc_start_position".into(), Value::from("0/16B3748"));
+        let errs = t.validate(&bad);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].contains("RFC 3339") && errs[1].contains("not both"));
     }
 
     #[test]
