@@ -231,6 +231,18 @@ pub fn aws_dns(stack: &Stack) -> Result<Plan, PlanError> {
             ),
         );
     }
+    if let Some(lb) = stack.get_or::<Option<String>>("alias_to", None)? {
+        p.add(
+            "www",
+            DnsRecord::alias_a(
+                zone.zone_id(),
+                &format!("www.{zone_name}"),
+                lb.as_str(),
+                "Z35SXDOTRQ7X7K",
+                true,
+            ),
+        );
+    }
     let gate = p.gate("cutover").after(&db);
     p.add(
         "flip",

@@ -825,6 +825,47 @@ fn route53_records_and_the_dns_flip_with_its_rollback() {
     dns_stack(&p, &m, "cluster-2.internal", "");
     assert_eq!(run(&p, &["apply", "aws", "--yes"]).0, 0);
 
+    // An alias A record (to a load balancer): created, read back, then removed from the plan.
+    dns_stack(
+        &p,
+        &m,
+        "cluster-2.internal",
+        "alias_to = \"lb-1.us-east-1.elb.amazonaws.com\"\n",
+    );
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let alias = rt.block_on(async {
+        let out = c
+            .list_resource_record_sets()
+            .hosted_zone_id(&zone)
+            .start_record_name("www.example.test")
+            .start_record_type(RrType::A)
+            .send()
+            .await
+            .unwrap();
+        out.resource_record_sets()
+            .iter()
+            .find(|r| r.name().trim_end_matches('.') == "www.example.test")
+            .and_then(|r| {
+                r.alias_target().map(|a| {
+                    (
+                        a.dns_name().trim_end_matches('.').to_string(),
+                        a.evaluate_target_health(),
+                    )
+                })
+            })
+    });
+    assert_eq!(
+        alias,
+        Some(("lb-1.us-east-1.elb.amazonaws.com".to_string(), true))
+    );
+    let (code, out) = run(&p, &["preview", "aws", "--detailed-exitcode", "--refresh"]);
+    assert_eq!(code, 0, "an alias record reads back as declared: {out}");
+    dns_stack(&p, &m, "cluster-2.internal", "");
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("- www (aws.route53.record)"), "{out}");
+
     // An existing record is never taken over: refused, nothing recorded; adopted by import.
     dns_stack(&p, &m, "cluster-2.internal", "also_declare = \"taken\"\n");
     let (code, out) = run(&p, &["apply", "aws", "--yes"]);

@@ -81,6 +81,26 @@ impl Record {
             .insert("values".into(), Value::Array(vec![target.into()]));
         r
     }
+    /// An alias A record to another AWS name (a load balancer's DNS name and its hosted zone
+    /// id), optionally evaluating the target's health. Aliases have no TTL of their own.
+    pub fn alias_a(
+        zone: impl Into<Value>,
+        name: &str,
+        target_dns: impl Into<Value>,
+        target_zone: impl Into<Value>,
+        evaluate_health: bool,
+    ) -> Self {
+        Record {
+            inputs: Attrs::from([
+                ("zone_id".to_string(), zone.into()),
+                ("name".to_string(), Value::from(name)),
+                ("type".to_string(), Value::from("A")),
+                ("alias_dns".to_string(), target_dns.into()),
+                ("alias_zone".to_string(), target_zone.into()),
+                ("alias_health".to_string(), Value::Bool(evaluate_health)),
+            ]),
+        }
+    }
     pub fn ttl(mut self, seconds: u64) -> Self {
         self.inputs.insert("ttl".into(), Value::from(seconds));
         self
@@ -230,6 +250,30 @@ struct Found {
     values: Vec<String>,
     ttl: Option<i64>,
     weight: Option<i64>,
+    alias: Option<Alias>,
+}
+
+/// An alias target: another AWS name (a load balancer, a distribution) and its hosted zone.
+#[derive(Debug, Clone, PartialEq)]
+struct Alias {
+    dns: String,
+    zone: String,
+    health: bool,
+}
+
+impl Alias {
+    fn of(inputs: &Attrs) -> Option<Alias> {
+        Some(Alias {
+            dns: norm_value(get_str(inputs, "alias_dns")?),
+            zone: get_str(inputs, "alias_zone")
+                .unwrap_or_default()
+                .to_string(),
+            health: inputs
+                .get("alias_health")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
 }
 
 async fn find(aws: &Aws, key: &Key) -> Result<Option<Found>, ProviderError> {
@@ -259,6 +303,11 @@ async fn find(aws: &Aws, key: &Key) -> Result<Option<Found>, ProviderError> {
                 .collect(),
             ttl: r.ttl(),
             weight: r.weight(),
+            alias: r.alias_target().map(|a| Alias {
+                dns: norm_value(a.dns_name()),
+                zone: a.hosted_zone_id().to_string(),
+                health: a.evaluate_target_health(),
+            }),
         }))
 }
 
@@ -267,11 +316,24 @@ fn record_set(
     values: &[String],
     ttl: i64,
     weight: Option<i64>,
+    alias: Option<&Alias>,
 ) -> Result<ResourceRecordSet, ProviderError> {
     let mut b = ResourceRecordSet::builder()
         .name(&key.name)
-        .r#type(rr_type(&key.kind)?)
-        .ttl(ttl);
+        .r#type(rr_type(&key.kind)?);
+    match alias {
+        Some(a) => {
+            b = b.alias_target(
+                aws_sdk_route53::types::AliasTarget::builder()
+                    .dns_name(&a.dns)
+                    .hosted_zone_id(&a.zone)
+                    .evaluate_target_health(a.health)
+                    .build()
+                    .map_err(|e| ProviderError::new(e.to_string()))?,
+            )
+        }
+        None => b = b.ttl(ttl),
+    }
     for v in values {
         b = b.resource_records(
             ResourceRecord::builder()
@@ -429,8 +491,17 @@ impl RecordType {
             ("zone_id".to_string(), Value::from(key.zone.clone())),
             ("name".to_string(), Value::from(key.name.clone())),
             ("type".to_string(), Value::from(key.kind.clone())),
-            ("values".to_string(), serde_json::json!(f.values)),
         ]);
+        match &f.alias {
+            Some(a) => {
+                inputs.insert("alias_dns".into(), Value::from(a.dns.clone()));
+                inputs.insert("alias_zone".into(), Value::from(a.zone.clone()));
+                inputs.insert("alias_health".into(), Value::Bool(a.health));
+            }
+            None => {
+                inputs.insert("values".into(), serde_json::json!(f.values));
+            }
+        }
         if let Some(t) = f.ttl {
             inputs.insert("ttl".into(), Value::from(t as u64));
         }
@@ -458,7 +529,7 @@ impl RecordType {
         let values = values_of(req.inputs.get("values"));
         let ttl = get_u64(req.inputs, "ttl").unwrap_or(60) as i64;
         let weight = get_u64(req.inputs, "weight").map(|w| w as i64);
-        let set = record_set(&key, &values, ttl, weight)?;
+        let set = record_set(&key, &values, ttl, weight, Alias::of(req.inputs).as_ref())?;
         let taken = || {
             ProviderError::refused(
                 format!("record {} ({}) already exists in zone {}: records carry no tags, so it is never taken over", key.name, key.kind, key.zone),
@@ -519,6 +590,16 @@ impl ResourceType for RecordType {
         {
             v.push("a CNAME record has exactly one value".into());
         }
+        if inputs.contains_key("alias_dns") {
+            if inputs.contains_key("values") || inputs.contains_key("ttl") {
+                v.push(
+                    "an alias record has neither values nor a TTL (it follows its target)".into(),
+                );
+            }
+            if !matches!(get_str(inputs, "type"), Some("A" | "AAAA")) {
+                v.push("alias records are A or AAAA".into());
+            }
+        }
         if inputs.contains_key("weight") != inputs.contains_key("set_identifier") {
             v.push("a weighted record needs both a set identifier and a weight".into());
         }
@@ -563,7 +644,13 @@ impl ResourceType for RecordType {
         let Some(f) = find(&self.aws, &key).await? else {
             return Ok(());
         };
-        let set = record_set(&key, &f.values, f.ttl.unwrap_or(60), f.weight)?;
+        let set = record_set(
+            &key,
+            &f.values,
+            f.ttl.unwrap_or(60),
+            f.weight,
+            f.alias.as_ref(),
+        )?;
         let change_id = change(&self.aws, &key, ChangeAction::Delete, set, "cutover").await?;
         wait_insync(&self.aws, ctx, req.node, &change_id, Duration::from_secs(2)).await
     }
@@ -583,7 +670,7 @@ impl FlipType {
         weight: Option<i64>,
     ) -> Result<String, ProviderError> {
         let key = Key::of(req.inputs);
-        let set = record_set(&key, to, ttl, weight)?;
+        let set = record_set(&key, to, ttl, weight, None)?;
         let id = change(&self.aws, &key, ChangeAction::Upsert, set, "cutover flip").await?;
         let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(2000));
         wait_insync(&self.aws, ctx, req.node, &id, poll).await?;
@@ -615,6 +702,15 @@ impl StepType for FlipType {
                 "the flip re-points an existing record: create it first (an aws.route53.record node) or check the name",
             )
         })?;
+        if current.alias.is_some() {
+            return Err(ProviderError::refused(
+                format!(
+                    "record {} is an alias record; this step re-points value records only",
+                    key.name
+                ),
+                "flip a CNAME or a value record, or change the alias record's target in the plan",
+            ));
+        }
         if !from.is_empty() && current.values != from && current.values != to {
             return Err(ProviderError::refused(
                 format!(
