@@ -97,6 +97,7 @@ fn id_filter(name: &str, value: &str) -> Filter {
 pub struct TableMappings {
     rules: Vec<(String, String, String)>,
     renames: Vec<(String, String)>,
+    lobs: Vec<(String, String, Lobs)>,
 }
 
 impl TableMappings {
@@ -120,6 +121,11 @@ impl TableMappings {
         self.renames.push((from.into(), to.into()));
         self
     }
+    /// LOB handling for one table, overriding the task's (`table-settings` rule).
+    pub fn lobs_for(mut self, schema: &str, table: &str, lobs: Lobs) -> Self {
+        self.lobs.push((schema.into(), table.into(), lobs));
+        self
+    }
     /// DMS's JSON document.
     pub fn to_json(&self) -> String {
         let mut rules = vec![];
@@ -138,6 +144,25 @@ impl TableMappings {
                 "rule-type": "transformation", "rule-id": id.to_string(), "rule-name": format!("rename-{id}"),
                 "rule-target": "schema", "object-locator": {"schema-name": from},
                 "rule-action": "rename", "value": to,
+            }));
+        }
+        for (schema, table, lobs) in &self.lobs {
+            id += 1;
+            let settings = match lobs {
+                Lobs::Limited { max_kb } => {
+                    serde_json::json!({"mode": "limited", "bulk-max-size": max_kb})
+                }
+                Lobs::Full { chunk_kb } => {
+                    serde_json::json!({"mode": "unlimited", "bulk-max-size": chunk_kb})
+                }
+                Lobs::Inline { inline_kb } => {
+                    serde_json::json!({"mode": "unlimited", "bulk-max-size": 64, "inline-lob-max-size": inline_kb})
+                }
+            };
+            rules.push(serde_json::json!({
+                "rule-type": "table-settings", "rule-id": id.to_string(), "rule-name": format!("lobs-{id}"),
+                "object-locator": {"schema-name": schema, "table-name": table},
+                "lob-settings": settings,
             }));
         }
         serde_json::json!({ "rules": rules }).to_string()
@@ -2036,9 +2061,12 @@ mod tests {
         let m = TableMappings::new()
             .include("public", "%")
             .exclude("public", "audit_%")
-            .rename_schema("public", "app");
+            .rename_schema("public", "app")
+            .lobs_for("public", "documents", Lobs::Inline { inline_kb: 64 });
         let v: Value = serde_json::from_str(&m.to_json()).unwrap();
-        assert_eq!(v["rules"].as_array().unwrap().len(), 3);
+        assert_eq!(v["rules"].as_array().unwrap().len(), 4);
+        assert_eq!(v["rules"][3]["rule-type"], "table-settings");
+        assert_eq!(v["rules"][3]["lob-settings"]["inline-lob-max-size"], 64);
         assert_eq!(v["rules"][1]["rule-action"], "exclude");
         assert_eq!(v["rules"][2]["value"], "app");
         let rules = TableMappings::selections(&m.to_json());
