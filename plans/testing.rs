@@ -374,6 +374,7 @@ pub fn aws_dms(stack: &Stack) -> Result<Plan, PlanError> {
     let p = Plan::new(stack);
     let class: String = stack.get("dms_class")?;
     let also_exclude: Option<String> = stack.get_or("also_exclude", None)?;
+    let target_engine: String = stack.get_or("target_engine", "aurora-postgresql".to_string())?;
     let vpc = p.add("vpc", Vpc::find("migration"));
     let subnets = p.add("subnets", Subnets::of(vpc.vpc_id()).named("private-*"));
     let sg = p.add(
@@ -416,13 +417,8 @@ pub fn aws_dms(stack: &Stack) -> Result<Plan, PlanError> {
     let target = p
         .add(
             "target-endpoint",
-            DmsEndpoint::target(
-                "aurora-postgresql",
-                cluster.endpoint(),
-                cluster.port(),
-                "app",
-            )
-            .credentials("cutover_admin", stack.secret("master_password")?),
+            DmsEndpoint::target(&target_engine, cluster.endpoint(), cluster.port(), "app")
+                .credentials("cutover_admin", stack.secret("master_password")?),
         )
         .retire_after(&bake);
     let settings = TaskSettings::default();

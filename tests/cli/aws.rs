@@ -1539,6 +1539,49 @@ fn case_two_on_the_emulator_dms_alarms_and_dns_applied_changed_retired_and_destr
     ));
     assert_eq!(got.unwrap().0, vec![cluster_endpoint.clone()]);
 
+    // A change DMS cannot make in place: the target endpoint's engine. The endpoint is replaced,
+    // and so are both tasks (they name it): tasks deleted first, then the endpoint, then all made
+    // again.
+    let stack = p
+        .read("stacks/aws.toml")
+        .replace("[secrets]", "target_engine = \"postgres\"\n[secrets]");
+    p.stack("aws", &stack);
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("-/+ target-endpoint (aws.dms.endpoint)"),
+        "{out}"
+    );
+    assert!(out.contains("-/+ task-events (aws.dms.task)"), "{out}");
+    assert!(out.contains("-/+ task-rest (aws.dms.task)"), "{out}");
+    rt.block_on(async {
+        let eps = dms.describe_endpoints().send().await.unwrap();
+        let engines: Vec<&str> = eps
+            .endpoints()
+            .iter()
+            .filter_map(|e| e.engine_name())
+            .collect();
+        assert!(
+            engines.contains(&"postgres") && !engines.contains(&"aurora-postgresql"),
+            "{engines:?}"
+        );
+        let tasks = dms.describe_replication_tasks().send().await.unwrap();
+        assert_eq!(tasks.replication_tasks().len(), 2);
+        let target = eps
+            .endpoints()
+            .iter()
+            .find(|e| {
+                e.engine_name() == Some("postgres")
+                    && e.endpoint_type()
+                        .is_some_and(|t| t.as_str().eq_ignore_ascii_case("target"))
+            })
+            .unwrap();
+        assert!(tasks
+            .replication_tasks()
+            .iter()
+            .all(|t| t.target_endpoint_arn() == target.endpoint_arn()));
+    });
+
     // Behind their gate: the connections are tested, the tasks start, their full loads finish,
     // and the big task's CDC latency (as CloudWatch reports it; the emulator has no DMS behind
     // it, so the test reports the data points DMS would) comes under the bound.
