@@ -285,7 +285,11 @@ pub fn aws_watch(stack: &Stack) -> Result<Plan, PlanError> {
     let cpu: f64 = stack.get("cpu_threshold")?;
     let bake_seconds: u64 = stack.get("bake_seconds")?;
     let taken: Option<String> = stack.get_or("taken_alarm", None)?;
-    let topic = p.add("alerts", SnsTopic::new().display_name("migration alerts"));
+    let mut topic = SnsTopic::new().display_name("migration alerts");
+    if let Some(n) = stack.get_or::<Option<String>>("topic_name", None)? {
+        topic = topic.named(&n);
+    }
+    let topic = p.add("alerts", topic);
     p.add(
         "oncall",
         SnsSubscription::to(topic.arn(), "email", "oncall@example.test"),

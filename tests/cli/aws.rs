@@ -1112,6 +1112,39 @@ fn alarms_on_a_topic_bake_and_retire_a_temporary() {
     );
     watch_stack(&p, &m, 85.0, "");
 
+    // A new topic name cannot change in place: the topic is replaced, its subscription with it
+    // (it names the topic), and the alarms' actions are updated in place to the new topic.
+    watch_stack(&p, &m, 85.0, "topic_name = \"migration-alerts\"\n");
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("-/+ alerts (aws.sns.topic)"), "{out}");
+    assert!(out.contains("-/+ oncall (aws.sns.subscription)"), "{out}");
+    let new_topic = rt.block_on(async {
+        let topics = sns.list_topics().send().await.unwrap();
+        let arns: Vec<String> = topics
+            .topics()
+            .iter()
+            .filter_map(|t| t.topic_arn().map(String::from))
+            .collect();
+        assert_eq!(arns.len(), 1, "{arns:?}");
+        assert!(arns[0].ends_with(":migration-alerts"), "{arns:?}");
+        let subs = sns
+            .list_subscriptions_by_topic()
+            .topic_arn(&arns[0])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(subs.subscriptions().len(), 1);
+        arns[0].clone()
+    });
+    for (_, _, actions) in rt
+        .block_on(alarms(&cw))
+        .values()
+        .filter(|(_, _, a)| !a.is_empty())
+    {
+        assert_eq!(actions, &vec![new_topic.clone()]);
+    }
+
     // The bake: moto starts alarms with insufficient data; one in ALARM fails the bake by name.
     let watched: Vec<String> = names
         .iter()
