@@ -68,6 +68,18 @@ impl Moto {
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+    /// The emulator's settings for any service's client: its endpoint (or `url`), a region and
+    /// its test credentials.
+    fn sdk_config(&self, url: &str) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(aws_sdk_rds::config::SharedCredentialsProvider::new(
+                Credentials::new("testing", "testing", None, None, "test"),
+            ))
+            .build()
+    }
     fn rds(&self) -> aws_sdk_rds::Client {
         let conf = aws_sdk_rds::Config::builder()
             .behavior_version_latest()
@@ -81,54 +93,22 @@ impl Moto {
 
 impl Moto {
     fn route53(&self) -> aws_sdk_route53::Client {
-        let conf = aws_sdk_route53::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_route53::config::Region::new("us-east-1"))
-            .endpoint_url(self.url())
-            .credentials_provider(aws_sdk_route53::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build();
-        aws_sdk_route53::Client::from_conf(conf)
+        aws_sdk_route53::Client::new(&self.sdk_config(&self.url()))
     }
 }
 
 impl Moto {
     fn cloudwatch(&self) -> aws_sdk_cloudwatch::Client {
-        let conf = aws_sdk_cloudwatch::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_cloudwatch::config::Region::new("us-east-1"))
-            .endpoint_url(self.url())
-            .credentials_provider(aws_sdk_cloudwatch::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build();
-        aws_sdk_cloudwatch::Client::from_conf(conf)
+        aws_sdk_cloudwatch::Client::new(&self.sdk_config(&self.url()))
     }
     fn sns(&self) -> aws_sdk_sns::Client {
-        let conf = aws_sdk_sns::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_sns::config::Region::new("us-east-1"))
-            .endpoint_url(self.url())
-            .credentials_provider(aws_sdk_sns::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build();
-        aws_sdk_sns::Client::from_conf(conf)
+        aws_sdk_sns::Client::new(&self.sdk_config(&self.url()))
     }
 }
 
 impl Moto {
     fn ec2(&self) -> aws_sdk_ec2::Client {
-        let conf = aws_sdk_ec2::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
-            .endpoint_url(self.url())
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build();
-        aws_sdk_ec2::Client::from_conf(conf)
+        aws_sdk_ec2::Client::new(&self.sdk_config(&self.url()))
     }
 }
 
@@ -1442,15 +1422,7 @@ async fn make_network(ec2: &aws_sdk_ec2::Client) -> (String, Vec<String>) {
 
 impl Moto {
     fn dms_via(&self, url: &str) -> aws_sdk_databasemigration::Client {
-        let conf = aws_sdk_databasemigration::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_databasemigration::config::Region::new("us-east-1"))
-            .endpoint_url(url)
-            .credentials_provider(aws_sdk_databasemigration::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build();
-        aws_sdk_databasemigration::Client::from_conf(conf)
+        aws_sdk_databasemigration::Client::new(&self.sdk_config(url))
     }
 }
 
