@@ -74,6 +74,33 @@ async fn tags_of(aws: &Aws, arn: &str) -> Result<Vec<(String, String)>, Provider
         .collect())
 }
 
+/// A describe call's answer, or None when DMS says there is no such object.
+fn found<T, E>(
+    r: Result<
+        T,
+        aws_sdk_databasemigration::error::SdkError<
+            E,
+            aws_sdk_databasemigration::config::http::HttpResponse,
+        >,
+    >,
+    what: &str,
+) -> Result<Option<T>, ProviderError>
+where
+    E: aws_sdk_databasemigration::error::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
+{
+    match r {
+        Ok(o) => Ok(Some(o)),
+        Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("ResourceNotFoundFault") => {
+            Ok(None)
+        }
+        Err(e) => Err(sdk_err(what, e)),
+    }
+}
+
 fn not_ours(what: &str, id: &str, node: &str) -> ProviderError {
     ProviderError::refused(
         format!("{what} `{id}` exists and is not this plan's (no cutover tags)"),
@@ -344,15 +371,8 @@ impl SubnetGroupType {
             .filters(id_filter("replication-subnet-group-id", id))
             .send()
             .await;
-        let out = match out {
-            Ok(o) => o,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_fault()) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(sdk_err(&format!("describe subnet group {id}"), e)),
+        let Some(out) = found(out, &format!("describe subnet group {id}"))? else {
+            return Ok(None);
         };
         let Some(g) = out.replication_subnet_groups().first() else {
             return Ok(None);
@@ -534,23 +554,16 @@ impl InstanceType {
         id: &str,
         declared: &Attrs,
     ) -> Result<Option<(Observed, String, Vec<(String, String)>)>, ProviderError> {
-        let out = match self
+        let out = self
             .aws
             .dms()
             .await
             .describe_replication_instances()
             .filters(id_filter("replication-instance-id", id))
             .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_fault()) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(sdk_err(&format!("describe replication instance {id}"), e)),
+            .await;
+        let Some(out) = found(out, &format!("describe replication instance {id}"))? else {
+            return Ok(None);
         };
         let Some(i) = out.replication_instances().first() else {
             return Ok(None);
@@ -859,23 +872,16 @@ impl EndpointType {
         id: &str,
         declared: &Attrs,
     ) -> Result<Option<(Observed, Vec<(String, String)>)>, ProviderError> {
-        let out = match self
+        let out = self
             .aws
             .dms()
             .await
             .describe_endpoints()
             .filters(id_filter("endpoint-id", id))
             .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_fault()) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(sdk_err(&format!("describe endpoint {id}"), e)),
+            .await;
+        let Some(out) = found(out, &format!("describe endpoint {id}"))? else {
+            return Ok(None);
         };
         let Some(e) = out.endpoints().first() else {
             return Ok(None);
@@ -1167,22 +1173,15 @@ struct TaskFound {
 }
 
 async fn find_task(aws: &Aws, id: &str) -> Result<Option<TaskFound>, ProviderError> {
-    let out = match aws
+    let out = aws
         .dms()
         .await
         .describe_replication_tasks()
         .filters(id_filter("replication-task-id", id))
         .send()
-        .await
-    {
-        Ok(o) => o,
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_fault()) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(sdk_err(&format!("describe task {id}"), e)),
+        .await;
+    let Some(out) = found(out, &format!("describe task {id}"))? else {
+        return Ok(None);
     };
     let Some(t) = out.replication_tasks().first() else {
         return Ok(None);
