@@ -79,6 +79,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::aws_dms,
         },
         PlanEntry {
+            name: "aws-instance",
+            about: "an RDS instance, a read replica and its promotion (AWS provider tests)",
+            hidden: true,
+            build: testing::aws_instance,
+        },
+        PlanEntry {
             name: "aws-dns",
             about: "a hosted zone, a record and a DNS flip (AWS provider tests)",
             hidden: true,

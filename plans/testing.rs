@@ -505,3 +505,27 @@ pub fn aws_dms(stack: &Stack) -> Result<Plan, PlanError> {
     );
     Ok(p)
 }
+
+/// An RDS PostgreSQL instance with a read replica, and behind a gate the replica's promotion (AWS
+/// provider tests).
+pub fn aws_instance(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let retention: u32 = stack.get("backup_retention")?;
+    let replica_class: String = stack.get("replica_class")?;
+    let source = p.add(
+        "source",
+        DbInstance::postgres("15.4", "db.m6g.large", 100)
+            .master("cutover_admin", stack.secret("master_password")?)
+            .backups(retention, "03:00-04:00")
+            .deletion_protection(false)
+            .apply_immediately(true),
+    );
+    let replica = p.add(
+        "replica",
+        DbInstance::replica_of(source.identifier(), &replica_class).apply_immediately(true),
+    );
+    let gate = p.gate("promote").after(&replica);
+    p.add("promote-replica", Promote::replica(replica.identifier()))
+        .after(&gate);
+    Ok(p)
+}

@@ -22,7 +22,7 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
 }
 
 /// A list of strings input, sorted (as the describe calls report them).
-fn str_list(inputs: &Attrs, k: &str) -> Vec<String> {
+pub(super) fn str_list(inputs: &Attrs, k: &str) -> Vec<String> {
     let mut v: Vec<String> = inputs
         .get(k)
         .and_then(Value::as_array)
@@ -36,18 +36,18 @@ fn str_list(inputs: &Attrs, k: &str) -> Vec<String> {
     v
 }
 
-fn b(inputs: &Attrs, k: &str) -> Option<bool> {
+pub(super) fn b(inputs: &Attrs, k: &str) -> Option<bool> {
     inputs.get(k).and_then(Value::as_bool)
 }
 
-fn aws_tags(ctx: &Ctx, node: &str) -> Vec<Tag> {
+pub(super) fn aws_tags(ctx: &Ctx, node: &str) -> Vec<Tag> {
     tags(&ctx.plan, &ctx.stack, node)
         .into_iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect()
 }
 
-fn tag_pairs(t: &[Tag]) -> Vec<(String, String)> {
+pub(super) fn tag_pairs(t: &[Tag]) -> Vec<(String, String)> {
     t.iter()
         .map(|t| {
             (
@@ -60,7 +60,7 @@ fn tag_pairs(t: &[Tag]) -> Vec<(String, String)> {
 
 /// What a describe found, as the engine sees it: only the attributes the plan sets (AWS fills in
 /// the rest; they are not drift), and the tags (`owned` reads them).
-fn observed(mut o: Observed, tags: &[(String, String)], declared: &Attrs) -> Observed {
+pub(super) fn observed(mut o: Observed, tags: &[(String, String)], declared: &Attrs) -> Observed {
     o.inputs.retain(|k, _| declared.contains_key(k));
     // Security groups are a set: the declared order is not drift.
     if let (Some(Value::Array(mut have)), Some(Value::Array(want))) = (
@@ -81,7 +81,7 @@ fn observed(mut o: Observed, tags: &[(String, String)], declared: &Attrs) -> Obs
 }
 
 /// Waits until `status()` says `available` (or `None`: gone when `gone_ok`), reporting changes.
-async fn wait_status<F, Fut>(
+pub(super) async fn wait_status<F, Fut>(
     ctx: &Ctx,
     node: &str,
     what: &str,

@@ -8,6 +8,7 @@
 pub mod autoscaling;
 pub mod cluster;
 pub mod dms;
+pub mod instance;
 pub mod monitoring;
 pub mod network;
 pub mod rds;
@@ -178,7 +179,8 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     route53::register(r, aws.clone());
     monitoring::register(r, aws.clone());
     network::register(r, aws.clone());
-    dms::register(r, aws);
+    dms::register(r, aws.clone());
+    instance::register(r, aws);
 }
 
 /// The tags naming plan, stack and node that every object we create carries.

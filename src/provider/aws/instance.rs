@@ -1,0 +1,564 @@
+//! RDS DB instances (`aws.rds.instance`: postgres or mysql, class, storage, multi-AZ, parameter
+//! group, subnet group, security groups, backups and windows, monitoring), instance read replicas
+//! (the same type with a `replica_of` source), and the promote step (`aws.rds.promote`), whose
+//! probe (no replication source left) keeps it from running twice.
+//!
+//! Instances carry our tags; one that exists without them is never taken over. Deleting one takes a
+//! final snapshot unless the plan says otherwise, and deletion protection is honoured.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::cluster::{aws_tags, b, observed, str_list, tag_pairs, wait_status};
+use super::{ours, owned_by_tags, sdk_err, Aws};
+use crate::dsl::{Declare, Handle, NodeKind, Output};
+use crate::provider::{
+    Ctx, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
+};
+use crate::value::{get_str, get_u64, Attrs, Value};
+
+pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+    r.resource(DbInstanceType { aws: aws.clone() });
+    r.step(PromoteType { aws });
+}
+
+/// An RDS DB instance, or a read replica of one (`replica_of`).
+#[derive(Debug, Clone)]
+pub struct DbInstance {
+    inputs: Attrs,
+}
+
+impl DbInstance {
+    fn new(engine: &str, version: &str, class: &str, storage_gb: u64) -> Self {
+        DbInstance {
+            inputs: Attrs::from([
+                ("engine".to_string(), Value::from(engine)),
+                ("engine_version".to_string(), Value::from(version)),
+                ("class".to_string(), Value::from(class)),
+                ("storage".to_string(), Value::from(storage_gb)),
+                ("storage_type".to_string(), Value::from("gp3")),
+                ("multi_az".to_string(), Value::Bool(false)),
+                ("apply_immediately".to_string(), Value::Bool(false)),
+            ]),
+        }
+    }
+    pub fn postgres(version: &str, class: &str, storage_gb: u64) -> Self {
+        DbInstance::new("postgres", version, class, storage_gb)
+    }
+    pub fn mysql(version: &str, class: &str, storage_gb: u64) -> Self {
+        DbInstance::new("mysql", version, class, storage_gb)
+    }
+    /// A read replica of `source` (an instance handle's `identifier()`): engine, version, storage
+    /// and master user come from the source.
+    pub fn replica_of(source: Output<String>, class: &str) -> Self {
+        DbInstance {
+            inputs: Attrs::from([
+                ("replica_of".to_string(), source.into()),
+                ("class".to_string(), Value::from(class)),
+                ("multi_az".to_string(), Value::Bool(false)),
+                ("apply_immediately".to_string(), Value::Bool(false)),
+            ]),
+        }
+    }
+    fn set(mut self, k: &str, v: impl Into<Value>) -> Self {
+        self.inputs.insert(k.into(), v.into());
+        self
+    }
+    pub fn master(self, user: &str, password: Output<String>) -> Self {
+        self.set("master_username", user)
+            .set("master_password", password)
+    }
+    /// `gp2`, `gp3`, `io1` or `io2`, with provisioned IOPS for the last two (and gp3 above 400 GB).
+    pub fn storage_type(self, t: &str, iops: Option<u64>) -> Self {
+        let s = self.set("storage_type", t);
+        match iops {
+            Some(i) => s.set("iops", i),
+            None => s,
+        }
+    }
+    pub fn multi_az(self, on: bool) -> Self {
+        self.set("multi_az", on)
+    }
+    pub fn parameter_group(self, name: Output<String>) -> Self {
+        self.set("parameter_group", name)
+    }
+    pub fn subnet_group(self, name: Output<String>) -> Self {
+        self.set("subnet_group", name)
+    }
+    pub fn security_groups(self, ids: Vec<Output<String>>) -> Self {
+        self.set(
+            "security_groups",
+            Value::Array(ids.into_iter().map(Into::into).collect()),
+        )
+    }
+    pub fn backups(self, retention_days: u32, window: &str) -> Self {
+        self.set("backup_retention_period", retention_days as u64)
+            .set("preferred_backup_window", window)
+    }
+    pub fn maintenance_window(self, window: &str) -> Self {
+        self.set("preferred_maintenance_window", window)
+    }
+    /// Enhanced monitoring interval in seconds (0, 1, 5, 10, 15, 30, 60).
+    pub fn monitoring_interval(self, seconds: u32) -> Self {
+        self.set("monitoring_interval", seconds as u64)
+    }
+    pub fn deletion_protection(self, on: bool) -> Self {
+        self.set("deletion_protection", on)
+    }
+    pub fn skip_final_snapshot(self) -> Self {
+        self.set("skip_final_snapshot", true)
+    }
+    pub fn apply_immediately(self, on: bool) -> Self {
+        self.set("apply_immediately", on)
+    }
+}
+
+impl Declare for DbInstance {
+    const TYPE: &'static str = "aws.rds.instance";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl Handle<DbInstance> {
+    pub fn identifier(&self) -> Output<String> {
+        self.output("id")
+    }
+    pub fn endpoint(&self) -> Output<String> {
+        self.output("endpoint")
+    }
+    pub fn arn(&self) -> Output<String> {
+        self.output("arn")
+    }
+}
+
+struct DbInstanceType {
+    aws: Arc<Aws>,
+}
+
+struct Found {
+    status: String,
+    deletion_protection: bool,
+    replica_of: Option<String>,
+    observed: Observed,
+    tags: Vec<(String, String)>,
+}
+
+async fn find(aws: &Aws, id: &str) -> Result<Option<Found>, ProviderError> {
+    let out = match aws
+        .rds()
+        .await
+        .describe_db_instances()
+        .db_instance_identifier(id)
+        .send()
+        .await
+    {
+        Ok(o) => o,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_db_instance_not_found_fault()) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(sdk_err(&format!("describe instance {id}"), e)),
+    };
+    let Some(d) = out.db_instances().first() else {
+        return Ok(None);
+    };
+    let mut inputs = Attrs::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            inputs.insert(k.to_string(), v);
+        }
+    };
+    put("engine", d.engine().map(Value::from));
+    put("engine_version", d.engine_version().map(Value::from));
+    put("class", d.db_instance_class().map(Value::from));
+    put(
+        "storage",
+        d.allocated_storage().map(|s| Value::from(s as u64)),
+    );
+    put("storage_type", d.storage_type().map(Value::from));
+    put("iops", d.iops().map(|s| Value::from(s as u64)));
+    put("multi_az", d.multi_az().map(Value::Bool));
+    put("master_username", d.master_username().map(Value::from));
+    put(
+        "parameter_group",
+        d.db_parameter_groups()
+            .first()
+            .and_then(|g| g.db_parameter_group_name())
+            .map(Value::from),
+    );
+    put(
+        "subnet_group",
+        d.db_subnet_group()
+            .and_then(|g| g.db_subnet_group_name())
+            .map(Value::from),
+    );
+    let mut groups: Vec<&str> = d
+        .vpc_security_groups()
+        .iter()
+        .filter_map(|g| g.vpc_security_group_id())
+        .collect();
+    groups.sort();
+    put("security_groups", Some(serde_json::json!(groups)));
+    put(
+        "backup_retention_period",
+        d.backup_retention_period().map(|p| Value::from(p as u64)),
+    );
+    put(
+        "preferred_backup_window",
+        d.preferred_backup_window().map(Value::from),
+    );
+    put(
+        "preferred_maintenance_window",
+        d.preferred_maintenance_window().map(Value::from),
+    );
+    put(
+        "monitoring_interval",
+        d.monitoring_interval().map(|m| Value::from(m as u64)),
+    );
+    put(
+        "deletion_protection",
+        d.deletion_protection().map(Value::Bool),
+    );
+    let replica_of = d
+        .read_replica_source_db_instance_identifier()
+        .map(String::from);
+    put("replica_of", replica_of.clone().map(Value::from));
+    let endpoint = d.endpoint().and_then(|e| e.address()).unwrap_or_default();
+    Ok(Some(Found {
+        status: d.db_instance_status().unwrap_or_default().to_string(),
+        deletion_protection: d.deletion_protection().unwrap_or(false),
+        replica_of,
+        tags: tag_pairs(d.tag_list()),
+        observed: Observed {
+            id: id.into(),
+            inputs,
+            outputs: Attrs::from([
+                ("id".to_string(), Value::from(id)),
+                (
+                    "arn".to_string(),
+                    Value::from(d.db_instance_arn().unwrap_or_default()),
+                ),
+                ("endpoint".to_string(), Value::from(endpoint)),
+                (
+                    "port".to_string(),
+                    Value::from(d.endpoint().and_then(|e| e.port()).unwrap_or(0) as u64),
+                ),
+            ]),
+        },
+    }))
+}
+
+async fn wait(aws: &Aws, ctx: &Ctx, node: &str, id: &str, gone: bool) -> Result<(), ProviderError> {
+    wait_status(
+        ctx,
+        node,
+        &format!("instance {id}"),
+        || async { Ok(find(aws, id).await?.map(|f| f.status)) },
+        gone,
+    )
+    .await
+}
+
+impl DbInstanceType {
+    fn id(req: &Request<'_>) -> String {
+        req.deterministic_id.to_string()
+    }
+}
+
+#[async_trait]
+impl ResourceType for DbInstanceType {
+    fn type_name(&self) -> &'static str {
+        "aws.rds.instance"
+    }
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["engine", "master_username", "subnet_group", "replica_of"]
+    }
+    fn create_only(&self) -> &'static [&'static str] {
+        // A replica's source is recorded at creation; promotion removes it on purpose.
+        &["replica_of"]
+    }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["id", "arn", "endpoint"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        let mut v = vec![];
+        let replica = inputs.contains_key("replica_of");
+        match get_str(inputs, "engine") {
+            Some("postgres" | "mysql") => {}
+            None if replica => {}
+            Some(e) => v.push(format!(
+                "engine `{e}`: use postgres or mysql (Aurora is aws.rds.cluster)"
+            )),
+            None => v.push("an instance needs an engine (or replica_of)".into()),
+        }
+        if !replica
+            && !inputs.contains_key("master_password")
+            && !inputs.contains_key("master_username")
+        {
+            v.push("an instance needs a master user: .master(user, secret)".into());
+        }
+        if let Some(c) = get_str(inputs, "class") {
+            if !c.starts_with("db.") {
+                v.push(format!(
+                    "instance class `{c}`: RDS classes start with `db.`"
+                ));
+            }
+        }
+        match (get_str(inputs, "storage_type"), get_u64(inputs, "iops")) {
+            (Some("io1" | "io2"), None) => {
+                v.push("io1 and io2 storage need provisioned IOPS".into())
+            }
+            (Some("gp2"), Some(_)) => v.push("gp2 storage takes no provisioned IOPS".into()),
+            _ => {}
+        }
+        v
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        owned_by_tags(ctx, node, found)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let id = Self::id(req);
+        let i = req.inputs;
+        if let Some(f) = find(&self.aws, &id).await? {
+            if !ours(&f.tags, &ctx.plan, &ctx.stack, req.node) {
+                return Err(ProviderError::refused(
+                    format!("an instance `{id}` already exists and was not created by this plan"),
+                    format!(
+                        "adopt it with `plan import {} {} {id}`",
+                        ctx.stack, req.node
+                    ),
+                ));
+            }
+        } else if let Some(source) = get_str(i, "replica_of") {
+            self.aws
+                .rds()
+                .await
+                .create_db_instance_read_replica()
+                .db_instance_identifier(&id)
+                .source_db_instance_identifier(source)
+                .set_db_instance_class(get_str(i, "class").map(String::from))
+                .set_multi_az(b(i, "multi_az"))
+                .set_vpc_security_group_ids(
+                    i.contains_key("security_groups")
+                        .then(|| str_list(i, "security_groups")),
+                )
+                .set_tags(Some(aws_tags(ctx, req.node)))
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("create read replica {id} of {source}"), e))?;
+        } else {
+            self.aws
+                .rds()
+                .await
+                .create_db_instance()
+                .db_instance_identifier(&id)
+                .engine(get_str(i, "engine").unwrap_or_default())
+                .set_engine_version(get_str(i, "engine_version").map(String::from))
+                .set_db_instance_class(get_str(i, "class").map(String::from))
+                .set_allocated_storage(get_u64(i, "storage").map(|s| s as i32))
+                .set_storage_type(get_str(i, "storage_type").map(String::from))
+                .set_iops(get_u64(i, "iops").map(|s| s as i32))
+                .set_multi_az(b(i, "multi_az"))
+                .set_master_username(get_str(i, "master_username").map(String::from))
+                .set_master_user_password(get_str(i, "master_password").map(String::from))
+                .set_db_parameter_group_name(get_str(i, "parameter_group").map(String::from))
+                .set_db_subnet_group_name(get_str(i, "subnet_group").map(String::from))
+                .set_vpc_security_group_ids(
+                    i.contains_key("security_groups")
+                        .then(|| str_list(i, "security_groups")),
+                )
+                .set_backup_retention_period(
+                    get_u64(i, "backup_retention_period").map(|p| p as i32),
+                )
+                .set_preferred_backup_window(
+                    get_str(i, "preferred_backup_window").map(String::from),
+                )
+                .set_preferred_maintenance_window(
+                    get_str(i, "preferred_maintenance_window").map(String::from),
+                )
+                .set_monitoring_interval(get_u64(i, "monitoring_interval").map(|m| m as i32))
+                .set_deletion_protection(b(i, "deletion_protection"))
+                .set_tags(Some(aws_tags(ctx, req.node)))
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("create instance {id}"), e))?;
+        }
+        wait(&self.aws, ctx, req.node, &id, false).await?;
+        let f = find(&self.aws, &id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("instance {id} vanished")))?;
+        Ok(observed(f.observed, &f.tags, i))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        Ok(find(&self.aws, id)
+            .await?
+            .map(|f| observed(f.observed, &f.tags, req.inputs)))
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        let i = req.inputs;
+        let has = |k: &str| changed.iter().any(|c| c == k);
+        let s = |k: &str| has(k).then(|| get_str(i, k).map(String::from)).flatten();
+        let n = |k: &str| has(k).then(|| get_u64(i, k).map(|v| v as i32)).flatten();
+        self.aws
+            .rds()
+            .await
+            .modify_db_instance()
+            .db_instance_identifier(id)
+            .apply_immediately(b(i, "apply_immediately").unwrap_or(false))
+            .set_engine_version(s("engine_version"))
+            .set_allow_major_version_upgrade(has("engine_version").then_some(true))
+            .set_db_instance_class(s("class"))
+            .set_allocated_storage(n("storage"))
+            .set_storage_type(s("storage_type"))
+            .set_iops(n("iops"))
+            .set_multi_az(has("multi_az").then(|| b(i, "multi_az")).flatten())
+            .set_db_parameter_group_name(s("parameter_group"))
+            .set_vpc_security_group_ids(
+                has("security_groups").then(|| str_list(i, "security_groups")),
+            )
+            .set_backup_retention_period(n("backup_retention_period"))
+            .set_preferred_backup_window(s("preferred_backup_window"))
+            .set_preferred_maintenance_window(s("preferred_maintenance_window"))
+            .set_monitoring_interval(n("monitoring_interval"))
+            .set_deletion_protection(
+                has("deletion_protection")
+                    .then(|| b(i, "deletion_protection"))
+                    .flatten(),
+            )
+            .set_master_user_password(s("master_password"))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("modify instance {id}"), e))?;
+        wait(&self.aws, ctx, req.node, id, false).await?;
+        let f = find(&self.aws, id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("instance {id} vanished")))?;
+        Ok(observed(f.observed, &f.tags, i))
+    }
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        let Some(f) = find(&self.aws, id).await? else {
+            return Ok(());
+        };
+        if f.deletion_protection {
+            return Err(ProviderError::refused(
+                format!("instance {id} has deletion protection on"),
+                "set .deletion_protection(false) in the plan and apply, then destroy",
+            ));
+        }
+        // A replica needs no final snapshot: its source keeps the data.
+        let skip = f.replica_of.is_some()
+            || req
+                .inputs
+                .get("skip_final_snapshot")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace([':', 'T', 'Z'], "-");
+        self.aws
+            .rds()
+            .await
+            .delete_db_instance()
+            .db_instance_identifier(id)
+            .skip_final_snapshot(skip)
+            .set_final_db_snapshot_identifier(
+                (!skip).then(|| format!("{id}-final-{}", stamp.trim_end_matches('-'))),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("delete instance {id}"), e))?;
+        wait(&self.aws, ctx, req.node, id, true).await
+    }
+}
+
+/// Promotes an instance read replica to a standalone instance.
+#[derive(Debug, Clone)]
+pub struct Promote {
+    inputs: Attrs,
+}
+
+impl Promote {
+    pub fn replica(replica: Output<String>) -> Self {
+        Promote {
+            inputs: Attrs::from([("replica".to_string(), replica.into())]),
+        }
+    }
+}
+
+impl Declare for Promote {
+    const TYPE: &'static str = "aws.rds.promote";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct PromoteType {
+    aws: Arc<Aws>,
+}
+
+#[async_trait]
+impl StepType for PromoteType {
+    fn type_name(&self) -> &'static str {
+        "aws.rds.promote"
+    }
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+    async fn run(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+    ) -> Result<crate::value::Attrs, ProviderError> {
+        let id = get_str(req.inputs, "replica").unwrap_or_default();
+        let f = find(&self.aws, id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("instance {id} does not exist")))?;
+        if f.replica_of.is_some() {
+            self.aws
+                .rds()
+                .await
+                .promote_read_replica()
+                .db_instance_identifier(id)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("promote {id}"), e))?;
+        }
+        wait(&self.aws, ctx, req.node, id, false).await?;
+        Ok(Attrs::from([
+            ("promoted".to_string(), Value::from(id)),
+            (
+                "was_replica_of".to_string(),
+                f.replica_of.map(Value::from).unwrap_or(Value::Null),
+            ),
+        ]))
+    }
+    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let id = get_str(req.inputs, "replica").unwrap_or_default();
+        Ok(Some(match find(&self.aws, id).await? {
+            Some(f) if f.replica_of.is_none() && f.status == "available" => {
+                Probe::Done(Attrs::from([("promoted".to_string(), Value::from(id))]))
+            }
+            _ => Probe::NotDone,
+        }))
+    }
+}
