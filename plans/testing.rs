@@ -197,6 +197,12 @@ pub fn aws_cluster(stack: &Stack) -> Result<Plan, PlanError> {
             .cooldowns(300, 120),
     )
     .after(&reader);
+    // A rollback point of the new cluster (a step: taken once).
+    p.add(
+        "cluster-snapshot",
+        Snapshot::of_cluster(cluster.identifier()),
+    )
+    .after(&reader);
     Ok(p)
 }
 
@@ -525,7 +531,11 @@ pub fn aws_instance(stack: &Stack) -> Result<Plan, PlanError> {
         DbInstance::replica_of(source.identifier(), &replica_class).apply_immediately(true),
     );
     let gate = p.gate("promote").after(&replica);
-    p.add("promote-replica", Promote::replica(replica.identifier()))
+    // A rollback point before the promotion.
+    let snapshot = p
+        .add("rollback-point", Snapshot::of_instance(source.identifier()))
         .after(&gate);
+    p.add("promote-replica", Promote::replica(replica.identifier()))
+        .after(&snapshot);
     Ok(p)
 }

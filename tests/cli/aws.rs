@@ -490,6 +490,24 @@ fn an_aurora_cluster_with_a_writer_and_a_reader_is_created_changed_and_destroyed
     assert_eq!(status, "available");
     assert_eq!(pg, "aws-cluster-aurora-cluster-params");
     assert_eq!(retention, 7);
+    // The cluster snapshot step: a tagged snapshot of the cluster.
+    let snap = rt.block_on(async {
+        let s = c
+            .describe_db_cluster_snapshots()
+            .db_cluster_snapshot_identifier("aws-cluster-aurora-cluster-snapshot")
+            .send()
+            .await
+            .unwrap();
+        let s = &s.db_cluster_snapshots()[0];
+        (
+            s.db_cluster_identifier().map(String::from),
+            s.status().map(String::from),
+        )
+    });
+    assert_eq!(
+        snap,
+        (Some(cluster_id.to_string()), Some("available".to_string()))
+    );
     let mut members = members;
     members.sort();
     assert_eq!(
@@ -1957,10 +1975,29 @@ fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed()
     let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "promote"], &env);
     assert_eq!(code, 0, "{out}");
     assert_eq!(proxy.count("PromoteReadReplica"), 1);
+    // The rollback point came first, tagged, and is not taken again.
+    let snap = rt.block_on(async {
+        let s = c
+            .describe_db_snapshots()
+            .db_snapshot_identifier("aws-instance-aws-rollback-point")
+            .send()
+            .await
+            .unwrap();
+        let s = &s.db_snapshots()[0];
+        (
+            s.db_instance_identifier().map(String::from),
+            s.tag_list()
+                .iter()
+                .any(|t| t.key() == Some("cutover:node") && t.value() == Some("rollback-point")),
+        )
+    });
+    assert_eq!(snap, (Some(source.to_string()), true));
+    assert_eq!(proxy.count("CreateDBSnapshot"), 1);
     let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "promote"], &env);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("promote-replica: running"), "{out}");
     assert_eq!(proxy.count("PromoteReadReplica"), 1, "promoted once");
+    assert_eq!(proxy.count("CreateDBSnapshot"), 1, "one rollback point");
     let (code, out) = run_env(
         &p,
         &["preview", "aws", "--detailed-exitcode", "--refresh"],

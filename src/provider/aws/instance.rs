@@ -1,7 +1,8 @@
 //! RDS DB instances (`aws.rds.instance`: postgres or mysql, class, storage, multi-AZ, parameter
 //! group, subnet group, security groups, backups and windows, monitoring), instance read replicas
-//! (the same type with a `replica_of` source), and the promote step (`aws.rds.promote`), whose
-//! probe (no replication source left) keeps it from running twice.
+//! (the same type with a `replica_of` source), the promote step (`aws.rds.promote`), whose
+//! probe (no replication source left) keeps it from running twice, and the snapshot step
+//! (`aws.rds.snapshot`, of an instance or a cluster: a rollback point).
 //!
 //! Instances carry our tags; one that exists without them is never taken over. Deleting one takes a
 //! final snapshot unless the plan says otherwise, and deletion protection is honoured.
@@ -20,7 +21,8 @@ use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(DbInstanceType { aws: aws.clone() });
-    r.step(PromoteType { aws });
+    r.step(PromoteType { aws: aws.clone() });
+    r.step(SnapshotType { aws });
 }
 
 /// An RDS DB instance, or a read replica of one (`replica_of`).
@@ -560,5 +562,153 @@ impl StepType for PromoteType {
             }
             _ => Probe::NotDone,
         }))
+    }
+}
+
+/// A snapshot of an instance or a cluster taken as a step (a rollback point before a cutover),
+/// tagged, waited on until available. Probe: the snapshot exists.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    inputs: Attrs,
+}
+
+impl Snapshot {
+    /// A snapshot of an RDS instance (an instance handle's `identifier()`).
+    pub fn of_instance(instance: Output<String>) -> Self {
+        Snapshot {
+            inputs: Attrs::from([("instance".to_string(), instance.into())]),
+        }
+    }
+    /// A snapshot of an Aurora cluster (a cluster handle's `identifier()`).
+    pub fn of_cluster(cluster: Output<String>) -> Self {
+        Snapshot {
+            inputs: Attrs::from([("cluster".to_string(), cluster.into())]),
+        }
+    }
+}
+
+impl Declare for Snapshot {
+    const TYPE: &'static str = "aws.rds.snapshot";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct SnapshotType {
+    aws: Arc<Aws>,
+}
+
+impl SnapshotType {
+    /// The snapshot's status, if it exists.
+    async fn status(&self, cluster: bool, id: &str) -> Result<Option<String>, ProviderError> {
+        let rds = self.aws.rds().await;
+        if cluster {
+            match rds
+                .describe_db_cluster_snapshots()
+                .db_cluster_snapshot_identifier(id)
+                .send()
+                .await
+            {
+                Ok(o) => Ok(o
+                    .db_cluster_snapshots()
+                    .first()
+                    .and_then(|s| s.status().map(String::from))),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_db_cluster_snapshot_not_found_fault()) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(sdk_err(&format!("describe cluster snapshot {id}"), e)),
+            }
+        } else {
+            match rds
+                .describe_db_snapshots()
+                .db_snapshot_identifier(id)
+                .send()
+                .await
+            {
+                Ok(o) => Ok(o
+                    .db_snapshots()
+                    .first()
+                    .and_then(|s| s.status().map(String::from))),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_db_snapshot_not_found_fault()) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(sdk_err(&format!("describe snapshot {id}"), e)),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StepType for SnapshotType {
+    fn type_name(&self) -> &'static str {
+        "aws.rds.snapshot"
+    }
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        if inputs.contains_key("cluster") == inputs.contains_key("instance") {
+            vec!["a snapshot is of one instance or one cluster".into()]
+        } else {
+            vec![]
+        }
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let id = req.deterministic_id;
+        let cluster = req.inputs.contains_key("cluster");
+        let source = get_str(req.inputs, if cluster { "cluster" } else { "instance" })
+            .unwrap_or_default()
+            .to_string();
+        if self.status(cluster, id).await?.is_none() {
+            let rds = self.aws.rds().await;
+            if cluster {
+                rds.create_db_cluster_snapshot()
+                    .db_cluster_snapshot_identifier(id)
+                    .db_cluster_identifier(&source)
+                    .set_tags(Some(aws_tags(ctx, req.node)))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("snapshot cluster {source}"), e))?;
+            } else {
+                rds.create_db_snapshot()
+                    .db_snapshot_identifier(id)
+                    .db_instance_identifier(&source)
+                    .set_tags(Some(aws_tags(ctx, req.node)))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("snapshot instance {source}"), e))?;
+            }
+        }
+        wait_status(
+            ctx,
+            req.node,
+            &format!("snapshot {id}"),
+            || async { self.status(cluster, id).await },
+            false,
+        )
+        .await?;
+        Ok(Attrs::from([
+            ("snapshot".to_string(), Value::from(id)),
+            ("of".to_string(), Value::from(source)),
+        ]))
+    }
+    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let cluster = req.inputs.contains_key("cluster");
+        Ok(Some(
+            match self.status(cluster, req.deterministic_id).await?.as_deref() {
+                Some("available") => Probe::Done(Attrs::from([(
+                    "snapshot".to_string(),
+                    Value::from(req.deterministic_id),
+                )])),
+                _ => Probe::NotDone,
+            },
+        ))
     }
 }
