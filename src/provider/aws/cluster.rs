@@ -58,6 +58,30 @@ pub(super) fn tag_pairs(t: &[Tag]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The DB instance `id` (of a cluster or standalone), or None.
+pub(super) async fn describe_db_instance(
+    aws: &Aws,
+    id: &str,
+) -> Result<Option<aws_sdk_rds::types::DbInstance>, ProviderError> {
+    match aws
+        .rds()
+        .await
+        .describe_db_instances()
+        .db_instance_identifier(id)
+        .send()
+        .await
+    {
+        Ok(o) => Ok(o.db_instances().first().cloned()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_db_instance_not_found_fault()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(sdk_err(&format!("describe instance {id}"), e)),
+    }
+}
+
 /// What a describe found, as the engine sees it: only the attributes the plan sets (AWS fills in
 /// the rest; they are not drift), and the tags (`owned` reads them).
 pub(super) fn observed(mut o: Observed, tags: &[(String, String)], declared: &Attrs) -> Observed {
@@ -637,23 +661,7 @@ struct InstanceFound {
 
 impl InstanceType {
     async fn find(&self, id: &str) -> Result<Option<InstanceFound>, ProviderError> {
-        let rds = self.aws.rds().await;
-        let out = match rds
-            .describe_db_instances()
-            .db_instance_identifier(id)
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_db_instance_not_found_fault()) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(sdk_err(&format!("describe instance {id}"), e)),
-        };
-        let Some(d) = out.db_instances().first() else {
+        let Some(d) = describe_db_instance(&self.aws, id).await? else {
             return Ok(None);
         };
         let mut inputs = Attrs::new();

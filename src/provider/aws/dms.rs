@@ -102,10 +102,7 @@ where
 }
 
 fn not_ours(what: &str, id: &str, node: &str) -> ProviderError {
-    ProviderError::refused(
-        format!("{what} `{id}` exists and is not this plan's (no cutover tags)"),
-        format!("adopt it with `plan import <stack> {node} {id}`"),
-    )
+    super::not_ours(what, id, node, id)
 }
 
 fn id_filter(name: &str, value: &str) -> Filter {

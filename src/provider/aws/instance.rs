@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::cluster::{aws_tags, b, observed, str_list, tag_pairs, wait_status};
+use super::cluster::{
+    aws_tags, b, describe_db_instance, observed, str_list, tag_pairs, wait_status,
+};
 use super::{ours, owned_by_tags, sdk_err, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
 use crate::provider::{
@@ -149,24 +151,7 @@ struct Found {
 }
 
 async fn find(aws: &Aws, id: &str) -> Result<Option<Found>, ProviderError> {
-    let out = match aws
-        .rds()
-        .await
-        .describe_db_instances()
-        .db_instance_identifier(id)
-        .send()
-        .await
-    {
-        Ok(o) => o,
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_db_instance_not_found_fault()) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(sdk_err(&format!("describe instance {id}"), e)),
-    };
-    let Some(d) = out.db_instances().first() else {
+    let Some(d) = describe_db_instance(aws, id).await? else {
         return Ok(None);
     };
     let mut inputs = Attrs::new();
@@ -331,13 +316,7 @@ impl ResourceType for DbInstanceType {
         let i = req.inputs;
         if let Some(f) = find(&self.aws, &id).await? {
             if !ours(&f.tags, &ctx.plan, &ctx.stack, req.node) {
-                return Err(ProviderError::refused(
-                    format!("an instance `{id}` already exists and was not created by this plan"),
-                    format!(
-                        "adopt it with `plan import {} {} {id}`",
-                        ctx.stack, req.node
-                    ),
-                ));
+                return Err(super::not_ours("DB instance", &id, req.node, &id));
             }
         } else if let Some(source) = get_str(i, "replica_of") {
             self.aws

@@ -192,6 +192,15 @@ pub fn tags(plan: &str, stack: &str, node: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// The refusal to take over an existing object without our tags, with the command that adopts it
+/// (`import_id` is what `plan import` takes: an ARN, an id or the name).
+pub fn not_ours(what: &str, name: &str, node: &str, import_id: &str) -> ProviderError {
+    ProviderError::refused(
+        format!("{what} `{name}` exists and is not this plan's (no cutover tags)"),
+        format!("adopt it with `plan import <stack> {node} {import_id}`"),
+    )
+}
+
 /// Whether `found` are our tags for this node.
 pub fn ours(found: &[(String, String)], plan: &str, stack: &str, node: &str) -> bool {
     tags(plan, stack, node).iter().all(|t| found.contains(t))

@@ -177,10 +177,7 @@ impl ResourceType for TopicType {
         if let Some(arn) = self.find_arn(&name).await? {
             let obs = self.observe(&arn, req.deterministic_id).await?;
             if !obs.as_ref().is_some_and(|o| self.owned(ctx, req.node, o)) {
-                return Err(ProviderError::refused(
-                    format!("SNS topic `{name}` exists and is not this plan's (no cutover tags)"),
-                    format!("adopt it with `plan import <stack> {} {arn}`", req.node),
-                ));
+                return Err(super::not_ours("SNS topic", &name, req.node, &arn));
             }
         }
         let c = self.aws.sns().await;
@@ -775,10 +772,7 @@ impl ResourceType for AlarmType {
         let name = name_or_id(req);
         if let Some(o) = self.observe(&name, req.deterministic_id).await? {
             if !self.owned(ctx, req.node, &o) {
-                return Err(ProviderError::refused(
-                    format!("alarm `{name}` exists and is not this plan's (no cutover tags)"),
-                    format!("adopt it with `plan import <stack> {} {name}`", req.node),
-                ));
+                return Err(super::not_ours("alarm", &name, req.node, &name));
             }
         }
         self.put(ctx, req, &name).await?;

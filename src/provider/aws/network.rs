@@ -453,10 +453,7 @@ impl ResourceType for SecurityGroupType {
                     })
                     .collect();
                 if !ours(&found, &ctx.plan, &ctx.stack, req.node) {
-                    return Err(ProviderError::refused(
-                        format!("security group `{name}` exists in {vpc} and is not this plan's (no cutover tags)"),
-                        format!("adopt it with `plan import <stack> {} {id}`", req.node),
-                    ));
+                    return Err(super::not_ours("security group", name, req.node, &id));
                 }
                 id
             }
@@ -667,12 +664,7 @@ impl ResourceType for SubnetGroupType {
         let name = req.deterministic_id;
         if let Some((_, t)) = self.find(name).await? {
             if !ours(&t, &ctx.plan, &ctx.stack, req.node) {
-                return Err(ProviderError::refused(
-                    format!(
-                        "DB subnet group `{name}` exists and is not this plan's (no cutover tags)"
-                    ),
-                    format!("adopt it with `plan import <stack> {} {name}`", req.node),
-                ));
+                return Err(super::not_ours("DB subnet group", name, req.node, name));
             }
         } else {
             let mut b = self
