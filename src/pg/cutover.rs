@@ -143,14 +143,28 @@ pub async fn fence_read_only(t: &Target, grace: Duration) -> Result<(), String> 
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    c.batch_execute(&format!("SELECT pg_terminate_backend(pid) {others}"))
+    // Sessions that started before the ALTER may still write; those are ended. A client that
+    // reconnects gets a read-only session, so only the ended pids are waited for.
+    let ended: Vec<i32> = c
+        .query(
+            &format!(
+                "SELECT pid FROM (SELECT pid, pg_terminate_backend(pid) AS t {others}) s WHERE t"
+            ),
+            &[],
+        )
         .await
-        .map_err(|e| t.err("end client sessions")(e).to_string())?;
-    // Termination is asynchronous: wait until the sessions are gone.
+        .map_err(|e| t.err("end client sessions")(e).to_string())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Termination is asynchronous: wait until the ended sessions are gone.
     let t0 = Instant::now();
     loop {
         let left: i64 = c
-            .query_one(&format!("SELECT count(*) {others}"), &[])
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&ended],
+            )
             .await
             .map_err(|e| t.err("client sessions")(e).to_string())?
             .get(0);
