@@ -188,6 +188,15 @@ pub fn aws_cluster(stack: &Stack) -> Result<Plan, PlanError> {
             .promotion_tier(1)
             .apply_immediately(true),
     );
+    // More readers on request (the throttling test's cluster has two).
+    let readers: u32 = stack.get_or("readers", 1)?;
+    for n in 2..=readers {
+        p.add(
+            &format!("reader-{n}"),
+            ClusterInstance::of(cluster.identifier(), "aurora-postgresql", &reader_class)
+                .promotion_tier(n),
+        );
+    }
     let max_readers: u32 = stack.get_or("max_readers", 4)?;
     p.add(
         "reader-scaling",

@@ -557,6 +557,9 @@ async fn apply(
     .await?;
     prog.finish();
     signals.abort();
+    for line in l.registry.summaries() {
+        println!("{line}");
+    }
     let r = &applied.report;
     let mut done = [0usize; 4]; // add, change, destroy, steps
     let mut failed = Vec::new();

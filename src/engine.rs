@@ -230,9 +230,13 @@ pub async fn prepare(l: &Loaded, opts: Options, command: &str) -> Result<Prepare
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     for (node, intent) in pending {
-        let (entry, message) = reconcile_one(l, &ctx, store.state(), &node, &intent).await?;
+        let resume = opts.mode == crate::planner::Mode::Apply;
+        let (entry, message) =
+            reconcile_one(l, &ctx, store.state(), &node, &intent, resume).await?;
         tracing::info!(node = %node, op = ?intent.op, %message, "reconciled");
-        store.append(entry);
+        if let Some(entry) = entry {
+            store.append(entry);
+        }
         reconciled.push(Note { node, message });
     }
     if store.dirty() {
@@ -254,7 +258,8 @@ async fn reconcile_one(
     state: &State,
     node: &str,
     intent: &crate::state::Intent,
-) -> Result<(Entry, String), EngineError> {
+    resume: bool,
+) -> Result<(Option<Entry>, String), EngineError> {
     let op = format!("{:?}", intent.op).to_lowercase();
     let err = |message: String| EngineError::Reconcile {
         node: node.into(),
@@ -286,7 +291,19 @@ async fn reconcile_one(
                 .read(ctx, &req, &intent.id)
                 .await
                 .map_err(|e| err(e.to_string()))?;
-            Ok(match (intent.op, found) {
+            if let (Op::Create, Some(obs), true) = (intent.op, &found, resume) {
+                if rt.create_resumes() && rt.owned(ctx, node, obs) {
+                    // The intent stays until the create, run again, records the object.
+                    return Ok((
+                        None,
+                        format!(
+                            "the interrupted create had reached the object `{}`: the create resumes (it waits for that object and makes no other)",
+                            obs.id
+                        ),
+                    ));
+                }
+            }
+            let (entry, message) = match (intent.op, found) {
                 (Op::Delete, None) => (
                     Entry::Remove { node: node.into() },
                     "the interrupted delete had completed: record removed".into(),
@@ -340,7 +357,8 @@ async fn reconcile_one(
                     Entry::Remove { node: node.into() },
                     format!("the object `{}` is gone: record removed", intent.id),
                 ),
-            })
+            };
+            Ok((Some(entry), message))
         }
         Some(TypeImpl::Step(_)) if intent.op == Op::Rollback => Err(err(format!(
             "a rollback of `{node}` was interrupted; run `plan rollback {}` again (it is safe to repeat)",
@@ -350,7 +368,7 @@ async fn reconcile_one(
             let probe = st.probe(ctx, &req).await.map_err(|e| err(e.to_string()))?;
             match probe {
                 Some(Probe::Done(outputs)) => Ok((
-                    Entry::Record {
+                    Some(Entry::Record {
                         node: node.into(),
                         record: NodeRecord::Step(StepRecord {
                             type_name: intent.type_name.clone(),
@@ -359,15 +377,15 @@ async fn reconcile_one(
                             outputs,
                             deps,
                         }),
-                    },
+                    }),
                     "the probe found the step's effect in place: recorded done, not run again".into(),
                 )),
                 Some(Probe::NotDone) => Ok((
-                    Entry::ClearIntent { node: node.into() },
+                    Some(Entry::ClearIntent { node: node.into() }),
                     "the probe found no effect: the step will run".into(),
                 )),
                 None if st.rerun_safe() => Ok((
-                    Entry::ClearIntent { node: node.into() },
+                    Some(Entry::ClearIntent { node: node.into() }),
                     "the step is safe to run again: it will run".into(),
                 )),
                 None => Err(err(format!(
@@ -377,7 +395,7 @@ async fn reconcile_one(
             }
         }
         Some(TypeImpl::Data(_)) => Ok((
-            Entry::ClearIntent { node: node.into() },
+            Some(Entry::ClearIntent { node: node.into() }),
             "an interrupted read has no effect".into(),
         )),
         None => Err(err(format!(

@@ -136,6 +136,12 @@ pub trait ResourceType: Send + Sync {
     fn force_new(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Whether `create` finds an object an interrupted create of this node started (by its tags)
+    /// and waits for it instead of making another. If so, an apply resumes an interrupted create
+    /// (the wait goes on) rather than recording the object as it stands, perhaps not yet usable.
+    fn create_resumes(&self) -> bool {
+        false
+    }
     /// Inputs used only when the object is created; afterwards steps own them (a pooler's routes,
     /// moved by the cutover), so they are never diffed.
     fn create_only(&self) -> &'static [&'static str] {
@@ -277,6 +283,8 @@ impl TypeImpl {
 #[derive(Clone, Default)]
 pub struct Registry {
     types: BTreeMap<String, TypeImpl>,
+    /// Lines a provider adds to the end of a run (what its SDK retried, for example).
+    summaries: Vec<Arc<dyn Fn() -> Option<String> + Send + Sync>>,
 }
 
 impl Registry {
@@ -297,6 +305,15 @@ impl Registry {
         self.types
             .insert(t.type_name().into(), TypeImpl::Step(Arc::new(t)));
         self
+    }
+    /// Adds a line the run's summary shows when `f` has something to say.
+    pub fn summary(&mut self, f: impl Fn() -> Option<String> + Send + Sync + 'static) -> &mut Self {
+        self.summaries.push(Arc::new(f));
+        self
+    }
+    /// The providers' summary lines for the run so far.
+    pub fn summaries(&self) -> Vec<String> {
+        self.summaries.iter().filter_map(|f| f()).collect()
     }
     pub fn get(&self, name: &str) -> Option<&TypeImpl> {
         self.types.get(name)

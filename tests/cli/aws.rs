@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_rds::config::{Credentials, Region};
 
+use super::proxy::TestProxy;
 use super::Project;
 
 fn moto_server() -> Option<PathBuf> {
@@ -1480,7 +1481,7 @@ async fn dms_tasks(c: &aws_sdk_databasemigration::Client) -> Vec<(String, String
 fn case_two_on_the_emulator_dms_alarms_and_dns_applied_changed_retired_and_destroyed() {
     let Some(bin) = require_moto() else { return };
     let m = Moto::start(&bin);
-    let proxy = FixingProxy::start(m.port);
+    let proxy = TestProxy::start(m.port);
     let (ec2, rds, r53) = (m.ec2(), m.rds(), m.route53());
     let dms = m.dms_via(&proxy.url());
     let rt = rt();
@@ -1747,161 +1748,6 @@ fn case_two_on_the_emulator_dms_alarms_and_dns_applied_changed_retired_and_destr
     );
 }
 
-/// A loopback proxy of the test suite's own between the SDK and moto, for one emulator defect:
-/// moto 5.2.5 writes DMS timestamps (InstanceCreateTime, ReplicationTaskCreationDate, ...) as
-/// ISO strings where the DMS JSON protocol has epoch seconds, which the SDK rightly refuses to
-/// parse. The proxy rewrites those values to epoch seconds in DMS answers and passes everything
-/// else through unchanged; every request still reaches moto as the SDK sent it.
-struct FixingProxy {
-    port: u16,
-    /// Every action sent through, in order (`Action=` of query requests, or the JSON target).
-    calls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl FixingProxy {
-    fn start(upstream: u16) -> FixingProxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = calls.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let seen = seen.clone();
-                std::thread::spawn(move || {
-                    let _ = FixingProxy::serve(conn, upstream, seen);
-                });
-            }
-        });
-        FixingProxy { port, calls }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// (head, body) of one HTTP/1.1 message with a Content-Length (or read to EOF).
-    fn read_message(
-        r: &mut impl std::io::Read,
-        to_eof: bool,
-    ) -> std::io::Result<(String, Vec<u8>)> {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while !buf.ends_with(b"\r\n\r\n") {
-            if r.read(&mut byte)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            buf.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&buf).to_string();
-        let len = head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        });
-        let mut body = Vec::new();
-        match len {
-            Some(n) => {
-                body.resize(n, 0);
-                r.read_exact(&mut body)?;
-            }
-            None if to_eof => {
-                r.read_to_end(&mut body)?;
-            }
-            None => {}
-        }
-        Ok((head, body))
-    }
-
-    /// How many times `action` went through.
-    fn count(&self, action: &str) -> usize {
-        self.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| *a == action)
-            .count()
-    }
-
-    fn serve(
-        mut client: std::net::TcpStream,
-        upstream: u16,
-        seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    ) -> std::io::Result<()> {
-        use std::io::Write;
-        loop {
-            let (head, body) = match FixingProxy::read_message(&mut client, false) {
-                Ok(m) => m,
-                Err(_) => return Ok(()),
-            };
-            let dms = head.contains("AmazonDMSv20160101");
-            let action = String::from_utf8_lossy(&body)
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("Action=").map(String::from))
-                .or_else(|| {
-                    head.lines().find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("x-amz-target")
-                            .then(|| v.trim().rsplit('.').next().unwrap_or_default().to_string())
-                    })
-                });
-            if let Some(a) = action {
-                seen.lock().unwrap().push(a);
-            }
-            let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
-            up.write_all(head.as_bytes())?;
-            up.write_all(&body)?;
-            let (rhead, mut rbody) = FixingProxy::read_message(&mut up, true)?;
-            if dms {
-                if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&rbody) {
-                    fix_times(&mut v);
-                    rbody = serde_json::to_vec(&v).unwrap();
-                }
-            }
-            let mut out = String::new();
-            for l in rhead.trim_end().lines() {
-                let lower = l.to_ascii_lowercase();
-                if lower.starts_with("content-length:") || lower.starts_with("connection:") {
-                    continue;
-                }
-                out.push_str(l);
-                out.push_str("\r\n");
-            }
-            out.push_str(&format!(
-                "Content-Length: {}\r\nConnection: keep-alive\r\n\r\n",
-                rbody.len()
-            ));
-            client.write_all(out.as_bytes())?;
-            client.write_all(&rbody)?;
-        }
-    }
-}
-
-/// ISO timestamps under keys ending in Date or Time become epoch seconds.
-fn fix_times(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                if let serde_json::Value::String(s) = x {
-                    if k.ends_with("Date") || k.ends_with("Time") {
-                        if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-                            let secs = t
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .unwrap()
-                                .as_secs_f64();
-                            *x = serde_json::json!(secs);
-                        }
-                    }
-                } else {
-                    fix_times(x);
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(fix_times),
-        _ => {}
-    }
-}
-
 fn instance_stack(p: &Project, url: &str, retention: u32, replica_class: &str) {
     p.stack(
         "aws",
@@ -1934,7 +1780,7 @@ fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed()
     let Some(bin) = require_moto() else { return };
     let m = Moto::start(&bin);
     // Through the test suite's proxy, which counts the calls (and changes nothing in RDS answers).
-    let proxy = FixingProxy::start(m.port);
+    let proxy = TestProxy::start(m.port);
     let c = m.rds();
     let rt = rt();
     let env = [("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")];
@@ -1969,8 +1815,7 @@ fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed()
 
     // The promotion behind its gate, issued once; a second apply does not promote again, and the
     // replica's recorded source is not drift. (moto 5.2.5 keeps reporting the replica's source
-    // after PromoteReadReplica, so the probe's "already promoted" cannot be seen here; the calls
-    // are counted instead.)
+    // after PromoteReadReplica; the test proxy removes it, as AWS does, and counts the calls.)
     assert_eq!(proxy.count("PromoteReadReplica"), 0);
     let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "promote"], &env);
     assert_eq!(code, 0, "{out}");
@@ -2021,4 +1866,144 @@ fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed()
             .any(|s| s.starts_with(&format!("{source}-final-"))),
         "{ids:?}"
     );
+}
+
+/// The SDK between the tool and the emulator meets throttling and 503 answers on every third
+/// request (the test proxy injects them before the request reaches moto): apply, a preview and
+/// destroy still converge, and the run reports exactly the retries the SDK made.
+#[test]
+fn throttling_and_503s_are_retried_and_reported_and_apply_converges() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let proxy = TestProxy::start(m.port);
+    let p = Project::new();
+    p.stack(
+        "aurora",
+        &format!(
+            "plan = \"aws-cluster\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\nbackup_retention = 7\nreader_class = \"db.r6g.large\"\nreaders = 2\n[secrets]\nmaster_password = \"env:CUTOVER_TEST_MASTER_PASSWORD\"\n",
+            proxy.url()
+        ),
+    );
+    proxy.fault_every(3);
+    let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Apply complete: 6 added"), "{out}");
+    let injected = proxy.injected();
+    let (n503, n400) = (
+        injected.get("503").copied().unwrap_or(0),
+        injected.get("Throttling").copied().unwrap_or(0)
+            + injected.get("ThrottlingException").copied().unwrap_or(0),
+    );
+    assert!(n503 >= 5 && n400 >= 5, "{injected:?}");
+    // Every injected fault was retried once, and the run says so.
+    assert!(
+        out.contains(&format!(
+            "AWS: {} requests were retried by the SDK after throttling or transient errors (HTTP 400: {n400}, HTTP 503: {n503})",
+            n400 + n503
+        )),
+        "{injected:?}\n{out}"
+    );
+    let members = rt().block_on(async {
+        let d = m
+            .rds()
+            .describe_db_clusters()
+            .db_cluster_identifier("aws-cluster-aurora-target")
+            .send()
+            .await
+            .unwrap();
+        d.db_clusters()[0].db_cluster_members().len()
+    });
+    assert_eq!(members, 3, "a writer and two readers");
+    // Converged: a refreshed preview under the same faults has nothing to do.
+    let (code, out) = run_with_password(
+        &p,
+        &["preview", "aurora", "--refresh", "--detailed-exitcode"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_with_password(&p, &["destroy", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("requests were retried"), "{out}");
+    let left = rt().block_on(async { m.rds().describe_db_clusters().send().await.unwrap() });
+    assert!(left.db_clusters().is_empty());
+}
+
+/// SIGKILL while the tool waits for a new read replica, then while it waits for a promotion (the
+/// test proxy holds the instance at `creating`, then at `modifying`, as AWS would for minutes;
+/// moto reports `available` at once). Each re-apply resumes the wait: the create and the
+/// promotion each reach the emulator once.
+#[test]
+fn a_crash_during_a_wait_resumes_it_without_a_second_create_or_promotion() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let proxy = TestProxy::start(m.port);
+    let env = [("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")];
+    let p = Project::new();
+    instance_stack(&p, &proxy.url(), 7, "db.m6g.large");
+    let spawn = |args: &[&str]| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
+            .arg("--root")
+            .arg(p.root())
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("CUTOVER_TEST_MASTER_PASSWORD", env[0].1)
+            .env_remove("AWS_PROFILE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let kill_after = |mut child: Child, action: &str| {
+        let t0 = Instant::now();
+        while proxy.count(action) == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{action} never sent"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "exited before {action}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Inside the wait: the held status is being polled.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(child.try_wait().unwrap().is_none(), "the wait ended early");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    };
+
+    proxy.hold_after(
+        "CreateDBInstanceReadReplica",
+        "creating",
+        Duration::from_secs(6),
+    );
+    kill_after(
+        spawn(&["apply", "aws", "--yes"]),
+        "CreateDBInstanceReadReplica",
+    );
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("creating"), "the re-run waited: {out}");
+    assert_eq!(proxy.count("CreateDBInstanceReadReplica"), 1, "{out}");
+    assert_eq!(proxy.count("CreateDBInstance"), 1, "{out}");
+
+    proxy.hold_after("PromoteReadReplica", "modifying", Duration::from_secs(6));
+    kill_after(
+        spawn(&["apply", "aws", "--yes", "--approve", "promote"]),
+        "PromoteReadReplica",
+    );
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "promote"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("modifying"), "the re-run waited: {out}");
+    assert_eq!(proxy.count("PromoteReadReplica"), 1, "promoted once: {out}");
+    let r = rt().block_on(instance(&m.rds(), "aws-instance-aws-replica"));
+    assert_eq!(
+        r.map(|r| r.2),
+        Some(Some("aws-instance-aws-source".into())),
+        "moto keeps the source (see the proxy)"
+    );
+    let (code, out) = run_env(&p, &["destroy", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
 }

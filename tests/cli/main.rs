@@ -7,6 +7,7 @@ mod errors;
 mod flows;
 mod pg;
 mod preview;
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -383,6 +383,9 @@ impl ResourceType for ClusterType {
     fn type_name(&self) -> &'static str {
         "aws.rds.cluster"
     }
+    fn create_resumes(&self) -> bool {
+        true
+    }
     fn service(&self) -> &'static str {
         "rds"
     }
@@ -432,32 +435,49 @@ impl ResourceType for ClusterType {
         let id = self.id(req);
         let i = req.inputs;
         let rds = self.aws.rds().await;
-        let r = rds
-            .create_db_cluster()
-            .db_cluster_identifier(&id)
-            .engine(get_str(i, "engine").unwrap_or_default())
-            .set_engine_version(get_str(i, "engine_version").map(String::from))
-            .set_master_username(get_str(i, "master_username").map(String::from))
-            .set_master_user_password(get_str(i, "master_password").map(String::from))
-            .set_manage_master_user_password(b(i, "manage_master_user_password"))
-            .set_db_cluster_parameter_group_name(get_str(i, "parameter_group").map(String::from))
-            .set_port(get_u64(i, "port").map(|p| p as i32))
-            .set_db_subnet_group_name(get_str(i, "subnet_group").map(String::from))
-            .set_vpc_security_group_ids(
-                i.contains_key("security_groups")
-                    .then(|| str_list(i, "security_groups")),
-            )
-            .set_backup_retention_period(get_u64(i, "backup_retention_period").map(|p| p as i32))
-            .set_preferred_backup_window(get_str(i, "preferred_backup_window").map(String::from))
-            .set_preferred_maintenance_window(
-                get_str(i, "preferred_maintenance_window").map(String::from),
-            )
-            .set_deletion_protection(b(i, "deletion_protection"))
-            .set_storage_encrypted(b(i, "storage_encrypted"))
-            .set_kms_key_id(get_str(i, "kms_key_id").map(String::from))
-            .set_tags(Some(aws_tags(ctx, req.node)))
-            .send()
-            .await;
+        // An interrupted create's cluster is waited for, not created again.
+        let existing = self.find(&id).await?;
+        if let Some(f) = &existing {
+            if !ours(&f.tags, &ctx.plan, &ctx.stack, req.node) {
+                return Err(super::not_ours("cluster", &id, req.node, &id));
+            }
+        }
+        let r = if existing.is_some() {
+            Ok(None)
+        } else {
+            rds.create_db_cluster()
+                .db_cluster_identifier(&id)
+                .engine(get_str(i, "engine").unwrap_or_default())
+                .set_engine_version(get_str(i, "engine_version").map(String::from))
+                .set_master_username(get_str(i, "master_username").map(String::from))
+                .set_master_user_password(get_str(i, "master_password").map(String::from))
+                .set_manage_master_user_password(b(i, "manage_master_user_password"))
+                .set_db_cluster_parameter_group_name(
+                    get_str(i, "parameter_group").map(String::from),
+                )
+                .set_port(get_u64(i, "port").map(|p| p as i32))
+                .set_db_subnet_group_name(get_str(i, "subnet_group").map(String::from))
+                .set_vpc_security_group_ids(
+                    i.contains_key("security_groups")
+                        .then(|| str_list(i, "security_groups")),
+                )
+                .set_backup_retention_period(
+                    get_u64(i, "backup_retention_period").map(|p| p as i32),
+                )
+                .set_preferred_backup_window(
+                    get_str(i, "preferred_backup_window").map(String::from),
+                )
+                .set_preferred_maintenance_window(
+                    get_str(i, "preferred_maintenance_window").map(String::from),
+                )
+                .set_deletion_protection(b(i, "deletion_protection"))
+                .set_storage_encrypted(b(i, "storage_encrypted"))
+                .set_kms_key_id(get_str(i, "kms_key_id").map(String::from))
+                .set_tags(Some(aws_tags(ctx, req.node)))
+                .send()
+                .await
+                .map(Some)
+        };
         if let Err(e) = r {
             if e.as_service_error()
                 .is_some_and(|s| s.is_db_cluster_already_exists_fault())
@@ -467,13 +487,7 @@ impl ResourceType for ClusterType {
                     .as_ref()
                     .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
                 {
-                    return Err(ProviderError::refused(
-                        format!("a cluster `{id}` already exists and was not created by this plan"),
-                        format!(
-                            "adopt it with `plan import {} {} {id}`, or give the node another name",
-                            ctx.stack, req.node
-                        ),
-                    ));
+                    return Err(super::not_ours("cluster", &id, req.node, &id));
                 }
             } else {
                 return Err(sdk_err(&format!("create cluster {id}"), e));
@@ -722,6 +736,9 @@ impl ResourceType for InstanceType {
     fn type_name(&self) -> &'static str {
         "aws.rds.cluster_instance"
     }
+    fn create_resumes(&self) -> bool {
+        true
+    }
     fn service(&self) -> &'static str {
         "rds"
     }
@@ -747,18 +764,29 @@ impl ResourceType for InstanceType {
         let id = req.deterministic_id.to_string();
         let i = req.inputs;
         let rds = self.aws.rds().await;
-        let r = rds
-            .create_db_instance()
-            .db_instance_identifier(&id)
-            .set_db_cluster_identifier(get_str(i, "cluster").map(String::from))
-            .db_instance_class(get_str(i, "class").unwrap_or_default())
-            .engine(get_str(i, "engine").unwrap_or_default())
-            .set_promotion_tier(get_u64(i, "promotion_tier").map(|t| t as i32))
-            .set_enable_performance_insights(b(i, "performance_insights"))
-            .set_monitoring_interval(get_u64(i, "monitoring_interval").map(|m| m as i32))
-            .set_tags(Some(aws_tags(ctx, req.node)))
-            .send()
-            .await;
+        // An interrupted create's instance is waited for, not created again.
+        let existing = self.find(&id).await?;
+        if let Some(f) = &existing {
+            if !ours(&f.tags, &ctx.plan, &ctx.stack, req.node) {
+                return Err(super::not_ours("DB instance", &id, req.node, &id));
+            }
+        }
+        let r = if existing.is_some() {
+            Ok(None)
+        } else {
+            rds.create_db_instance()
+                .db_instance_identifier(&id)
+                .set_db_cluster_identifier(get_str(i, "cluster").map(String::from))
+                .db_instance_class(get_str(i, "class").unwrap_or_default())
+                .engine(get_str(i, "engine").unwrap_or_default())
+                .set_promotion_tier(get_u64(i, "promotion_tier").map(|t| t as i32))
+                .set_enable_performance_insights(b(i, "performance_insights"))
+                .set_monitoring_interval(get_u64(i, "monitoring_interval").map(|m| m as i32))
+                .set_tags(Some(aws_tags(ctx, req.node)))
+                .send()
+                .await
+                .map(Some)
+        };
         if let Err(e) = r {
             if e.as_service_error()
                 .is_some_and(|s| s.is_db_instance_already_exists_fault())
@@ -768,15 +796,7 @@ impl ResourceType for InstanceType {
                     .as_ref()
                     .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
                 {
-                    return Err(ProviderError::refused(
-                        format!(
-                            "an instance `{id}` already exists and was not created by this plan"
-                        ),
-                        format!(
-                            "adopt it with `plan import {} {} {id}`",
-                            ctx.stack, req.node
-                        ),
-                    ));
+                    return Err(super::not_ours("DB instance", &id, req.node, &id));
                 }
             } else {
                 return Err(sdk_err(&format!("create instance {id}"), e));

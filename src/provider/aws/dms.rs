@@ -655,6 +655,9 @@ impl ResourceType for InstanceType {
     fn type_name(&self) -> &'static str {
         "aws.dms.instance"
     }
+    fn create_resumes(&self) -> bool {
+        true
+    }
     fn service(&self) -> &'static str {
         "dms"
     }
@@ -1334,6 +1337,9 @@ pub fn update_steps(status: &str) -> (bool, bool) {
 impl ResourceType for TaskType {
     fn type_name(&self) -> &'static str {
         "aws.dms.task"
+    }
+    fn create_resumes(&self) -> bool {
+        true
     }
     fn service(&self) -> &'static str {
         "dms"

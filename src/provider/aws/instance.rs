@@ -262,6 +262,9 @@ impl ResourceType for DbInstanceType {
     fn type_name(&self) -> &'static str {
         "aws.rds.instance"
     }
+    fn create_resumes(&self) -> bool {
+        true
+    }
     fn service(&self) -> &'static str {
         "rds"
     }
@@ -511,9 +514,18 @@ impl StepType for PromoteType {
         req: &Request<'_>,
     ) -> Result<crate::value::Attrs, ProviderError> {
         let id = get_str(req.inputs, "replica").unwrap_or_default();
-        let f = find(&self.aws, id)
+        let mut f = find(&self.aws, id)
             .await?
             .ok_or_else(|| ProviderError::new(format!("instance {id} does not exist")))?;
+        let was = f.replica_of.clone();
+        if f.replica_of.is_some() && f.status != "available" {
+            // Busy (a promotion issued by an interrupted run shows `modifying`): wait, then look
+            // again rather than issue a second promotion.
+            wait(&self.aws, ctx, req.node, id, false).await?;
+            f = find(&self.aws, id)
+                .await?
+                .ok_or_else(|| ProviderError::new(format!("instance {id} does not exist")))?;
+        }
         if f.replica_of.is_some() {
             self.aws
                 .rds()
@@ -524,12 +536,29 @@ impl StepType for PromoteType {
                 .await
                 .map_err(|e| sdk_err(&format!("promote {id}"), e))?;
         }
-        wait(&self.aws, ctx, req.node, id, false).await?;
+        // Done when the instance is available and no longer names a source (right after the call
+        // it may still show both for a moment).
+        wait_status(
+            ctx,
+            req.node,
+            &format!("instance {id}"),
+            || async {
+                Ok(find(&self.aws, id).await?.map(|f| {
+                    if f.replica_of.is_some() && f.status == "available" {
+                        "promotion pending".to_string()
+                    } else {
+                        f.status
+                    }
+                }))
+            },
+            false,
+        )
+        .await?;
         Ok(Attrs::from([
             ("promoted".to_string(), Value::from(id)),
             (
                 "was_replica_of".to_string(),
-                f.replica_of.map(Value::from).unwrap_or(Value::Null),
+                was.map(Value::from).unwrap_or(Value::Null),
             ),
         ]))
     }

@@ -25,8 +25,75 @@ use tokio::sync::OnceCell;
 use super::{ProviderError, Registry};
 use crate::stack::Stack;
 
+/// Counts every request attempt that was a retry, by the HTTP status of the attempt before it, so
+/// that throttling and transient server errors the SDK absorbed are reported, not hidden.
+#[derive(Debug, Clone, Default)]
+pub struct Retries(Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>);
+
+/// The HTTP status of an operation's previous attempt (kept in the operation's config bag).
+#[derive(Debug, Clone)]
+struct PreviousAttempt(String);
+
+impl aws_smithy_types::config_bag::Storable for PreviousAttempt {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for Retries {
+    fn name(&self) -> &'static str {
+        "cutover-retries"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if let Some(PreviousAttempt(why)) = cfg.load::<PreviousAttempt>() {
+            let why = why.clone();
+            *self.0.lock().unwrap().entry(why).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    fn read_after_attempt(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<
+            '_,
+        >,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let why = match ctx.response() {
+            Some(r) => format!("HTTP {}", r.status().as_u16()),
+            None => "no response".to_string(),
+        };
+        cfg.interceptor_state().store_put(PreviousAttempt(why));
+        Ok(())
+    }
+}
+
+impl Retries {
+    /// `None` when nothing was retried; else one line: how many, and after what.
+    pub fn summary(&self) -> Option<String> {
+        let m = self.0.lock().unwrap();
+        let n: u64 = m.values().sum();
+        (n > 0).then(|| {
+            format!(
+                "AWS: {n} request{} retried by the SDK after throttling or transient errors ({})",
+                if n == 1 { " was" } else { "s were" },
+                m.iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+}
+
 /// Where the stack's AWS is, and its clients once made.
 pub struct Aws {
+    retries: Retries,
     region: Option<String>,
     endpoint_url: Option<String>,
     profile: Option<String>,
@@ -42,6 +109,7 @@ pub struct Aws {
 impl Aws {
     pub fn from_stack(stack: &Stack) -> Arc<Aws> {
         Arc::new(Aws {
+            retries: Retries::default(),
             region: stack.region.clone(),
             endpoint_url: stack.endpoint_url.clone(),
             profile: stack.profile.clone(),
@@ -58,6 +126,7 @@ impl Aws {
     /// An `Aws` whose RDS client is given (tests that capture requests).
     pub fn with_rds(client: aws_sdk_rds::Client) -> Arc<Aws> {
         Arc::new(Aws {
+            retries: Retries::default(),
             region: None,
             endpoint_url: None,
             profile: None,
@@ -80,6 +149,7 @@ impl Aws {
 
     fn from_parts() -> Aws {
         Aws {
+            retries: Retries::default(),
             region: None,
             endpoint_url: None,
             profile: None,
@@ -118,7 +188,11 @@ impl Aws {
     pub async fn autoscaling(&self) -> &aws_sdk_applicationautoscaling::Client {
         self.autoscaling
             .get_or_init(|| async {
-                aws_sdk_applicationautoscaling::Client::new(&self.config().await)
+                aws_sdk_applicationautoscaling::Client::from_conf(
+                    aws_sdk_applicationautoscaling::config::Builder::from(&self.config().await)
+                        .interceptor(self.retries.clone())
+                        .build(),
+                )
             })
             .await
     }
@@ -129,6 +203,7 @@ impl Aws {
             .get_or_init(|| async {
                 let conf = aws_sdk_route53::config::Builder::from(&self.config().await)
                     .region(Region::new("us-east-1"))
+                    .interceptor(self.retries.clone())
                     .build();
                 aws_sdk_route53::Client::from_conf(conf)
             })
@@ -138,41 +213,78 @@ impl Aws {
     /// The SNS client.
     pub async fn sns(&self) -> &aws_sdk_sns::Client {
         self.sns
-            .get_or_init(|| async { aws_sdk_sns::Client::new(&self.config().await) })
+            .get_or_init(|| async {
+                aws_sdk_sns::Client::from_conf(
+                    aws_sdk_sns::config::Builder::from(&self.config().await)
+                        .interceptor(self.retries.clone())
+                        .build(),
+                )
+            })
             .await
     }
 
     /// The CloudWatch client.
     pub async fn cloudwatch(&self) -> &aws_sdk_cloudwatch::Client {
         self.cloudwatch
-            .get_or_init(|| async { aws_sdk_cloudwatch::Client::new(&self.config().await) })
+            .get_or_init(|| async {
+                aws_sdk_cloudwatch::Client::from_conf(
+                    aws_sdk_cloudwatch::config::Builder::from(&self.config().await)
+                        .interceptor(self.retries.clone())
+                        .build(),
+                )
+            })
             .await
     }
 
     /// The EC2 client.
     pub async fn ec2(&self) -> &aws_sdk_ec2::Client {
         self.ec2
-            .get_or_init(|| async { aws_sdk_ec2::Client::new(&self.config().await) })
+            .get_or_init(|| async {
+                aws_sdk_ec2::Client::from_conf(
+                    aws_sdk_ec2::config::Builder::from(&self.config().await)
+                        .interceptor(self.retries.clone())
+                        .build(),
+                )
+            })
             .await
     }
 
     /// The DMS client.
     pub async fn dms(&self) -> &aws_sdk_databasemigration::Client {
         self.dms
-            .get_or_init(|| async { aws_sdk_databasemigration::Client::new(&self.config().await) })
+            .get_or_init(|| async {
+                aws_sdk_databasemigration::Client::from_conf(
+                    aws_sdk_databasemigration::config::Builder::from(&self.config().await)
+                        .interceptor(self.retries.clone())
+                        .build(),
+                )
+            })
             .await
+    }
+
+    /// What the SDK retried so far, for the run's summary.
+    pub fn retries(&self) -> Retries {
+        self.retries.clone()
     }
 
     /// The RDS client.
     pub async fn rds(&self) -> &aws_sdk_rds::Client {
         self.rds
-            .get_or_init(|| async { aws_sdk_rds::Client::new(&self.config().await) })
+            .get_or_init(|| async {
+                aws_sdk_rds::Client::from_conf(
+                    aws_sdk_rds::config::Builder::from(&self.config().await)
+                        .interceptor(self.retries.clone())
+                        .build(),
+                )
+            })
             .await
     }
 }
 
 /// Registers the `aws` provider's types.
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+    let retries = aws.retries();
+    r.summary(move || retries.summary());
     rds::register(r, aws.clone());
     cluster::register(r, aws.clone());
     autoscaling::register(r, aws.clone());
