@@ -85,6 +85,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::aws_instance,
         },
         PlanEntry {
+            name: "aws-replica",
+            about: "an Aurora replica cluster promoted, failed over and rebooted (AWS provider tests)",
+            hidden: true,
+            build: testing::aws_replica,
+        },
+        PlanEntry {
             name: "aws-dns",
             about: "a hosted zone, a record and a DNS flip (AWS provider tests)",
             hidden: true,

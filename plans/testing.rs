@@ -548,3 +548,60 @@ pub fn aws_instance(stack: &Stack) -> Result<Plan, PlanError> {
         .after(&snapshot);
     Ok(p)
 }
+
+/// An Aurora replica cluster of another cluster with a writer and a reader, promoted behind a
+/// gate, failed over to the reader and rebooted (AWS provider tests).
+pub fn aws_replica(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let source = p.add(
+        "source",
+        AuroraCluster::postgres("15.4")
+            .master("cutover_admin", stack.secret("master_password")?)
+            .deletion_protection(false)
+            .skip_final_snapshot(),
+    );
+    p.add(
+        "source-writer",
+        ClusterInstance::of(source.identifier(), "aurora-postgresql", "db.r6g.large"),
+    );
+    // AWS takes the master user of a replica from its source; moto 5.2.5 insists on one, so the
+    // test plan names the source's (a replica without one is checked by its exact request in the
+    // cluster module's unit tests).
+    let target = p.add(
+        "target",
+        AuroraCluster::postgres("15.4")
+            .master("cutover_admin", stack.secret("master_password")?)
+            .replica_of(source.arn())
+            .deletion_protection(false)
+            .skip_final_snapshot(),
+    );
+    let writer = p.add(
+        "writer",
+        ClusterInstance::of(target.identifier(), "aurora-postgresql", "db.r6g.large")
+            .promotion_tier(0),
+    );
+    // The first instance of a cluster becomes its writer: the reader comes after the writer.
+    let reader = p
+        .add(
+            "reader",
+            ClusterInstance::of(target.identifier(), "aurora-postgresql", "db.r6g.large")
+                .promotion_tier(1),
+        )
+        .after(&writer);
+    let gate = p.gate("cutover").after(&writer).after(&reader);
+    let promote = p
+        .add(
+            "promote-target",
+            PromoteCluster::replica(target.identifier()),
+        )
+        .after(&gate);
+    let failover = p
+        .add(
+            "failover",
+            Failover::cluster(target.identifier(), reader.identifier()),
+        )
+        .after(&promote);
+    p.add("reboot", Reboot::cluster(target.identifier()))
+        .after(&failover);
+    Ok(p)
+}

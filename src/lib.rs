@@ -38,6 +38,7 @@ pub mod prelude {
         Alarm, Bake, Subscription as SnsSubscription, Topic as SnsTopic,
     };
     pub use crate::provider::aws::network::{SecurityGroup, SubnetGroup, Subnets, Vpc};
+    pub use crate::provider::aws::ops::{Failover, PromoteCluster, Reboot};
     pub use crate::provider::aws::rds::ParameterGroup;
     pub use crate::provider::aws::route53::{Flip as DnsFlip, HostedZone, Record as DnsRecord};
     pub use crate::provider::builtin::{Assert, Null, Sleep};

@@ -80,17 +80,6 @@ fn resource_id(inputs: &Attrs) -> String {
     format!("cluster:{}", get_str(inputs, "cluster").unwrap_or_default())
 }
 
-fn sdk<E, R>(what: &str, e: aws_sdk_applicationautoscaling::error::SdkError<E, R>) -> ProviderError
-where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    ProviderError::new(format!(
-        "{what}: {}",
-        aws_sdk_applicationautoscaling::error::DisplayErrorContext(&e)
-    ))
-}
-
 impl ReadersType {
     async fn put(&self, req: &Request<'_>) -> Result<(), ProviderError> {
         let c = self.aws.autoscaling().await;
@@ -104,7 +93,7 @@ impl ReadersType {
             .max_capacity(get_u64(i, "max").unwrap_or(1) as i32)
             .send()
             .await
-            .map_err(|e| sdk(&format!("register scalable target {rid}"), e))?;
+            .map_err(|e| super::sdk_err(&format!("register scalable target {rid}"), e))?;
         let metric = match get_str(i, "metric") {
             Some("connections") => MetricType::RdsReaderAverageDatabaseConnections,
             _ => MetricType::RdsReaderAverageCpuUtilization,
@@ -130,7 +119,7 @@ impl ReadersType {
             .target_tracking_scaling_policy_configuration(config)
             .send()
             .await
-            .map_err(|e| sdk(&format!("put scaling policy on {rid}"), e))?;
+            .map_err(|e| super::sdk_err(&format!("put scaling policy on {rid}"), e))?;
         Ok(())
     }
 
@@ -144,7 +133,7 @@ impl ReadersType {
             .scalable_dimension(ScalableDimension::RdsClusterReadReplicaCount)
             .send()
             .await
-            .map_err(|e| sdk("describe scalable targets", e))?;
+            .map_err(|e| super::sdk_err("describe scalable targets", e))?;
         let Some(target) = t.scalable_targets().first() else {
             return Ok(None);
         };
@@ -163,7 +152,7 @@ impl ReadersType {
             .scalable_dimension(ScalableDimension::RdsClusterReadReplicaCount)
             .send()
             .await
-            .map_err(|e| sdk("describe scaling policies", e))?;
+            .map_err(|e| super::sdk_err("describe scaling policies", e))?;
         let ours = p
             .scaling_policies()
             .iter()
@@ -297,7 +286,7 @@ impl ResourceType for ReadersType {
                 .scalable_dimension(ScalableDimension::RdsClusterReadReplicaCount)
                 .send()
                 .await
-                .map_err(|e| sdk(&format!("deregister scalable target {id}"), e))?;
+                .map_err(|e| super::sdk_err(&format!("deregister scalable target {id}"), e))?;
         }
         Ok(())
     }

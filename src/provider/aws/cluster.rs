@@ -226,6 +226,11 @@ impl AuroraCluster {
     pub fn apply_immediately(self, on: bool) -> Self {
         self.set("apply_immediately", on)
     }
+    /// An Aurora replica of an RDS instance or an Aurora cluster (its ARN), kept in sync by RDS
+    /// until a `PromoteCluster` step makes it standalone. The master user comes from the source.
+    pub fn replica_of(self, source_arn: Output<String>) -> Self {
+        self.set("replication_source", source_arn)
+    }
 }
 
 impl Declare for AuroraCluster {
@@ -295,6 +300,10 @@ impl ClusterType {
         put("engine", c.engine().map(Value::from));
         put("engine_version", c.engine_version().map(Value::from));
         put("master_username", c.master_username().map(Value::from));
+        put(
+            "replication_source",
+            c.replication_source_identifier().map(Value::from),
+        );
         put(
             "parameter_group",
             c.db_cluster_parameter_group().map(Value::from),
@@ -397,7 +406,12 @@ impl ResourceType for ClusterType {
             "subnet_group",
             "storage_encrypted",
             "kms_key_id",
+            "replication_source",
         ]
+    }
+    fn create_only(&self) -> &'static [&'static str] {
+        // A replica's source is recorded at creation; promotion removes it on purpose.
+        &["replication_source"]
     }
     fn stable_outputs(&self) -> &'static [&'static str] {
         &["id", "arn", "endpoint", "reader_endpoint"]
@@ -410,7 +424,7 @@ impl ResourceType for ClusterType {
                 "engine `{engine}` is not an Aurora engine; use AuroraCluster::postgres or ::mysql"
             ));
         }
-        if !inputs.contains_key("master_username") {
+        if !inputs.contains_key("master_username") && !inputs.contains_key("replication_source") {
             v.push("a master user is required: .master(user, stack.secret(..)?) or .managed_master(user)".into());
         }
         if inputs.contains_key("master_password")
@@ -473,6 +487,9 @@ impl ResourceType for ClusterType {
                 .set_deletion_protection(b(i, "deletion_protection"))
                 .set_storage_encrypted(b(i, "storage_encrypted"))
                 .set_kms_key_id(get_str(i, "kms_key_id").map(String::from))
+                .set_replication_source_identifier(
+                    get_str(i, "replication_source").map(String::from),
+                )
                 .set_tags(Some(aws_tags(ctx, req.node)))
                 .send()
                 .await
@@ -658,6 +675,10 @@ impl Declare for ClusterInstance {
 }
 
 impl Handle<ClusterInstance> {
+    /// The instance identifier (a failover target, a reboot).
+    pub fn identifier(&self) -> Output<String> {
+        self.output("id")
+    }
     pub fn endpoint(&self) -> Output<String> {
         self.output("endpoint")
     }
@@ -876,5 +897,107 @@ impl ResourceType for InstanceType {
             .await
             .map_err(|e| sdk_err(&format!("delete instance {id}"), e))?;
         self.wait(ctx, req.node, id, true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
+    use aws_smithy_types::body::SdkBody;
+
+    /// moto 5.2.5 models an Aurora replica of another cluster only (and insists on a master
+    /// user), so the replica of an RDS PostgreSQL instance, the usual first hop of a migration to
+    /// Aurora, is checked by the exact request the SDK sends: the source instance's ARN as
+    /// replication source, the engine, our tags, and no master user or password.
+    #[tokio::test]
+    async fn a_replica_of_an_rds_instance_sends_its_source_and_no_master_user() {
+        let answer = |status: u16, body: &str| {
+            ReplayEvent::new(
+                http::Request::builder()
+                    .uri("https://rds.us-east-1.amazonaws.com/")
+                    .body(SdkBody::empty())
+                    .unwrap(),
+                http::Response::builder()
+                    .status(status)
+                    .body(SdkBody::from(body.to_string()))
+                    .unwrap(),
+            )
+        };
+        let http = StaticReplayClient::new(vec![
+            answer(
+                404,
+                r#"<ErrorResponse xmlns="http://rds.amazonaws.com/doc/2014-10-31/"><Error><Type>Sender</Type><Code>DBClusterNotFoundFault</Code><Message>DBCluster t not found.</Message></Error><RequestId>1</RequestId></ErrorResponse>"#,
+            ),
+            // The reply does not matter here; a refusal ends the create after the request.
+            answer(
+                400,
+                r#"<ErrorResponse xmlns="http://rds.amazonaws.com/doc/2014-10-31/"><Error><Type>Sender</Type><Code>InvalidParameterCombination</Code><Message>stop here</Message></Error><RequestId>2</RequestId></ErrorResponse>"#,
+            ),
+        ]);
+        let conf = aws_sdk_rds::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_rds::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_rds::config::Credentials::new(
+                "a", "b", None, None, "t",
+            ))
+            .http_client(http.clone())
+            .build();
+        let t = ClusterType {
+            aws: Aws::with_rds(aws_sdk_rds::Client::from_conf(conf)),
+        };
+        let source = "arn:aws:rds:us-east-1:123456789012:db:legacy-pg";
+        let inputs = AuroraCluster::postgres("15.4")
+            .replica_of(Output::from(source))
+            .inputs();
+        assert_eq!(
+            t.validate(&inputs),
+            Vec::<String>::new(),
+            "no master needed"
+        );
+        let ctx = Ctx::new(
+            std::path::PathBuf::from("."),
+            "p",
+            "s",
+            Arc::new(crate::value::EnvSecrets),
+        );
+        let req = Request {
+            node: "target",
+            deterministic_id: "p-s-target",
+            inputs: &inputs,
+        };
+        let e = t.create(&ctx, &req).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("InvalidParameterCombination: stop here"),
+            "the service's code and message, not the raw response: {e}"
+        );
+        let bodies: Vec<String> = http
+            .actual_requests()
+            .map(|r| {
+                std::str::from_utf8(r.body().bytes().unwrap())
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(bodies.len(), 2, "{bodies:?}");
+        assert!(
+            bodies[0].contains("Action=DescribeDBClusters"),
+            "{}",
+            bodies[0]
+        );
+        let create = &bodies[1];
+        for want in [
+            "Action=CreateDBCluster",
+            "DBClusterIdentifier=p-s-target",
+            "Engine=aurora-postgresql",
+            "ReplicationSourceIdentifier=arn%3Aaws%3Ards%3Aus-east-1%3A123456789012%3Adb%3Alegacy-pg",
+            "Tags.Tag.3.Key=cutover%3Anode",
+            "Tags.Tag.3.Value=target",
+        ] {
+            assert!(create.contains(want), "{want} missing from {create}");
+        }
+        assert!(!create.contains("MasterUsername"), "{create}");
+        assert!(!create.contains("MasterUserPassword"), "{create}");
     }
 }

@@ -11,6 +11,7 @@ pub mod dms;
 pub mod instance;
 pub mod monitoring;
 pub mod network;
+pub mod ops;
 pub mod rds;
 pub mod route53;
 
@@ -292,6 +293,7 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     monitoring::register(r, aws.clone());
     network::register(r, aws.clone());
     dms::register(r, aws.clone());
+    ops::register(r, aws.clone());
     instance::register(r, aws);
 }
 
@@ -342,12 +344,21 @@ pub fn owned_by_tags(ctx: &super::Ctx, node: &str, found: &super::Observed) -> b
     ours(&tags, &ctx.plan, &ctx.stack, node)
 }
 
-/// An SDK error with the service's message.
+/// An SDK error as the user needs it: the service's code and message when the service answered
+/// (never the raw response), the SDK's own account otherwise (a timeout, a connection refused).
 pub fn sdk_err<E, R>(what: &str, e: aws_sdk_rds::error::SdkError<E, R>) -> ProviderError
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + aws_sdk_rds::error::ProvideErrorMetadata + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
+    if let Some(s) = e.as_service_error() {
+        if let Some(code) = s.code() {
+            return ProviderError::new(format!(
+                "{what}: {code}: {}",
+                s.message().unwrap_or("(no message)")
+            ));
+        }
+    }
     ProviderError::new(format!(
         "{what}: {}",
         aws_sdk_rds::error::DisplayErrorContext(&e)
