@@ -166,8 +166,15 @@ pub fn aws_cluster(stack: &Stack) -> Result<Plan, PlanError> {
         ParameterGroup::cluster("aurora-postgresql15", "target cluster")
             .pending_reboot("rds.logical_replication", "1"),
     );
-    let mut cluster = AuroraCluster::postgres("15.4")
-        .master("cutover_admin", stack.secret("master_password")?)
+    // RDS may keep the master password in Secrets Manager instead of the stack's secret.
+    let managed: bool = stack.get_or("managed_master", false)?;
+    let cluster = AuroraCluster::postgres("15.4");
+    let cluster = if managed {
+        cluster.managed_master("cutover_admin")
+    } else {
+        cluster.master("cutover_admin", stack.secret("master_password")?)
+    };
+    let mut cluster = cluster
         .parameter_group(params.group_name())
         .backups(retention, "03:00-04:00")
         .maintenance_window("sun:04:00-sun:05:00")

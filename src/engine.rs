@@ -21,7 +21,7 @@ use crate::state::{
     now, DataRecord, Entry, Lock, NodeRecord, Op, ResourceRecord, State, StateError, StateStore,
     StepRecord,
 };
-use crate::value::{self, Attrs, EnvSecrets};
+use crate::value::{self, Attrs};
 
 /// A plan compiled into the binary.
 #[derive(Clone)]
@@ -72,6 +72,8 @@ pub struct Loaded {
     pub graph: Graph,
     pub registry: Registry,
     pub state_dir: PathBuf,
+    /// The run's secrets (Secrets Manager values once fetched, in memory only).
+    pub secrets: Arc<crate::secrets::RunSecrets>,
 }
 
 /// Loads `stacks/<name>.toml`, builds its plan and validates it.
@@ -112,6 +114,7 @@ pub fn load(root: &Path, plans: &[PlanEntry], name: &str) -> Result<Loaded, Engi
         graph,
         registry,
         state_dir,
+        secrets: Arc::new(crate::secrets::RunSecrets::default()),
     })
 }
 
@@ -122,8 +125,16 @@ impl Loaded {
             self.root.clone(),
             &self.graph.spec.plan,
             &self.stack.name,
-            Arc::new(EnvSecrets),
+            self.secrets.clone(),
         )
+    }
+
+    /// Fetches the stack's Secrets Manager references (before calls that may reveal them).
+    pub async fn fetch_secrets(&self) -> Result<(), EngineError> {
+        self.secrets
+            .fetch(&self.stack)
+            .await
+            .map_err(EngineError::Usage)
     }
 
     /// The state as it is on disk (no lock).
@@ -152,6 +163,9 @@ pub async fn preview(l: &Loaded, opts: &Options, refresh: bool) -> Result<Change
     }
     let mut cs = planner::plan(&l.graph, &state, &l.registry, opts)?;
     if refresh {
+        // Checks that need a secret that cannot be read are skipped, as are those whose inputs
+        // are not known yet; the preview itself never needs a secret's value.
+        let _ = l.fetch_secrets().await;
         cs.checks = run_checks(l, &state).await;
     }
     Ok(cs)
@@ -220,6 +234,8 @@ pub struct Prepared {
 /// Takes the lock, reconciles interrupted operations, and plans.
 pub async fn prepare(l: &Loaded, opts: Options, command: &str) -> Result<Prepared, EngineError> {
     let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
+    // Before anything is recorded: an unreadable secret stops the run with nothing changed.
+    l.fetch_secrets().await?;
     let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
     let ctx = l.ctx();
     let mut reconciled = Vec::new();
@@ -767,6 +783,7 @@ pub async fn rollback(
     progress: crate::provider::ProgressFn,
 ) -> Result<Vec<Note>, EngineError> {
     let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
+    l.fetch_secrets().await?;
     let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
     let mut ctx = l.ctx();
     ctx.progress = progress;

@@ -19,6 +19,7 @@ pub mod pg;
 pub mod planner;
 pub mod provider;
 pub mod render;
+pub mod secrets;
 pub mod stack;
 pub mod state;
 pub mod value;

@@ -261,7 +261,7 @@ impl Stack {
                     path: p,
                     line,
                     key,
-                    message: "the value is not a secret reference (it is not repeated here in case it is the secret itself); write `env:NAME` (an environment variable) or a Secrets Manager ARN, and keep the secret out of the file".into(),
+                    message: "the value is not a secret reference (it is not repeated here in case it is the secret itself); write `env:NAME` (an environment variable) or a Secrets Manager ARN (`arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME`, with `#KEY` for one key of a JSON secret), and keep the secret out of the file".into(),
                 });
             }
             secrets.insert(key, (line, reference));
@@ -342,6 +342,14 @@ impl Stack {
                 expected: "a secret reference such as \"env:NAME\"".into(),
             }),
         }
+    }
+
+    /// Every `[secrets]` entry as (key, line, reference).
+    pub fn secret_refs(&self) -> Vec<(String, usize, String)> {
+        self.secrets
+            .iter()
+            .map(|(k, (l, r))| (k.clone(), *l, r.clone()))
+            .collect()
     }
 
     /// Reports keys under [values] and [secrets] that the plan never read.

@@ -2116,3 +2116,134 @@ fn an_aurora_replica_cluster_is_promoted_failed_over_and_rebooted_once() {
     let left = rt.block_on(async { c.describe_db_clusters().send().await.unwrap() });
     assert!(left.db_clusters().is_empty());
 }
+
+/// A master password from AWS Secrets Manager (one key of a JSON secret, in moto's Secrets
+/// Manager): it reaches the CreateDBInstance request (seen by the test proxy) and nothing the
+/// tool writes; a reference to a missing key or secret stops the apply before any call, naming
+/// the stack file's line and the fix.
+#[test]
+fn a_master_password_from_secrets_manager_reaches_aws_and_nothing_else() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let proxy = TestProxy::start(m.port);
+    let sm = aws_sdk_secretsmanager::Client::new(&m.sdk_config(&m.url()));
+    let arn = rt().block_on(async {
+        sm.create_secret()
+            .name("db/master")
+            .secret_string(r#"{"username":"cutover_admin","password":"Sm-s3cret-77_x"}"#)
+            .send()
+            .await
+            .unwrap()
+            .arn()
+            .unwrap()
+            .to_string()
+    });
+    let p = Project::new();
+    let stack = |reference: &str| {
+        p.stack(
+            "aws",
+            &format!(
+                "plan = \"aws-instance\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\nbackup_retention = 7\nreplica_class = \"db.m6g.large\"\n[secrets]\nmaster_password = \"{reference}\"\n",
+                proxy.url()
+            ),
+        )
+    };
+    // A key the secret does not have: refused before anything is created or recorded.
+    stack(&format!("{arn}#pass"));
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("aws.toml:9: secrets.master_password"), "{out}");
+    assert!(
+        out.contains("has no key `pass`; its keys are username, password"),
+        "{out}"
+    );
+    assert!(!out.contains("Sm-s3cret"), "{out}");
+    // A secret that does not exist.
+    stack(&arn.replace("db/master", "db/other"));
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("ResourceNotFoundException"), "{out}");
+    assert!(out.contains("secretsmanager:GetSecretValue"), "{out}");
+    assert_eq!(proxy.count("CreateDBInstance"), 0);
+    assert!(
+        !p.read(".cutover/aws/state.json").contains("\"source\""),
+        "nothing recorded"
+    );
+
+    stack(&format!("{arn}#password"));
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &[]);
+    assert_eq!(code, 0, "{out}");
+    let create = proxy.bodies("CreateDBInstance");
+    assert_eq!(create.len(), 1);
+    assert!(
+        create[0].contains("MasterUserPassword=Sm-s3cret-77_x"),
+        "{}",
+        create[0]
+    );
+    assert!(!out.contains("Sm-s3cret"), "{out}");
+    for (path, bytes) in super::tree(p.root()) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("Sm-s3cret"),
+            "the password is in {}",
+            path.display()
+        );
+    }
+    let (code, out) = run_env(&p, &["preview", "aws", "--detailed-exitcode"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("Sm-s3cret"), "{out}");
+    let (code, out) = run_env(&p, &["destroy", "aws", "--yes"], &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// `managed_master`: RDS keeps the master password in Secrets Manager. The create asks for it and
+/// sends no password; the secret's ARN is an output of the cluster; a refresh finds no drift.
+#[test]
+fn a_cluster_with_a_managed_master_password_sends_none_and_outputs_its_secret() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let proxy = TestProxy::start(m.port);
+    let p = Project::new();
+    p.stack(
+        "aurora",
+        &format!(
+            "plan = \"aws-cluster\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\nbackup_retention = 7\nreader_class = \"db.r6g.large\"\nmanaged_master = true\n",
+            proxy.url()
+        ),
+    );
+    let (code, out) = run_env(&p, &["apply", "aurora", "--yes"], &[]);
+    assert_eq!(code, 0, "{out}");
+    let create = proxy.bodies("CreateDBCluster");
+    assert_eq!(create.len(), 1);
+    assert!(
+        create[0].contains("ManageMasterUserPassword=true"),
+        "{}",
+        create[0]
+    );
+    assert!(!create[0].contains("&MasterUserPassword="), "{}", create[0]);
+    let secret = rt().block_on(async {
+        m.rds()
+            .describe_db_clusters()
+            .db_cluster_identifier("aws-cluster-aurora-target")
+            .send()
+            .await
+            .unwrap()
+            .db_clusters()[0]
+            .master_user_secret()
+            .and_then(|s| s.secret_arn())
+            .map(String::from)
+    });
+    let secret = secret.expect("RDS keeps a master secret");
+    let state: serde_json::Value =
+        serde_json::from_str(&p.read(".cutover/aurora/state.json")).unwrap();
+    let mut arns = vec![];
+    json_values(&state, "master_secret_arn", &mut arns);
+    assert_eq!(arns, vec![&serde_json::json!(secret)]);
+    let (code, out) = run_env(
+        &p,
+        &["preview", "aurora", "--refresh", "--detailed-exitcode"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_env(&p, &["destroy", "aurora", "--yes"], &[]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -34,8 +34,9 @@ struct Rules {
 
 pub struct TestProxy {
     port: u16,
-    /// Every action that reached moto, in order (`Action=` of query requests, or the JSON target).
-    calls: Arc<Mutex<Vec<String>>>,
+    /// Every action that reached moto, in order (`Action=` of query requests, or the JSON
+    /// target), with the request body.
+    calls: Arc<Mutex<Vec<(String, String)>>>,
     rules: Arc<Mutex<Rules>>,
 }
 
@@ -68,8 +69,19 @@ impl TestProxy {
             .lock()
             .unwrap()
             .iter()
-            .filter(|a| *a == action)
+            .filter(|(a, _)| a == action)
             .count()
+    }
+
+    /// The bodies of the requests of `action` that reached moto, in order.
+    pub fn bodies(&self, action: &str) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(a, _)| a == action)
+            .map(|(_, b)| b.clone())
+            .collect()
     }
 
     /// Answers every `n`-th request with a fault instead of passing it on (0: none), alternating
@@ -155,7 +167,7 @@ impl TestProxy {
     fn serve(
         mut client: std::net::TcpStream,
         upstream: u16,
-        seen: Arc<Mutex<Vec<String>>>,
+        seen: Arc<Mutex<Vec<(String, String)>>>,
         rules: Arc<Mutex<Rules>>,
     ) -> std::io::Result<()> {
         loop {
@@ -227,7 +239,7 @@ impl TestProxy {
             }
             let action = query_action.clone().or(json_target);
             if let Some(a) = &action {
-                seen.lock().unwrap().push(a.clone());
+                seen.lock().unwrap().push((a.clone(), form.clone()));
             }
             let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
             up.write_all(head.as_bytes())?;

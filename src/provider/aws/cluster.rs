@@ -257,6 +257,10 @@ impl Handle<AuroraCluster> {
     pub fn arn(&self) -> Output<String> {
         self.output("arn")
     }
+    /// The Secrets Manager secret RDS keeps the master password in (`managed_master` only).
+    pub fn master_secret_arn(&self) -> Output<String> {
+        self.output("master_secret_arn")
+    }
 }
 
 struct ClusterType {
@@ -300,6 +304,10 @@ impl ClusterType {
         put("engine", c.engine().map(Value::from));
         put("engine_version", c.engine_version().map(Value::from));
         put("master_username", c.master_username().map(Value::from));
+        put(
+            "manage_master_user_password",
+            Some(Value::Bool(c.master_user_secret().is_some())),
+        );
         put(
             "replication_source",
             c.replication_source_identifier().map(Value::from),
@@ -355,6 +363,13 @@ impl ClusterType {
             (
                 "status".to_string(),
                 Value::from(c.status().unwrap_or_default()),
+            ),
+            (
+                "master_secret_arn".to_string(),
+                c.master_user_secret()
+                    .and_then(|m| m.secret_arn())
+                    .map(Value::from)
+                    .unwrap_or(Value::Null),
             ),
         ]);
         Ok(Some(ClusterFound {

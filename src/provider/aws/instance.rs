@@ -73,6 +73,11 @@ impl DbInstance {
         self.set("master_username", user)
             .set("master_password", password)
     }
+    /// Master user whose password RDS keeps in Secrets Manager (`master_secret_arn()` names it).
+    pub fn managed_master(self, user: &str) -> Self {
+        self.set("master_username", user)
+            .set("manage_master_user_password", true)
+    }
     /// `gp2`, `gp3`, `io1` or `io2`, with provisioned IOPS for the last two (and gp3 above 400 GB).
     pub fn storage_type(self, t: &str, iops: Option<u64>) -> Self {
         let s = self.set("storage_type", t);
@@ -136,6 +141,10 @@ impl Handle<DbInstance> {
     pub fn arn(&self) -> Output<String> {
         self.output("arn")
     }
+    /// The Secrets Manager secret RDS keeps the master password in (`managed_master` only).
+    pub fn master_secret_arn(&self) -> Output<String> {
+        self.output("master_secret_arn")
+    }
 }
 
 struct DbInstanceType {
@@ -171,6 +180,10 @@ async fn find(aws: &Aws, id: &str) -> Result<Option<Found>, ProviderError> {
     put("iops", d.iops().map(|s| Value::from(s as u64)));
     put("multi_az", d.multi_az().map(Value::Bool));
     put("master_username", d.master_username().map(Value::from));
+    put(
+        "manage_master_user_password",
+        Some(Value::Bool(d.master_user_secret().is_some())),
+    );
     put(
         "parameter_group",
         d.db_parameter_groups()
@@ -235,6 +248,13 @@ async fn find(aws: &Aws, id: &str) -> Result<Option<Found>, ProviderError> {
                     "port".to_string(),
                     Value::from(d.endpoint().and_then(|e| e.port()).unwrap_or(0) as u64),
                 ),
+                (
+                    "master_secret_arn".to_string(),
+                    d.master_user_secret()
+                        .and_then(|m| m.secret_arn())
+                        .map(Value::from)
+                        .unwrap_or(Value::Null),
+                ),
             ]),
         },
     }))
@@ -293,7 +313,15 @@ impl ResourceType for DbInstanceType {
             && !inputs.contains_key("master_password")
             && !inputs.contains_key("master_username")
         {
-            v.push("an instance needs a master user: .master(user, secret)".into());
+            v.push(
+                "an instance needs a master user: .master(user, secret) or .managed_master(user)"
+                    .into(),
+            );
+        }
+        if inputs.contains_key("master_password")
+            && b(inputs, "manage_master_user_password") == Some(true)
+        {
+            v.push("give either a master password or managed_master, not both".into());
         }
         if let Some(c) = get_str(inputs, "class") {
             if !c.starts_with("db.") {
@@ -353,6 +381,7 @@ impl ResourceType for DbInstanceType {
                 .set_multi_az(b(i, "multi_az"))
                 .set_master_username(get_str(i, "master_username").map(String::from))
                 .set_master_user_password(get_str(i, "master_password").map(String::from))
+                .set_manage_master_user_password(b(i, "manage_master_user_password"))
                 .set_db_parameter_group_name(get_str(i, "parameter_group").map(String::from))
                 .set_db_subnet_group_name(get_str(i, "subnet_group").map(String::from))
                 .set_vpc_security_group_ids(
@@ -429,6 +458,11 @@ impl ResourceType for DbInstanceType {
                     .flatten(),
             )
             .set_master_user_password(s("master_password"))
+            .set_manage_master_user_password(
+                has("manage_master_user_password")
+                    .then(|| b(i, "manage_master_user_password"))
+                    .flatten(),
+            )
             .send()
             .await
             .map_err(|e| sdk_err(&format!("modify instance {id}"), e))?;

@@ -14,6 +14,7 @@ pub mod network;
 pub mod ops;
 pub mod rds;
 pub mod route53;
+pub mod secrets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,7 +165,7 @@ impl Aws {
         }
     }
 
-    async fn config(&self) -> aws_config::SdkConfig {
+    pub(crate) async fn config(&self) -> aws_config::SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::standard().with_max_attempts(6))
             .timeout_config(
