@@ -174,33 +174,58 @@ pub async fn preview(l: &Loaded, opts: &Options, refresh: bool) -> Result<Change
 /// Runs the read-only checks of every step whose inputs are known from state (a preflight of
 /// databases that exist), each bounded in time. Never fails: a check that cannot run says so.
 async fn run_checks(l: &Loaded, state: &State) -> Vec<planner::CheckNote> {
+    run_checks_of(l, state, &|_| true).await
+}
+
+/// [`run_checks`] of the nodes `pick` chooses. Resources are checked with the inputs known so far
+/// (references to outputs not known yet stay references, secrets stay unrevealed); steps only
+/// once every input is known.
+async fn run_checks_of(
+    l: &Loaded,
+    state: &State,
+    pick: &dyn Fn(&str) -> bool,
+) -> Vec<planner::CheckNote> {
     let ctx = l.ctx();
     let mut out = Vec::new();
     for n in &l.graph.spec.nodes {
-        let Some(TypeImpl::Step(st)) = l.registry.get(&n.type_name) else {
+        if !pick(&n.name) {
             continue;
-        };
+        }
         let lookup =
             |x: &str, o: &str| state.nodes.get(x).and_then(|r| r.outputs().get(o).cloned());
         let inputs = value::resolve_attrs(&n.inputs, &lookup);
-        if inputs.values().any(value::has_refs) {
-            continue;
-        }
-        let Ok(revealed) = value::reveal_attrs(&inputs, &*ctx.secrets) else {
-            continue;
-        };
         let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, &n.name);
-        let req = Request {
-            node: &n.name,
-            deterministic_id: &det,
-            inputs: &revealed,
+        let check = match l.registry.get(&n.type_name) {
+            Some(TypeImpl::Step(st)) => {
+                if inputs.values().any(value::has_refs) {
+                    continue;
+                }
+                let Ok(revealed) = value::reveal_attrs(&inputs, &*ctx.secrets) else {
+                    continue;
+                };
+                let req = Request {
+                    node: &n.name,
+                    deterministic_id: &det,
+                    inputs: &revealed,
+                };
+                tokio::time::timeout(std::time::Duration::from_secs(15), st.check(&ctx, &req)).await
+            }
+            Some(TypeImpl::Resource(rt)) => {
+                let req = Request {
+                    node: &n.name,
+                    deterministic_id: &det,
+                    inputs: &inputs,
+                };
+                tokio::time::timeout(std::time::Duration::from_secs(15), rt.check(&ctx, &req)).await
+            }
+            _ => continue,
         };
         let note = |level: &str, message: String| planner::CheckNote {
             node: n.name.clone(),
             level: level.into(),
             message,
         };
-        match tokio::time::timeout(std::time::Duration::from_secs(15), st.check(&ctx, &req)).await {
+        match check {
             Ok(Ok(Some(findings))) => {
                 out.extend(findings.into_iter().map(|(level, m)| note(&level, m)))
             }
@@ -259,6 +284,35 @@ pub async fn prepare(l: &Loaded, opts: Options, command: &str) -> Result<Prepare
         store.compact()?;
     }
     let changes = planner::plan(&l.graph, store.state(), &l.registry, &opts)?;
+    if opts.mode == crate::planner::Mode::Apply {
+        // The cloud's own checks of what is about to be created or changed: an error stops the
+        // apply here, before any change.
+        let touched: std::collections::BTreeSet<&str> = changes
+            .actions
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.action,
+                    crate::planner::ActionKind::Create
+                        | crate::planner::ActionKind::Replace
+                        | crate::planner::ActionKind::Update
+                )
+            })
+            .map(|a| a.node.as_str())
+            .collect();
+        let errors: Vec<String> = run_checks_of(l, store.state(), &|n| touched.contains(n))
+            .await
+            .into_iter()
+            .filter(|c| c.level == "error")
+            .map(|c| format!("`{}`: {}", c.node, c.message))
+            .collect();
+        if !errors.is_empty() {
+            return Err(EngineError::Usage(format!(
+                "apply stopped before any change; the plan asks for what the cloud does not offer:\n  {}\nFix the plan (or the stack's values) and run again.",
+                errors.join("\n  ")
+            )));
+        }
+    }
     Ok(Prepared {
         lock,
         store,

@@ -136,6 +136,17 @@ pub trait ResourceType: Send + Sync {
     fn force_new(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Read-only checks that need the cloud (is this instance class orderable here?), shown by
+    /// `preview --refresh` and run before an apply creates or changes the object; an `error`
+    /// stops the apply before any change. `(level, message)`; `None` when the type has none.
+    /// The inputs may still hold references to outputs not known yet, and secrets unrevealed.
+    async fn check(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+        Ok(None)
+    }
     /// Whether `create` finds an object an interrupted create of this node started (by its tags)
     /// and waits for it instead of making another. If so, an apply resumes an interrupted create
     /// (the wait goes on) rather than recording the object as it stands, perhaps not yet usable.

@@ -2247,3 +2247,43 @@ fn a_cluster_with_a_managed_master_password_sends_none_and_outputs_its_secret() 
     let (code, out) = run_env(&p, &["destroy", "aurora", "--yes"], &[]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// An instance class the region does not offer for the engine is named by `preview --refresh`
+/// with what is offered instead, and stops `apply` before any call that changes anything.
+#[test]
+fn an_instance_class_that_is_not_orderable_stops_apply_before_any_change() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let proxy = TestProxy::start(m.port);
+    let p = Project::new();
+    let stack = |class: &str| {
+        p.stack(
+            "aurora",
+            &format!(
+                "plan = \"aws-cluster\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\nbackup_retention = 7\nreader_class = \"{class}\"\n[secrets]\nmaster_password = \"env:CUTOVER_TEST_MASTER_PASSWORD\"\n",
+                proxy.url()
+            ),
+        )
+    };
+    stack("db.r6g.huge");
+    let (code, out) = run_with_password(&p, &["preview", "aurora", "--refresh"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("instance class db.r6g.huge is not orderable for aurora-postgresql in us-east-1; orderable classes: db.r4.16xlarge"),
+        "{out}"
+    );
+    assert!(out.contains("db.r6g.large"), "the alternatives are listed: {out}");
+    let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("apply stopped before any change"), "{out}");
+    assert!(out.contains("`reader`: instance class db.r6g.huge"), "{out}");
+    assert!(!out.contains("`writer`"), "the writer's class is offered: {out}");
+    for a in ["CreateDBClusterParameterGroup", "CreateDBCluster", "CreateDBInstance"] {
+        assert_eq!(proxy.count(a), 0, "{a} was sent");
+    }
+    stack("db.r6g.large");
+    let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_with_password(&p, &["destroy", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -82,6 +82,93 @@ pub(super) async fn describe_db_instance(
     }
 }
 
+/// Whether `class` is orderable for `engine` (and `version`, when known) in the client's region,
+/// as a check finding: `error` naming what is offered instead, or a `warning` when the region
+/// lists nothing for the engine at all (the class could not be checked). Quiet when orderable.
+pub(super) async fn orderable(
+    aws: &Aws,
+    engine: &str,
+    version: Option<&str>,
+    class: &str,
+) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+    let rds = aws.rds().await;
+    // Up to `pages` pages of (class, version) offered for the engine (and version, class).
+    let list = |version: Option<&str>, class: Option<&str>, pages: usize| {
+        let (version, class) = (version.map(String::from), class.map(String::from));
+        async move {
+            let mut out: Vec<(String, String)> = vec![];
+            let mut marker = None;
+            for _ in 0..pages {
+                let r = rds
+                    .describe_orderable_db_instance_options()
+                    .engine(engine)
+                    .set_engine_version(version.clone())
+                    .set_db_instance_class(class.clone())
+                    .set_marker(marker.clone())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("orderable options of {engine}"), e))?;
+                out.extend(r.orderable_db_instance_options().iter().map(|o| {
+                    (
+                        o.db_instance_class().unwrap_or_default().to_string(),
+                        o.engine_version().unwrap_or_default().to_string(),
+                    )
+                }));
+                marker = r.marker().map(String::from);
+                if marker.is_none() {
+                    break;
+                }
+            }
+            Ok::<_, ProviderError>(out)
+        }
+    };
+    let of_version = match version {
+        Some(v) => format!("{engine} {v}"),
+        None => engine.to_string(),
+    };
+    let region = aws.region.clone().unwrap_or_else(|| "this region".into());
+    // (The class filter is applied here too: moto 5.2.5 ignores it.)
+    if list(version, Some(class), 5)
+        .await?
+        .iter()
+        .any(|(c, _)| c == class)
+    {
+        return Ok(Some(vec![]));
+    }
+    let offered = list(version, None, 5).await?;
+    if !offered.is_empty() {
+        let mut classes: Vec<&str> = offered.iter().map(|(c, _)| c.as_str()).collect();
+        classes.sort();
+        classes.dedup();
+        return Ok(Some(vec![(
+            "error".into(),
+            format!(
+                "instance class {class} is not orderable for {of_version} in {region}; orderable classes: {}",
+                classes.join(", ")
+            ),
+        )]));
+    }
+    if version.is_some() {
+        let any = list(None, None, 5).await?;
+        if !any.is_empty() {
+            let mut versions: Vec<&str> = any.iter().map(|(_, v)| v.as_str()).collect();
+            versions.sort();
+            versions.dedup();
+            return Ok(Some(vec![(
+                "error".into(),
+                format!(
+                    "{of_version} is not offered in {region}; versions offered: {}",
+                    versions.join(", ")
+                ),
+            )]));
+        }
+    }
+    Ok(Some(vec![(
+        "warning".into(),
+        format!("{region} lists no orderable instance options for {engine}: class {class} could not be checked"),
+    )]))
+}
+
 /// What a describe found, as the engine sees it: only the attributes the plan sets (AWS fills in
 /// the rest; they are not drift), and the tags (`owned` reads them).
 pub(super) fn observed(mut o: Observed, tags: &[(String, String)], declared: &Attrs) -> Observed {
@@ -795,6 +882,16 @@ impl ResourceType for InstanceType {
     }
     fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
         owned_by_tags(ctx, node, found)
+    }
+    async fn check(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+        match (get_str(req.inputs, "engine"), get_str(req.inputs, "class")) {
+            (Some(engine), Some(class)) => orderable(&self.aws, engine, None, class).await,
+            _ => Ok(None),
+        }
     }
     async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
         let id = req.deterministic_id.to_string();

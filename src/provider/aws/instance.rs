@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::cluster::{
-    aws_tags, b, describe_db_instance, observed, str_list, tag_pairs, wait_status,
+    aws_tags, b, describe_db_instance, observed, orderable, str_list, tag_pairs, wait_status,
 };
 use super::{ours, owned_by_tags, sdk_err, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
@@ -341,6 +341,25 @@ impl ResourceType for DbInstanceType {
     }
     fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
         owned_by_tags(ctx, node, found)
+    }
+    async fn check(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+        // A replica's engine and version are its source's: checked there.
+        match (get_str(req.inputs, "engine"), get_str(req.inputs, "class")) {
+            (Some(engine), Some(class)) => {
+                orderable(
+                    &self.aws,
+                    engine,
+                    get_str(req.inputs, "engine_version"),
+                    class,
+                )
+                .await
+            }
+            _ => Ok(None),
+        }
     }
     async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
         let id = Self::id(req);

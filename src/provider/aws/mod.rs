@@ -96,7 +96,7 @@ impl Retries {
 /// Where the stack's AWS is, and its clients once made.
 pub struct Aws {
     retries: Retries,
-    region: Option<String>,
+    pub(crate) region: Option<String>,
     endpoint_url: Option<String>,
     profile: Option<String>,
     rds: OnceCell<aws_sdk_rds::Client>,
