@@ -183,6 +183,10 @@ pub fn aws_cluster(stack: &Stack) -> Result<Plan, PlanError> {
     if !protect {
         cluster = cluster.skip_final_snapshot();
     }
+    // A rename replaces the cluster (and the instances, scaling and snapshot that name it).
+    if let Some(name) = stack.get_or::<Option<String>>("cluster_name", None)? {
+        cluster = cluster.named(&name);
+    }
     let cluster = p.add("target", cluster);
     p.add(
         "writer",

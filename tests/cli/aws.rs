@@ -2287,3 +2287,108 @@ fn an_instance_class_that_is_not_orderable_stops_apply_before_any_change() {
     let (code, out) = run_with_password(&p, &["destroy", "aurora", "--yes"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Changes made behind the tool's back (a cluster's backups, an instance's class, through the
+/// SDK) are found by `plan refresh` and shown by `plan preview`; apply puts them back. A new
+/// cluster name cannot change in place: the cluster and everything that names it are replaced.
+#[test]
+fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let p = Project::new();
+    cluster_stack(&p, &m, 7, "db.r6g.large", false);
+    let c = m.rds();
+    let rt = rt();
+    let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let cluster_id = "aws-cluster-aurora-target";
+    rt.block_on(async {
+        c.modify_db_cluster()
+            .db_cluster_identifier(cluster_id)
+            .backup_retention_period(3)
+            .apply_immediately(true)
+            .send()
+            .await
+            .unwrap();
+        c.modify_db_instance()
+            .db_instance_identifier("aws-cluster-aurora-reader")
+            .db_instance_class("db.r6g.2xlarge")
+            .apply_immediately(true)
+            .send()
+            .await
+            .unwrap();
+    });
+    let (code, out) = run_with_password(&p, &["refresh", "aurora"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("~ target: changed outside this tool: backup_retention_period"),
+        "{out}"
+    );
+    assert!(out.contains("~ reader: changed outside this tool: class"), "{out}");
+    let (code, out) = run_with_password(&p, &["preview", "aurora", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("~ backup_retention_period = 3 -> 7"), "{out}");
+    assert!(
+        out.contains("~ class = \"db.r6g.2xlarge\" -> \"db.r6g.large\""),
+        "{out}"
+    );
+    let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let (retention, class) = rt.block_on(async {
+        let d = c
+            .describe_db_clusters()
+            .db_cluster_identifier(cluster_id)
+            .send()
+            .await
+            .unwrap();
+        let i = c
+            .describe_db_instances()
+            .db_instance_identifier("aws-cluster-aurora-reader")
+            .send()
+            .await
+            .unwrap();
+        (
+            d.db_clusters()[0].backup_retention_period(),
+            i.db_instances()[0].db_instance_class().map(String::from),
+        )
+    });
+    assert_eq!((retention, class.as_deref()), (Some(7), Some("db.r6g.large")));
+
+    // The rename: preview says replace and why, apply deletes the old cluster after its members.
+    let text = p.read("stacks/aurora.toml").replace(
+        "[secrets]",
+        "cluster_name = \"orders-aurora\"\n[secrets]",
+    );
+    p.stack("aurora", &text);
+    let (code, out) = run_with_password(&p, &["preview", "aurora", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("+ name = \"orders-aurora\"  # forces replacement"), "{out}");
+    let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let ids: Vec<String> = rt.block_on(async {
+        c.describe_db_clusters()
+            .send()
+            .await
+            .unwrap()
+            .db_clusters()
+            .iter()
+            .map(|d| d.db_cluster_identifier().unwrap_or_default().to_string())
+            .collect()
+    });
+    assert_eq!(ids, vec!["orders-aurora".to_string()], "{out}");
+    let members = rt.block_on(async {
+        c.describe_db_clusters()
+            .db_cluster_identifier("orders-aurora")
+            .send()
+            .await
+            .unwrap()
+            .db_clusters()[0]
+            .db_cluster_members()
+            .len()
+    });
+    assert_eq!(members, 2, "{out}");
+    let (code, out) = run_with_password(&p, &["preview", "aurora", "--refresh", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_with_password(&p, &["destroy", "aurora", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+}
