@@ -550,6 +550,8 @@ pub fn aws_instance(stack: &Stack) -> Result<Plan, PlanError> {
         "replica",
         DbInstance::replica_of(source.identifier(), &replica_class).apply_immediately(true),
     );
+    // A snapshot kept as a resource: taken once, deleted with the stack.
+    p.add("baseline", DbSnapshot::of_instance(source.identifier()));
     let gate = p.gate("promote").after(&replica);
     // A rollback point before the promotion.
     let snapshot = p

@@ -34,7 +34,7 @@ pub mod prelude {
         DmsEndpoint, DmsInstance, DmsSubnetGroup, DmsTask, Lobs, StartTask, StopTask,
         TableMappings, TargetPrep, TaskSettings, TestConnections, WaitCdcLatency, WaitFullLoad,
     };
-    pub use crate::provider::aws::instance::{DbInstance, Promote, Snapshot};
+    pub use crate::provider::aws::instance::{DbInstance, DbSnapshot, Promote, Snapshot};
     pub use crate::provider::aws::monitoring::{
         Alarm, Bake, Subscription as SnsSubscription, Topic as SnsTopic,
     };

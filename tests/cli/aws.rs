@@ -1799,7 +1799,25 @@ fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed()
         ("db.m6g.large", Some(source))
     );
     assert!(!p.read(".cutover/aws/state.json").contains("s3cr3t"));
-    let (code, out) = run_env(&p, &["preview", "aws", "--detailed-exitcode"], &env);
+    // The snapshot resource: of the source, tagged, recorded.
+    let baseline = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            c.describe_db_snapshots()
+                .db_snapshot_identifier("aws-instance-aws-baseline")
+                .send()
+                .await
+                .ok()
+                .and_then(|o| o.db_snapshots().first().cloned())
+        })
+    };
+    let b = baseline(&rt).expect("the baseline snapshot exists");
+    assert_eq!(b.db_instance_identifier(), Some(source));
+    assert!(tag_list(b.tag_list()).contains(&("cutover:node".into(), "baseline".into())));
+    let (code, out) = run_env(
+        &p,
+        &["preview", "aws", "--refresh", "--detailed-exitcode"],
+        &env,
+    );
     assert_eq!(code, 0, "no drift after create: {out}");
 
     // In place: the source's backups, the replica's class.
@@ -1837,12 +1855,13 @@ fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed()
         )
     });
     assert_eq!(snap, (Some(source.to_string()), true));
-    assert_eq!(proxy.count("CreateDBSnapshot"), 1);
+    // Two snapshots: the baseline resource and the rollback point.
+    assert_eq!(proxy.count("CreateDBSnapshot"), 2);
     let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "promote"], &env);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("promote-replica: running"), "{out}");
     assert_eq!(proxy.count("PromoteReadReplica"), 1, "promoted once");
-    assert_eq!(proxy.count("CreateDBSnapshot"), 1, "one rollback point");
+    assert_eq!(proxy.count("CreateDBSnapshot"), 2, "one rollback point");
     let (code, out) = run_env(
         &p,
         &["preview", "aws", "--detailed-exitcode", "--refresh"],
@@ -1855,6 +1874,10 @@ fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed()
     assert_eq!(code, 0, "{out}");
     assert_eq!(rt.block_on(instance(&c, source)), None);
     assert_eq!(rt.block_on(instance(&c, replica)), None);
+    assert!(
+        baseline(&rt).is_none(),
+        "the snapshot resource is deleted with the stack"
+    );
     let snaps = rt.block_on(c.describe_db_snapshots().send()).unwrap();
     let ids: Vec<&str> = snaps
         .db_snapshots()
@@ -2272,13 +2295,26 @@ fn an_instance_class_that_is_not_orderable_stops_apply_before_any_change() {
         out.contains("instance class db.r6g.huge is not orderable for aurora-postgresql in us-east-1; orderable classes: db.r4.16xlarge"),
         "{out}"
     );
-    assert!(out.contains("db.r6g.large"), "the alternatives are listed: {out}");
+    assert!(
+        out.contains("db.r6g.large"),
+        "the alternatives are listed: {out}"
+    );
     let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("apply stopped before any change"), "{out}");
-    assert!(out.contains("`reader`: instance class db.r6g.huge"), "{out}");
-    assert!(!out.contains("`writer`"), "the writer's class is offered: {out}");
-    for a in ["CreateDBClusterParameterGroup", "CreateDBCluster", "CreateDBInstance"] {
+    assert!(
+        out.contains("`reader`: instance class db.r6g.huge"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("`writer`"),
+        "the writer's class is offered: {out}"
+    );
+    for a in [
+        "CreateDBClusterParameterGroup",
+        "CreateDBCluster",
+        "CreateDBInstance",
+    ] {
         assert_eq!(proxy.count(a), 0, "{a} was sent");
     }
     stack("db.r6g.large");
@@ -2324,7 +2360,10 @@ fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
         out.contains("~ target: changed outside this tool: backup_retention_period"),
         "{out}"
     );
-    assert!(out.contains("~ reader: changed outside this tool: class"), "{out}");
+    assert!(
+        out.contains("~ reader: changed outside this tool: class"),
+        "{out}"
+    );
     let (code, out) = run_with_password(&p, &["preview", "aurora", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("~ backup_retention_period = 3 -> 7"), "{out}");
@@ -2352,17 +2391,22 @@ fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
             i.db_instances()[0].db_instance_class().map(String::from),
         )
     });
-    assert_eq!((retention, class.as_deref()), (Some(7), Some("db.r6g.large")));
+    assert_eq!(
+        (retention, class.as_deref()),
+        (Some(7), Some("db.r6g.large"))
+    );
 
     // The rename: preview says replace and why, apply deletes the old cluster after its members.
-    let text = p.read("stacks/aurora.toml").replace(
-        "[secrets]",
-        "cluster_name = \"orders-aurora\"\n[secrets]",
-    );
+    let text = p
+        .read("stacks/aurora.toml")
+        .replace("[secrets]", "cluster_name = \"orders-aurora\"\n[secrets]");
     p.stack("aurora", &text);
     let (code, out) = run_with_password(&p, &["preview", "aurora", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("+ name = \"orders-aurora\"  # forces replacement"), "{out}");
+    assert!(
+        out.contains("+ name = \"orders-aurora\"  # forces replacement"),
+        "{out}"
+    );
     let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
     assert_eq!(code, 0, "{out}");
     let ids: Vec<String> = rt.block_on(async {
@@ -2387,7 +2431,10 @@ fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
             .len()
     });
     assert_eq!(members, 2, "{out}");
-    let (code, out) = run_with_password(&p, &["preview", "aurora", "--refresh", "--detailed-exitcode"]);
+    let (code, out) = run_with_password(
+        &p,
+        &["preview", "aurora", "--refresh", "--detailed-exitcode"],
+    );
     assert_eq!(code, 0, "{out}");
     let (code, out) = run_with_password(&p, &["destroy", "aurora", "--yes"]);
     assert_eq!(code, 0, "{out}");

@@ -24,7 +24,10 @@ use crate::value::{get_str, get_u64, Attrs, Value};
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(DbInstanceType { aws: aws.clone() });
     r.step(PromoteType { aws: aws.clone() });
-    r.step(SnapshotType { aws });
+    r.step(SnapshotType { aws: aws.clone() });
+    r.resource(DbSnapshotType {
+        snap: SnapshotType { aws },
+    });
 }
 
 /// An RDS DB instance, or a read replica of one (`replica_of`).
@@ -660,9 +663,21 @@ struct SnapshotType {
     aws: Arc<Aws>,
 }
 
+/// A snapshot as a describe shows it.
+struct SnapshotFound {
+    status: String,
+    source: String,
+    arn: String,
+    tags: Vec<(String, String)>,
+}
+
 impl SnapshotType {
-    /// The snapshot's status, if it exists.
-    async fn status(&self, cluster: bool, id: &str) -> Result<Option<String>, ProviderError> {
+    /// The snapshot `id` of a cluster or an instance, if it exists.
+    async fn describe(
+        &self,
+        cluster: bool,
+        id: &str,
+    ) -> Result<Option<SnapshotFound>, ProviderError> {
         let rds = self.aws.rds().await;
         if cluster {
             match rds
@@ -671,10 +686,12 @@ impl SnapshotType {
                 .send()
                 .await
             {
-                Ok(o) => Ok(o
-                    .db_cluster_snapshots()
-                    .first()
-                    .and_then(|s| s.status().map(String::from))),
+                Ok(o) => Ok(o.db_cluster_snapshots().first().map(|s| SnapshotFound {
+                    status: s.status().unwrap_or_default().to_string(),
+                    source: s.db_cluster_identifier().unwrap_or_default().to_string(),
+                    arn: s.db_cluster_snapshot_arn().unwrap_or_default().to_string(),
+                    tags: tag_pairs(s.tag_list()),
+                })),
                 Err(e)
                     if e.as_service_error()
                         .is_some_and(|s| s.is_db_cluster_snapshot_not_found_fault()) =>
@@ -690,10 +707,12 @@ impl SnapshotType {
                 .send()
                 .await
             {
-                Ok(o) => Ok(o
-                    .db_snapshots()
-                    .first()
-                    .and_then(|s| s.status().map(String::from))),
+                Ok(o) => Ok(o.db_snapshots().first().map(|s| SnapshotFound {
+                    status: s.status().unwrap_or_default().to_string(),
+                    source: s.db_instance_identifier().unwrap_or_default().to_string(),
+                    arn: s.db_snapshot_arn().unwrap_or_default().to_string(),
+                    tags: tag_pairs(s.tag_list()),
+                })),
                 Err(e)
                     if e.as_service_error()
                         .is_some_and(|s| s.is_db_snapshot_not_found_fault()) =>
@@ -704,6 +723,68 @@ impl SnapshotType {
             }
         }
     }
+
+    /// The snapshot's status, if it exists.
+    async fn status(&self, cluster: bool, id: &str) -> Result<Option<String>, ProviderError> {
+        Ok(self.describe(cluster, id).await?.map(|f| f.status))
+    }
+
+    /// Takes the snapshot `id` of `source` unless it exists, tagged for `node`, and waits until
+    /// it is available.
+    async fn take(
+        &self,
+        ctx: &Ctx,
+        node: &str,
+        cluster: bool,
+        id: &str,
+        source: &str,
+    ) -> Result<(), ProviderError> {
+        if self.status(cluster, id).await?.is_none() {
+            let rds = self.aws.rds().await;
+            if cluster {
+                rds.create_db_cluster_snapshot()
+                    .db_cluster_snapshot_identifier(id)
+                    .db_cluster_identifier(source)
+                    .set_tags(Some(aws_tags(ctx, node)))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("snapshot cluster {source}"), e))?;
+            } else {
+                rds.create_db_snapshot()
+                    .db_snapshot_identifier(id)
+                    .db_instance_identifier(source)
+                    .set_tags(Some(aws_tags(ctx, node)))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("snapshot instance {source}"), e))?;
+            }
+        }
+        wait_status(
+            ctx,
+            node,
+            &format!("snapshot {id}"),
+            || async { self.status(cluster, id).await },
+            false,
+        )
+        .await
+    }
+}
+
+fn snapshot_validate(inputs: &Attrs) -> Vec<String> {
+    if inputs.contains_key("cluster") == inputs.contains_key("instance") {
+        vec!["a snapshot is of one instance or one cluster".into()]
+    } else {
+        vec![]
+    }
+}
+
+/// (is a cluster snapshot, source identifier) of snapshot inputs.
+fn snapshot_source(inputs: &Attrs) -> (bool, String) {
+    let cluster = inputs.contains_key("cluster");
+    let source = get_str(inputs, if cluster { "cluster" } else { "instance" })
+        .unwrap_or_default()
+        .to_string();
+    (cluster, source)
 }
 
 #[async_trait]
@@ -715,46 +796,12 @@ impl StepType for SnapshotType {
         "rds"
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
-        if inputs.contains_key("cluster") == inputs.contains_key("instance") {
-            vec!["a snapshot is of one instance or one cluster".into()]
-        } else {
-            vec![]
-        }
+        snapshot_validate(inputs)
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         let id = req.deterministic_id;
-        let cluster = req.inputs.contains_key("cluster");
-        let source = get_str(req.inputs, if cluster { "cluster" } else { "instance" })
-            .unwrap_or_default()
-            .to_string();
-        if self.status(cluster, id).await?.is_none() {
-            let rds = self.aws.rds().await;
-            if cluster {
-                rds.create_db_cluster_snapshot()
-                    .db_cluster_snapshot_identifier(id)
-                    .db_cluster_identifier(&source)
-                    .set_tags(Some(aws_tags(ctx, req.node)))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err(&format!("snapshot cluster {source}"), e))?;
-            } else {
-                rds.create_db_snapshot()
-                    .db_snapshot_identifier(id)
-                    .db_instance_identifier(&source)
-                    .set_tags(Some(aws_tags(ctx, req.node)))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err(&format!("snapshot instance {source}"), e))?;
-            }
-        }
-        wait_status(
-            ctx,
-            req.node,
-            &format!("snapshot {id}"),
-            || async { self.status(cluster, id).await },
-            false,
-        )
-        .await?;
+        let (cluster, source) = snapshot_source(req.inputs);
+        self.take(ctx, req.node, cluster, id, &source).await?;
         Ok(Attrs::from([
             ("snapshot".to_string(), Value::from(id)),
             ("of".to_string(), Value::from(source)),
@@ -771,5 +818,154 @@ impl StepType for SnapshotType {
                 _ => Probe::NotDone,
             },
         ))
+    }
+}
+
+/// A snapshot of an instance or a cluster kept as a resource: taken once, recorded, deleted with
+/// the stack (or kept: `.retain_on_delete()` on the node). Its source cannot change: a new source
+/// replaces it.
+#[derive(Debug, Clone)]
+pub struct DbSnapshot {
+    inputs: Attrs,
+}
+
+impl DbSnapshot {
+    /// A snapshot of an RDS instance (an instance handle's `identifier()`).
+    pub fn of_instance(instance: Output<String>) -> Self {
+        DbSnapshot {
+            inputs: Attrs::from([("instance".to_string(), instance.into())]),
+        }
+    }
+    /// A snapshot of an Aurora cluster (a cluster handle's `identifier()`).
+    pub fn of_cluster(cluster: Output<String>) -> Self {
+        DbSnapshot {
+            inputs: Attrs::from([("cluster".to_string(), cluster.into())]),
+        }
+    }
+}
+
+impl Declare for DbSnapshot {
+    const TYPE: &'static str = "aws.rds.db_snapshot";
+    const KIND: NodeKind = NodeKind::Resource;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl Handle<DbSnapshot> {
+    /// The snapshot identifier (what a restore names).
+    pub fn identifier(&self) -> Output<String> {
+        self.output("id")
+    }
+    pub fn arn(&self) -> Output<String> {
+        self.output("arn")
+    }
+}
+
+struct DbSnapshotType {
+    snap: SnapshotType,
+}
+
+impl DbSnapshotType {
+    async fn observe(&self, cluster: bool, id: &str) -> Result<Option<Observed>, ProviderError> {
+        Ok(self.snap.describe(cluster, id).await?.map(|f| Observed {
+            id: id.to_string(),
+            inputs: Attrs::from([(
+                if cluster { "cluster" } else { "instance" }.to_string(),
+                Value::from(f.source),
+            )]),
+            outputs: Attrs::from([
+                ("id".to_string(), Value::from(id)),
+                ("arn".to_string(), Value::from(f.arn)),
+                ("status".to_string(), Value::from(f.status)),
+                ("tags".to_string(), super::tags_value(&f.tags)),
+            ]),
+        }))
+    }
+}
+
+#[async_trait]
+impl ResourceType for DbSnapshotType {
+    fn type_name(&self) -> &'static str {
+        "aws.rds.db_snapshot"
+    }
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+    fn force_new(&self) -> &'static [&'static str] {
+        &["instance", "cluster"]
+    }
+    fn create_resumes(&self) -> bool {
+        true
+    }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["id", "arn"]
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        snapshot_validate(inputs)
+    }
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        owned_by_tags(ctx, node, found)
+    }
+    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let id = req.deterministic_id;
+        let (cluster, source) = snapshot_source(req.inputs);
+        if let Some(f) = self.snap.describe(cluster, id).await? {
+            if !ours(&f.tags, &ctx.plan, &ctx.stack, req.node) {
+                return Err(super::not_ours("snapshot", id, req.node, id));
+            }
+        }
+        self.snap.take(ctx, req.node, cluster, id, &source).await?;
+        self.observe(cluster, id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("snapshot {id} vanished")))
+    }
+    async fn read(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Observed>, ProviderError> {
+        self.observe(req.inputs.contains_key("cluster"), id).await
+    }
+    async fn update(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        _changed: &[String],
+    ) -> Result<Observed, ProviderError> {
+        // Every input forces replacement: nothing changes in place.
+        self.observe(req.inputs.contains_key("cluster"), id)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("snapshot {id} does not exist")))
+    }
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+        let cluster = req.inputs.contains_key("cluster");
+        if self.snap.describe(cluster, id).await?.is_none() {
+            return Ok(());
+        }
+        let rds = self.snap.aws.rds().await;
+        if cluster {
+            rds.delete_db_cluster_snapshot()
+                .db_cluster_snapshot_identifier(id)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("delete cluster snapshot {id}"), e))?;
+        } else {
+            rds.delete_db_snapshot()
+                .db_snapshot_identifier(id)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("delete snapshot {id}"), e))?;
+        }
+        wait_status(
+            ctx,
+            req.node,
+            &format!("snapshot {id}"),
+            || async { self.snap.status(cluster, id).await },
+            true,
+        )
+        .await
     }
 }
