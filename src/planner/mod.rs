@@ -267,6 +267,16 @@ pub fn plan(
             for msg in t.validate(&resolved_literals) {
                 problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
             }
+            if let TypeImpl::Resource(rt) = t {
+                let referenced = |input: &str| {
+                    let (node, _) = value::as_ref(n.inputs.get(input)?)?;
+                    let other = graph.node(node)?;
+                    Some((other.type_name.clone(), other.inputs.clone()))
+                };
+                for msg in rt.validate_refs(&n.inputs, &referenced) {
+                    problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
+                }
+            }
         }
     }
 

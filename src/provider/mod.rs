@@ -147,6 +147,16 @@ pub trait ResourceType: Send + Sync {
     ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
         Ok(None)
     }
+    /// Offline checks against the nodes this one refers to: `referenced(input)` gives the type and
+    /// declared inputs of the node an input refers to (a cluster's parameter group, to compare its
+    /// family with the engine version). Each message names the input and the fix.
+    fn validate_refs(
+        &self,
+        _inputs: &Attrs,
+        _referenced: &dyn Fn(&str) -> Option<(String, Attrs)>,
+    ) -> Vec<String> {
+        vec![]
+    }
     /// Whether `create` finds an object an interrupted create of this node started (by its tags)
     /// and waits for it instead of making another. If so, an apply resumes an interrupted create
     /// (the wait goes on) rather than recording the object as it stands, perhaps not yet usable.

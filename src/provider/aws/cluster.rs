@@ -544,6 +544,13 @@ impl ResourceType for ClusterType {
     fn id_for(&self, req: &Request<'_>) -> String {
         self.id(req)
     }
+    fn validate_refs(
+        &self,
+        inputs: &Attrs,
+        referenced: &dyn Fn(&str) -> Option<(String, Attrs)>,
+    ) -> Vec<String> {
+        super::rds::check_family(inputs, "parameter_group", referenced)
+    }
     fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
         owned_by_tags(ctx, node, found)
     }

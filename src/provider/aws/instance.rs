@@ -291,6 +291,13 @@ impl ResourceType for DbInstanceType {
     fn service(&self) -> &'static str {
         "rds"
     }
+    fn validate_refs(
+        &self,
+        inputs: &Attrs,
+        referenced: &dyn Fn(&str) -> Option<(String, Attrs)>,
+    ) -> Vec<String> {
+        super::rds::check_family(inputs, "parameter_group", referenced)
+    }
     fn force_new(&self) -> &'static [&'static str] {
         &["engine", "master_username", "subnet_group", "replica_of"]
     }

@@ -25,6 +25,50 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
 }
 
 /// Families we know, for offline checks (a typo fails at preview, before any call).
+/// The parameter group family of an engine version (`postgres` `15.4` -> `postgres15`,
+/// `aurora-mysql` `8.0.mysql_aurora.3.04.0` -> `aurora-mysql8.0`), or None when unknown.
+pub(super) fn family_for(engine: &str, version: &str) -> Option<String> {
+    let mut parts = version.split('.');
+    let major = parts.next()?;
+    match engine {
+        "postgres" | "aurora-postgresql" => {
+            let m: u32 = major.parse().ok()?;
+            Some(format!("{engine}{m}"))
+        }
+        "mysql" | "aurora-mysql" => {
+            let minor = parts.next()?;
+            Some(format!("{engine}{major}.{minor}"))
+        }
+        _ => None,
+    }
+}
+
+/// The offline check that a parameter group (the node `input` refers to) is of the family of
+/// `engine` `version`.
+pub(super) fn check_family(
+    inputs: &Attrs,
+    input: &str,
+    referenced: &dyn Fn(&str) -> Option<(String, Attrs)>,
+) -> Vec<String> {
+    let (Some(engine), Some(version)) =
+        (get_str(inputs, "engine"), get_str(inputs, "engine_version"))
+    else {
+        return vec![];
+    };
+    let Some(want) = family_for(engine, version) else {
+        return vec![];
+    };
+    match referenced(input) {
+        Some((t, group)) if t.ends_with("parameter_group") => match get_str(&group, "family") {
+            Some(family) if family != want => vec![format!(
+                "`{input}` is a parameter group of family `{family}`, but {engine} {version} needs family `{want}`; change the group's family or the engine version"
+            )],
+            _ => vec![],
+        },
+        _ => vec![],
+    }
+}
+
 const FAMILIES: &[&str] = &[
     "postgres11",
     "postgres12",
@@ -708,6 +752,44 @@ mod tests {
             .to_string();
         assert!(err.contains("node `typo` (aws.rds.parameter_group): family `postgres99` is not a parameter group family RDS offers"), "{err}");
         assert!(err.contains("node `wrong-kind` (aws.rds.parameter_group): family `aurora-postgresql15` is for Aurora clusters"), "{err}");
+    }
+
+    #[test]
+    fn a_parameter_group_of_another_family_than_the_engine_version_fails_offline() {
+        assert_eq!(
+            family_for("postgres", "15.4").as_deref(),
+            Some("postgres15")
+        );
+        assert_eq!(
+            family_for("aurora-mysql", "8.0.mysql_aurora.3.04.0").as_deref(),
+            Some("aurora-mysql8.0")
+        );
+        assert_eq!(family_for("mysql", "8.0.35").as_deref(), Some("mysql8.0"));
+        let r = registry();
+        let p = crate::dsl::Plan::named("p", "t", "aws");
+        let cluster_params = p.add(
+            "cluster-params",
+            ParameterGroup::cluster("aurora-postgresql14", "x"),
+        );
+        p.add(
+            "target",
+            crate::prelude::AuroraCluster::postgres("15.4")
+                .managed_master("admin")
+                .parameter_group(cluster_params.group_name()),
+        );
+        let params = p.add("params", ParameterGroup::instance("postgres15", "x"));
+        p.add(
+            "fine",
+            crate::prelude::DbInstance::postgres("15.4", "db.m6g.large", 100)
+                .managed_master("admin")
+                .parameter_group(params.group_name()),
+        );
+        let g = Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap();
+        let err = plan(&g, &State::new("p", "t"), &r, &Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node `target` (aws.rds.cluster): `parameter_group` is a parameter group of family `aurora-postgresql14`, but aurora-postgresql 15.4 needs family `aurora-postgresql15`; change the group's family or the engine version"), "{err}");
+        assert!(!err.contains("node `fine`"), "{err}");
     }
 
     #[test]
