@@ -91,6 +91,10 @@ struct RawStack {
     region: Option<String>,
     endpoint_url: Option<String>,
     profile: Option<String>,
+    /// Whether modifications of databases apply now rather than in the maintenance window
+    /// (a node's own `.apply_immediately(..)` wins).
+    #[serde(default)]
+    apply_immediately: bool,
     state_dir: Option<String>,
     #[serde(default)]
     limits: Limits,
@@ -138,6 +142,8 @@ pub struct Stack {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub profile: Option<String>,
+    /// The stack's apply-immediately choice for database modifications.
+    pub apply_immediately: bool,
     pub state_dir: Option<String>,
     pub limits: Limits,
     source: String,
@@ -274,6 +280,7 @@ impl Stack {
             region: raw.region,
             endpoint_url: raw.endpoint_url,
             profile: raw.profile,
+            apply_immediately: raw.apply_immediately,
             state_dir: raw.state_dir,
             limits: raw.limits,
             values: raw

@@ -437,11 +437,24 @@ fn cluster_stack_max(
     protect: bool,
     max: u32,
 ) {
+    cluster_stack_at(p, &m.url(), "", retention, reader_class, protect, max)
+}
+
+/// The aws-cluster stack at `url`, with `extra` top-level lines.
+fn cluster_stack_at(
+    p: &Project,
+    url: &str,
+    extra: &str,
+    retention: u32,
+    reader_class: &str,
+    protect: bool,
+    max: u32,
+) {
     p.stack(
         "aurora",
         &format!(
-            "plan = \"aws-cluster\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\nbackup_retention = {retention}\nreader_class = \"{reader_class}\"\ndeletion_protection = {protect}\nmax_readers = {max}\n[secrets]\nmaster_password = \"env:CUTOVER_TEST_MASTER_PASSWORD\"\n",
-            m.url()
+            "plan = \"aws-cluster\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{extra}[values]\nbackup_retention = {retention}\nreader_class = \"{reader_class}\"\ndeletion_protection = {protect}\nmax_readers = {max}\n[secrets]\nmaster_password = \"env:CUTOVER_TEST_MASTER_PASSWORD\"\n",
+            url
         ),
     );
 }
@@ -2331,8 +2344,18 @@ fn an_instance_class_that_is_not_orderable_stops_apply_before_any_change() {
 fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
     let Some(bin) = require_moto() else { return };
     let m = Moto::start(&bin);
+    let proxy = TestProxy::start(m.port);
     let p = Project::new();
-    cluster_stack(&p, &m, 7, "db.r6g.large", false);
+    // The stack applies modifications now; the writer makes no choice of its own.
+    cluster_stack_at(
+        &p,
+        &proxy.url(),
+        "apply_immediately = true\n",
+        7,
+        "db.r6g.large",
+        false,
+        4,
+    );
     let c = m.rds();
     let rt = rt();
     let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
@@ -2347,7 +2370,7 @@ fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
             .await
             .unwrap();
         c.modify_db_instance()
-            .db_instance_identifier("aws-cluster-aurora-reader")
+            .db_instance_identifier("aws-cluster-aurora-writer")
             .db_instance_class("db.r6g.2xlarge")
             .apply_immediately(true)
             .send()
@@ -2361,7 +2384,7 @@ fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
         "{out}"
     );
     assert!(
-        out.contains("~ reader: changed outside this tool: class"),
+        out.contains("~ writer: changed outside this tool: class"),
         "{out}"
     );
     let (code, out) = run_with_password(&p, &["preview", "aurora", "--detailed-exitcode"]);
@@ -2373,6 +2396,14 @@ fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
     );
     let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
     assert_eq!(code, 0, "{out}");
+    let modify = proxy.bodies("ModifyDBInstance");
+    assert_eq!(modify.len(), 1, "{modify:?}");
+    assert!(
+        modify[0].contains("DBInstanceIdentifier=aws-cluster-aurora-writer")
+            && modify[0].contains("ApplyImmediately=true"),
+        "the stack's choice: {}",
+        modify[0]
+    );
     let (retention, class) = rt.block_on(async {
         let d = c
             .describe_db_clusters()
@@ -2382,7 +2413,7 @@ fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
             .unwrap();
         let i = c
             .describe_db_instances()
-            .db_instance_identifier("aws-cluster-aurora-reader")
+            .db_instance_identifier("aws-cluster-aurora-writer")
             .send()
             .await
             .unwrap();

@@ -247,7 +247,6 @@ impl AuroraCluster {
                 ("deletion_protection".to_string(), Value::Bool(true)),
                 ("storage_encrypted".to_string(), Value::Bool(true)),
                 ("skip_final_snapshot".to_string(), Value::Bool(false)),
-                ("apply_immediately".to_string(), Value::Bool(false)),
             ]),
         }
     }
@@ -309,7 +308,8 @@ impl AuroraCluster {
     pub fn skip_final_snapshot(self) -> Self {
         self.set("skip_final_snapshot", true)
     }
-    /// Apply modifications now rather than in the maintenance window.
+    /// Apply modifications now rather than in the maintenance window (default: the stack's
+    /// `apply_immediately`, itself false unless set).
     pub fn apply_immediately(self, on: bool) -> Self {
         self.set("apply_immediately", on)
     }
@@ -698,7 +698,7 @@ impl ResourceType for ClusterType {
                     .then(|| b(i, "manage_master_user_password"))
                     .flatten(),
             )
-            .apply_immediately(b(i, "apply_immediately").unwrap_or(false))
+            .apply_immediately(b(i, "apply_immediately").unwrap_or(self.aws.apply_immediately))
             .send()
             .await
             .map_err(|e| sdk_err(&format!("modify cluster {id}"), e))?;
@@ -751,7 +751,6 @@ impl ClusterInstance {
                 ("cluster".to_string(), cluster.into()),
                 ("engine".to_string(), Value::from(engine)),
                 ("class".to_string(), Value::from(class)),
-                ("apply_immediately".to_string(), Value::Bool(false)),
             ]),
         }
     }
@@ -770,6 +769,8 @@ impl ClusterInstance {
     pub fn monitoring_interval(self, seconds: u32) -> Self {
         self.set("monitoring_interval", seconds as u64)
     }
+    /// Apply modifications now rather than in the maintenance window (default: the stack's
+    /// `apply_immediately`, itself false unless set).
     pub fn apply_immediately(self, on: bool) -> Self {
         self.set("apply_immediately", on)
     }
@@ -992,7 +993,7 @@ impl ResourceType for InstanceType {
                     .then(|| get_u64(i, "monitoring_interval").map(|m| m as i32))
                     .flatten(),
             )
-            .apply_immediately(b(i, "apply_immediately").unwrap_or(false))
+            .apply_immediately(b(i, "apply_immediately").unwrap_or(self.aws.apply_immediately))
             .send()
             .await
             .map_err(|e| sdk_err(&format!("modify instance {id}"), e))?;

@@ -46,7 +46,6 @@ impl DbInstance {
                 ("storage".to_string(), Value::from(storage_gb)),
                 ("storage_type".to_string(), Value::from("gp3")),
                 ("multi_az".to_string(), Value::Bool(false)),
-                ("apply_immediately".to_string(), Value::Bool(false)),
             ]),
         }
     }
@@ -64,7 +63,6 @@ impl DbInstance {
                 ("replica_of".to_string(), source.into()),
                 ("class".to_string(), Value::from(class)),
                 ("multi_az".to_string(), Value::Bool(false)),
-                ("apply_immediately".to_string(), Value::Bool(false)),
             ]),
         }
     }
@@ -121,6 +119,8 @@ impl DbInstance {
     pub fn skip_final_snapshot(self) -> Self {
         self.set("skip_final_snapshot", true)
     }
+    /// Apply modifications now rather than in the maintenance window (default: the stack's
+    /// `apply_immediately`, itself false unless set).
     pub fn apply_immediately(self, on: bool) -> Self {
         self.set("apply_immediately", on)
     }
@@ -465,7 +465,7 @@ impl ResourceType for DbInstanceType {
             .await
             .modify_db_instance()
             .db_instance_identifier(id)
-            .apply_immediately(b(i, "apply_immediately").unwrap_or(false))
+            .apply_immediately(b(i, "apply_immediately").unwrap_or(self.aws.apply_immediately))
             .set_engine_version(s("engine_version"))
             .set_allow_major_version_upgrade(has("engine_version").then_some(true))
             .set_db_instance_class(s("class"))

@@ -97,6 +97,8 @@ impl Retries {
 pub struct Aws {
     retries: Retries,
     pub(crate) region: Option<String>,
+    /// The stack's apply-immediately choice, for nodes that do not make their own.
+    pub(crate) apply_immediately: bool,
     endpoint_url: Option<String>,
     profile: Option<String>,
     rds: OnceCell<aws_sdk_rds::Client>,
@@ -113,6 +115,7 @@ impl Aws {
         Arc::new(Aws {
             retries: Retries::default(),
             region: stack.region.clone(),
+            apply_immediately: stack.apply_immediately,
             endpoint_url: stack.endpoint_url.clone(),
             profile: stack.profile.clone(),
             rds: OnceCell::new(),
@@ -130,6 +133,7 @@ impl Aws {
         Arc::new(Aws {
             retries: Retries::default(),
             region: None,
+            apply_immediately: false,
             endpoint_url: None,
             profile: None,
             rds: OnceCell::new_with(Some(client)),
@@ -153,6 +157,7 @@ impl Aws {
         Aws {
             retries: Retries::default(),
             region: None,
+            apply_immediately: false,
             endpoint_url: None,
             profile: None,
             rds: OnceCell::new(),
