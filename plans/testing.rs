@@ -557,8 +557,11 @@ pub fn aws_instance(stack: &Stack) -> Result<Plan, PlanError> {
     let snapshot = p
         .add("rollback-point", Snapshot::of_instance(source.identifier()))
         .after(&gate);
-    p.add("promote-replica", Promote::replica(replica.identifier()))
-        .after(&snapshot);
+    let mut promote = Promote::replica(replica.identifier());
+    if let Some(bound) = stack.get_or::<Option<u64>>("max_lag", None)? {
+        promote = promote.max_lag(bound);
+    }
+    p.add("promote-replica", promote).after(&snapshot);
     Ok(p)
 }
 

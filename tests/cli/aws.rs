@@ -1848,8 +1848,55 @@ fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed()
     // replica's recorded source is not drift. (moto 5.2.5 keeps reporting the replica's source
     // after PromoteReadReplica; the test proxy removes it, as AWS does, and counts the calls.)
     assert_eq!(proxy.count("PromoteReadReplica"), 0);
+    // The precondition: promote only while the replica's lag is at most 30 s. With no datapoint,
+    // then with a lag of 120 s, nothing is promoted; at 2 s the promotion goes ahead.
+    let text = p
+        .read("stacks/aws.toml")
+        .replace("[secrets]", "max_lag = 30\n[secrets]");
+    p.stack("aws", &text);
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "promote"], &env);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "no ReplicaLag datapoint for {replica} in the last ten minutes"
+        )),
+        "{out}"
+    );
+    let lag = |seconds: f64, ago: u64| {
+        rt.block_on(async {
+            m.cloudwatch()
+                .put_metric_data()
+                .namespace("AWS/RDS")
+                .metric_data(
+                    aws_sdk_cloudwatch::types::MetricDatum::builder()
+                        .metric_name("ReplicaLag")
+                        .dimensions(
+                            aws_sdk_cloudwatch::types::Dimension::builder()
+                                .name("DBInstanceIdentifier")
+                                .value(replica)
+                                .build(),
+                        )
+                        .timestamp((std::time::SystemTime::now() - Duration::from_secs(ago)).into())
+                        .value(seconds)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+        })
+    };
+    lag(120.0, 240);
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "promote"], &env);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("lags 120 s behind its source, above the bound of 30 s; nothing was promoted; wait for the replica to catch up and apply again"), "{out}");
+    assert_eq!(proxy.count("PromoteReadReplica"), 0);
+    lag(2.0, 30);
     let (code, out) = run_env(&p, &["apply", "aws", "--yes", "--approve", "promote"], &env);
     assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("replica lag 2 s, within the bound of 30 s"),
+        "{out}"
+    );
     assert_eq!(proxy.count("PromoteReadReplica"), 1);
     // The rollback point came first, tagged, and is not taken again.
     let snap = rt.block_on(async {

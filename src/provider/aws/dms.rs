@@ -1969,39 +1969,16 @@ impl WaitCdcLatencyType {
         instance: &str,
         task: &str,
     ) -> Result<Option<f64>, ProviderError> {
-        let now = std::time::SystemTime::now();
-        let out = self
-            .aws
-            .cloudwatch()
-            .await
-            .get_metric_statistics()
-            .namespace("AWS/DMS")
-            .metric_name(metric)
-            .dimensions(
-                aws_sdk_cloudwatch::types::Dimension::builder()
-                    .name("ReplicationInstanceIdentifier")
-                    .value(instance)
-                    .build(),
-            )
-            .dimensions(
-                aws_sdk_cloudwatch::types::Dimension::builder()
-                    .name("ReplicationTaskIdentifier")
-                    .value(task)
-                    .build(),
-            )
-            .start_time((now - Duration::from_secs(600)).into())
-            .end_time(now.into())
-            .period(60)
-            .statistics(aws_sdk_cloudwatch::types::Statistic::Maximum)
-            .send()
-            .await
-            .map_err(|e| sdk_err(&format!("{metric} of {task}"), e))?;
-        Ok(out
-            .datapoints()
-            .iter()
-            .filter_map(|d| Some((d.timestamp()?.as_secs_f64(), d.maximum()?)))
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, v)| v))
+        super::monitoring::latest_maximum(
+            &self.aws,
+            "AWS/DMS",
+            metric,
+            &[
+                ("ReplicationInstanceIdentifier", instance),
+                ("ReplicationTaskIdentifier", task),
+            ],
+        )
+        .await
     }
 }
 

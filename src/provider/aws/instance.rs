@@ -549,6 +549,14 @@ impl Promote {
             inputs: Attrs::from([("replica".to_string(), replica.into())]),
         }
     }
+    /// A precondition: promote only while the replica's lag (CloudWatch `ReplicaLag`, the latest
+    /// one-minute maximum) is at most `seconds`; otherwise the step fails, promoting nothing, and
+    /// a later apply tries again. No recent datapoint fails it too: the bound cannot be shown.
+    pub fn max_lag(mut self, seconds: u64) -> Self {
+        self.inputs
+            .insert("max_lag_seconds".into(), Value::from(seconds));
+        self
+    }
 }
 
 impl Declare for Promote {
@@ -590,6 +598,33 @@ impl StepType for PromoteType {
                 .ok_or_else(|| ProviderError::new(format!("instance {id} does not exist")))?;
         }
         if f.replica_of.is_some() {
+            if let Some(bound) = get_u64(req.inputs, "max_lag_seconds") {
+                let lag = super::monitoring::latest_maximum(
+                    &self.aws,
+                    "AWS/RDS",
+                    "ReplicaLag",
+                    &[("DBInstanceIdentifier", id)],
+                )
+                .await?;
+                match lag {
+                    None => {
+                        return Err(ProviderError::with_fix(
+                            format!("no ReplicaLag datapoint for {id} in the last ten minutes: its lag cannot be shown to be under {bound} s; nothing was promoted"),
+                            "check the replica's CloudWatch metrics and apply again, or drop .max_lag(..)",
+                        ))
+                    }
+                    Some(l) if l > bound as f64 => {
+                        return Err(ProviderError::with_fix(
+                            format!("replica {id} lags {l} s behind its source, above the bound of {bound} s; nothing was promoted"),
+                            "wait for the replica to catch up and apply again",
+                        ))
+                    }
+                    Some(l) => ctx.report(
+                        req.node,
+                        &format!("replica lag {l} s, within the bound of {bound} s"),
+                    ),
+                }
+            }
             self.aws
                 .rds()
                 .await

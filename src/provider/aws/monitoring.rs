@@ -1018,3 +1018,50 @@ impl StepType for BakeType {
         }))
     }
 }
+
+/// The latest one-minute maximum of a CloudWatch metric in the last ten minutes, if any.
+pub(super) async fn latest_maximum(
+    aws: &Aws,
+    namespace: &str,
+    metric: &str,
+    dimensions: &[(&str, &str)],
+) -> Result<Option<f64>, ProviderError> {
+    let now = std::time::SystemTime::now();
+    let mut q = aws
+        .cloudwatch()
+        .await
+        .get_metric_statistics()
+        .namespace(namespace)
+        .metric_name(metric)
+        .start_time((now - std::time::Duration::from_secs(600)).into())
+        .end_time(now.into())
+        .period(60)
+        .statistics(aws_sdk_cloudwatch::types::Statistic::Maximum);
+    for (name, value) in dimensions {
+        q = q.dimensions(
+            aws_sdk_cloudwatch::types::Dimension::builder()
+                .name(*name)
+                .value(*value)
+                .build(),
+        );
+    }
+    let out = q.send().await.map_err(|e| {
+        super::sdk_err(
+            &format!(
+                "{namespace} {metric} of {}",
+                dimensions
+                    .iter()
+                    .map(|(_, v)| *v)
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ),
+            e,
+        )
+    })?;
+    Ok(out
+        .datapoints()
+        .iter()
+        .filter_map(|d| Some((d.timestamp()?.as_secs_f64(), d.maximum()?)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, v)| v))
+}
