@@ -304,6 +304,11 @@ impl AuroraCluster {
     pub fn deletion_protection(self, on: bool) -> Self {
         self.set("deletion_protection", on)
     }
+    /// Encrypt storage with this KMS key (an ARN) instead of the account's default RDS key;
+    /// changing it replaces the cluster.
+    pub fn kms_key(self, key_arn: Output<String>) -> Self {
+        self.set("storage_encrypted", true).set("kms_key_id", key_arn)
+    }
     /// Delete without a final snapshot (rehearsals; never the production target).
     pub fn skip_final_snapshot(self) -> Self {
         self.set("skip_final_snapshot", true)
@@ -429,6 +434,7 @@ impl ClusterType {
             c.deletion_protection().map(Value::Bool),
         );
         put("storage_encrypted", c.storage_encrypted().map(Value::Bool));
+        put("kms_key_id", c.kms_key_id().map(Value::from));
         let outputs = Attrs::from([
             ("id".to_string(), Value::from(id)),
             (
