@@ -1978,6 +1978,9 @@ fn throttling_and_503s_are_retried_and_reported_and_apply_converges() {
             + injected.get("ThrottlingException").copied().unwrap_or(0),
     );
     assert!(n503 >= 5 && n400 >= 5, "{injected:?}");
+    if let Some(line) = out.lines().find(|l| l.starts_with("AWS: ")) {
+        eprintln!("{line}");
+    }
     // Every injected fault was retried once, and the run says so.
     assert!(
         out.contains(&format!(

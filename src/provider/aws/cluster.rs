@@ -307,7 +307,8 @@ impl AuroraCluster {
     /// Encrypt storage with this KMS key (an ARN) instead of the account's default RDS key;
     /// changing it replaces the cluster.
     pub fn kms_key(self, key_arn: Output<String>) -> Self {
-        self.set("storage_encrypted", true).set("kms_key_id", key_arn)
+        self.set("storage_encrypted", true)
+            .set("kms_key_id", key_arn)
     }
     /// Delete without a final snapshot (rehearsals; never the production target).
     pub fn skip_final_snapshot(self) -> Self {
