@@ -617,7 +617,15 @@ pub fn aws_replica(stack: &Stack) -> Result<Plan, PlanError> {
             Failover::cluster(target.identifier(), reader.identifier()),
         )
         .after(&promote);
-    p.add("reboot", Reboot::cluster(target.identifier()))
+    let reboot = p
+        .add("reboot", Reboot::cluster(target.identifier()))
         .after(&failover);
+    // Only members whose parameters wait for a reboot (none, here).
+    p.add(
+        "reboot-pending",
+        Reboot::cluster(target.identifier()).only_pending(),
+    )
+    .trigger("parameters", "rds.logical_replication=1")
+    .after(&reboot);
     Ok(p)
 }

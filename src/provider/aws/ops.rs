@@ -54,6 +54,24 @@ async fn cluster(aws: &Aws, id: &str) -> Result<DbCluster, ProviderError> {
         .ok_or_else(|| ProviderError::new(format!("cluster {id} does not exist")))
 }
 
+/// The members of a cluster whose parameters wait for a reboot.
+fn members_pending_reboot(c: &DbCluster) -> Vec<String> {
+    c.db_cluster_members()
+        .iter()
+        .filter(|m| m.db_cluster_parameter_group_status() == Some("pending-reboot"))
+        .filter_map(|m| m.db_instance_identifier().map(String::from))
+        .collect()
+}
+
+/// Whether an instance's DB parameter group waits for a reboot.
+async fn instance_pending_reboot(aws: &Aws, id: &str) -> Result<bool, ProviderError> {
+    Ok(describe_db_instance(aws, id).await?.is_some_and(|d| {
+        d.db_parameter_groups()
+            .iter()
+            .any(|g| g.parameter_apply_status() == Some("pending-reboot"))
+    }))
+}
+
 /// (writer, readers) of a cluster, by instance identifier.
 fn members(c: &DbCluster) -> (Option<String>, Vec<String>) {
     let mut writer = None;
@@ -133,6 +151,13 @@ impl Reboot {
             inputs: Attrs::from([("cluster".to_string(), id.into())]),
         }
     }
+    /// Reboot only instances whose parameters wait for a reboot (`pending-reboot`); the others
+    /// are named and left running. With nothing pending the step is done without a call. Give
+    /// the step a `.trigger(..)` on the pending-reboot parameters so a later change runs it again.
+    pub fn only_pending(mut self) -> Self {
+        self.inputs.insert("only_pending".into(), Value::Bool(true));
+        self
+    }
 }
 
 impl Declare for Reboot {
@@ -166,16 +191,34 @@ impl StepType for RebootType {
     fn rerun_safe(&self) -> bool {
         true
     }
+    /// With `only_pending`: done when nothing waits for a reboot.
+    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        if req.inputs.get("only_pending").and_then(Value::as_bool) != Some(true) {
+            return Ok(None);
+        }
+        let all = self.all(req).await?;
+        Ok(Some(if self.pending(req, &all).await?.is_empty() {
+            Probe::Done(Attrs::from([(
+                "rebooted".to_string(),
+                Value::Array(vec![]),
+            )]))
+        } else {
+            Probe::NotDone
+        }))
+    }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let order = match get_str(req.inputs, "cluster") {
-            Some(id) => {
-                let (writer, mut readers) = members(&cluster(&self.aws, id).await?);
-                readers.extend(writer);
-                readers
+        let all = self.all(req).await?;
+        let order = if req.inputs.get("only_pending").and_then(Value::as_bool) == Some(true) {
+            let pending = self.pending(req, &all).await?;
+            for id in all.iter().filter(|i| !pending.contains(i)) {
+                ctx.report(
+                    req.node,
+                    &format!("instance {id}: parameters in sync, not rebooted"),
+                );
             }
-            None => vec![get_str(req.inputs, "instance")
-                .unwrap_or_default()
-                .to_string()],
+            pending
+        } else {
+            all
         };
         let rds = self.aws.rds().await;
         for id in &order {
@@ -193,6 +236,46 @@ impl StepType for RebootType {
             "rebooted".to_string(),
             Value::Array(order.into_iter().map(Value::from).collect()),
         )]))
+    }
+}
+
+impl RebootType {
+    /// The instances of the step, readers first and the writer last.
+    async fn all(&self, req: &Request<'_>) -> Result<Vec<String>, ProviderError> {
+        Ok(match get_str(req.inputs, "cluster") {
+            Some(id) => {
+                let (writer, mut readers) = members(&cluster(&self.aws, id).await?);
+                readers.extend(writer);
+                readers
+            }
+            None => vec![get_str(req.inputs, "instance")
+                .unwrap_or_default()
+                .to_string()],
+        })
+    }
+
+    /// Those of `all` (from [`Self::all`]) whose parameters wait for a reboot, in that order.
+    async fn pending(
+        &self,
+        req: &Request<'_>,
+        all: &[String],
+    ) -> Result<Vec<String>, ProviderError> {
+        let pending: Vec<String> = match get_str(req.inputs, "cluster") {
+            Some(id) => members_pending_reboot(&cluster(&self.aws, id).await?),
+            None => {
+                let id = get_str(req.inputs, "instance").unwrap_or_default();
+                if instance_pending_reboot(&self.aws, id).await? {
+                    vec![id.to_string()]
+                } else {
+                    vec![]
+                }
+            }
+        };
+        Ok(all
+            .iter()
+            .filter(|i| pending.contains(i))
+            .cloned()
+            .collect())
     }
 }
 
@@ -362,5 +445,122 @@ impl StepType for PromoteClusterType {
             }
             _ => Probe::NotDone,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
+    use aws_smithy_types::body::SdkBody;
+
+    /// moto reports every parameter group `in-sync`, so the reboot of only the members whose
+    /// parameters wait for it is replayed against recorded RDS answers: the reader pending a
+    /// reboot is rebooted (after waiting for it to be available), the writer in sync is not.
+    #[tokio::test]
+    async fn only_pending_reboots_the_members_waiting_for_it() {
+        const NS: &str = "http://rds.amazonaws.com/doc/2014-10-31/";
+        let answer = |body: String| {
+            ReplayEvent::new(
+                http::Request::builder()
+                    .uri("https://rds.us-east-1.amazonaws.com/")
+                    .body(SdkBody::empty())
+                    .unwrap(),
+                http::Response::builder()
+                    .status(200)
+                    .body(SdkBody::from(body))
+                    .unwrap(),
+            )
+        };
+        let member = |id: &str, writer: bool, status: &str| {
+            format!("<DBClusterMember><DBInstanceIdentifier>{id}</DBInstanceIdentifier><IsClusterWriter>{writer}</IsClusterWriter><DBClusterParameterGroupStatus>{status}</DBClusterParameterGroupStatus></DBClusterMember>")
+        };
+        let cluster = || {
+            answer(format!(
+                "<DescribeDBClustersResponse xmlns=\"{NS}\"><DescribeDBClustersResult><DBClusters><DBCluster><DBClusterIdentifier>c</DBClusterIdentifier><Status>available</Status><DBClusterMembers>{}{}</DBClusterMembers></DBCluster></DBClusters></DescribeDBClustersResult></DescribeDBClustersResponse>",
+                member("w", true, "in-sync"),
+                member("r", false, "pending-reboot")
+            ))
+        };
+        let instance = |status: &str| {
+            answer(format!(
+                "<DescribeDBInstancesResponse xmlns=\"{NS}\"><DescribeDBInstancesResult><DBInstances><DBInstance><DBInstanceIdentifier>r</DBInstanceIdentifier><DBInstanceStatus>{status}</DBInstanceStatus></DBInstance></DBInstances></DescribeDBInstancesResult></DescribeDBInstancesResponse>"
+            ))
+        };
+        let reboot = answer(format!(
+            "<RebootDBInstanceResponse xmlns=\"{NS}\"><RebootDBInstanceResult><DBInstance><DBInstanceIdentifier>r</DBInstanceIdentifier><DBInstanceStatus>rebooting</DBInstanceStatus></DBInstance></RebootDBInstanceResult></RebootDBInstanceResponse>"
+        ));
+        let http = StaticReplayClient::new(vec![
+            cluster(),
+            cluster(),
+            instance("available"),
+            reboot,
+            instance("available"),
+        ]);
+        let conf = aws_sdk_rds::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_rds::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_rds::config::Credentials::new(
+                "a", "b", None, None, "t",
+            ))
+            .http_client(http.clone())
+            .build();
+        let t = RebootType {
+            aws: Aws::with_rds(aws_sdk_rds::Client::from_conf(conf)),
+        };
+        let inputs = Reboot::cluster(Output::from("c")).only_pending().inputs();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let mut ctx = Ctx::new(
+            std::path::PathBuf::from("."),
+            "p",
+            "s",
+            Arc::new(crate::value::EnvSecrets),
+        );
+        ctx.progress = Arc::new(move |_, m| log.lock().unwrap().push(m.to_string()));
+        let req = Request {
+            node: "reboot",
+            deterministic_id: "p-s-reboot",
+            inputs: &inputs,
+        };
+        let out = t.run(&ctx, &req).await.unwrap();
+        assert_eq!(out.get("rebooted"), Some(&serde_json::json!(["r"])));
+        let bodies: Vec<String> = http
+            .actual_requests()
+            .map(|r| {
+                std::str::from_utf8(r.body().bytes().unwrap())
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let actions: Vec<&str> = bodies
+            .iter()
+            .map(|b| {
+                b.split('&')
+                    .find_map(|kv| kv.strip_prefix("Action="))
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                "DescribeDBClusters",
+                "DescribeDBClusters",
+                "DescribeDBInstances",
+                "RebootDBInstance",
+                "DescribeDBInstances"
+            ]
+        );
+        assert!(
+            bodies[3].contains("DBInstanceIdentifier=r"),
+            "{}",
+            bodies[3]
+        );
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter()
+                .any(|m| m == "instance w: parameters in sync, not rebooted"),
+            "{seen:?}"
+        );
     }
 }
