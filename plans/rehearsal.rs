@@ -144,6 +144,14 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         // Replication from the new database back to the old one, for `plan rollback local`.
         switch = switch.reverse_replication();
     }
-    p.add("switch", switch).after(&gate);
+    let switch = p.add("switch", switch).after(&gate);
+    // Once the new database has proven itself: drop the replication both ways (the old source
+    // stops keeping WAL for it; rollback is no longer possible).
+    let finish = p.gate("finish").after(&switch);
+    p.add(
+        "finish-replication",
+        FinishReplication::between(source.conn(&db), target.conn(&db), replicate.slots()),
+    )
+    .after(&finish);
     Ok(p)
 }

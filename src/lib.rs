@@ -45,7 +45,9 @@ pub mod prelude {
     pub use crate::provider::builtin::{Assert, Null, Sleep};
     pub use crate::provider::local_file::{Append, Directory, File, ReadFile};
     pub use crate::provider::local_pg::{Pgbouncer, Postgres};
-    pub use crate::provider::pg_steps::{Cutover, Preflight, Replicate, Sql, Validate, WaitLag};
+    pub use crate::provider::pg_steps::{
+        Cutover, FinishReplication, Preflight, Replicate, Sql, Validate, WaitLag,
+    };
     pub use crate::stack::Stack;
     pub use crate::value::Value;
     pub use std::time::Duration;

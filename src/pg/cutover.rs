@@ -1000,3 +1000,148 @@ pub async fn rollback(
         marker,
     })
 }
+
+/// What [`finish`] removed.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    pub subscriptions: Vec<String>,
+    pub slots: Vec<String>,
+    pub publications: Vec<String>,
+    pub reverse: bool,
+}
+
+/// Ends replication after a cutover: the target's forward subscriptions (disabled by the cutover)
+/// are dropped without touching the source, then the source's slots and publications of the same
+/// names, so the old source stops retaining WAL for them, then the reverse replication: the
+/// rollback window is closed (a later rollback refuses, changing nothing). Refuses, changing
+/// nothing, while a forward subscription is enabled (no cutover yet, or rolled back) or a slot is
+/// in use by someone else.
+pub async fn finish(
+    source: &Target,
+    target: &Target,
+    names: &[String],
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<Finished, String> {
+    let dst = writer(target).await?;
+    let src = writer(source).await?;
+    let mut subs = vec![];
+    for n in names {
+        let row = dst
+            .query_opt(
+                "SELECT subenabled FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid
+                 WHERE d.datname = current_database() AND s.subname = $1",
+                &[n],
+            )
+            .await
+            .map_err(|e| target.err("forward subscriptions")(e).to_string())?;
+        if let Some(r) = row {
+            if r.get::<_, bool>(0) {
+                return Err(format!(
+                    "forward subscription {n} on {target} is enabled: the cutover has not happened (or was rolled back); nothing was dropped"
+                ));
+            }
+            subs.push(n.clone());
+        }
+    }
+    for n in names {
+        let active: Option<bool> = src
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[n],
+            )
+            .await
+            .map_err(|e| source.err("replication slots")(e).to_string())?
+            .map(|r| r.get(0));
+        if active == Some(true) && !subs.contains(n) {
+            return Err(format!(
+                "slot {n} on {source} is in use by a subscriber this step does not own; nothing was dropped"
+            ));
+        }
+    }
+    let mut out = Finished::default();
+    for n in &subs {
+        // Detached from its slot first, so the drop does not need the source.
+        dst.batch_execute(&format!(
+            "ALTER SUBSCRIPTION {0} SET (slot_name = NONE); DROP SUBSCRIPTION {0}",
+            ident(n)
+        ))
+        .await
+        .map_err(|e| target.err("drop forward subscription")(e).to_string())?;
+        progress(format!("dropped subscription {n} on the target"));
+        out.subscriptions.push(n.clone());
+    }
+    for n in names {
+        let dropped = src
+            .query_opt(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[n],
+            )
+            .await
+            .map_err(|e| source.err("drop replication slot")(e).to_string())?;
+        if dropped.is_some() {
+            progress(format!("dropped slot {n} on the source"));
+            out.slots.push(n.clone());
+        }
+        let existed = src
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[n])
+            .await
+            .map_err(|e| source.err("publications")(e).to_string())?
+            .is_some();
+        if existed {
+            src.batch_execute(&format!("DROP PUBLICATION {}", ident(n)))
+                .await
+                .map_err(|e| source.err("drop publication")(e).to_string())?;
+            out.publications.push(n.clone());
+        }
+    }
+    let had_reverse = src
+        .query_opt(
+            "SELECT 1 FROM pg_subscription WHERE subname = $1",
+            &[&REVERSE],
+        )
+        .await
+        .map_err(|e| source.err("reverse subscription")(e).to_string())?
+        .is_some();
+    src.batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {REVERSE}"))
+        .await
+        .map_err(|e| source.err("drop reverse subscription")(e).to_string())?;
+    dst.batch_execute(&format!("DROP PUBLICATION IF EXISTS {REVERSE}"))
+        .await
+        .map_err(|e| target.err("drop reverse publication")(e).to_string())?;
+    if had_reverse {
+        progress("dropped the reverse replication: rollback is no longer possible".into());
+        out.reverse = true;
+    }
+    Ok(out)
+}
+
+/// Whether [`finish`] has nothing left to do.
+pub async fn finished(source: &Target, target: &Target, names: &[String]) -> Result<bool, String> {
+    let dst = target.connect().await.map_err(|e| e.to_string())?;
+    let src = source.connect().await.map_err(|e| e.to_string())?;
+    let subs: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM pg_subscription WHERE subname = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(|e| target.err("forward subscriptions")(e).to_string())?
+        .get(0);
+    let slots: i64 = src
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(|e| source.err("replication slots")(e).to_string())?
+        .get(0);
+    let reverse_left: i64 = src
+        .query_one(
+            "SELECT count(*) FROM pg_subscription WHERE subname = $1",
+            &[&REVERSE],
+        )
+        .await
+        .map_err(|e| source.err("reverse subscription")(e).to_string())?
+        .get(0);
+    Ok(subs == 0 && slots == 0 && reverse_left == 0)
+}

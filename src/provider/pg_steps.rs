@@ -18,7 +18,8 @@ pub fn register(r: &mut Registry) {
         .step(ReplicateType)
         .step(WaitLagType)
         .step(ValidateType)
-        .step(CutoverType);
+        .step(CutoverType)
+        .step(FinishType);
 }
 
 fn target(inputs: &Attrs, key: &str) -> Result<Target, ProviderError> {
@@ -951,5 +952,89 @@ impl StepType for CutoverType {
         } else {
             Probe::NotDone
         }))
+    }
+}
+
+/// Ends replication once the cutover is behind you: drops the target's forward subscriptions
+/// (which the cutover disabled), then the source's slots and publications, so the old source
+/// stops keeping WAL for them, then the reverse replication, which closes the rollback window
+/// (`plan rollback` then refuses, changing nothing). Refuses, dropping nothing, while a forward
+/// subscription is enabled. Put it behind a gate.
+#[derive(Debug, Clone)]
+pub struct FinishReplication {
+    inputs: Attrs,
+}
+
+impl FinishReplication {
+    /// `replication`: a replicate step's `slots()` (slots, subscriptions and publications share
+    /// the names).
+    pub fn between(source: Value, target: Value, replication: Value) -> Self {
+        FinishReplication {
+            inputs: Attrs::from([
+                ("source".to_string(), source),
+                ("target".to_string(), target),
+                ("names".to_string(), replication),
+            ]),
+        }
+    }
+}
+
+impl Declare for FinishReplication {
+    const TYPE: &'static str = "pg.finish_replication";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct FinishType;
+
+fn finish_inputs(inputs: &Attrs) -> Result<(Target, Target, Vec<String>), ProviderError> {
+    let names: Vec<String> = inputs
+        .get("names")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .ok_or_else(|| ProviderError::new("input `names` must be a list of slot names"))?;
+    Ok((target(inputs, "source")?, target(inputs, "target")?, names))
+}
+
+#[async_trait]
+impl StepType for FinishType {
+    fn type_name(&self) -> &'static str {
+        "pg.finish_replication"
+    }
+    fn service(&self) -> &'static str {
+        "pg"
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let (s, t, names) = finish_inputs(req.inputs)?;
+        let node = req.node.to_string();
+        let f = crate::pg::cutover::finish(&s, &t, &names, &|m| ctx.report(&node, &m))
+            .await
+            .map_err(ProviderError::new)?;
+        Ok(Attrs::from([
+            (
+                "subscriptions".to_string(),
+                serde_json::json!(f.subscriptions),
+            ),
+            ("slots".to_string(), serde_json::json!(f.slots)),
+            (
+                "publications".to_string(),
+                serde_json::json!(f.publications),
+            ),
+            ("reverse_dropped".to_string(), Value::Bool(f.reverse)),
+        ]))
+    }
+    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let (s, t, names) = finish_inputs(req.inputs)?;
+        Ok(Some(
+            if crate::pg::cutover::finished(&s, &t, &names)
+                .await
+                .map_err(ProviderError::new)?
+            {
+                Probe::Done(Attrs::new())
+            } else {
+                Probe::NotDone
+            },
+        ))
     }
 }

@@ -789,6 +789,65 @@ fn rollback_after_the_flip_brings_the_targets_writes_back_to_the_source() {
     );
 }
 
+/// Behind the gate `finish`, replication ends both ways: the target's forward subscriptions, the
+/// source's slots and publications (the old source keeps no WAL for them) and the reverse
+/// replication. A rollback afterwards refuses and changes nothing; a second apply does nothing.
+#[test]
+fn finishing_replication_drops_it_both_ways_and_rollback_then_refuses() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    let counts = || {
+        rt().block_on(async {
+            let src = target(s, "app").connect().await.unwrap();
+            let dst = target(t, "app").connect().await.unwrap();
+            async fn n(c: &tokio_postgres::Client, q: &str) -> i64 {
+                c.query_one(q, &[]).await.unwrap().get(0)
+            }
+            (
+                n(&src, "SELECT count(*) FROM pg_replication_slots").await,
+                n(&dst, "SELECT count(*) FROM pg_subscription").await,
+                n(&src, "SELECT count(*) FROM pg_subscription").await,
+                n(&dst, "SELECT count(*) FROM pg_replication_slots").await,
+                n(&src, "SELECT count(*) FROM pg_publication").await,
+            )
+        })
+    };
+    // Two forward groups (slots on the source, disabled subscriptions on the target), and the
+    // reverse replication (a subscription on the source, its slot on the target).
+    assert_eq!(counts(), (2, 2, 1, 1, 2));
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "finish"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("finish-replication: dropped slot"), "{out}");
+    assert!(
+        out.contains("dropped the reverse replication: rollback is no longer possible"),
+        "{out}"
+    );
+    assert_eq!(counts(), (0, 0, 0, 0, 0));
+    let (code, out, err) = p.run(&["rollback", "local", "--yes"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("the reverse subscription on the source is gone"),
+        "{out}{err}"
+    );
+    rt().block_on(async {
+        assert_eq!(
+            port_via(b).await,
+            Some(t.to_string()),
+            "the pooler still points at the target"
+        );
+    });
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "finish"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("finish-replication: running"), "{out}");
+}
+
 #[test]
 fn rollback_without_reverse_replication_refuses_and_changes_nothing() {
     if !require_pg() || !require_pgbouncer() {
