@@ -129,6 +129,7 @@ impl Target {
     /// the caller passes `conninfo_without_password()` (or a variant) as its database argument.
     pub fn libpq_command(&self, program: &str) -> Result<std::process::Command, PgError> {
         let mut c = std::process::Command::new(cluster::program(program).map_err(PgError::Other)?);
+        die_with_parent(&mut c);
         if let Some(p) = &self.password {
             c.env("PGPASSWORD", p);
         }
@@ -318,5 +319,65 @@ mod tls {
                 .set_certificate_verifier(Arc::new(NoVerify(provider)));
         }
         Ok(MakeRustlsConnect::new(config))
+    }
+}
+
+/// Makes a child die with the thread that starts it (Linux `PR_SET_PDEATHSIG`), so a `plan` that
+/// is killed mid-copy leaves no `psql` writing into the target behind it. Children must be started
+/// from threads that outlive them: a tokio worker, or a blocking thread that waits for the child.
+pub(crate) fn die_with_parent(c: &mut std::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec the closure calls only async-signal-safe functions
+        // (prctl, getppid, _exit) and allocates nothing.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl: then nothing would signal us.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod death_tests {
+    use super::die_with_parent;
+
+    /// A child started with `die_with_parent` is killed when the thread that started it ends,
+    /// as it is when a killed `plan`'s threads end; one started without it lives on.
+    #[test]
+    fn a_child_dies_with_the_thread_that_started_it() {
+        let start = |guard: bool| {
+            std::thread::spawn(move || {
+                let mut c = std::process::Command::new("sleep");
+                c.arg("30");
+                if guard {
+                    die_with_parent(&mut c);
+                }
+                c.spawn().unwrap()
+            })
+            .join()
+            .unwrap()
+        };
+        let mut guarded = start(true);
+        let status = guarded.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        let mut free = start(false);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            free.try_wait().unwrap().is_none(),
+            "without it the child lives on"
+        );
+        free.kill().unwrap();
+        free.wait().unwrap();
     }
 }
