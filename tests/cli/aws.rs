@@ -437,7 +437,12 @@ fn cluster_stack_max(
     protect: bool,
     max: u32,
 ) {
-    cluster_stack_at(p, &m.url(), "", retention, reader_class, protect, max)
+    cluster_stack_at(p, &m.url(), "", retention, reader_class, protect, max);
+    // A writer and two readers.
+    let text = p
+        .read("stacks/aurora.toml")
+        .replace("[secrets]", "readers = 2\n[secrets]");
+    p.stack("aurora", &text);
 }
 
 /// The aws-cluster stack at `url`, with `extra` top-level lines.
@@ -469,7 +474,7 @@ fn run_with_password(p: &Project, args: &[&str]) -> (i32, String) {
 }
 
 #[test]
-fn an_aurora_cluster_with_a_writer_and_a_reader_is_created_changed_and_destroyed() {
+fn an_aurora_cluster_with_a_writer_and_two_readers_is_created_changed_and_destroyed() {
     let Some(bin) = require_moto() else { return };
     let m = Moto::start(&bin);
     let p = Project::new();
@@ -478,7 +483,7 @@ fn an_aurora_cluster_with_a_writer_and_a_reader_is_created_changed_and_destroyed
     let rt = rt();
     let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("Apply complete: 5 added"), "{out}");
+    assert!(out.contains("Apply complete: 6 added"), "{out}");
     let cluster_id = "aws-cluster-aurora-target";
     let (status, pg, retention, members, tags) = rt.block_on(async {
         let d = c
@@ -528,6 +533,7 @@ fn an_aurora_cluster_with_a_writer_and_a_reader_is_created_changed_and_destroyed
         members,
         vec![
             "aws-cluster-aurora-reader".to_string(),
+            "aws-cluster-aurora-reader-2".to_string(),
             "aws-cluster-aurora-writer".to_string()
         ]
     );
@@ -606,7 +612,7 @@ fn an_aurora_cluster_with_a_writer_and_a_reader_is_created_changed_and_destroyed
     let (code, out) = run_with_password(&p, &["apply", "aurora", "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("~ max = 4 -> 6"), "{out}");
-    assert!(out.contains("0 added, 3 changed, 0 destroyed"), "{out}");
+    assert!(out.contains("0 added, 4 changed, 0 destroyed"), "{out}");
     assert_eq!(scaling(&rt).1, 6);
     rt.block_on(async {
         let d = c
