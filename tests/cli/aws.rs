@@ -2534,3 +2534,51 @@ fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
     let (code, out) = run_with_password(&p, &["destroy", "aurora", "--yes"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Creates that AWS performed but answered with a 503 (the test proxy lets the request reach
+/// moto, then fails it): the SDK retries, the retry meets "already exists", and the provider
+/// adopts the instance, the replica and the snapshot its first attempts made (they carry our
+/// tags) instead of failing.
+#[test]
+fn a_create_answered_503_after_aws_acted_is_adopted_not_failed() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let proxy = TestProxy::start(m.port);
+    let env = [("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")];
+    let p = Project::new();
+    instance_stack(&p, &proxy.url(), 7, "db.m6g.large");
+    proxy.fail_after("CreateDBInstance");
+    proxy.fail_after("CreateDBInstanceReadReplica");
+    proxy.fail_after("CreateDBSnapshot");
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        proxy.count("CreateDBInstance"),
+        2,
+        "the first attempt and the SDK's retry"
+    );
+    assert_eq!(proxy.count("CreateDBInstanceReadReplica"), 2);
+    assert_eq!(proxy.count("CreateDBSnapshot"), 2);
+    assert!(
+        out.contains("AWS: 3 requests were retried by the SDK after throttling or transient errors (HTTP 503: 3)"),
+        "{out}"
+    );
+    let n = rt().block_on(async {
+        m.rds()
+            .describe_db_instances()
+            .send()
+            .await
+            .unwrap()
+            .db_instances()
+            .len()
+    });
+    assert_eq!(n, 2, "one source, one replica");
+    let (code, out) = run_env(
+        &p,
+        &["preview", "aws", "--refresh", "--detailed-exitcode"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_env(&p, &["destroy", "aws", "--yes"], &env);
+    assert_eq!(code, 0, "{out}");
+}

@@ -30,6 +30,8 @@ struct Rules {
     /// DB instance identifier -> (status shown, until).
     held: HashMap<String, (String, Instant)>,
     promoted: HashSet<String>,
+    /// Actions whose next request reaches moto but is answered with a 503 (once each).
+    fail_after: Vec<String>,
 }
 
 pub struct TestProxy {
@@ -88,6 +90,12 @@ impl TestProxy {
     /// a 503 and the protocol's throttling error.
     pub fn fault_every(&self, n: usize) {
         self.rules.lock().unwrap().fault_every = n;
+    }
+
+    /// Lets the next `action` reach moto, then answers it with a 503 as if the service had failed
+    /// after acting (the SDK retries, and the retry meets what the first attempt made).
+    pub fn fail_after(&self, action: &str) {
+        self.rules.lock().unwrap().fail_after.push(action.into());
     }
 
     /// The faults injected so far, by kind.
@@ -246,6 +254,21 @@ impl TestProxy {
             up.write_all(&body)?;
             let (rhead, mut rbody) = TestProxy::read_message(&mut up, true)?;
             let ok = rhead.starts_with("HTTP/1.1 2") || rhead.starts_with("HTTP/1.0 2");
+            if let Some(a) = &action {
+                let mut r = rules.lock().unwrap();
+                if let Some(i) = r.fail_after.iter().position(|x| x == a) {
+                    r.fail_after.remove(i);
+                    *r.injected.entry("503 after acting".into()).or_default() += 1;
+                    drop(r);
+                    TestProxy::respond(
+                        &mut client,
+                        "503 Service Unavailable",
+                        &["Content-Type: text/plain".into()],
+                        b"Service Unavailable",
+                    )?;
+                    continue;
+                }
+            }
             if let (Some(a), Some(id), true) = (
                 &query_action,
                 TestProxy::param(&form, "DBInstanceIdentifier"),

@@ -278,6 +278,21 @@ impl DbInstanceType {
     fn id(req: &Request<'_>) -> String {
         req.deterministic_id.to_string()
     }
+
+    /// After "already exists" from a create that found nothing before: an attempt the SDK
+    /// retried (a timeout or a 5xx after AWS had acted) made it, and it carries our tags; or
+    /// someone else made it in between, and it is refused.
+    async fn created_by_a_retry(
+        &self,
+        ctx: &Ctx,
+        node: &str,
+        id: &str,
+    ) -> Result<(), ProviderError> {
+        match find(&self.aws, id).await? {
+            Some(f) if ours(&f.tags, &ctx.plan, &ctx.stack, node) => Ok(()),
+            _ => Err(super::not_ours("DB instance", id, node, id)),
+        }
+    }
 }
 
 #[async_trait]
@@ -379,7 +394,8 @@ impl ResourceType for DbInstanceType {
                 return Err(super::not_ours("DB instance", &id, req.node, &id));
             }
         } else if let Some(source) = get_str(i, "replica_of") {
-            self.aws
+            let r = self
+                .aws
                 .rds()
                 .await
                 .create_db_instance_read_replica()
@@ -393,10 +409,19 @@ impl ResourceType for DbInstanceType {
                 )
                 .set_tags(Some(aws_tags(ctx, req.node)))
                 .send()
-                .await
-                .map_err(|e| sdk_err(&format!("create read replica {id} of {source}"), e))?;
+                .await;
+            if let Err(e) = r {
+                if !e
+                    .as_service_error()
+                    .is_some_and(|s| s.is_db_instance_already_exists_fault())
+                {
+                    return Err(sdk_err(&format!("create read replica {id} of {source}"), e));
+                }
+                self.created_by_a_retry(ctx, req.node, &id).await?;
+            }
         } else {
-            self.aws
+            let r = self
+                .aws
                 .rds()
                 .await
                 .create_db_instance()
@@ -430,8 +455,16 @@ impl ResourceType for DbInstanceType {
                 .set_deletion_protection(b(i, "deletion_protection"))
                 .set_tags(Some(aws_tags(ctx, req.node)))
                 .send()
-                .await
-                .map_err(|e| sdk_err(&format!("create instance {id}"), e))?;
+                .await;
+            if let Err(e) = r {
+                if !e
+                    .as_service_error()
+                    .is_some_and(|s| s.is_db_instance_already_exists_fault())
+                {
+                    return Err(sdk_err(&format!("create instance {id}"), e));
+                }
+                self.created_by_a_retry(ctx, req.node, &id).await?;
+            }
         }
         wait(&self.aws, ctx, req.node, &id, false).await?;
         let f = find(&self.aws, &id)
@@ -783,22 +816,51 @@ impl SnapshotType {
     ) -> Result<(), ProviderError> {
         if self.status(cluster, id).await?.is_none() {
             let rds = self.aws.rds().await;
+            // "Already exists" after a look-up found nothing: an attempt the SDK retried made
+            // it if it carries our tags; anything else is refused.
+            let mut exists = false;
             if cluster {
-                rds.create_db_cluster_snapshot()
+                let r = rds
+                    .create_db_cluster_snapshot()
                     .db_cluster_snapshot_identifier(id)
                     .db_cluster_identifier(source)
                     .set_tags(Some(aws_tags(ctx, node)))
                     .send()
-                    .await
-                    .map_err(|e| sdk_err(&format!("snapshot cluster {source}"), e))?;
+                    .await;
+                if let Err(e) = r {
+                    if !e
+                        .as_service_error()
+                        .is_some_and(|s| s.is_db_cluster_snapshot_already_exists_fault())
+                    {
+                        return Err(sdk_err(&format!("snapshot cluster {source}"), e));
+                    }
+                    exists = true;
+                }
             } else {
-                rds.create_db_snapshot()
+                let r = rds
+                    .create_db_snapshot()
                     .db_snapshot_identifier(id)
                     .db_instance_identifier(source)
                     .set_tags(Some(aws_tags(ctx, node)))
                     .send()
-                    .await
-                    .map_err(|e| sdk_err(&format!("snapshot instance {source}"), e))?;
+                    .await;
+                if let Err(e) = r {
+                    if !e
+                        .as_service_error()
+                        .is_some_and(|s| s.is_db_snapshot_already_exists_fault())
+                    {
+                        return Err(sdk_err(&format!("snapshot instance {source}"), e));
+                    }
+                    exists = true;
+                }
+            }
+            if exists
+                && !self
+                    .describe(cluster, id)
+                    .await?
+                    .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, node))
+            {
+                return Err(super::not_ours("snapshot", id, node, id));
             }
         }
         wait_status(
