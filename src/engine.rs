@@ -270,8 +270,9 @@ pub async fn prepare(l: &Loaded, opts: Options, command: &str) -> Result<Prepare
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // An apply resumes interrupted creates that can be resumed; a destroy records them.
+    let resume = opts.mode == crate::planner::Mode::Apply;
     for (node, intent) in pending {
-        let resume = opts.mode == crate::planner::Mode::Apply;
         let (entry, message) =
             reconcile_one(l, &ctx, store.state(), &node, &intent, resume).await?;
         tracing::info!(node = %node, op = ?intent.op, %message, "reconciled");

@@ -565,17 +565,11 @@ impl ResourceType for ClusterType {
         let id = self.id(req);
         let i = req.inputs;
         let rds = self.aws.rds().await;
-        // An interrupted create's cluster is waited for, not created again.
-        let existing = self.find(&id).await?;
-        if let Some(f) = &existing {
-            if !ours(&f.tags, &ctx.plan, &ctx.stack, req.node) {
-                return Err(super::not_ours("cluster", &id, req.node, &id));
-            }
-        }
-        let r = if existing.is_some() {
-            Ok(None)
-        } else {
-            rds.create_db_cluster()
+        // Made already (by an interrupted create, or by an attempt the SDK retried after AWS
+        // acted): waited for if it carries our tags, refused if not.
+        if self.find(&id).await?.is_none() {
+            if let Err(e) = rds
+                .create_db_cluster()
                 .db_cluster_identifier(&id)
                 .engine(get_str(i, "engine").unwrap_or_default())
                 .set_engine_version(get_str(i, "engine_version").map(String::from))
@@ -609,22 +603,21 @@ impl ResourceType for ClusterType {
                 .set_tags(Some(aws_tags(ctx, req.node)))
                 .send()
                 .await
-                .map(Some)
-        };
-        if let Err(e) = r {
-            if e.as_service_error()
-                .is_some_and(|s| s.is_db_cluster_already_exists_fault())
             {
-                let f = self.find(&id).await?;
-                if !f
-                    .as_ref()
-                    .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
+                if !e
+                    .as_service_error()
+                    .is_some_and(|s| s.is_db_cluster_already_exists_fault())
                 {
-                    return Err(super::not_ours("cluster", &id, req.node, &id));
+                    return Err(sdk_err(&format!("create cluster {id}"), e));
                 }
-            } else {
-                return Err(sdk_err(&format!("create cluster {id}"), e));
             }
+        }
+        if !self
+            .find(&id)
+            .await?
+            .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
+        {
+            return Err(super::not_ours("cluster", &id, req.node, &id));
         }
         self.wait(ctx, req.node, &id, false).await?;
         let f = self
@@ -912,17 +905,11 @@ impl ResourceType for InstanceType {
         let id = req.deterministic_id.to_string();
         let i = req.inputs;
         let rds = self.aws.rds().await;
-        // An interrupted create's instance is waited for, not created again.
-        let existing = self.find(&id).await?;
-        if let Some(f) = &existing {
-            if !ours(&f.tags, &ctx.plan, &ctx.stack, req.node) {
-                return Err(super::not_ours("DB instance", &id, req.node, &id));
-            }
-        }
-        let r = if existing.is_some() {
-            Ok(None)
-        } else {
-            rds.create_db_instance()
+        // Made already (by an interrupted create, or by an attempt the SDK retried after AWS
+        // acted): waited for if it carries our tags, refused if not.
+        if self.find(&id).await?.is_none() {
+            if let Err(e) = rds
+                .create_db_instance()
                 .db_instance_identifier(&id)
                 .set_db_cluster_identifier(get_str(i, "cluster").map(String::from))
                 .db_instance_class(get_str(i, "class").unwrap_or_default())
@@ -933,22 +920,21 @@ impl ResourceType for InstanceType {
                 .set_tags(Some(aws_tags(ctx, req.node)))
                 .send()
                 .await
-                .map(Some)
-        };
-        if let Err(e) = r {
-            if e.as_service_error()
-                .is_some_and(|s| s.is_db_instance_already_exists_fault())
             {
-                let f = self.find(&id).await?;
-                if !f
-                    .as_ref()
-                    .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
+                if !e
+                    .as_service_error()
+                    .is_some_and(|s| s.is_db_instance_already_exists_fault())
                 {
-                    return Err(super::not_ours("DB instance", &id, req.node, &id));
+                    return Err(sdk_err(&format!("create instance {id}"), e));
                 }
-            } else {
-                return Err(sdk_err(&format!("create instance {id}"), e));
             }
+        }
+        if !self
+            .find(&id)
+            .await?
+            .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
+        {
+            return Err(super::not_ours("DB instance", &id, req.node, &id));
         }
         self.wait(ctx, req.node, &id, false).await?;
         let f = self

@@ -278,21 +278,6 @@ impl DbInstanceType {
     fn id(req: &Request<'_>) -> String {
         req.deterministic_id.to_string()
     }
-
-    /// After "already exists" from a create that found nothing before: an attempt the SDK
-    /// retried (a timeout or a 5xx after AWS had acted) made it, and it carries our tags; or
-    /// someone else made it in between, and it is refused.
-    async fn created_by_a_retry(
-        &self,
-        ctx: &Ctx,
-        node: &str,
-        id: &str,
-    ) -> Result<(), ProviderError> {
-        match find(&self.aws, id).await? {
-            Some(f) if ours(&f.tags, &ctx.plan, &ctx.stack, node) => Ok(()),
-            _ => Err(super::not_ours("DB instance", id, node, id)),
-        }
-    }
 }
 
 #[async_trait]
@@ -389,11 +374,11 @@ impl ResourceType for DbInstanceType {
     async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
         let id = Self::id(req);
         let i = req.inputs;
-        if let Some(f) = find(&self.aws, &id).await? {
-            if !ours(&f.tags, &ctx.plan, &ctx.stack, req.node) {
-                return Err(super::not_ours("DB instance", &id, req.node, &id));
-            }
-        } else if let Some(source) = get_str(i, "replica_of") {
+        // Made already (by an interrupted create, or by an attempt the SDK retried after AWS
+        // acted): waited for if it carries our tags, refused if not.
+        let missing = find(&self.aws, &id).await?.is_none();
+        let replica_of = get_str(i, "replica_of").filter(|_| missing);
+        if let Some(source) = replica_of {
             let r = self
                 .aws
                 .rds()
@@ -417,9 +402,8 @@ impl ResourceType for DbInstanceType {
                 {
                     return Err(sdk_err(&format!("create read replica {id} of {source}"), e));
                 }
-                self.created_by_a_retry(ctx, req.node, &id).await?;
             }
-        } else {
+        } else if missing {
             let r = self
                 .aws
                 .rds()
@@ -463,8 +447,13 @@ impl ResourceType for DbInstanceType {
                 {
                     return Err(sdk_err(&format!("create instance {id}"), e));
                 }
-                self.created_by_a_retry(ctx, req.node, &id).await?;
             }
+        }
+        if !find(&self.aws, &id)
+            .await?
+            .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
+        {
+            return Err(super::not_ours("DB instance", &id, req.node, &id));
         }
         wait(&self.aws, ctx, req.node, &id, false).await?;
         let f = find(&self.aws, &id)
@@ -818,42 +807,43 @@ impl SnapshotType {
             let rds = self.aws.rds().await;
             // "Already exists" after a look-up found nothing: an attempt the SDK retried made
             // it if it carries our tags; anything else is refused.
-            let mut exists = false;
-            if cluster {
-                let r = rds
+            let exists = if cluster {
+                match rds
                     .create_db_cluster_snapshot()
                     .db_cluster_snapshot_identifier(id)
                     .db_cluster_identifier(source)
                     .set_tags(Some(aws_tags(ctx, node)))
                     .send()
-                    .await;
-                if let Err(e) = r {
-                    if !e
-                        .as_service_error()
-                        .is_some_and(|s| s.is_db_cluster_snapshot_already_exists_fault())
+                    .await
+                {
+                    Ok(_) => false,
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_db_cluster_snapshot_already_exists_fault()) =>
                     {
-                        return Err(sdk_err(&format!("snapshot cluster {source}"), e));
+                        true
                     }
-                    exists = true;
+                    Err(e) => return Err(sdk_err(&format!("snapshot cluster {source}"), e)),
                 }
             } else {
-                let r = rds
+                match rds
                     .create_db_snapshot()
                     .db_snapshot_identifier(id)
                     .db_instance_identifier(source)
                     .set_tags(Some(aws_tags(ctx, node)))
                     .send()
-                    .await;
-                if let Err(e) = r {
-                    if !e
-                        .as_service_error()
-                        .is_some_and(|s| s.is_db_snapshot_already_exists_fault())
+                    .await
+                {
+                    Ok(_) => false,
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_db_snapshot_already_exists_fault()) =>
                     {
-                        return Err(sdk_err(&format!("snapshot instance {source}"), e));
+                        true
                     }
-                    exists = true;
+                    Err(e) => return Err(sdk_err(&format!("snapshot instance {source}"), e)),
                 }
-            }
+            };
             if exists
                 && !self
                     .describe(cluster, id)

@@ -93,7 +93,26 @@ impl Retries {
     }
 }
 
+/// A client getter: made once from the stack's configuration, with the retry counter.
+macro_rules! client {
+    ($(#[$doc:meta])* $name:ident, $krate:ident) => {
+        $(#[$doc])*
+        pub async fn $name(&self) -> &$krate::Client {
+            self.$name
+                .get_or_init(|| async {
+                    $krate::Client::from_conf(
+                        $krate::config::Builder::from(&self.config().await)
+                            .interceptor(self.retries.clone())
+                            .build(),
+                    )
+                })
+                .await
+        }
+    };
+}
+
 /// Where the stack's AWS is, and its clients once made.
+#[derive(Default)]
 pub struct Aws {
     retries: Retries,
     pub(crate) region: Option<String>,
@@ -113,61 +132,28 @@ pub struct Aws {
 impl Aws {
     pub fn from_stack(stack: &Stack) -> Arc<Aws> {
         Arc::new(Aws {
-            retries: Retries::default(),
             region: stack.region.clone(),
             apply_immediately: stack.apply_immediately,
             endpoint_url: stack.endpoint_url.clone(),
             profile: stack.profile.clone(),
-            rds: OnceCell::new(),
-            autoscaling: OnceCell::new(),
-            route53: OnceCell::new(),
-            sns: OnceCell::new(),
-            cloudwatch: OnceCell::new(),
-            ec2: OnceCell::new(),
-            dms: OnceCell::new(),
+            ..Aws::default()
         })
     }
 
-    /// An `Aws` whose RDS client is given (tests that capture requests).
+    /// An `Aws` whose RDS client is given (tests that replay or capture requests).
     pub fn with_rds(client: aws_sdk_rds::Client) -> Arc<Aws> {
         Arc::new(Aws {
-            retries: Retries::default(),
-            region: None,
-            apply_immediately: false,
-            endpoint_url: None,
-            profile: None,
             rds: OnceCell::new_with(Some(client)),
-            autoscaling: OnceCell::new(),
-            route53: OnceCell::new(),
-            sns: OnceCell::new(),
-            cloudwatch: OnceCell::new(),
-            ec2: OnceCell::new(),
-            dms: OnceCell::new(),
+            ..Aws::default()
         })
     }
 
     /// An `Aws` whose DMS client is given (tests that replay or capture requests).
     pub fn with_dms(client: aws_sdk_databasemigration::Client) -> Arc<Aws> {
-        let aws = Aws::from_parts();
-        let _ = aws.dms.set(client);
-        Arc::new(aws)
-    }
-
-    fn from_parts() -> Aws {
-        Aws {
-            retries: Retries::default(),
-            region: None,
-            apply_immediately: false,
-            endpoint_url: None,
-            profile: None,
-            rds: OnceCell::new(),
-            autoscaling: OnceCell::new(),
-            route53: OnceCell::new(),
-            sns: OnceCell::new(),
-            cloudwatch: OnceCell::new(),
-            ec2: OnceCell::new(),
-            dms: OnceCell::new(),
-        }
+        Arc::new(Aws {
+            dms: OnceCell::new_with(Some(client)),
+            ..Aws::default()
+        })
     }
 
     pub(crate) async fn config(&self) -> aws_config::SdkConfig {
@@ -191,18 +177,11 @@ impl Aws {
         loader.load().await
     }
 
-    /// The Application Auto Scaling client.
-    pub async fn autoscaling(&self) -> &aws_sdk_applicationautoscaling::Client {
-        self.autoscaling
-            .get_or_init(|| async {
-                aws_sdk_applicationautoscaling::Client::from_conf(
-                    aws_sdk_applicationautoscaling::config::Builder::from(&self.config().await)
-                        .interceptor(self.retries.clone())
-                        .build(),
-                )
-            })
-            .await
-    }
+    client!(
+        /// The Application Auto Scaling client.
+        autoscaling,
+        aws_sdk_applicationautoscaling
+    );
 
     /// The Route53 client (a global service: its region is us-east-1 whatever the stack's).
     pub async fn route53(&self) -> &aws_sdk_route53::Client {
@@ -217,75 +196,40 @@ impl Aws {
             .await
     }
 
-    /// The SNS client.
-    pub async fn sns(&self) -> &aws_sdk_sns::Client {
-        self.sns
-            .get_or_init(|| async {
-                aws_sdk_sns::Client::from_conf(
-                    aws_sdk_sns::config::Builder::from(&self.config().await)
-                        .interceptor(self.retries.clone())
-                        .build(),
-                )
-            })
-            .await
-    }
+    client!(
+        /// The SNS client.
+        sns,
+        aws_sdk_sns
+    );
 
-    /// The CloudWatch client.
-    pub async fn cloudwatch(&self) -> &aws_sdk_cloudwatch::Client {
-        self.cloudwatch
-            .get_or_init(|| async {
-                aws_sdk_cloudwatch::Client::from_conf(
-                    aws_sdk_cloudwatch::config::Builder::from(&self.config().await)
-                        .interceptor(self.retries.clone())
-                        .build(),
-                )
-            })
-            .await
-    }
+    client!(
+        /// The CloudWatch client.
+        cloudwatch,
+        aws_sdk_cloudwatch
+    );
 
-    /// The EC2 client.
-    pub async fn ec2(&self) -> &aws_sdk_ec2::Client {
-        self.ec2
-            .get_or_init(|| async {
-                aws_sdk_ec2::Client::from_conf(
-                    aws_sdk_ec2::config::Builder::from(&self.config().await)
-                        .interceptor(self.retries.clone())
-                        .build(),
-                )
-            })
-            .await
-    }
+    client!(
+        /// The EC2 client.
+        ec2,
+        aws_sdk_ec2
+    );
 
-    /// The DMS client.
-    pub async fn dms(&self) -> &aws_sdk_databasemigration::Client {
-        self.dms
-            .get_or_init(|| async {
-                aws_sdk_databasemigration::Client::from_conf(
-                    aws_sdk_databasemigration::config::Builder::from(&self.config().await)
-                        .interceptor(self.retries.clone())
-                        .build(),
-                )
-            })
-            .await
-    }
+    client!(
+        /// The DMS client.
+        dms,
+        aws_sdk_databasemigration
+    );
 
     /// What the SDK retried so far, for the run's summary.
     pub fn retries(&self) -> Retries {
         self.retries.clone()
     }
 
-    /// The RDS client.
-    pub async fn rds(&self) -> &aws_sdk_rds::Client {
-        self.rds
-            .get_or_init(|| async {
-                aws_sdk_rds::Client::from_conf(
-                    aws_sdk_rds::config::Builder::from(&self.config().await)
-                        .interceptor(self.retries.clone())
-                        .build(),
-                )
-            })
-            .await
-    }
+    client!(
+        /// The RDS client.
+        rds,
+        aws_sdk_rds
+    );
 }
 
 /// Registers the `aws` provider's types.
