@@ -5,6 +5,7 @@
 use cutover::prelude::PlanEntry;
 
 mod demo;
+mod onprem_rds;
 mod rehearsal;
 mod testing;
 
@@ -16,6 +17,12 @@ pub fn all() -> Vec<PlanEntry> {
             about: "a rehearsal of the engine on local files: provision, load, gate, cut over",
             hidden: false,
             build: demo::build,
+        },
+        PlanEntry {
+            name: "onprem-rds",
+            about: "case 3: on-premise PostgreSQL into RDS for PostgreSQL 12.8, zero downtime (stacks staging, production)",
+            hidden: false,
+            build: onprem_rds::build,
         },
         PlanEntry {
             name: "rehearsal",

@@ -176,7 +176,9 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub fn main(plans: &[PlanEntry]) -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // The AWS SDK's own warnings (each credential source it tried) repeat, as a debug dump,
+        // what our errors already say; RUST_LOG shows them.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

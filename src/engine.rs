@@ -121,12 +121,14 @@ pub fn load(root: &Path, plans: &[PlanEntry], name: &str) -> Result<Loaded, Engi
 impl Loaded {
     /// A provider context for this stack.
     pub fn ctx(&self) -> Ctx {
-        Ctx::new(
+        let mut ctx = Ctx::new(
             self.root.clone(),
             &self.graph.spec.plan,
             &self.stack.name,
             self.secrets.clone(),
-        )
+        );
+        ctx.connect = Arc::new(self.stack.connect.clone());
+        ctx
     }
 
     /// Fetches the stack's Secrets Manager references (before calls that may reveal them).
@@ -258,6 +260,11 @@ pub struct Prepared {
 
 /// Takes the lock, reconciles interrupted operations, and plans.
 pub async fn prepare(l: &Loaded, opts: Options, command: &str) -> Result<Prepared, EngineError> {
+    // Credentials and region first: without them nothing is locked, read or recorded.
+    l.registry
+        .check_access()
+        .await
+        .map_err(EngineError::Usage)?;
     let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
     // Before anything is recorded: an unreadable secret stops the run with nothing changed.
     l.fetch_secrets().await?;
@@ -837,6 +844,10 @@ pub async fn rollback(
     command: &str,
     progress: crate::provider::ProgressFn,
 ) -> Result<Vec<Note>, EngineError> {
+    l.registry
+        .check_access()
+        .await
+        .map_err(EngineError::Usage)?;
     let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
     l.fetch_secrets().await?;
     let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;

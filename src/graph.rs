@@ -55,8 +55,8 @@ pub enum GraphError {
         new: String,
         why: String,
     },
-    /// A `retire_after` that cannot work.
-    Retire {
+    /// A node option that cannot work (`retire_after`, `reopens`).
+    Option {
         node: String,
         why: String,
     },
@@ -90,7 +90,7 @@ impl fmt::Display for GraphError {
             GraphError::Moved { old, new, why } => {
                 write!(f, "moved `{old}` -> `{new}`: {why}")
             }
-            GraphError::Retire { node, why } => write!(f, "node `{node}`: {why}"),
+            GraphError::Option { node, why } => write!(f, "node `{node}`: {why}"),
         }
     }
 }
@@ -223,7 +223,27 @@ impl Graph {
                     Some(_) => None,
                 };
                 if let Some(why) = why {
-                    errors.push(GraphError::Retire {
+                    errors.push(GraphError::Option {
+                        node: n.name.clone(),
+                        why,
+                    });
+                }
+            }
+            for r in &n.options.reopens {
+                let why = match spec.nodes.iter().find(|x| &x.name == r) {
+                    _ if n.kind != NodeKind::Step => Some(format!(
+                        "only steps reopen other steps; `{}` is a {}",
+                        n.name,
+                        format!("{:?}", n.kind).to_lowercase()
+                    )),
+                    None => Some(format!("reopens `{r}`, which is not declared")),
+                    Some(x) if x.kind != NodeKind::Step => Some(format!(
+                        "reopens `{r}`, which is not a step; only a done step can be reopened"
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    errors.push(GraphError::Option {
                         node: n.name.clone(),
                         why,
                     });
@@ -364,7 +384,7 @@ fn error_order(e: &GraphError) -> (u8, String) {
         GraphError::Dangling { node, missing, .. } => (3, format!("{node}/{missing}")),
         GraphError::Moved { old, .. } => (4, old.clone()),
         GraphError::Cycle { path, .. } => (5, path.join(",")),
-        GraphError::Retire { node, .. } => (6, node.clone()),
+        GraphError::Option { node, .. } => (6, node.clone()),
     }
 }
 
@@ -458,6 +478,32 @@ mod tests {
             .map(|i| g.spec.nodes[i].name.as_str())
             .collect();
         assert_eq!(names, vec!["b", "c", "a"]);
+    }
+
+    #[test]
+    fn reopens_must_name_a_step_and_sit_on_a_step() {
+        let p = Plan::named("p", "s", "local");
+        let res = p.add_raw("res", NodeKind::Resource, "core.null", Attrs::new());
+        let step = p.add_raw("step", NodeKind::Step, "wait.sleep", Attrs::new());
+        p.add_raw("undo", NodeKind::Step, "wait.sleep", Attrs::new())
+            .reopens(&[&step]);
+        p.add_raw("undo-res", NodeKind::Step, "wait.sleep", Attrs::new())
+            .reopens(&[&res]);
+        p.add_raw("a-resource", NodeKind::Resource, "core.null", Attrs::new())
+            .reopens(&[&step]);
+        let errs: Vec<String> = Graph::build(p.finish(), &any_type)
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            errs,
+            vec![
+                "node `a-resource`: only steps reopen other steps; `a-resource` is a resource".to_string(),
+                "node `undo-res`: reopens `res`, which is not a step; only a done step can be reopened".to_string(),
+            ]
+        );
     }
 
     #[test]

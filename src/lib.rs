@@ -43,10 +43,12 @@ pub mod prelude {
     pub use crate::provider::aws::rds::ParameterGroup;
     pub use crate::provider::aws::route53::{Flip as DnsFlip, HostedZone, Record as DnsRecord};
     pub use crate::provider::builtin::{Assert, Null, Sleep};
+    pub use crate::provider::http::HealthCheck;
     pub use crate::provider::local_file::{Append, Directory, File, ReadFile};
     pub use crate::provider::local_pg::{Pgbouncer, Postgres};
+    pub use crate::provider::pg_conn::PgConn;
     pub use crate::provider::pg_steps::{
-        Cutover, FinishReplication, Preflight, Replicate, Sql, Validate, WaitLag,
+        Cutover, FinishReplication, Preflight, Replicate, Sql, Unfence, Validate, WaitLag,
     };
     pub use crate::stack::Stack;
     pub use crate::value::Value;

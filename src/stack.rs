@@ -102,6 +102,10 @@ struct RawStack {
     values: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     #[serde(default)]
     secrets: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// Where this machine dials a database instead of its own address (a tunnel's end): a
+    /// database node's name, or a host name, mapped to `HOST:PORT`.
+    #[serde(default)]
+    connect: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 /// Concurrency limits: a global one and one per service (for example `rds`, `route53`).
@@ -146,10 +150,33 @@ pub struct Stack {
     pub apply_immediately: bool,
     pub state_dir: Option<String>,
     pub limits: Limits,
+    /// `[connect]`: a database node's name or a host name -> the `HOST:PORT` this machine dials
+    /// instead (an SSH or SSM tunnel to a private database). TLS still verifies the database's
+    /// own name.
+    pub connect: BTreeMap<String, String>,
     source: String,
     values: BTreeMap<String, (usize, toml::Value)>,
     secrets: BTreeMap<String, (usize, String)>,
     read: Mutex<BTreeSet<String>>,
+}
+
+/// Splits a `[connect]` address, `HOST:PORT` (an IPv6 address in brackets), checking both parts.
+pub fn parse_dial(address: &str) -> Result<(String, u16), String> {
+    let fix =
+        "write the address to dial as HOST:PORT, e.g. \"127.0.0.1:15432\" for a tunnel's local end";
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("no port; {fix}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("no host; {fix}"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("`{port}` is not a TCP port; {fix}"))?;
+    Ok((host.to_string(), port))
 }
 
 fn line_of(source: &str, offset: usize) -> usize {
@@ -272,6 +299,21 @@ impl Stack {
             }
             secrets.insert(key, (line, reference));
         }
+        let mut connect = BTreeMap::new();
+        for (k, v) in raw.connect {
+            let line = line_of(source, k.span().start);
+            let key = k.into_inner();
+            let address = v.into_inner();
+            if let Err(message) = parse_dial(&address) {
+                return Err(StackError::Parse {
+                    path: p,
+                    line,
+                    column: 1,
+                    message: format!("[connect] `{key}` = \"{address}\": {message}"),
+                });
+            }
+            connect.insert(key, address);
+        }
         Ok(Stack {
             name: name.into(),
             path: path.to_path_buf(),
@@ -283,6 +325,7 @@ impl Stack {
             apply_immediately: raw.apply_immediately,
             state_dir: raw.state_dir,
             limits: raw.limits,
+            connect,
             values: raw
                 .values
                 .into_iter()
@@ -435,6 +478,24 @@ mod tests {
         s.get::<u32>("readers").unwrap();
         let e = s.check_unused().unwrap_err().to_string();
         assert_eq!(e, "stacks/t.toml: line 5: unknown key `readerz`. The plan reads: readers. Fix the spelling or remove the line.");
+    }
+
+    #[test]
+    fn connect_addresses_are_checked_with_their_line() {
+        let s = parse("plan = \"d\"\nprovider = \"aws\"\n[connect]\ntarget = \"127.0.0.1:15432\"\n\"db.corp.example\" = \"[::1]:6000\"\n").unwrap();
+        assert_eq!(s.connect["target"], "127.0.0.1:15432");
+        assert_eq!(parse_dial("[::1]:6000").unwrap(), ("::1".to_string(), 6000));
+        let e = parse("plan = \"d\"\nprovider = \"aws\"\n[connect]\ntarget = \"127.0.0.1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("stacks/t.toml:4:1: [connect] `target` = \"127.0.0.1\": no port"),
+            "{e}"
+        );
+        let e = parse("plan = \"d\"\nprovider = \"aws\"\n[connect]\ntarget = \"h:99999\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`99999` is not a TCP port"), "{e}");
     }
 
     #[test]

@@ -110,6 +110,10 @@ pub struct NodeOptions {
     /// gate has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retire_after: Option<String>,
+    /// Steps whose records this step removes when it completes, so that they run again at the
+    /// next apply (a compensation that undid them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reopens: Vec<String>,
 }
 
 impl Default for NodeOptions {
@@ -124,6 +128,7 @@ impl Default for NodeOptions {
             rollback_only: false,
             window: None,
             retire_after: None,
+            reopens: vec![],
         }
     }
 }
@@ -355,6 +360,21 @@ impl<T> Handle<T> {
         self.edit(|n| n.options.rollback_only = true);
         self
     }
+    /// When this step completes, the named done steps are reopened: their records are removed,
+    /// so the next apply runs them again. For a compensation that undid them (the unfence after a
+    /// failed flip reopens the cutover it undid).
+    pub fn reopens(self, steps: &[&dyn NodeName]) -> Self {
+        self.edit(|n| {
+            n.options
+                .reopens
+                .extend(steps.iter().map(|s| s.node_name().to_string()))
+        });
+        self
+    }
+    /// The inputs declared so far (a builder that derives one node from another).
+    pub fn declared_inputs(&self) -> Attrs {
+        self.plan.borrow().spec.nodes[self.index].inputs.clone()
+    }
     /// For steps: run again when this value changes.
     pub fn trigger(self, name: &str, value: impl Into<Value>) -> Self {
         let v = value.into();
@@ -380,6 +400,9 @@ pub enum PlanError {
     Stack(Box<StackError>),
     #[error("plan `{plan}`: {message}")]
     Invalid { plan: String, message: String },
+    /// A value a builder refused (a size in the wrong unit, an unknown parameter).
+    #[error("{what}: {message}")]
+    Value { what: String, message: String },
 }
 
 impl From<StackError> for PlanError {

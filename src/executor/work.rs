@@ -628,7 +628,16 @@ impl super::Work for ApplyWork {
                     }
                     (OpKind::Run, CallResult::Outputs(outputs)) => {
                         self.outputs.insert(node.clone(), outputs.clone());
-                        Entry::Record {
+                        // A step that undid others reopens them: they run again next apply.
+                        let reopened: Vec<Entry> = op
+                            .spec
+                            .as_ref()
+                            .map(|s| s.options.reopens.clone())
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|n| Entry::Remove { node: n })
+                            .collect();
+                        let record = Entry::Record {
                             node: node.clone(),
                             record: NodeRecord::Step(StepRecord {
                                 type_name,
@@ -637,7 +646,11 @@ impl super::Work for ApplyWork {
                                 outputs,
                                 deps: op.deps.clone(),
                             }),
-                        }
+                        };
+                        return Finish {
+                            entries: std::iter::once(record).chain(reopened).collect(),
+                            error: None,
+                        };
                     }
                     (OpKind::Gate, _) => Entry::Record {
                         node: node.clone(),

@@ -209,7 +209,7 @@ pub async fn is_read_only(t: &Target) -> Result<bool, String> {
 
 /// The line the flip file holds for `t`: a libpq connection string without the password.
 pub fn flip_line(t: &Target) -> String {
-    format!("{}\n", t.conninfo_without_password())
+    format!("{}\n", t.app_conninfo())
 }
 
 /// Rewrites the flip file atomically (temporary file, fsync, rename, directory fsync).

@@ -52,6 +52,19 @@ pub struct Target {
     /// the Mozilla roots (webpki-roots) are used.
     #[serde(default)]
     pub sslrootcert: Option<String>,
+    /// The plan's node this database belongs to (its name is a `[connect]` key).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The address another server dials to reach this one (a subscription's connection string),
+    /// when it differs from `host`/`port`.
+    #[serde(default)]
+    pub server_host: Option<String>,
+    #[serde(default)]
+    pub server_port: Option<u16>,
+    /// Where this machine dials instead of `host:port` (the stack's `[connect]`, a tunnel's
+    /// end); TLS still verifies `host`.
+    #[serde(default, skip_serializing)]
+    pub dial: Option<(String, u16)>,
 }
 
 impl std::fmt::Display for Target {
@@ -60,7 +73,11 @@ impl std::fmt::Display for Target {
             f,
             "{}@{}:{}/{}",
             self.user, self.host, self.port, self.dbname
-        )
+        )?;
+        if let Some((h, p)) = &self.dial {
+            write!(f, " (dialled at {h}:{p})")?;
+        }
+        Ok(())
     }
 }
 
@@ -81,7 +98,53 @@ impl Target {
             password: s("password"),
             sslmode: s("sslmode"),
             sslrootcert: s("sslrootcert"),
+            node: s("node"),
+            server_host: s("server_host"),
+            server_port: match v.get("server_port") {
+                Some(Value::Number(n)) => n.as_u64().map(|p| p as u16),
+                Some(Value::String(s)) => s.parse().ok(),
+                _ => None,
+            },
+            dial: None,
         })
+    }
+
+    /// Applies the stack's `[connect]` table: the entry for this database's node, else for its
+    /// host name, says where this machine dials instead.
+    pub fn dial_through(
+        mut self,
+        connect: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Target, String> {
+        let entry = self
+            .node
+            .as_ref()
+            .and_then(|n| connect.get(n).map(|a| (n.clone(), a)))
+            .or_else(|| connect.get(&self.host).map(|a| (self.host.clone(), a)));
+        if let Some((key, address)) = entry {
+            let dial =
+                crate::stack::parse_dial(address).map_err(|m| format!("[connect] `{key}`: {m}"))?;
+            self.dial = Some(dial);
+        }
+        Ok(self)
+    }
+
+    /// The numeric address and port this machine connects to (libpq's `hostaddr`, for TLS to
+    /// verify `host` while dialing elsewhere), when `[connect]` sent it elsewhere.
+    fn dial_addr(&self) -> Result<Option<(std::net::IpAddr, u16)>, String> {
+        let Some((h, p)) = &self.dial else {
+            return Ok(None);
+        };
+        if let Ok(ip) = h.parse() {
+            return Ok(Some((ip, *p)));
+        }
+        use std::net::ToSocketAddrs;
+        let ip = (h.as_str(), *p)
+            .to_socket_addrs()
+            .map_err(|e| format!("[connect] address {h}:{p} of {}: {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("[connect] address {h}:{p} of {}: no address", self.host))?
+            .ip();
+        Ok(Some((ip, *p)))
     }
 
     /// From the input `key` of a node.
@@ -92,9 +155,19 @@ impl Target {
         Target::from_value(v).map_err(|e| format!("input `{key}`: {e}"))
     }
 
-    /// A libpq connection string (for `CREATE SUBSCRIPTION`); includes the password if any.
+    /// A libpq connection string for another server to dial (for `CREATE SUBSCRIPTION`): the
+    /// server address when the plan set one; includes the password if any.
     pub fn conninfo(&self) -> String {
-        let mut s = self.conninfo_without_password();
+        let server = Target {
+            host: self
+                .server_host
+                .clone()
+                .unwrap_or_else(|| self.host.clone()),
+            port: self.server_port.unwrap_or(self.port),
+            dial: None,
+            ..self.clone()
+        };
+        let mut s = server.app_conninfo();
         if let Some(p) = &self.password {
             s.push_str(&format!(
                 " password='{}'",
@@ -106,8 +179,23 @@ impl Target {
 
     /// A libpq connection string without the password, for programs run here (`pg_dump`,
     /// `psql`), which get the password from the environment (`libpq_command`) so that it never
-    /// shows in the process list.
+    /// shows in the process list. Dials the `[connect]` address (`hostaddr`) when there is one.
     pub fn conninfo_without_password(&self) -> String {
+        let mut s = self.app_conninfo();
+        if let Ok(Some((ip, port))) = self.dial_addr() {
+            s = Target {
+                port,
+                dial: None,
+                ..self.clone()
+            }
+            .app_conninfo();
+            s.push_str(&format!(" hostaddr={ip}"));
+        }
+        s
+    }
+
+    /// The connection string an application uses (no password, no `[connect]` address).
+    pub fn app_conninfo(&self) -> String {
         let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
         let mut s = format!(
             "host={} port={} user={} dbname={}",
@@ -137,18 +225,25 @@ impl Target {
         Ok(c)
     }
 
-    fn config(&self) -> tokio_postgres::Config {
+    fn config(&self) -> Result<tokio_postgres::Config, String> {
         let mut c = tokio_postgres::Config::new();
-        c.host(&self.host)
-            .port(self.port)
-            .user(&self.user)
+        c.host(&self.host);
+        match self.dial_addr()? {
+            Some((ip, port)) => {
+                c.hostaddr(ip).port(port);
+            }
+            None => {
+                c.port(self.port);
+            }
+        }
+        c.user(&self.user)
             .dbname(&self.dbname)
             .application_name("cutover")
             .connect_timeout(std::time::Duration::from_secs(10));
         if let Some(p) = &self.password {
             c.password(p);
         }
-        c
+        Ok(c)
     }
 
     /// A client; its connection runs on a task of its own.
@@ -157,7 +252,7 @@ impl Target {
             target: self.to_string(),
             message,
         };
-        let mut config = self.config();
+        let mut config = self.config().map_err(fail)?;
         match self.sslmode.as_deref().unwrap_or("disable") {
             "disable" => {
                 let (client, conn) = config
@@ -379,5 +474,80 @@ mod death_tests {
         );
         free.kill().unwrap();
         free.wait().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rds() -> Target {
+        Target::from_value(&serde_json::json!({
+            "host": "db.abc.eu-west-1.rds.amazonaws.com", "port": 5432, "user": "admin",
+            "dbname": "app", "node": "target", "sslmode": "verify-full",
+            "sslrootcert": "global-bundle.pem", "password": "pw"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn connect_sends_this_machine_to_the_tunnel_and_keeps_the_name_for_tls() {
+        let map = std::collections::BTreeMap::from([(
+            "target".to_string(),
+            "127.0.0.1:15432".to_string(),
+        )]);
+        let t = rds().dial_through(&map).unwrap();
+        assert_eq!(t.dial, Some(("127.0.0.1".to_string(), 15432)));
+        let local = t.conninfo_without_password();
+        assert!(
+            local.contains("host='db.abc.eu-west-1.rds.amazonaws.com' port=15432")
+                && local.ends_with("hostaddr=127.0.0.1")
+                && local.contains("sslmode=verify-full"),
+            "{local}"
+        );
+        assert!(!local.contains("pw"), "{local}");
+        // Another server (a subscription) dials the real address, not this machine's tunnel.
+        let server = t.conninfo();
+        assert!(
+            server.contains("port=5432") && !server.contains("hostaddr"),
+            "{server}"
+        );
+        // The application's connection string names the database, never the tunnel.
+        assert!(!t.app_conninfo().contains("15432"));
+        let c = t.config().unwrap();
+        assert_eq!(
+            c.get_hostaddrs(),
+            &["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(c.get_ports(), &[15432]);
+    }
+
+    #[test]
+    fn connect_matches_a_host_name_and_leaves_others_alone() {
+        let map = std::collections::BTreeMap::from([(
+            "db.abc.eu-west-1.rds.amazonaws.com".to_string(),
+            "localhost:6000".to_string(),
+        )]);
+        let t = Target {
+            node: None,
+            ..rds()
+        }
+        .dial_through(&map)
+        .unwrap();
+        assert_eq!(t.dial, Some(("localhost".to_string(), 6000)));
+        assert!(t.config().unwrap().get_hostaddrs()[0].is_loopback());
+        let other = rds().dial_through(&Default::default()).unwrap();
+        assert_eq!(other.dial, None);
+        assert!(!other.conninfo_without_password().contains("hostaddr"));
+    }
+
+    #[test]
+    fn a_server_address_is_what_subscriptions_dial() {
+        let mut t = rds();
+        t.server_host = Some("10.0.0.5".into());
+        t.server_port = Some(6432);
+        let s = t.conninfo();
+        assert!(s.contains("host='10.0.0.5' port=6432"), "{s}");
+        assert!(t.conninfo_without_password().contains("port=5432"));
     }
 }

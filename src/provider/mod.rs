@@ -7,8 +7,10 @@
 
 pub mod aws;
 pub mod builtin;
+pub mod http;
 pub mod local_file;
 pub mod local_pg;
+pub mod pg_conn;
 pub mod pg_steps;
 
 use std::collections::BTreeMap;
@@ -67,6 +69,9 @@ pub struct Ctx {
     pub stack: String,
     pub secrets: Arc<dyn SecretSource>,
     pub progress: ProgressFn,
+    /// The stack's `[connect]` table: a database node's name or a host name -> the `HOST:PORT`
+    /// this machine dials instead (data-plane steps apply it to their connections).
+    pub connect: Arc<BTreeMap<String, String>>,
 }
 
 impl Ctx {
@@ -78,6 +83,7 @@ impl Ctx {
             stack: stack.into(),
             secrets,
             progress: Arc::new(|_, _| {}),
+            connect: Arc::new(BTreeMap::new()),
         }
     }
     /// Reports progress of `node`.
@@ -306,7 +312,16 @@ pub struct Registry {
     types: BTreeMap<String, TypeImpl>,
     /// Lines a provider adds to the end of a run (what its SDK retried, for example).
     summaries: Vec<Arc<dyn Fn() -> Option<String> + Send + Sync>>,
+    /// Checks a provider runs before anything is recorded (credentials, region).
+    access_checks: Vec<AccessCheck>,
 }
+
+/// A provider's check that it can reach its cloud at all; the error names what to set.
+pub type AccessCheck = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Registry {
     pub fn new() -> Self {
@@ -331,6 +346,24 @@ impl Registry {
     pub fn summary(&mut self, f: impl Fn() -> Option<String> + Send + Sync + 'static) -> &mut Self {
         self.summaries.push(Arc::new(f));
         self
+    }
+    /// Adds a check run before an apply, destroy or rollback records anything.
+    pub fn access_check(
+        &mut self,
+        f: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> &mut Self {
+        self.access_checks.push(Arc::new(f));
+        self
+    }
+    /// Runs the providers' access checks; the first failure, in a person's words.
+    pub async fn check_access(&self) -> Result<(), String> {
+        for c in &self.access_checks {
+            c().await?;
+        }
+        Ok(())
     }
     /// The providers' summary lines for the run so far.
     pub fn summaries(&self) -> Vec<String> {
@@ -361,6 +394,7 @@ pub fn registry_for(provider: &str) -> Registry {
     let mut r = Registry::new();
     builtin::register(&mut r);
     local_file::register(&mut r);
+    http::register(&mut r);
     pg_steps::register(&mut r);
     if provider == "local" {
         local_pg::register(&mut r);
@@ -373,7 +407,11 @@ pub fn registry_for(provider: &str) -> Registry {
 pub fn registry_for_stack(stack: &crate::stack::Stack) -> Registry {
     let mut r = registry_for(&stack.provider);
     if stack.provider == "aws" {
-        aws::register(&mut r, aws::Aws::from_stack(stack));
+        aws::register(
+            &mut r,
+            aws::Aws::from_stack(stack),
+            &stack.path.display().to_string(),
+        );
     }
     r
 }

@@ -19,11 +19,15 @@ pub fn register(r: &mut Registry) {
         .step(WaitLagType)
         .step(ValidateType)
         .step(CutoverType)
+        .step(UnfenceType)
         .step(FinishType);
 }
 
-fn target(inputs: &Attrs, key: &str) -> Result<Target, ProviderError> {
-    Target::from_input(inputs, key).map_err(ProviderError::new)
+/// The connection in input `key`, dialled through the stack's `[connect]` table.
+fn target(ctx: &Ctx, inputs: &Attrs, key: &str) -> Result<Target, ProviderError> {
+    Target::from_input(inputs, key)
+        .and_then(|t| t.dial_through(&ctx.connect))
+        .map_err(ProviderError::new)
 }
 
 fn pg_err(e: crate::pg::PgError) -> ProviderError {
@@ -80,7 +84,7 @@ impl StepType for SqlType {
         "pg"
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let t = target(req.inputs, "conn")?;
+        let t = target(ctx, req.inputs, "conn")?;
         let sql = get_str(req.inputs, "sql").unwrap_or_default();
         let client = t.connect().await.map_err(pg_err)?;
         ctx.report(req.node, &format!("running SQL on {t}"));
@@ -91,11 +95,11 @@ impl StepType for SqlType {
             .map_err(pg_err)?;
         Ok(Attrs::new())
     }
-    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+    async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
         let Some(q) = get_str(req.inputs, "probe") else {
             return Ok(None);
         };
-        let t = target(req.inputs, "conn")?;
+        let t = target(ctx, req.inputs, "conn")?;
         let client = t.connect().await.map_err(pg_err)?;
         let row = client
             .query_one(q, &[])
@@ -160,11 +164,11 @@ impl StepType for PreflightType {
     }
     async fn check(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         req: &Request<'_>,
     ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
-        let s = target(req.inputs, "source")?;
-        let t = target(req.inputs, "target")?;
+        let s = target(ctx, req.inputs, "source")?;
+        let t = target(ctx, req.inputs, "target")?;
         let slots = crate::value::get_u64(req.inputs, "slots").unwrap_or(1) as i64;
         let findings = preflight::check(&s, &t, slots).await.map_err(pg_err)?;
         Ok(Some(
@@ -182,8 +186,8 @@ impl StepType for PreflightType {
         ))
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let s = target(req.inputs, "source")?;
-        let t = target(req.inputs, "target")?;
+        let s = target(ctx, req.inputs, "source")?;
+        let t = target(ctx, req.inputs, "target")?;
         let slots = crate::value::get_u64(req.inputs, "slots").unwrap_or(1) as i64;
         let findings = preflight::check(&s, &t, slots).await.map_err(pg_err)?;
         for f in findings.iter().filter(|f| f.level == Level::Warning) {
@@ -382,8 +386,8 @@ impl StepType for ReplicateType {
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         use crate::pg::replication as r;
-        let s = target(req.inputs, "source")?;
-        let t = target(req.inputs, "target")?;
+        let s = target(ctx, req.inputs, "source")?;
+        let t = target(ctx, req.inputs, "target")?;
         let prefix = get_str(req.inputs, "prefix")
             .unwrap_or("cutover")
             .to_string();
@@ -491,10 +495,10 @@ impl StepType for ReplicateType {
         }
         Ok(out)
     }
-    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+    async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
         use crate::pg::replication as r;
-        let s = target(req.inputs, "source")?;
-        let t = target(req.inputs, "target")?;
+        let s = target(ctx, req.inputs, "source")?;
+        let t = target(ctx, req.inputs, "target")?;
         let prefix = get_str(req.inputs, "prefix")
             .unwrap_or("cutover")
             .to_string();
@@ -569,7 +573,7 @@ impl StepType for WaitLagType {
         true
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let s = target(req.inputs, "source")?;
+        let s = target(ctx, req.inputs, "source")?;
         let slots: Vec<String> = req
             .inputs
             .get("slots")
@@ -675,8 +679,8 @@ impl StepType for ValidateType {
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         use crate::pg::validate;
-        let s = target(req.inputs, "source")?;
-        let t = target(req.inputs, "target")?;
+        let s = target(ctx, req.inputs, "source")?;
+        let t = target(ctx, req.inputs, "target")?;
         let list = |k: &str| -> Vec<String> {
             req.inputs
                 .get(k)
@@ -854,8 +858,8 @@ fn cutover_spec(ctx: &Ctx, inputs: &Attrs) -> Result<crate::pg::cutover::Spec, P
         Fence::ReadOnly => (std::path::PathBuf::new(), 0),
     };
     Ok(crate::pg::cutover::Spec {
-        source: target(inputs, "source")?,
-        target: target(inputs, "target")?,
+        source: target(ctx, inputs, "source")?,
+        target: target(ctx, inputs, "target")?,
         fence,
         flip_file: get_str(inputs, "flip_file").map(|p| ctx.path(p)),
         pooler_dir: dir,
@@ -955,6 +959,80 @@ impl StepType for CutoverType {
     }
 }
 
+impl crate::dsl::Handle<Cutover> {
+    /// When the cutover flipped (RFC 3339); changes each time it runs.
+    pub fn flipped_at(&self) -> Value {
+        self.output::<String>("flipped_at").into()
+    }
+
+    /// The compensation of a read-only cutover whose flip is a later step (a DNS record): when
+    /// that flip fails, nothing has reached the target, and this puts the source back as it was
+    /// (reverse replication dropped, forward replication enabled, the source writable). Declare
+    /// it `.rollback_only().reopens(&[&cutover]).trigger("cutover", cutover.flipped_at())` and
+    /// name it in the flip's `.compensate_with(..)`: the next apply runs the cutover again.
+    pub fn unfence(&self) -> Unfence {
+        Unfence {
+            inputs: self.declared_inputs(),
+        }
+    }
+}
+
+/// Undoes a read-only cutover whose flip did not happen (see [`Handle<Cutover>::unfence`]).
+///
+/// [`Handle<Cutover>::unfence`]: crate::dsl::Handle
+#[derive(Debug, Clone)]
+pub struct Unfence {
+    inputs: Attrs,
+}
+
+impl Declare for Unfence {
+    const TYPE: &'static str = "pg.unfence";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct UnfenceType;
+
+#[async_trait]
+impl StepType for UnfenceType {
+    fn type_name(&self) -> &'static str {
+        "pg.unfence"
+    }
+    fn service(&self) -> &'static str {
+        "pg"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        if get_str(inputs, "fence") != Some("read_only") || inputs.contains_key("flip_file") {
+            return vec!["pg.unfence undoes a read-only cutover whose flip is a later step (Cutover::read_only_fence without flip_file); a pooler or flip-file cutover unfences itself on failure".into()];
+        }
+        vec![]
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let spec = cutover_spec(ctx, req.inputs)?;
+        if spec.reverse {
+            crate::pg::cutover::undo_reverse(&spec)
+                .await
+                .map_err(ProviderError::new)?;
+        }
+        crate::pg::cutover::unfence_read_only(&spec.source)
+            .await
+            .map_err(ProviderError::new)?;
+        ctx.report(
+            req.node,
+            "the flip did not happen: the source takes writes again and forward replication runs; the next apply runs the cutover again",
+        );
+        Ok(Attrs::from([(
+            "unfenced_at".to_string(),
+            Value::from(crate::state::now()),
+        )]))
+    }
+}
+
 /// Ends replication once the cutover is behind you: drops the target's forward subscriptions
 /// (which the cutover disabled), then the source's slots and publications, so the old source
 /// stops keeping WAL for them, then the reverse replication, which closes the rollback window
@@ -989,12 +1067,19 @@ impl Declare for FinishReplication {
 
 struct FinishType;
 
-fn finish_inputs(inputs: &Attrs) -> Result<(Target, Target, Vec<String>), ProviderError> {
+fn finish_inputs(
+    ctx: &Ctx,
+    inputs: &Attrs,
+) -> Result<(Target, Target, Vec<String>), ProviderError> {
     let names: Vec<String> = inputs
         .get("names")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .ok_or_else(|| ProviderError::new("input `names` must be a list of slot names"))?;
-    Ok((target(inputs, "source")?, target(inputs, "target")?, names))
+    Ok((
+        target(ctx, inputs, "source")?,
+        target(ctx, inputs, "target")?,
+        names,
+    ))
 }
 
 #[async_trait]
@@ -1006,7 +1091,7 @@ impl StepType for FinishType {
         "pg"
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let (s, t, names) = finish_inputs(req.inputs)?;
+        let (s, t, names) = finish_inputs(ctx, req.inputs)?;
         let node = req.node.to_string();
         let f = crate::pg::cutover::finish(&s, &t, &names, &|m| ctx.report(&node, &m))
             .await
@@ -1024,8 +1109,8 @@ impl StepType for FinishType {
             ("reverse_dropped".to_string(), Value::Bool(f.reverse)),
         ]))
     }
-    async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
-        let (s, t, names) = finish_inputs(req.inputs)?;
+    async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let (s, t, names) = finish_inputs(ctx, req.inputs)?;
         Ok(Some(
             if crate::pg::cutover::finished(&s, &t, &names)
                 .await

@@ -1011,7 +1011,7 @@ fn tls_connections_verify_the_server_or_fail_clearly() {
     let ext = dir.path().join("ext.cnf");
     std::fs::write(
         &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        "subjectAltName=IP:127.0.0.1,DNS:db.tunnelled.example\nbasicConstraints=CA:FALSE\n",
     )
     .unwrap();
     let p = |x: &std::path::Path| x.display().to_string();
@@ -1088,6 +1088,7 @@ fn tls_connections_verify_the_server_or_fail_clearly() {
         password: None,
         sslmode: Some(mode.into()),
         sslrootcert: root.map(|r| r.display().to_string()),
+        ..Default::default()
     };
     rt().block_on(async {
         let ssl = |t: Target| async move {
@@ -1124,6 +1125,32 @@ fn tls_connections_verify_the_server_or_fail_clearly() {
         assert!(e.to_lowercase().contains("certificate"), "{e}");
         let e = ssl(with("prefer", None, "127.0.0.1")).await.unwrap_err();
         assert!(e.contains("sslmode `prefer` is not supported"), "{e}");
+        // `[connect]`: a name that resolves nowhere, dialled at this cluster's address (a tunnel's
+        // end); verify-full checks the certificate against the database's own name.
+        let connect = std::collections::BTreeMap::from([(
+            "db.tunnelled.example".to_string(),
+            format!("127.0.0.1:{port}"),
+        )]);
+        let tunnelled = with("verify-full", Some(&ca), "db.tunnelled.example")
+            .dial_through(&connect)
+            .unwrap();
+        assert_eq!(ssl(tunnelled).await, Ok(true));
+        let wrong = std::collections::BTreeMap::from([(
+            "db.tunnelled.example".to_string(),
+            format!("127.0.0.1:{port}"),
+        )]);
+        let e = ssl(with("verify-full", Some(&ca), "db.other.example")
+            .dial_through(&std::collections::BTreeMap::from([(
+                "db.other.example".to_string(),
+                wrong["db.tunnelled.example"].clone(),
+            )]))
+            .unwrap())
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_lowercase().contains("certificate"),
+            "a name the certificate does not hold is refused: {e}"
+        );
     });
 }
 

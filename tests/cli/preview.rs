@@ -93,3 +93,72 @@ fn list_shows_plans_and_stacks_but_not_hidden_plans() {
         );
     }
 }
+
+/// `plan` with no AWS configuration at all: no credentials, no profile, no instance role (the
+/// instance metadata service is not asked).
+fn without_aws(p: &Project, args: &[&str]) -> (i32, String, String) {
+    let out = p
+        .plan()
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", p.root())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn case3_staging_and_production_preview_without_credentials() {
+    let p = Project::new();
+    for stack in ["staging", "production"] {
+        let (code, text, err) = without_aws(&p, &["preview", stack]);
+        assert_eq!(code, 0, "{err}");
+        insta::assert_snapshot!(format!("case3_{stack}_text"), text);
+        let (code, md, err) = without_aws(&p, &["preview", stack, "--format", "markdown"]);
+        assert_eq!(code, 0, "{err}");
+        insta::assert_snapshot!(format!("case3_{stack}_markdown"), md);
+        assert!(!p.state_dir(stack).exists(), "preview writes nothing");
+    }
+}
+
+#[test]
+fn case3_apply_without_credentials_changes_nothing_and_says_what_to_set() {
+    let p = Project::new();
+    let (code, _, err) = without_aws(&p, &["apply", "staging", "--yes"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("stacks/staging.toml: no AWS credentials for this stack")
+            && err.contains("AWS_PROFILE")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("DispatchFailure") && !err.contains("ProviderError {"),
+        "{err}"
+    );
+    assert!(
+        !p.state_dir("staging").exists(),
+        "nothing is recorded, not even a lock"
+    );
+}
+
+#[test]
+fn case3_refuses_the_dms_data_path_it_does_not_build_yet() {
+    let p = Project::new();
+    let text = std::fs::read_to_string(p.root().join("stacks/staging.toml"))
+        .unwrap()
+        .replace("data_path = \"native\"", "data_path = \"dms\"");
+    p.stack("staging", &text);
+    let (code, _, err) = without_aws(&p, &["preview", "staging"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("data_path = \"dms\" is not built yet") && err.contains("stacks/staging.toml"),
+        "{err}"
+    );
+}

@@ -347,6 +347,18 @@ impl Handle<AuroraCluster> {
     pub fn port(&self) -> Output<u64> {
         self.output("port")
     }
+    /// A connection to this cluster's writer endpoint for the data-plane steps (see
+    /// `Handle<DbInstance>::connection`).
+    pub fn connection(
+        &self,
+        user: &str,
+        password: Output<String>,
+    ) -> crate::provider::pg_conn::PgConn {
+        crate::provider::pg_conn::PgConn::to(self.endpoint(), self.port())
+            .user(user)
+            .password(password)
+            .of_node(self.name())
+    }
     pub fn arn(&self) -> Output<String> {
         self.output("arn")
     }

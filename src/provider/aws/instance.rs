@@ -113,6 +113,18 @@ impl DbInstance {
     pub fn monitoring_interval(self, seconds: u32) -> Self {
         self.set("monitoring_interval", seconds as u64)
     }
+    /// Enhanced monitoring every `seconds` (1, 5, 10, 15, 30, 60), published by `role_arn` (an
+    /// IAM role RDS assumes, with the `AmazonRDSEnhancedMonitoringRole` policy).
+    pub fn enhanced_monitoring(self, seconds: u32, role_arn: impl Into<Value>) -> Self {
+        self.set("monitoring_interval", seconds as u64)
+            .set("monitoring_role_arn", role_arn)
+    }
+    /// Performance Insights, keeping `retention_days` of data (7 is the free tier; or a multiple
+    /// of 31 up to 731).
+    pub fn performance_insights(self, retention_days: u32) -> Self {
+        self.set("performance_insights", true)
+            .set("performance_insights_retention", retention_days as u64)
+    }
     pub fn deletion_protection(self, on: bool) -> Self {
         self.set("deletion_protection", on)
     }
@@ -141,12 +153,28 @@ impl Handle<DbInstance> {
     pub fn endpoint(&self) -> Output<String> {
         self.output("endpoint")
     }
+    pub fn port(&self) -> Output<u64> {
+        self.output("port")
+    }
     pub fn arn(&self) -> Output<String> {
         self.output("arn")
     }
     /// The Secrets Manager secret RDS keeps the master password in (`managed_master` only).
     pub fn master_secret_arn(&self) -> Output<String> {
         self.output("master_secret_arn")
+    }
+    /// A connection to this instance for the data-plane steps: its endpoint and port, `user`
+    /// with `password` (a secret reference), named after this node for `[connect]`. Add the
+    /// database and TLS: `.dbname("app").verify_full(&ca_bundle)`.
+    pub fn connection(
+        &self,
+        user: &str,
+        password: Output<String>,
+    ) -> crate::provider::pg_conn::PgConn {
+        crate::provider::pg_conn::PgConn::to(self.endpoint(), self.port())
+            .user(user)
+            .password(password)
+            .of_node(self.name())
     }
 }
 
@@ -222,6 +250,19 @@ async fn find(aws: &Aws, id: &str) -> Result<Option<Found>, ProviderError> {
     put(
         "monitoring_interval",
         d.monitoring_interval().map(|m| Value::from(m as u64)),
+    );
+    put(
+        "monitoring_role_arn",
+        d.monitoring_role_arn().map(Value::from),
+    );
+    put(
+        "performance_insights",
+        d.performance_insights_enabled().map(Value::Bool),
+    );
+    put(
+        "performance_insights_retention",
+        d.performance_insights_retention_period()
+            .map(|p| Value::from(p as u64)),
     );
     put(
         "deletion_protection",
@@ -333,6 +374,24 @@ impl ResourceType for DbInstanceType {
         {
             v.push("give either a master password or managed_master, not both".into());
         }
+        if let Some(m) = get_u64(inputs, "monitoring_interval") {
+            if ![0, 1, 5, 10, 15, 30, 60].contains(&m) {
+                v.push(format!(
+                    "monitoring interval {m} s: RDS takes 0, 1, 5, 10, 15, 30 or 60"
+                ));
+            }
+            if m > 0
+                && !inputs.contains_key("monitoring_role_arn")
+                && !inputs.contains_key("replica_of")
+            {
+                v.push("enhanced monitoring needs a monitoring role: .enhanced_monitoring(seconds, role_arn)".into());
+            }
+        }
+        if let Some(r) = get_u64(inputs, "performance_insights_retention") {
+            if r != 7 && (r % 31 != 0 || r > 731) {
+                v.push(format!("Performance Insights retention {r} days: RDS takes 7, or a multiple of 31 up to 731"));
+            }
+        }
         if let Some(c) = get_str(inputs, "class") {
             if !c.starts_with("db.") {
                 v.push(format!(
@@ -436,6 +495,11 @@ impl ResourceType for DbInstanceType {
                     get_str(i, "preferred_maintenance_window").map(String::from),
                 )
                 .set_monitoring_interval(get_u64(i, "monitoring_interval").map(|m| m as i32))
+                .set_monitoring_role_arn(get_str(i, "monitoring_role_arn").map(String::from))
+                .set_enable_performance_insights(b(i, "performance_insights"))
+                .set_performance_insights_retention_period(
+                    get_u64(i, "performance_insights_retention").map(|d| d as i32),
+                )
                 .set_deletion_protection(b(i, "deletion_protection"))
                 .set_tags(Some(aws_tags(ctx, req.node)))
                 .send()
@@ -503,6 +567,13 @@ impl ResourceType for DbInstanceType {
             .set_preferred_backup_window(s("preferred_backup_window"))
             .set_preferred_maintenance_window(s("preferred_maintenance_window"))
             .set_monitoring_interval(n("monitoring_interval"))
+            .set_monitoring_role_arn(s("monitoring_role_arn"))
+            .set_enable_performance_insights(
+                has("performance_insights")
+                    .then(|| b(i, "performance_insights"))
+                    .flatten(),
+            )
+            .set_performance_insights_retention_period(n("performance_insights_retention"))
             .set_deletion_protection(
                 has("deletion_protection")
                     .then(|| b(i, "deletion_protection"))

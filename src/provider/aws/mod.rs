@@ -177,6 +177,37 @@ impl Aws {
         loader.load().await
     }
 
+    /// Before anything is recorded: the credentials the SDK's chain finds (profile, environment,
+    /// instance or task role) and a region, or an error saying which stack key or variable to set.
+    pub async fn check_access(&self, stack_file: &str) -> Result<(), String> {
+        use aws_sdk_rds::config::ProvideCredentials;
+        let conf = self.config().await;
+        if conf.region().is_none() {
+            return Err(format!(
+                "{stack_file}: no AWS region: set `region = \"...\"` in the stack file (or AWS_REGION)"
+            ));
+        }
+        let Some(creds) = conf.credentials_provider() else {
+            return Err(format!(
+                "{stack_file}: no AWS credentials provider could be set up"
+            ));
+        };
+        let found =
+            tokio::time::timeout(Duration::from_secs(10), creds.provide_credentials()).await;
+        let why = match found {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => {
+                // The chain's own account, without the SDK's debug dump.
+                let s = aws_sdk_rds::error::DisplayErrorContext(&e).to_string();
+                s.split(" (").next().unwrap_or(&s).to_string()
+            }
+            Err(_) => "the credential chain did not answer within 10 s".to_string(),
+        };
+        Err(format!(
+            "{stack_file}: no AWS credentials for this stack ({why}): set `profile = \"...\"` in the stack file or AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or task role is available; nothing was changed"
+        ))
+    }
+
     client!(
         /// The Application Auto Scaling client.
         autoscaling,
@@ -233,9 +264,14 @@ impl Aws {
 }
 
 /// Registers the `aws` provider's types.
-pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+pub fn register(r: &mut Registry, aws: Arc<Aws>, stack_file: &str) {
     let retries = aws.retries();
     r.summary(move || retries.summary());
+    let (a, file) = (aws.clone(), stack_file.to_string());
+    r.access_check(move || {
+        let (a, file) = (a.clone(), file.clone());
+        Box::pin(async move { a.check_access(&file).await })
+    });
     rds::register(r, aws.clone());
     cluster::register(r, aws.clone());
     autoscaling::register(r, aws.clone());

@@ -137,6 +137,85 @@ impl ParameterGroup {
             .insert(name.into(), (value.into(), "pending-reboot"));
         self
     }
+    /// A PostgreSQL memory parameter given as a size (`"8GB"`, `"256MB"`, `"64kB"`), written
+    /// in the unit RDS takes for it (8 kB pages for `shared_buffers`, kB for `work_mem`, ...),
+    /// applied at once or at the next reboot as the parameter requires.
+    pub fn memory(self, name: &str, size: &str) -> Result<Self, crate::dsl::PlanError> {
+        let (value, apply) =
+            rds_memory(name, size).map_err(|message| crate::dsl::PlanError::Value {
+                what: format!("parameter `{name}` = \"{size}\""),
+                message,
+            })?;
+        Ok(match apply {
+            "immediate" => self.immediate(name, &value),
+            _ => self.pending_reboot(name, &value),
+        })
+    }
+    /// The static parameters, as `name=value` lines: a trigger for the reboot that applies them.
+    pub fn static_digest(&self) -> String {
+        self.parameters
+            .iter()
+            .filter(|(_, (_, m))| *m == "pending-reboot")
+            .map(|(k, (v, _))| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// PostgreSQL's memory parameters: the unit of their value in kB, and whether a change needs a
+/// restart (static).
+const MEMORY_PARAMETERS: &[(&str, u64, bool)] = &[
+    ("shared_buffers", 8, true),
+    ("wal_buffers", 8, true),
+    ("effective_cache_size", 8, false),
+    ("temp_buffers", 8, false),
+    ("work_mem", 1, false),
+    ("maintenance_work_mem", 1, false),
+    ("autovacuum_work_mem", 1, false),
+    ("logical_decoding_work_mem", 1, false),
+    ("max_wal_size", 1024, false),
+    ("min_wal_size", 1024, false),
+];
+
+/// `size` (a number and kB, MB, GB or TB, 1024-based as PostgreSQL reads them) for parameter
+/// `name`, in that parameter's unit, and its apply method.
+pub fn rds_memory(name: &str, size: &str) -> Result<(String, &'static str), String> {
+    let Some(&(_, unit_kb, restart)) = MEMORY_PARAMETERS.iter().find(|(n, _, _)| *n == name) else {
+        return Err(format!(
+            "not a memory parameter this knows; give its value in RDS's unit with .immediate or .pending_reboot (memory parameters: {})",
+            MEMORY_PARAMETERS.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ")
+        ));
+    };
+    let s = size.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "write a whole number and a unit, e.g. \"8GB\"".to_string())?;
+    let kb = match suffix.trim() {
+        "kB" | "KB" => n,
+        "MB" => n * 1024,
+        "GB" => n * 1024 * 1024,
+        "TB" => n * 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unit `{other}`: use kB, MB, GB or TB (PostgreSQL's units, 1024-based)"
+            ))
+        }
+    };
+    if kb % unit_kb != 0 {
+        return Err(format!(
+            "{size} is not a whole number of the parameter's unit ({unit_kb} kB)"
+        ));
+    }
+    Ok((
+        (kb / unit_kb).to_string(),
+        if restart {
+            "pending-reboot"
+        } else {
+            "immediate"
+        },
+    ))
 }
 
 impl Declare for ParameterGroup {
@@ -672,6 +751,46 @@ mod tests {
     use crate::graph::Graph;
     use crate::planner::{plan, ActionKind, Options};
     use crate::state::State;
+
+    #[test]
+    fn memory_sizes_are_written_in_the_units_rds_takes() {
+        // Case 3's parameters: 8 kB pages for the buffers, kB for the work memories.
+        assert_eq!(
+            rds_memory("shared_buffers", "8GB").unwrap(),
+            ("1048576".to_string(), "pending-reboot")
+        );
+        assert_eq!(
+            rds_memory("effective_cache_size", "24GB").unwrap(),
+            ("3145728".to_string(), "immediate")
+        );
+        assert_eq!(
+            rds_memory("work_mem", "256MB").unwrap(),
+            ("262144".to_string(), "immediate")
+        );
+        assert_eq!(
+            rds_memory("maintenance_work_mem", "2GB").unwrap(),
+            ("2097152".to_string(), "immediate")
+        );
+        assert_eq!(rds_memory("max_wal_size", "4GB").unwrap().0, "4096");
+        assert!(rds_memory("shared_buffers", "12kB")
+            .unwrap_err()
+            .contains("whole number of the parameter's unit (8 kB)"));
+        assert!(rds_memory("work_mem", "256 mb")
+            .unwrap_err()
+            .contains("unit `mb`"));
+        assert!(rds_memory("max_connections", "1GB")
+            .unwrap_err()
+            .contains("not a memory parameter"));
+        let g = ParameterGroup::instance("postgres12", "t")
+            .memory("shared_buffers", "8GB")
+            .unwrap()
+            .pending_reboot("rds.logical_replication", "1")
+            .immediate("work_mem", "1024");
+        assert_eq!(
+            g.static_digest(),
+            "rds.logical_replication=1\nshared_buffers=1048576"
+        );
+    }
 
     fn registry() -> Registry {
         let stack = crate::stack::Stack::parse(

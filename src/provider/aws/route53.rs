@@ -417,17 +417,26 @@ async fn wait_insync(
             );
             return Ok(());
         }
+        let status = status.map(|s| s.as_str().to_string()).unwrap_or_default();
+        if started.elapsed() > INSYNC_TIMEOUT {
+            return Err(ProviderError::new(format!(
+                "change {id} still {status} after {} s",
+                INSYNC_TIMEOUT.as_secs()
+            )));
+        }
         ctx.report(
             node,
             &format!(
-                "change {id} {} for {:.0} s",
-                status.map(|s| s.as_str().to_string()).unwrap_or_default(),
+                "change {id} {status} for {:.0} s",
                 started.elapsed().as_secs_f64()
             ),
         );
         tokio::time::sleep(poll).await;
     }
 }
+
+/// How long a change may stay PENDING (Route53 documents INSYNC within 60 s).
+const INSYNC_TIMEOUT: Duration = Duration::from_secs(300);
 
 struct ZoneType {
     aws: Arc<Aws>,
@@ -724,7 +733,39 @@ impl StepType for FlipType {
             .map(|t| t as i64)
             .or(current.ttl)
             .unwrap_or(60);
-        let id = self.point(ctx, req, &to, ttl, current.weight).await?;
+        // Once Route53 accepted the change, the flip is decided (a PENDING change always
+        // applies): a wait for INSYNC that fails is reported, not a failure, so a failure of this
+        // step always means the record does not name the target (what a compensation that
+        // unfences the source relies on).
+        let key2 = Key::of(req.inputs);
+        let set = record_set(&key2, &to, ttl, current.weight, None)?;
+        let id = match change(&self.aws, &key2, ChangeAction::Upsert, set, "cutover flip").await {
+            Ok(id) => id,
+            Err(e) => {
+                // No answer is not a refusal: look at the record before saying what happened.
+                match find(&self.aws, &key2).await {
+                    Ok(Some(f)) if f.values == to => String::new(),
+                    Ok(_) => {
+                        return Err(ProviderError {
+                            unchanged: true,
+                            ..e
+                        })
+                    }
+                    Err(_) => return Err(e),
+                }
+            }
+        };
+        let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(2000));
+        if !id.is_empty() {
+            if let Err(e) = wait_insync(&self.aws, ctx, req.node, &id, poll).await {
+                ctx.report(
+                    req.node,
+                    &format!(
+                        "the record names the target; Route53 has not confirmed INSYNC yet ({e})"
+                    ),
+                );
+            }
+        }
         Ok(Attrs::from([
             ("previous".to_string(), serde_json::json!(current.values)),
             (
