@@ -6,7 +6,10 @@
 //! the cutover step fences it, waits for catch-up, syncs sequences, sets up reverse replication and
 //! flips it to the target. With `fence = "read_only"` in the stack the cutover does without the
 //! pooler: the source is fenced read-only and the flip rewrites the file the application reads
-//! its connection string from (`flip_file`, default `<data_root>/app.conn`).
+//! its connection string from (`flip_file`, default `<data_root>/app.conn`). With `flip = "step"`
+//! as well, the flip is a step of its own after the cutover (the shape of a DNS flip): it appends
+//! the target's connection line to `flip_file`, and if it fails, the compensation `unfence` puts
+//! the source back as it was and the next apply runs the cutover again.
 
 use cutover::prelude::*;
 
@@ -66,6 +69,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let reverse: bool = stack.get_or("reverse_replication", true)?;
     let fence: FenceChoice = stack.get_or("fence", FenceChoice::Pooler)?;
     let flip_file: String = stack.get_or("flip_file", format!("{data_root}/app.conn"))?;
+    let flip_step = stack.get_or("flip", "cutover".to_string())? == "step";
 
     let source = p.add(
         "source",
@@ -132,6 +136,9 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         FenceChoice::Pooler => {
             Cutover::between(source.conn(&db), target.conn(&db), pooler.pooler(), &db)
         }
+        FenceChoice::ReadOnly if flip_step => {
+            Cutover::read_only_fence(source.conn(&db), target.conn(&db))
+        }
         FenceChoice::ReadOnly => {
             Cutover::read_only_fence(source.conn(&db), target.conn(&db)).flip_file(&flip_file)
         }
@@ -145,6 +152,22 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         switch = switch.reverse_replication();
     }
     let switch = p.add("switch", switch).after(&gate);
+    if flip_step {
+        let unfence = p
+            .add("unfence", switch.unfence())
+            .rollback_only()
+            .reopens(&[&switch])
+            .trigger("cutover", switch.flipped_at());
+        p.add(
+            "flip",
+            Append::line(
+                flip_file.as_str(),
+                format!("host=127.0.0.1 port={target_port} dbname={db}"),
+            ),
+        )
+        .after(&switch)
+        .compensate_with(&[&unfence]);
+    }
     // Once the new database has proven itself: drop the replication both ways (the old source
     // stops keeping WAL for it; rollback is no longer possible).
     let finish = p.gate("finish").after(&switch);

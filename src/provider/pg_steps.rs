@@ -1014,12 +1014,7 @@ impl StepType for UnfenceType {
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         let spec = cutover_spec(ctx, req.inputs)?;
-        if spec.reverse {
-            crate::pg::cutover::undo_reverse(&spec)
-                .await
-                .map_err(ProviderError::new)?;
-        }
-        crate::pg::cutover::unfence_read_only(&spec.source)
+        crate::pg::cutover::undo_before_flip(&spec)
             .await
             .map_err(ProviderError::new)?;
         ctx.report(

@@ -1537,3 +1537,136 @@ fn killed_inside_the_read_only_fence_the_next_apply_lifts_it_and_finishes() {
         );
     });
 }
+
+/// A flip that is a step of its own (the shape of a DNS flip) fails after the read-only fence:
+/// its compensation puts the source back (writable, forward replication running, no reverse
+/// replication) and reopens the cutover, which the next apply runs again before flipping.
+#[test]
+fn a_flip_that_fails_after_the_read_only_fence_unfences_and_the_next_apply_cuts_over_again() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let extra = "fence = \"read_only\"\nflip = \"step\"\n";
+    // The flip writes into a folder that does not exist: it fails.
+    let (s, t, _b) = local_stack_with(
+        &p,
+        &format!("{extra}flip_file = \"pgdata/missing/app.conn\"\n"),
+    );
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("app.conn"),
+        "the flip's failure is named: {out}{err}"
+    );
+    let rt = rt();
+    let src = target(s, "app");
+    let dst = target(t, "app");
+    rt.block_on(async {
+        assert!(
+            !cutover::pg::cutover::is_read_only(&src).await.unwrap(),
+            "the compensation lifted the fence"
+        );
+        let d = dst.connect().await.unwrap();
+        let enabled: bool = d
+            .query_one(
+                "SELECT coalesce(bool_and(subenabled), false) FROM pg_subscription",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(enabled, "forward replication runs again");
+        let c = src.connect().await.unwrap();
+        let reverse: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_subscription WHERE subname = 'cutover_reverse'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(reverse, 0, "no reverse replication is left");
+        // The source takes writes, and they replicate.
+        c.batch_execute("INSERT INTO settings VALUES ('after-unfence', 'yes')")
+            .await
+            .unwrap();
+        let mut seen = false;
+        for _ in 0..200 {
+            let n: i64 = d
+                .query_one(
+                    "SELECT count(*) FROM settings WHERE key = 'after-unfence'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 1 {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if !seen {
+            let subs = d
+                .simple_query("SELECT subname, subenabled::text, coalesce(pid::text, '-'), coalesce(received_lsn::text, '-') FROM pg_subscription LEFT JOIN pg_stat_subscription USING (subname)")
+                .await
+                .unwrap();
+            let slots = c
+                .simple_query("SELECT slot_name, active::text, confirmed_flush_lsn::text, pg_current_wal_lsn()::text FROM pg_replication_slots")
+                .await
+                .unwrap();
+            let rows = |m: &[tokio_postgres::SimpleQueryMessage]| -> Vec<String> {
+                m.iter()
+                    .filter_map(|x| match x {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                            (0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect::<Vec<_>>().join(" "),
+                        ),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            panic!(
+                "a write made after the compensation did not reach the target; subscriptions {:?}; slots {:?}",
+                rows(&subs),
+                rows(&slots)
+            );
+        }
+    });
+    let (_, state, _) = p.run(&["state", "local", "list"]);
+    assert!(
+        !state
+            .lines()
+            .any(|l| l.contains("switch") && l.contains("done")),
+        "the cutover is reopened: {state}"
+    );
+    // With a flip that can succeed, the next apply cuts over again and flips.
+    let text = p.read("stacks/local.toml").replace(
+        "flip_file = \"pgdata/missing/app.conn\"",
+        "flip_file = \"pgdata/app.conn\"",
+    );
+    p.stack("local", &text);
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(p
+        .read("pgdata/app.conn")
+        .contains(&format!("host=127.0.0.1 port={t} dbname=app")));
+    rt.block_on(async {
+        assert!(
+            cutover::pg::cutover::is_read_only(&src).await.unwrap(),
+            "the source is fenced after the flip"
+        );
+        let d = dst.connect().await.unwrap();
+        let n: i64 = d
+            .query_one(
+                "SELECT count(*) FROM settings WHERE key = 'after-unfence'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
+    });
+}
