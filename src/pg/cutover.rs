@@ -419,31 +419,15 @@ async fn setup_reverse(spec: &Spec) -> Result<(), String> {
 /// it back: a duplicate key would stop the apply worker), re-enables forward replication, and
 /// lets the source take writes again.
 pub async fn undo_before_flip(spec: &Spec) -> Result<(), String> {
-    let src = writer(&spec.source).await?;
-    let has: bool = src
-        .query_one(
-            "SELECT exists(SELECT 1 FROM pg_subscription WHERE subname = $1)",
-            &[&REVERSE],
-        )
+    // Gone from the target before forward replication resumes: the copy it brings back applies.
+    writer(&spec.target)
+        .await?
+        .batch_execute(&format!(
+            "DELETE FROM {MARKER_TABLE} WHERE id LIKE '%-post-check'"
+        ))
         .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    if has {
-        src.batch_execute(&format!("DROP SUBSCRIPTION {REVERSE}"))
-            .await
-            .map_err(|e| spec.source.err("drop reverse subscription")(e).to_string())?;
-    }
-    let dst = writer(&spec.target).await?;
-    dst.batch_execute(&format!(
-        "DROP PUBLICATION IF EXISTS {REVERSE}; DELETE FROM {MARKER_TABLE} WHERE id LIKE '%-post-check'"
-    ))
-    .await
-    .map_err(|e| spec.target.err("remove the reverse publication and post-check marker")(e).to_string())?;
-    for s in &spec.subscriptions {
-        dst.batch_execute(&format!("ALTER SUBSCRIPTION {} ENABLE", ident(s)))
-            .await
-            .map_err(|e| spec.target.err("enable forward subscription")(e).to_string())?;
-    }
+        .map_err(|e| spec.target.err("remove the post-check marker")(e).to_string())?;
+    undo_reverse(spec).await?;
     unfence_read_only(&spec.source).await
 }
 

@@ -70,6 +70,21 @@ impl PgConn {
         self.set("user", user)
     }
 
+    /// A database node's connection: its `endpoint` and `port` outputs, `user` with `password`
+    /// (a secret reference), named after `node` for `[connect]`.
+    pub fn of_database(
+        node: &str,
+        endpoint: Output<String>,
+        port: Output<u64>,
+        user: &str,
+        password: Output<String>,
+    ) -> PgConn {
+        PgConn::to(endpoint, port)
+            .user(user)
+            .password(password)
+            .of_node(node)
+    }
+
     /// The host (a value, or another node's output).
     pub fn host(&self) -> Value {
         self.fields.get("host").cloned().unwrap_or(Value::Null)

@@ -71,7 +71,7 @@ fn unknown_stack_lists_the_stacks() {
     let p = Project::new();
     let (code, _, err) = p.run(&["preview", "prod"]);
     assert_eq!(code, 1);
-    assert_eq!(err.trim(), "error: unknown stack `prod`: no file stacks/prod.toml. Stacks here: demo, local. Create the file or pick one of those.");
+    assert_eq!(err.trim(), "error: unknown stack `prod`: no file stacks/prod.toml. Stacks here: demo, local, production, staging. Create the file or pick one of those.");
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn unknown_plan_names_the_line() {
     p.stack("x", "# a stack\nplan = \"demoo\"\nprovider = \"local\"\n");
     let (code, _, err) = p.run(&["preview", "x"]);
     assert_eq!(code, 1);
-    assert_eq!(err.trim(), "error: stacks/x.toml:2: unknown plan `demoo`; plans in this binary: demo, rehearsal. Fix `plan = ...` or add the plan to plans/mod.rs.");
+    assert_eq!(err.trim(), "error: stacks/x.toml:2: unknown plan `demoo`; plans in this binary: demo, onprem-rds, rehearsal. Fix `plan = ...` or add the plan to plans/mod.rs.");
 }
 
 #[test]

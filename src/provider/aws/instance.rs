@@ -171,10 +171,13 @@ impl Handle<DbInstance> {
         user: &str,
         password: Output<String>,
     ) -> crate::provider::pg_conn::PgConn {
-        crate::provider::pg_conn::PgConn::to(self.endpoint(), self.port())
-            .user(user)
-            .password(password)
-            .of_node(self.name())
+        crate::provider::pg_conn::PgConn::of_database(
+            self.name(),
+            self.endpoint(),
+            self.port(),
+            user,
+            password,
+        )
     }
 }
 
