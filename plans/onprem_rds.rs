@@ -75,6 +75,9 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let max_lag_seconds: f64 = stack.get_or("max_lag_seconds", 30.0)?;
     let max_lag_bytes: u64 = stack.get_or("max_lag_bytes", 64 * 1024 * 1024)?;
     let groups: Vec<Group> = stack.get("table_groups")?;
+    let backup_window: String = stack.get_or("backup_window", "03:00-04:00".to_string())?;
+    let maintenance_window: String =
+        stack.get_or("maintenance_window", "sun:04:00-sun:05:00".to_string())?;
     let workers: usize = stack.get_or("load_workers", 4)?;
 
     let source = PgConn::from_stack(stack, "source")?;
@@ -121,11 +124,12 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let mut target = DbInstance::postgres("12.8", &class, storage_gb)
         .storage_type("io1", Some(iops))
         .master(MASTER, master_password.clone())
+        .db_name(&db)
         .parameter_group(params.group_name())
         .subnet_group(db_subnets.group_name())
         .security_groups(vec![db_sg.group_id()])
-        .backups(7, "03:00-04:00")
-        .maintenance_window("sun:04:00-sun:05:00")
+        .backups(7, &backup_window)
+        .maintenance_window(&maintenance_window)
         .performance_insights(7)
         .enhanced_monitoring(60, monitoring_role.as_str())
         .multi_az(production)

@@ -141,6 +141,30 @@ enum Command {
         node: String,
         id: String,
     },
+    /// Rehearse a stack's own plan on this machine: the AWS emulator (moto) with real PostgreSQL
+    /// standing in for the databases, in a state of its own. COMMAND is what to run there:
+    /// apply (the default), preview, rollback, state, destroy (then everything is stopped and
+    /// removed), or down (stop and remove without destroying).
+    Emulate {
+        stack: String,
+        /// Override a [values] key for the emulation (KEY=VALUE, the value in TOML); repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Rows per table the source's stand-in is seeded with.
+        #[arg(long, default_value_t = 1000)]
+        rows: u64,
+        /// The command and its arguments (e.g. `apply --yes --approve cutover`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// The emulation's proxy in front of moto (started by `plan emulate`).
+    #[command(hide = true)]
+    EmulateProxy {
+        #[arg(long)]
+        upstream: u16,
+        #[arg(long)]
+        port: u16,
+    },
     /// Undo done steps that can be undone (the cutover, through its reverse replication).
     Rollback {
         stack: String,
@@ -207,6 +231,78 @@ pub fn main(plans: &[PlanEntry]) -> ExitCode {
     }
 }
 
+/// `plan emulate`: brings the emulation up, runs the command in it while keeping the emulated
+/// alarms quiet, and says what was emulated.
+async fn emulate(
+    root: &Path,
+    plans: &[PlanEntry],
+    stack: &str,
+    set: &[String],
+    rows: u64,
+    command: &[String],
+    quiet: bool,
+) -> Result<u8> {
+    let e = crate::emulate::Emulation::new(root, stack);
+    let say = |m: &str| eprintln!("{m}");
+    let (verb, rest) = match command.split_first() {
+        Some((v, r)) => (v.as_str(), r),
+        None => ("apply", &[][..]),
+    };
+    if verb == "down" {
+        e.down(&say).map_err(|m| anyhow::anyhow!(m))?;
+        return Ok(0);
+    }
+    if ![
+        "apply", "preview", "rollback", "state", "destroy", "refresh", "graph",
+    ]
+    .contains(&verb)
+    {
+        anyhow::bail!("`plan emulate {stack} {verb}`: run apply, preview, rollback, state, refresh, graph, destroy or down in the emulation");
+    }
+    let mut sets = Vec::new();
+    for s in set {
+        let (k, v) = s.split_once('=').with_context(|| {
+            format!("--set {s}: write KEY=VALUE (the value in TOML, e.g. bake_minutes=0)")
+        })?;
+        sets.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    eprintln!("EMULATED: stack `{stack}` against the AWS emulator with stand-in databases; nothing in AWS is touched");
+    e.up(plans, &sets, rows, &say)
+        .await
+        .map_err(|m| anyhow::anyhow!("emulation of `{stack}`: {m}"))?;
+    let exe = std::env::current_exe().context("this program's path")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("--root").arg(e.root());
+    if quiet {
+        cmd.arg("--quiet");
+    }
+    cmd.arg(verb).arg(stack).args(rest);
+    cmd.envs(e.child_env())
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL");
+    let mut child = cmd.spawn().context("start the emulated command")?;
+    let region = e.region();
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s.context("wait for the emulated command")?,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                if let Err(m) = e.quiet_alarms(&region, &say).await {
+                    tracing::debug!("emulated alarms: {m}");
+                }
+            }
+        }
+    };
+    let code = status.code().unwrap_or(1) as u8;
+    if verb == "destroy" && code == 0 {
+        e.down(&say).map_err(|m| anyhow::anyhow!(m))?;
+    }
+    eprintln!(
+        "EMULATED: `plan {verb} {stack}` ran against the emulator; its state is in {}",
+        e.root().display()
+    );
+    Ok(code)
+}
+
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().collect();
     let mut v = vec!["plan".to_string()];
@@ -225,6 +321,16 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
         .canonicalize()
         .with_context(|| format!("--root {}: no such directory", cli.root.display()))?;
     match cli.command {
+        Command::EmulateProxy { upstream, port } => {
+            crate::emulate::serve_proxy(upstream, port).map_err(|e| anyhow::anyhow!(e))?;
+            Ok(0)
+        }
+        Command::Emulate {
+            stack,
+            set,
+            rows,
+            command,
+        } => emulate(&root, plans, &stack, &set, rows, &command, cli.quiet).await,
         Command::List => {
             println!("Plans:");
             for p in plans.iter().filter(|p| !p.hidden) {

@@ -128,6 +128,7 @@ impl Loaded {
             self.secrets.clone(),
         );
         ctx.connect = Arc::new(self.stack.connect.clone());
+        ctx.connect_servers = self.stack.connect_servers;
         ctx
     }
 

@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod dsl;
+pub mod emulate;
 pub mod engine;
 pub mod executor;
 pub mod graph;

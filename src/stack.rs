@@ -106,6 +106,10 @@ struct RawStack {
     /// database node's name, or a host name, mapped to `HOST:PORT`.
     #[serde(default)]
     connect: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// Whether the databases' servers (a subscription) dial the `[connect]` addresses too: true
+    /// when every server runs where the addresses lead (the emulation).
+    #[serde(default)]
+    connect_servers: bool,
 }
 
 /// Concurrency limits: a global one and one per service (for example `rds`, `route53`).
@@ -154,6 +158,8 @@ pub struct Stack {
     /// instead (an SSH or SSM tunnel to a private database). TLS still verifies the database's
     /// own name.
     pub connect: BTreeMap<String, String>,
+    /// Whether servers dial the `[connect]` addresses too.
+    pub connect_servers: bool,
     source: String,
     values: BTreeMap<String, (usize, toml::Value)>,
     secrets: BTreeMap<String, (usize, String)>,
@@ -326,6 +332,7 @@ impl Stack {
             state_dir: raw.state_dir,
             limits: raw.limits,
             connect,
+            connect_servers: raw.connect_servers,
             values: raw
                 .values
                 .into_iter()

@@ -65,6 +65,9 @@ pub struct Target {
     /// end); TLS still verifies `host`.
     #[serde(default, skip_serializing)]
     pub dial: Option<(String, u16)>,
+    /// Whether other servers dial `dial` too (the stack's `connect_servers`).
+    #[serde(default, skip_serializing)]
+    pub servers_dial: bool,
 }
 
 impl std::fmt::Display for Target {
@@ -106,6 +109,7 @@ impl Target {
                 _ => None,
             },
             dial: None,
+            servers_dial: false,
         })
     }
 
@@ -114,7 +118,9 @@ impl Target {
     pub fn dial_through(
         mut self,
         connect: &std::collections::BTreeMap<String, String>,
+        servers_too: bool,
     ) -> Result<Target, String> {
+        self.servers_dial = servers_too;
         let entry = self
             .node
             .as_ref()
@@ -158,16 +164,20 @@ impl Target {
     /// A libpq connection string for another server to dial (for `CREATE SUBSCRIPTION`): the
     /// server address when the plan set one; includes the password if any.
     pub fn conninfo(&self) -> String {
-        let server = Target {
-            host: self
-                .server_host
-                .clone()
-                .unwrap_or_else(|| self.host.clone()),
-            port: self.server_port.unwrap_or(self.port),
-            dial: None,
-            ..self.clone()
+        let mut s = if self.servers_dial && self.dial.is_some() {
+            self.conninfo_without_password()
+        } else {
+            Target {
+                host: self
+                    .server_host
+                    .clone()
+                    .unwrap_or_else(|| self.host.clone()),
+                port: self.server_port.unwrap_or(self.port),
+                dial: None,
+                ..self.clone()
+            }
+            .app_conninfo()
         };
-        let mut s = server.app_conninfo();
         if let Some(p) = &self.password {
             s.push_str(&format!(
                 " password='{}'",
@@ -496,7 +506,7 @@ mod tests {
             "target".to_string(),
             "127.0.0.1:15432".to_string(),
         )]);
-        let t = rds().dial_through(&map).unwrap();
+        let t = rds().dial_through(&map, false).unwrap();
         assert_eq!(t.dial, Some(("127.0.0.1".to_string(), 15432)));
         let local = t.conninfo_without_password();
         assert!(
@@ -532,13 +542,28 @@ mod tests {
             node: None,
             ..rds()
         }
-        .dial_through(&map)
+        .dial_through(&map, false)
         .unwrap();
         assert_eq!(t.dial, Some(("localhost".to_string(), 6000)));
         assert!(t.config().unwrap().get_hostaddrs()[0].is_loopback());
-        let other = rds().dial_through(&Default::default()).unwrap();
+        let other = rds().dial_through(&Default::default(), false).unwrap();
         assert_eq!(other.dial, None);
         assert!(!other.conninfo_without_password().contains("hostaddr"));
+    }
+
+    #[test]
+    fn with_connect_servers_subscriptions_dial_the_tunnel_too() {
+        let map = std::collections::BTreeMap::from([(
+            "target".to_string(),
+            "127.0.0.1:15432".to_string(),
+        )]);
+        let s = rds().dial_through(&map, true).unwrap().conninfo();
+        assert!(
+            s.contains("port=15432 ")
+                && s.contains("hostaddr=127.0.0.1")
+                && s.contains("password='pw'"),
+            "{s}"
+        );
     }
 
     #[test]

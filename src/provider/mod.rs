@@ -72,6 +72,8 @@ pub struct Ctx {
     /// The stack's `[connect]` table: a database node's name or a host name -> the `HOST:PORT`
     /// this machine dials instead (data-plane steps apply it to their connections).
     pub connect: Arc<BTreeMap<String, String>>,
+    /// Whether servers (a subscription's connection string) dial the `[connect]` addresses too.
+    pub connect_servers: bool,
 }
 
 impl Ctx {
@@ -84,6 +86,7 @@ impl Ctx {
             secrets,
             progress: Arc::new(|_, _| {}),
             connect: Arc::new(BTreeMap::new()),
+            connect_servers: false,
         }
     }
     /// Reports progress of `node`.

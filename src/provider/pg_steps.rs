@@ -26,7 +26,7 @@ pub fn register(r: &mut Registry) {
 /// The connection in input `key`, dialled through the stack's `[connect]` table.
 fn target(ctx: &Ctx, inputs: &Attrs, key: &str) -> Result<Target, ProviderError> {
     Target::from_input(inputs, key)
-        .and_then(|t| t.dial_through(&ctx.connect))
+        .and_then(|t| t.dial_through(&ctx.connect, ctx.connect_servers))
         .map_err(ProviderError::new)
 }
 

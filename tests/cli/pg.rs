@@ -1132,7 +1132,7 @@ fn tls_connections_verify_the_server_or_fail_clearly() {
             format!("127.0.0.1:{port}"),
         )]);
         let tunnelled = with("verify-full", Some(&ca), "db.tunnelled.example")
-            .dial_through(&connect)
+            .dial_through(&connect, false)
             .unwrap();
         assert_eq!(ssl(tunnelled).await, Ok(true));
         let wrong = std::collections::BTreeMap::from([(
@@ -1140,10 +1140,13 @@ fn tls_connections_verify_the_server_or_fail_clearly() {
             format!("127.0.0.1:{port}"),
         )]);
         let e = ssl(with("verify-full", Some(&ca), "db.other.example")
-            .dial_through(&std::collections::BTreeMap::from([(
-                "db.other.example".to_string(),
-                wrong["db.tunnelled.example"].clone(),
-            )]))
+            .dial_through(
+                &std::collections::BTreeMap::from([(
+                    "db.other.example".to_string(),
+                    wrong["db.tunnelled.example"].clone(),
+                )]),
+                false,
+            )
             .unwrap())
         .await
         .unwrap_err();

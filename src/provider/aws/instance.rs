@@ -74,6 +74,10 @@ impl DbInstance {
         self.set("master_username", user)
             .set("master_password", password)
     }
+    /// The database RDS creates on the new instance (`DBName`); without it only `postgres`.
+    pub fn db_name(self, name: &str) -> Self {
+        self.set("db_name", name)
+    }
     /// Master user whose password RDS keeps in Secrets Manager (`master_secret_arn()` names it).
     pub fn managed_master(self, user: &str) -> Self {
         self.set("master_username", user)
@@ -214,6 +218,7 @@ async fn find(aws: &Aws, id: &str) -> Result<Option<Found>, ProviderError> {
     put("iops", d.iops().map(|s| Value::from(s as u64)));
     put("multi_az", d.multi_az().map(Value::Bool));
     put("master_username", d.master_username().map(Value::from));
+    put("db_name", d.db_name().map(Value::from));
     put(
         "manage_master_user_password",
         Some(Value::Bool(d.master_user_secret().is_some())),
@@ -343,7 +348,13 @@ impl ResourceType for DbInstanceType {
         super::rds::check_family(inputs, "parameter_group", referenced)
     }
     fn force_new(&self) -> &'static [&'static str] {
-        &["engine", "master_username", "subnet_group", "replica_of"]
+        &[
+            "engine",
+            "master_username",
+            "subnet_group",
+            "replica_of",
+            "db_name",
+        ]
     }
     fn create_only(&self) -> &'static [&'static str] {
         // A replica's source is recorded at creation; promotion removes it on purpose.
@@ -479,6 +490,7 @@ impl ResourceType for DbInstanceType {
                 .set_storage_type(get_str(i, "storage_type").map(String::from))
                 .set_iops(get_u64(i, "iops").map(|s| s as i32))
                 .set_multi_az(b(i, "multi_az"))
+                .set_db_name(get_str(i, "db_name").map(String::from))
                 .set_master_username(get_str(i, "master_username").map(String::from))
                 .set_master_user_password(get_str(i, "master_password").map(String::from))
                 .set_manage_master_user_password(b(i, "manage_master_user_password"))
