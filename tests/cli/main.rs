@@ -3,6 +3,7 @@
 
 mod aws;
 mod crash;
+mod emulate;
 mod errors;
 mod flows;
 mod pg;

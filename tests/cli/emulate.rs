@@ -1,0 +1,284 @@
+//! `plan emulate staging`: case 3's own plan against moto with PostgreSQL stand-ins, end to end,
+//! with a writer that follows the application's DNS record (read through the Route53 API, dialled
+//! through the emulation's `[connect]`) across the cutover, then a rollback and a destroy that
+//! leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cutover::pg::Target;
+
+use super::Project;
+
+/// moto and PostgreSQL are required: this test fails without them, naming what installs them.
+fn require() -> PathBuf {
+    let moto = std::env::var("CUTOVER_MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/moto_server")
+        });
+    assert!(
+        moto.exists(),
+        "moto_server is needed: run scripts/prereqs all (it installs moto[server] into target/test-venv)"
+    );
+    assert!(
+        cutover::pg::cluster::bin_dir().is_some(),
+        "PostgreSQL 15 is needed: run scripts/prereqs (apt-get install postgresql-15)"
+    );
+    moto
+}
+
+fn emulate(p: &Project, moto: &Path, args: &[&str]) -> (i32, String) {
+    let out = p
+        .plan()
+        .env("CUTOVER_MOTO_SERVER", moto)
+        .env_remove("AWS_PROFILE")
+        .args(["emulate", "staging", "--set", "bake_minutes=0"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Layout {
+    proxy: u16,
+    standins: std::collections::BTreeMap<String, u16>,
+    secrets: std::collections::BTreeMap<String, String>,
+}
+
+fn layout(p: &Project) -> Layout {
+    serde_json::from_str(&p.read(".cutover/emulate/staging/layout.json")).unwrap()
+}
+
+/// What the application's record names now, read through the emulator's Route53.
+async fn record(r53: &aws_sdk_route53::Client, name: &str) -> String {
+    let zones = r53
+        .list_hosted_zones_by_name()
+        .dns_name("staging.example.internal")
+        .send()
+        .await
+        .unwrap();
+    let zone = zones.hosted_zones()[0].id().to_string();
+    let sets = r53
+        .list_resource_record_sets()
+        .hosted_zone_id(zone)
+        .start_record_name(name)
+        .send()
+        .await
+        .unwrap();
+    let set = sets
+        .resource_record_sets()
+        .iter()
+        .find(|r| r.name().trim_end_matches('.') == name)
+        .expect("the record exists");
+    set.resource_records()[0].value().to_string()
+}
+
+#[derive(Default)]
+struct Writes {
+    acked: Vec<i64>,
+    errors: usize,
+    /// The longest time between two acknowledged writes.
+    longest_gap: Duration,
+    hosts: Vec<String>,
+}
+
+#[test]
+fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_nothing() {
+    let moto = require();
+    let p = Project::new();
+    let (code, out) = emulate(&p, &moto, &["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("EMULATED: stack `staging`"), "{out}");
+    assert!(
+        out.contains("`replica-1` is a read replica: it has no stand-in"),
+        "{out}"
+    );
+    assert!(out.contains("Held back by gate `cutover`"), "{out}");
+    assert!(
+        !p.root().join(".cutover/staging").exists(),
+        "the real stack's state is never touched"
+    );
+    let l = layout(&p);
+    let ca = p
+        .root()
+        .join(".cutover/emulate/staging/root/certs/emulated-ca.pem");
+    let conf = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://127.0.0.1:{}", l.proxy))
+        .credentials_provider(aws_sdk_rds::config::SharedCredentialsProvider::new(
+            aws_sdk_rds::config::Credentials::new("testing", "testing", None, None, "test"),
+        ))
+        .build();
+    let r53 = aws_sdk_route53::Client::new(&conf);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = "db.staging.example.internal";
+    let target_host = "onprem-rds-staging-target.aaaaaaaaaa.eu-west-1.rds.amazonaws.com";
+    assert_eq!(rt.block_on(record(&r53, name)), "pg-staging.corp.example");
+
+    // The application: writes through whatever the record names, reconnecting when it changes or
+    // a write fails (the read-only fence ends its session).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(Mutex::new(Writes::default()));
+    let (stop2, writes2) = (stop.clone(), writes.clone());
+    let (standins, secrets, ca2, r53b) = (
+        l.standins.clone(),
+        l.secrets.clone(),
+        ca.clone(),
+        r53.clone(),
+    );
+    let writer = rt.spawn(async move {
+        let conn_for = |host: &str| -> Target {
+            let (node, user, pw) = if host == target_host {
+                ("target", "cutover_admin", "master_password")
+            } else {
+                ("source", "migrator", "source_password")
+            };
+            Target {
+                host: host.into(),
+                port: 5432,
+                user: user.into(),
+                dbname: "app".into(),
+                password: Some(secrets[pw].clone()),
+                sslmode: Some("verify-full".into()),
+                sslrootcert: Some(ca2.display().to_string()),
+                dial: Some(("127.0.0.1".into(), standins[node])),
+                ..Default::default()
+            }
+        };
+        let mut current: Option<(String, tokio_postgres::Client)> = None;
+        let mut last_ack = Instant::now();
+        let mut n = 0u64;
+        while !stop2.load(Ordering::Relaxed) {
+            n += 1;
+            let host = record(&r53b, name).await;
+            if current.as_ref().map(|(h, _)| h != &host).unwrap_or(true) {
+                current = match conn_for(&host).connect().await {
+                    Ok(c) => Some((host.clone(), c)),
+                    Err(_) => {
+                        writes2.lock().unwrap().errors += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                writes2.lock().unwrap().hosts.push(host.clone());
+            }
+            let (_, c) = current.as_ref().unwrap();
+            match c
+                .query_one(
+                    "INSERT INTO public.events (account, payload) VALUES ($1, 'emulated writer') RETURNING id",
+                    &[&(n as i64)],
+                )
+                .await
+            {
+                Ok(row) => {
+                    let mut w = writes2.lock().unwrap();
+                    w.acked.push(row.get(0));
+                    let gap = last_ack.elapsed();
+                    if gap > w.longest_gap && w.acked.len() > 1 {
+                        w.longest_gap = gap;
+                    }
+                    last_ack = Instant::now();
+                }
+                Err(_) => {
+                    writes2.lock().unwrap().errors += 1;
+                    current = None;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out) = emulate(&p, &moto, &["apply", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("emulated: alarm") || out.contains("bake"),
+        "{out}"
+    );
+    // Writes go on after the flip, to the new database.
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(writer).unwrap();
+    assert_eq!(rt.block_on(record(&r53, name)), target_host);
+    let w = writes.lock().unwrap();
+    assert_eq!(
+        w.hosts.last().map(String::as_str),
+        Some(target_host),
+        "the writer ended on the new database: {:?}",
+        w.hosts
+    );
+    let ids = w.acked.clone();
+    assert!(ids.len() > 20, "the writer wrote: {}", ids.len());
+    let on_target: i64 = rt.block_on(async {
+        let c = Target {
+            host: "127.0.0.1".into(),
+            port: l.standins["target"],
+            user: "postgres".into(),
+            dbname: "app".into(),
+            ..Default::default()
+        }
+        .connect()
+        .await
+        .unwrap();
+        c.query_one(
+            "SELECT count(*) FROM public.events WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    });
+    assert_eq!(
+        on_target as usize,
+        ids.len(),
+        "every acknowledged write is on the new database"
+    );
+    eprintln!(
+        "emulated cutover: {} writes acknowledged, {} client errors, longest wait between writes {:?}",
+        ids.len(),
+        w.errors,
+        w.longest_gap
+    );
+    drop(w);
+
+    // Rollback through the reverse replication: the record names the old database again.
+    let (code, out) = emulate(&p, &moto, &["rollback", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(rt.block_on(record(&r53, name)), "pg-staging.corp.example");
+
+    // Destroy: nothing of the emulation is left, no process, no directory.
+    let pids: Vec<i32> = ["moto", "proxy"]
+        .iter()
+        .map(|d| {
+            p.read(&format!(".cutover/emulate/staging/run/{d}.pid"))
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let (code, out) = emulate(&p, &moto, &["destroy", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Destroy complete"), "{out}");
+    assert!(!p.root().join(".cutover/emulate/staging").exists());
+    std::thread::sleep(Duration::from_millis(300));
+    for pid in pids {
+        assert!(
+            unsafe { libc::kill(pid, 0) } != 0,
+            "the emulation's daemon {pid} is gone"
+        );
+    }
+}
