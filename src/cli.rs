@@ -271,7 +271,10 @@ async fn emulate(
         .await
         .map_err(|m| anyhow::anyhow!("emulation of `{stack}`: {m}"))?;
     let exe = std::env::current_exe().context("this program's path")?;
-    let mut cmd = tokio::process::Command::new(exe);
+    let mut std_cmd = std::process::Command::new(exe);
+    // A kill of `plan emulate` ends the command it runs, as it would end an apply of its own.
+    crate::pg::die_with_parent(&mut std_cmd);
+    let mut cmd = tokio::process::Command::from(std_cmd);
     cmd.arg("--root").arg(e.root());
     if quiet {
         cmd.arg("--quiet");

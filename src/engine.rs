@@ -444,6 +444,13 @@ async fn reconcile_one(
             l.stack.name
         ))),
         Some(TypeImpl::Step(st)) => {
+            // A probe talks to what the step changed (a database with a password): secrets are
+            // revealed for the call; what it returns is recorded, so it never holds them.
+            let revealed = value::reveal_attrs(&intent.inputs, &*ctx.secrets).map_err(err)?;
+            let req = Request {
+                inputs: &revealed,
+                ..req
+            };
             let probe = st.probe(ctx, &req).await.map_err(|e| err(e.to_string()))?;
             match probe {
                 Some(Probe::Done(outputs)) => Ok((

@@ -430,7 +430,7 @@ mod tls {
 /// Makes a child die with the thread that starts it (Linux `PR_SET_PDEATHSIG`), so a `plan` that
 /// is killed mid-copy leaves no `psql` writing into the target behind it. Children must be started
 /// from threads that outlive them: a tokio worker, or a blocking thread that waits for the child.
-pub(crate) fn die_with_parent(c: &mut std::process::Command) {
+pub fn die_with_parent(c: &mut std::process::Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;

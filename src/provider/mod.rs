@@ -106,8 +106,9 @@ impl Ctx {
 
 /// One call's subject: the node, its deterministic identifier and its inputs. For create, update,
 /// delete, run and data reads the engine has resolved references and revealed secrets for this call
-/// only: a provider must never log them nor return them in what it observes. For reads that
-/// reconcile or refresh, secrets are still references.
+/// only: a provider must never log them nor return them in what it observes. A step's probe gets
+/// them revealed too (it talks to what the step changed); for resource reads that reconcile or
+/// refresh, secrets are still references.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub node: &'a str,

@@ -84,35 +84,11 @@ async fn record(r53: &aws_sdk_route53::Client, name: &str) -> String {
     set.resource_records()[0].value().to_string()
 }
 
-#[derive(Default)]
-struct Writes {
-    acked: Vec<i64>,
-    errors: usize,
-    /// The longest time between two acknowledged writes.
-    longest_gap: Duration,
-    hosts: Vec<String>,
-}
+const NAME: &str = "db.staging.example.internal";
+const TARGET_HOST: &str = "onprem-rds-staging-target.aaaaaaaaaa.eu-west-1.rds.amazonaws.com";
 
-#[test]
-fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_nothing() {
-    let moto = require();
-    let p = Project::new();
-    let (code, out) = emulate(&p, &moto, &["apply", "--yes"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("EMULATED: stack `staging`"), "{out}");
-    assert!(
-        out.contains("`replica-1` is a read replica: it has no stand-in"),
-        "{out}"
-    );
-    assert!(out.contains("Held back by gate `cutover`"), "{out}");
-    assert!(
-        !p.root().join(".cutover/staging").exists(),
-        "the real stack's state is never touched"
-    );
-    let l = layout(&p);
-    let ca = p
-        .root()
-        .join(".cutover/emulate/staging/root/certs/emulated-ca.pem");
+/// A client of the emulator's Route53 (through the emulation's proxy).
+fn route53(l: &Layout) -> aws_sdk_route53::Client {
     let conf = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
@@ -121,26 +97,31 @@ fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_noth
             aws_sdk_rds::config::Credentials::new("testing", "testing", None, None, "test"),
         ))
         .build();
-    let r53 = aws_sdk_route53::Client::new(&conf);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let name = "db.staging.example.internal";
-    let target_host = "onprem-rds-staging-target.aaaaaaaaaa.eu-west-1.rds.amazonaws.com";
-    assert_eq!(rt.block_on(record(&r53, name)), "pg-staging.corp.example");
+    aws_sdk_route53::Client::new(&conf)
+}
 
-    // The application: writes through whatever the record names, reconnecting when it changes or
-    // a write fails (the read-only fence ends its session).
+/// The application: writes through whatever the record names, reconnecting when it changes or a
+/// write fails (the read-only fence ends its session).
+fn start_writer(
+    rt: &tokio::runtime::Runtime,
+    l: &Layout,
+    ca: &Path,
+    r53: &aws_sdk_route53::Client,
+) -> (
+    Arc<AtomicBool>,
+    Arc<Mutex<Writes>>,
+    tokio::task::JoinHandle<()>,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(Mutex::new(Writes::default()));
     let (stop2, writes2) = (stop.clone(), writes.clone());
     let (standins, secrets, ca2, r53b) = (
         l.standins.clone(),
         l.secrets.clone(),
-        ca.clone(),
+        ca.to_path_buf(),
         r53.clone(),
     );
+    let (name, target_host) = (NAME, TARGET_HOST);
     let writer = rt.spawn(async move {
         let conn_for = |host: &str| -> Target {
             let (node, user, pw) = if host == target_host {
@@ -202,6 +183,47 @@ fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_noth
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
+    (stop, writes, writer)
+}
+
+#[derive(Default)]
+struct Writes {
+    acked: Vec<i64>,
+    errors: usize,
+    /// The longest time between two acknowledged writes.
+    longest_gap: Duration,
+    hosts: Vec<String>,
+}
+
+#[test]
+fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_nothing() {
+    let moto = require();
+    let p = Project::new();
+    let (code, out) = emulate(&p, &moto, &["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("EMULATED: stack `staging`"), "{out}");
+    assert!(
+        out.contains("`replica-1` is a read replica: it has no stand-in"),
+        "{out}"
+    );
+    assert!(out.contains("Held back by gate `cutover`"), "{out}");
+    assert!(
+        !p.root().join(".cutover/staging").exists(),
+        "the real stack's state is never touched"
+    );
+    let l = layout(&p);
+    let ca = p
+        .root()
+        .join(".cutover/emulate/staging/root/certs/emulated-ca.pem");
+    let r53 = route53(&l);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (name, target_host) = (NAME, TARGET_HOST);
+    assert_eq!(rt.block_on(record(&r53, name)), "pg-staging.corp.example");
+
+    let (stop, writes, writer) = start_writer(&rt, &l, &ca, &r53);
     std::thread::sleep(Duration::from_millis(500));
     let (code, out) = emulate(&p, &moto, &["apply", "--yes", "--approve", "cutover"]);
     assert_eq!(code, 0, "{out}");
@@ -223,27 +245,9 @@ fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_noth
     );
     let ids = w.acked.clone();
     assert!(ids.len() > 20, "the writer wrote: {}", ids.len());
-    let on_target: i64 = rt.block_on(async {
-        let c = Target {
-            host: "127.0.0.1".into(),
-            port: l.standins["target"],
-            user: "postgres".into(),
-            dbname: "app".into(),
-            ..Default::default()
-        }
-        .connect()
-        .await
-        .unwrap();
-        c.query_one(
-            "SELECT count(*) FROM public.events WHERE id = ANY($1)",
-            &[&ids],
-        )
-        .await
-        .unwrap()
-        .get(0)
-    });
+    let on_target = on_target(&rt, &l, &ids);
     assert_eq!(
-        on_target as usize,
+        on_target,
         ids.len(),
         "every acknowledged write is on the new database"
     );
@@ -281,4 +285,161 @@ fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_noth
             "the emulation's daemon {pid} is gone"
         );
     }
+}
+
+/// How many of `ids` the new database's stand-in holds.
+fn on_target(rt: &tokio::runtime::Runtime, l: &Layout, ids: &[i64]) -> usize {
+    rt.block_on(async {
+        let c = Target {
+            host: "127.0.0.1".into(),
+            port: l.standins["target"],
+            user: "postgres".into(),
+            dbname: "app".into(),
+            ..Default::default()
+        }
+        .connect()
+        .await
+        .unwrap();
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM public.events WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n as usize
+    })
+}
+
+/// What the emulator holds: DB instances, DB snapshots, alarms, record sets of the zone.
+fn objects(rt: &tokio::runtime::Runtime, l: &Layout) -> (usize, usize, usize, usize) {
+    let conf = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("eu-west-1"))
+        .endpoint_url(format!("http://127.0.0.1:{}", l.proxy))
+        .credentials_provider(aws_sdk_rds::config::SharedCredentialsProvider::new(
+            aws_sdk_rds::config::Credentials::new("testing", "testing", None, None, "test"),
+        ))
+        .build();
+    rt.block_on(async {
+        let rds = aws_sdk_rds::Client::new(&conf);
+        let cw = aws_sdk_cloudwatch::Client::new(&conf);
+        let r53 = route53(l);
+        let i = rds.describe_db_instances().send().await.unwrap();
+        let s = rds.describe_db_snapshots().send().await.unwrap();
+        let a = cw.describe_alarms().send().await.unwrap();
+        let z = r53
+            .list_hosted_zones_by_name()
+            .dns_name("staging.example.internal")
+            .send()
+            .await
+            .unwrap();
+        let r = r53
+            .list_resource_record_sets()
+            .hosted_zone_id(z.hosted_zones()[0].id())
+            .send()
+            .await
+            .unwrap();
+        (
+            i.db_instances().len(),
+            s.db_snapshots().len(),
+            a.metric_alarms().len(),
+            r.resource_record_sets().len(),
+        )
+    })
+}
+
+#[test]
+fn killed_inside_the_emulated_cutover_the_same_command_finishes_duplicating_nothing() {
+    let moto = require();
+    let p = Project::new();
+    let (code, out) = emulate(&p, &moto, &["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let l = layout(&p);
+    let ca = p
+        .root()
+        .join(".cutover/emulate/staging/root/certs/emulated-ca.pem");
+    let r53 = route53(&l);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = objects(&rt, &l);
+    let (stop, writes, writer) = start_writer(&rt, &l, &ca, &r53);
+    std::thread::sleep(Duration::from_millis(300));
+    // The cutover, killed once the source is fenced (its child dies with it).
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
+        .arg("--root")
+        .arg(p.root())
+        .env("CUTOVER_MOTO_SERVER", &moto)
+        .args([
+            "emulate",
+            "staging",
+            "--set",
+            "bake_minutes=0",
+            "apply",
+            "--yes",
+            "--approve",
+            "cutover",
+            "--quiet",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let source = Target {
+        host: "127.0.0.1".into(),
+        port: l.standins["source"],
+        user: "postgres".into(),
+        dbname: "app".into(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let fenced = rt.block_on(async {
+        while t0.elapsed() < Duration::from_secs(60) {
+            if cutover::pg::cutover::is_read_only(&source)
+                .await
+                .unwrap_or(false)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(fenced, "the fence never went up");
+    let (code, out) = emulate(&p, &moto, &["apply", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("reconciled"),
+        "the interrupted cutover was reconciled: {out}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(writer).unwrap();
+    assert_eq!(rt.block_on(record(&r53, NAME)), TARGET_HOST);
+    let ids = writes.lock().unwrap().acked.clone();
+    assert!(ids.len() > 20, "{}", ids.len());
+    assert_eq!(
+        on_target(&rt, &l, &ids),
+        ids.len(),
+        "no acknowledged write is lost"
+    );
+    // Nothing duplicated: the same instances, alarms and records, and one rollback point.
+    let after = objects(&rt, &l);
+    assert_eq!(
+        (after.0, after.2, after.3),
+        (before.0, before.2, before.3),
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after.1,
+        before.1 + 1,
+        "one rollback-point snapshot: {before:?} -> {after:?}"
+    );
+    let (code, out) = emulate(&p, &moto, &["destroy", "--yes"]);
+    assert_eq!(code, 0, "{out}");
 }
