@@ -129,6 +129,7 @@ impl Loaded {
         );
         ctx.connect = Arc::new(self.stack.connect.clone());
         ctx.connect_servers = self.stack.connect_servers;
+        ctx.tokens = self.registry.tokens();
         ctx
     }
 

@@ -65,6 +65,9 @@ pub struct Target {
     /// end); TLS still verifies `host`.
     #[serde(default, skip_serializing)]
     pub dial: Option<(String, u16)>,
+    /// IAM authentication: the password is a token made for each session (`auth = "iam"`).
+    #[serde(default)]
+    pub iam: bool,
     /// Whether other servers dial `dial` too (the stack's `connect_servers`).
     #[serde(default, skip_serializing)]
     pub servers_dial: bool,
@@ -109,6 +112,7 @@ impl Target {
                 _ => None,
             },
             dial: None,
+            iam: s("auth").as_deref() == Some("iam"),
             servers_dial: false,
         })
     }

@@ -57,6 +57,18 @@ impl ProviderError {
     }
 }
 
+/// Passwords made at connect time for a database user (RDS IAM authentication tokens), given by
+/// the provider whose cloud signs them.
+pub trait TokenSource: Send + Sync {
+    /// A token for `user` at `host:port`, valid for a short while (15 minutes for RDS).
+    fn token<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+        user: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>;
+}
+
 /// A sink for progress lines of a long operation ("status creating -> available").
 pub type ProgressFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
@@ -74,6 +86,9 @@ pub struct Ctx {
     pub connect: Arc<BTreeMap<String, String>>,
     /// Whether servers (a subscription's connection string) dial the `[connect]` addresses too.
     pub connect_servers: bool,
+    /// Where database authentication tokens come from (IAM authentication), if the stack's
+    /// provider makes them.
+    pub tokens: Option<Arc<dyn TokenSource>>,
 }
 
 impl Ctx {
@@ -87,6 +102,7 @@ impl Ctx {
             progress: Arc::new(|_, _| {}),
             connect: Arc::new(BTreeMap::new()),
             connect_servers: false,
+            tokens: None,
         }
     }
     /// Reports progress of `node`.
@@ -318,6 +334,8 @@ pub struct Registry {
     summaries: Vec<Arc<dyn Fn() -> Option<String> + Send + Sync>>,
     /// Checks a provider runs before anything is recorded (credentials, region).
     access_checks: Vec<AccessCheck>,
+    /// The provider's database authentication tokens (IAM), if it makes them.
+    tokens: Option<Arc<dyn TokenSource>>,
 }
 
 /// A provider's check that it can reach its cloud at all; the error names what to set.
@@ -361,6 +379,15 @@ impl Registry {
     ) -> &mut Self {
         self.access_checks.push(Arc::new(f));
         self
+    }
+    /// Sets where database authentication tokens come from.
+    pub fn token_source(&mut self, t: Arc<dyn TokenSource>) -> &mut Self {
+        self.tokens = Some(t);
+        self
+    }
+    /// Where database authentication tokens come from, if anywhere.
+    pub fn tokens(&self) -> Option<Arc<dyn TokenSource>> {
+        self.tokens.clone()
     }
     /// Runs the providers' access checks; the first failure, in a person's words.
     pub async fn check_access(&self) -> Result<(), String> {

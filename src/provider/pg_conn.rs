@@ -100,6 +100,15 @@ impl PgConn {
         self.set("dbname", name)
     }
 
+    /// IAM database authentication instead of a password: each session's password is a token
+    /// the stack's provider signs (RDS: 15 minutes, TLS required). For this machine's sessions
+    /// only: a subscription keeps its connection string, so a connection a server dials (the
+    /// source of a replication, the target of a reverse replication) needs a password.
+    pub fn iam_auth(mut self) -> Self {
+        self.fields.remove("password");
+        self.set("auth", "iam")
+    }
+
     /// The same server and credentials, another database.
     pub fn database(&self, name: &str) -> PgConn {
         self.clone().dbname(name)

@@ -23,11 +23,47 @@ pub fn register(r: &mut Registry) {
         .step(FinishType);
 }
 
-/// The connection in input `key`, dialled through the stack's `[connect]` table.
-fn target(ctx: &Ctx, inputs: &Attrs, key: &str) -> Result<Target, ProviderError> {
-    Target::from_input(inputs, key)
+/// The connection in input `key`, dialled through the stack's `[connect]` table, with an IAM
+/// token for its password when it uses IAM authentication.
+async fn target(ctx: &Ctx, inputs: &Attrs, key: &str) -> Result<Target, ProviderError> {
+    let mut t = Target::from_input(inputs, key)
         .and_then(|t| t.dial_through(&ctx.connect, ctx.connect_servers))
-        .map_err(ProviderError::new)
+        .map_err(ProviderError::new)?;
+    if t.iam {
+        if t.password.is_some() {
+            return Err(ProviderError::new(format!(
+                "input `{key}`: give a password or IAM authentication, not both"
+            )));
+        }
+        if matches!(t.sslmode.as_deref(), None | Some("disable")) {
+            return Err(ProviderError::with_fix(
+                format!("input `{key}`: IAM authentication needs TLS"),
+                "add .verify_full(ca_bundle) (or .require_tls()) to the connection",
+            ));
+        }
+        let tokens = ctx.tokens.clone().ok_or_else(|| {
+            ProviderError::new(format!(
+                "input `{key}`: IAM authentication needs a provider that signs tokens (provider = \"aws\")"
+            ))
+        })?;
+        t.password = Some(
+            tokens
+                .token(&t.host, t.port, &t.user)
+                .await
+                .map_err(ProviderError::new)?,
+        );
+    }
+    Ok(t)
+}
+
+/// Refuses IAM authentication on a connection a server keeps (`what`): its token would expire.
+fn kept_by_a_server(inputs: &Attrs, key: &str, what: &str) -> Option<String> {
+    (inputs
+        .get(key)
+        .and_then(|c| c.get("auth"))
+        .and_then(Value::as_str)
+        == Some("iam"))
+    .then(|| format!("input `{key}` uses IAM authentication, but {what} keeps its connection string and an IAM token expires after 15 minutes: give `{key}` a password (a replication user's secret)"))
 }
 
 fn pg_err(e: crate::pg::PgError) -> ProviderError {
@@ -84,7 +120,7 @@ impl StepType for SqlType {
         "pg"
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let t = target(ctx, req.inputs, "conn")?;
+        let t = target(ctx, req.inputs, "conn").await?;
         let sql = get_str(req.inputs, "sql").unwrap_or_default();
         let client = t.connect().await.map_err(pg_err)?;
         ctx.report(req.node, &format!("running SQL on {t}"));
@@ -99,7 +135,7 @@ impl StepType for SqlType {
         let Some(q) = get_str(req.inputs, "probe") else {
             return Ok(None);
         };
-        let t = target(ctx, req.inputs, "conn")?;
+        let t = target(ctx, req.inputs, "conn").await?;
         let client = t.connect().await.map_err(pg_err)?;
         let row = client
             .query_one(q, &[])
@@ -167,8 +203,8 @@ impl StepType for PreflightType {
         ctx: &Ctx,
         req: &Request<'_>,
     ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
-        let s = target(ctx, req.inputs, "source")?;
-        let t = target(ctx, req.inputs, "target")?;
+        let s = target(ctx, req.inputs, "source").await?;
+        let t = target(ctx, req.inputs, "target").await?;
         let slots = crate::value::get_u64(req.inputs, "slots").unwrap_or(1) as i64;
         let findings = preflight::check(&s, &t, slots).await.map_err(pg_err)?;
         Ok(Some(
@@ -186,8 +222,8 @@ impl StepType for PreflightType {
         ))
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let s = target(ctx, req.inputs, "source")?;
-        let t = target(ctx, req.inputs, "target")?;
+        let s = target(ctx, req.inputs, "source").await?;
+        let t = target(ctx, req.inputs, "target").await?;
         let slots = crate::value::get_u64(req.inputs, "slots").unwrap_or(1) as i64;
         let findings = preflight::check(&s, &t, slots).await.map_err(pg_err)?;
         for f in findings.iter().filter(|f| f.level == Level::Warning) {
@@ -381,13 +417,18 @@ impl StepType for ReplicateType {
     fn service(&self) -> &'static str {
         "pg"
     }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        kept_by_a_server(inputs, "source", "the target's subscription")
+            .into_iter()
+            .collect()
+    }
     fn rerun_safe(&self) -> bool {
         true
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         use crate::pg::replication as r;
-        let s = target(ctx, req.inputs, "source")?;
-        let t = target(ctx, req.inputs, "target")?;
+        let s = target(ctx, req.inputs, "source").await?;
+        let t = target(ctx, req.inputs, "target").await?;
         let prefix = get_str(req.inputs, "prefix")
             .unwrap_or("cutover")
             .to_string();
@@ -497,8 +538,8 @@ impl StepType for ReplicateType {
     }
     async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
         use crate::pg::replication as r;
-        let s = target(ctx, req.inputs, "source")?;
-        let t = target(ctx, req.inputs, "target")?;
+        let s = target(ctx, req.inputs, "source").await?;
+        let t = target(ctx, req.inputs, "target").await?;
         let prefix = get_str(req.inputs, "prefix")
             .unwrap_or("cutover")
             .to_string();
@@ -573,7 +614,7 @@ impl StepType for WaitLagType {
         true
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let s = target(ctx, req.inputs, "source")?;
+        let s = target(ctx, req.inputs, "source").await?;
         let slots: Vec<String> = req
             .inputs
             .get("slots")
@@ -679,8 +720,8 @@ impl StepType for ValidateType {
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         use crate::pg::validate;
-        let s = target(ctx, req.inputs, "source")?;
-        let t = target(ctx, req.inputs, "target")?;
+        let s = target(ctx, req.inputs, "source").await?;
+        let t = target(ctx, req.inputs, "target").await?;
         let list = |k: &str| -> Vec<String> {
             req.inputs
                 .get(k)
@@ -825,7 +866,10 @@ impl Declare for Cutover {
 
 struct CutoverType;
 
-fn cutover_spec(ctx: &Ctx, inputs: &Attrs) -> Result<crate::pg::cutover::Spec, ProviderError> {
+async fn cutover_spec(
+    ctx: &Ctx,
+    inputs: &Attrs,
+) -> Result<crate::pg::cutover::Spec, ProviderError> {
     let list = |k: &str| -> Vec<String> {
         inputs
             .get(k)
@@ -858,8 +902,8 @@ fn cutover_spec(ctx: &Ctx, inputs: &Attrs) -> Result<crate::pg::cutover::Spec, P
         Fence::ReadOnly => (std::path::PathBuf::new(), 0),
     };
     Ok(crate::pg::cutover::Spec {
-        source: target(ctx, inputs, "source")?,
-        target: target(ctx, inputs, "target")?,
+        source: target(ctx, inputs, "source").await?,
+        target: target(ctx, inputs, "target").await?,
         fence,
         flip_file: get_str(inputs, "flip_file").map(|p| ctx.path(p)),
         pooler_dir: dir,
@@ -889,8 +933,20 @@ impl StepType for CutoverType {
     fn service(&self) -> &'static str {
         "pg"
     }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        if inputs.get("reverse").and_then(Value::as_bool) != Some(true) {
+            return vec![];
+        }
+        kept_by_a_server(
+            inputs,
+            "target",
+            "the reverse replication (the source's subscription)",
+        )
+        .into_iter()
+        .collect()
+    }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let spec = cutover_spec(ctx, req.inputs)?;
+        let spec = cutover_spec(ctx, req.inputs).await?;
         let node = req.node.to_string();
         let out = crate::pg::cutover::run(&spec, &|m| ctx.report(&node, &m))
             .await
@@ -922,7 +978,7 @@ impl StepType for CutoverType {
         req: &Request<'_>,
         outputs: &Attrs,
     ) -> Result<Attrs, ProviderError> {
-        let spec = cutover_spec(ctx, req.inputs)?;
+        let spec = cutover_spec(ctx, req.inputs).await?;
         let node = req.node.to_string();
         let out = crate::pg::cutover::rollback(&spec, get_str(outputs, "flipped_at"), &|m| {
             ctx.report(&node, &m)
@@ -935,7 +991,7 @@ impl StepType for CutoverType {
         ]))
     }
     async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
-        let spec = cutover_spec(ctx, req.inputs)?;
+        let spec = cutover_spec(ctx, req.inputs).await?;
         let flipped = crate::pg::cutover::recover(&spec)
             .await
             .map_err(ProviderError::new)?;
@@ -1013,7 +1069,7 @@ impl StepType for UnfenceType {
         vec![]
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let spec = cutover_spec(ctx, req.inputs)?;
+        let spec = cutover_spec(ctx, req.inputs).await?;
         crate::pg::cutover::undo_before_flip(&spec)
             .await
             .map_err(ProviderError::new)?;
@@ -1062,7 +1118,7 @@ impl Declare for FinishReplication {
 
 struct FinishType;
 
-fn finish_inputs(
+async fn finish_inputs(
     ctx: &Ctx,
     inputs: &Attrs,
 ) -> Result<(Target, Target, Vec<String>), ProviderError> {
@@ -1071,8 +1127,8 @@ fn finish_inputs(
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .ok_or_else(|| ProviderError::new("input `names` must be a list of slot names"))?;
     Ok((
-        target(ctx, inputs, "source")?,
-        target(ctx, inputs, "target")?,
+        target(ctx, inputs, "source").await?,
+        target(ctx, inputs, "target").await?,
         names,
     ))
 }
@@ -1086,7 +1142,7 @@ impl StepType for FinishType {
         "pg"
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let (s, t, names) = finish_inputs(ctx, req.inputs)?;
+        let (s, t, names) = finish_inputs(ctx, req.inputs).await?;
         let node = req.node.to_string();
         let f = crate::pg::cutover::finish(&s, &t, &names, &|m| ctx.report(&node, &m))
             .await
@@ -1105,7 +1161,7 @@ impl StepType for FinishType {
         ]))
     }
     async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
-        let (s, t, names) = finish_inputs(ctx, req.inputs)?;
+        let (s, t, names) = finish_inputs(ctx, req.inputs).await?;
         Ok(Some(
             if crate::pg::cutover::finished(&s, &t, &names)
                 .await
@@ -1116,5 +1172,82 @@ impl StepType for FinishType {
                 Probe::NotDone
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod iam_tests {
+    use super::*;
+
+    struct Signer;
+    impl crate::provider::TokenSource for Signer {
+        fn token<'a>(
+            &'a self,
+            host: &'a str,
+            port: u16,
+            user: &'a str,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>
+        {
+            Box::pin(async move { Ok(format!("token-for-{user}@{host}:{port}")) })
+        }
+    }
+
+    fn ctx(tokens: bool) -> Ctx {
+        let mut c = Ctx::new(
+            std::env::temp_dir(),
+            "p",
+            "s",
+            std::sync::Arc::new(crate::value::EnvSecrets),
+        );
+        if tokens {
+            c.tokens = Some(std::sync::Arc::new(Signer));
+        }
+        c
+    }
+
+    fn conn(c: crate::provider::pg_conn::PgConn) -> Attrs {
+        Attrs::from([("conn".to_string(), Value::from(c))])
+    }
+
+    #[tokio::test]
+    async fn an_iam_connection_gets_a_token_for_each_session_and_needs_tls() {
+        use crate::provider::pg_conn::PgConn;
+        let c = PgConn::to("db.example", 5432u64)
+            .user("app")
+            .dbname("app")
+            .verify_full("bundle.pem")
+            .iam_auth();
+        let t = target(&ctx(true), &conn(c.clone()), "conn").await.unwrap();
+        assert_eq!(t.password.as_deref(), Some("token-for-app@db.example:5432"));
+        let e = target(&ctx(false), &conn(c), "conn")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs a provider that signs tokens"), "{e}");
+        let plain = PgConn::to("db.example", 5432u64).user("app").iam_auth();
+        let e = target(&ctx(true), &conn(plain), "conn")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("IAM authentication needs TLS"), "{e}");
+    }
+
+    #[test]
+    fn a_connection_a_server_keeps_refuses_iam() {
+        use crate::provider::pg_conn::PgConn;
+        let iam: Value = PgConn::to("h", 5432u64).require_tls().iam_auth().into();
+        let pw: Value = PgConn::to("h", 5432u64).into();
+        let r = Replicate::between(iam.clone(), pw.clone()).inputs();
+        assert!(ReplicateType.validate(&r)[0]
+            .contains("the target's subscription keeps its connection string"));
+        assert!(ReplicateType
+            .validate(&Replicate::between(pw.clone(), iam.clone()).inputs())
+            .is_empty());
+        let c = Cutover::read_only_fence(pw.clone(), iam.clone())
+            .reverse_replication()
+            .inputs();
+        assert!(CutoverType.validate(&c)[0].contains("reverse replication"));
+        let c = Cutover::read_only_fence(pw, iam).inputs();
+        assert!(CutoverType.validate(&c).is_empty());
     }
 }

@@ -267,6 +267,7 @@ impl Aws {
 pub fn register(r: &mut Registry, aws: Arc<Aws>, stack_file: &str) {
     let retries = aws.retries();
     r.summary(move || retries.summary());
+    r.token_source(aws.clone());
     let (a, file) = (aws.clone(), stack_file.to_string());
     r.access_check(move || {
         let (a, file) = (a.clone(), file.clone());
@@ -281,6 +282,45 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>, stack_file: &str) {
     dms::register(r, aws.clone());
     ops::register(r, aws.clone());
     instance::register(r, aws);
+}
+
+impl super::TokenSource for Aws {
+    fn token<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+        user: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let conf = self.config().await;
+            iam_token(&conf, host, port, user).await
+        })
+    }
+}
+
+/// An RDS IAM authentication token (a presigned `connect` URL, valid 15 minutes) for `user` at
+/// `host:port`, signed with the configuration's credentials and region.
+pub async fn iam_token(
+    conf: &aws_config::SdkConfig,
+    host: &str,
+    port: u16,
+    user: &str,
+) -> Result<String, String> {
+    use aws_sdk_rds::auth_token::{AuthTokenGenerator, Config};
+    let c = Config::builder()
+        .hostname(host)
+        .port(port as u64)
+        .username(user)
+        .build()
+        .map_err(|e| format!("IAM authentication token for {user}@{host}: {e}"))?;
+    AuthTokenGenerator::new(c)
+        .auth_token(conf)
+        .await
+        .map(|t| t.to_string())
+        .map_err(|e| {
+            format!("IAM authentication token for {user}@{host}:{port}: {e}; check the stack's AWS credentials")
+        })
 }
 
 /// The tags naming plan, stack and node that every object we create carries.
@@ -349,4 +389,42 @@ where
         "{what}: {}",
         aws_sdk_rds::error::DisplayErrorContext(&e)
     ))
+}
+
+#[cfg(test)]
+mod token_tests {
+    #[tokio::test]
+    async fn an_iam_token_is_a_presigned_connect_url_for_the_user() {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .credentials_provider(aws_sdk_rds::config::Credentials::new(
+                "AKIDEXAMPLE",
+                "secret-key-never-shown",
+                None,
+                None,
+                "test",
+            ))
+            .load()
+            .await;
+        let t = super::iam_token(
+            &conf,
+            "db.abc.eu-west-1.rds.amazonaws.com",
+            5432,
+            "app_user",
+        )
+        .await
+        .unwrap();
+        assert!(
+            t.starts_with(
+                "db.abc.eu-west-1.rds.amazonaws.com:5432/?Action=connect&DBUser=app_user&"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("X-Amz-Signature=") && t.contains("X-Amz-Expires=900"),
+            "{t}"
+        );
+        assert!(t.contains("eu-west-1%2Frds-db%2Faws4_request"), "{t}");
+        assert!(!t.contains("secret-key-never-shown"), "{t}");
+    }
 }
