@@ -242,6 +242,9 @@ async fn emulate(
     command: &[String],
     quiet: bool,
 ) -> Result<u8> {
+    if !crate::stack::plain_name(stack) {
+        return Err(crate::stack::StackError::BadName { name: stack.into() }.into());
+    }
     let e = crate::emulate::Emulation::new(root, stack);
     let say = |m: &str| eprintln!("{m}");
     let (verb, rest) = match command.split_first() {

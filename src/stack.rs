@@ -21,6 +21,16 @@ pub enum StackError {
         path: String,
         available: String,
     },
+    #[error("`{name}` is not a stack name: a stack is a file stacks/NAME.toml, and NAME uses only letters, digits, `-`, `_` and `.` (no path). Run `plan list` for the stacks here.")]
+    BadName { name: String },
+    #[error("{path}:{line}: `state_dir = \"{value}\"` {why}; name a directory of the stack's own, e.g. `.cutover/{stack}` (the default when the key is absent).")]
+    StateDir {
+        path: String,
+        line: usize,
+        value: String,
+        why: String,
+        stack: String,
+    },
     #[error("{path}: cannot read: {source}")]
     Io {
         path: String,
@@ -166,6 +176,16 @@ pub struct Stack {
     read: Mutex<BTreeSet<String>>,
 }
 
+/// Whether `name` is a plain name (a stack, a node): letters, digits, `-`, `_`, `.`, not only dots.
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.chars().all(|c| c == '.')
+}
+
 /// Splits a `[connect]` address, `HOST:PORT` (an IPv6 address in brackets), checking both parts.
 pub fn parse_dial(address: &str) -> Result<(String, u16), String> {
     let fix =
@@ -221,6 +241,9 @@ fn toml_type(v: &toml::Value) -> &'static str {
 impl Stack {
     /// Loads `stacks/<name>.toml` under `root`.
     pub fn load(root: &Path, name: &str) -> Result<Stack, StackError> {
+        if !plain_name(name) {
+            return Err(StackError::BadName { name: name.into() });
+        }
         let rel = PathBuf::from("stacks").join(format!("{name}.toml"));
         let full = root.join(&rel);
         if !full.exists() {
@@ -304,6 +327,30 @@ impl Stack {
                 });
             }
             secrets.insert(key, (line, reference));
+        }
+        if let Some(d) = &raw.state_dir {
+            let trimmed = d.trim().trim_end_matches('/');
+            let why = if trimmed.is_empty() || trimmed == "." {
+                Some("is the project root")
+            } else if trimmed == "stacks" || trimmed.starts_with("stacks/") {
+                Some("is inside stacks/")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                let line = source
+                    .lines()
+                    .position(|l| l.trim_start().starts_with("state_dir"))
+                    .map(|i| i + 1)
+                    .unwrap_or(1);
+                return Err(StackError::StateDir {
+                    path: p,
+                    line,
+                    value: d.clone(),
+                    why: why.into(),
+                    stack: name.into(),
+                });
+            }
         }
         let mut connect = BTreeMap::new();
         for (k, v) in raw.connect {

@@ -80,6 +80,13 @@ fn load(dir: &Path, plan: &str, stack: &str) -> Result<Loaded, StateError> {
                     wanted: plan.into(),
                 });
             }
+            if s.stack != stack {
+                return Err(StateError::WrongStack {
+                    path: snap,
+                    found: s.stack,
+                    wanted: stack.into(),
+                });
+            }
             s
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::new(plan, stack),

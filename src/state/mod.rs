@@ -47,6 +47,12 @@ pub enum StateError {
         found: String,
         wanted: String,
     },
+    #[error("{path}: state belongs to stack `{found}`, not to stack `{wanted}`; it was not changed. Two stacks never share a state directory: give `{wanted}` a `state_dir` of its own (or remove the key: the default is .cutover/{wanted}).")]
+    WrongStack {
+        path: PathBuf,
+        found: String,
+        wanted: String,
+    },
     #[error("stack `{stack}` is locked by {holder}; wait for it to finish, or stop that process. (The lock is an OS file lock on {path}: it ends with its process.)")]
     Locked {
         stack: String,

@@ -169,3 +169,63 @@ fn apply_without_a_terminal_or_yes_refuses_and_says_why() {
     assert_eq!(code, 1);
     assert!(err.contains("destroy needs confirmation"), "{err}");
 }
+
+#[test]
+fn a_state_of_another_stack_is_refused_untouched() {
+    let p = Project::new();
+    let before = with_state(&p);
+    // A second stack pointed at the first one's state directory.
+    p.stack(
+        "demo-copy",
+        "plan = \"demo\"\nprovider = \"local\"\nstate_dir = \".cutover/demo\"\n\n[values]\nout_dir = \"out/copy\"\ngreeting = \"hi\"\nreplicas = 3\nsettle_ms = 1\n",
+    );
+    for args in [
+        &["apply", "demo-copy", "--yes"][..],
+        &["destroy", "demo-copy", "--yes"][..],
+        &["preview", "demo-copy"][..],
+    ] {
+        let (code, out, err) = p.run(args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("state belongs to stack `demo`, not to stack `demo-copy`")
+                && err.contains("give `demo-copy` a `state_dir` of its own"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(state_files(&p), before, "{args:?} left the state as it was");
+    }
+    assert!(
+        p.root().join("out/demo").exists(),
+        "demo's files are untouched"
+    );
+}
+
+#[test]
+fn a_stack_name_is_a_plain_name_and_state_dir_is_not_the_project_root() {
+    let p = Project::new();
+    std::fs::write(
+        p.root().join("outside.toml"),
+        "plan = \"demo\"\nprovider = \"local\"\n",
+    )
+    .unwrap();
+    for name in ["../outside", "/etc/passwd", "a/b", "..", ""] {
+        let (code, _, err) = p.run(&["preview", name]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains("is not a stack name"), "{name}: {err}");
+        let (code, _, err) = p.run(&["emulate", name, "down"]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains("is not a stack name"), "{name}: {err}");
+    }
+    for dir in ["", ".", "./"] {
+        p.stack(
+            "rooted",
+            &format!("plan = \"demo\"\nprovider = \"local\"\nstate_dir = \"{dir}\"\n"),
+        );
+        let (code, _, err) = p.run(&["apply", "rooted", "--yes"]);
+        assert_eq!(code, 1, "{dir}: {err}");
+        assert!(
+            err.contains("stacks/rooted.toml:3: `state_dir") && err.contains("is the project root"),
+            "{dir}: {err}"
+        );
+        assert!(!p.root().join("state.json").exists());
+    }
+}
