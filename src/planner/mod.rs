@@ -449,12 +449,25 @@ pub fn plan(
                 holds.push((i, format!("--until {u}")));
             }
         }
+        // A node behind several gates is held by the one that opens last: gates are applied in
+        // topological order, each downstream gate taking over from the ones before it; `--until`
+        // holds only what no gate holds.
+        let position: std::collections::HashMap<usize, usize> = graph
+            .topo_order()
+            .into_iter()
+            .enumerate()
+            .map(|(pos, i)| (i, pos))
+            .collect();
+        let until_hold = opts.until.as_ref().map(|u| format!("--until {u}"));
+        holds.sort_by_key(|(i, why)| (Some(why) == until_hold.as_ref(), position.get(i).copied()));
         for (i, why) in holds {
+            let is_gate = Some(&why) != until_hold.as_ref();
             let mut set = graph.downstream(&[i]);
             set.insert(i);
             for j in set {
                 let a = actions_by_index[j].as_mut().unwrap();
-                if a.held_by.is_none() && a.action.is_work() {
+                let by_gate = a.held_by.is_some() && a.held_by != until_hold;
+                if a.action.is_work() && (a.held_by.is_none() || (is_gate && by_gate)) {
                     a.held_by = Some(why.clone());
                 }
             }

@@ -226,6 +226,38 @@ fn steps_run_once_and_again_when_a_trigger_changes() {
 }
 
 #[test]
+fn a_node_behind_two_gates_is_held_by_the_one_that_opens_last() {
+    let r = registry_for("local");
+    let p = Plan::named("p", "s", "local");
+    // Declared with the later gate first: the order of declaration must not matter.
+    let finish = p.gate("finish");
+    let cutover = p.gate("cutover");
+    let switch = p.add("switch", Null::new()).after(&cutover);
+    let finish = finish.after(&switch);
+    p.add("drop", Null::new()).after(&finish);
+    let g = graph(p);
+    let cs = plan(&g, &state(vec![]), &r, &Options::default()).unwrap();
+    assert_eq!(
+        action(&cs, "switch").held_by.as_deref(),
+        Some("gate `cutover`")
+    );
+    assert_eq!(
+        action(&cs, "drop").held_by.as_deref(),
+        Some("gate `finish`")
+    );
+    let opts = Options {
+        until: Some("switch".into()),
+        ..Default::default()
+    };
+    let cs = plan(&g, &state(vec![]), &r, &opts).unwrap();
+    assert_eq!(
+        action(&cs, "drop").held_by.as_deref(),
+        Some("gate `finish`"),
+        "a gate's hold is named before --until's"
+    );
+}
+
+#[test]
 fn gates_hold_everything_downstream_until_approved() {
     let r = registry_for("local");
     let p = Plan::named("p", "s", "local");
