@@ -67,6 +67,9 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let max_lag_bytes: u64 = stack.get_or("max_lag_bytes", 1024 * 1024)?;
     let max_xact_seconds: f64 = stack.get_or("max_xact_seconds", 5.0)?;
     let reverse: bool = stack.get_or("reverse_replication", true)?;
+    // The shape of a forward replication another tool runs (DMS): the reverse replication is
+    // created disabled and enabled by a step of its own after the cutover.
+    let reverse_later: bool = stack.get_or("reverse_later", false)?;
     let fence: FenceChoice = stack.get_or("fence", FenceChoice::Pooler)?;
     let flip_file: String = stack.get_or("flip_file", format!("{data_root}/app.conn"))?;
     let flip_step = stack.get_or("flip", "cutover".to_string())? == "step";
@@ -147,11 +150,17 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         .replication(replicate.slots(), replicate.subscriptions())
         .validated(validate.validated_at(), 3600)
         .guards(max_lag_bytes, max_xact_seconds);
-    if reverse {
+    if reverse_later {
+        switch = switch.reverse_replication_enabled_later();
+    } else if reverse {
         // Replication from the new database back to the old one, for `plan rollback local`.
         switch = switch.reverse_replication();
     }
     let switch = p.add("switch", switch).after(&gate);
+    if reverse_later {
+        p.add("enable-reverse", switch.enable_reverse())
+            .after(&switch);
+    }
     if flip_step {
         let unfence = p
             .add("unfence", switch.unfence())

@@ -69,6 +69,11 @@ pub struct Spec {
     pub max_validation_age_seconds: u64,
     pub sequence_margin: i64,
     pub reverse: bool,
+    /// The reverse subscription is created disabled, and enabled by a later step
+    /// ([`enable_reverse`]) once the forward replication, run by another tool (a DMS task), has
+    /// stopped: until then what it applied on the source would travel forward again.
+    #[serde(default)]
+    pub reverse_later: bool,
     pub fence_timeout_ms: u64,
     pub catchup_timeout_ms: u64,
 }
@@ -404,13 +409,35 @@ async fn setup_reverse(spec: &Spec) -> Result<(), String> {
         .get(0);
     if !exists {
         src.batch_execute(&format!(
-            "CREATE SUBSCRIPTION {REVERSE} CONNECTION {} PUBLICATION {REVERSE} WITH (copy_data = false)",
-            literal(&spec.target.conninfo())
+            "CREATE SUBSCRIPTION {REVERSE} CONNECTION {} PUBLICATION {REVERSE} WITH (copy_data = false, enabled = {})",
+            literal(&spec.target.conninfo()),
+            !spec.reverse_later
         ))
         .await
         .map_err(|e| spec.source.err("create reverse subscription")(e).to_string())?;
     }
     Ok(())
+}
+
+/// Enables the reverse subscription a cutover created disabled (`reverse_later`).
+pub async fn enable_reverse(source: &Target) -> Result<(), String> {
+    writer(source)
+        .await?
+        .batch_execute(&format!("ALTER SUBSCRIPTION {REVERSE} ENABLE"))
+        .await
+        .map_err(|e| source.err("enable the reverse subscription")(e).to_string())
+}
+
+/// Whether the reverse subscription exists and is enabled.
+pub async fn reverse_enabled(source: &Target) -> Result<bool, String> {
+    let c = source.connect().await.map_err(|e| e.to_string())?;
+    Ok(c.query_one(
+        "SELECT coalesce((SELECT subenabled FROM pg_subscription WHERE subname = $1), false)",
+        &[&REVERSE],
+    )
+    .await
+    .map_err(|e| source.err("read the reverse subscription")(e).to_string())?
+    .get(0))
 }
 
 /// Undoes a read-only cutover whose flip (a later step) failed, so nothing but the cutover's own
@@ -876,6 +903,15 @@ pub async fn rollback(
     }
     if !has_reverse {
         return Err(fail("refused", "the reverse subscription on the source is gone, so the target's writes cannot be brought back".into(), "Nothing was changed."));
+    }
+    if spec.reverse_later
+        && !reverse_enabled(&spec.source)
+            .await
+            .map_err(|m| fail("inspect", m, "Nothing was changed."))?
+    {
+        enable_reverse(&spec.source)
+            .await
+            .map_err(|m| fail("reverse", m, "Nothing was changed."))?;
     }
     let mut phases = Vec::new();
     let fenced = Instant::now();

@@ -20,6 +20,8 @@ pub fn register(r: &mut Registry) {
         .step(ValidateType)
         .step(CutoverType)
         .step(UnfenceType)
+        .step(EnableReverseType)
+        .step(CopySchemaType)
         .step(FinishType);
 }
 
@@ -854,6 +856,13 @@ impl Cutover {
     pub fn reverse_replication(self) -> Self {
         self.set("reverse", Value::Bool(true))
     }
+    /// Reverse replication created disabled, for a forward replication another tool runs (a DMS
+    /// task): the plan stops that task after the cutover and then enables the reverse
+    /// replication (`cutover.enable_reverse()`), before the flip.
+    pub fn reverse_replication_enabled_later(self) -> Self {
+        self.set("reverse", Value::Bool(true))
+            .set("reverse_later", Value::Bool(true))
+    }
 }
 
 impl Declare for Cutover {
@@ -918,6 +927,10 @@ async fn cutover_spec(
         sequence_margin: num("sequence_margin") as i64,
         reverse: inputs
             .get("reverse")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        reverse_later: inputs
+            .get("reverse_later")
             .and_then(Value::as_bool)
             .unwrap_or(false),
         fence_timeout_ms: num("fence_timeout_ms") as u64,
@@ -1030,6 +1043,165 @@ impl crate::dsl::Handle<Cutover> {
         Unfence {
             inputs: self.declared_inputs(),
         }
+    }
+
+    /// The step that enables the reverse replication this cutover created disabled.
+    pub fn enable_reverse(&self) -> EnableReverse {
+        EnableReverse {
+            inputs: self.declared_inputs(),
+        }
+    }
+}
+
+/// Enables the reverse replication a cutover created disabled (see
+/// `Cutover::reverse_replication_enabled_later`).
+#[derive(Debug, Clone)]
+pub struct EnableReverse {
+    inputs: Attrs,
+}
+
+impl Declare for EnableReverse {
+    const TYPE: &'static str = "pg.enable_reverse";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct EnableReverseType;
+
+#[async_trait]
+impl StepType for EnableReverseType {
+    fn type_name(&self) -> &'static str {
+        "pg.enable_reverse"
+    }
+    fn service(&self) -> &'static str {
+        "pg"
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        if inputs.get("reverse_later").and_then(Value::as_bool) != Some(true) {
+            return vec![
+                "pg.enable_reverse follows a cutover with reverse_replication_enabled_later()"
+                    .into(),
+            ];
+        }
+        vec![]
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let s = target(ctx, req.inputs, "source").await?;
+        crate::pg::cutover::enable_reverse(&s)
+            .await
+            .map_err(ProviderError::new)?;
+        ctx.report(
+            req.node,
+            "reverse replication enabled: the new database's writes reach the old one",
+        );
+        Ok(Attrs::new())
+    }
+    async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let s = target(ctx, req.inputs, "source").await?;
+        Ok(Some(
+            if crate::pg::cutover::reverse_enabled(&s)
+                .await
+                .map_err(ProviderError::new)?
+            {
+                Probe::Done(Attrs::new())
+            } else {
+                Probe::NotDone
+            },
+        ))
+    }
+}
+
+/// Copies the source's schema to the target for a data path that moves rows only (a DMS task):
+/// `pre` creates the tables with their keys (and the marker table) unless the target has them,
+/// `post` adds the indexes, foreign keys and triggers (after the full load, which they would slow).
+#[derive(Debug, Clone)]
+pub struct CopySchema {
+    inputs: Attrs,
+}
+
+impl CopySchema {
+    pub fn pre(source: Value, target: Value) -> Self {
+        CopySchema {
+            inputs: Attrs::from([
+                ("source".to_string(), source),
+                ("target".to_string(), target),
+                ("phase".to_string(), Value::from("pre")),
+            ]),
+        }
+    }
+    pub fn post(source: Value, target: Value) -> Self {
+        CopySchema {
+            inputs: Attrs::from([
+                ("source".to_string(), source),
+                ("target".to_string(), target),
+                ("phase".to_string(), Value::from("post")),
+            ]),
+        }
+    }
+}
+
+impl Declare for CopySchema {
+    const TYPE: &'static str = "pg.copy_schema";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct CopySchemaType;
+
+#[async_trait]
+impl StepType for CopySchemaType {
+    fn type_name(&self) -> &'static str {
+        "pg.copy_schema"
+    }
+    fn service(&self) -> &'static str {
+        "pg"
+    }
+    fn rerun_safe(&self) -> bool {
+        // The tables are created only when absent; the rest ignores what exists.
+        true
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        use crate::pg::replication;
+        let s = target(ctx, req.inputs, "source").await?;
+        let t = target(ctx, req.inputs, "target").await?;
+        let c = s.connect().await.map_err(pg_err)?;
+        c.batch_execute(crate::pg::cutover::MARKER_DDL)
+            .await
+            .map_err(s.err("create the marker table"))
+            .map_err(pg_err)?;
+        match get_str(req.inputs, "phase") {
+            Some("post") => {
+                let script = {
+                    let s = s.clone();
+                    tokio::task::spawn_blocking(move || replication::dump_schema(&s, "post-data"))
+                        .await
+                        .map_err(|e| ProviderError::new(format!("pg_dump: {e}")))?
+                        .map_err(pg_err)?
+                };
+                let rest = replication::statements(&script);
+                replication::copy_schema_post(&t, &rest)
+                    .await
+                    .map_err(pg_err)?;
+                ctx.report(
+                    req.node,
+                    &format!(
+                        "{} index, key and trigger statement(s) applied on {t}",
+                        rest.len()
+                    ),
+                );
+            }
+            _ => {
+                replication::copy_schema_pre(&s, &t, true)
+                    .await
+                    .map_err(pg_err)?;
+                ctx.report(req.node, &format!("tables and keys of {s} present on {t}"));
+            }
+        }
+        Ok(Attrs::new())
     }
 }
 

@@ -1673,3 +1673,69 @@ fn a_flip_that_fails_after_the_read_only_fence_unfences_and_the_next_apply_cuts_
         assert_eq!(n, 1);
     });
 }
+
+/// A forward replication another tool runs (DMS) needs the reverse replication created disabled
+/// and enabled by a step of its own: writes the target takes before that step are kept by its
+/// slot and come back on rollback, which enables the reverse replication itself when needed.
+#[test]
+fn reverse_replication_enabled_later_loses_no_write_made_before_it_is_enabled() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, _t, b) = local_stack_with(&p, "reverse_later = true\n");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let (code, out, err) = p.run(&[
+        "apply",
+        "local",
+        "--yes",
+        "--approve",
+        "cutover",
+        "--until",
+        "enable-reverse",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let src = target(s, "app");
+    assert!(
+        !rt.block_on(cutover::pg::cutover::reverse_enabled(&src))
+            .unwrap(),
+        "the reverse subscription waits for its step"
+    );
+    // Writes on the new database (through the flipped pooler) while it is disabled.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = rt.spawn(write_until(target(b, "app"), stop.clone()));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (code, out, err) = p.run(&["rollback", "local", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let w = rt.block_on(writer).unwrap();
+    assert!(w.acked.len() > 5, "{}", w.acked.len());
+    rt.block_on(async {
+        assert_eq!(
+            acked_on(s, &w.acked).await,
+            w.acked.len(),
+            "writes made on the target while the reverse replication was disabled are on the source"
+        );
+    });
+    // The whole way, on a fresh rehearsal: the step enables it, and the next apply does nothing.
+    let p = Project::new();
+    let (s, _t, _b) = local_stack_with(&p, "reverse_later = true\n");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("enable-reverse"), "{out}");
+    assert!(rt
+        .block_on(cutover::pg::cutover::reverse_enabled(&target(s, "app")))
+        .unwrap());
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("enable-reverse: running"), "{out}");
+}
