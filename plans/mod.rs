@@ -110,6 +110,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::aws_cluster,
         },
         PlanEntry {
+            name: "copy-schema",
+            about: "the schema copy of a data path that moves rows only (data-plane tests)",
+            hidden: true,
+            build: testing::copy_schema,
+        },
+        PlanEntry {
             name: "failing",
             about: "a plan whose middle step fails on request (failure-policy tests)",
             hidden: true,

@@ -19,8 +19,12 @@
 //! replication is dropped both ways. `plan rollback STACK` goes back through the reverse
 //! replication until then.
 //!
-//! `data_path = "dms"` (the DMS task moving the data, the cutover reading CDC latency) is not built
-//! yet: the stack refuses it, saying so.
+//! With `data_path = "dms"` the rows move by AWS DMS instead (the case's replication instance,
+//! dms.r5.xlarge with 500 GB in one zone, endpoints with TLS required, a full-load-and-CDC task per
+//! table group), after a schema copy; the cutover's guard reads each task's CDC latency, the
+//! catch-up marker travels in the first task's table mappings, the tasks stop after the fence,
+//! and only then does the reverse replication start (created disabled inside the fence); a failed
+//! flip resumes them. The DMS objects retire after the bake.
 
 use cutover::prelude::*;
 
@@ -45,15 +49,6 @@ const MASTER: &str = "cutover_admin";
 pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let p = Plan::new(stack);
     let data_path: DataPath = stack.get("data_path")?;
-    if let DataPath::Dms = data_path {
-        return Err(PlanError::Invalid {
-            plan: stack.plan.clone(),
-            message: format!(
-                "{}: data_path = \"dms\" is not built yet (the DMS task as the data path, with the cutover reading its CDC latency and stopping it at the fence); use data_path = \"native\"",
-                stack.path.display()
-            ),
-        });
-    }
     let production: bool = stack.get("production")?;
     let db: String = stack.get("database")?;
     let class: String = stack.get("instance_class")?;
@@ -79,6 +74,8 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let maintenance_window: String =
         stack.get_or("maintenance_window", "sun:04:00-sun:05:00".to_string())?;
     let workers: usize = stack.get_or("load_workers", 4)?;
+    let dms_class: String = stack.get_or("dms_class", "dms.r5.xlarge".to_string())?;
+    let dms_storage_gb: u64 = stack.get_or("dms_storage_gb", 500)?;
 
     let source = PgConn::from_stack(stack, "source")?;
     let master_password = stack.secret("master_password")?;
@@ -88,12 +85,22 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let subnets = p.add("subnets", Subnets::of(vpc.vpc_id()).named(&subnet_pattern));
     // The application reaches the new database; so does the old server, for the reverse
     // replication (remove `source_cidr` from the stack once `finish` has passed).
-    let db_sg = p.add(
-        "db-sg",
-        SecurityGroup::in_vpc(vpc.vpc_id(), "the new database")
-            .ingress_from_cidr(5432, &app_cidr)
-            .ingress_from_cidr(5432, &source_cidr),
-    );
+    let mut db_sg = SecurityGroup::in_vpc(vpc.vpc_id(), "the new database")
+        .ingress_from_cidr(5432, &app_cidr)
+        .ingress_from_cidr(5432, &source_cidr);
+    // The DMS replication instance writes into the new database.
+    let dms_sg = match data_path {
+        DataPath::Dms => {
+            let sg = p.add(
+                "dms-sg",
+                SecurityGroup::in_vpc(vpc.vpc_id(), "the DMS replication instance"),
+            );
+            db_sg = db_sg.ingress_from_group(5432, sg.group_id());
+            Some(sg)
+        }
+        DataPath::Native => None,
+    };
+    let db_sg = p.add("db-sg", db_sg);
     let db_subnets = p.add(
         "db-subnets",
         SubnetGroup::of(subnets.ids(), "the new database"),
@@ -212,41 +219,24 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         );
     }
 
-    // The data path: native logical replication from the source.
     let target_conn = target
-        .connection(MASTER, master_password)
+        .connection(MASTER, master_password.clone())
         .dbname(&db)
         .verify_full(&ca_bundle);
-    let preflight = p
+    // The bake after the flip (declared here: the DMS objects retire after it).
+    let bake = p
         .add(
-            "preflight",
-            Preflight::between(source.clone().into(), target_conn.clone().into())
-                .slots(groups.len() as u64 + 1),
+            "bake",
+            Bake::alarms(
+                alarms.iter().map(|a| a.alarm_name()).collect(),
+                bake_minutes * 60,
+            )
+            .since(Output::<String>::of("flip", "flipped_at")),
         )
-        .after(&rebooted);
-    let mut replicate = Replicate::between(source.clone().into(), target_conn.clone().into())
-        .parallel_load(workers, 1024);
-    for g in &groups {
-        let tables: Vec<&str> = g.tables.iter().map(String::as_str).collect();
-        replicate = replicate.group(&g.name, &tables);
-    }
-    let replicate = p.add("replicate", replicate).after(&preflight);
-    let caught_up = p.add(
-        "caught-up",
-        WaitLag::on(source.clone().into(), replicate.slots())
-            .under_bytes(max_lag_bytes)
-            .under_seconds(max_lag_seconds),
-    );
-    let validate = p
-        .add(
-            "validate",
-            Validate::between(source.clone().into(), target_conn.clone().into())
-                .live(replicate.slots()),
-        )
-        .after(&caught_up);
+        .after_name("app-healthy-after");
 
-    // The cutover, behind its gate: guards, a rollback point, the fence and the flip.
-    let gate = p.gate("cutover").after(&validate);
+    // The data path, up to a validated target and the guards of the cutover.
+    let gate = p.gate("cutover");
     let healthy = p
         .add(
             "app-healthy",
@@ -255,66 +245,271 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
                 .within(60),
         )
         .after(&gate);
-    let lag_ok = p
-        .add(
-            "lag-under-bound",
-            WaitLag::on(source.clone().into(), replicate.slots())
-                .under_bytes(max_lag_bytes)
-                .under_seconds(max_lag_seconds),
-        )
-        .after(&gate)
-        // A guard, not a wait: the cutover does not start while the lag is above its bound.
-        .timeout(Duration::from_secs(600));
-    let snapshot = p
+    let path = match data_path {
+        DataPath::Native => {
+            let preflight = p
+                .add(
+                    "preflight",
+                    Preflight::between(source.clone().into(), target_conn.clone().into())
+                        .slots(groups.len() as u64 + 1),
+                )
+                .after(&rebooted);
+            let mut replicate =
+                Replicate::between(source.clone().into(), target_conn.clone().into())
+                    .parallel_load(workers, 1024);
+            for g in &groups {
+                let tables: Vec<&str> = g.tables.iter().map(String::as_str).collect();
+                replicate = replicate.group(&g.name, &tables);
+            }
+            let replicate = p.add("replicate", replicate).after(&preflight);
+            let caught_up = p.add(
+                "caught-up",
+                WaitLag::on(source.clone().into(), replicate.slots())
+                    .under_bytes(max_lag_bytes)
+                    .under_seconds(max_lag_seconds),
+            );
+            let validate = p
+                .add(
+                    "validate",
+                    Validate::between(source.clone().into(), target_conn.clone().into())
+                        .live(replicate.slots()),
+                )
+                .after(&caught_up);
+            let lag_ok = p
+                .add(
+                    "lag-under-bound",
+                    WaitLag::on(source.clone().into(), replicate.slots())
+                        .under_bytes(max_lag_bytes)
+                        .under_seconds(max_lag_seconds),
+                )
+                .after(&gate)
+                // A guard, not a wait: the cutover does not start while the lag is above it.
+                .timeout(Duration::from_secs(600));
+            Path {
+                validate,
+                guards: vec![lag_ok.name().to_string()],
+                cutover: Cutover::read_only_fence(
+                    source.clone().into(),
+                    target_conn.clone().into(),
+                )
+                .replication(replicate.slots(), replicate.subscriptions())
+                .reverse_replication(),
+                slots: replicate.slots(),
+                tasks: vec![],
+            }
+        }
+        DataPath::Dms => {
+            // The schema first (tables and keys; DMS moves rows only), the marker table with it.
+            let schema = p
+                .add(
+                    "schema",
+                    CopySchema::pre(source.clone().into(), target_conn.clone().into()),
+                )
+                .after(&rebooted);
+            let dms_subnets = p
+                .add(
+                    "dms-subnets",
+                    DmsSubnetGroup::of(subnets.ids(), "the DMS replication instance"),
+                )
+                .retire_after(&bake);
+            let dms = p
+                .add(
+                    "dms",
+                    DmsInstance::new(&dms_class, dms_storage_gb)
+                        .multi_az(false)
+                        .subnet_group(dms_subnets.group_id())
+                        .security_groups(vec![dms_sg.as_ref().expect("declared").group_id()]),
+                )
+                .retire_after(&bake);
+            // TLS required on both endpoints (`require`, the endpoints' default).
+            let (source_port, source_user) = source.port_and_user();
+            let src_ep = p
+                .add(
+                    "source-endpoint",
+                    DmsEndpoint::source("postgres", source.host(), source_port, &db)
+                        .credentials(&source_user, stack.secret("source_password")?)
+                        .ssl_mode("require"),
+                )
+                .retire_after(&bake);
+            let dst_ep = p
+                .add(
+                    "target-endpoint",
+                    DmsEndpoint::target("postgres", target.endpoint(), target.port(), &db)
+                        .credentials(MASTER, master_password.clone())
+                        .ssl_mode("require"),
+                )
+                .retire_after(&bake);
+            let tested = p
+                .add(
+                    "test-connections",
+                    TestConnections::of(dms.arn(), vec![src_ep.arn(), dst_ep.arn()]),
+                )
+                .after(&schema);
+            let mut tasks = Vec::new();
+            let mut loaded = Vec::new();
+            for (i, g) in groups.iter().enumerate() {
+                let mut m = TableMappings::new();
+                for t in &g.tables {
+                    let (schema_name, table) = t.split_once('.').unwrap_or(("public", t));
+                    m = m.include(schema_name, table);
+                }
+                if i == 0 {
+                    // The catch-up marker travels with the first group's task.
+                    m = m.include("public", "cutover_marker");
+                }
+                let task = p
+                    .add(
+                        &format!("task-{}", g.name),
+                        DmsTask::new(
+                            dms.arn(),
+                            src_ep.arn(),
+                            dst_ep.arn(),
+                            "full-load-and-cdc",
+                            &m,
+                            &TaskSettings::default(),
+                        ),
+                    )
+                    .after(&schema)
+                    .retire_after(&bake);
+                let started = p
+                    .add(
+                        &format!("start-{}", g.name),
+                        StartTask::of(task.identifier(), "start"),
+                    )
+                    .after(&tested);
+                loaded.push(
+                    p.add(
+                        &format!("loaded-{}", g.name),
+                        WaitFullLoad::of(task.identifier()),
+                    )
+                    .after(&started),
+                );
+                tasks.push((g.name.clone(), task));
+            }
+            // Indexes, foreign keys and triggers once the rows are in.
+            let mut post = p.add(
+                "schema-post",
+                CopySchema::post(source.clone().into(), target_conn.clone().into()),
+            );
+            for l in &loaded {
+                post = post.after(l);
+            }
+            // DMS has no slot position the tool can wait on: validation is exact on a quiet
+            // source; DMS's own validation runs alongside (TaskSettings::validation).
+            let validate = p
+                .add(
+                    "validate",
+                    Validate::between(source.clone().into(), target_conn.clone().into()),
+                )
+                .after(&post);
+            let mut guards = Vec::new();
+            for (name, task) in &tasks {
+                let g = p
+                    .add(
+                        &format!("cdc-under-bound-{name}"),
+                        WaitCdcLatency::of(dms.identifier(), task.identifier(), max_lag_seconds),
+                    )
+                    .after(&gate)
+                    .timeout(Duration::from_secs(600));
+                guards.push(g.name().to_string());
+            }
+            Path {
+                validate,
+                guards,
+                cutover: Cutover::read_only_fence(
+                    source.clone().into(),
+                    target_conn.clone().into(),
+                )
+                .reverse_replication_enabled_later(),
+                slots: Value::Array(vec![]),
+                tasks: tasks
+                    .into_iter()
+                    .map(|(n, t)| (n, t.identifier()))
+                    .collect(),
+            }
+        }
+    };
+    let gate = gate.after(&path.validate);
+
+    // The cutover: a rollback point, the fence, then the flip.
+    let mut snapshot = p
         .add("rollback-point", Snapshot::of_instance(target.identifier()))
-        .after(&healthy)
-        .after(&lag_ok);
+        .after(&healthy);
+    for g in &path.guards {
+        snapshot = snapshot.after_name(g);
+    }
     let switch = p
         .add(
             "switch",
-            Cutover::read_only_fence(source.clone().into(), target_conn.clone().into())
-                .replication(replicate.slots(), replicate.subscriptions())
-                .validated(validate.validated_at(), 3600)
-                .reverse_replication(),
+            path.cutover.validated(path.validate.validated_at(), 3600),
         )
-        .after(&snapshot);
+        .after(&snapshot)
+        .after(&gate);
+    // With DMS: its tasks stop inside the fence's shadow, then the reverse replication starts.
+    let mut before_flip: Vec<String> = vec![switch.name().to_string()];
+    let mut compensations: Vec<String> = vec![];
+    let mut reopened: Vec<String> = vec![switch.name().to_string()];
+    if !path.tasks.is_empty() {
+        let mut enable = p.add("enable-reverse", switch.enable_reverse());
+        for (name, task) in &path.tasks {
+            let stop = p
+                .add(&format!("stop-{name}"), StopTask::of(task.clone()))
+                .after(&switch);
+            enable = enable.after(&stop);
+            reopened.push(stop.name().to_string());
+            // A failed flip resumes the task where it stopped.
+            let resume = p
+                .add(
+                    &format!("resume-{name}"),
+                    StartTask::of(task.clone(), "resume"),
+                )
+                .rollback_only()
+                .trigger("cutover", switch.flipped_at());
+            compensations.push(resume.name().to_string());
+        }
+        reopened.push(enable.name().to_string());
+        before_flip = vec![enable.name().to_string()];
+    }
     let unfence = p
         .add("unfence", switch.unfence())
         .rollback_only()
-        .reopens(&[&switch])
         .trigger("cutover", switch.flipped_at());
-    let flip = p
-        .add(
-            "flip",
-            DnsFlip::record(zone.zone_id(), &record, "CNAME", target.endpoint())
-                .from(source.host())
-                .ttl(30),
-        )
-        .after(&switch)
-        .compensate_with(&[&unfence]);
-    let after_flip = p
-        .add(
-            "app-healthy-after",
-            HealthCheck::url(health_url.as_str())
-                .consecutive(5)
-                .within(300),
-        )
-        .after(&flip);
-    let bake = p
-        .add(
-            "bake",
-            Bake::alarms(
-                alarms.iter().map(|a| a.alarm_name()).collect(),
-                bake_minutes * 60,
-            )
-            .since(flip.output::<String>("flipped_at")),
-        )
-        .after(&after_flip);
+    let unfence = reopened.iter().fold(unfence, |u, n| u.reopens_name(n));
+    compensations.insert(0, unfence.name().to_string());
+    let mut flip = p.add(
+        "flip",
+        DnsFlip::record(zone.zone_id(), &record, "CNAME", target.endpoint())
+            .from(source.host())
+            .ttl(30),
+    );
+    for b in &before_flip {
+        flip = flip.after_name(b);
+    }
+    let flip = flip.on_failure(FailurePolicy::Compensate(compensations));
+    p.add(
+        "app-healthy-after",
+        HealthCheck::url(health_url.as_str())
+            .consecutive(5)
+            .within(300),
+    )
+    .after(&flip);
     let finish = p.gate("finish").after(&bake);
     p.add(
         "finish-replication",
-        FinishReplication::between(source.into(), target_conn.into(), replicate.slots()),
+        FinishReplication::between(source.into(), target_conn.into(), path.slots),
     )
     .after(&finish);
     Ok(p)
+}
+
+/// What a data path gives the cutover.
+struct Path {
+    validate: Handle<Validate>,
+    /// Steps the rollback point waits for (lag or CDC latency under the bound).
+    guards: Vec<String>,
+    cutover: Cutover,
+    /// The forward replication's slots (the native path's), for its end.
+    slots: Value,
+    /// DMS tasks by group: stopped after the fence, resumed if the flip fails.
+    tasks: Vec<(String, Output<String>)>,
 }

@@ -371,6 +371,11 @@ impl<T> Handle<T> {
         });
         self
     }
+    /// [`Handle::reopens`] by name (a step declared anywhere in the plan).
+    pub fn reopens_name(self, step: &str) -> Self {
+        self.edit(|n| n.options.reopens.push(step.to_string()));
+        self
+    }
     /// The inputs declared so far (a builder that derives one node from another).
     pub fn declared_inputs(&self) -> Attrs {
         self.plan.borrow().spec.nodes[self.index].inputs.clone()

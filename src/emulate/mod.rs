@@ -257,7 +257,10 @@ impl Emulation {
         let certs = self.root().join("certs");
         std::fs::create_dir_all(&certs).map_err(|e| io("create", &certs, e))?;
         let ca = certs.join("emulated-ca.pem");
-        let (text, externals) = self.overlay(original.source(), &mut layout, sets, &ca)?;
+        let (text, externals, notes) = self.overlay(original.source(), &mut layout, sets, &ca)?;
+        for n in &notes {
+            say(n);
+        }
         self.write_stack(&text)?;
         let loaded = engine::load(&self.root(), plans, &self.stack).map_err(|e| e.to_string())?;
         let region = loaded
@@ -323,7 +326,7 @@ impl Emulation {
                 .or_insert_with(free_port);
         }
         self.save_layout(&layout)?;
-        let (text, _) = self.overlay(original.source(), &mut layout, sets, &ca)?;
+        let (text, _, _) = self.overlay(original.source(), &mut layout, sets, &ca)?;
         self.write_stack(&text)?;
         let loaded = engine::load(&self.root(), plans, &self.stack).map_err(|e| e.to_string())?;
 
@@ -407,7 +410,7 @@ impl Emulation {
         layout: &mut Layout,
         sets: &[(String, String)],
         ca: &Path,
-    ) -> Result<(String, Vec<StandIn>), String> {
+    ) -> Result<(String, Vec<StandIn>, Vec<String>), String> {
         let mut t: toml::Table = source
             .parse()
             .map_err(|e| format!("stacks/{}.toml: {e}", self.stack))?;
@@ -433,6 +436,7 @@ impl Emulation {
         }
         t.insert("secrets".into(), toml::Value::Table(secrets));
         let mut externals = Vec::new();
+        let mut notes: Vec<String> = Vec::new();
         let mut connect = toml::Table::new();
         let ca_s = ca.display().to_string();
         if let Some(toml::Value::Table(values)) = t.get_mut("values") {
@@ -443,6 +447,14 @@ impl Emulation {
                     .and_then(|mut x| x.remove("x"))
                     .unwrap_or_else(|| toml::Value::String(v.clone()));
                 values.insert(k.clone(), parsed);
+            }
+            if values
+                .get("data_path")
+                .and_then(|v| v.as_str())
+                .is_some_and(|d| d != "native")
+            {
+                values.insert("data_path".into(), toml::Value::String("native".into()));
+                notes.push("emulated: data_path = \"native\" (moto's DMS moves no data, so the emulation replicates natively; the DMS objects are not created)".to_string());
             }
             if values.contains_key("health_url") {
                 values.insert(
@@ -505,6 +517,7 @@ impl Emulation {
                 self.stack, self.stack
             ),
             externals,
+            notes,
         ))
     }
 

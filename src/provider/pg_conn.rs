@@ -90,6 +90,23 @@ impl PgConn {
         self.fields.get("host").cloned().unwrap_or(Value::Null)
     }
 
+    /// The port and user when they are values (a stack table's), for another tool's endpoint (a
+    /// DMS endpoint); 5432 and `postgres` when they are not known yet.
+    pub fn port_and_user(&self) -> (u16, String) {
+        (
+            self.fields
+                .get("port")
+                .and_then(Value::as_u64)
+                .map(|p| p as u16)
+                .unwrap_or(5432),
+            self.fields
+                .get("user")
+                .and_then(Value::as_str)
+                .unwrap_or("postgres")
+                .to_string(),
+        )
+    }
+
     /// The user's password: a secret reference (`stack.secret(..)`, a managed master secret).
     pub fn password(self, secret: Output<String>) -> Self {
         self.set("password", secret)

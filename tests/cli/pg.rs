@@ -1739,3 +1739,62 @@ fn reverse_replication_enabled_later_loses_no_write_made_before_it_is_enabled() 
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("enable-reverse: running"), "{out}");
 }
+
+/// The schema copy of a data path that moves rows only (DMS): tables, keys, identity and the
+/// marker table first, then the index and the foreign key; no row is copied; again changes nothing.
+#[test]
+fn the_schema_copy_for_dms_creates_tables_then_indexes_and_keys_and_no_rows() {
+    if !require_pg() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t) = (free_port(), free_port());
+    p.stack(
+        "schema",
+        &format!("plan = \"copy-schema\"\nprovider = \"local\"\n[values]\ndata_root = \"pgdata\"\nsource_port = {s}\ntarget_port = {t}\n"),
+    );
+    let _stop = Stopper(vec![
+        p.root().join("pgdata/source"),
+        p.root().join("pgdata/target"),
+    ]);
+    let (code, out, err) = p.run(&["apply", "schema", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    rt().block_on(async {
+        let d = target(t, "postgres").connect().await.unwrap();
+        let q = |sql: &'static str| {
+            let d = &d;
+            async move { d.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+        };
+        assert_eq!(q("SELECT count(*) FROM accounts").await, 0, "no rows are copied");
+        assert_eq!(
+            q("SELECT count(*) FROM pg_indexes WHERE indexname = 'orders_account'").await,
+            1
+        );
+        assert_eq!(
+            q("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'orders'::regclass").await,
+            1
+        );
+        assert_eq!(
+            q("SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conrelid = 'accounts'::regclass").await,
+            1
+        );
+        assert_eq!(
+            q("SELECT count(*) FROM pg_class WHERE relname = 'cutover_marker'").await,
+            1,
+            "the marker table travels with the schema"
+        );
+    });
+    let (code, out, err) = p.run(&[
+        "apply",
+        "schema",
+        "--yes",
+        "--replace",
+        "schema",
+        "--replace",
+        "schema-post",
+    ]);
+    assert_eq!(
+        code, 0,
+        "running the copy again changes nothing: {out}{err}"
+    );
+}

@@ -149,16 +149,24 @@ fn case3_apply_without_credentials_changes_nothing_and_says_what_to_set() {
 }
 
 #[test]
-fn case3_refuses_the_dms_data_path_it_does_not_build_yet() {
+fn case3_with_dms_as_the_data_path_previews_its_temporaries_and_cutover() {
     let p = Project::new();
-    let text = std::fs::read_to_string(p.root().join("stacks/staging.toml"))
+    let text = std::fs::read_to_string(p.root().join("stacks/production.toml"))
         .unwrap()
         .replace("data_path = \"native\"", "data_path = \"dms\"");
-    p.stack("staging", &text);
-    let (code, _, err) = without_aws(&p, &["preview", "staging"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("data_path = \"dms\" is not built yet") && err.contains("stacks/staging.toml"),
-        "{err}"
-    );
+    p.stack("production", &text);
+    let (code, out, err) = without_aws(&p, &["preview", "production"]);
+    assert_eq!(code, 0, "{err}");
+    insta::assert_snapshot!("case3_production_dms_text", out);
+    // The DMS objects are temporaries; the tasks stop before the reverse replication starts.
+    for line in [
+        "+ dms (aws.dms.instance) [temporary]",
+        "+ task-events (aws.dms.task) [temporary]",
+        "? resume-events (aws.dms.start): runs only if a node it compensates fails",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let pos = |s: &str| out.find(s).unwrap_or_else(|| panic!("{s}: {out}"));
+    assert!(pos(" stop-events (") < pos(" enable-reverse ("));
+    assert!(pos("enable-reverse (pg.enable_reverse)") < pos("flip (aws.route53.flip)"));
 }
