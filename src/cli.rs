@@ -299,7 +299,8 @@ async fn emulate(
         }
     };
     let code = status.code().unwrap_or(1) as u8;
-    if verb == "destroy" && code == 0 {
+    // A whole destroy ends the emulation; `destroy --temporary` keeps it.
+    if verb == "destroy" && code == 0 && !rest.iter().any(|a| a == "--temporary") {
         e.down(&say).map_err(|m| anyhow::anyhow!(m))?;
     }
     eprintln!(

@@ -259,6 +259,14 @@ fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_noth
     );
     drop(w);
 
+    // The native path has no temporaries: `destroy --temporary` removes nothing, and the
+    // emulation stays up.
+    let before = objects(&rt, &l);
+    let (code, out) = emulate(&p, &moto, &["destroy", "--temporary", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(objects(&rt, &l), before, "{out}");
+    assert!(p.root().join(".cutover/emulate/staging/run").exists());
+
     // Rollback through the reverse replication: the record names the old database again.
     let (code, out) = emulate(&p, &moto, &["rollback", "--yes"]);
     assert_eq!(code, 0, "{out}");
