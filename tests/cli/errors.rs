@@ -229,3 +229,56 @@ fn a_stack_name_is_a_plain_name_and_state_dir_is_not_the_project_root() {
         assert!(!p.root().join("state.json").exists());
     }
 }
+
+/// An AWS endpoint that refuses connections, or accepts them and never answers, is named at once
+/// (one call, no retries) with the stack key that sets it, before anything is recorded.
+#[test]
+fn an_unreachable_aws_endpoint_is_named_at_once_with_its_stack_key() {
+    let p = Project::new();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // Accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let _keep = std::thread::spawn(move || {
+        let mut held = vec![];
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    for (port, says) in [(closed, "cannot be reached"), (silent_port, "")] {
+        p.stack(
+            "cloud",
+            &format!("plan = \"aws-params\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:{port}\"\n[values]\nfamily = \"postgres15\"\nwork_mem = \"4096\"\n"),
+        );
+        let t0 = std::time::Instant::now();
+        let out = p
+            .plan()
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .args(["apply", "cloud", "--yes"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "the endpoint http://127.0.0.1:{port} (`endpoint_url` in stacks/cloud.toml)"
+            )) && err.contains(says)
+                && err.contains("nothing was changed"),
+            "{err}"
+        );
+        assert!(!err.contains("DispatchFailure"), "{err}");
+        // One call without retries: not the SDK's retried attempts of tens of seconds.
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(15),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(!p.state_dir("cloud").exists(), "nothing is recorded");
+    }
+}

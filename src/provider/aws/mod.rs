@@ -195,7 +195,7 @@ impl Aws {
         let found =
             tokio::time::timeout(Duration::from_secs(10), creds.provide_credentials()).await;
         let why = match found {
-            Ok(Ok(_)) => return Ok(()),
+            Ok(Ok(_)) => return self.check_endpoint(&conf, stack_file).await,
             Ok(Err(e)) => {
                 // The chain's own account, without the SDK's debug dump.
                 let s = aws_sdk_rds::error::DisplayErrorContext(&e).to_string();
@@ -206,6 +206,68 @@ impl Aws {
         Err(format!(
             "{stack_file}: no AWS credentials for this stack ({why}): set `profile = \"...\"` in the stack file or AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or task role is available; nothing was changed"
         ))
+    }
+
+    /// One quick call with no retries (STS GetCallerIdentity, 5 s): an endpoint that refuses
+    /// connections or never answers is named at once, with the stack key that sets it, instead
+    /// of after the SDK's retries of the first real call. Any answer, even an error, means the
+    /// endpoint is there; refused credentials are named too.
+    async fn check_endpoint(
+        &self,
+        conf: &aws_config::SdkConfig,
+        stack_file: &str,
+    ) -> Result<(), String> {
+        use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+        let sts = aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::config::Builder::from(conf)
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .operation_timeout(Duration::from_secs(5))
+                        .build(),
+                )
+                .build(),
+        );
+        let at = match &self.endpoint_url {
+            Some(e) => format!("the endpoint {e} (`endpoint_url` in {stack_file})"),
+            None => format!(
+                "AWS in region {} (`region` in {stack_file})",
+                conf.region().map(|r| r.to_string()).unwrap_or_default()
+            ),
+        };
+        match sts.get_caller_identity().send().await {
+            Ok(_) => Ok(()),
+            Err(SdkError::DispatchFailure(d)) => Err(format!(
+                "{at} cannot be reached ({}): check the address and that it runs; nothing was changed",
+                if d.is_timeout() {
+                    "timed out"
+                } else if d.is_io() {
+                    "connection refused or reset"
+                } else {
+                    "no connection"
+                }
+            )),
+            Err(SdkError::TimeoutError(_)) => Err(format!(
+                "{at} did not answer within 5 s: check the address and the network; nothing was changed"
+            )),
+            Err(e) => {
+                let refused = e
+                    .as_service_error()
+                    .and_then(|s| s.code().map(|c| (c.to_string(), s.message().unwrap_or("").to_string())))
+                    .filter(|(c, _)| {
+                        ["InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"]
+                            .iter()
+                            .any(|k| c.contains(k))
+                    });
+                match refused {
+                    Some((code, message)) => Err(format!(
+                        "{at} refused the credentials ({code}: {message}): renew or correct them (`profile` in {stack_file}, or the AWS_* variables); nothing was changed"
+                    )),
+                    // Any other answer: the endpoint is there (throttled, or an emulator's quirk).
+                    None => Ok(()),
+                }
+            }
+        }
     }
 
     client!(
