@@ -109,6 +109,22 @@ fn wait_listening(port: u16, what: &str, log: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A `Name` tag for an EC2 object being created.
+fn named(
+    kind: aws_sdk_ec2::types::ResourceType,
+    name: &str,
+) -> aws_sdk_ec2::types::TagSpecification {
+    aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(kind)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("Name")
+                .value(name)
+                .build(),
+        )
+        .build()
+}
+
 /// Where `moto_server` is: `CUTOVER_MOTO_SERVER`, or the project's venv (`scripts/prereqs all`).
 pub fn moto_server(project: &Path) -> Result<PathBuf, String> {
     if let Ok(p) = std::env::var("CUTOVER_MOTO_SERVER") {
@@ -582,17 +598,7 @@ impl Emulation {
                         let v = ec2
                             .create_vpc()
                             .cidr_block("10.99.0.0/16")
-                            .tag_specifications(
-                                aws_sdk_ec2::types::TagSpecification::builder()
-                                    .resource_type(aws_sdk_ec2::types::ResourceType::Vpc)
-                                    .tags(
-                                        aws_sdk_ec2::types::Tag::builder()
-                                            .key("Name")
-                                            .value(&name)
-                                            .build(),
-                                    )
-                                    .build(),
-                            )
+                            .tag_specifications(named(aws_sdk_ec2::types::ResourceType::Vpc, &name))
                             .send()
                             .await
                             .map_err(|x| {
@@ -640,17 +646,7 @@ impl Emulation {
                     .vpc_id(vpc)
                     .cidr_block(format!("10.99.{}.0/24", i + 1))
                     .availability_zone(format!("{region}{zone}"))
-                    .tag_specifications(
-                        aws_sdk_ec2::types::TagSpecification::builder()
-                            .resource_type(aws_sdk_ec2::types::ResourceType::Subnet)
-                            .tags(
-                                aws_sdk_ec2::types::Tag::builder()
-                                    .key("Name")
-                                    .value(&name)
-                                    .build(),
-                            )
-                            .build(),
-                    )
+                    .tag_specifications(named(aws_sdk_ec2::types::ResourceType::Subnet, &name))
                     .send()
                     .await
                     .map_err(|x| {

@@ -25,6 +25,25 @@ pub fn register(r: &mut Registry) {
         .step(FinishType);
 }
 
+/// A step builder that is nothing but its inputs: the struct and its `Declare`, once.
+macro_rules! inputs_step {
+    ($(#[$doc:meta])* $name:ident, $type:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            inputs: Attrs,
+        }
+
+        impl Declare for $name {
+            const TYPE: &'static str = $type;
+            const KIND: NodeKind = NodeKind::Step;
+            fn inputs(self) -> Attrs {
+                self.inputs
+            }
+        }
+    };
+}
+
 /// The connection in input `key`, dialled through the stack's `[connect]` table, with an IAM
 /// token for its password when it uses IAM authentication.
 async fn target(ctx: &Ctx, inputs: &Attrs, key: &str) -> Result<Target, ProviderError> {
@@ -1053,20 +1072,12 @@ impl crate::dsl::Handle<Cutover> {
     }
 }
 
-/// Enables the reverse replication a cutover created disabled (see
-/// `Cutover::reverse_replication_enabled_later`).
-#[derive(Debug, Clone)]
-pub struct EnableReverse {
-    inputs: Attrs,
-}
-
-impl Declare for EnableReverse {
-    const TYPE: &'static str = "pg.enable_reverse";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+inputs_step!(
+    /// Enables the reverse replication a cutover created disabled (see
+    /// `Cutover::reverse_replication_enabled_later`).
+    EnableReverse,
+    "pg.enable_reverse"
+);
 
 struct EnableReverseType;
 
@@ -1113,13 +1124,13 @@ impl StepType for EnableReverseType {
     }
 }
 
-/// Copies the source's schema to the target for a data path that moves rows only (a DMS task):
-/// `pre` creates the tables with their keys (and the marker table) unless the target has them,
-/// `post` adds the indexes, foreign keys and triggers (after the full load, which they would slow).
-#[derive(Debug, Clone)]
-pub struct CopySchema {
-    inputs: Attrs,
-}
+inputs_step!(
+    /// Copies the source's schema to the target for a data path that moves rows only (a DMS task):
+    /// `pre` creates the tables with their keys (and the marker table) unless the target has them,
+    /// `post` adds the indexes, foreign keys and triggers (after the full load, which they would slow).
+    CopySchema,
+    "pg.copy_schema"
+);
 
 impl CopySchema {
     pub fn pre(source: Value, target: Value) -> Self {
@@ -1139,14 +1150,6 @@ impl CopySchema {
                 ("phase".to_string(), Value::from("post")),
             ]),
         }
-    }
-}
-
-impl Declare for CopySchema {
-    const TYPE: &'static str = "pg.copy_schema";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
     }
 }
 
@@ -1205,21 +1208,11 @@ impl StepType for CopySchemaType {
     }
 }
 
-/// Undoes a read-only cutover whose flip did not happen (see [`Handle<Cutover>::unfence`]).
-///
-/// [`Handle<Cutover>::unfence`]: crate::dsl::Handle
-#[derive(Debug, Clone)]
-pub struct Unfence {
-    inputs: Attrs,
-}
-
-impl Declare for Unfence {
-    const TYPE: &'static str = "pg.unfence";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+inputs_step!(
+    /// Undoes a read-only cutover whose flip did not happen (see `Handle<Cutover>::unfence`).
+    Unfence,
+    "pg.unfence"
+);
 
 struct UnfenceType;
 
