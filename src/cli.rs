@@ -195,6 +195,8 @@ enum StateCmd {
 /// Exit codes.
 pub const EXIT_CHANGES: u8 = 2;
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Stopped by SIGTERM (128 + 15), state saved.
+pub const EXIT_TERMINATED: u8 = 143;
 
 /// Runs the CLI with the plans compiled into the binary; returns the process exit code.
 pub fn main(plans: &[PlanEntry]) -> ExitCode {
@@ -288,9 +290,21 @@ async fn emulate(
         .env_remove("AWS_ENDPOINT_URL");
     let mut child = cmd.spawn().context("start the emulated command")?;
     let region = e.region();
+    // Ctrl-C and SIGTERM go to the command, which stops as it would on its own; this waits.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listen for SIGTERM")?;
+    let forward = |child: &tokio::process::Child, sig: i32| {
+        if let Some(pid) = child.id() {
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    };
     let status = loop {
         tokio::select! {
             s = child.wait() => break s.context("wait for the emulated command")?,
+            _ = tokio::signal::ctrl_c() => forward(&child, libc::SIGINT),
+            _ = term.recv() => forward(&child, libc::SIGTERM),
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
                 if let Err(m) = e.quiet_alarms(&region, &say).await {
                     tracing::debug!("emulated alarms: {m}");
@@ -644,8 +658,31 @@ async fn apply(
         .filter_map(|a| a.held_by.clone())
         .collect();
     let (tx, rx) = tokio::sync::watch::channel(0u32);
+    // Ctrl-C, and SIGTERM (what CI runners, systemd and Kubernetes send), stop the run the same
+    // way: the first lets running calls finish and saves, the second aborts.
+    let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let term_flag = terminated.clone();
     let signals = tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            let by_term = tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    false
+                }
+                Some(()) = async {
+                    match term.as_mut() {
+                        Some(t) => t.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            if by_term {
+                term_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let n = *tx.borrow() + 1;
             if tx.send(n).is_err() {
                 break;
@@ -707,7 +744,11 @@ async fn apply(
     );
     if r.cancelled {
         println!("\nInterrupted: {counts}; {not_started} not started. State is saved: run `plan apply {stack}` to resume.");
-        return Ok(EXIT_INTERRUPTED);
+        return Ok(if terminated.load(std::sync::atomic::Ordering::Relaxed) {
+            EXIT_TERMINATED
+        } else {
+            EXIT_INTERRUPTED
+        });
     }
     if let Some(e) = &r.checkpoint_error {
         bail!("state could not be written ({e}); stopped before starting more work. Nothing unrecorded was started: fix the disk problem and run `plan apply {stack}` again to resume.");

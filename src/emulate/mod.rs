@@ -1125,12 +1125,14 @@ impl Emulation {
                 c.destroy()?;
             }
         }
-        for d in ["proxy", "moto"] {
+        // The proxy ends on SIGTERM; moto_server (werkzeug) does not, and holds nothing worth
+        // keeping: it is killed.
+        for (d, sig) in [("proxy", libc::SIGTERM), ("moto", libc::SIGKILL)] {
             if let Some(pid) = self.pid_of(d) {
                 if alive(pid) {
                     unsafe {
-                        libc::kill(-pid, libc::SIGTERM);
-                        libc::kill(pid, libc::SIGTERM);
+                        libc::kill(-pid, sig);
+                        libc::kill(pid, sig);
                     }
                     let t0 = Instant::now();
                     while alive(pid) && t0.elapsed() < Duration::from_secs(10) {

@@ -95,6 +95,17 @@ fn sigkill_at_random_moments_then_resume_gives_every_effect_exactly_once() {
 
 #[test]
 fn ctrl_c_lets_running_nodes_finish_saves_state_and_exits_130() {
+    interrupted_by("-INT", 130);
+}
+
+#[test]
+fn sigterm_is_handled_like_ctrl_c_and_exits_143() {
+    interrupted_by("-TERM", 143);
+}
+
+/// `plan apply` stopped by `signal` mid-run: running nodes finish, state is saved, the exit code
+/// is `code`, and the next apply gives every effect exactly once.
+fn interrupted_by(signal: &str, code: i32) {
     let p = Project::new();
     p.stack(
         "crash",
@@ -110,13 +121,13 @@ fn ctrl_c_lets_running_nodes_finish_saves_state_and_exits_130() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(400));
     let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert_eq!(out.status.code(), Some(code), "{stdout}");
     assert!(
         stdout.contains("Interrupted: no new work starts; waiting for"),
         "{stdout}"

@@ -30,6 +30,17 @@ fn require() -> PathBuf {
     moto
 }
 
+/// Stops what an emulation left running when a test ends early (a failed assertion).
+struct Down<'a>(&'a Project);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        if self.0.root().join(".cutover/emulate/staging").exists() {
+            let _ = self.0.plan().args(["emulate", "staging", "down"]).output();
+        }
+    }
+}
+
 fn emulate(p: &Project, moto: &Path, args: &[&str]) -> (i32, String) {
     let out = p
         .plan()
@@ -199,6 +210,7 @@ struct Writes {
 fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_nothing() {
     let moto = require();
     let p = Project::new();
+    let _down = Down(&p);
     let (code, out) = emulate(&p, &moto, &["apply", "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("EMULATED: stack `staging`"), "{out}");
@@ -362,6 +374,7 @@ fn objects(rt: &tokio::runtime::Runtime, l: &Layout) -> (usize, usize, usize, us
 fn killed_inside_the_emulated_cutover_the_same_command_finishes_duplicating_nothing() {
     let moto = require();
     let p = Project::new();
+    let _down = Down(&p);
     let (code, out) = emulate(&p, &moto, &["apply", "--yes"]);
     assert_eq!(code, 0, "{out}");
     let l = layout(&p);
