@@ -98,17 +98,21 @@ async fn record(r53: &aws_sdk_route53::Client, name: &str) -> String {
 const NAME: &str = "db.staging.example.internal";
 const TARGET_HOST: &str = "onprem-rds-staging-target.aaaaaaaaaa.eu-west-1.rds.amazonaws.com";
 
-/// A client of the emulator's Route53 (through the emulation's proxy).
-fn route53(l: &Layout) -> aws_sdk_route53::Client {
-    let conf = aws_config::SdkConfig::builder()
+/// The emulator's SDK configuration (through the emulation's proxy) for `region`.
+fn sdk(l: &Layout, region: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
+        .region(aws_config::Region::new(region.to_string()))
         .endpoint_url(format!("http://127.0.0.1:{}", l.proxy))
         .credentials_provider(aws_sdk_rds::config::SharedCredentialsProvider::new(
             aws_sdk_rds::config::Credentials::new("testing", "testing", None, None, "test"),
         ))
-        .build();
-    aws_sdk_route53::Client::new(&conf)
+        .build()
+}
+
+/// A client of the emulator's Route53.
+fn route53(l: &Layout) -> aws_sdk_route53::Client {
+    aws_sdk_route53::Client::new(&sdk(l, "us-east-1"))
 }
 
 /// The application: writes through whatever the record names, reconnecting when it changes or a
@@ -334,14 +338,7 @@ fn on_target(rt: &tokio::runtime::Runtime, l: &Layout, ids: &[i64]) -> usize {
 
 /// What the emulator holds: DB instances, DB snapshots, alarms, record sets of the zone.
 fn objects(rt: &tokio::runtime::Runtime, l: &Layout) -> (usize, usize, usize, usize) {
-    let conf = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("eu-west-1"))
-        .endpoint_url(format!("http://127.0.0.1:{}", l.proxy))
-        .credentials_provider(aws_sdk_rds::config::SharedCredentialsProvider::new(
-            aws_sdk_rds::config::Credentials::new("testing", "testing", None, None, "test"),
-        ))
-        .build();
+    let conf = sdk(l, "eu-west-1");
     rt.block_on(async {
         let rds = aws_sdk_rds::Client::new(&conf);
         let cw = aws_sdk_cloudwatch::Client::new(&conf);
