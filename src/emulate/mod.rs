@@ -231,6 +231,16 @@ impl Emulation {
         rows: u64,
         say: &dyn Fn(&str),
     ) -> Result<(), String> {
+        let original =
+            crate::stack::Stack::load(&self.project, &self.stack).map_err(|e| e.to_string())?;
+        if original.provider != "aws" {
+            return Err(format!(
+                "{}: provider `{}`: the emulation stands in for AWS; run this stack as it is (`plan apply {}`)",
+                original.path.display(),
+                original.provider,
+                self.stack
+            ));
+        }
         std::fs::create_dir_all(self.run_dir()).map_err(|e| io("create", &self.run_dir(), e))?;
         std::fs::create_dir_all(self.root().join("stacks"))
             .map_err(|e| io("create", &self.root(), e))?;
@@ -268,8 +278,6 @@ impl Emulation {
         self.save_layout(&layout)?;
 
         // The overlay, first without the stand-ins of the plan's databases (the plan names them).
-        let original =
-            crate::stack::Stack::load(&self.project, &self.stack).map_err(|e| e.to_string())?;
         let certs = self.root().join("certs");
         std::fs::create_dir_all(&certs).map_err(|e| io("create", &certs, e))?;
         let ca = certs.join("emulated-ca.pem");

@@ -282,3 +282,15 @@ fn an_unreachable_aws_endpoint_is_named_at_once_with_its_stack_key() {
         assert!(!p.state_dir("cloud").exists(), "nothing is recorded");
     }
 }
+
+#[test]
+fn emulate_refuses_a_stack_that_is_not_aws_and_starts_nothing() {
+    let p = Project::new();
+    let (code, _, err) = p.run(&["emulate", "demo"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("stacks/demo.toml: provider `local`: the emulation stands in for AWS"),
+        "{err}"
+    );
+    assert!(!p.root().join(".cutover/emulate").exists());
+}
