@@ -178,6 +178,17 @@ pub fn get_str<'a>(a: &'a Attrs, key: &str) -> Option<&'a str> {
     a.get(key).and_then(Value::as_str)
 }
 
+/// The strings of an array value (others skipped; none when it is not an array).
+pub fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A typed view of an integer attribute.
 pub fn get_u64(a: &Attrs, key: &str) -> Option<u64> {
     a.get(key).and_then(Value::as_u64)

@@ -374,18 +374,10 @@ impl Emulation {
                 .inputs
                 .get("groups")
                 .and_then(Value::as_array)
-                .map(|g| {
-                    g.iter()
-                        .flat_map(|x| {
-                            x.get("tables")
-                                .and_then(Value::as_array)
-                                .cloned()
-                                .unwrap_or_default()
-                        })
-                        .filter_map(|t| t.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
+                .into_iter()
+                .flatten()
+                .flat_map(|g| crate::value::strings(g.get("tables")))
+                .collect();
             let src = standins.iter().find(|s| {
                 repl.inputs
                     .get("source")
@@ -729,16 +721,7 @@ impl Emulation {
             else {
                 continue;
             };
-            let from: Vec<String> = n
-                .inputs
-                .get("from")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let from = crate::value::strings(n.inputs.get("from"));
             if from.is_empty() {
                 continue;
             }

@@ -23,15 +23,7 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
 
 /// A list of strings input, sorted (as the describe calls report them).
 pub(super) fn str_list(inputs: &Attrs, k: &str) -> Vec<String> {
-    let mut v: Vec<String> = inputs
-        .get(k)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut v = crate::value::strings(inputs.get(k));
     v.sort();
     v
 }
