@@ -21,15 +21,16 @@
 //!
 //! With `data_path = "dms"` the rows move by AWS DMS instead (the case's replication instance,
 //! dms.r5.xlarge with 500 GB in one zone, endpoints with TLS required, a full-load-and-CDC task per
-//! table group), after a schema copy; the cutover's guard reads each task's CDC latency, the
-//! catch-up marker travels in the first task's table mappings, the tasks stop after the fence,
+//! table group, and one for the tables of no group), after a schema copy; the cutover's guard reads
+//! each task's CDC latency, every task carries its group's catch-up table (the cutover waits for
+//! its marker through each), the tasks stop after the fence,
 //! and only then does the reverse replication start (created disabled inside the fence); a failed
 //! flip resumes them. The DMS objects retire after the bake.
 
 use cutover::prelude::*;
 
 /// A table group: tables that replicate over one slot and subscription.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Group {
     name: String,
@@ -300,10 +301,29 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         }
         DataPath::Dms => {
             // The schema first (tables and keys; DMS moves rows only), the marker table with it.
+            // A task per declared group, and one for every other table (`rest`).
+            let mut groups = groups.clone();
+            if !groups
+                .iter()
+                .any(|g| g.name == "rest" || g.tables.is_empty())
+            {
+                groups.push(Group {
+                    name: "rest".into(),
+                    tables: vec![],
+                });
+            }
             let schema = p
                 .add(
                     "schema",
-                    CopySchema::pre(source.clone().into(), target_conn.clone().into()),
+                    CopySchema::pre(source.clone().into(), target_conn.clone().into()).groups(
+                        &groups
+                            .iter()
+                            .map(|g| TableGroup {
+                                name: g.name.clone(),
+                                tables: g.tables.clone(),
+                            })
+                            .collect::<Vec<_>>(),
+                    ),
                 )
                 .after(&rebooted);
             let dms_subnets = p
@@ -347,16 +367,31 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
                 .after(&schema);
             let mut tasks = Vec::new();
             let mut loaded = Vec::new();
-            for (i, g) in groups.iter().enumerate() {
+            let split = |t: &str| -> (String, String) {
+                let (s, n) = t.split_once('.').unwrap_or(("public", t));
+                (s.to_string(), n.to_string())
+            };
+            let mut catch_up = Vec::new();
+            for g in &groups {
+                // Each task carries its group's catch-up table: the cutover's proof that this
+                // task, not only one of them, applied every write made before the fence.
+                let own = catch_up_table(&g.name);
                 let mut m = TableMappings::new();
-                for t in &g.tables {
-                    let (schema_name, table) = t.split_once('.').unwrap_or(("public", t));
-                    m = m.include(schema_name, table);
+                if g.tables.is_empty() || g.name == "rest" {
+                    m = m.include("%", "%");
+                    for other in groups.iter().filter(|o| o.name != g.name) {
+                        for t in other.tables.iter().chain([&catch_up_table(&other.name)]) {
+                            let (schema_name, table) = split(t);
+                            m = m.exclude(&schema_name, &table);
+                        }
+                    }
+                } else {
+                    for t in g.tables.iter().chain([&own]) {
+                        let (schema_name, table) = split(t);
+                        m = m.include(&schema_name, &table);
+                    }
                 }
-                if i == 0 {
-                    // The catch-up marker travels with the first group's task.
-                    m = m.include("public", "cutover_marker");
-                }
+                catch_up.push(own);
                 let task = p
                     .add(
                         &format!("task-{}", g.name),
@@ -420,6 +455,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
                     source.clone().into(),
                     target_conn.clone().into(),
                 )
+                .catch_up_tables(catch_up)
                 .reverse_replication_enabled_later(),
                 slots: Value::Array(vec![]),
                 tasks: tasks

@@ -29,6 +29,7 @@ pub mod value;
 pub mod prelude {
     pub use crate::dsl::{FailurePolicy, Handle, NodeKind, Output, Plan, PlanError, Window};
     pub use crate::engine::PlanEntry;
+    pub use crate::pg::replication::{catch_up_table, Group as TableGroup};
     pub use crate::provider::aws::autoscaling::ReaderAutoscaling;
     pub use crate::provider::aws::cluster::{AuroraCluster, ClusterInstance};
     pub use crate::provider::aws::dms::{

@@ -1,6 +1,7 @@
-//! The cutover, one composite step with timed phases: guard (lag, long transactions, validation
-//! age) -> fence -> catch-up (a marker row written on the source after the fence, seen on the
-//! target) -> sequences (target at least the source's last value plus a margin) -> optional
+//! The cutover, one composite step with timed phases: guard (schema drift, every source table
+//! replicated, lag, long transactions, validation age) -> fence -> catch-up (a marker row written
+//! after the fence to every replication stream's catch-up table on the source in one transaction,
+//! all seen on the target: one marker would prove only its own stream) -> sequences (target at least the source's last value plus a margin) -> optional
 //! reverse replication (forward subscriptions disabled first; PostgreSQL 15 has no
 //! `origin = none`) -> flip -> post-check (a write and a read reach the target).
 //!
@@ -76,6 +77,11 @@ pub struct Spec {
     pub reverse_later: bool,
     pub fence_timeout_ms: u64,
     pub catchup_timeout_ms: u64,
+    /// The catch-up tables, one per forward replication stream, for a data path the tool cannot
+    /// see into (a DMS task per group). Empty: each forward subscription's own, found on the
+    /// target.
+    #[serde(default)]
+    pub catch_up: Vec<String>,
 }
 
 /// A timed phase.
@@ -247,7 +253,98 @@ fn flip_file_names(path: &std::path::Path, t: &Target) -> bool {
         .unwrap_or(false)
 }
 
-async fn guard(spec: &Spec) -> Result<(), String> {
+/// The tables the catch-up marker is written to, one per forward replication stream: given
+/// ([`Spec::catch_up`]), or each forward subscription's catch-up table, found on the target. A
+/// subscription without one refuses: the cutover could not prove it applied every write made
+/// before the fence. Without either, the marker table alone (a replication that carries it).
+async fn catch_up_tables(spec: &Spec) -> Result<Vec<String>, String> {
+    if !spec.catch_up.is_empty() {
+        return Ok(spec.catch_up.clone());
+    }
+    if spec.subscriptions.is_empty() {
+        return Ok(vec![MARKER_TABLE.to_string()]);
+    }
+    let dst = spec.target.connect().await.map_err(|e| e.to_string())?;
+    let rows = dst
+        .query(
+            "SELECT s.subname::text, format('%s.%s', n.nspname, c.relname)
+             FROM pg_subscription s JOIN pg_subscription_rel r ON r.srsubid = s.oid
+             JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE s.subname = ANY($1) AND r.srsubstate IN ('r','s') AND n.nspname = 'public'
+               AND c.relname LIKE 'cutover\\_catchup\\_%'
+             ORDER BY 1, 2",
+            &[&spec.subscriptions],
+        )
+        .await
+        .map_err(|e| spec.target.err("find the catch-up tables")(e).to_string())?;
+    let found: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let missing: Vec<&String> = spec
+        .subscriptions
+        .iter()
+        .filter(|s| !found.iter().any(|(f, _)| f == *s))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "forward subscription(s) {} carry no catch-up table, so the cutover could not prove they applied every write made before the fence; add one to each group (a pg.extend_replication step does) and run again",
+            missing.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let mut tables: Vec<String> = found.into_iter().map(|(_, t)| t).collect();
+    tables.dedup();
+    Ok(tables)
+}
+
+/// Source tables no forward subscription has copied and keeps in step (created after
+/// replication started, or added to a publication and not yet copied).
+pub async fn unreplicated(
+    source: &Target,
+    target: &Target,
+    subscriptions: &[String],
+) -> Result<Vec<String>, String> {
+    let src = source.connect().await.map_err(|e| e.to_string())?;
+    let all = replication::tables(source, &src)
+        .await
+        .map_err(|e| e.to_string())?;
+    let dst = target.connect().await.map_err(|e| e.to_string())?;
+    let ready: std::collections::BTreeSet<String> = dst
+        .query(
+            "SELECT format('%s.%s', n.nspname, c.relname)
+             FROM pg_subscription s JOIN pg_subscription_rel r ON r.srsubid = s.oid
+             JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE s.subname = ANY($1) AND r.srsubstate IN ('r','s')",
+            &[&subscriptions],
+        )
+        .await
+        .map_err(|e| target.err("replicated tables")(e).to_string())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(all.into_iter().filter(|t| !ready.contains(t)).collect())
+}
+
+/// What the guard found, for the run.
+struct Guarded {
+    catch_up: Vec<String>,
+    warnings: Vec<String>,
+}
+
+async fn guard(spec: &Spec) -> Result<Guarded, String> {
+    let drift = super::schema::drift(&spec.source, &spec.target)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !drift.errors.is_empty() {
+        return Err(drift.refusal());
+    }
+    if !spec.subscriptions.is_empty() {
+        let missing = unreplicated(&spec.source, &spec.target, &spec.subscriptions).await?;
+        if !missing.is_empty() {
+            return Err(format!(
+                "table(s) {} of the source are not replicated (created after replication started, or still copying): their writes would not reach the target; take them into replication (a pg.extend_replication step) or wait for their copy, and run again",
+                missing.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    let catch_up = catch_up_tables(spec).await?;
     for slot in &spec.slots {
         let l = replication::lag(&spec.source, slot)
             .await
@@ -289,32 +386,51 @@ async fn guard(spec: &Spec) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    Ok(Guarded {
+        catch_up,
+        warnings: drift.warnings,
+    })
 }
 
-async fn wait_marker(spec: &Spec, marker: &str) -> Result<(), String> {
+/// Writes `marker` to every table of `tables` on the source in one transaction and waits until
+/// the target has all of them: every stream has applied what was committed before.
+async fn wait_marker(spec: &Spec, tables: &[String], marker: &str) -> Result<(), String> {
     let src = writer(&spec.source).await?;
-    src.execute(
-        &format!("INSERT INTO {MARKER_TABLE} (id) VALUES ($1)"),
-        &[&marker],
-    )
-    .await
-    .map_err(|e| spec.source.err("write the marker")(e).to_string())?;
+    let inserts: Vec<String> = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "INSERT INTO {} (id) VALUES ({})",
+                replication::qualified(t),
+                literal(marker)
+            )
+        })
+        .collect();
+    src.batch_execute(&format!("BEGIN; {}; COMMIT", inserts.join("; ")))
+        .await
+        .map_err(|e| spec.source.err("write the marker")(e).to_string())?;
     let dst = spec.target.connect().await.map_err(|e| e.to_string())?;
+    let seen: Vec<String> = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "(SELECT count(*) FROM {} WHERE id = $1)",
+                replication::qualified(t)
+            )
+        })
+        .collect();
     let q = dst
-        .prepare(&format!(
-            "SELECT exists(SELECT 1 FROM {MARKER_TABLE} WHERE id = $1)"
-        ))
+        .prepare(&format!("SELECT ({})::bigint", seen.join(" + ")))
         .await
         .map_err(|e| spec.target.err("prepare")(e).to_string())?;
     let t0 = Instant::now();
     loop {
-        let seen: bool = dst
+        let seen: i64 = dst
             .query_one(&q, &[&marker])
             .await
             .map_err(|e| spec.target.err("read the marker")(e).to_string())?
             .get(0);
-        if seen {
+        if seen as usize == tables.len() {
             return Ok(());
         }
         if t0.elapsed() > Duration::from_millis(spec.catchup_timeout_ms) {
@@ -585,7 +701,7 @@ pub async fn run(
         state: state.into(),
     };
     let t = Instant::now();
-    guard(spec).await.map_err(|m| {
+    let guarded = guard(spec).await.map_err(|m| {
         fail(
             "guard",
             m,
@@ -596,7 +712,13 @@ pub async fn run(
         name: "guard".into(),
         ms: ms(t.elapsed()),
     });
-    progress("guard passed: lag, open transactions and validation within bounds".into());
+    for w in &guarded.warnings {
+        progress(format!("warning: {w}"));
+    }
+    progress(format!(
+        "guard passed: schemas agree, every table replicated, lag, open transactions and validation within bounds; {} catch-up table(s)",
+        guarded.catch_up.len()
+    ));
 
     let fenced = Instant::now();
     let unfence = |phase: &'static str, message: String| async move {
@@ -640,7 +762,7 @@ pub async fn run(
             .unwrap_or(0)
     );
     let t = Instant::now();
-    if let Err(m) = wait_marker(spec, &marker).await {
+    if let Err(m) = wait_marker(spec, &guarded.catch_up, &marker).await {
         return Err(unfence("catch-up", m).await);
     }
     phases.push(Phase {
@@ -954,7 +1076,7 @@ pub async fn rollback(
             .unwrap_or(0)
     );
     let t = Instant::now();
-    if let Err(m) = wait_marker(&reversed, &marker).await {
+    if let Err(m) = wait_marker(&reversed, &[MARKER_TABLE.to_string()], &marker).await {
         let _ = unfence_target().await;
         return Err(fail(
             "catch-up",

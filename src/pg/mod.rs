@@ -10,6 +10,7 @@ pub mod load;
 pub mod pooler;
 pub mod preflight;
 pub mod replication;
+pub mod schema;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};

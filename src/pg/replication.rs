@@ -54,6 +54,55 @@ pub fn object_name(prefix: &str, group: &str) -> String {
         .collect()
 }
 
+/// Catch-up tables are named `public.cutover_catchup_<group>`.
+const CATCH_UP_PREFIX: &str = "public.cutover_catchup_";
+
+/// The catch-up table of a group: each group's publication carries one of its own, so the
+/// cutover writes a row to every group's table after the fence and waits until the target has all
+/// of them, which proves every slot (not only one) has applied everything written before it.
+pub fn catch_up_table(group: &str) -> String {
+    let suffix: String = group
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(63 - (CATCH_UP_PREFIX.len() - "public.".len()))
+        .collect();
+    format!("{CATCH_UP_PREFIX}{suffix}")
+}
+
+/// Whether `table` (`schema.table`) is a catch-up table.
+pub fn is_catch_up_table(table: &str) -> bool {
+    table.starts_with(CATCH_UP_PREFIX)
+}
+
+/// The definition of a group's catch-up table (the same columns as the marker table).
+pub fn catch_up_ddl(group: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())",
+        qualified(&catch_up_table(group))
+    )
+}
+
+/// Creates on the source the catch-up table of every group `groups` makes of its tables (before
+/// the schema is copied, so the copy carries them); returns the groups' names.
+pub async fn create_catch_up_tables(
+    source: &Target,
+    c: &tokio_postgres::Client,
+    groups: &[Group],
+) -> Result<Vec<String>, PgError> {
+    let all = tables(source, c).await?;
+    let names: Vec<String> = assign(&all, groups)
+        .map_err(PgError::Other)?
+        .into_iter()
+        .map(|(g, _)| g)
+        .collect();
+    let ddl: Vec<String> = names.iter().map(|g| catch_up_ddl(g)).collect();
+    c.batch_execute(&ddl.join(";\n"))
+        .await
+        .map_err(source.err("create the catch-up tables"))?;
+    Ok(names)
+}
+
 /// User tables of a database (`schema.table`, persistent, not partitions), sorted.
 pub async fn tables(t: &Target, c: &tokio_postgres::Client) -> Result<Vec<String>, PgError> {
     Ok(c.query(
@@ -71,8 +120,27 @@ pub async fn tables(t: &Target, c: &tokio_postgres::Client) -> Result<Vec<String
 }
 
 /// Splits tables into groups: named tables to their groups, the rest to the group `rest` (or to
-/// the only group when there is one without tables).
+/// the only group when there is one without tables). A group's catch-up table goes to that group
+/// (one no group owns is left out).
 pub fn assign(all: &[String], groups: &[Group]) -> Result<Vec<(String, Vec<String>)>, String> {
+    let catch_up: BTreeSet<&String> = all.iter().filter(|t| is_catch_up_table(t)).collect();
+    let all: Vec<String> = all
+        .iter()
+        .filter(|t| !is_catch_up_table(t))
+        .cloned()
+        .collect();
+    let mut out = assign_tables(&all, groups)?;
+    for (g, ts) in &mut out {
+        let own = catch_up_table(g);
+        if catch_up.contains(&own) {
+            ts.push(own);
+            ts.sort();
+        }
+    }
+    Ok(out)
+}
+
+fn assign_tables(all: &[String], groups: &[Group]) -> Result<Vec<(String, Vec<String>)>, String> {
     let groups: Vec<Group> = if groups.is_empty() {
         vec![Group {
             name: "main".into(),

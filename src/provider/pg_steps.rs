@@ -421,6 +421,38 @@ fn groups_of(inputs: &Attrs) -> Vec<crate::pg::replication::Group> {
         .unwrap_or_default()
 }
 
+/// Creates the marker table and the groups' catch-up tables on the source (and on the target when
+/// `on_target`: no schema copy carries them there).
+async fn create_markers(
+    s: &Target,
+    t: &Target,
+    groups: &[crate::pg::replication::Group],
+    on_target: bool,
+) -> Result<(), ProviderError> {
+    use crate::pg::replication as r;
+    let src = s.connect().await.map_err(pg_err)?;
+    src.batch_execute(crate::pg::cutover::MARKER_DDL)
+        .await
+        .map_err(s.err("create the marker table"))
+        .map_err(pg_err)?;
+    let names = r::create_catch_up_tables(s, &src, groups)
+        .await
+        .map_err(pg_err)?;
+    if on_target {
+        let ddl: Vec<String> = std::iter::once(crate::pg::cutover::MARKER_DDL.to_string())
+            .chain(names.iter().map(|g| r::catch_up_ddl(g)))
+            .collect();
+        t.connect()
+            .await
+            .map_err(pg_err)?
+            .batch_execute(&ddl.join(";\n"))
+            .await
+            .map_err(t.err("create the catch-up tables"))
+            .map_err(pg_err)?;
+    }
+    Ok(())
+}
+
 fn setup_outputs(names: &[String], tables: usize) -> Attrs {
     Attrs::from([
         ("slots".to_string(), serde_json::json!(names)),
@@ -458,14 +490,9 @@ impl StepType for ReplicateType {
             .get("copy_schema")
             .and_then(Value::as_bool)
             .unwrap_or(true);
-        // The cutover's catch-up marker travels with the data.
-        s.connect()
-            .await
-            .map_err(pg_err)?
-            .batch_execute(crate::pg::cutover::MARKER_DDL)
-            .await
-            .map_err(s.err("create the marker table"))
-            .map_err(pg_err)?;
+        // The cutover's markers travel with the data: one catch-up table per group.
+        let groups = groups_of(req.inputs);
+        create_markers(&s, &t, &groups, !copy_schema).await?;
         let opts = load_options(req.inputs);
         let rest = if copy_schema {
             ctx.report(
@@ -482,7 +509,6 @@ impl StepType for ReplicateType {
         } else {
             vec![]
         };
-        let groups = groups_of(req.inputs);
         let mut loaded = None;
         let setup = match opts {
             Some(opts) => {
@@ -728,6 +754,20 @@ impl Declare for Validate {
 
 struct ValidateType;
 
+/// Fails when the two sides' schemas differ in a way that loses or changes data; reports the
+/// differences that do not.
+async fn check_drift(ctx: &Ctx, node: &str, s: &Target, t: &Target) -> Result<(), ProviderError> {
+    let d = crate::pg::schema::drift(s, t).await.map_err(pg_err)?;
+    for w in &d.warnings {
+        ctx.report(node, &format!("warning: {w}"));
+    }
+    if d.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ProviderError::new(d.refusal()))
+    }
+}
+
 #[async_trait]
 impl StepType for ValidateType {
     fn type_name(&self) -> &'static str {
@@ -753,6 +793,7 @@ impl StepType for ValidateType {
             slots: list("slots"),
             ..Default::default()
         };
+        check_drift(ctx, req.node, &s, &t).await?;
         let node = req.node.to_string();
         let report = validate::validate(&s, &t, &list("tables"), &opts, &|m| ctx.report(&node, &m))
             .await
@@ -875,6 +916,13 @@ impl Cutover {
     pub fn reverse_replication(self) -> Self {
         self.set("reverse", Value::Bool(true))
     }
+    /// The catch-up tables of a forward replication the tool cannot see into (a DMS task per
+    /// group, each carrying its group's `replication::catch_up_table`): the cutover writes a
+    /// marker to each after the fence and waits until the target has all of them. Without it,
+    /// each forward subscription's own catch-up table is found on the target.
+    pub fn catch_up_tables(self, tables: Vec<String>) -> Self {
+        self.set("catch_up", serde_json::json!(tables))
+    }
     /// Reverse replication created disabled, for a forward replication another tool runs (a DMS
     /// task): the plan stops that task after the cutover and then enables the reverse
     /// replication (`cutover.enable_reverse()`), before the flip.
@@ -954,6 +1002,7 @@ async fn cutover_spec(
             .unwrap_or(false),
         fence_timeout_ms: num("fence_timeout_ms") as u64,
         catchup_timeout_ms: num("catchup_timeout_ms") as u64,
+        catch_up: list("catch_up"),
     })
 }
 
@@ -1126,7 +1175,7 @@ impl StepType for EnableReverseType {
 
 inputs_step!(
     /// Copies the source's schema to the target for a data path that moves rows only (a DMS task):
-    /// `pre` creates the tables with their keys (and the marker table) unless the target has them,
+    /// `pre` creates the tables with their keys (and the marker and catch-up tables) unless the target has them,
     /// `post` adds the indexes, foreign keys and triggers (after the full load, which they would slow).
     CopySchema,
     "pg.copy_schema"
@@ -1141,6 +1190,13 @@ impl CopySchema {
                 ("phase".to_string(), Value::from("pre")),
             ]),
         }
+    }
+    /// The table groups of the data path (one DMS task each): `pre` creates each group's
+    /// catch-up table on the source first, so the copy carries them.
+    pub fn groups(mut self, groups: &[crate::pg::replication::Group]) -> Self {
+        self.inputs
+            .insert("groups".into(), serde_json::json!(groups));
+        self
     }
     pub fn post(source: Value, target: Value) -> Self {
         CopySchema {
@@ -1171,11 +1227,7 @@ impl StepType for CopySchemaType {
         use crate::pg::replication;
         let s = target(ctx, req.inputs, "source").await?;
         let t = target(ctx, req.inputs, "target").await?;
-        let c = s.connect().await.map_err(pg_err)?;
-        c.batch_execute(crate::pg::cutover::MARKER_DDL)
-            .await
-            .map_err(s.err("create the marker table"))
-            .map_err(pg_err)?;
+        create_markers(&s, &t, &groups_of(req.inputs), false).await?;
         match get_str(req.inputs, "phase") {
             Some("post") => {
                 let script = {

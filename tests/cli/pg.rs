@@ -417,7 +417,7 @@ fn the_rehearsal_validation_step_fails_naming_a_key_changed_on_the_target() {
     let (code, out, _) = p.run(&["apply", "local", "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("validate: 4 table(s), 1102 rows identical"),
+        out.contains("validate: 6 table(s), 1102 rows identical"),
         "{out}"
     );
     rt().block_on(async {
@@ -1796,5 +1796,126 @@ fn the_schema_copy_for_dms_creates_tables_then_indexes_and_keys_and_no_rows() {
     assert_eq!(
         code, 0,
         "running the copy again changes nothing: {out}{err}"
+    );
+}
+
+#[test]
+fn the_catch_up_waits_for_every_group_not_only_the_one_with_the_marker_table() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (_s, t, b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let rt = rt();
+    let ids: Vec<i64> = rt.block_on(async {
+        // The `events` group applies slowly on the target (a trigger replication fires), so its
+        // writes trail the other group's by seconds.
+        let dst = target(t, "app").connect().await.unwrap();
+        dst.batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.4); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow();
+             ALTER TABLE events ENABLE ALWAYS TRIGGER slow;",
+        )
+        .await
+        .unwrap();
+        let app = target(b, "app").connect().await.unwrap();
+        let mut ids = vec![];
+        for i in 0..5 {
+            let r = app
+                .query_one(
+                    "INSERT INTO events (account_id, kind) VALUES (1, $1) RETURNING id",
+                    &[&format!("late {i}")],
+                )
+                .await
+                .unwrap();
+            ids.push(r.get(0));
+        }
+        ids
+    });
+    // At once: the rows are acknowledged on the source and still on their way to the target.
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 catch-up table(s)"), "{out}");
+    rt.block_on(async {
+        // The forward subscriptions are disabled by now (reverse replication): what the target
+        // has is all it will ever get from the source.
+        assert_eq!(
+            acked_on(t, &ids).await,
+            ids.len(),
+            "writes of the slow group were acknowledged before the fence and are missing on the target"
+        );
+    });
+}
+
+#[test]
+fn schema_drift_and_unreplicated_tables_stop_the_cutover_before_the_fence() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let rt = rt();
+    let src = rt.block_on(async { target(s, "app").connect().await.unwrap() });
+    let dst = rt.block_on(async { target(t, "app").connect().await.unwrap() });
+    let refused = |expect: &[&str]| {
+        let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("cutover stopped in phase `guard`"), "{out}");
+        for e in expect {
+            assert!(out.contains(e), "missing {e:?} in:\n{out}");
+        }
+        assert!(
+            out.contains("Nothing was changed; the source takes writes as before."),
+            "{out}"
+        );
+        rt.block_on(async {
+            assert_eq!(
+                port_via(b).await,
+                Some(s.to_string()),
+                "still on the source"
+            );
+        });
+    };
+    let sql = |c: &tokio_postgres::Client, q: &str| {
+        rt.block_on(c.batch_execute(q))
+            .unwrap_or_else(|e| panic!("{q}: {e}"))
+    };
+    // A table created on the source (with a sequence) after replication started.
+    sql(
+        &src,
+        "CREATE TABLE late (id serial PRIMARY KEY, v text); INSERT INTO late (v) VALUES ('x')",
+    );
+    refused(&[
+        "table `public.late` is on the source only",
+        "sequence `public.late_id_seq` is on the source only",
+    ]);
+    // Created on the target too, it is still in no publication.
+    sql(&dst, "CREATE TABLE late (id serial PRIMARY KEY, v text)");
+    refused(&["table(s) `public.late` of the source are not replicated"]);
+    sql(&src, "DROP TABLE late");
+    sql(&dst, "DROP TABLE late");
+    // A column added on the source only.
+    sql(&src, "ALTER TABLE settings ADD COLUMN note text");
+    refused(&["column `public.settings.note` is on the source only"]);
+    sql(&src, "ALTER TABLE settings DROP COLUMN note");
+    // A unique index on the target only.
+    sql(&dst, "CREATE UNIQUE INDEX accounts_name ON accounts (name)");
+    refused(&[
+        "unique index or constraint `public.accounts USING btree (name)` is on the target only",
+    ]);
+    sql(&dst, "DROP INDEX accounts_name");
+    // A plain index on one side is a warning, and the cutover goes through.
+    sql(&dst, "CREATE INDEX accounts_balance ON accounts (balance)");
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "warning: index `public.accounts USING btree (balance)` is on the target only"
+        ),
+        "{out}"
     );
 }
