@@ -269,13 +269,18 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
                     .under_bytes(max_lag_bytes)
                     .under_seconds(max_lag_seconds),
             );
+            // Tables created on the source later are taken in at the next apply, and validated.
+            let extend = p
+                .add("extend-replication", replicate.extend())
+                .after(&caught_up);
             let validate = p
                 .add(
                     "validate",
                     Validate::between(source.clone().into(), target_conn.clone().into())
                         .live(replicate.slots()),
                 )
-                .after(&caught_up);
+                .after(&extend)
+                .trigger("tables", extend.added());
             let lag_ok = p
                 .add(
                     "lag-under-bound",

@@ -127,12 +127,19 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         "caught-up",
         WaitLag::on(source.conn(&db), replicate.slots()).under_bytes(max_lag_bytes),
     );
-    let validate = p
-        .add(
-            "validate",
-            Validate::between(source.conn(&db), target.conn(&db)).live(replicate.slots()),
-        )
-        .after(&caught_up);
+    let validate = p.add(
+        "validate",
+        Validate::between(source.conn(&db), target.conn(&db)).live(replicate.slots()),
+    );
+    let validate = if stack.get_or("extend_replication", true)? {
+        // Tables created on the source later are taken in at the next apply, and validated.
+        let extend = p
+            .add("extend-replication", replicate.extend())
+            .after(&caught_up);
+        validate.after(&extend).trigger("tables", extend.added())
+    } else {
+        validate.after(&caught_up)
+    };
     // Everything above can run today; the cutover waits for `--approve cutover`.
     let gate = p.gate("cutover").after(&validate).after(&pooler);
     let switch = match fence {

@@ -73,6 +73,7 @@ impl RunArgs {
             approve: self.approve.iter().cloned().collect(),
             until: self.until.clone(),
             force: false,
+            rerun: Default::default(),
         }
     }
 }

@@ -165,14 +165,83 @@ pub async fn preview(l: &Loaded, opts: &Options, refresh: bool) -> Result<Change
             state.apply(&e);
         }
     }
-    let mut cs = planner::plan(&l.graph, &state, &l.registry, opts)?;
+    let mut opts = opts.clone();
+    let mut unavailable = vec![];
+    if refresh {
+        let _ = l.fetch_secrets().await;
+        (opts.rerun, unavailable) = converging(l, &state).await;
+    }
+    let mut cs = planner::plan(&l.graph, &state, &l.registry, &opts)?;
     if refresh {
         // Checks that need a secret that cannot be read are skipped, as are those whose inputs
         // are not known yet; the preview itself never needs a secret's value.
-        let _ = l.fetch_secrets().await;
         cs.checks = run_checks(l, &state).await;
+        cs.checks.extend(unavailable);
     }
     Ok(cs)
+}
+
+/// The done steps of converging types (`StepType::converges`) whose probe finds work again, with
+/// why; each probe bounded in time. A probe that cannot answer leaves its step done and says so
+/// (what the step keeps in line has its own guard: the cutover refuses an unreplicated table).
+async fn converging(
+    l: &Loaded,
+    state: &State,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    Vec<planner::CheckNote>,
+) {
+    let ctx = l.ctx();
+    let mut out = std::collections::BTreeMap::new();
+    let mut notes = vec![];
+    for n in &l.graph.spec.nodes {
+        let Some(TypeImpl::Step(st)) = l.registry.get(&n.type_name) else {
+            continue;
+        };
+        if !st.converges() || !matches!(state.nodes.get(&n.name), Some(NodeRecord::Step(_))) {
+            continue;
+        }
+        let unavailable = |message: String| planner::CheckNote {
+            node: n.name.clone(),
+            level: "unavailable".into(),
+            message,
+        };
+        let lookup =
+            |x: &str, o: &str| state.nodes.get(x).and_then(|r| r.outputs().get(o).cloned());
+        let inputs = value::resolve_attrs(&n.inputs, &lookup);
+        if inputs.values().any(value::has_refs) {
+            continue;
+        }
+        let Ok(revealed) = value::reveal_attrs(&inputs, &*ctx.secrets) else {
+            notes.push(unavailable(
+                "whether it has work again could not be checked: a secret it needs is unreadable"
+                    .into(),
+            ));
+            continue;
+        };
+        let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, &n.name);
+        let req = Request {
+            node: &n.name,
+            deterministic_id: &det,
+            inputs: &revealed,
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(30), st.probe(&ctx, &req)).await {
+            Ok(Ok(Some(Probe::NotDone))) => {
+                out.insert(
+                    n.name.clone(),
+                    "its probe found work again: it runs again".to_string(),
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => notes.push(unavailable(format!(
+                "whether it has work again could not be checked ({e}); it stays done"
+            ))),
+            Err(_) => notes.push(unavailable(
+                "whether it has work again could not be checked within 30 s; it stays done".into(),
+            )),
+        }
+    }
+    (out, notes)
 }
 
 /// Runs the read-only checks of every step whose inputs are known from state (a preflight of
@@ -261,7 +330,11 @@ pub struct Prepared {
 }
 
 /// Takes the lock, reconciles interrupted operations, and plans.
-pub async fn prepare(l: &Loaded, opts: Options, command: &str) -> Result<Prepared, EngineError> {
+pub async fn prepare(
+    l: &Loaded,
+    mut opts: Options,
+    command: &str,
+) -> Result<Prepared, EngineError> {
     // Credentials and region first: without them nothing is locked, read or recorded.
     l.registry
         .check_access()
@@ -292,6 +365,14 @@ pub async fn prepare(l: &Loaded, opts: Options, command: &str) -> Result<Prepare
     }
     if store.dirty() {
         store.compact()?;
+    }
+    if opts.mode == crate::planner::Mode::Apply {
+        let (rerun, notes) = converging(l, store.state()).await;
+        opts.rerun = rerun;
+        reconciled.extend(notes.into_iter().map(|c| Note {
+            node: c.node,
+            message: c.message,
+        }));
     }
     let changes = planner::plan(&l.graph, store.state(), &l.registry, &opts)?;
     if opts.mode == crate::planner::Mode::Apply {

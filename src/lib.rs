@@ -50,8 +50,8 @@ pub mod prelude {
     pub use crate::provider::local_pg::{Pgbouncer, Postgres};
     pub use crate::provider::pg_conn::PgConn;
     pub use crate::provider::pg_steps::{
-        CopySchema, Cutover, EnableReverse, FinishReplication, Preflight, Replicate, Sql, Unfence,
-        Validate, WaitLag,
+        CopySchema, Cutover, EnableReverse, ExtendReplication, FinishReplication, Preflight,
+        Replicate, Sql, Unfence, Validate, WaitLag,
     };
     pub use crate::stack::Stack;
     pub use crate::value::Value;

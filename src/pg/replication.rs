@@ -459,6 +459,149 @@ pub async fn subscribe(
     Ok(setup.clone())
 }
 
+/// A group's tables that are in no publication yet: (group, publication, tables), for every group
+/// the source's tables make now (a table created after replication started goes to the
+/// catch-all group; a group without its catch-up table lists it too, as `catch_up_table`).
+pub async fn unpublished(
+    source: &Target,
+    prefix: &str,
+    groups: &[Group],
+) -> Result<Vec<(String, String, Vec<String>)>, PgError> {
+    let src = source.connect().await?;
+    let all = tables(source, &src).await?;
+    let published: BTreeSet<(String, String)> = src
+        .query(
+            "SELECT pubname::text, format('%s.%s', schemaname, tablename) FROM pg_publication_tables",
+            &[],
+        )
+        .await
+        .map_err(source.err("read the publications"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut out = vec![];
+    for (g, ts) in assign(&all, groups).map_err(PgError::Other)? {
+        let publication = object_name(prefix, &g);
+        let mut missing: Vec<String> = ts
+            .into_iter()
+            .filter(|t| !published.contains(&(publication.clone(), t.clone())))
+            .collect();
+        let own = catch_up_table(&g);
+        if !all.contains(&own) {
+            missing.push(own);
+        }
+        if !missing.is_empty() {
+            out.push((g, publication, missing));
+        }
+    }
+    Ok(out)
+}
+
+/// `pg_dump --schema-only` of some tables of the source (with the sequences they own).
+fn dump_tables(source: &Target, tables: &[String]) -> Result<String, PgError> {
+    let mut c = source.libpq_command("pg_dump")?;
+    c.args(["--schema-only", "--no-owner", "--no-privileges"]);
+    for t in tables {
+        c.arg("--table").arg(qualified(t));
+    }
+    c.arg("--dbname").arg(source.conninfo_without_password());
+    let out = c
+        .output()
+        .map_err(|e| PgError::Other(format!("pg_dump: cannot run: {e}")))?;
+    if !out.status.success() {
+        return Err(PgError::Other(format!(
+            "pg_dump of {source} ({}) failed: {}",
+            tables.join(", "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Takes tables created on the source after replication started into it, without starting over:
+/// each group's missing catch-up table is created, every table in no publication is created on
+/// the target (its schema as the source has it, unless the target has the table) and added to its
+/// group's publication, and that group's subscription refreshed to copy it (the subscription must
+/// be enabled: PostgreSQL refuses to refresh a disabled one). Returns the tables taken in; the
+/// caller waits for their copy.
+pub async fn extend(
+    source: &Target,
+    target: &Target,
+    prefix: &str,
+    groups: &[Group],
+) -> Result<Vec<String>, PgError> {
+    let src = source.connect().await?;
+    create_catch_up_tables(source, &src, groups).await?;
+    let todo = unpublished(source, prefix, groups).await?;
+    if todo.is_empty() {
+        return Ok(vec![]);
+    }
+    let dst = target.connect().await?;
+    let present: BTreeSet<String> = tables(target, &dst).await?.into_iter().collect();
+    let mut added = vec![];
+    for (group, publication, missing) in todo {
+        let enabled: Option<bool> = dst
+            .query_opt(
+                "SELECT subenabled FROM pg_subscription WHERE subname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(target.err("find subscription"))?
+            .map(|r| r.get(0));
+        match enabled {
+            None => {
+                return Err(PgError::Other(format!(
+                    "{target}: group `{group}` has no subscription `{publication}`: a group added to the plan after replication started needs the replicate step run again (`--replace`)"
+                )))
+            }
+            Some(false) => {
+                return Err(PgError::Other(format!(
+                    "{target}: subscription `{publication}` is disabled (a cutover ran, or someone disabled it), and a disabled subscription cannot take new tables in; enable it, or leave {} out",
+                    missing.join(", ")
+                )))
+            }
+            Some(true) => {}
+        }
+        let create: Vec<String> = missing
+            .iter()
+            .filter(|t| !present.contains(*t))
+            .cloned()
+            .collect();
+        if !create.is_empty() {
+            let script = {
+                let source = source.clone();
+                let create = create.clone();
+                tokio::task::spawn_blocking(move || dump_tables(&source, &create))
+                    .await
+                    .map_err(|e| PgError::Other(format!("pg_dump: {e}")))??
+            };
+            dst.batch_execute(&script)
+                .await
+                .map_err(target.err("create the new tables"))?;
+        }
+        let list: Vec<String> = missing.iter().map(|t| qualified(t)).collect();
+        src.batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            ident(&publication),
+            list.join(", ")
+        ))
+        .await
+        .map_err(source.err("add the tables to the publication"))?;
+        dst.batch_execute(&format!(
+            "ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = true)",
+            ident(&publication)
+        ))
+        .await
+        .map_err(target.err("refresh the subscription"))?;
+        added.extend(missing);
+    }
+    Ok(added)
+}
+
 /// Tables whose initial copy is done, and all tables, across `subscriptions`; and sync errors.
 pub async fn copy_progress(
     target: &Target,

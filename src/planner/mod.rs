@@ -216,6 +216,8 @@ pub struct Options {
     pub until: Option<String>,
     /// `destroy --temporary --force`: retire temporaries whose gate has not passed.
     pub force: bool,
+    /// Done steps to run again, with why (a converging step whose probe found work).
+    pub rerun: std::collections::BTreeMap<String, String>,
 }
 
 /// A plan that cannot be carried out as asked (a protected node would be destroyed, an unknown
@@ -377,6 +379,10 @@ pub fn plan(
                                     "done at {}; run again as requested with --replace",
                                     s.done_at
                                 );
+                                unknown.insert(&n.name, None);
+                            } else if let Some(why) = opts.rerun.get(&n.name) {
+                                a.action = ActionKind::Run;
+                                a.reason = format!("done at {}; {why}", s.done_at);
                                 unknown.insert(&n.name, None);
                             } else if changed.is_empty() {
                                 a.action = ActionKind::Done;

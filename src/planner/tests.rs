@@ -223,6 +223,39 @@ fn steps_run_once_and_again_when_a_trigger_changes() {
     let cs = plan(&mk("2"), &st, &r, &Options::default()).unwrap();
     assert_eq!(action(&cs, "wait").action, ActionKind::Run);
     assert_eq!(action(&cs, "wait").reason, "trigger `version` changed");
+    // A converging step whose probe found work runs again, saying why; its dependents that
+    // take its outputs as triggers run again too.
+    let p = Plan::named("p", "s", "local");
+    let wait = p.add("wait", Sleep::ms(1)).trigger("version", json!("1"));
+    p.add("after", Sleep::ms(1))
+        .trigger("before", wait.output::<String>("x"));
+    let g = graph(p);
+    let after = NodeRecord::Step(StepRecord {
+        type_name: "wait.sleep".into(),
+        done_at: "t2".into(),
+        triggers: Attrs::from([("before".into(), json!("y"))]),
+        outputs: Attrs::new(),
+        deps: vec![],
+    });
+    let mut st = st;
+    if let NodeRecord::Step(w) = st.nodes.get_mut("wait").unwrap() {
+        w.outputs.insert("x".into(), json!("y"));
+    }
+    st.nodes.insert("after".into(), after);
+    assert!(!plan(&g, &st, &r, &Options::default())
+        .unwrap()
+        .has_changes());
+    let opts = Options {
+        rerun: [("wait".to_string(), "its probe found work again".to_string())].into(),
+        ..Default::default()
+    };
+    let cs = plan(&g, &st, &r, &opts).unwrap();
+    assert_eq!(action(&cs, "wait").action, ActionKind::Run);
+    assert_eq!(
+        action(&cs, "wait").reason,
+        "done at t1; its probe found work again"
+    );
+    assert_eq!(action(&cs, "after").action, ActionKind::Run);
 }
 
 #[test]

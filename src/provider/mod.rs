@@ -261,6 +261,13 @@ pub trait StepType: Send + Sync {
     fn rerun_safe(&self) -> bool {
         false
     }
+    /// Done is not for good: at each apply (and `preview --refresh`) a done step of this type is
+    /// probed, and runs again when its probe finds work (`Probe::NotDone`). For a step that keeps
+    /// something in line with a source that moves (tables created after replication started).
+    /// Such a step must be rerun-safe and its probe read-only.
+    fn converges(&self) -> bool {
+        false
+    }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError>;
     /// Whether the step's effect is already in place. `None`: this type cannot tell.
     async fn probe(&self, _ctx: &Ctx, _req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {

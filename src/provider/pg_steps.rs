@@ -22,6 +22,7 @@ pub fn register(r: &mut Registry) {
         .step(UnfenceType)
         .step(EnableReverseType)
         .step(CopySchemaType)
+        .step(ExtendType)
         .step(FinishType);
 }
 
@@ -376,6 +377,139 @@ impl crate::dsl::Handle<Replicate> {
     /// The replication slots on the source (one per group).
     pub fn slots(&self) -> Value {
         self.output::<Vec<String>>("slots").into()
+    }
+
+    /// The step that takes tables created on the source after this replication started into it
+    /// (see [`ExtendReplication`]). Declare it before the cutover: `.after(..)` it.
+    pub fn extend(&self) -> ExtendReplication {
+        let mut inputs = self.declared_inputs();
+        inputs.insert("subscriptions".into(), self.subscriptions());
+        ExtendReplication { inputs }
+    }
+}
+
+inputs_step!(
+    /// Keeps a native replication in line with the source's tables: a table created on the source
+    /// after replication started (in no publication; its rows would never reach the target) is
+    /// created on the target, added to its group's publication (the catch-all group's) and copied,
+    /// without starting over; a group without its catch-up table gets one. It converges: at every
+    /// apply, and in `preview --refresh`, its probe looks for such tables, and it runs again when
+    /// it finds some. Made by `replicate.extend()`.
+    ExtendReplication,
+    "pg.extend_replication"
+);
+
+impl crate::dsl::Handle<ExtendReplication> {
+    /// The tables its last run took in (a validation's trigger: validate them too).
+    pub fn added(&self) -> Value {
+        self.output::<Vec<String>>("added").into()
+    }
+}
+
+struct ExtendType;
+
+#[async_trait]
+impl StepType for ExtendType {
+    fn type_name(&self) -> &'static str {
+        "pg.extend_replication"
+    }
+    fn service(&self) -> &'static str {
+        "pg"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    fn converges(&self) -> bool {
+        true
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        use crate::pg::replication as r;
+        let s = target(ctx, req.inputs, "source").await?;
+        let t = target(ctx, req.inputs, "target").await?;
+        let prefix = get_str(req.inputs, "prefix").unwrap_or("cutover");
+        let added = r::extend(&s, &t, prefix, &groups_of(req.inputs))
+            .await
+            .map_err(pg_err)?;
+        if added.is_empty() {
+            ctx.report(req.node, "every source table is replicated");
+        } else {
+            ctx.report(
+                req.node,
+                &format!("took {} into replication; copying", added.join(", ")),
+            );
+            let subs: Vec<String> = req
+                .inputs
+                .get("subscriptions")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            wait_for_copy(ctx, req, &t, &subs).await?;
+        }
+        Ok(Attrs::from([(
+            "added".to_string(),
+            serde_json::json!(added),
+        )]))
+    }
+    async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
+        let s = target(ctx, req.inputs, "source").await?;
+        let t = target(ctx, req.inputs, "target").await?;
+        let prefix = get_str(req.inputs, "prefix").unwrap_or("cutover");
+        // Unless every forward subscription is there and enabled (the cutover disabled them, the
+        // finish dropped them) there is nothing to extend.
+        let subs: Vec<String> = req
+            .inputs
+            .get("subscriptions")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        let dst = t.connect().await.map_err(pg_err)?;
+        let enabled: i64 = dst
+            .query_one(
+                "SELECT count(*) FROM pg_subscription WHERE subname = ANY($1) AND subenabled",
+                &[&subs],
+            )
+            .await
+            .map_err(t.err("read the subscriptions"))
+            .map_err(pg_err)?
+            .get(0);
+        let live = enabled as usize == subs.len();
+        let todo = if live {
+            crate::pg::replication::unpublished(&s, prefix, &groups_of(req.inputs))
+                .await
+                .map_err(pg_err)?
+        } else {
+            vec![]
+        };
+        Ok(Some(if todo.is_empty() {
+            Probe::Done(Attrs::from([(
+                "added".to_string(),
+                serde_json::json!(Vec::<String>::new()),
+            )]))
+        } else {
+            Probe::NotDone
+        }))
+    }
+    async fn check(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+        let s = target(ctx, req.inputs, "source").await?;
+        let prefix = get_str(req.inputs, "prefix").unwrap_or("cutover");
+        let todo = crate::pg::replication::unpublished(&s, prefix, &groups_of(req.inputs))
+            .await
+            .map_err(pg_err)?;
+        Ok(Some(
+            todo.into_iter()
+                .map(|(g, _, ts)| {
+                    (
+                        "warning".to_string(),
+                        format!(
+                            "{} in no publication of group `{g}`: taken into replication at the next apply",
+                            ts.join(", ")
+                        ),
+                    )
+                })
+                .collect(),
+        ))
     }
 }
 

@@ -153,7 +153,7 @@ fn the_local_rehearsal_provisions_seeds_checks_and_tears_down() {
     let (code, out, err) = p.run(&["apply", "local", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("Apply complete: 3 added, 0 changed, 0 destroyed, 7 steps run."),
+        out.contains("Apply complete: 3 added, 0 changed, 0 destroyed, 8 steps run."),
         "{out}"
     );
     assert!(out.contains("replicate: initial load: 1102 rows"), "{out}");
@@ -846,6 +846,11 @@ fn finishing_replication_drops_it_both_ways_and_rollback_then_refuses() {
     let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "finish"]);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("finish-replication: running"), "{out}");
+    // With replication gone, the step that takes new tables in has nothing to do.
+    assert!(
+        out.contains("= extend-replication (pg.extend_replication): done at"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -1855,7 +1860,8 @@ fn schema_drift_and_unreplicated_tables_stop_the_cutover_before_the_fence() {
         return;
     }
     let p = Project::new();
-    let (s, t, b) = local_stack_with(&p, "");
+    // Without the step that takes new tables in, the guard is what stands in the way.
+    let (s, t, b) = local_stack_with(&p, "extend_replication = false\n");
     let _stop = stopper(&p);
     assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
     let rt = rt();
@@ -1918,4 +1924,116 @@ fn schema_drift_and_unreplicated_tables_stop_the_cutover_before_the_fence() {
         ),
         "{out}"
     );
+}
+
+#[test]
+fn a_table_created_on_the_source_during_replication_is_taken_in_by_the_next_apply() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    let (code, out, _) = p.run(&["apply", "local", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("extend-replication: every source table is replicated"),
+        "{out}"
+    );
+    let rt = rt();
+    rt.block_on(async {
+        // The application creates a table and writes to it, through the pooler.
+        let app = target(b, "app").connect().await.unwrap();
+        app.batch_execute(
+            "CREATE TABLE invoices (id bigserial PRIMARY KEY, account_id bigint NOT NULL, total numeric(12,2) NOT NULL);
+             CREATE INDEX invoices_account ON invoices (account_id);
+             INSERT INTO invoices (account_id, total) SELECT g % 100 + 1, g * 1.5 FROM generate_series(1, 500) g;",
+        )
+        .await
+        .unwrap();
+    });
+    let (code, out, _) = p.run(&["preview", "local", "--refresh"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("extend-replication (pg.extend_replication): will run: done at"),
+        "{out}"
+    );
+    assert!(out.contains("its probe found work again"), "{out}");
+    assert!(
+        out.contains("public.invoices in no publication of group `rest`"),
+        "{out}"
+    );
+    // Writes keep coming while it is taken in; the cutover then carries them all.
+    let ids = rt.block_on(async {
+        let app = target(b, "app").connect().await.unwrap();
+        let mut ids = vec![];
+        for i in 0..20 {
+            let r = app
+                .query_one(
+                    "INSERT INTO invoices (account_id, total) VALUES (1, $1::text::numeric) RETURNING id",
+                    &[&(i as f64).to_string()],
+                )
+                .await
+                .unwrap();
+            ids.push(r.get::<_, i64>(0));
+        }
+        ids
+    });
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("extend-replication: took public.invoices into replication; copying"),
+        "{out}"
+    );
+    assert!(
+        out.contains("validate (pg.validate): will run: trigger `tables` changed"),
+        "{out}"
+    );
+    assert!(out.contains("flipped: clients waited at most"), "{out}");
+    rt.block_on(async {
+        let q = "SELECT count(*), coalesce(sum(total), 0)::text, max(id) FROM invoices";
+        let a = target(s, "app")
+            .connect()
+            .await
+            .unwrap()
+            .query_one(q, &[])
+            .await
+            .unwrap();
+        let b2 = target(t, "app")
+            .connect()
+            .await
+            .unwrap()
+            .query_one(q, &[])
+            .await
+            .unwrap();
+        assert_eq!(a.get::<_, i64>(0), 520);
+        assert_eq!(
+            (
+                a.get::<_, i64>(0),
+                a.get::<_, String>(1),
+                a.get::<_, i64>(2)
+            ),
+            (
+                b2.get::<_, i64>(0),
+                b2.get::<_, String>(1),
+                b2.get::<_, i64>(2)
+            ),
+            "the new table differs between source and target after the cutover"
+        );
+        // Its sequence came along: a new row through the flipped pooler gets a fresh id.
+        let app = target(b, "app").connect().await.unwrap();
+        let id: i64 = app
+            .query_one(
+                "INSERT INTO invoices (account_id, total) VALUES (1, 1) RETURNING id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(id > *ids.iter().max().unwrap(), "id {id} reused");
+    });
+    // Nothing left to take in: the next apply changes nothing.
+    let (code, out, _) = p.run(&["preview", "local", "--refresh"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("its probe found work again"), "{out}");
 }
