@@ -6,7 +6,9 @@
 //! the cutover step fences it, waits for catch-up, syncs sequences, sets up reverse replication and
 //! flips it to the target. With `fence = "read_only"` in the stack the cutover does without the
 //! pooler: the source is fenced read-only and the flip rewrites the file the application reads
-//! its connection string from (`flip_file`, default `<data_root>/app.conn`). With `flip = "step"`
+//! its connection string from (`flip_file`, default `<data_root>/app.conn`). With the pooler, a
+//! session that writes to the source directly stops the cutover at its guard, unless the stack
+//! says `direct_writers = "end"`: then the fence ends it and leaves the source read-only. With `flip = "step"`
 //! as well, the flip is a step of its own after the cutover (the shape of a DNS flip): it appends
 //! the target's connection line to `flip_file`, and if it fails, the compensation `unfence` puts
 //! the source back as it was and the next apply runs the cutover again.
@@ -111,7 +113,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let preflight = p
         .add(
             "preflight",
-            Preflight::between(source.conn(&db), target.conn(&db)),
+            Preflight::between(source.conn(&db), target.conn(&db)).pooler(pooler.pooler()),
         )
         .after(&seed)
         .after(&target_db);
@@ -157,6 +159,11 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         .replication(replicate.slots(), replicate.subscriptions())
         .validated(validate.validated_at(), 3600)
         .guards(max_lag_bytes, max_xact_seconds);
+    // Sessions that write to the source without the pooler: refused by the guard unless the
+    // stack accepts them (`direct_writers = "end"`), and then ended by the fence.
+    if stack.get_or("direct_writers", "refuse".to_string())? == "end" {
+        switch = switch.end_direct_writers();
+    }
     if reverse_later {
         switch = switch.reverse_replication_enabled_later();
     } else if reverse {

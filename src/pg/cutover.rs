@@ -6,7 +6,10 @@
 //! `origin = none`) -> flip -> post-check (a write and a read reach the target).
 //!
 //! Two fences. With a pooler: pgbouncer PAUSE (waits for in-flight transactions; clients wait, and
-//! see no error), the flip re-points it (RELOAD, RESUME). Without one: the source database is made
+//! see no error), then the source itself is fenced for the sessions that bypass the pooler
+//! (read-only for new sessions, the direct sessions ended; the guard refused beforehand if one of
+//! them wrote, unless the plan accepted them), verified alongside the catch-up; the flip re-points
+//! the pooler (RELOAD, RESUME) and the source stays read-only. Without one: the source database is made
 //! read-only for new sessions, in-flight transactions get a grace period, then every client
 //! session of the database is ended (clients reconnect and find it read-only); the flip rewrites
 //! the file the application reads its connection from (or is left to a later step, such as a
@@ -43,6 +46,22 @@ pub enum Fence {
     /// The database read-only for new sessions and its client sessions ended; the flip rewrites
     /// `flip_file` (if any).
     ReadOnly,
+}
+
+/// What the pooler fence does with sessions that reach the source directly, not through the
+/// pooler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectWriters {
+    /// The guard refuses when one of them wrote during its observation window.
+    #[default]
+    Refuse,
+    /// Accepted: the fence ends them (as it ends every direct session).
+    End,
+}
+
+fn default_observe_ms() -> u64 {
+    1000
 }
 
 /// What the cutover needs.
@@ -82,6 +101,12 @@ pub struct Spec {
     /// target.
     #[serde(default)]
     pub catch_up: Vec<String>,
+    /// Pooler fence: direct sessions that wrote refuse the cutover, or are ended.
+    #[serde(default)]
+    pub direct_writers: DirectWriters,
+    /// How long the guard watches the direct sessions.
+    #[serde(default = "default_observe_ms")]
+    pub observe_ms: u64,
 }
 
 /// A timed phase.
@@ -191,6 +216,338 @@ pub async fn fence_read_only(t: &Target, grace: Duration) -> Result<(), String> 
     }
 }
 
+/// A client session of the source's database that does not come through the pooler (nor is the
+/// tool's own), as the guard saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectSession {
+    pub pid: i32,
+    pub user: String,
+    pub application: String,
+    pub client: String,
+    /// Its last statement (shortened).
+    pub last: String,
+    /// It held a transaction id or ran DML, DDL or COPY FROM while watched.
+    pub wrote: bool,
+}
+
+impl std::fmt::Display for DirectSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} (user `{}`, application `{}`, from {}; last statement `{}`)",
+            self.pid,
+            self.user,
+            if self.application.is_empty() {
+                "-"
+            } else {
+                &self.application
+            },
+            if self.client.is_empty() {
+                "a local socket"
+            } else {
+                &self.client
+            },
+            self.last
+        )
+    }
+}
+
+/// Whether a statement writes (DML, DDL, COPY FROM, a writing CTE), by its text.
+pub fn is_write(sql: &str) -> bool {
+    let l = sql.trim_start().to_lowercase();
+    let first = l
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .find(|w| !w.is_empty())
+        .unwrap_or("");
+    match first {
+        "insert" | "update" | "delete" | "merge" | "truncate" | "create" | "alter" | "drop"
+        | "grant" | "revoke" | "comment" | "refresh" => true,
+        "copy" => l.contains(" from "),
+        "with" => ["insert ", "update ", "delete ", "merge "]
+            .iter()
+            .any(|k| l.contains(k)),
+        "select" => l.contains("nextval(") || l.contains("setval("),
+        _ => false,
+    }
+}
+
+/// The backends of the pooler's server connections (pgbouncer's `SHOW SERVERS`, `remote_pid`).
+async fn pooler_pids(admin: &tokio_postgres::Client) -> Result<Vec<i32>, String> {
+    let rows = admin
+        .simple_query("SHOW SERVERS")
+        .await
+        .map_err(|e| format!("the pooler's SHOW SERVERS: {}", super::describe(&e)))?;
+    Ok(rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                r.get("remote_pid").and_then(|p| p.parse().ok())
+            }
+            _ => None,
+        })
+        .filter(|p: &i32| *p > 0)
+        .collect())
+}
+
+/// Client backends of the current database other than this session, the tool's own
+/// (`application_name` `cutover...`) and the pids in `$1` (the pooler's).
+const DIRECT: &str =
+    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+     AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'cutover%'
+     AND NOT (pid = ANY($1))";
+
+/// Watches the source's direct sessions for `window`, sampling them.
+pub async fn direct_sessions(spec: &Spec, window: Duration) -> Result<Vec<DirectSession>, String> {
+    direct_sessions_of(&spec.source, Some(&bouncer(spec).admin()), window).await
+}
+
+/// Watches `source`'s client sessions for `window`, sampling them: all but the tool's own and,
+/// with a pooler's console, the pooler's server connections.
+pub async fn direct_sessions_of(
+    source: &Target,
+    console: Option<&Target>,
+    window: Duration,
+) -> Result<Vec<DirectSession>, String> {
+    let c = source.connect().await.map_err(|e| e.to_string())?;
+    let q = c
+        .prepare(&format!(
+            "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(client_addr::text, ''),
+                    coalesce(left(query, 120), ''), backend_xid IS NOT NULL {DIRECT}"
+        ))
+        .await
+        .map_err(|e| source.err("watch the direct sessions")(e).to_string())?;
+    let admin = match console {
+        Some(t) => Some(t.connect().await.map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let mut seen: std::collections::BTreeMap<i32, DirectSession> = Default::default();
+    let t0 = Instant::now();
+    loop {
+        let pids = match &admin {
+            Some(a) => pooler_pids(a).await?,
+            None => vec![],
+        };
+        for r in c
+            .query(&q, &[&pids])
+            .await
+            .map_err(|e| source.err("watch the direct sessions")(e).to_string())?
+        {
+            let pid: i32 = r.get(0);
+            let last: String = r.get(4);
+            let wrote = r.get::<_, bool>(5) || is_write(&last);
+            let e = seen.entry(pid).or_insert_with(|| DirectSession {
+                pid,
+                user: r.get(1),
+                application: r.get(2),
+                client: r.get(3),
+                last: String::new(),
+                wrote: false,
+            });
+            e.last = last.split_whitespace().collect::<Vec<_>>().join(" ");
+            e.wrote |= wrote;
+        }
+        if t0.elapsed() >= window {
+            return Ok(seen.into_values().collect());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the pooler fence's own work on the source needs and lacks: reading other roles'
+/// sessions, ending them, and `ALTER DATABASE` (its owner). Empty when all is there.
+pub async fn fence_privileges(t: &Target) -> Result<Vec<String>, String> {
+    let c = t.connect().await.map_err(|e| e.to_string())?;
+    let r = c
+        .query_one(
+            "SELECT r.rolsuper,
+                    pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),
+                    pg_has_role(current_user, 'pg_signal_backend', 'USAGE'),
+                    pg_has_role(current_user, d.datdba, 'USAGE'),
+                    pg_get_userbyid(d.datdba)::text
+             FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| t.err("read the privileges")(e).to_string())?;
+    if r.get::<_, bool>(0) {
+        return Ok(vec![]);
+    }
+    let mut missing = vec![];
+    if !r.get::<_, bool>(1) {
+        missing.push("membership in pg_read_all_stats (to see other roles' sessions)".to_string());
+    }
+    if !r.get::<_, bool>(2) {
+        missing.push("membership in pg_signal_backend (to end other roles' sessions)".to_string());
+    }
+    if !r.get::<_, bool>(3) {
+        missing.push(format!(
+            "ownership of the database (membership in its owner `{}`, for ALTER DATABASE)",
+            r.get::<_, String>(4)
+        ));
+    }
+    Ok(missing)
+}
+
+/// Role settings that would override the database's read-only setting for some role.
+async fn read_only_overrides(t: &Target) -> Result<Vec<String>, String> {
+    let c = t.connect().await.map_err(|e| e.to_string())?;
+    overrides_on(t, &c).await
+}
+
+async fn overrides_on(t: &Target, c: &tokio_postgres::Client) -> Result<Vec<String>, String> {
+    Ok(c
+        .query(
+            "SELECT format('%s%s', pg_get_userbyid(s.setrole), CASE WHEN s.setdatabase = 0 THEN '' ELSE ' in this database' END)
+             FROM pg_db_role_setting s
+             WHERE s.setrole <> 0 AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+               AND EXISTS (SELECT 1 FROM unnest(s.setconfig) c WHERE c LIKE 'default\\_transaction\\_read\\_only=%' OR c LIKE 'transaction\\_read\\_only=%')",
+            &[],
+        )
+        .await
+        .map_err(|e| t.err("read the role settings")(e).to_string())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The sessions the pooler fence uses inside the fence, opened before it (a connection costs
+/// milliseconds the clients would wait): the pooler's console, a writer and a reader on the
+/// source.
+struct Sessions {
+    admin: tokio_postgres::Client,
+    writer: tokio_postgres::Client,
+    reader: tokio_postgres::Client,
+}
+
+async fn open_sessions(spec: &Spec) -> Result<Sessions, String> {
+    let console = bouncer(spec).admin();
+    let (admin, writer, reader) = tokio::join!(
+        console.connect(),
+        writer(&spec.source),
+        spec.source.connect()
+    );
+    Ok(Sessions {
+        admin: admin.map_err(|e| e.to_string())?,
+        writer: writer?,
+        reader: reader.map_err(|e| e.to_string())?,
+    })
+}
+
+/// The pooler fence's fence of the source itself, once the pooler is paused: new sessions of
+/// every role get read-only transactions, in-flight direct transactions get `grace`, then every
+/// direct session is ended (the pooler's server connections are left alone: they are paused).
+async fn fence_source(spec: &Spec, sessions: &Sessions, grace: Duration) -> Result<(), String> {
+    let t = &spec.source;
+    let c = &sessions.writer;
+    c.batch_execute(&format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        ident(&t.dbname)
+    ))
+    .await
+    .map_err(|e| t.err("make the database read-only")(e).to_string())?;
+    let pids = pooler_pids(&sessions.admin).await?;
+    let t0 = Instant::now();
+    while t0.elapsed() < grace {
+        let busy: i64 = c
+            .query_one(
+                &format!("SELECT count(*) {DIRECT} AND backend_xid IS NOT NULL"),
+                &[&pids],
+            )
+            .await
+            .map_err(|e| t.err("in-flight transactions")(e).to_string())?
+            .get(0);
+        if busy == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ended: Vec<i32> = c
+        .query(
+            &format!(
+                "SELECT pid FROM (SELECT pid, pg_terminate_backend(pid) AS t {DIRECT}) s WHERE t"
+            ),
+            &[&pids],
+        )
+        .await
+        .map_err(|e| t.err("end the direct sessions")(e).to_string())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if ended.is_empty() {
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    loop {
+        let left: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&ended],
+            )
+            .await
+            .map_err(|e| t.err("direct sessions")(e).to_string())?
+            .get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err(format!(
+                "{left} direct session(s) of {t} did not end within 10 s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Proves the source's fence holds (alongside the catch-up; the flip waits for both): no client
+/// backend but the pooler's and the tool's, no role setting overriding the read-only default,
+/// and a new session's write refused.
+async fn verify_source_fence(spec: &Spec, sessions: &Sessions) -> Result<(), String> {
+    let t = &spec.source;
+    let c = &sessions.reader;
+    let pids = pooler_pids(&sessions.admin).await?;
+    let left: Vec<String> = c
+        .query(
+            &format!("SELECT format('pid %s (user %s)', pid, usename) {DIRECT}"),
+            &[&pids],
+        )
+        .await
+        .map_err(|e| t.err("direct sessions")(e).to_string())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !left.is_empty() {
+        return Err(format!(
+            "direct session(s) {} reached the source during the fence",
+            left.join(", ")
+        ));
+    }
+    let overrides = overrides_on(t, c).await?;
+    if !overrides.is_empty() {
+        return Err(format!(
+            "role setting(s) override the read-only fence: {}",
+            overrides.join(", ")
+        ));
+    }
+    // A session opened now, after the database was made read-only.
+    let fresh = t.connect().await.map_err(|e| e.to_string())?;
+    match fresh
+        .execute(
+            &format!("INSERT INTO {MARKER_TABLE} (id) VALUES ('fence-must-fail')"),
+            &[],
+        )
+        .await
+    {
+        Err(e) if e.code().map(|c| c.code()) == Some("25006") => Ok(()),
+        Err(e) => Err(format!(
+            "the source's refusal of writes could not be checked: {}",
+            super::describe(&e)
+        )),
+        Ok(_) => {
+            Err("a new session on the source could still write: the fence did not hold".into())
+        }
+    }
+}
+
 /// Lifts a read-only fence of `t`'s database (new sessions may write again).
 pub async fn unfence_read_only(t: &Target) -> Result<(), String> {
     let c = writer(t).await?;
@@ -294,6 +651,41 @@ async fn catch_up_tables(spec: &Spec) -> Result<Vec<String>, String> {
     Ok(tables)
 }
 
+/// Enabled subscriptions of `names` without a running apply worker (one that keeps failing is
+/// restarted every few seconds: it must be missing in two samples), with their apply error count.
+pub async fn stalled_subscriptions(
+    target: &Target,
+    names: &[String],
+) -> Result<Vec<String>, String> {
+    let c = target.connect().await.map_err(|e| e.to_string())?;
+    let q = "SELECT s.subname::text, coalesce(st.apply_error_count, 0)
+             FROM pg_subscription s LEFT JOIN pg_stat_subscription_stats st ON st.subid = s.oid
+             WHERE s.subname = ANY($1) AND s.subenabled
+               AND NOT EXISTS (SELECT 1 FROM pg_stat_subscription w WHERE w.subid = s.oid AND w.relid IS NULL AND w.pid IS NOT NULL)
+             ORDER BY 1";
+    let sample = || async {
+        c.query(q, &[&names])
+            .await
+            .map_err(|e| target.err("subscription workers")(e).to_string())
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                    .collect::<Vec<_>>()
+            })
+    };
+    let first = sample().await?;
+    if first.is_empty() {
+        return Ok(vec![]);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = sample().await?;
+    Ok(second
+        .into_iter()
+        .filter(|(n, _)| first.iter().any(|(f, _)| f == n))
+        .map(|(n, errors)| format!("`{n}` ({errors} apply error(s) so far)"))
+        .collect())
+}
+
 /// Source tables no forward subscription has copied and keeps in step (created after
 /// replication started, or added to a publication and not yet copied).
 pub async fn unreplicated(
@@ -336,6 +728,13 @@ async fn guard(spec: &Spec) -> Result<Guarded, String> {
         return Err(drift.refusal());
     }
     if !spec.subscriptions.is_empty() {
+        let stalled = stalled_subscriptions(&spec.target, &spec.subscriptions).await?;
+        if !stalled.is_empty() {
+            return Err(format!(
+                "forward subscription(s) {} have no running apply worker: their writes are not reaching the target; see the target's log for why (a conflict, a missing column, a permission), fix it, and run again",
+                stalled.join(", ")
+            ));
+        }
         let missing = unreplicated(&spec.source, &spec.target, &spec.subscriptions).await?;
         if !missing.is_empty() {
             return Err(format!(
@@ -386,10 +785,51 @@ async fn guard(spec: &Spec) -> Result<Guarded, String> {
             }
         }
     }
-    Ok(Guarded {
-        catch_up,
-        warnings: drift.warnings,
-    })
+    let mut warnings = drift.warnings;
+    if spec.fence == Fence::Pooler {
+        warnings.extend(guard_direct(spec).await?);
+    }
+    Ok(Guarded { catch_up, warnings })
+}
+
+/// The pooler fence's guard of the writers that bypass the pooler: the privileges its fence of
+/// the source needs, no role setting that would override it, and no direct session that wrote
+/// while watched (unless accepted: the fence ends them). Returns what to report.
+async fn guard_direct(spec: &Spec) -> Result<Vec<String>, String> {
+    let missing = fence_privileges(&spec.source).await?;
+    if !missing.is_empty() {
+        return Err(format!(
+            "the source user `{}` lacks what the fence needs to stop writers that bypass the pooler: {}; grant them (on RDS the master user has them) and run again",
+            spec.source.user,
+            missing.join("; ")
+        ));
+    }
+    let overrides = read_only_overrides(&spec.source).await?;
+    if !overrides.is_empty() {
+        return Err(format!(
+            "role setting(s) of {} set the transaction read-only default, which would let their sessions write through the fence; remove them (`ALTER ROLE name [IN DATABASE db] RESET default_transaction_read_only`) and run again",
+            overrides.join(", ")
+        ));
+    }
+    let sessions = direct_sessions(spec, Duration::from_millis(spec.observe_ms)).await?;
+    let writers: Vec<&DirectSession> = sessions.iter().filter(|s| s.wrote).collect();
+    if !writers.is_empty() && spec.direct_writers == DirectWriters::Refuse {
+        return Err(format!(
+            "{} session(s) wrote to the source without the pooler in {} ms: {}; the pooler's fence would not stop them, and their writes after the flip would be lost. Send them through the pooler or stop them; or accept them (`Cutover::end_direct_writers()`), and the fence ends them and leaves the source read-only",
+            writers.len(),
+            spec.observe_ms,
+            writers.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(sessions
+        .iter()
+        .map(|s| {
+            format!(
+                "direct session {s}{}: the fence ends it",
+                if s.wrote { ", which wrote" } else { "" }
+            )
+        })
+        .collect())
 }
 
 /// Writes `marker` to every table of `tables` on the source in one transaction and waits until
@@ -627,34 +1067,44 @@ async fn resume(spec: &Spec) -> Result<(), String> {
 
 /// Stops writes on the source: pgbouncer PAUSE (bounded by the fence timeout), or the read-only
 /// fence with the fence timeout as the grace period of in-flight transactions.
-async fn fence(spec: &Spec) -> Result<(), String> {
-    match spec.fence {
-        Fence::Pooler => {
-            let console = bouncer(spec).admin();
+async fn fence(spec: &Spec, sessions: Option<&Sessions>) -> Result<(), String> {
+    match (spec.fence, sessions) {
+        (Fence::Pooler, Some(sessions)) => {
             match tokio::time::timeout(
                 Duration::from_millis(spec.fence_timeout_ms),
-                pooler::admin(&console, &format!("PAUSE {}", spec.database)),
+                sessions
+                    .admin
+                    .simple_query(&format!("PAUSE {}", spec.database)),
             )
             .await
             {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!(
-                    "in-flight transactions did not finish within {} ms",
-                    spec.fence_timeout_ms
-                )),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("PAUSE: {}", super::describe(&e))),
+                Err(_) => {
+                    return Err(format!(
+                        "in-flight transactions did not finish within {} ms",
+                        spec.fence_timeout_ms
+                    ))
+                }
             }
+            fence_source(spec, sessions, Duration::from_millis(spec.fence_timeout_ms)).await
         }
-        Fence::ReadOnly => {
+        (Fence::Pooler, None) => Err("the pooler fence's sessions were not opened".into()),
+        (Fence::ReadOnly, _) => {
             fence_read_only(&spec.source, Duration::from_millis(spec.fence_timeout_ms)).await
         }
     }
 }
 
-/// Lets the source take writes again.
+/// Lets the source take writes again (the pooler fence lifts the source's own fence before it
+/// resumes, so the resumed clients find it writable).
 async fn unfence(spec: &Spec) -> Result<(), String> {
     match spec.fence {
-        Fence::Pooler => resume(spec).await,
+        Fence::Pooler => {
+            let lifted = unfence_read_only(&spec.source).await;
+            let resumed = resume(spec).await;
+            lifted.and(resumed)
+        }
         Fence::ReadOnly => unfence_read_only(&spec.source).await,
     }
 }
@@ -746,7 +1196,17 @@ pub async fn run(
             state,
         }
     };
-    if let Err(m) = fence(spec).await {
+    let sessions = match spec.fence {
+        Fence::Pooler => Some(open_sessions(spec).await.map_err(|m| {
+            fail(
+                "fence",
+                m,
+                "Nothing was changed; the source takes writes as before.",
+            )
+        })?),
+        Fence::ReadOnly => None,
+    };
+    if let Err(m) = fence(spec, sessions.as_ref()).await {
         return Err(unfence("fence", m).await);
     }
     phases.push(Phase {
@@ -762,7 +1222,20 @@ pub async fn run(
             .unwrap_or(0)
     );
     let t = Instant::now();
-    if let Err(m) = wait_marker(spec, &guarded.catch_up, &marker).await {
+    let verify = async {
+        match spec.fence {
+            Fence::Pooler => match &sessions {
+                Some(s) => verify_source_fence(spec, s).await,
+                None => Ok(()),
+            },
+            Fence::ReadOnly => Ok(()),
+        }
+    };
+    let (caught_up, verified) = tokio::join!(wait_marker(spec, &guarded.catch_up, &marker), verify);
+    if let Err(m) = verified {
+        return Err(unfence("fence", m).await);
+    }
+    if let Err(m) = caught_up {
         return Err(unfence("catch-up", m).await);
     }
     phases.push(Phase {
@@ -934,7 +1407,7 @@ pub async fn recover(spec: &Spec) -> Result<bool, String> {
         if spec.reverse {
             undo_reverse(spec).await?;
         }
-        resume(spec).await?;
+        unfence(spec).await?;
         Ok(false)
     }
 }
@@ -1010,6 +1483,9 @@ pub async fn rollback(
     if on_source && !has_reverse {
         // Done before (an interrupted rollback that had finished its work).
         if pooled {
+            unfence_read_only(&spec.source)
+                .await
+                .map_err(|m| fail("flip", m, "Run rollback again."))?;
             let _ = pooler::admin(&console, "RELOAD").await;
             resume(spec)
                 .await
@@ -1106,6 +1582,11 @@ pub async fn rollback(
     });
     let t = Instant::now();
     if pooled {
+        // The source takes writes again before clients reach it (the fence left it read-only).
+        if let Err(m) = unfence_read_only(&spec.source).await {
+            let _ = resume(spec).await;
+            return Err(fail("flip", m, "Unfenced: clients still use the target."));
+        }
         if let Err(m) = b.set_route(&source_route(spec)) {
             let _ = resume(spec).await;
             return Err(fail("flip", m, "Unfenced: clients still use the target."));
@@ -1320,4 +1801,37 @@ pub async fn finished(source: &Target, target: &Target, names: &[String]) -> Res
         .map_err(|e| source.err("reverse subscription")(e).to_string())?
         .get(0);
     Ok(subs == 0 && slots == 0 && reverse_left == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_told_from_reads_by_the_statement() {
+        for w in [
+            "INSERT INTO t VALUES (1)",
+            "  update t set a = 1",
+            "DELETE FROM t",
+            "copy t from stdin",
+            "WITH x AS (INSERT INTO t VALUES (1) RETURNING *) SELECT * FROM x",
+            "CREATE TABLE u (a int)",
+            "ALTER TABLE t ADD COLUMN b int",
+            "TRUNCATE t",
+            "select nextval('s')",
+            "(INSERT INTO t VALUES (1))",
+        ] {
+            assert!(is_write(w), "{w}");
+        }
+        for r in [
+            "SELECT * FROM t",
+            "copy t to stdout",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "BEGIN",
+            "",
+            "SHOW work_mem",
+        ] {
+            assert!(!is_write(r), "{r}");
+        }
+    }
 }

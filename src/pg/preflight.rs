@@ -1,7 +1,8 @@
 //! Preflight of a source and a target before anything is created or replicated: `wal_level`,
 //! free replication slots and WAL senders, versions, tables without a primary key or replica
 //! identity, unlogged tables, large objects, sequences, extensions on one side only, tables missing
-//! on the target. Each finding is an error (blocks), a warning or a note, with the fix.
+//! on the target, and the source's client sessions (those that bypass the application's pooler).
+//! Each finding is an error (blocks), a warning or a note, with the fix.
 //!
 //! Preflight only reads: it must never change either database.
 
@@ -45,6 +46,54 @@ fn finding(level: Level, check: &str, message: String, fix: Option<&str>) -> Fin
         message,
         fix: fix.map(String::from),
     }
+}
+
+/// The source's client sessions (not the tool's), watched for `window`: with the console of the
+/// pooler the application uses, those that bypass it (a warning when one wrote: the pooler
+/// cutover's guard refuses it); without one, every session (the read-only fence ends them all).
+pub async fn direct_sessions(
+    source: &Target,
+    console: Option<&Target>,
+    window: std::time::Duration,
+) -> Result<Vec<Finding>, PgError> {
+    let sessions = super::cutover::direct_sessions_of(source, console, window)
+        .await
+        .map_err(PgError::Other)?;
+    let mut out = vec![];
+    if console.is_none() {
+        if !sessions.is_empty() {
+            let names: Vec<String> = sessions.iter().map(|s| s.to_string()).collect();
+            out.push(finding(
+                Level::Note,
+                "sessions",
+                format!(
+                    "{} client session(s) on the source: {}; a read-only fence ends them at the cutover",
+                    sessions.len(),
+                    list(&names, 5)
+                ),
+                None,
+            ));
+        }
+        return Ok(out);
+    }
+    for s in &sessions {
+        out.push(if s.wrote {
+            finding(
+                Level::Warning,
+                "direct writers",
+                format!("session {s} wrote to the source without the pooler: the cutover's guard will refuse it"),
+                Some("send it through the pooler, or stop it before the cutover, or accept it (`Cutover::end_direct_writers()`: the fence ends it)"),
+            )
+        } else {
+            finding(
+                Level::Note,
+                "direct sessions",
+                format!("session {s} reaches the source without the pooler; the fence will end it"),
+                None,
+            )
+        });
+    }
+    Ok(out)
 }
 
 const USER_TABLES: &str = "c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND NOT c.relispartition";

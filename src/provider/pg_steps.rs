@@ -178,6 +178,7 @@ pub struct Preflight {
     source: Value,
     target: Value,
     slots: u64,
+    pooler: Value,
 }
 
 impl Preflight {
@@ -186,7 +187,15 @@ impl Preflight {
             source,
             target,
             slots: 1,
+            pooler: Value::Null,
         }
+    }
+    /// The pooler the application reaches the source through (a pgbouncer handle's `pooler()`):
+    /// the sessions that bypass it are listed, and one that writes is a warning (the pooler
+    /// cutover's guard refuses it).
+    pub fn pooler(mut self, pooler: Value) -> Self {
+        self.pooler = pooler;
+        self
     }
     /// Replication slots the plan will need on the source.
     pub fn slots(mut self, n: u64) -> Self {
@@ -203,11 +212,37 @@ impl Declare for Preflight {
             ("source".to_string(), self.source),
             ("target".to_string(), self.target),
             ("slots".to_string(), Value::from(self.slots)),
+            ("pooler".to_string(), self.pooler),
         ])
     }
 }
 
 struct PreflightType;
+
+/// The preflight's findings: the checks of both sides, then the source's sessions.
+async fn preflight_findings(
+    ctx: &Ctx,
+    inputs: &Attrs,
+) -> Result<Vec<preflight::Finding>, ProviderError> {
+    let s = target(ctx, inputs, "source").await?;
+    let t = target(ctx, inputs, "target").await?;
+    let slots = crate::value::get_u64(inputs, "slots").unwrap_or(1) as i64;
+    let mut findings = preflight::check(&s, &t, slots).await.map_err(pg_err)?;
+    let console = match inputs.get("pooler") {
+        Some(p) if !p.is_null() => {
+            let dir = p.get("dir").and_then(Value::as_str).unwrap_or("");
+            let port = p.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
+            Some(crate::pg::pooler::LocalBouncer::new(ctx.path(dir), port).admin())
+        }
+        _ => None,
+    };
+    findings.extend(
+        preflight::direct_sessions(&s, console.as_ref(), std::time::Duration::from_millis(300))
+            .await
+            .map_err(pg_err)?,
+    );
+    Ok(findings)
+}
 
 #[async_trait]
 impl StepType for PreflightType {
@@ -225,10 +260,7 @@ impl StepType for PreflightType {
         ctx: &Ctx,
         req: &Request<'_>,
     ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
-        let s = target(ctx, req.inputs, "source").await?;
-        let t = target(ctx, req.inputs, "target").await?;
-        let slots = crate::value::get_u64(req.inputs, "slots").unwrap_or(1) as i64;
-        let findings = preflight::check(&s, &t, slots).await.map_err(pg_err)?;
+        let findings = preflight_findings(ctx, req.inputs).await?;
         Ok(Some(
             findings
                 .into_iter()
@@ -244,10 +276,7 @@ impl StepType for PreflightType {
         ))
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
-        let s = target(ctx, req.inputs, "source").await?;
-        let t = target(ctx, req.inputs, "target").await?;
-        let slots = crate::value::get_u64(req.inputs, "slots").unwrap_or(1) as i64;
-        let findings = preflight::check(&s, &t, slots).await.map_err(pg_err)?;
+        let findings = preflight_findings(ctx, req.inputs).await?;
         for f in findings.iter().filter(|f| f.level == Level::Warning) {
             ctx.report(req.node, &f.to_string());
         }
@@ -1050,6 +1079,17 @@ impl Cutover {
     pub fn reverse_replication(self) -> Self {
         self.set("reverse", Value::Bool(true))
     }
+    /// Pooler fence: accept sessions that write to the source without the pooler (a cron job, an
+    /// admin, a second application). By default the guard refuses when one wrote while it
+    /// watched; accepted, the fence ends them with every other direct session, and the source
+    /// stays read-only after the flip.
+    pub fn end_direct_writers(self) -> Self {
+        self.set("direct_writers", Value::from("end"))
+    }
+    /// How long the guard watches the source's direct sessions (default 1000 ms).
+    pub fn observe_direct_sessions_ms(self, ms: u64) -> Self {
+        self.set("observe_ms", Value::from(ms))
+    }
     /// The catch-up tables of a forward replication the tool cannot see into (a DMS task per
     /// group, each carrying its group's `replication::catch_up_table`): the cutover writes a
     /// marker to each after the fence and waits until the target has all of them. Without it,
@@ -1137,6 +1177,16 @@ async fn cutover_spec(
         fence_timeout_ms: num("fence_timeout_ms") as u64,
         catchup_timeout_ms: num("catchup_timeout_ms") as u64,
         catch_up: list("catch_up"),
+        direct_writers: match get_str(inputs, "direct_writers") {
+            None | Some("refuse") => crate::pg::cutover::DirectWriters::Refuse,
+            Some("end") => crate::pg::cutover::DirectWriters::End,
+            Some(other) => {
+                return Err(ProviderError::new(format!(
+                    "input `direct_writers` is `{other}`; use `refuse` or `end`"
+                )))
+            }
+        },
+        observe_ms: crate::value::get_u64(inputs, "observe_ms").unwrap_or(1000),
     })
 }
 

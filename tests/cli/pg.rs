@@ -578,12 +578,18 @@ fn the_cutover_under_writes_loses_nothing_and_no_client_sees_an_error() {
         .find(|l| l.contains("clients waited at most"))
         .unwrap_or("")
         .to_string();
+    let phases = out
+        .lines()
+        .find(|l| l.contains("switch: phases:"))
+        .unwrap_or("")
+        .to_string();
     eprintln!(
-        "cutover: {} writes acknowledged, {} errors, longest gap between acknowledgements {:?}; {}",
+        "cutover: {} writes acknowledged, {} errors, longest gap between acknowledgements {:?}; {}; {}",
         w.acked.len(),
         w.errors.len(),
         w.max_gap,
-        fenced.trim()
+        fenced.trim(),
+        phases.trim()
     );
     assert!(w.errors.is_empty(), "clients saw errors: {:?}", w.errors);
     assert!(
@@ -1914,10 +1920,30 @@ fn schema_drift_and_unreplicated_tables_stop_the_cutover_before_the_fence() {
         "unique index or constraint `public.accounts USING btree (name)` is on the target only",
     ]);
     sql(&dst, "DROP INDEX accounts_name");
+    // An apply worker that keeps failing (a row the target has already).
+    sql(&dst, "INSERT INTO settings VALUES ('clash', 'target')");
+    sql(&src, "INSERT INTO settings VALUES ('clash', 'source')");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    refused(&[
+        "forward subscription(s) `cutover_rest` (",
+        "have no running apply worker",
+    ]);
+    sql(&dst, "DELETE FROM settings WHERE key = 'clash'");
     // A plain index on one side is a warning, and the cutover goes through.
     sql(&dst, "CREATE INDEX accounts_balance ON accounts (balance)");
-    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
-    assert_eq!(code, 0, "{out}");
+    // The apply worker restarts within wal_retrieve_retry_interval (5 s) of the conflict's end.
+    let mut last = String::new();
+    for _ in 0..20 {
+        let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+        last = out;
+        if code == 0 {
+            break;
+        }
+        assert!(last.contains("have no running apply worker"), "{last}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = last;
+    assert!(out.contains("Apply complete"), "{out}");
     assert!(
         out.contains(
             "warning: index `public.accounts USING btree (balance)` is on the target only"
@@ -2036,4 +2062,280 @@ fn a_table_created_on_the_source_during_replication_is_taken_in_by_the_next_appl
     let (code, out, _) = p.run(&["preview", "local", "--refresh"]);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("its probe found work again"), "{out}");
+}
+
+/// A writer straight to the source (not through the pooler), as a cron job would be: it
+/// reconnects on any error; returns the acknowledged ids and the SQLSTATEs of its errors.
+async fn write_around_the_pooler(
+    source_port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<i64>, Vec<String>) {
+    let conn = format!(
+        "host=127.0.0.1 port={source_port} user=postgres dbname=app application_name=nightly-job"
+    );
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        Some(c)
+    };
+    let (mut acked, mut errors) = (vec![], vec![]);
+    let mut client = connect().await;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let r = match &client {
+            Some(c) => c
+                .query_one(
+                    "INSERT INTO events (account_id, kind) VALUES (1, 'nightly') RETURNING id",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .map_err(|e| {
+                    e.code()
+                        .map(|c| c.code().to_string())
+                        .unwrap_or("closed".into())
+                }),
+            None => Err("no connection".to_string()),
+        };
+        match r {
+            Ok(id) => acked.push(id),
+            Err(e) => {
+                errors.push(e);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                client = connect().await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    (acked, errors)
+}
+
+#[test]
+fn a_direct_writer_stops_the_pooler_cutover_and_accepted_it_is_fenced_and_loses_nothing() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = rt.spawn(write_around_the_pooler(s, stop.clone()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The preflight's check, in a refreshed preview, names it before anyone approves.
+    let (code, out, _) = p.run(&["preview", "local", "--refresh"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("wrote to the source without the pooler: the cutover's guard will refuse it"),
+        "{out}"
+    );
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("session(s) wrote to the source without the pooler in 1000 ms"),
+        "{out}"
+    );
+    assert!(out.contains("application `nightly-job`"), "{out}");
+    assert!(out.contains("`Cutover::end_direct_writers()`"), "{out}");
+    assert!(
+        out.contains("Nothing was changed; the source takes writes as before."),
+        "{out}"
+    );
+    let src = target(s, "app");
+    rt.block_on(async {
+        assert!(!cutover::pg::cutover::is_read_only(&src).await.unwrap());
+        assert_eq!(port_via(b).await, Some(s.to_string()));
+    });
+    // Accepted: the fence ends it, and its writes after the fence are refused.
+    let stack = p.root().join("stacks/local.toml");
+    let text = std::fs::read_to_string(&stack).unwrap();
+    std::fs::write(&stack, format!("{text}direct_writers = \"end\"\n")).unwrap();
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("application `nightly-job`"), "{out}");
+    assert!(out.contains("which wrote: the fence ends it"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, errors) = rt.block_on(writer).unwrap();
+    eprintln!(
+        "direct writer: {} acknowledged, errors {:?}",
+        acked.len(),
+        errors
+    );
+    assert!(
+        acked.len() > 10,
+        "the direct writer barely wrote: {}",
+        acked.len()
+    );
+    assert!(
+        errors.iter().any(|e| e == "25006"),
+        "no write of the direct writer was refused as read-only: {errors:?}"
+    );
+    rt.block_on(async {
+        assert!(
+            cutover::pg::cutover::is_read_only(&src).await.unwrap(),
+            "the source stays read-only after the flip"
+        );
+        assert_eq!(
+            acked_on(t, &acked).await,
+            acked.len(),
+            "writes the direct writer had acknowledged are missing on the target"
+        );
+        // None stranded: every row it left on the source is on the target.
+        let on_source: Vec<i64> = src
+            .connect()
+            .await
+            .unwrap()
+            .query("SELECT id FROM events WHERE kind = 'nightly'", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(acked_on(t, &on_source).await, on_source.len());
+        assert_eq!(on_source.len(), acked.len());
+    });
+    // Rolled back, the source takes writes again.
+    let (code, out, err) = p.run(&["rollback", "local", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    rt.block_on(async {
+        assert!(!cutover::pg::cutover::is_read_only(&src).await.unwrap());
+        assert_eq!(port_via(b).await, Some(s.to_string()));
+        let via = target(b, "app").connect().await.unwrap();
+        via.batch_execute("INSERT INTO accounts (name) VALUES ('after rollback')")
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn killed_after_the_source_was_fenced_and_before_the_flip_the_next_apply_lifts_and_finishes() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let rt = rt();
+    let src = target(s, "app");
+    let ids: Vec<i64> = rt.block_on(async {
+        // A slow apply on the target holds the catch-up for seconds, with the source fenced.
+        let dst = target(t, "app").connect().await.unwrap();
+        dst.batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow();
+             ALTER TABLE events ENABLE ALWAYS TRIGGER slow;",
+        )
+        .await
+        .unwrap();
+        let app = target(b, "app").connect().await.unwrap();
+        let mut ids = vec![];
+        for _ in 0..8 {
+            ids.push(
+                app.query_one("INSERT INTO events (account_id, kind) VALUES (1, 'x') RETURNING id", &[])
+                    .await
+                    .unwrap()
+                    .get(0),
+            );
+        }
+        let mut child = spawn_cutover(&p);
+        let mut fenced = false;
+        for _ in 0..400 {
+            if cutover::pg::cutover::is_read_only(&src).await.unwrap_or(false) {
+                fenced = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(fenced, "the source was never fenced");
+        assert_eq!(port_via_paused_check(&p, b).await, (true, s), "killed inside the fence");
+        ids
+    });
+    // Reconciled without running the cutover again: the source is as it was.
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--until", "switch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reconciled switch:"), "{out}");
+    rt.block_on(async {
+        assert_eq!(port_via_paused_check(&p, b).await, (false, s));
+        assert!(
+            !cutover::pg::cutover::is_read_only(&src).await.unwrap(),
+            "the source was left read-only without a flip"
+        );
+    });
+    let (code, out, err) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    rt.block_on(async {
+        assert_eq!(port_via_paused_check(&p, b).await, (false, t));
+        assert!(cutover::pg::cutover::is_read_only(&src).await.unwrap());
+        assert_eq!(acked_on(t, &ids).await, ids.len());
+    });
+}
+
+/// Whether the pooler's database is paused, and the port it points at.
+async fn port_via_paused_check(p: &Project, b: u16) -> (bool, u16) {
+    let st = cutover::pg::pooler::pool_state(
+        &cutover::pg::pooler::LocalBouncer::new(p.root().join("pgdata/pgbouncer"), b).admin(),
+        "app",
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (st.paused, st.port)
+}
+
+#[test]
+fn the_pooler_fence_refuses_a_role_setting_that_overrides_it_and_names_missing_privileges() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, _t, b) = local_stack_with(&p, "");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let rt = rt();
+    let src = rt.block_on(async { target(s, "app").connect().await.unwrap() });
+    rt.block_on(src.batch_execute(
+        "CREATE ROLE reporting LOGIN; ALTER ROLE reporting IN DATABASE app SET default_transaction_read_only = off",
+    ))
+    .unwrap();
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "role setting(s) of reporting in this database set the transaction read-only default"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("RESET default_transaction_read_only"), "{out}");
+    rt.block_on(async {
+        assert_eq!(port_via(b).await, Some(s.to_string()));
+        // What a user without the fence's privileges lacks, each named.
+        let weak = Target {
+            user: "reporting".into(),
+            ..target(s, "app")
+        };
+        let missing = cutover::pg::cutover::fence_privileges(&weak).await.unwrap();
+        assert_eq!(missing.len(), 3, "{missing:?}");
+        assert!(missing[0].contains("pg_read_all_stats"), "{missing:?}");
+        assert!(missing[1].contains("pg_signal_backend"), "{missing:?}");
+        assert!(missing[2].contains("its owner `postgres`"), "{missing:?}");
+        src.batch_execute("GRANT pg_read_all_stats, pg_signal_backend TO reporting; ALTER DATABASE app OWNER TO reporting")
+            .await
+            .unwrap();
+        assert!(cutover::pg::cutover::fence_privileges(&weak).await.unwrap().is_empty());
+        src.batch_execute("ALTER DATABASE app OWNER TO postgres; ALTER ROLE reporting IN DATABASE app RESET default_transaction_read_only")
+            .await
+            .unwrap();
+    });
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
 }
