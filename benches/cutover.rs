@@ -181,6 +181,8 @@ struct Run {
     lost: usize,
     collisions: usize,
     fenced_ms: String,
+    /// The cutover's phases as it reported them (where the fenced time goes).
+    phases: String,
 }
 
 /// The hand-written script: PAUSE, wait for the slots' flush position, setval, re-point, RESUME.
@@ -250,22 +252,24 @@ fn run_once(scale: u32, ours: bool) -> Run {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    let fenced_ms = if ours {
+    let (fenced_ms, phases) = if ours {
         let out = plan(
             s.dir.path(),
             &["apply", "local", "--yes", "--approve", "cutover"],
         );
-        out.lines()
-            .find_map(|l| {
-                l.split("clients waited at most ")
-                    .nth(1)
-                    .map(|x| x.trim().to_string())
-            })
-            .unwrap_or_default()
+        let after = |marker: &str| {
+            out.lines()
+                .find_map(|l| l.split(marker).nth(1).map(|x| x.trim().to_string()))
+                .unwrap_or_default()
+        };
+        (after("clients waited at most "), after("switch: phases: "))
     } else {
         let t0 = Instant::now();
         rt.block_on(baseline_cutover(&s));
-        format!("{:.1} ms", t0.elapsed().as_secs_f64() * 1000.0)
+        (
+            format!("{:.1} ms", t0.elapsed().as_secs_f64() * 1000.0),
+            String::new(),
+        )
     };
     let out = bench.wait_with_output().unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -303,6 +307,7 @@ fn run_once(scale: u32, ours: bool) -> Run {
         lost,
         collisions,
         fenced_ms,
+        phases,
     }
 }
 
@@ -336,6 +341,10 @@ fn main() {
             v.push(r);
         }
         results.push((name, v));
+    }
+    println!();
+    for (i, r) in results[1].1.iter().enumerate() {
+        println!("cutover run {} phases: {}", i + 1, r.phases);
     }
     println!();
     let mut medians = vec![];

@@ -299,6 +299,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
                     target_conn.clone().into(),
                 )
                 .replication(replicate.slots(), replicate.subscriptions())
+                .schema_at_start(replicate.schema())
                 .reverse_replication(),
                 slots: replicate.slots(),
                 tasks: vec![],

@@ -158,6 +158,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let mut switch = switch
         .replication(replicate.slots(), replicate.subscriptions())
         .validated(validate.validated_at(), 3600)
+        .schema_at_start(replicate.schema())
         .guards(max_lag_bytes, max_xact_seconds);
     // Sessions that write to the source without the pooler: refused by the guard unless the
     // stack accepts them (`direct_writers = "end"`), and then ended by the fence.

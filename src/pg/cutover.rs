@@ -107,6 +107,9 @@ pub struct Spec {
     /// How long the guard watches the direct sessions.
     #[serde(default = "default_observe_ms")]
     pub observe_ms: u64,
+    /// The source's schema digest as replication started (`schema::digest`).
+    #[serde(default)]
+    pub schema_at_start: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A timed phase.
@@ -439,24 +442,32 @@ async fn open_sessions(spec: &Spec) -> Result<Sessions, String> {
 async fn fence_source(spec: &Spec, sessions: &Sessions, grace: Duration) -> Result<(), String> {
     let t = &spec.source;
     let c = &sessions.writer;
-    c.batch_execute(&format!(
-        "ALTER DATABASE {} SET default_transaction_read_only = on",
+    // Its commit need not wait for the disk: the marker's commit, which follows and is
+    // synchronous, flushes it too; new sessions see it at once either way.
+    let sql = format!(
+        "BEGIN; SET LOCAL synchronous_commit = off; ALTER DATABASE {} SET default_transaction_read_only = on; COMMIT",
         ident(&t.dbname)
-    ))
-    .await
-    .map_err(|e| t.err("make the database read-only")(e).to_string())?;
-    let pids = pooler_pids(&sessions.admin).await?;
+    );
+    let alter = c.batch_execute(&sql);
+    let (altered, pids) = tokio::join!(alter, pooler_pids(&sessions.admin));
+    altered.map_err(|e| t.err("make the database read-only")(e).to_string())?;
+    let pids = pids?;
     let t0 = Instant::now();
-    while t0.elapsed() < grace {
-        let busy: i64 = c
+    loop {
+        let r = c
             .query_one(
-                &format!("SELECT count(*) {DIRECT} AND backend_xid IS NOT NULL"),
+                &format!(
+                    "SELECT count(*), count(*) FILTER (WHERE backend_xid IS NOT NULL) {DIRECT}"
+                ),
                 &[&pids],
             )
             .await
-            .map_err(|e| t.err("in-flight transactions")(e).to_string())?
-            .get(0);
-        if busy == 0 {
+            .map_err(|e| t.err("in-flight transactions")(e).to_string())?;
+        let (direct, busy): (i64, i64) = (r.get(0), r.get(1));
+        if direct == 0 {
+            return Ok(());
+        }
+        if busy == 0 || t0.elapsed() >= grace {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -721,7 +732,7 @@ struct Guarded {
 }
 
 async fn guard(spec: &Spec) -> Result<Guarded, String> {
-    let drift = super::schema::drift(&spec.source, &spec.target)
+    let drift = super::schema::drift(&spec.source, &spec.target, spec.schema_at_start.as_ref())
         .await
         .map_err(|e| e.to_string())?;
     if !drift.errors.is_empty() {

@@ -5,6 +5,9 @@
 //! one side loses or changes data at the cutover; those are errors, and a non-unique index on one
 //! side only is a warning.
 //!
+//! As replication starts, a digest of each object of the source is recorded (`digest`, in the
+//! replicate step's outputs); with it, each difference says which side changed since.
+//!
 //! It only reads the catalogs (no lock beyond what a catalog query takes) and never changes
 //! either side.
 
@@ -136,48 +139,104 @@ pub async fn catalog(t: &Target) -> Result<Catalog, PgError> {
 
 /// Compares the two sides.
 pub fn compare(source: &Catalog, target: &Catalog) -> Drift {
+    compare_since(None, source, target)
+}
+
+/// A digest of each object of a catalog (`table T`, `column T.c`, `unique DEF`, `index DEF`,
+/// `sequence S`), recorded as replication starts so a later drift can say which side changed.
+pub fn digest(c: &Catalog) -> BTreeMap<String, String> {
+    let h = |s: &str| format!("{:08x}", crc32fast::hash(s.as_bytes()));
+    let mut out = BTreeMap::new();
+    for (t, cols) in &c.tables {
+        out.insert(format!("table {t}"), h(""));
+        for col in cols {
+            out.insert(
+                format!("column {t}.{}", col.name),
+                h(&format!("{} {}", col.type_name, col.not_null)),
+            );
+        }
+    }
+    for u in &c.unique {
+        out.insert(format!("unique {u}"), h(""));
+    }
+    for i in &c.indexes {
+        out.insert(format!("index {i}"), h(""));
+    }
+    for s in &c.sequences {
+        out.insert(format!("sequence {s}"), h(""));
+    }
+    out
+}
+
+/// [`compare`], each error saying which side changed since `start` (the digest recorded as
+/// replication started), when it is known.
+pub fn compare_since(
+    start: Option<&BTreeMap<String, String>>,
+    source: &Catalog,
+    target: &Catalog,
+) -> Drift {
     let mut d = Drift::default();
+    let mut keyed: Vec<(String, String)> = vec![];
     for (t, cols) in &source.tables {
         let Some(tcols) = target.tables.get(t) else {
-            d.errors.push(format!("table `{t}` is on the source only"));
+            keyed.push((
+                format!("table {t}"),
+                format!("table `{t}` is on the source only"),
+            ));
             continue;
         };
         for c in cols {
             match tcols.iter().find(|x| x.name == c.name) {
-                None => d
-                    .errors
-                    .push(format!("column `{t}.{}` is on the source only", c.name)),
-                Some(x) if x.type_name != c.type_name => d.errors.push(format!(
-                    "column `{t}.{}` is {} on the source and {} on the target",
-                    c.name, c.type_name, x.type_name
+                None => keyed.push((
+                    format!("column {t}.{}", c.name),
+                    format!("column `{t}.{}` is on the source only", c.name),
                 )),
-                Some(x) if x.not_null && !c.not_null => d.errors.push(format!(
-                    "column `{t}.{}` is NOT NULL on the target only (a NULL from the source stops replication)",
-                    c.name
+                Some(x) if x.type_name != c.type_name => keyed.push((
+                    format!("column {t}.{}", c.name),
+                    format!(
+                        "column `{t}.{}` is {} on the source and {} on the target",
+                        c.name, c.type_name, x.type_name
+                    ),
+                )),
+                Some(x) if x.not_null && !c.not_null => keyed.push((
+                    format!("column {t}.{}", c.name),
+                    format!(
+                        "column `{t}.{}` is NOT NULL on the target only (a NULL from the source stops replication)",
+                        c.name
+                    ),
                 )),
                 Some(_) => {}
             }
         }
         for x in tcols {
             if !cols.iter().any(|c| c.name == x.name) {
-                d.errors
-                    .push(format!("column `{t}.{}` is on the target only", x.name));
+                keyed.push((
+                    format!("column {t}.{}", x.name),
+                    format!("column `{t}.{}` is on the target only", x.name),
+                ));
             }
         }
     }
     for t in target.tables.keys() {
         if !source.tables.contains_key(t) {
-            d.errors.push(format!("table `{t}` is on the target only"));
+            keyed.push((
+                format!("table {t}"),
+                format!("table `{t}` is on the target only"),
+            ));
         }
     }
     for u in source.unique.difference(&target.unique) {
-        d.errors.push(format!(
-            "unique index or constraint `{u}` is on the source only"
+        keyed.push((
+            format!("unique {u}"),
+            format!("unique index or constraint `{u}` is on the source only"),
         ));
     }
     for u in target.unique.difference(&source.unique) {
-        d.errors.push(format!(
-            "unique index or constraint `{u}` is on the target only (rows the source accepts would stop replication)"
+        keyed.push((
+            format!("unique {u}"),
+            format!(
+                "unique index or constraint `{u}` is on the target only (rows the source accepts would stop replication)"
+            ),
         ));
     }
     for s in source.sequences.symmetric_difference(&target.sequences) {
@@ -186,8 +245,11 @@ pub fn compare(source: &Catalog, target: &Catalog) -> Drift {
         } else {
             "target"
         };
-        d.errors.push(format!(
-            "sequence `{s}` is on the {side} only (the cutover carries sequences over by name)"
+        keyed.push((
+            format!("sequence {s}"),
+            format!(
+                "sequence `{s}` is on the {side} only (the cutover carries sequences over by name)"
+            ),
         ));
     }
     for i in source.indexes.symmetric_difference(&target.indexes) {
@@ -200,13 +262,35 @@ pub fn compare(source: &Catalog, target: &Catalog) -> Drift {
             "index `{i}` is on the {side} only (queries may run differently after the cutover)"
         ));
     }
+    let (now_s, now_t) = match start {
+        Some(_) => (digest(source), digest(target)),
+        None => Default::default(),
+    };
+    for (key, message) in keyed {
+        let side = start.map(|st| {
+            let (was, s, t) = (st.get(&key), now_s.get(&key), now_t.get(&key));
+            if was == t {
+                " (changed on the source since replication started)"
+            } else if was == s {
+                " (changed on the target since replication started)"
+            } else {
+                " (changed on both sides since replication started)"
+            }
+        });
+        d.errors.push(format!("{message}{}", side.unwrap_or("")));
+    }
     d
 }
 
-/// Reads both sides and compares them.
-pub async fn drift(source: &Target, target: &Target) -> Result<Drift, PgError> {
+/// Reads both sides and compares them (with `start`, the digest recorded as replication
+/// started, each error says which side changed).
+pub async fn drift(
+    source: &Target,
+    target: &Target,
+    start: Option<&BTreeMap<String, String>>,
+) -> Result<Drift, PgError> {
     let (s, t) = tokio::join!(catalog(source), catalog(target));
-    Ok(compare(&s?, &t?))
+    Ok(compare_since(start, &s?, &t?))
 }
 
 #[cfg(test)]
@@ -274,6 +358,27 @@ mod tests {
         t.tables.get_mut("public.a").unwrap()[1] = col("v", "text", true);
         assert_eq!(compare(&s, &t).errors.len(), 1);
         assert!(compare(&t, &s).errors.is_empty());
+    }
+
+    #[test]
+    fn with_the_digest_at_the_start_each_error_names_the_side_that_changed() {
+        let start = digest(&base());
+        let mut s = base();
+        s.tables
+            .get_mut("public.a")
+            .unwrap()
+            .push(col("added", "integer", false));
+        let mut t = base();
+        t.unique.insert("public.a USING btree (v)".into());
+        let d = compare_since(Some(&start), &s, &t);
+        assert_eq!(d.errors.len(), 2, "{:?}", d.errors);
+        assert!(d.errors.iter().any(|e| e.contains("`public.a.added` is on the source only (changed on the source since replication started)")), "{:?}", d.errors);
+        assert!(d.errors.iter().any(|e| e.contains("`public.a USING btree (v)` is on the target only (rows the source accepts would stop replication) (changed on the target since replication started)")), "{:?}", d.errors);
+        // Without it, the same errors, without a side.
+        assert!(compare(&s, &t)
+            .errors
+            .iter()
+            .all(|e| !e.contains("since replication started")));
     }
 
     #[test]

@@ -408,6 +408,11 @@ impl crate::dsl::Handle<Replicate> {
         self.output::<Vec<String>>("slots").into()
     }
 
+    /// The source's schema digest as replication started (`Cutover::schema_at_start`).
+    pub fn schema(&self) -> Value {
+        self.output::<Value>("schema").into()
+    }
+
     /// The step that takes tables created on the source after this replication started into it
     /// (see [`ExtendReplication`]). Declare it before the cutover: `.after(..)` it.
     pub fn extend(&self) -> ExtendReplication {
@@ -616,6 +621,12 @@ async fn create_markers(
     Ok(())
 }
 
+/// The source's schema digest (recorded as replication starts).
+async fn schema_digest(s: &Target) -> Result<Value, ProviderError> {
+    let c = crate::pg::schema::catalog(s).await.map_err(pg_err)?;
+    Ok(serde_json::json!(crate::pg::schema::digest(&c)))
+}
+
 fn setup_outputs(names: &[String], tables: usize) -> Attrs {
     Attrs::from([
         ("slots".to_string(), serde_json::json!(names)),
@@ -734,6 +745,7 @@ impl StepType for ReplicateType {
             .collect();
         r::mark_ready(&t, &subs).await.map_err(pg_err)?;
         let mut out = setup_outputs(&subs, setup.tables);
+        out.insert("schema".into(), schema_digest(&s).await?);
         out.insert(
             "groups".into(),
             serde_json::to_value(&setup.groups).unwrap_or(Value::Null),
@@ -761,7 +773,9 @@ impl StepType for ReplicateType {
             .map(|(g, _)| r::object_name(&prefix, &g))
             .collect();
         Ok(Some(if r::is_ready(&t, &names).await.map_err(pg_err)? {
-            Probe::Done(setup_outputs(&names, all.len()))
+            let mut out = setup_outputs(&names, all.len());
+            out.insert("schema".into(), schema_digest(&s).await?);
+            Probe::Done(out)
         } else {
             Probe::NotDone
         }))
@@ -920,7 +934,7 @@ struct ValidateType;
 /// Fails when the two sides' schemas differ in a way that loses or changes data; reports the
 /// differences that do not.
 async fn check_drift(ctx: &Ctx, node: &str, s: &Target, t: &Target) -> Result<(), ProviderError> {
-    let d = crate::pg::schema::drift(s, t).await.map_err(pg_err)?;
+    let d = crate::pg::schema::drift(s, t, None).await.map_err(pg_err)?;
     for w in &d.warnings {
         ctx.report(node, &format!("warning: {w}"));
     }
@@ -1086,6 +1100,11 @@ impl Cutover {
     pub fn end_direct_writers(self) -> Self {
         self.set("direct_writers", Value::from("end"))
     }
+    /// The source's schema as replication started (a replicate step's `schema()`): each
+    /// difference the guard refuses then says which side changed.
+    pub fn schema_at_start(self, digest: Value) -> Self {
+        self.set("schema_at_start", digest)
+    }
     /// How long the guard watches the source's direct sessions (default 1000 ms).
     pub fn observe_direct_sessions_ms(self, ms: u64) -> Self {
         self.set("observe_ms", Value::from(ms))
@@ -1187,6 +1206,9 @@ async fn cutover_spec(
             }
         },
         observe_ms: crate::value::get_u64(inputs, "observe_ms").unwrap_or(1000),
+        schema_at_start: inputs
+            .get("schema_at_start")
+            .and_then(|v| serde_json::from_value(v.clone()).ok()),
     })
 }
 
