@@ -184,19 +184,33 @@ pub async fn fence_read_only(t: &Target, grace: Duration) -> Result<(), String> 
     }
     // Sessions that started before the ALTER may still write; those are ended. A client that
     // reconnects gets a read-only session, so only the ended pids are waited for.
+    end_sessions(t, &c, others, &[], "client").await
+}
+
+/// Ends the sessions `from` selects (a `FROM pg_stat_activity WHERE ...` clause with `params`),
+/// and waits until they are gone (termination is asynchronous), for at most 10 s.
+async fn end_sessions(
+    t: &Target,
+    c: &tokio_postgres::Client,
+    from: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+) -> Result<(), String> {
     let ended: Vec<i32> = c
         .query(
             &format!(
-                "SELECT pid FROM (SELECT pid, pg_terminate_backend(pid) AS t {others}) s WHERE t"
+                "SELECT pid FROM (SELECT pid, pg_terminate_backend(pid) AS t {from}) s WHERE t"
             ),
-            &[],
+            params,
         )
         .await
-        .map_err(|e| t.err("end client sessions")(e).to_string())?
+        .map_err(|e| t.err(&format!("end the {what} sessions"))(e).to_string())?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // Termination is asynchronous: wait until the ended sessions are gone.
+    if ended.is_empty() {
+        return Ok(());
+    }
     let t0 = Instant::now();
     loop {
         let left: i64 = c
@@ -205,14 +219,14 @@ pub async fn fence_read_only(t: &Target, grace: Duration) -> Result<(), String> 
                 &[&ended],
             )
             .await
-            .map_err(|e| t.err("client sessions")(e).to_string())?
+            .map_err(|e| t.err(&format!("{what} sessions"))(e).to_string())?
             .get(0);
         if left == 0 {
             return Ok(());
         }
         if t0.elapsed() > Duration::from_secs(10) {
             return Err(format!(
-                "{left} client session(s) of {t} did not end within 10 s"
+                "{left} {what} session(s) of {t} did not end within 10 s"
             ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -472,41 +486,7 @@ async fn fence_source(spec: &Spec, sessions: &Sessions, grace: Duration) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let ended: Vec<i32> = c
-        .query(
-            &format!(
-                "SELECT pid FROM (SELECT pid, pg_terminate_backend(pid) AS t {DIRECT}) s WHERE t"
-            ),
-            &[&pids],
-        )
-        .await
-        .map_err(|e| t.err("end the direct sessions")(e).to_string())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if ended.is_empty() {
-        return Ok(());
-    }
-    let t0 = Instant::now();
-    loop {
-        let left: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
-                &[&ended],
-            )
-            .await
-            .map_err(|e| t.err("direct sessions")(e).to_string())?
-            .get(0);
-        if left == 0 {
-            return Ok(());
-        }
-        if t0.elapsed() > Duration::from_secs(10) {
-            return Err(format!(
-                "{left} direct session(s) of {t} did not end within 10 s"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    end_sessions(t, c, DIRECT, &[&pids], "direct").await
 }
 
 /// Proves the source's fence holds (alongside the catch-up; the flip waits for both): no client

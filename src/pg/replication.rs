@@ -189,22 +189,36 @@ fn assign_tables(all: &[String], groups: &[Group]) -> Result<Vec<(String, Vec<St
 
 /// `pg_dump --schema-only --section=SECTION` of the source.
 pub fn dump_schema(source: &Target, section: &str) -> Result<String, PgError> {
-    let mut c = source.libpq_command("pg_dump")?;
-    c.args([
-        "--schema-only",
-        "--no-owner",
-        "--no-privileges",
-        "--section",
+    pg_dump_schema(
+        source,
+        &["--section".to_string(), section.to_string()],
         section,
-        "--dbname",
-    ])
-    .arg(source.conninfo_without_password());
+    )
+}
+
+/// `pg_dump --schema-only` of some tables of the source (with the sequences they own).
+fn dump_tables(source: &Target, tables: &[String]) -> Result<String, PgError> {
+    let args: Vec<String> = tables
+        .iter()
+        .flat_map(|t| ["--table".to_string(), qualified(t)])
+        .collect();
+    pg_dump_schema(source, &args, &tables.join(", "))
+}
+
+/// `pg_dump --schema-only ARGS` of the source, without psql's meta-commands; `what` names the
+/// dump in an error.
+fn pg_dump_schema(source: &Target, args: &[String], what: &str) -> Result<String, PgError> {
+    let mut c = source.libpq_command("pg_dump")?;
+    c.args(["--schema-only", "--no-owner", "--no-privileges"])
+        .args(args)
+        .arg("--dbname")
+        .arg(source.conninfo_without_password());
     let out = c
         .output()
         .map_err(|e| PgError::Other(format!("pg_dump: cannot run: {e}")))?;
     if !out.status.success() {
         return Err(PgError::Other(format!(
-            "pg_dump of {source} ({section}) failed: {}",
+            "pg_dump of {source} ({what}) failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -495,31 +509,6 @@ pub async fn unpublished(
         }
     }
     Ok(out)
-}
-
-/// `pg_dump --schema-only` of some tables of the source (with the sequences they own).
-fn dump_tables(source: &Target, tables: &[String]) -> Result<String, PgError> {
-    let mut c = source.libpq_command("pg_dump")?;
-    c.args(["--schema-only", "--no-owner", "--no-privileges"]);
-    for t in tables {
-        c.arg("--table").arg(qualified(t));
-    }
-    c.arg("--dbname").arg(source.conninfo_without_password());
-    let out = c
-        .output()
-        .map_err(|e| PgError::Other(format!("pg_dump: cannot run: {e}")))?;
-    if !out.status.success() {
-        return Err(PgError::Other(format!(
-            "pg_dump of {source} ({}) failed: {}",
-            tables.join(", "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('\\'))
-        .collect::<Vec<_>>()
-        .join("\n"))
 }
 
 /// Takes tables created on the source after replication started into it, without starting over:

@@ -1823,14 +1823,7 @@ fn the_catch_up_waits_for_every_group_not_only_the_one_with_the_marker_table() {
     let ids: Vec<i64> = rt.block_on(async {
         // The `events` group applies slowly on the target (a trigger replication fires), so its
         // writes trail the other group's by seconds.
-        let dst = target(t, "app").connect().await.unwrap();
-        dst.batch_execute(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.4); RETURN NEW; END $$;
-             CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow();
-             ALTER TABLE events ENABLE ALWAYS TRIGGER slow;",
-        )
-        .await
-        .unwrap();
+        slow_apply_of_events(t, 0.4).await;
         let app = target(b, "app").connect().await.unwrap();
         let mut ids = vec![];
         for i in 0..5 {
@@ -2227,28 +2220,27 @@ fn killed_after_the_source_was_fenced_and_before_the_flip_the_next_apply_lifts_a
     let src = target(s, "app");
     let ids: Vec<i64> = rt.block_on(async {
         // A slow apply on the target holds the catch-up for seconds, with the source fenced.
-        let dst = target(t, "app").connect().await.unwrap();
-        dst.batch_execute(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
-             CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow();
-             ALTER TABLE events ENABLE ALWAYS TRIGGER slow;",
-        )
-        .await
-        .unwrap();
+        slow_apply_of_events(t, 0.5).await;
         let app = target(b, "app").connect().await.unwrap();
         let mut ids = vec![];
         for _ in 0..8 {
             ids.push(
-                app.query_one("INSERT INTO events (account_id, kind) VALUES (1, 'x') RETURNING id", &[])
-                    .await
-                    .unwrap()
-                    .get(0),
+                app.query_one(
+                    "INSERT INTO events (account_id, kind) VALUES (1, 'x') RETURNING id",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0),
             );
         }
         let mut child = spawn_cutover(&p);
         let mut fenced = false;
         for _ in 0..400 {
-            if cutover::pg::cutover::is_read_only(&src).await.unwrap_or(false) {
+            if cutover::pg::cutover::is_read_only(&src)
+                .await
+                .unwrap_or(false)
+            {
                 fenced = true;
                 break;
             }
@@ -2257,7 +2249,11 @@ fn killed_after_the_source_was_fenced_and_before_the_flip_the_next_apply_lifts_a
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(fenced, "the source was never fenced");
-        assert_eq!(port_via_paused_check(&p, b).await, (true, s), "killed inside the fence");
+        assert_eq!(
+            port_via_paused_check(&p, b).await,
+            (true, s),
+            "killed inside the fence"
+        );
         ids
     });
     // Reconciled without running the cutover again: the source is as it was.
@@ -2338,4 +2334,20 @@ fn the_pooler_fence_refuses_a_role_setting_that_overrides_it_and_names_missing_p
     });
     let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
     assert_eq!(code, 0, "{out}");
+}
+
+/// Makes the target apply each replicated row of `events` `seconds` late (a trigger that
+/// replication fires), so that group's writes trail the others'.
+async fn slow_apply_of_events(t: u16, seconds: f64) {
+    target(t, "app")
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow();
+             ALTER TABLE events ENABLE ALWAYS TRIGGER slow;"
+        ))
+        .await
+        .unwrap();
 }
