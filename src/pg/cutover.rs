@@ -521,10 +521,15 @@ async fn verify_source_fence(spec: &Spec, sessions: &Sessions) -> Result<(), Str
     }
     // A session opened now, after the database was made read-only.
     let fresh = t.connect().await.map_err(|e| e.to_string())?;
-    match fresh
+    refuses_writes(&fresh, "fence-must-fail").await
+}
+
+/// Whether a session (of the source) is refused a write: a marker row `id` must fail read-only.
+async fn refuses_writes(c: &tokio_postgres::Client, id: &str) -> Result<(), String> {
+    match c
         .execute(
-            &format!("INSERT INTO {MARKER_TABLE} (id) VALUES ('fence-must-fail')"),
-            &[],
+            &format!("INSERT INTO {MARKER_TABLE} (id) VALUES ($1)"),
+            &[&id],
         )
         .await
     {
@@ -1112,22 +1117,7 @@ async fn post_check_direct(spec: &Spec, marker: &str) -> Result<(), String> {
     .await
     .map_err(|e| spec.target.err("post-check write")(e).to_string())?;
     let src = spec.source.connect().await.map_err(|e| e.to_string())?;
-    match src
-        .execute(
-            &format!("INSERT INTO {MARKER_TABLE} (id) VALUES ($1)"),
-            &[&format!("{marker}-must-fail")],
-        )
-        .await
-    {
-        Err(e) if e.code().map(|c| c.code()) == Some("25006") => Ok(()),
-        Err(e) => Err(format!(
-            "the source's refusal of writes could not be checked: {}",
-            super::describe(&e)
-        )),
-        Ok(_) => {
-            Err("a new session on the source could still write: the fence did not hold".into())
-        }
-    }
+    refuses_writes(&src, &format!("{marker}-must-fail")).await
 }
 
 /// Runs the cutover. `progress` gets a line per phase.
