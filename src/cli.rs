@@ -177,6 +177,23 @@ enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command only reads (prints what is there): it may end at once when the reader
+    /// of its output goes away.
+    fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Command::List
+                | Command::Preview { .. }
+                | Command::Graph { .. }
+                | Command::State {
+                    action: StateCmd::List | StateCmd::Show { .. },
+                    ..
+                }
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum StateCmd {
     /// One line per node in state.
@@ -202,6 +219,15 @@ pub const EXIT_TERMINATED: u8 = 143;
 /// Runs the CLI with the plans compiled into the binary; returns the process exit code.
 pub fn main(plans: &[PlanEntry]) -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.reads_only() {
+        // Rust ignores SIGPIPE, so printing to a reader that went away (`plan list | head`)
+        // would panic. A command that only reads ends quietly instead, as Unix tools do; one that
+        // changes things keeps running (what it prints then is lost, its state is not).
+        // SAFETY: restoring a signal's default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // The AWS SDK's own warnings (each credential source it tried) repeat, as a debug dump,
         // what our errors already say; RUST_LOG shows them.

@@ -294,3 +294,34 @@ fn emulate_refuses_a_stack_that_is_not_aws_and_starts_nothing() {
     );
     assert!(!p.root().join(".cutover/emulate").exists());
 }
+
+#[test]
+fn reading_commands_end_quietly_when_the_reader_goes_away() {
+    use std::os::unix::process::ExitStatusExt;
+    let p = Project::new();
+    for args in [
+        vec!["list"],
+        vec!["preview", "production"],
+        vec!["graph", "production"],
+        vec!["state", "production", "list"],
+    ] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
+            .arg("--root")
+            .arg(p.root())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the first line is written (`plan list | head -0`).
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+}
