@@ -22,6 +22,23 @@ use crate::render::progress::{self, Progress};
 use crate::stack::Stack;
 use crate::state::Lock;
 
+/// Prints a line to stdout. A reader that went away (`plan apply | head`) loses the line, not
+/// the run: the command goes on and its state is saved as always.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// [`say!`] without the newline.
+macro_rules! say_part {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "plan",
@@ -380,14 +397,14 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
             command,
         } => emulate(&root, plans, &stack, &set, rows, &command, cli.quiet).await,
         Command::List => {
-            println!("Plans:");
+            say!("Plans:");
             for p in plans.iter().filter(|p| !p.hidden) {
-                println!("  {:<16} {}", p.name, p.about);
+                say!("  {:<16} {}", p.name, p.about);
             }
-            println!("Stacks:");
+            say!("Stacks:");
             for s in Stack::list(&root) {
                 match Stack::load(&root, &s) {
-                    Ok(st) => println!(
+                    Ok(st) => say!(
                         "  {:<16} plan {}, provider {}{}",
                         s,
                         st.plan,
@@ -396,7 +413,7 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
                             .map(|r| format!(", region {r}"))
                             .unwrap_or_default()
                     ),
-                    Err(e) => println!("  {s:<16} (invalid: {e})"),
+                    Err(e) => say!("  {s:<16} (invalid: {e})"),
                 }
             }
             Ok(0)
@@ -483,7 +500,7 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
         }
         Command::Graph { stack, format } => {
             let l = load(&root, plans, &stack)?;
-            print!(
+            say_part!(
                 "{}",
                 match format {
                     GraphFormat::Mermaid => render::graph::mermaid(&l.graph),
@@ -496,17 +513,17 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
             let l = load(&root, plans, &stack)?;
             let notes = engine::refresh(&l, &command_line()).await?;
             if notes.is_empty() {
-                println!("No drift: every recorded object matches its record.");
+                say!("No drift: every recorded object matches its record.");
             }
             for n in notes {
-                println!("~ {}: {}", n.node, n.message);
+                say!("~ {}: {}", n.node, n.message);
             }
             Ok(0)
         }
         Command::Import { stack, node, id } => {
             let l = load(&root, plans, &stack)?;
             let id = engine::import(&l, &node, &id, &command_line()).await?;
-            println!("Imported `{id}` as `{node}`. Run `plan preview {stack}` to see any difference from the plan.");
+            say!("Imported `{id}` as `{node}`. Run `plan preview {stack}` to see any difference from the plan.");
             Ok(0)
         }
         Command::State { stack, action } => state_cmd(&root, plans, &stack, action),
@@ -519,17 +536,17 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
                 if !confirm(&format!(
                     "Roll back the cutover of stack `{stack}`? Clients move back to the source."
                 ))? {
-                    println!("Rollback cancelled.");
+                    say!("Rollback cancelled.");
                     return Ok(1);
                 }
             }
             let progress: crate::provider::ProgressFn =
-                Arc::new(|node: &str, m: &str| println!("  {node}: {m}"));
+                Arc::new(|node: &str, m: &str| say!("  {node}: {m}"));
             let notes = engine::rollback(&l, node.as_deref(), &command_line(), progress).await?;
             for n in &notes {
-                println!("{}: {}", n.node, n.message);
+                say!("{}: {}", n.node, n.message);
             }
-            println!("Rollback complete. Forward replication stays stopped: rebuild the target before another cutover.");
+            say!("Rollback complete. Forward replication stays stopped: rebuild the target before another cutover.");
             Ok(0)
         }
     }
@@ -557,10 +574,10 @@ fn state_cmd(root: &Path, plans: &[PlanEntry], stack: &str, action: StateCmd) ->
                     }
                     crate::state::NodeRecord::Data(d) => format!(" read_at={}", d.read_at),
                 };
-                println!("{name} {} {}{extra}", r.kind_name(), r.type_name());
+                say!("{name} {} {}{extra}", r.kind_name(), r.type_name());
             }
             for (name, i) in &st.pending {
-                println!("{name} interrupted {:?}{}", i.op, i.failed.as_ref().map(|f| format!(" (failed: {f})")).unwrap_or_default());
+                say!("{name} interrupted {:?}{}", i.op, i.failed.as_ref().map(|f| format!(" (failed: {f})")).unwrap_or_default());
             }
             Ok(0)
         }
@@ -570,16 +587,16 @@ fn state_cmd(root: &Path, plans: &[PlanEntry], stack: &str, action: StateCmd) ->
                 .nodes
                 .get(&node)
                 .ok_or_else(|| anyhow!("`{node}` is not in the state of stack `{stack}`; `plan state {stack} list` lists what is"))?;
-            println!("{}", serde_json::to_string_pretty(r)?);
+            say!("{}", serde_json::to_string_pretty(r)?);
             Ok(0)
         }
         StateCmd::Unlock => match Lock::unlock(&l.state_dir, stack) {
             Ok(Some(info)) => {
-                println!("Removed a stale lock record ({info}); no process held the lock.");
+                say!("Removed a stale lock record ({info}); no process held the lock.");
                 Ok(0)
             }
             Ok(None) => {
-                println!("Stack `{stack}` is not locked.");
+                say!("Stack `{stack}` is not locked.");
                 Ok(0)
             }
             Err(e) => Err(anyhow!(e).context(
@@ -588,24 +605,24 @@ fn state_cmd(root: &Path, plans: &[PlanEntry], stack: &str, action: StateCmd) ->
         },
         StateCmd::Mv { old, new } => {
             engine::state_mv(&l, &old, &new, &command_line())?;
-            println!("Moved `{old}` to `{new}` in state; its object is unchanged.");
+            say!("Moved `{old}` to `{new}` in state; its object is unchanged.");
             Ok(0)
         }
         StateCmd::MarkDone { node } => {
             engine::resolve_intent(&l, &node, true, &command_line())?;
-            println!("Recorded `{node}` as done.");
+            say!("Recorded `{node}` as done.");
             Ok(0)
         }
         StateCmd::ForgetIntent { node } => {
             engine::resolve_intent(&l, &node, false, &command_line())?;
-            println!("Dropped the interrupted intent of `{node}`; it runs on the next apply.");
+            say!("Dropped the interrupted intent of `{node}`; it runs on the next apply.");
             Ok(0)
         }
     }
 }
 
 fn confirm(question: &str) -> Result<bool> {
-    print!("{question}\n  Only 'yes' will be accepted: ");
+    say_part!("{question}\n  Only 'yes' will be accepted: ");
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
@@ -643,7 +660,7 @@ async fn apply(
     }
     let prepared = engine::prepare(&l, opts.clone(), &command_line()).await?;
     for n in &prepared.reconciled {
-        println!("reconciled {}: {}", n.node, n.message);
+        say!("reconciled {}: {}", n.node, n.message);
     }
     if let Some(saved) = &saved {
         // A saved plan is made before reconciliation; compare against the state it saw.
@@ -653,7 +670,7 @@ async fn apply(
     }
     let cs = &prepared.changes;
     if !quiet || !yes {
-        print!("{}", render::text::preview(cs));
+        say_part!("{}", render::text::preview(cs));
     }
     if !cs.has_changes() {
         return Ok(0);
@@ -671,12 +688,12 @@ async fn apply(
                 protected.len()
             ))?;
             if !ok {
-                println!("Destroy cancelled.");
+                say!("Destroy cancelled.");
                 return Ok(1);
             }
         }
     } else if !yes && saved.is_none() && !confirm("\nDo you want to perform these actions?")? {
-        println!("Apply cancelled.");
+        say!("Apply cancelled.");
         return Ok(1);
     }
     let held: BTreeSet<String> = cs
@@ -737,7 +754,7 @@ async fn apply(
     prog.finish();
     signals.abort();
     for line in l.registry.summaries() {
-        println!("{line}");
+        say!("{line}");
     }
     let r = &applied.report;
     let mut done = [0usize; 4]; // add, change, destroy, steps
@@ -770,7 +787,7 @@ async fn apply(
         if done[3] == 1 { "" } else { "s" }
     );
     if r.cancelled {
-        println!("\nInterrupted: {counts}; {not_started} not started. State is saved: run `plan apply {stack}` to resume.");
+        say!("\nInterrupted: {counts}; {not_started} not started. State is saved: run `plan apply {stack}` to resume.");
         return Ok(if terminated.load(std::sync::atomic::Ordering::Relaxed) {
             EXIT_TERMINATED
         } else {
@@ -781,27 +798,27 @@ async fn apply(
         bail!("state could not be written ({e}); stopped before starting more work. Nothing unrecorded was started: fix the disk problem and run `plan apply {stack}` again to resume.");
     }
     if !failed.is_empty() {
-        println!(
+        say!(
             "\n{} failed: {counts}; {} failed, {skipped} skipped{}. State is saved: fix the cause and run `plan {verb} {stack}` again to resume.",
             if destroying { "Destroy" } else { "Apply" },
             failed.len(),
             if r.compensated { "; compensation ran" } else { "" }
         );
         for f in &failed {
-            println!("  ! {f}");
+            say!("  ! {f}");
         }
         return Ok(1);
     }
-    println!(
+    say!(
         "\n{} complete: {counts}.",
         if destroying { "Destroy" } else { "Apply" }
     );
     for h in held {
         match h.strip_prefix("gate `").and_then(|g| g.strip_suffix('`')) {
-            Some(g) => println!(
-                "Held back by gate `{g}`: run `plan apply {stack} --approve {g}` when ready."
-            ),
-            None => println!("Held back by {h}: run `plan apply {stack}` without it to go on."),
+            Some(g) => {
+                say!("Held back by gate `{g}`: run `plan apply {stack} --approve {g}` when ready.")
+            }
+            None => say!("Held back by {h}: run `plan apply {stack}` without it to go on."),
         }
     }
     Ok(0)
