@@ -239,12 +239,7 @@ pub fn compare_since(
             ),
         ));
     }
-    for s in source.sequences.symmetric_difference(&target.sequences) {
-        let side = if source.sequences.contains(s) {
-            "source"
-        } else {
-            "target"
-        };
+    for (s, side) in one_sided(&source.sequences, &target.sequences) {
         keyed.push((
             format!("sequence {s}"),
             format!(
@@ -252,12 +247,7 @@ pub fn compare_since(
             ),
         ));
     }
-    for i in source.indexes.symmetric_difference(&target.indexes) {
-        let side = if source.indexes.contains(i) {
-            "source"
-        } else {
-            "target"
-        };
+    for (i, side) in one_sided(&source.indexes, &target.indexes) {
         d.warnings.push(format!(
             "index `{i}` is on the {side} only (queries may run differently after the cutover)"
         ));
@@ -280,6 +270,23 @@ pub fn compare_since(
         d.errors.push(format!("{message}{}", side.unwrap_or("")));
     }
     d
+}
+
+/// What only one of the two sets has, with the side that has it.
+fn one_sided<'a>(
+    source: &'a BTreeSet<String>,
+    target: &'a BTreeSet<String>,
+) -> impl Iterator<Item = (&'a String, &'static str)> {
+    source.symmetric_difference(target).map(move |x| {
+        (
+            x,
+            if source.contains(x) {
+                "source"
+            } else {
+                "target"
+            },
+        )
+    })
 }
 
 /// Reads both sides and compares them (with `start`, the digest recorded as replication

@@ -305,17 +305,7 @@ fn reading_commands_end_quietly_when_the_reader_goes_away() {
         vec!["graph", "production"],
         vec!["state", "production", "list"],
     ] {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
-            .arg("--root")
-            .arg(p.root())
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The reader is gone before the first line is written (`plan list | head -0`).
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        let out = with_the_reader_gone(&p, &args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert!(
@@ -329,21 +319,26 @@ fn reading_commands_end_quietly_when_the_reader_goes_away() {
 #[test]
 fn an_apply_whose_reader_goes_away_finishes_and_saves_its_state() {
     let p = Project::new();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
-        .arg("--root")
-        .arg(p.root())
-        .args(["apply", "demo", "--yes"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // `plan apply demo --yes | head -0`: nothing it prints is read.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let out = with_the_reader_gone(&p, &["apply", "demo", "--yes"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
     // It did all of its work: nothing is left to do.
     let (code, out, _) = p.run(&["preview", "demo", "--detailed-exitcode"]);
     assert_eq!(code, 0, "{out}");
+}
+
+/// Runs `plan ARGS` with its output's reader gone before the first line is written
+/// (`plan ARGS | head -0`).
+fn with_the_reader_gone(p: &Project, args: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
+        .arg("--root")
+        .arg(p.root())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
 }
