@@ -159,15 +159,14 @@ impl Loaded {
 /// A preview: the change set of the state on disk (refreshed in memory with `refresh`).
 pub async fn preview(l: &Loaded, opts: &Options, refresh: bool) -> Result<ChangeSet, EngineError> {
     let mut state = l.read_state()?;
+    let mut opts = opts.clone();
+    let mut unavailable = vec![];
     if refresh {
         let ctx = l.ctx();
         for (e, _) in refresh_entries(l, &state, &ctx).await? {
             state.apply(&e);
         }
-    }
-    let mut opts = opts.clone();
-    let mut unavailable = vec![];
-    if refresh {
+        // Probes and checks that need a secret that cannot be read are skipped.
         let _ = l.fetch_secrets().await;
         (opts.rerun, unavailable) = converging(l, &state).await;
     }

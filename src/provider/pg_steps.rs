@@ -471,11 +471,7 @@ impl StepType for ExtendType {
                 req.node,
                 &format!("took {} into replication; copying", added.join(", ")),
             );
-            let subs: Vec<String> = req
-                .inputs
-                .get("subscriptions")
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-                .unwrap_or_default();
+            let subs = crate::value::strings(req.inputs.get("subscriptions"));
             wait_for_copy(ctx, req, &t, &subs).await?;
         }
         Ok(Attrs::from([(
@@ -489,11 +485,7 @@ impl StepType for ExtendType {
         let prefix = get_str(req.inputs, "prefix").unwrap_or("cutover");
         // Unless every forward subscription is there and enabled (the cutover disabled them, the
         // finish dropped them) there is nothing to extend.
-        let subs: Vec<String> = req
-            .inputs
-            .get("subscriptions")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
+        let subs = crate::value::strings(req.inputs.get("subscriptions"));
         let dst = t.connect().await.map_err(pg_err)?;
         let enabled: i64 = dst
             .query_one(
