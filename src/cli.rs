@@ -221,6 +221,8 @@ enum StateCmd {
     Unlock,
     /// Rename a node in state without touching its object.
     Mv { old: String, new: String },
+    /// Forget a node (a wrong import): its record leaves state, its object is not touched.
+    Rm { node: String },
     /// After checking by hand: record an interrupted step as done.
     MarkDone { node: String },
     /// After checking by hand: drop an interrupted step's intent so it runs again.
@@ -384,7 +386,19 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
     let root = cli
         .root
         .canonicalize()
-        .with_context(|| format!("--root {}: no such directory", cli.root.display()))?;
+        .map_err(|e| {
+            anyhow!(
+                "--root {}: {}. --root names the project directory (the one holding stacks/).",
+                cli.root.display(),
+                crate::io_error::explain(&e, "the directory")
+            )
+        })?;
+    if !root.is_dir() {
+        bail!(
+            "--root {} is a file; --root names the project directory (the one holding stacks/).",
+            cli.root.display()
+        );
+    }
     match cli.command {
         Command::EmulateProxy { upstream, port } => {
             crate::emulate::serve_proxy(upstream, port).map_err(|e| anyhow::anyhow!(e))?;
@@ -443,8 +457,23 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
                             s.push(format!(".part{}", i + 1));
                             PathBuf::from(s)
                         };
-                        std::fs::write(&p, part)
-                            .with_context(|| format!("cannot write {}", p.display()))?;
+                        if let Some(dir) = p.parent().filter(|d| {
+                            !d.as_os_str().is_empty() && !d.exists()
+                        }) {
+                            bail!(
+                                "--out {}: the folder {} does not exist; create it (`mkdir -p {}`) or write elsewhere. Nothing was written.",
+                                p.display(),
+                                dir.display(),
+                                dir.display()
+                            );
+                        }
+                        std::fs::write(&p, part).map_err(|e| {
+                            anyhow!(
+                                "--out {}: cannot write it: {}",
+                                p.display(),
+                                crate::io_error::explain(&e, "the file")
+                            )
+                        })?;
                         if !cli.quiet {
                             eprintln!("Wrote {}", p.display());
                         }
@@ -608,6 +637,11 @@ fn state_cmd(root: &Path, plans: &[PlanEntry], stack: &str, action: StateCmd) ->
             say!("Moved `{old}` to `{new}` in state; its object is unchanged.");
             Ok(0)
         }
+        StateCmd::Rm { node } => {
+            let id = engine::state_rm(&l, &node, &command_line())?;
+            say!("Removed `{node}` from state; its object ({id}) is unchanged and no longer managed by this stack. The next apply creates the node anew unless you import the right object (`plan import {stack} {node} ID`).");
+            Ok(0)
+        }
         StateCmd::MarkDone { node } => {
             engine::resolve_intent(&l, &node, true, &command_line())?;
             say!("Recorded `{node}` as done.");
@@ -643,11 +677,14 @@ async fn apply(
     let l = load(root, plans, stack)?;
     let saved = match &saved {
         Some(p) => Some(
-            render::json::read(
-                &std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?,
-            )
-            .map_err(|e| anyhow!("{}: {e}", p.display()))?,
+            render::json::read(&std::fs::read_to_string(p).map_err(|e| {
+                anyhow!(
+                    "--plan {}: cannot read it: {}",
+                    p.display(),
+                    crate::io_error::explain(&e, "the saved plan")
+                )
+            })?)
+            .map_err(|e| anyhow!("--plan {}: {e}", p.display()))?,
         ),
         None => None,
     };

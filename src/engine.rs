@@ -5,6 +5,7 @@
 //! Nothing here prints or asks: the CLI renders results and asks for confirmation. Preview must
 //! never take the lock or write anything.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,6 +60,8 @@ pub enum EngineError {
         op: String,
         message: String,
     },
+    #[error("refreshing `{node}` (reading its object): {message}")]
+    Refresh { node: String, message: String },
     #[error("{0}")]
     Usage(String),
     #[error("the saved plan is stale: {0}. Run `plan preview` again and review it.")]
@@ -156,9 +159,61 @@ impl Loaded {
     }
 }
 
+/// Refuses a plan whose nodes claim the same thing on this machine (a TCP port), or whose claim
+/// is taken by something that is not the node's own recorded object, naming the claim, its holder
+/// and the stack keys that set it. Runs before a preview or an apply does anything.
+pub fn check_claims(l: &Loaded, state: &State) -> Result<(), EngineError> {
+    let ctx = l.ctx();
+    let mut problems = Vec::new();
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for n in &l.graph.spec.nodes {
+        let Some(TypeImpl::Resource(rt)) = l.registry.get(&n.type_name) else {
+            continue;
+        };
+        for (input, what) in rt.claims(&n.inputs) {
+            let keys = n
+                .inputs
+                .get(&input)
+                .map(|v| l.stack.keys_with_value(v))
+                .unwrap_or_default();
+            let set_by = if keys.is_empty() {
+                String::new()
+            } else {
+                format!(" (set by {})", keys.join(", "))
+            };
+            if let Some(other) = seen.insert(what.clone(), &n.name) {
+                problems.push(format!(
+                    "nodes `{other}` and `{}` both use {what}{set_by}: give each its own",
+                    n.name
+                ));
+                continue;
+            }
+            let recorded = state.nodes.contains_key(&n.name);
+            if let Some(holder) = rt.claim_holder(&ctx, &input, &n.inputs, recorded) {
+                problems.push(format!(
+                    "node `{}` needs {what}{set_by}, but {holder} holds it, and that is not a {} this state records; stop that program or choose another port",
+                    n.name, n.type_name
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Usage(format!(
+            "stack `{}` cannot run here as it stands. Nothing was changed:\n  {}",
+            l.stack.name,
+            problems.join("\n  ")
+        )))
+    }
+}
+
 /// A preview: the change set of the state on disk (refreshed in memory with `refresh`).
 pub async fn preview(l: &Loaded, opts: &Options, refresh: bool) -> Result<ChangeSet, EngineError> {
     let mut state = l.read_state()?;
+    if opts.mode == crate::planner::Mode::Apply {
+        check_claims(l, &state)?;
+    }
     let mut opts = opts.clone();
     let mut unavailable = vec![];
     if refresh {
@@ -339,9 +394,13 @@ pub async fn prepare(
         .check_access()
         .await
         .map_err(EngineError::Usage)?;
-    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
-    // Before anything is recorded: an unreadable secret stops the run with nothing changed.
+    // Before anything is locked or recorded: an unreadable secret stops the run with nothing
+    // changed.
     l.fetch_secrets().await?;
+    if opts.mode == crate::planner::Mode::Apply {
+        check_claims(l, &l.read_state()?)?;
+    }
+    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
     let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
     let ctx = l.ctx();
     let mut reconciled = Vec::new();
@@ -642,9 +701,8 @@ async fn refresh_entries(
                 let found =
                     rt.read(ctx, &req, &r.id)
                         .await
-                        .map_err(|e| EngineError::Reconcile {
+                        .map_err(|e| EngineError::Refresh {
                             node: node.clone(),
-                            op: "refresh".into(),
                             message: e.to_string(),
                         })?;
                 match found {
@@ -791,12 +849,31 @@ pub async fn import(
             spec.type_name
         )));
     };
+    // The id first: a malformed one is refused before anything is locked or read.
+    crate::provider::plain_id(id)
+        .and_then(|()| rt.check_id(id))
+        .map_err(|why| {
+            EngineError::Usage(format!(
+                "import `{node}`: `{id}` is not an id of a {}: {why}. Nothing was changed.",
+                spec.type_name
+            ))
+        })?;
     let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
     let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
     if store.state().nodes.contains_key(node) {
         return Err(EngineError::Usage(format!(
-            "`{node}` is already in state; `plan state {} show {node}` shows it",
-            l.stack.name
+            "`{node}` is already in state; `plan state {s} show {node}` shows it, and `plan state {s} rm {node}` forgets it (its object stays) if it was imported wrongly",
+            s = l.stack.name
+        )));
+    }
+    // One object, one node: two nodes owning it would each replace or delete it.
+    if let Some((other, _)) = store.state().nodes.iter().find(|(_, r)| match r {
+        NodeRecord::Resource(r) => r.type_name == spec.type_name && r.id == id,
+        _ => false,
+    }) {
+        return Err(EngineError::Usage(format!(
+            "import `{node}`: {} `{id}` is already in state as `{other}`; one object belongs to one node. `plan state {} mv {other} {node}` moves it, if that is what you meant. Nothing was changed.",
+            spec.type_name, l.stack.name
         )));
     }
     let ctx = l.ctx();
@@ -824,6 +901,22 @@ pub async fn import(
                 spec.type_name
             ))
         })?;
+    // The object must be the one the node declares: an input that cannot change in place and
+    // differs would make the next apply replace (delete) what was just adopted.
+    for key in rt.force_new() {
+        let (Some(want), Some(have)) = (inputs.get(*key), obs.inputs.get(*key)) else {
+            continue;
+        };
+        if value::has_refs(want) || value::as_secret(want).is_some() || want == have {
+            continue;
+        }
+        return Err(EngineError::Usage(format!(
+            "import `{node}`: the {} `{id}` has {key} = {}, but the plan declares {key} = {}; adopting it would make the next apply replace it. Import the object the node declares, or change the plan. Nothing was changed.",
+            spec.type_name,
+            value::display(have),
+            value::display(want)
+        )));
+    }
     let deps = l
         .graph
         .index_of(node)
@@ -891,6 +984,37 @@ pub fn state_mv(l: &Loaded, from: &str, to: &str, command: &str) -> Result<(), E
     Ok(())
 }
 
+/// Forgets a node (`plan state rm`): its record and any interrupted intent leave state; its
+/// object is not touched. Returns what the record named (its id, or "a step").
+pub fn state_rm(l: &Loaded, node: &str, command: &str) -> Result<String, EngineError> {
+    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let pending = store.state().pending.contains_key(node);
+    let Some(record) = store.state().nodes.get(node).cloned() else {
+        if pending {
+            return Err(EngineError::Usage(format!(
+                "`{node}` is not in state, only its interrupted operation; `plan state {} forget-intent {node}` drops that",
+                l.stack.name
+            )));
+        }
+        return Err(EngineError::Usage(format!(
+            "`{node}` is not in state; `plan state {} list` lists what is",
+            l.stack.name
+        )));
+    };
+    let what = match &record {
+        NodeRecord::Resource(r) => format!("{} `{}`", r.type_name, r.id),
+        other => format!("a {}", other.kind_name()),
+    };
+    if pending {
+        store.append(Entry::ClearIntent { node: node.into() });
+    }
+    store.append(Entry::Remove { node: node.into() });
+    store.compact()?;
+    drop(lock);
+    Ok(what)
+}
+
 /// Records a step done, or drops an interrupted intent, after a person checked (`plan state
 /// mark-done` / `forget-intent`), for step types that cannot probe.
 pub fn resolve_intent(
@@ -937,8 +1061,8 @@ pub async fn rollback(
         .check_access()
         .await
         .map_err(EngineError::Usage)?;
-    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
     l.fetch_secrets().await?;
+    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
     let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
     let mut ctx = l.ctx();
     ctx.progress = progress;

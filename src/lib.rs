@@ -10,12 +10,14 @@
 // does not matter, their content does.
 #![allow(clippy::result_large_err)]
 
+pub mod atomic;
 pub mod cli;
 pub mod dsl;
 pub mod emulate;
 pub mod engine;
 pub mod executor;
 pub mod graph;
+pub mod io_error;
 pub mod pg;
 pub mod planner;
 pub mod provider;

@@ -52,8 +52,30 @@ pub struct RunSecrets {
 }
 
 impl RunSecrets {
-    /// Fetches the stack's Secrets Manager references not fetched yet (each once per run).
+    /// Checks that every environment reference of the stack is set (naming each one that is
+    /// not, with its line), then fetches the Secrets Manager references not fetched yet (each
+    /// once per run): a run with a secret it cannot read stops before it records anything.
     pub async fn fetch(&self, stack: &Stack) -> Result<(), String> {
+        let unset: Vec<String> = stack
+            .secret_refs()
+            .into_iter()
+            .filter_map(|(key, line, r)| {
+                let name = r.strip_prefix("env:")?;
+                let why = match std::env::var_os(name) {
+                    None => "is not set",
+                    Some(v) if v.is_empty() => "is set but empty",
+                    Some(v) if v.to_str().is_none() => "is not UTF-8 text",
+                    Some(_) => return None,
+                };
+                Some(format!(
+                    "{}:{line}: secret `{key}`: environment variable {name} {why}; export it before running (nothing was changed)",
+                    stack.path.display()
+                ))
+            })
+            .collect();
+        if !unset.is_empty() {
+            return Err(unset.join("\n"));
+        }
         let wanted: Vec<(String, usize, String)> = {
             let have = self.fetched.lock().unwrap();
             stack

@@ -31,11 +31,10 @@ pub enum StackError {
         why: String,
         stack: String,
     },
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read it: {why}")]
+    Io { path: String, why: String },
+    #[error("{path} is empty. A stack file names its plan and provider, e.g.\n  plan = \"demo\"\n  provider = \"local\"\nand the plan's values under [values]; `plan list` shows the plans.")]
+    Empty { path: String },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
         path: String,
@@ -74,13 +73,22 @@ pub enum StackError {
     },
 }
 
+/// How many problems of one kind an error lists before it counts the rest.
+const LISTED: usize = 5;
+
 fn unknown_lines(unknown: &[(usize, String)], known: &[String]) -> String {
     let mut s = String::new();
-    for (i, (line, key)) in unknown.iter().enumerate() {
+    for (i, (line, key)) in unknown.iter().take(LISTED).enumerate() {
         if i > 0 {
             s.push_str("; ");
         }
         s.push_str(&format!("line {line}: unknown key `{key}`"));
+    }
+    if unknown.len() > LISTED {
+        s.push_str(&format!(
+            "; and {} more unknown keys",
+            unknown.len() - LISTED
+        ));
     }
     if known.is_empty() {
         s.push_str(". The plan reads no keys here: remove these lines.");
@@ -186,6 +194,47 @@ pub fn plain_name(name: &str) -> bool {
         && !name.chars().all(|c| c == '.')
 }
 
+/// An AWS region's name: lower-case letters, digits and hyphens, a letter first and a digit last
+/// (`eu-west-1`, `us-gov-west-1`).
+fn check_region(r: &str) -> Result<(), String> {
+    let ok = r.starts_with(|c: char| c.is_ascii_lowercase())
+        && r.ends_with(|c: char| c.is_ascii_digit())
+        && r.contains('-')
+        && r
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err("not an AWS region's name; write one such as \"eu-west-1\", or remove the key to use AWS_REGION or the profile's region".into())
+    }
+}
+
+/// An endpoint URL the SDK can call: `http://` or `https://`, a host, perhaps a port and a path.
+fn check_endpoint_url(u: &str) -> Result<(), String> {
+    let fix = "write the endpoint as http://HOST:PORT or https://HOST (e.g. \"http://127.0.0.1:5000\" for an emulator), or remove the key to call AWS itself";
+    let Some(rest) = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"))
+    else {
+        return Err(format!("not an http(s) URL; {fix}"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '@') {
+        return Err(format!("no host; {fix}"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().ok().filter(|p| *p > 0).is_none() {
+            return Err(format!("`{p}` is not a TCP port; {fix}"));
+        }
+    }
+    Ok(())
+}
+
 /// Splits a `[connect]` address, `HOST:PORT` (an IPv6 address in brackets), checking both parts.
 pub fn parse_dial(address: &str) -> Result<(String, u16), String> {
     let fix =
@@ -205,8 +254,94 @@ pub fn parse_dial(address: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
-fn line_of(source: &str, offset: usize) -> usize {
-    source[..offset.min(source.len())].matches('\n').count() + 1
+/// Where each line of a text starts, so that finding the line of an offset costs a binary
+/// search, not a scan from the start (a file with many keys parses in time linear in its size).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(source: &str) -> Lines {
+        let mut starts = vec![0];
+        starts.extend(source.match_indices('\n').map(|(i, _)| i + 1));
+        Lines(starts)
+    }
+
+    /// The 1-based line of `offset`.
+    fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&s| s <= offset)
+    }
+
+    /// The 1-based (line, column) of `offset`, the column counted in characters.
+    fn position(&self, source: &str, offset: usize) -> (usize, usize) {
+        let offset = offset.min(source.len());
+        let line = self.line(offset);
+        let start = self.0[line - 1];
+        let column = source
+            .get(start..offset)
+            .map(|t| t.chars().count())
+            .unwrap_or(offset - start);
+        (line, column + 1)
+    }
+}
+
+/// A duplicate key's message: the key, and the line that set it first when it can be found.
+fn duplicate(source: &str, lines: &Lines, span: std::ops::Range<usize>) -> String {
+    let key = source
+        .get(span.clone())
+        .unwrap_or("")
+        .trim()
+        .trim_matches(|c| c == '[' || c == ']' || c == '"')
+        .to_string();
+    let here = lines.line(span.start);
+    let is_header = |l: &str| l.trim_start().starts_with('[');
+    let defines = |l: &str| {
+        let l = l.trim_start();
+        let l = l.strip_prefix('"').unwrap_or(l);
+        l.strip_prefix(key.as_str())
+            .is_some_and(|r| r.trim_start().starts_with('=') || r.starts_with('"'))
+    };
+    let header = |l: &str| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .is_some_and(|t| t.trim() == key)
+    };
+    let before: Vec<&str> = source.lines().take(here - 1).collect();
+    let dup_line = source.lines().nth(here - 1).unwrap_or("");
+    let first = if is_header(dup_line) {
+        before.iter().position(|l| header(l))
+    } else {
+        // Within the same table: back to the last header before this line.
+        let table_start = before.iter().rposition(|l| is_header(l)).map_or(0, |i| i + 1);
+        before[table_start..]
+            .iter()
+            .position(|l| defines(l))
+            .map(|i| i + table_start)
+    };
+    let what = if is_header(dup_line) { "table" } else { "key" };
+    match first {
+        Some(i) => format!(
+            "duplicate {what} `{key}`: line {} sets it already. Keep one of the two.",
+            i + 1
+        ),
+        None => format!("duplicate {what} `{key}`: it is set earlier in the file. Keep one."),
+    }
+}
+
+/// Why bytes that are not UTF-8 text cannot be a stack file, with the line and column of the
+/// first bad byte.
+fn not_text(path: &str, bytes: &[u8], e: std::str::Utf8Error) -> StackError {
+    let at = e.valid_up_to();
+    let good = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+    let (line, column) = Lines::new(good).position(good, at);
+    StackError::Parse {
+        path: path.into(),
+        line,
+        column,
+        message: format!(
+            "byte 0x{:02x} is not UTF-8 text; a stack file is TOML, which is UTF-8: save the file as UTF-8 (a Latin-1 `é` is one such byte)",
+            bytes[at]
+        ),
+    }
 }
 
 fn short_type_name<T>() -> String {
@@ -258,11 +393,13 @@ impl Stack {
                 },
             });
         }
-        let source = std::fs::read_to_string(&full).map_err(|source| StackError::Io {
-            path: rel.display().to_string(),
-            source,
+        let path = rel.display().to_string();
+        let bytes = std::fs::read(&full).map_err(|e| StackError::Io {
+            path: path.clone(),
+            why: crate::io_error::explain(&e, "a stack file"),
         })?;
-        Self::parse(name, &rel, &source)
+        let source = std::str::from_utf8(&bytes).map_err(|e| not_text(&path, &bytes, e))?;
+        Self::parse(name, &rel, source)
     }
 
     /// The stack names found under `root/stacks`, sorted.
@@ -283,21 +420,34 @@ impl Stack {
     /// Parses a stack file's text; `path` is used in messages.
     pub fn parse(name: &str, path: &Path, source: &str) -> Result<Stack, StackError> {
         let p = path.display().to_string();
+        if source
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Err(StackError::Empty { path: p });
+        }
+        let lines = Lines::new(source);
+        let line_of = |_: &str, offset: usize| lines.line(offset);
         let raw: RawStack = toml::from_str(source).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0);
-            let line = line_of(source, offset);
-            let column = offset - source[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            let span = e.span().unwrap_or(0..0);
+            let (line, column) = lines.position(source, span.start);
             let message = e.message().trim().replace('\n', " ");
-            let hint = if message.contains("unknown field") {
-                " Remove the key or fix its spelling; values for the plan go under [values]."
+            let message = if message == "duplicate key" {
+                duplicate(source, &lines, span)
+            } else if message.contains("unknown field") {
+                format!("{message}. Remove the key or fix its spelling; values for the plan go under [values].")
+            } else if message == "missing field `plan`" {
+                "no `plan = \"NAME\"`: name the plan this stack runs (`plan list` shows them).".into()
+            } else if message == "missing field `provider`" {
+                "no `provider = ...`: write `provider = \"local\"` (this machine) or `provider = \"aws\"`.".into()
             } else {
-                ""
+                format!("{message}.")
             };
             StackError::Parse {
                 path: p.clone(),
                 line,
                 column,
-                message: format!("{message}.{hint}"),
+                message,
             }
         })?;
         if !PROVIDERS.contains(&raw.provider.get_ref().as_str()) {
@@ -312,6 +462,36 @@ impl Stack {
                     PROVIDERS.join(", ")
                 ),
             });
+        }
+        let key_line = |key: &str| {
+            source
+                .lines()
+                .position(|l| {
+                    l.trim_start()
+                        .strip_prefix(key)
+                        .is_some_and(|r| r.trim_start().starts_with('='))
+                })
+                .map_or(1, |i| i + 1)
+        };
+        if let Some(r) = &raw.region {
+            if let Err(why) = check_region(r) {
+                return Err(StackError::Parse {
+                    path: p,
+                    line: key_line("region"),
+                    column: 1,
+                    message: format!("`region = \"{r}\"`: {why}"),
+                });
+            }
+        }
+        if let Some(u) = &raw.endpoint_url {
+            if let Err(why) = check_endpoint_url(u) {
+                return Err(StackError::Parse {
+                    path: p,
+                    line: key_line("endpoint_url"),
+                    column: 1,
+                    message: format!("`endpoint_url = \"{u}\"`: {why}"),
+                });
+            }
         }
         let mut secrets = BTreeMap::new();
         for (k, v) in raw.secrets {
@@ -448,6 +628,20 @@ impl Stack {
         }
     }
 
+    /// The `[values]` keys whose value is `v` (an integer or a string), as "FILE:LINE `KEY`":
+    /// where a person changes a value the plan passed on.
+    pub fn keys_with_value(&self, v: &crate::value::Value) -> Vec<String> {
+        self.values
+            .iter()
+            .filter(|(_, (_, t))| match (t, v) {
+                (toml::Value::Integer(a), v) => v.as_i64() == Some(*a),
+                (toml::Value::String(a), v) => v.as_str() == Some(a.as_str()),
+                _ => false,
+            })
+            .map(|(k, (line, _))| format!("{}:{line} `{k}`", self.path_str()))
+            .collect()
+    }
+
     /// Every `[secrets]` entry as (key, line, reference).
     pub fn secret_refs(&self) -> Vec<(String, usize, String)> {
         self.secrets
@@ -562,5 +756,68 @@ mod tests {
             !e.contains("hunter2"),
             "the error must not repeat a secret: {e}"
         );
+    }
+
+    #[test]
+    fn many_unknown_keys_list_the_first_few_and_a_count() {
+        let mut src = String::from("plan = \"demo\"\nprovider = \"local\"\n[values]\n");
+        for i in 0..20_000 {
+            src.push_str(&format!("key{i:05} = {i}\n"));
+        }
+        let s = parse(&src).unwrap();
+        let e = s.check_unused().unwrap_err().to_string();
+        assert!(
+            e.starts_with("stacks/t.toml: line 4: unknown key `key00000`; line 5: unknown key `key00001`;"),
+            "{}",
+            &e[..200]
+        );
+        assert!(e.contains("; and 19995 more unknown keys."), "{e}");
+        assert!(e.len() < 400, "{e}");
+        let lines = Lines::new(&src);
+        assert_eq!(lines.line(0), 1);
+        assert_eq!(lines.line(src.len() - 1), 20_003);
+        let t = "ab\ncé d";
+        assert_eq!(Lines::new(t).position(t, 6), (2, 3));
+    }
+
+    #[test]
+    fn duplicates_empty_files_and_bytes_that_are_not_text_name_the_line() {
+        let e = parse("plan = \"d\"\nprovider = \"local\"\n[values]\na = 1\nb = 2\na = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("stacks/t.toml:6:1: duplicate key `a`: line 4 sets it already."),
+            "{e}"
+        );
+        let e = parse("# only a comment\n\n").unwrap_err().to_string();
+        assert!(e.starts_with("stacks/t.toml is empty."), "{e}");
+        let bytes = b"plan = \"d\"\n# caf\xe9\n";
+        let e = not_text(
+            "stacks/t.toml",
+            bytes,
+            std::str::from_utf8(bytes).unwrap_err(),
+        )
+        .to_string();
+        assert!(e.starts_with("stacks/t.toml:2:6: byte 0xe9 is not UTF-8 text"), "{e}");
+    }
+
+    #[test]
+    fn regions_and_endpoints_are_checked_with_their_line() {
+        for ok in ["eu-west-1", "us-gov-west-1", "il-central-1"] {
+            check_region(ok).unwrap();
+        }
+        for bad in ["", "EU-WEST-1", "eu west 1", "eu-west", "1-eu"] {
+            assert!(check_region(bad).is_err(), "{bad}");
+        }
+        for ok in ["http://127.0.0.1:5000", "https://rds.eu-west-1.amazonaws.com", "http://[::1]:80/x"] {
+            check_endpoint_url(ok).unwrap();
+        }
+        for bad in ["not a url", "ftp://x:1", "http://", "http://h:99999", "http://h:x"] {
+            assert!(check_endpoint_url(bad).is_err(), "{bad}");
+        }
+        let e = parse("plan = \"d\"\nprovider = \"aws\"\nregion = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("stacks/t.toml:3:1: `region = \"x\"`: not an AWS region"), "{e}");
     }
 }

@@ -576,27 +576,10 @@ pub fn flip_line(t: &Target) -> String {
     format!("{}\n", t.app_conninfo())
 }
 
-/// Rewrites the flip file atomically (temporary file, fsync, rename, directory fsync).
+/// Rewrites the flip file atomically (see [`crate::atomic`]).
 fn write_flip_file(path: &std::path::Path, t: &Target) -> Result<(), String> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("flip"),
-        std::process::id()
-    ));
-    let fail = |e: std::io::Error| format!("write {}: {e}", path.display());
-    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-    f.write_all(flip_line(t).as_bytes()).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::atomic::write(path, flip_line(t).as_bytes(), None)
+        .map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 /// Whether the flip file names `t`.

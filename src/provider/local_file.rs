@@ -27,6 +27,17 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> ProviderError {
     ProviderError::new(format!("{what} {}: {e}", path.display()))
 }
 
+/// An imported file's or directory's id: a path relative to the project root that stays in it.
+fn check_path_id(id: &str) -> Result<(), String> {
+    let p = Path::new(id);
+    if p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(format!(
+            "`{id}` leads outside the project; the id is the path the node declares, relative to the project root (e.g. `out/demo/config.txt`)"
+        ));
+    }
+    Ok(())
+}
+
 fn mode_of(meta: &std::fs::Metadata) -> String {
     format!("{:04o}", meta.permissions().mode() & 0o7777)
 }
@@ -133,6 +144,9 @@ impl ResourceType for DirectoryType {
     fn type_name(&self) -> &'static str {
         "local_file.directory"
     }
+    fn check_id(&self, id: &str) -> Result<(), String> {
+        check_path_id(id)
+    }
     fn service(&self) -> &'static str {
         "local_file"
     }
@@ -191,13 +205,28 @@ impl ResourceType for DirectoryType {
     }
     async fn delete(&self, ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
         let full = ctx.path(id);
+        // What killed runs of ours left here is ours to remove; anything else is not.
+        crate::atomic::remove_stale(&full, None);
         match std::fs::remove_dir(&full) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                let mut names: Vec<String> = std::fs::read_dir(&full)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                let shown = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+                let more = if names.len() > 5 {
+                    format!(" and {} more", names.len() - 5)
+                } else {
+                    String::new()
+                };
                 Err(ProviderError::with_fix(
                     format!("directory {} is not empty", full.display()),
-                    "it holds files this plan does not manage: move them away, then run again",
+                    format!("it holds files this plan does not manage ({shown}{more}): move them away, then run again"),
                 ))
             }
             Err(e) => Err(io_err("remove directory", &full, e)),
@@ -275,20 +304,24 @@ fn file_observed(path: &str, content: &[u8], meta: &std::fs::Metadata) -> Observ
     }
 }
 
-/// Writes `content` to `full` atomically: a temporary file beside it, fsync, rename.
+/// Writes `content` to `full` atomically (see [`crate::atomic`]), first removing what killed
+/// runs left of this file's temporaries.
 fn write_atomic(full: &Path, content: &[u8], mode: u32) -> Result<(), ProviderError> {
-    let dir = full.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        full.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
-    f.write_all(content).map_err(|e| io_err("write", &tmp, e))?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io_err("chmod", &tmp, e))?;
-    f.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
-    std::fs::rename(&tmp, full).map_err(|e| io_err("rename into", full, e))
+    clean_temporaries(full);
+    crate::atomic::write(full, content, Some(mode)).map_err(|e| io_err("write", full, e))
+}
+
+/// Removes the temporaries a killed run left of the file `full` (the reconciliation of a write
+/// interrupted between its temporary and its rename).
+fn clean_temporaries(full: &Path) {
+    if let (Some(dir), Some(name)) = (full.parent(), full.file_name().and_then(|n| n.to_str())) {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        crate::atomic::remove_stale(dir, Some(name));
+    }
 }
 
 impl FileType {
@@ -307,6 +340,9 @@ impl FileType {
 impl ResourceType for FileType {
     fn type_name(&self) -> &'static str {
         "local_file.file"
+    }
+    fn check_id(&self, id: &str) -> Result<(), String> {
+        check_path_id(id)
     }
     fn service(&self) -> &'static str {
         "local_file"
@@ -336,6 +372,7 @@ impl ResourceType for FileType {
         id: &str,
     ) -> Result<Option<Observed>, ProviderError> {
         let full = ctx.path(id);
+        clean_temporaries(&full);
         match std::fs::read(&full) {
             Ok(content) => {
                 let meta = std::fs::metadata(&full).map_err(|e| io_err("stat", &full, e))?;

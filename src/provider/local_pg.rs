@@ -70,6 +70,37 @@ impl Handle<Postgres> {
 
 struct PostgresType;
 
+/// The TCP port a local cluster or pooler listens on, as a claim.
+fn port_claim(inputs: &Attrs) -> Vec<(String, String)> {
+    match inputs.get("port").filter(|p| !value::has_refs(p)) {
+        Some(p) => match p.as_u64() {
+            Some(port) => vec![("port".into(), format!("TCP port {port}"))],
+            None => vec![],
+        },
+        None => vec![],
+    }
+}
+
+/// Who listens on 127.0.0.1:`port`, unless the port is free or its holder is the process named
+/// in `pidfile` of a node this state records.
+fn port_holder(inputs: &Attrs, pidfile: &std::path::Path, recorded: bool) -> Option<String> {
+    let port = u16::try_from(get_u64(inputs, "port")?).ok()?;
+    if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        return None;
+    }
+    let holders = crate::pg::cluster::listeners(port);
+    let ours = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok());
+    if recorded && ours.is_some_and(|pid| holders.iter().any(|(h, _)| *h == pid)) {
+        return None;
+    }
+    Some(match holders.first() {
+        Some((pid, command)) => format!("pid {pid} (`{command}`)"),
+        None => "a program this user cannot see".into(),
+    })
+}
+
 fn cluster(ctx: &Ctx, inputs: &Attrs) -> Result<LocalCluster, ProviderError> {
     let dir = get_str(inputs, "data_dir")
         .ok_or_else(|| ProviderError::new("input `data_dir` must be a string"))?;
@@ -135,6 +166,13 @@ impl ResourceType for PostgresType {
     }
     fn force_new(&self) -> &'static [&'static str] {
         &["data_dir"]
+    }
+    fn claims(&self, inputs: &Attrs) -> Vec<(String, String)> {
+        port_claim(inputs)
+    }
+    fn claim_holder(&self, ctx: &Ctx, _: &str, inputs: &Attrs, recorded: bool) -> Option<String> {
+        let dir = ctx.path(get_str(inputs, "data_dir")?);
+        port_holder(inputs, &dir.join("postmaster.pid"), recorded)
     }
     fn stable_outputs(&self) -> &'static [&'static str] {
         &["id", "host", "user", "dbname", "data_dir"]
@@ -341,6 +379,13 @@ impl ResourceType for PgbouncerType {
     }
     fn force_new(&self) -> &'static [&'static str] {
         &["dir", "port"]
+    }
+    fn claims(&self, inputs: &Attrs) -> Vec<(String, String)> {
+        port_claim(inputs)
+    }
+    fn claim_holder(&self, ctx: &Ctx, _: &str, inputs: &Attrs, recorded: bool) -> Option<String> {
+        let dir = ctx.path(get_str(inputs, "dir")?);
+        port_holder(inputs, &dir.join("pgbouncer.pid"), recorded)
     }
     fn create_only(&self) -> &'static [&'static str] {
         &["routes"]

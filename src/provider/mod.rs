@@ -152,6 +152,41 @@ pub enum Probe {
     NotDone,
 }
 
+/// The check every imported identifier passes whatever its type: not empty, no control
+/// characters, no white space around it, at most 2048 bytes.
+pub fn plain_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the id is empty".into());
+    }
+    if id.len() > 2048 {
+        return Err(format!("the id is {} bytes long; no identifier is", id.len()));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the id holds the control character {c:?}; check what was pasted"
+        ));
+    }
+    if id.trim() != id {
+        return Err("the id begins or ends with white space; quote only the id".into());
+    }
+    Ok(())
+}
+
+/// An RDS identifier (instance, cluster): 1-63 letters, digits and hyphens, beginning with a
+/// letter, with no two hyphens in a row and none at the end.
+pub fn rds_identifier(id: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_alphabetic())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !id.contains("--")
+        && !id.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err("an RDS identifier has 1-63 letters, digits and hyphens, begins with a letter, and has no `--` and no `-` at the end (e.g. `orders-db`); an ARN or an endpoint is not one".into())
+    }
+}
+
 /// A declarative resource type.
 #[async_trait]
 pub trait ResourceType: Send + Sync {
@@ -219,6 +254,29 @@ pub trait ResourceType: Send + Sync {
     /// The identifier a create with these inputs would give the object.
     fn id_for(&self, req: &Request<'_>) -> String {
         req.deterministic_id.to_string()
+    }
+    /// What a node of this type holds exclusively on this machine, as (input, what), e.g.
+    /// `("port", "TCP port 55432")`: two nodes of a plan never claim the same, and a claim
+    /// taken by something else is refused before a preview or an apply starts.
+    fn claims(&self, _inputs: &Attrs) -> Vec<(String, String)> {
+        vec![]
+    }
+    /// Who holds the claim of `input` when it is neither free nor held by this node's own
+    /// object (`recorded`: the node is in state): a person's description of the holder.
+    fn claim_holder(
+        &self,
+        _ctx: &Ctx,
+        _input: &str,
+        _inputs: &Attrs,
+        _recorded: bool,
+    ) -> Option<String> {
+        None
+    }
+    /// Whether `id` can be an identifier of this type's objects at all (`plan import` refuses one
+    /// that cannot, before the state is touched): the error says what an identifier looks like.
+    /// Any non-empty text without spaces or control characters by default.
+    fn check_id(&self, _id: &str) -> Result<(), String> {
+        Ok(())
     }
     async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError>;
     /// The object with identifier `id`, or `None` when it does not exist.

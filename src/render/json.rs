@@ -28,7 +28,16 @@ pub fn preview(cs: &ChangeSet) -> String {
 /// Reads a saved plan.
 pub fn read(text: &str) -> Result<ChangeSet, String> {
     let doc: PreviewDoc =
-        serde_json::from_str(text).map_err(|e| format!("not a saved plan: {e}"))?;
+        serde_json::from_str(text).map_err(|e| {
+            let looks_like = if text.trim_start().starts_with('{') {
+                format!("it is JSON but not a saved plan ({e})")
+            } else if text.starts_with("Plan `") || text.starts_with("### cutover: plan") {
+                "it is a preview for people (text or markdown), not a saved plan".to_string()
+            } else {
+                format!("it is not a saved plan ({e})")
+            };
+            format!("{looks_like}. Save one with `plan preview STACK --format json --out FILE` and pass that file")
+        })?;
     if doc.format_version != JSON_VERSION {
         return Err(format!(
             "saved plan format {} is not {JSON_VERSION}; save it again with this build",

@@ -21,11 +21,27 @@ struct Line {
     entry: Entry,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.to_path_buf(),
-        source,
+use super::io;
+
+/// Reads a state file, refusing one that is not a regular file (a device such as /dev/zero
+/// would never end). `None` when there is none.
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path)(e)),
+        Ok(m) if m.is_dir() => {
+            return Err(io(path)(std::io::Error::from(
+                std::io::ErrorKind::IsADirectory,
+            )))
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(StateError::NotAFile {
+                path: path.to_path_buf(),
+            })
+        }
+        Ok(_) => {}
     }
+    std::fs::read(path).map(Some).map_err(io(path))
 }
 
 /// A loaded state, writable while the caller holds the stack's lock.
@@ -49,8 +65,8 @@ struct Loaded {
 
 fn load(dir: &Path, plan: &str, stack: &str) -> Result<Loaded, StateError> {
     let snap = dir.join("state.json");
-    let mut state = match std::fs::read(&snap) {
-        Ok(bytes) => {
+    let mut state = match read_file(&snap)? {
+        Some(bytes) => {
             #[derive(Deserialize)]
             struct Version {
                 #[serde(default)]
@@ -89,15 +105,10 @@ fn load(dir: &Path, plan: &str, stack: &str) -> Result<Loaded, StateError> {
             }
             s
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::new(plan, stack),
-        Err(e) => return Err(io(&snap)(e)),
+        None => State::new(plan, stack),
     };
     let jpath = dir.join("journal.log");
-    let bytes = match std::fs::read(&jpath) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io(&jpath)(e)),
-    };
+    let bytes = read_file(&jpath)?.unwrap_or_default();
     let mut offset = 0usize;
     let mut last_seq = state.journal_seq;
     let mut line_no = 0usize;
@@ -165,6 +176,8 @@ impl StateStore {
     pub fn open(dir: &Path, plan: &str, stack: &str) -> Result<StateStore, StateError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let loaded = load(dir, plan, stack)?;
+        // A snapshot a killed run was writing never became the state: its temporary goes.
+        crate::atomic::remove_stale(dir, Some("state.json"));
         let jpath = dir.join("journal.log");
         let f = OpenOptions::new()
             .create(true)
@@ -251,15 +264,10 @@ impl StateStore {
         let mut snap = self.state.clone();
         snap.journal_seq = self.next_seq - 1;
         let bytes = serde_json::to_vec_pretty(&snap).expect("state serialises");
-        let tmp = self.dir.join("state.json.tmp");
         let path = self.dir.join("state.json");
-        {
-            let mut f = File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(&bytes).map_err(io(&tmp))?;
-            f.write_all(b"\n").map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        let mut bytes = bytes;
+        bytes.push(b'\n');
+        crate::atomic::write(&path, &bytes, None).map_err(io(&path))?;
         fsync_dir(&self.dir)?;
         self.state.journal_seq = snap.journal_seq;
         tracing::debug!(

@@ -5,6 +5,7 @@
 //! that write state.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,7 @@ impl std::fmt::Display for LockInfo {
 /// A held lock; released on drop (and by the OS if the process dies).
 pub struct Lock {
     _file: File,
+    path: PathBuf,
     info_path: PathBuf,
 }
 
@@ -45,49 +47,53 @@ fn hostname() -> String {
 impl Lock {
     /// Takes the lock of the state in `dir`, or fails naming the holder.
     pub fn acquire(dir: &Path, stack: &str, command: &str) -> Result<Lock, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(super::io(dir))?;
         let path = dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StateError::Io {
-                path: path.clone(),
-                source,
-            })?;
         let info_path = dir.join("lock.json");
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let holder = Self::holder(dir)
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| "another process".into());
-                return Err(StateError::Locked {
-                    stack: stack.into(),
-                    path,
-                    holder,
-                });
+        // A holder removes the lock file as it lets go: a lock taken on a file that is no longer
+        // at `path` is taken again on the file that is.
+        let file = loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(super::io(&path))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    let holder = Self::holder(dir)
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "another process".into());
+                    return Err(StateError::Locked {
+                        stack: stack.into(),
+                        path,
+                        holder,
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(super::io(&path)(e)),
             }
-            Err(TryLockError::Error(source)) => return Err(StateError::Io { path, source }),
-        }
+            let held = file.metadata().map_err(super::io(&path))?;
+            match std::fs::metadata(&path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => break file,
+                _ => continue,
+            }
+        };
         let info = LockInfo {
             pid: std::process::id(),
             host: hostname(),
             started: super::now(),
             command: command.into(),
         };
-        std::fs::write(&info_path, serde_json::to_vec_pretty(&info).unwrap()).map_err(
-            |source| StateError::Io {
-                path: info_path.clone(),
-                source,
-            },
-        )?;
+        if let Err(e) = std::fs::write(&info_path, serde_json::to_vec_pretty(&info).unwrap()) {
+            // A full disk must not leave an empty holder record (or the lock file) behind.
+            let _ = std::fs::remove_file(&info_path);
+            let _ = std::fs::remove_file(&path);
+            return Err(super::io(&info_path)(e));
+        }
         Ok(Lock {
             _file: file,
+            path,
             info_path,
         })
     }
@@ -110,6 +116,8 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.info_path);
+        // Removed while still held; the next holder makes a new one (see `acquire`).
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -24,11 +24,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// A problem with a stack's state.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{path}: {why}")]
+    Io { path: PathBuf, why: String },
+    #[error("{path} is not a regular file (a device, a socket or a pipe), so it cannot hold state; it was not read. Move it away and point `state_dir` at a directory of the stack's own.")]
+    NotAFile { path: PathBuf },
     #[error("{path}:{line}: state is damaged ({why}); it was not changed. Restore it from version control or a backup; `plan refresh` can rebuild outputs once it reads again.")]
     Corrupt {
         path: PathBuf,
@@ -59,6 +58,14 @@ pub enum StateError {
         path: PathBuf,
         holder: String,
     },
+}
+
+/// Wraps an OS error on `path` (a state file or its directory) in a person's words.
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |e| StateError::Io {
+        path: path.to_path_buf(),
+        why: crate::io_error::explain(&e, "it"),
+    }
 }
 
 /// What the engine was about to do to a node.

@@ -456,17 +456,20 @@ fn a_secret_reaches_the_object_but_never_state_previews_or_output() {
         shown.contains("\"$secret\": \"env:CUTOVER_TEST_TOKEN\""),
         "{shown}"
     );
-    // Without the variable, apply of a change fails naming the variable, not a value.
+    // Without the variable, apply fails before it records anything, naming the stack file's
+    // line and the variable, not a value.
     std::fs::remove_file(p.root().join("out/s/secret.txt")).unwrap();
     p.run(&["refresh", "s"]);
-    let (code, out, _) = p.run(&["apply", "s", "--yes"]);
-    assert_eq!(code, 1, "{out}");
+    let before = super::tree(&p.state_dir("s"));
+    let (code, out, err) = p.run(&["apply", "s", "--yes"]);
+    assert_eq!(code, 1, "{out}{err}");
     assert!(
-        out.contains(
-            "environment variable CUTOVER_TEST_TOKEN is not set; export it before running"
+        err.contains(
+            "stacks/s.toml:6: secret `token`: environment variable CUTOVER_TEST_TOKEN is not set; export it before running"
         ),
-        "{out}"
+        "{out}{err}"
     );
+    assert_eq!(super::tree(&p.state_dir("s")), before, "state changed");
     let (_, list, _) = p.run(&["state", "s", "list"]);
     assert!(!list.contains("secret-file"), "{list}");
 }

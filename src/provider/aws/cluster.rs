@@ -508,6 +508,9 @@ impl ResourceType for ClusterType {
     fn type_name(&self) -> &'static str {
         "aws.rds.cluster"
     }
+    fn check_id(&self, id: &str) -> Result<(), String> {
+        crate::provider::rds_identifier(id)
+    }
     fn create_resumes(&self) -> bool {
         true
     }
@@ -873,6 +876,9 @@ impl InstanceType {
 impl ResourceType for InstanceType {
     fn type_name(&self) -> &'static str {
         "aws.rds.cluster_instance"
+    }
+    fn check_id(&self, id: &str) -> Result<(), String> {
+        crate::provider::rds_identifier(id)
     }
     fn create_resumes(&self) -> bool {
         true

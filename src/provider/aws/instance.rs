@@ -334,6 +334,9 @@ impl ResourceType for DbInstanceType {
     fn type_name(&self) -> &'static str {
         "aws.rds.instance"
     }
+    fn check_id(&self, id: &str) -> Result<(), String> {
+        crate::provider::rds_identifier(id)
+    }
     fn create_resumes(&self) -> bool {
         true
     }

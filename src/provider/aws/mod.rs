@@ -447,10 +447,22 @@ where
             ));
         }
     }
-    ProviderError::new(format!(
-        "{what}: {}",
-        aws_sdk_rds::error::DisplayErrorContext(&e)
-    ))
+    ProviderError::new(format!("{what}: {}", error_words(&e)))
+}
+
+/// An error and its causes in their own words (`Display`), each once, joined with ": ": never
+/// the `Debug` dump the SDK's error context appends.
+pub fn error_words(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]
