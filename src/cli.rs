@@ -383,16 +383,13 @@ fn load(root: &Path, plans: &[PlanEntry], stack: &str) -> Result<Loaded> {
 
 async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
     // Absolute, so that paths handed to daemons (pgbouncer) and providers stay valid.
-    let root = cli
-        .root
-        .canonicalize()
-        .map_err(|e| {
-            anyhow!(
-                "--root {}: {}. --root names the project directory (the one holding stacks/).",
-                cli.root.display(),
-                crate::io_error::explain(&e, "the directory")
-            )
-        })?;
+    let root = cli.root.canonicalize().map_err(|e| {
+        anyhow!(
+            "--root {}: {}. --root names the project directory (the one holding stacks/).",
+            cli.root.display(),
+            crate::io_error::explain(&e, "the directory")
+        )
+    })?;
     if !root.is_dir() {
         bail!(
             "--root {} is a file; --root names the project directory (the one holding stacks/).",
@@ -457,9 +454,10 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
                             s.push(format!(".part{}", i + 1));
                             PathBuf::from(s)
                         };
-                        if let Some(dir) = p.parent().filter(|d| {
-                            !d.as_os_str().is_empty() && !d.exists()
-                        }) {
+                        if let Some(dir) = p
+                            .parent()
+                            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+                        {
                             bail!(
                                 "--out {}: the folder {} does not exist; create it (`mkdir -p {}`) or write elsewhere. Nothing was written.",
                                 p.display(),

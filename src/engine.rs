@@ -698,13 +698,13 @@ async fn refresh_entries(
                     deterministic_id: &det,
                     inputs: &r.inputs,
                 };
-                let found =
-                    rt.read(ctx, &req, &r.id)
-                        .await
-                        .map_err(|e| EngineError::Refresh {
-                            node: node.clone(),
-                            message: e.to_string(),
-                        })?;
+                let found = rt
+                    .read(ctx, &req, &r.id)
+                    .await
+                    .map_err(|e| EngineError::Refresh {
+                        node: node.clone(),
+                        message: e.to_string(),
+                    })?;
                 match found {
                     None => out.push((
                         Entry::Remove { node: node.clone() },
@@ -972,7 +972,7 @@ pub fn state_mv(l: &Loaded, from: &str, to: &str, command: &str) -> Result<(), E
     }
     if !crate::graph::valid_name(to) {
         return Err(EngineError::Usage(format!(
-            "`{to}` is not a valid node name"
+            "`{to}` is not a valid node name: a node name begins with a lower-case letter and uses only a-z, 0-9, `-`, `_` and `.` (at most 100 characters)"
         )));
     }
     store.append(Entry::Rename {

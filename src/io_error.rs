@@ -13,7 +13,7 @@ pub fn explain(e: &Error, what: &str) -> String {
         ErrorKind::NotFound => format!("{what} does not exist; check the path"),
         ErrorKind::PermissionDenied => format!("permission denied: this user may not use {what}; fix its owner or mode, or run as the user that owns it"),
         ErrorKind::IsADirectory => format!("{what} is a directory, where a file belongs; move the directory away"),
-        ErrorKind::NotADirectory => format!("a part of the path of {what} is a file, where a folder belongs; move that file away or fix the path"),
+        ErrorKind::NotADirectory => "a part of the path is a file, where a folder belongs; move that file away or fix the path".to_string(),
         ErrorKind::ReadOnlyFilesystem => format!("{what} is on a read-only file system; remount it writable or point the path at a writable disk"),
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded => format!("the disk holding {what} is full; free some space and run the command again (what was saved before stays readable)"),
         ErrorKind::FileTooLarge => format!("{what} is larger than this system lets a file grow (ulimit -f); raise the limit"),

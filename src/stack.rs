@@ -200,8 +200,7 @@ fn check_region(r: &str) -> Result<(), String> {
     let ok = r.starts_with(|c: char| c.is_ascii_lowercase())
         && r.ends_with(|c: char| c.is_ascii_digit())
         && r.contains('-')
-        && r
-            .chars()
+        && r.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
@@ -311,7 +310,10 @@ fn duplicate(source: &str, lines: &Lines, span: std::ops::Range<usize>) -> Strin
         before.iter().position(|l| header(l))
     } else {
         // Within the same table: back to the last header before this line.
-        let table_start = before.iter().rposition(|l| is_header(l)).map_or(0, |i| i + 1);
+        let table_start = before
+            .iter()
+            .rposition(|l| is_header(l))
+            .map_or(0, |i| i + 1);
         before[table_start..]
             .iter()
             .position(|l| defines(l))
@@ -767,7 +769,9 @@ mod tests {
         let s = parse(&src).unwrap();
         let e = s.check_unused().unwrap_err().to_string();
         assert!(
-            e.starts_with("stacks/t.toml: line 4: unknown key `key00000`; line 5: unknown key `key00001`;"),
+            e.starts_with(
+                "stacks/t.toml: line 4: unknown key `key00000`; line 5: unknown key `key00001`;"
+            ),
             "{}",
             &e[..200]
         );
@@ -791,14 +795,17 @@ mod tests {
         );
         let e = parse("# only a comment\n\n").unwrap_err().to_string();
         assert!(e.starts_with("stacks/t.toml is empty."), "{e}");
-        let bytes = b"plan = \"d\"\n# caf\xe9\n";
+        let bytes: &[u8] = &[b"plan = \"d\"\n# caf".as_slice(), &[0xe9, b'\n']].concat();
         let e = not_text(
             "stacks/t.toml",
             bytes,
             std::str::from_utf8(bytes).unwrap_err(),
         )
         .to_string();
-        assert!(e.starts_with("stacks/t.toml:2:6: byte 0xe9 is not UTF-8 text"), "{e}");
+        assert!(
+            e.starts_with("stacks/t.toml:2:6: byte 0xe9 is not UTF-8 text"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -809,15 +816,28 @@ mod tests {
         for bad in ["", "EU-WEST-1", "eu west 1", "eu-west", "1-eu"] {
             assert!(check_region(bad).is_err(), "{bad}");
         }
-        for ok in ["http://127.0.0.1:5000", "https://rds.eu-west-1.amazonaws.com", "http://[::1]:80/x"] {
+        for ok in [
+            "http://127.0.0.1:5000",
+            "https://rds.eu-west-1.amazonaws.com",
+            "http://[::1]:80/x",
+        ] {
             check_endpoint_url(ok).unwrap();
         }
-        for bad in ["not a url", "ftp://x:1", "http://", "http://h:99999", "http://h:x"] {
+        for bad in [
+            "not a url",
+            "ftp://x:1",
+            "http://",
+            "http://h:99999",
+            "http://h:x",
+        ] {
             assert!(check_endpoint_url(bad).is_err(), "{bad}");
         }
         let e = parse("plan = \"d\"\nprovider = \"aws\"\nregion = \"x\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("stacks/t.toml:3:1: `region = \"x\"`: not an AWS region"), "{e}");
+        assert!(
+            e.starts_with("stacks/t.toml:3:1: `region = \"x\"`: not an AWS region"),
+            "{e}"
+        );
     }
 }

@@ -24,7 +24,11 @@ pub fn register(r: &mut Registry) {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> ProviderError {
-    ProviderError::new(format!("{what} {}: {e}", path.display()))
+    ProviderError::new(format!(
+        "{what} {}: {}",
+        path.display(),
+        crate::io_error::explain(&e, "it")
+    ))
 }
 
 /// An imported file's or directory's id: a path relative to the project root that stays in it.
@@ -311,8 +315,9 @@ fn write_atomic(full: &Path, content: &[u8], mode: u32) -> Result<(), ProviderEr
     crate::atomic::write(full, content, Some(mode)).map_err(|e| io_err("write", full, e))
 }
 
-/// Removes the temporaries a killed run left of the file `full` (the reconciliation of a write
-/// interrupted between its temporary and its rename).
+/// Removes the temporaries a killed run left of the file `full` (a write interrupted between its
+/// temporary and its rename): done by the next write or delete of the file, never by a read, so
+/// a preview changes nothing.
 fn clean_temporaries(full: &Path) {
     if let (Some(dir), Some(name)) = (full.parent(), full.file_name().and_then(|n| n.to_str())) {
         let dir = if dir.as_os_str().is_empty() {
@@ -372,13 +377,15 @@ impl ResourceType for FileType {
         id: &str,
     ) -> Result<Option<Observed>, ProviderError> {
         let full = ctx.path(id);
-        clean_temporaries(&full);
         match std::fs::read(&full) {
             Ok(content) => {
                 let meta = std::fs::metadata(&full).map_err(|e| io_err("stat", &full, e))?;
                 Ok(Some(file_observed(id, &content, &meta)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => Err(ProviderError::new(
+                format!("`{id}` is a directory, and a local_file.file is a file"),
+            )),
             Err(e) => Err(io_err("read", &full, e)),
         }
     }
@@ -393,6 +400,7 @@ impl ResourceType for FileType {
     }
     async fn delete(&self, ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
         let full = ctx.path(id);
+        clean_temporaries(&full);
         match std::fs::remove_file(&full) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

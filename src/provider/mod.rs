@@ -159,7 +159,10 @@ pub fn plain_id(id: &str) -> Result<(), String> {
         return Err("the id is empty".into());
     }
     if id.len() > 2048 {
-        return Err(format!("the id is {} bytes long; no identifier is", id.len()));
+        return Err(format!(
+            "the id is {} bytes long; no identifier is",
+            id.len()
+        ));
     }
     if let Some(c) = id.chars().find(|c| c.is_control()) {
         return Err(format!(

@@ -342,3 +342,79 @@ fn with_the_reader_gone(p: &Project, args: &[&str]) -> std::process::Output {
     drop(child.stdout.take());
     child.wait_with_output().unwrap()
 }
+
+/// The state directory on a disk that fills up in the middle of an apply (a small tmpfs, in a
+/// mount namespace of the test's own, so nothing outlives it): the apply fails saying the disk
+/// is full, the state stays readable, no lock file is left behind, and once there is room the
+/// next apply converges. The disk made read-only, an apply is refused in one sentence and the
+/// state is as it was. Needs `unshare` and `mount` (util-linux) and the right to mount a
+/// tmpfs in a namespace of one's own (root, or unprivileged user namespaces).
+#[test]
+fn a_disk_that_fills_mid_apply_leaves_the_state_readable_and_a_read_only_one_is_named() {
+    let p = Project::new();
+    let root = p.root();
+    let plan = assert_cmd::cargo::cargo_bin("plan");
+    let script = r#"
+set -u
+R=$1; P=$2
+mkdir -p "$R/.cutover"
+mount -t tmpfs -o size=256k tmpfs "$R/.cutover" || { echo "cannot mount a tmpfs" > "$R/mount.err"; exit 99; }
+"$P" --root "$R" apply demo --yes > "$R/first.out" 2>&1; echo $? > "$R/first.rc"
+# Fill the disk, then leave two pages: room for the run's journal, not for its snapshot.
+dd if=/dev/zero of="$R/.cutover/fill" bs=4k 2>/dev/null
+truncate -s -8K "$R/.cutover/fill"
+"$P" --root "$R" apply demo --yes --replace replica-1 --replace settle > "$R/full.out" 2>&1; echo $? > "$R/full.rc"
+ls -a "$R/.cutover/demo" > "$R/full.ls"
+"$P" --root "$R" state demo list > "$R/list.out" 2>&1; echo $? > "$R/list.rc"
+rm -f "$R/.cutover/fill"
+"$P" --root "$R" apply demo --yes > "$R/again.out" 2>&1; echo $? > "$R/again.rc"
+"$P" --root "$R" preview demo --detailed-exitcode > "$R/preview.out" 2>&1; echo $? > "$R/preview.rc"
+# The same disk read-only: refused in one sentence, the state as it was.
+md5sum "$R"/.cutover/demo/* > "$R/ro.before"
+mount -o remount,ro "$R/.cutover"
+"$P" --root "$R" apply demo --yes --replace settle > "$R/ro.out" 2>&1; echo $? > "$R/ro.rc"
+md5sum "$R"/.cutover/demo/* > "$R/ro.after"
+"#;
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.arg(if as_root { "-m" } else { "-rm" });
+    let status = cmd
+        .args(["sh", "-c", script, "sh"])
+        .arg(root)
+        .arg(&plan)
+        .status()
+        .expect("this test needs `unshare` (util-linux)");
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_default();
+    assert!(
+        status.success(),
+        "the test could not set up a small disk (unshare {status}: {}); it needs the right to mount a tmpfs in a mount namespace",
+        read("mount.err")
+    );
+    assert_eq!(read("first.rc").trim(), "0", "{}", read("first.out"));
+    assert_eq!(read("full.rc").trim(), "1", "{}", read("full.out"));
+    let full = read("full.out");
+    assert!(
+        full.contains("the disk holding it is full; free some space and run the command again")
+            && !full.contains("os error"),
+        "{full}"
+    );
+    let ls = read("full.ls");
+    assert!(
+        !ls.lines()
+            .any(|l| l == "lock" || l == "lock.json" || l.contains(".tmp-")),
+        "files left behind by the failed apply:\n{ls}"
+    );
+    assert_eq!(read("list.rc").trim(), "0", "{}", read("list.out"));
+    assert!(read("list.out").contains("replica-1 resource local_file.file"));
+    assert_eq!(read("again.rc").trim(), "0", "{}", read("again.out"));
+    assert_eq!(read("preview.rc").trim(), "0", "{}", read("preview.out"));
+    assert!(read("preview.out").contains("No changes."));
+    assert_eq!(read("ro.rc").trim(), "1", "{}", read("ro.out"));
+    let ro = read("ro.out");
+    assert!(
+        ro.contains("is on a read-only file system; remount it writable")
+            && !ro.contains("os error"),
+        "{ro}"
+    );
+    assert_eq!(read("ro.before"), read("ro.after"));
+}

@@ -2,6 +2,7 @@
 //! state under a temporary directory) and drives the real binary.
 
 mod aws;
+mod bad_input;
 mod crash;
 mod emulate;
 mod errors;
@@ -86,10 +87,14 @@ pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
-            if p.is_dir() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
                 stack.push(p);
-            } else {
+            } else if t.is_file() {
                 m.insert(p.clone(), std::fs::read(&p).unwrap());
+            } else {
+                // A pipe or a socket is never read (that could block): only its presence counts.
+                m.insert(p.clone(), b"(not a regular file)".to_vec());
             }
         }
     }
