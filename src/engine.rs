@@ -579,6 +579,10 @@ async fn reconcile_one(
             };
             Ok((Some(entry), message))
         }
+        Some(TypeImpl::Step(_)) if intent.op == Op::Delete => Ok((
+            Some(Entry::ClearIntent { node: node.into() }),
+            "a destroy's clean-up of this step was interrupted: the step stays recorded, and the next destroy cleans up again".into(),
+        )),
         Some(TypeImpl::Step(_)) if intent.op == Op::Rollback => Err(err(format!(
             "a rollback of `{node}` was interrupted; run `plan rollback {}` again (it is safe to repeat)",
             l.stack.name

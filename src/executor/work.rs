@@ -339,7 +339,41 @@ impl super::Work for ApplyWork {
             .unwrap_or_default();
         let det = deterministic_id(&self.ctx.plan, &self.ctx.stack, &node);
         match op.op {
-            OpKind::Forget => Start::Skip(vec![Entry::Remove { node }]),
+            OpKind::Forget => {
+                // A step that left something no resource owns cleans it up first.
+                let cleaner = match (&op.prior, self.registry.get(&type_name)) {
+                    (Some(NodeRecord::Step(r)), Some(TypeImpl::Step(st))) if st.cleans_up() => {
+                        Some((st.clone(), r.outputs.clone()))
+                    }
+                    _ => None,
+                };
+                let Some((st, outputs)) = cleaner else {
+                    return Start::Skip(vec![Entry::Remove { node }]);
+                };
+                let ctx = self.ctx.clone();
+                self.started
+                    .insert(job, (Attrs::new(), Attrs::new(), type_name.clone()));
+                Start::Run {
+                    intent: vec![Entry::Intent {
+                        node: node.clone(),
+                        intent: Intent {
+                            op: Op::Delete,
+                            type_name,
+                            id: node.clone(),
+                            inputs: outputs.clone(),
+                            triggers: Attrs::new(),
+                            at: now(),
+                            failed: None,
+                        },
+                    }],
+                    fut: Box::pin(async move {
+                        st.clean_up(&ctx, &outputs)
+                            .await
+                            .map(|()| CallResult::Outputs(Attrs::new()))
+                            .map_err(|e| e.to_string())
+                    }),
+                }
+            }
             OpKind::Gate => {
                 let spec = op.spec.clone().expect("gates are declared");
                 let record = Entry::Record {
@@ -598,6 +632,10 @@ impl super::Work for ApplyWork {
                             node: node.clone(),
                             record: record_resource(&op, &type_name, inputs, &obs),
                         }
+                    }
+                    (OpKind::Forget, _) => {
+                        self.outputs.remove(&node);
+                        Entry::Remove { node: node.clone() }
                     }
                     (OpKind::Delete, _) => {
                         self.outputs.remove(&node);

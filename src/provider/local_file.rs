@@ -464,13 +464,55 @@ impl StepType for AppendType {
         f.write_all(format!("{line}\n").as_bytes())
             .map_err(|e| io_err("append to", &full, e))?;
         f.sync_all().map_err(|e| io_err("fsync", &full, e))?;
-        Ok(Attrs::new())
+        Ok(Attrs::from([
+            ("path".to_string(), Value::from(path_input(req)?)),
+            ("line".to_string(), Value::from(line)),
+        ]))
+    }
+    fn cleans_up(&self) -> bool {
+        true
+    }
+    /// Takes the appended line out of the file again (one occurrence), and the file with it when
+    /// nothing else is left in it, so that a destroy can remove the directory.
+    async fn clean_up(&self, ctx: &Ctx, outputs: &Attrs) -> Result<(), ProviderError> {
+        let (Some(path), Some(line)) = (get_str(outputs, "path"), get_str(outputs, "line")) else {
+            return Ok(()); // recorded before appends said where: nothing known to remove
+        };
+        let full = ctx.path(path);
+        // Steps appending to one file are cleaned up in parallel: one read-modify-write at a time.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let text = match std::fs::read_to_string(&full) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("read", &full, e)),
+        };
+        let mut lines: Vec<&str> = text.lines().collect();
+        let Some(i) = lines.iter().position(|l| *l == line) else {
+            return Ok(());
+        };
+        lines.remove(i);
+        if lines.is_empty() {
+            return match std::fs::remove_file(&full) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io_err("remove", &full, e))
+                }
+                _ => Ok(()),
+            };
+        }
+        let mode = std::fs::metadata(&full)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o644);
+        write_atomic(&full, format!("{}\n", lines.join("\n")).as_bytes(), mode)
     }
     async fn probe(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
         let full = ctx.path(&path_input(req)?);
         let line = get_str(req.inputs, "line").unwrap_or_default();
         match std::fs::read_to_string(&full) {
-            Ok(s) if s.lines().any(|l| l == line) => Ok(Some(Probe::Done(Attrs::new()))),
+            Ok(s) if s.lines().any(|l| l == line) => Ok(Some(Probe::Done(Attrs::from([
+                ("path".to_string(), Value::from(path_input(req)?)),
+                ("line".to_string(), Value::from(line)),
+            ])))),
             Ok(_) => Ok(Some(Probe::NotDone)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Probe::NotDone)),
             Err(e) => Err(io_err("read", &full, e)),

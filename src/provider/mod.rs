@@ -343,6 +343,17 @@ pub trait StepType: Send + Sync {
     ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
         Ok(None)
     }
+    /// Whether the step leaves something no resource owns (a line appended to a file) that a
+    /// destroy removes when it forgets the step, through [`StepType::clean_up`].
+    fn cleans_up(&self) -> bool {
+        false
+    }
+    /// Removes what the step left, given the outputs it recorded, when a destroy forgets it.
+    /// Must be safe to repeat (an interrupted clean-up runs again with the next destroy), and
+    /// must never undo the step's effect on anything else (a destroy never rolls a cutover back).
+    async fn clean_up(&self, _ctx: &Ctx, _outputs: &Attrs) -> Result<(), ProviderError> {
+        Ok(())
+    }
     /// Whether `plan rollback` can undo this step once done.
     fn can_roll_back(&self) -> bool {
         false

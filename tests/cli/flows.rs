@@ -363,7 +363,14 @@ fn replace_until_and_destroy() {
     );
     let after = std::fs::metadata(p.root().join("out/demo/replica-1.txt")).unwrap();
     assert_ne!(before.modified().unwrap(), after.modified().unwrap());
-    // The journal file is written by steps, not managed: the directory refuses to go.
+    // The journal's lines were appended by steps: a destroy takes them out again. A line of
+    // someone else's keeps the file, and a file no node manages keeps the directory.
+    let journal = p.root().join("out/demo/journal.txt");
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap(),
+        "load finished\ncutover done\n"
+    );
+    std::fs::write(&journal, "load finished\na line of mine\ncutover done\n").unwrap();
     let (code, out, _) = p.run(&["destroy", "demo", "--yes"]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -371,13 +378,18 @@ fn replace_until_and_destroy() {
         "{out}"
     );
     assert!(
-        out.contains("directory")
-            && out.contains("out/demo is not empty; it holds files this plan does not manage"),
+        out.contains(
+            "out/demo is not empty; it holds files this plan does not manage (journal.txt)"
+        ),
         "{out}"
     );
     assert!(
         out.contains("Destroy failed: 0 added, 0 changed, 6 destroyed, 0 steps run; 1 failed"),
         "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap(),
+        "a line of mine\n"
     );
     std::fs::remove_file(p.root().join("out/demo/journal.txt")).unwrap();
     let (code, out, _) = p.run(&["destroy", "demo", "--yes"]);
