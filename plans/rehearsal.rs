@@ -113,7 +113,10 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let preflight = p
         .add(
             "preflight",
-            Preflight::between(source.conn(&db), target.conn(&db)).pooler(pooler.pooler()),
+            // Two slots: the `events` group's and the rest's.
+            Preflight::between(source.conn(&db), target.conn(&db))
+                .pooler(pooler.pooler())
+                .slots(2),
         )
         .after(&seed)
         .after(&target_db);

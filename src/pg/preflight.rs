@@ -1,5 +1,8 @@
 //! Preflight of a source and a target before anything is created or replicated: `wal_level`,
-//! free replication slots and WAL senders, versions, tables without a primary key or replica
+//! free replication slots and WAL senders, the settings that bound logical decoding and apply
+//! against the plan's table groups (`logical_decoding_work_mem`, `wal_sender_timeout`, the target's
+//! replication workers, sync workers, worker processes and origins, and its `wal_level` for the
+//! reverse replication), versions, tables without a primary key or replica
 //! identity, unlogged tables, large objects, sequences, extensions on one side only, tables missing
 //! on the target, and the source's client sessions (those that bypass the application's pooler).
 //! Each finding is an error (blocks), a warning or a note, with the fix.
@@ -111,6 +114,139 @@ fn list(names: &[String], max: usize) -> String {
     s
 }
 
+/// A setting as a number (`pg_settings.setting`, in the setting's own unit), `None` when this
+/// server has no such setting.
+async fn setting(
+    t: &Target,
+    c: &tokio_postgres::Client,
+    name: &str,
+) -> Result<Option<i64>, PgError> {
+    Ok(c.query_opt(
+        "SELECT setting::bigint FROM pg_settings WHERE name = $1",
+        &[&name],
+    )
+    .await
+    .map_err(t.err(name))?
+    .map(|r| r.get(0)))
+}
+
+/// The settings that bound logical decoding on the source and apply on the target, against the
+/// plan's `groups` (one slot, one WAL sender and one subscription each): what a write-heavy
+/// source needs before its replication queue grows, with the fix. `free_slots` and
+/// `free_senders` are the source's, already counted.
+pub async fn replication_capacity(
+    source: &Target,
+    src: &tokio_postgres::Client,
+    target: &Target,
+    dst: &tokio_postgres::Client,
+    groups: i64,
+    free_slots: i64,
+    free_senders: i64,
+) -> Result<Vec<Finding>, PgError> {
+    let mut out = Vec::new();
+    let groups = groups.max(1);
+    if let Some(kb) = setting(source, src, "logical_decoding_work_mem").await? {
+        let mb = kb / 1024;
+        let message = format!(
+            "source logical_decoding_work_mem is {mb} MB, per slot ({groups} slot(s): up to {} MB): a transaction that changes more than that spills to disk while it is decoded, and heavily updated large tables then build a replication queue",
+            mb * groups
+        );
+        let fix = "raise logical_decoding_work_mem on the source for a write-heavy database (e.g. 256MB; a reload, no restart; RDS: its parameter group), within the memory the source can spare per slot";
+        out.push(if kb < 64 * 1024 {
+            finding(Level::Warning, "decoding_memory", message, Some(fix))
+        } else {
+            finding(Level::Note, "decoding_memory", message, Some(fix))
+        });
+    }
+    if let Some(ms) = setting(source, src, "wal_sender_timeout").await? {
+        if ms == 0 {
+            out.push(finding(
+                Level::Warning,
+                "wal_sender_timeout",
+                "source wal_sender_timeout is 0 (never): a subscriber that stops answering keeps its WAL sender and its slot, and the source keeps its WAL".into(),
+                Some("set wal_sender_timeout to 60s or more on the source (a reload)"),
+            ));
+        } else if ms < 60_000 {
+            out.push(finding(
+                Level::Warning,
+                "wal_sender_timeout",
+                format!("source wal_sender_timeout is {} s: a subscriber busy applying a large transaction can be cut off and start over", ms / 1000),
+                Some("set wal_sender_timeout to 60s or more on the source (a reload)"),
+            ));
+        }
+    }
+    let workers = setting(target, dst, "max_logical_replication_workers").await?;
+    let sync = setting(target, dst, "max_sync_workers_per_subscription").await?;
+    let processes = setting(target, dst, "max_worker_processes").await?;
+    let origins = setting(target, dst, "max_replication_slots").await?;
+    if let (Some(workers), Some(sync)) = (workers, sync) {
+        let copying = groups * (1 + sync);
+        if workers < groups {
+            out.push(finding(
+                Level::Error,
+                "apply_workers",
+                format!("target max_logical_replication_workers is {workers}: each of the plan's {groups} subscription(s) needs an apply worker of its own"),
+                Some("raise max_logical_replication_workers on the target to at least the number of table groups plus their sync workers (a restart; RDS: its parameter group)"),
+            ));
+        } else if workers < copying {
+            out.push(finding(
+                Level::Warning,
+                "apply_workers",
+                format!("target max_logical_replication_workers is {workers}: while the subscriptions copy the data themselves (the native load), {groups} apply worker(s) and up to {sync} table sync(s) per group want {copying}, so fewer tables copy at once"),
+                Some("raise max_logical_replication_workers on the target (a restart), or use the parallel load"),
+            ));
+        }
+        out.push(finding(
+            Level::Note,
+            "sync_workers",
+            format!("target max_sync_workers_per_subscription is {sync}: in the native load up to {sync} table(s) of a group copy at once, each on a slot and a WAL sender of the source's"),
+            None,
+        ));
+        if free_slots.min(free_senders) < copying && free_slots.min(free_senders) >= groups {
+            out.push(finding(
+                Level::Warning,
+                "copy_slots",
+                format!("the source has {} free slot(s) and WAL sender(s): enough for the {groups} group(s), not for their table syncs during a native load ({copying} at once)", free_slots.min(free_senders)),
+                Some("raise max_replication_slots and max_wal_senders on the source (a restart), or use the parallel load, which needs one of each per group"),
+            ));
+        }
+        if let Some(p) = processes {
+            if p < workers + 1 {
+                out.push(finding(
+                    Level::Warning,
+                    "worker_processes",
+                    format!("target max_worker_processes is {p}: the logical replication launcher and its {workers} worker(s) come out of it, with parallel queries and other background workers"),
+                    Some("raise max_worker_processes on the target above max_logical_replication_workers (a restart)"),
+                ));
+            }
+        }
+    }
+    if let Some(o) = origins {
+        if o < groups {
+            out.push(finding(
+                Level::Error,
+                "origins",
+                format!("target max_replication_slots is {o}: the target tracks each subscription's progress in a replication origin, and it allows {o} for {groups} subscription(s)"),
+                Some("raise max_replication_slots on the target to at least the number of table groups, plus one per group for the reverse replication's slots (a restart)"),
+            ));
+        }
+    }
+    let twal = dst
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(target.err("wal_level"))?
+        .get::<_, String>(0);
+    if twal != "logical" {
+        out.push(finding(
+            Level::Warning,
+            "reverse_replication",
+            format!("target wal_level is `{twal}`: the reverse replication that a rollback needs publishes from the target, and cannot"),
+            Some("set wal_level = logical on the target before the cutover (RDS: rds.logical_replication = 1 in its parameter group, then reboot)"),
+        ));
+    }
+    Ok(out)
+}
+
 /// Runs every check; `slots_needed` is the number of replication slots the plan will create.
 pub async fn check(
     source: &Target,
@@ -163,6 +299,9 @@ pub async fn check(
             Some("raise max_wal_senders on the source (restart needed)"),
         ));
     }
+    out.extend(
+        replication_capacity(source, &src, target, &dst, slots_needed, slots, senders).await?,
+    );
     let sv: i64 = one(src
         .query("SHOW server_version_num", &[])
         .await

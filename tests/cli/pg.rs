@@ -289,6 +289,117 @@ fn preflight_reports_missing_replica_identity_and_wal_level_with_fixes() {
     });
 }
 
+/// The settings that bound logical decoding on the source and apply on the target are weighed
+/// against the plan's table groups: a write-heavy source's lesson (its replication queue grew
+/// until they were tuned), each finding with its fix.
+#[test]
+fn preflight_weighs_decoding_and_apply_settings_against_the_table_groups() {
+    if !require_pg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (sp, tp, gp) = (free_port(), free_port(), free_port());
+    let src = LocalCluster::new(dir.path().join("s"), sp);
+    let dst = LocalCluster::new(dir.path().join("t"), tp);
+    let good = LocalCluster::new(dir.path().join("g"), gp);
+    let _stop = Stopper(vec![
+        src.data_dir.clone(),
+        dst.data_dir.clone(),
+        good.data_dir.clone(),
+    ]);
+    let set = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    src.init(&set(&[
+        ("logical_decoding_work_mem", "'32MB'"),
+        ("wal_sender_timeout", "'10s'"),
+        ("max_replication_slots", "4"),
+        ("max_wal_senders", "4"),
+    ]))
+    .unwrap();
+    dst.init(&set(&[
+        ("max_logical_replication_workers", "2"),
+        ("max_sync_workers_per_subscription", "2"),
+        ("max_worker_processes", "2"),
+        ("max_replication_slots", "1"),
+        ("wal_level", "replica"),
+    ]))
+    .unwrap();
+    good.init(&[]).unwrap();
+    for c in [&src, &dst, &good] {
+        c.start().unwrap();
+    }
+    rt().block_on(async {
+        let f = preflight::check(&target(sp, "postgres"), &target(tp, "postgres"), 3)
+            .await
+            .unwrap();
+        let by = |check: &str| {
+            f.iter()
+                .find(|x| x.check == check)
+                .unwrap_or_else(|| panic!("no {check} finding: {f:#?}"))
+        };
+        let dm = by("decoding_memory");
+        assert_eq!(dm.level, Level::Warning);
+        assert!(
+            dm.message
+                .contains("32 MB, per slot (3 slot(s): up to 96 MB)")
+                && dm.message.contains("replication queue"),
+            "{}",
+            dm.message
+        );
+        assert!(dm
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("raise logical_decoding_work_mem"));
+        assert_eq!(by("wal_sender_timeout").level, Level::Warning);
+        assert!(by("wal_sender_timeout").message.contains("10 s"));
+        let aw = by("apply_workers");
+        assert_eq!(aw.level, Level::Error);
+        assert!(
+            aw.message.contains(
+                "max_logical_replication_workers is 2: each of the plan's 3 subscription(s)"
+            ),
+            "{}",
+            aw.message
+        );
+        assert_eq!(by("origins").level, Level::Error);
+        assert!(by("origins").message.contains("max_replication_slots is 1"));
+        assert_eq!(by("worker_processes").level, Level::Warning);
+        assert_eq!(by("reverse_replication").level, Level::Warning);
+        assert_eq!(by("copy_slots").level, Level::Warning);
+        assert!(
+            by("copy_slots").message.contains("4 free slot(s)"),
+            "{}",
+            by("copy_slots").message
+        );
+        assert_eq!(by("sync_workers").level, Level::Note);
+        // One group: the workers suffice to apply, not to copy at full width.
+        let f = preflight::check(&target(sp, "postgres"), &target(tp, "postgres"), 1)
+            .await
+            .unwrap();
+        let aw = f.iter().find(|x| x.check == "apply_workers").unwrap();
+        assert_eq!(aw.level, Level::Warning, "{aw}");
+        assert!(!f.iter().any(|x| x.check == "origins"), "{f:#?}");
+        // The defaults of a cluster set up for replication: nothing to fix for two groups.
+        let f = preflight::check(&target(sp, "postgres"), &target(gp, "postgres"), 2)
+            .await
+            .unwrap();
+        for check in [
+            "apply_workers",
+            "origins",
+            "worker_processes",
+            "reverse_replication",
+        ] {
+            assert!(!f.iter().any(|x| x.check == check), "{check}: {f:#?}");
+        }
+    });
+}
+
 #[test]
 fn killed_during_replication_the_next_apply_reconciles_and_finishes_without_duplicates() {
     if !require_pg() {
