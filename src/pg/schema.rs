@@ -1,9 +1,10 @@
 //! Schema drift between a source and its target while replication runs: the tables, their
-//! columns and types, the unique constraints and indexes, and the sequences of both sides, read
-//! from the catalogs and compared. Logical replication carries rows, not DDL, so a table created
-//! on one side only, a column added on one side, a type changed or a unique constraint added on
-//! one side loses or changes data at the cutover; those are errors, and a non-unique index on one
-//! side only is a warning.
+//! columns and types, the unique constraints and indexes, the foreign keys and check constraints,
+//! and the sequences of both sides, read from the catalogs and compared. Logical replication
+//! carries rows, not DDL, so a table created on one side only, a column added on one side, a type
+//! changed, or a unique, foreign-key or check constraint on one side only loses or changes data at
+//! the cutover (or changes which writes the new database accepts); those are errors, and a
+//! non-unique index on one side only is a warning.
 //!
 //! As replication starts, a digest of each object of the source is recorded (`digest`, in the
 //! replicate step's outputs); with it, each difference says which side changed since.
@@ -25,6 +26,9 @@ pub struct Catalog {
     pub indexes: BTreeSet<String>,
     /// `schema.sequence`.
     pub sequences: BTreeSet<String>,
+    /// Foreign keys and check constraints without their names (`public.t FOREIGN KEY (a)
+    /// REFERENCES b(id)`; `NOT VALID` dropped: such a constraint still checks new rows).
+    pub constraints: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +138,27 @@ pub async fn catalog(t: &Target) -> Result<Catalog, PgError> {
         .await
         .map_err(t.err("read the sequences"))?;
     out.sequences = seqs.iter().map(|r| r.get(0)).collect();
+    let cons = c
+        .query(
+            &format!(
+                "SELECT format('%s.%s', n.nspname, c.relname),
+                        replace(pg_get_constraintdef(k.oid), ' NOT VALID', '')
+                 FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE k.contype IN ('f','c') AND c.relkind IN ('r','p') AND NOT c.relispartition
+                   AND {USER_SCHEMAS} AND {NOT_EXTENSION}"
+            ),
+            &[],
+        )
+        .await
+        .map_err(t.err("read the foreign keys and check constraints"))?;
+    for r in &cons {
+        let table: String = r.get(0);
+        if !ignored(&table) {
+            out.constraints
+                .insert(format!("{table} {}", r.get::<_, String>(1)));
+        }
+    }
     Ok(out)
 }
 
@@ -164,6 +189,9 @@ pub fn digest(c: &Catalog) -> BTreeMap<String, String> {
     }
     for s in &c.sequences {
         out.insert(format!("sequence {s}"), h(""));
+    }
+    for k in &c.constraints {
+        out.insert(format!("constraint {k}"), h(""));
     }
     out
 }
@@ -245,6 +273,19 @@ pub fn compare_since(
             format!(
                 "sequence `{s}` is on the {side} only (the cutover carries sequences over by name)"
             ),
+        ));
+    }
+    for (k, side) in one_sided(&source.constraints, &target.constraints) {
+        let effect = if side == "source" {
+            "the target would accept writes the source refuses"
+        } else if k.contains(" CHECK ") {
+            "a row the source accepts stops replication"
+        } else {
+            "writes the source accepts would be refused after the cutover"
+        };
+        keyed.push((
+            format!("constraint {k}"),
+            format!("constraint `{k}` is on the {side} only ({effect})"),
         ));
     }
     for (i, side) in one_sided(&source.indexes, &target.indexes) {
@@ -386,6 +427,21 @@ mod tests {
             .errors
             .iter()
             .all(|e| !e.contains("since replication started")));
+    }
+
+    #[test]
+    fn a_foreign_key_or_check_on_one_side_is_an_error_saying_what_it_changes() {
+        let mut s = base();
+        s.constraints
+            .insert("public.a FOREIGN KEY (v) REFERENCES b(v)".into());
+        let mut t = base();
+        t.constraints.insert("public.a CHECK ((id > 0))".into());
+        let d = compare(&s, &t);
+        assert_eq!(d.errors.len(), 2, "{:?}", d.errors);
+        assert!(d.errors.iter().any(|e| e == "constraint `public.a FOREIGN KEY (v) REFERENCES b(v)` is on the source only (the target would accept writes the source refuses)"), "{:?}", d.errors);
+        assert!(d.errors.iter().any(|e| e == "constraint `public.a CHECK ((id > 0))` is on the target only (a row the source accepts stops replication)"), "{:?}", d.errors);
+        t.constraints = s.constraints.clone();
+        assert!(compare(&s, &t).errors.is_empty());
     }
 
     #[test]

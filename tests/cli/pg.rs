@@ -2024,6 +2024,20 @@ fn schema_drift_and_unreplicated_tables_stop_the_cutover_before_the_fence() {
         "unique index or constraint `public.accounts USING btree (name)` is on the target only",
     ]);
     sql(&dst, "DROP INDEX accounts_name");
+    // A foreign key missing on the target: it would accept writes the source refuses.
+    let fk: String = rt
+        .block_on(dst.query_one(
+            "SELECT conname::text FROM pg_constraint WHERE contype = 'f' AND conrelid = 'events'::regclass",
+            &[],
+        ))
+        .unwrap()
+        .get(0);
+    sql(&dst, &format!("ALTER TABLE events DROP CONSTRAINT {fk}"));
+    refused(&["constraint `public.events FOREIGN KEY (account_id) REFERENCES accounts(id)` is on the source only (the target would accept writes the source refuses) (changed on the target since replication started)"]);
+    sql(
+        &dst,
+        &format!("ALTER TABLE events ADD CONSTRAINT {fk} FOREIGN KEY (account_id) REFERENCES accounts(id) NOT VALID"),
+    );
     // An apply worker that keeps failing (a row the target has already).
     sql(&dst, "INSERT INTO settings VALUES ('clash', 'target')");
     sql(&src, "INSERT INTO settings VALUES ('clash', 'source')");
