@@ -269,7 +269,19 @@ pub fn aws_dns(stack: &Stack) -> Result<Plan, PlanError> {
             ),
         );
     }
-    let gate = p.gate("cutover").after(&db);
+    let mut gate = p.gate("cutover").after(&db);
+    // A DNS cutover lowers the record's TTL well ahead, and waits the old one out.
+    let lowered: Option<u64> = stack.get_or("lower_ttl", None)?;
+    if let Some(ttl) = lowered {
+        let mut lower =
+            DnsLowerTtl::record(zone.zone_id(), &format!("app.{zone_name}"), "CNAME", ttl)
+                .poll_ms(100);
+        if let Some(was) = stack.get_or::<Option<u64>>("lower_was", None)? {
+            lower = lower.was(was);
+        }
+        let lower = p.add("lower-ttl", lower);
+        gate = gate.after(&lower);
+    }
     p.add(
         "flip",
         DnsFlip::record(
@@ -279,7 +291,7 @@ pub fn aws_dns(stack: &Stack) -> Result<Plan, PlanError> {
             new.as_str(),
         )
         .from(old.as_str())
-        .ttl(30)
+        .ttl(lowered.unwrap_or(30))
         .poll_ms(100),
     )
     .after(&gate);

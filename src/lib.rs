@@ -45,7 +45,9 @@ pub mod prelude {
     pub use crate::provider::aws::network::{SecurityGroup, SubnetGroup, Subnets, Vpc};
     pub use crate::provider::aws::ops::{Failover, PromoteCluster, Reboot};
     pub use crate::provider::aws::rds::ParameterGroup;
-    pub use crate::provider::aws::route53::{Flip as DnsFlip, HostedZone, Record as DnsRecord};
+    pub use crate::provider::aws::route53::{
+        Flip as DnsFlip, HostedZone, LowerTtl as DnsLowerTtl, Record as DnsRecord,
+    };
     pub use crate::provider::builtin::{Assert, Null, Sleep};
     pub use crate::provider::http::HealthCheck;
     pub use crate::provider::local_file::{Append, Directory, File, ReadFile};

@@ -715,6 +715,17 @@ async fn upsert(
     kind: aws_sdk_route53::types::RrType,
     value: &str,
 ) {
+    upsert_ttl(c, zone, name, kind, value, 300).await
+}
+
+async fn upsert_ttl(
+    c: &aws_sdk_route53::Client,
+    zone: &str,
+    name: &str,
+    kind: aws_sdk_route53::types::RrType,
+    value: &str,
+    ttl: i64,
+) {
     use aws_sdk_route53::types::{
         Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet,
     };
@@ -729,7 +740,7 @@ async fn upsert(
                             ResourceRecordSet::builder()
                                 .name(name)
                                 .r#type(kind)
-                                .ttl(300)
+                                .ttl(ttl)
                                 .resource_records(
                                     ResourceRecord::builder().value(value).build().unwrap(),
                                 )
@@ -754,6 +765,131 @@ fn dns_stack(p: &Project, m: &Moto, db_target: &str, extra: &str) {
             "plan = \"aws-dns\"\nprovider = \"aws\"\nregion = \"eu-west-1\"\nendpoint_url = \"{}\"\n[values]\nzone = \"example.test\"\ndb_target = \"{db_target}\"\napp_from = \"old-db.internal\"\napp_to = \"new-db.internal\"\n{extra}",
             m.url()
         ),
+    );
+}
+
+/// A DNS cutover's TTL step: the record's TTL lowered ahead of the flip and the old TTL waited
+/// out; run again after the TTL is low, it waits out what the plan says the TTL was (a run
+/// interrupted in its wait owes it), and without that it waits nothing; the flip then keeps the
+/// low TTL.
+#[test]
+fn a_record_ttl_is_lowered_ahead_of_the_flip_and_the_old_ttl_waited_out() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let c = m.route53();
+    let rt = rt();
+    use aws_sdk_route53::types::RrType;
+    let zone = rt.block_on(async {
+        let z = c
+            .create_hosted_zone()
+            .name("example.test")
+            .caller_reference("ttl")
+            .send()
+            .await
+            .unwrap();
+        let id = z
+            .hosted_zone()
+            .unwrap()
+            .id()
+            .trim_start_matches("/hostedzone/")
+            .to_string();
+        upsert_ttl(
+            &c,
+            &id,
+            "app.example.test",
+            RrType::Cname,
+            "old-db.internal",
+            3,
+        )
+        .await;
+        id
+    });
+    let p = Project::new();
+    dns_stack(
+        &p,
+        &m,
+        "cluster-1.internal",
+        "lower_ttl = 1\nlower_was = 3\n",
+    );
+    let (code, out) = run(&p, &["apply", "aws", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("lower-ttl: TTL 1 s; waiting out the old TTL of 3 s"),
+        "{out}"
+    );
+    let got = rt.block_on(record(&c, &zone, "app.example.test", RrType::Cname));
+    assert_eq!(
+        got,
+        Some((vec!["old-db.internal".to_string()], 1)),
+        "lowered, still the old value"
+    );
+    let outputs = |p: &Project| {
+        let (_, show) = run(p, &["state", "aws", "show", "lower-ttl"]);
+        let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+        v["step"]["outputs"].clone()
+    };
+    let o = outputs(&p);
+    assert_eq!(
+        (o["previous_ttl"].as_u64(), o["waited_s"].as_u64()),
+        (Some(3), Some(3)),
+        "{o}"
+    );
+    // Again, with the TTL low already: what the plan says it was is waited out again.
+    let (code, out) = run(&p, &["apply", "aws", "--yes", "--replace", "lower-ttl"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(outputs(&p)["waited_s"].as_u64(), Some(3));
+    // Without it, a low TTL is taken as it is.
+    dns_stack(&p, &m, "cluster-1.internal", "lower_ttl = 1\n");
+    let (code, out) = run(&p, &["apply", "aws", "--yes", "--replace", "lower-ttl"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("waiting out"), "{out}");
+    assert_eq!(outputs(&p)["waited_s"].as_u64(), Some(0));
+    // The flip keeps the low TTL.
+    let (code, out) = run(&p, &["apply", "aws", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    let got = rt.block_on(record(&c, &zone, "app.example.test", RrType::Cname));
+    assert_eq!(got, Some((vec!["new-db.internal".to_string()], 1)));
+    // A record that is not there is refused, naming it.
+    rt.block_on(async {
+        use aws_sdk_route53::types::{
+            Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet,
+        };
+        c.change_resource_record_sets()
+            .hosted_zone_id(&zone)
+            .change_batch(
+                ChangeBatch::builder()
+                    .changes(
+                        Change::builder()
+                            .action(ChangeAction::Delete)
+                            .resource_record_set(
+                                ResourceRecordSet::builder()
+                                    .name("app.example.test")
+                                    .r#type(RrType::Cname)
+                                    .ttl(1)
+                                    .resource_records(
+                                        ResourceRecord::builder()
+                                            .value("new-db.internal")
+                                            .build()
+                                            .unwrap(),
+                                    )
+                                    .build()
+                                    .unwrap(),
+                            )
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    });
+    let (code, out) = run(&p, &["apply", "aws", "--yes", "--replace", "lower-ttl"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("record app.example.test (CNAME) does not exist in zone"),
+        "{out}"
     );
 }
 

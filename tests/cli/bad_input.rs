@@ -973,6 +973,15 @@ fn cases() -> Vec<Case> {
             says: &["(`endpoint_url` in stacks/cloud.toml) cannot be reached", "nothing was changed"],
             after: Untouched,
         },
+        Case {
+            name: "a TTL step whose TTL is no TTL",
+            setup: |r| { put(r, "stacks/cloud.toml", "plan = \"aws-dns\"\nprovider = \"aws\"\nregion = \"eu-west-1\"\n[values]\nzone = \"example.test\"\ndb_target = \"x.internal\"\napp_from = \"a.internal\"\napp_to = \"b.internal\"\nlower_ttl = 0\n"); None },
+            args: &["preview", "cloud"],
+            env: FAKE_AWS,
+            code: 1,
+            says: &["node `lower-ttl` (aws.route53.lower_ttl): input `ttl` must be a TTL in seconds, from 1 to 172800"],
+            after: Untouched,
+        },
         // ---- Local ports ----
         Case {
             name: "two clusters on one port",

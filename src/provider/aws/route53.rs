@@ -25,7 +25,8 @@ use crate::value::{get_str, get_u64, Attrs, Value};
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.data(ZoneType { aws: aws.clone() });
     r.resource(RecordType { aws: aws.clone() });
-    r.step(FlipType { aws });
+    r.step(FlipType { aws: aws.clone() });
+    r.step(LowerTtlType { aws });
 }
 
 /// A hosted zone found by its name (read-only).
@@ -168,6 +169,52 @@ impl Flip {
 
 impl Declare for Flip {
     const TYPE: &'static str = "aws.route53.flip";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+/// Lowers an existing record's TTL ahead of a DNS cutover and waits out the old TTL, so that
+/// when the flip comes, no resolver holds the old answer longer than the new, short TTL.
+#[derive(Debug, Clone)]
+pub struct LowerTtl {
+    inputs: Attrs,
+}
+
+impl LowerTtl {
+    /// The `kind` record `name` of `zone`, its TTL lowered to `seconds`.
+    pub fn record(zone: impl Into<Value>, name: &str, kind: &str, seconds: u64) -> Self {
+        LowerTtl {
+            inputs: Attrs::from([
+                ("zone_id".to_string(), zone.into()),
+                ("name".to_string(), Value::from(name)),
+                ("type".to_string(), Value::from(kind)),
+                ("ttl".to_string(), Value::from(seconds)),
+                ("poll_ms".to_string(), Value::from(2000u64)),
+            ]),
+        }
+    }
+    /// The TTL the record has before (when the plan knows it): a run interrupted in its wait
+    /// finds the TTL lowered already, and waits this out again rather than trusting it was.
+    pub fn was(mut self, seconds: u64) -> Self {
+        self.inputs.insert("was".into(), Value::from(seconds));
+        self
+    }
+    /// The weighted record with this set identifier.
+    pub fn set_identifier(mut self, id: &str) -> Self {
+        self.inputs.insert("set_identifier".into(), Value::from(id));
+        self
+    }
+    /// How often the change's status is polled (default 2 s).
+    pub fn poll_ms(mut self, ms: u64) -> Self {
+        self.inputs.insert("poll_ms".into(), Value::from(ms));
+        self
+    }
+}
+
+impl Declare for LowerTtl {
+    const TYPE: &'static str = "aws.route53.lower_ttl";
     const KIND: NodeKind = NodeKind::Step;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -684,6 +731,100 @@ impl FlipType {
         let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(2000));
         wait_insync(&self.aws, ctx, req.node, &id, poll).await?;
         Ok(id)
+    }
+}
+
+struct LowerTtlType {
+    aws: Arc<Aws>,
+}
+
+#[async_trait]
+impl StepType for LowerTtlType {
+    fn type_name(&self) -> &'static str {
+        "aws.route53.lower_ttl"
+    }
+    fn service(&self) -> &'static str {
+        "route53"
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        let mut out = vec![];
+        if let Some(Err(e)) = get_str(inputs, "type").map(rr_type) {
+            out.push(e.message);
+        }
+        match get_u64(inputs, "ttl") {
+            Some(t) if (1..=172_800).contains(&t) => {}
+            _ => out.push("input `ttl` must be a TTL in seconds, from 1 to 172800".into()),
+        }
+        out
+    }
+    /// Run again after an interruption: the same UPSERT, and the wait again.
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let key = Key::of(req.inputs);
+        let ttl = get_u64(req.inputs, "ttl").unwrap_or(60) as i64;
+        let current = find(&self.aws, &key).await?.ok_or_else(|| {
+            ProviderError::refused(
+                format!("record {} ({}) does not exist in zone {}", key.name, key.kind, key.zone),
+                "the TTL is lowered on the record the flip will re-point: create it first or check the name",
+            )
+        })?;
+        if current.alias.is_some() {
+            return Err(ProviderError::refused(
+                format!(
+                    "record {} is an alias record, which has no TTL of its own",
+                    key.name
+                ),
+                "lower the TTL of a value record (a CNAME), or drop this step for an alias",
+            ));
+        }
+        let now_ttl = current.ttl.unwrap_or(0);
+        let was = get_u64(req.inputs, "was").map(|w| w as i64);
+        let (previous, wait) = if now_ttl > ttl {
+            let set = record_set(&key, &current.values, ttl, current.weight, None)?;
+            let id = change(
+                &self.aws,
+                &key,
+                ChangeAction::Upsert,
+                set,
+                "cutover: lower the TTL",
+            )
+            .await?;
+            let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(2000));
+            wait_insync(&self.aws, ctx, req.node, &id, poll).await?;
+            (now_ttl, now_ttl)
+        } else {
+            // Low already: lowered by an interrupted run of this step (whose wait is then owed
+            // again) or long before. What the plan says it was decides.
+            match was {
+                Some(w) if w > now_ttl => (w, w),
+                _ => (now_ttl, 0),
+            }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(wait as u64);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            ctx.report(
+                req.node,
+                &format!(
+                    "TTL {ttl} s; waiting out the old TTL of {previous} s: {} s left",
+                    left.as_secs() + 1
+                ),
+            );
+            tokio::time::sleep(left.min(Duration::from_secs(10))).await;
+        }
+        Ok(Attrs::from([
+            ("previous_ttl".to_string(), Value::from(previous as u64)),
+            (
+                "ttl".to_string(),
+                Value::from(ttl.min(now_ttl.max(1)) as u64),
+            ),
+            ("waited_s".to_string(), Value::from(wait as u64)),
+        ]))
     }
 }
 
