@@ -175,6 +175,16 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         switch = switch.reverse_replication();
     }
     let switch = p.add("switch", switch).after(&gate);
+    if !flip_step {
+        // The flip is inside the step: from the fence to its end, writers wait or are refused.
+        let limit: f64 = stack.get_or("fence_budget_s", 15.0)?;
+        p.budget(Budget::new(
+            "fence-to-flip",
+            limit,
+            switch.fenced_at(),
+            switch.done_at(),
+        ));
+    }
     if reverse_later {
         p.add("enable-reverse", switch.enable_reverse())
             .after(&switch);

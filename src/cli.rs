@@ -791,6 +791,17 @@ async fn apply(
     for line in l.registry.summaries() {
         say!("{line}");
     }
+    let ran: BTreeSet<&str> = applied
+        .report
+        .outcomes
+        .iter()
+        .zip(&applied.ops)
+        .filter(|(o, op)| matches!(o, Outcome::Done) && op.op == crate::executor::work::OpKind::Run)
+        .map(|(_, op)| op.node.as_str())
+        .collect();
+    for line in engine::budget_lines(&l.graph.spec, &applied.state, &|n| ran.contains(n)) {
+        say!("{line}");
+    }
     let r = &applied.report;
     let mut done = [0usize; 4]; // add, change, destroy, steps
     let mut failed = Vec::new();

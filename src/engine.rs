@@ -646,6 +646,82 @@ pub struct Applied {
     pub state: State,
 }
 
+/// The plan's time budgets whose `to` step ran in this apply (`ran`), as report lines: the time
+/// used of the limit, and whether it was over. A budget whose timestamps are not both in state
+/// (the step did not record one) says so rather than guessing.
+pub fn budget_lines(
+    spec: &crate::dsl::PlanSpec,
+    state: &State,
+    ran: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let at = |v: &serde_json::Value| -> Result<(String, std::time::SystemTime), String> {
+        let (node, output) = value::as_ref(v).ok_or_else(|| "not a step's output".to_string())?;
+        let text = state
+            .nodes
+            .get(node)
+            .and_then(|r| r.outputs().get(output).cloned())
+            .and_then(|v| v.as_str().map(String::from))
+            .ok_or_else(|| format!("`{node}` recorded no `{output}`"))?;
+        let t = humantime::parse_rfc3339_weak(&text)
+            .map_err(|_| format!("`{node}`.{output} = {text:?} is not a time"))?;
+        Ok((format!("`{node}` {output}"), t))
+    };
+    let mut out = vec![];
+    for b in &spec.budgets {
+        let Some((to_node, _)) = value::as_ref(&b.to) else {
+            continue;
+        };
+        if !ran(to_node) {
+            continue;
+        }
+        let (from, to) = match (at(&b.from), at(&b.to)) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) => {
+                out.push(format!("Budget `{}`: not measured: {e}", b.name));
+                continue;
+            }
+        };
+        let span =
+            to.1.duration_since(from.1)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+        let plus: f64 = b.plus.iter().map(|(s, _)| s).sum();
+        let used = span + plus;
+        let parts: String = b
+            .plus
+            .iter()
+            .map(|(s, why)| format!(", plus {} s ({why})", fmt_s(*s)))
+            .collect();
+        let verdict = if used <= b.limit_s {
+            format!("{} s of {} s", fmt_s(used), fmt_s(b.limit_s))
+        } else {
+            format!(
+                "OVER: {} s of {} s, {} s too many",
+                fmt_s(used),
+                fmt_s(b.limit_s),
+                fmt_s(used - b.limit_s)
+            )
+        };
+        out.push(format!(
+            "Budget `{}`: {verdict}: {} s from {} to {}{parts}.",
+            b.name,
+            fmt_s(span),
+            from.0,
+            to.0
+        ));
+    }
+    out
+}
+
+/// Seconds as people read them: one decimal below a minute, whole seconds above.
+fn fmt_s(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1}")
+    } else {
+        format!("{s:.0}")
+    }
+}
+
 /// Executes a prepared apply; state is compacted at the end.
 pub async fn execute(
     l: &Loaded,
@@ -1189,4 +1265,71 @@ pub async fn rollback(
     store.compact()?;
     drop(lock);
     Ok(notes)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use crate::dsl::{Budget, Plan};
+    use crate::state::StepRecord;
+
+    fn step(outputs: &[(&str, &str)]) -> NodeRecord {
+        NodeRecord::Step(StepRecord {
+            type_name: "t".into(),
+            done_at: "t".into(),
+            triggers: Attrs::new(),
+            outputs: outputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                .collect(),
+            deps: vec![],
+        })
+    }
+
+    #[test]
+    fn a_budget_reports_the_time_used_and_says_when_it_is_over() {
+        let p = Plan::named("p", "s", "local");
+        p.budget(
+            Budget::new(
+                "dns",
+                15.0,
+                value::reference("switch", "fenced_at"),
+                value::reference("flip", "accepted_at"),
+            )
+            .plus(1.0, "the lowered TTL"),
+        );
+        p.budget(Budget::new(
+            "tight",
+            2.0,
+            value::reference("switch", "fenced_at"),
+            value::reference("flip", "accepted_at"),
+        ));
+        p.budget(Budget::new(
+            "unmeasured",
+            2.0,
+            value::reference("switch", "nowhere"),
+            value::reference("flip", "accepted_at"),
+        ));
+        let spec = p.finish();
+        let mut state = State::new("p", "s");
+        state.nodes.insert(
+            "switch".into(),
+            step(&[("fenced_at", "2026-12-02T04:00:00.250Z")]),
+        );
+        state.nodes.insert(
+            "flip".into(),
+            step(&[("accepted_at", "2026-12-02T04:00:03.750Z")]),
+        );
+        let lines = budget_lines(&spec, &state, &|n| n == "flip");
+        assert_eq!(
+            lines,
+            [
+                "Budget `dns`: 4.5 s of 15.0 s: 3.5 s from `switch` fenced_at to `flip` accepted_at, plus 1.0 s (the lowered TTL).",
+                "Budget `tight`: OVER: 3.5 s of 2.0 s, 1.5 s too many: 3.5 s from `switch` fenced_at to `flip` accepted_at.",
+                "Budget `unmeasured`: not measured: `switch` recorded no `nowhere`",
+            ]
+        );
+        // Not reported in an apply where the flip did not run.
+        assert!(budget_lines(&spec, &state, &|_| false).is_empty());
+    }
 }

@@ -29,7 +29,9 @@ pub mod value;
 
 /// What a plan module needs.
 pub mod prelude {
-    pub use crate::dsl::{FailurePolicy, Handle, NodeKind, Output, Plan, PlanError, Window};
+    pub use crate::dsl::{
+        Budget, FailurePolicy, Handle, NodeKind, Output, Plan, PlanError, Window,
+    };
     pub use crate::engine::PlanEntry;
     pub use crate::pg::replication::{catch_up_table, Group as TableGroup};
     pub use crate::provider::aws::autoscaling::ReaderAutoscaling;

@@ -157,6 +157,40 @@ pub struct PlanSpec {
     pub nodes: Vec<NodeSpec>,
     /// `(old, new)` renames declared in code; state follows them without replacing objects.
     pub moved: Vec<(String, String)>,
+    /// Time budgets over the run's steps, reported after an apply.
+    pub budgets: Vec<Budget>,
+}
+
+/// A time budget: from one step's timestamp output to another's (RFC 3339, fractions of a second
+/// kept), plus fixed seconds (a TTL that resolvers may still hold), against a limit. An apply in
+/// which the `to` step ran reports the time used, and says so loudly when it is over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    pub name: String,
+    pub limit_s: f64,
+    pub from: Value,
+    pub to: Value,
+    /// Seconds added, each with what they stand for.
+    pub plus: Vec<(f64, String)>,
+}
+
+impl Budget {
+    /// `name`'s budget of `limit_s` seconds, from the timestamp `from` to the timestamp `to`
+    /// (outputs of steps, e.g. a cutover's `fenced_at` and a DNS flip's `accepted_at`).
+    pub fn new(name: &str, limit_s: f64, from: impl Into<Value>, to: impl Into<Value>) -> Budget {
+        Budget {
+            name: name.into(),
+            limit_s,
+            from: from.into(),
+            to: to.into(),
+            plus: vec![],
+        }
+    }
+    /// Seconds that count against the budget beyond the two timestamps (`why`: what they are).
+    pub fn plus(mut self, seconds: f64, why: &str) -> Budget {
+        self.plus.push((seconds, why.into()));
+        self
+    }
 }
 
 /// A typed node declaration. Providers implement it for their resource, data and step types.
@@ -432,6 +466,7 @@ impl Plan {
                     provider: provider.into(),
                     nodes: vec![],
                     moved: vec![],
+                    budgets: vec![],
                 },
             })),
         }
@@ -486,6 +521,11 @@ impl Plan {
             .spec
             .moved
             .push((old.into(), new.into()));
+    }
+
+    /// Declares a time budget, reported after each apply in which its `to` step ran.
+    pub fn budget(&self, budget: Budget) {
+        self.inner.borrow_mut().spec.budgets.push(budget);
     }
 
     /// The finished plan.

@@ -1236,7 +1236,19 @@ impl StepType for CutoverType {
             .map(|p| format!("{} {} ms", p.name, p.ms))
             .collect();
         ctx.report(req.node, &format!("phases: {}", phases.join(", ")));
+        // When the fence began and when the step ended, to the millisecond, for time budgets
+        // (`Budget`): the fence lasted `fenced_ms` up to the end.
+        let done = std::time::SystemTime::now();
+        let fenced = done - std::time::Duration::from_secs_f64(out.fenced_ms / 1000.0);
         let mut o = Attrs::from([
+            (
+                "fenced_at".to_string(),
+                Value::from(humantime::format_rfc3339_millis(fenced).to_string()),
+            ),
+            (
+                "done_at".to_string(),
+                Value::from(humantime::format_rfc3339_millis(done).to_string()),
+            ),
             ("fenced_ms".to_string(), Value::from(out.fenced_ms)),
             ("sequences".to_string(), Value::from(out.sequences as u64)),
             ("reverse".to_string(), Value::Bool(out.reverse)),
@@ -1295,6 +1307,14 @@ impl StepType for CutoverType {
 }
 
 impl crate::dsl::Handle<Cutover> {
+    /// When the fence began (RFC 3339, milliseconds): the start of a time budget.
+    pub fn fenced_at(&self) -> Value {
+        self.output::<String>("fenced_at").into()
+    }
+    /// When the cutover step ended (with the pooler fence: writers released on the target).
+    pub fn done_at(&self) -> Value {
+        self.output::<String>("done_at").into()
+    }
     /// When the cutover flipped (RFC 3339); changes each time it runs.
     pub fn flipped_at(&self) -> Value {
         self.output::<String>("flipped_at").into()

@@ -684,6 +684,16 @@ fn the_cutover_under_writes_loses_nothing_and_no_client_sees_an_error() {
     assert!(!report.contains("aborted"), "{report}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let w = rt.block_on(writer).unwrap();
+    // The plan's time budget, measured from the step's own timestamps.
+    let budget = out
+        .lines()
+        .find(|l| l.starts_with("Budget `fence-to-flip`: "))
+        .unwrap_or_else(|| panic!("no budget line:\n{out}"));
+    assert!(
+        budget.contains(" s of 15.0 s: ")
+            && budget.ends_with("s from `switch` fenced_at to `switch` done_at."),
+        "{budget}"
+    );
     let fenced = out
         .lines()
         .find(|l| l.contains("clients waited at most"))

@@ -167,6 +167,14 @@ impl Flip {
     }
 }
 
+impl crate::dsl::Handle<Flip> {
+    /// When Route53 accepted the flip's change (RFC 3339, milliseconds), before its INSYNC
+    /// wait: the end of a DNS cutover's time budget.
+    pub fn accepted_at(&self) -> Value {
+        self.output::<String>("accepted_at").into()
+    }
+}
+
 impl Declare for Flip {
     const TYPE: &'static str = "aws.route53.flip";
     const KIND: NodeKind = NodeKind::Step;
@@ -896,6 +904,8 @@ impl StepType for FlipType {
                 }
             }
         };
+        // Route53 has the change: the end of a DNS cutover's budget (INSYNC is outside it).
+        let accepted = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(2000));
         if !id.is_empty() {
             if let Err(e) = wait_insync(&self.aws, ctx, req.node, &id, poll).await {
@@ -914,6 +924,7 @@ impl StepType for FlipType {
                 Value::from(current.ttl.unwrap_or(60) as u64),
             ),
             ("change_id".to_string(), Value::from(id)),
+            ("accepted_at".to_string(), Value::from(accepted)),
             (
                 "flipped_at".to_string(),
                 Value::from(
