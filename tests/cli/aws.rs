@@ -708,6 +708,22 @@ async fn record(
         })
 }
 
+/// Creates the hosted zone `name` in the emulator; its id without the `/hostedzone/` prefix.
+async fn hosted_zone(c: &aws_sdk_route53::Client, name: &str, reference: &str) -> String {
+    let z = c
+        .create_hosted_zone()
+        .name(name)
+        .caller_reference(reference)
+        .send()
+        .await
+        .unwrap();
+    z.hosted_zone()
+        .unwrap()
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_string()
+}
+
 async fn upsert(
     c: &aws_sdk_route53::Client,
     zone: &str,
@@ -780,19 +796,7 @@ fn a_record_ttl_is_lowered_ahead_of_the_flip_and_the_old_ttl_waited_out() {
     let rt = rt();
     use aws_sdk_route53::types::RrType;
     let zone = rt.block_on(async {
-        let z = c
-            .create_hosted_zone()
-            .name("example.test")
-            .caller_reference("ttl")
-            .send()
-            .await
-            .unwrap();
-        let id = z
-            .hosted_zone()
-            .unwrap()
-            .id()
-            .trim_start_matches("/hostedzone/")
-            .to_string();
+        let id = hosted_zone(&c, "example.test", "ttl").await;
         upsert_ttl(
             &c,
             &id,
@@ -902,19 +906,7 @@ fn route53_records_and_the_dns_flip_with_its_rollback() {
     use aws_sdk_route53::types::RrType;
     // The zone and the record the application uses exist before the plan.
     let zone = rt.block_on(async {
-        let z = c
-            .create_hosted_zone()
-            .name("example.test")
-            .caller_reference("test")
-            .send()
-            .await
-            .unwrap();
-        let id = z
-            .hosted_zone()
-            .unwrap()
-            .id()
-            .trim_start_matches("/hostedzone/")
-            .to_string();
+        let id = hosted_zone(&c, "example.test", "test").await;
         upsert(
             &c,
             &id,

@@ -23,6 +23,15 @@ pub fn require_pg() -> bool {
     false
 }
 
+/// A temporary directory for clusters (PostgreSQL runs as `postgres` when tests run as root: it
+/// must reach its data).
+pub fn cluster_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// Stops clusters when a test ends, even by panic.
 pub struct Stopper(pub Vec<PathBuf>);
 
@@ -228,9 +237,7 @@ fn preflight_reports_missing_replica_identity_and_wal_level_with_fixes() {
     if !require_pg() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = cluster_dir();
     let (sp, tp) = (free_port(), free_port());
     let src = LocalCluster::new(dir.path().join("s"), sp);
     let dst = LocalCluster::new(dir.path().join("t"), tp);
@@ -297,9 +304,7 @@ fn preflight_weighs_decoding_and_apply_settings_against_the_table_groups() {
     if !require_pg() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = cluster_dir();
     let (sp, tp, gp) = (free_port(), free_port(), free_port());
     let src = LocalCluster::new(dir.path().join("s"), sp);
     let dst = LocalCluster::new(dir.path().join("t"), tp);
@@ -463,9 +468,7 @@ fn validation_names_changed_missing_and_extra_keys_and_passes_when_equal() {
     if !require_pg() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = cluster_dir();
     let (sp, tp) = (free_port(), free_port());
     let src = LocalCluster::new(dir.path().join("s"), sp);
     let dst = LocalCluster::new(dir.path().join("t"), tp);
@@ -1124,9 +1127,7 @@ fn tls_connections_verify_the_server_or_fail_clearly() {
     if !require_pg() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = cluster_dir();
     let port = free_port();
     let c = LocalCluster::new(dir.path().join("d"), port);
     let _stop = Stopper(vec![c.data_dir.clone()]);
@@ -1206,6 +1207,7 @@ fn tls_connections_verify_the_server_or_fail_clearly() {
     for (f, mode) in [(&crt, 0o644), (&key, 0o600)] {
         let dest = c.data_dir.join(f.file_name().unwrap());
         std::fs::copy(f, &dest).unwrap();
+        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode)).unwrap();
         if let Some((uid, gid)) = cutover::pg::cluster::run_as().unwrap() {
             std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).unwrap();
