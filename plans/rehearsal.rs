@@ -68,6 +68,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let db: String = stack.get_or("database", "app".to_string())?;
     let max_lag_bytes: u64 = stack.get_or("max_lag_bytes", 1024 * 1024)?;
     let max_xact_seconds: f64 = stack.get_or("max_xact_seconds", 5.0)?;
+    let max_lag_seconds: Option<f64> = stack.get_or("max_lag_seconds", None)?;
     let reverse: bool = stack.get_or("reverse_replication", true)?;
     // The shape of a forward replication another tool runs (DMS): the reverse replication is
     // created disabled and enabled by a step of its own after the cutover.
@@ -165,6 +166,9 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         .guards(max_lag_bytes, max_xact_seconds);
     // Sessions that write to the source without the pooler: refused by the guard unless the
     // stack accepts them (`direct_writers = "end"`), and then ended by the fence.
+    if let Some(s) = max_lag_seconds {
+        switch = switch.max_lag_seconds(s);
+    }
     if stack.get_or("direct_writers", "refuse".to_string())? == "end" {
         switch = switch.end_direct_writers();
     }

@@ -83,6 +83,10 @@ pub struct Spec {
     pub slots: Vec<String>,
     pub subscriptions: Vec<String>,
     pub max_lag_bytes: i64,
+    /// The replication lag in time the guard allows, if bounded: a probe written to every
+    /// stream's catch-up table must reach the target within it.
+    #[serde(default)]
+    pub max_lag_seconds: Option<f64>,
     pub max_xact_seconds: f64,
     /// When validation last passed (RFC 3339) and how old it may be.
     pub validated_at: Option<String>,
@@ -731,6 +735,24 @@ async fn guard(spec: &Spec) -> Result<Guarded, String> {
             return Err(format!("replication lag on `{slot}` is {} bytes, above the bound of {}; wait until it is lower", l.bytes, spec.max_lag_bytes));
         }
     }
+    // The lag in time, measured rather than estimated: a probe written now to every stream's
+    // catch-up table must reach the target within the bound.
+    if let Some(max) = spec.max_lag_seconds {
+        let probe = format!(
+            "lag-probe-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let within = Duration::from_secs_f64(max.max(0.0));
+        if wait_marker_within(spec, &catch_up, &probe, within)
+            .await
+            .is_err()
+        {
+            return Err(format!("replication is more than {max:.1} s behind: a probe written to every stream had not reached the target after {max:.1} s, above the bound of {max:.1} s; wait until it is lower (a write-heavy source: see the preflight's decoding_memory)"));
+        }
+    }
     let c = spec.source.connect().await.map_err(|e| e.to_string())?;
     let oldest: f64 = c
         .query_one(
@@ -814,6 +836,22 @@ async fn guard_direct(spec: &Spec) -> Result<Vec<String>, String> {
 /// Writes `marker` to every table of `tables` on the source in one transaction and waits until
 /// the target has all of them: every stream has applied what was committed before.
 async fn wait_marker(spec: &Spec, tables: &[String], marker: &str) -> Result<(), String> {
+    wait_marker_within(
+        spec,
+        tables,
+        marker,
+        Duration::from_millis(spec.catchup_timeout_ms),
+    )
+    .await
+}
+
+/// [`wait_marker`], waiting at most `within`.
+async fn wait_marker_within(
+    spec: &Spec,
+    tables: &[String],
+    marker: &str,
+    within: Duration,
+) -> Result<(), String> {
     let src = writer(&spec.source).await?;
     let inserts: Vec<String> = tables
         .iter()
@@ -852,10 +890,10 @@ async fn wait_marker(spec: &Spec, tables: &[String], marker: &str) -> Result<(),
         if seen as usize == tables.len() {
             return Ok(());
         }
-        if t0.elapsed() > Duration::from_millis(spec.catchup_timeout_ms) {
+        if t0.elapsed() > within {
             return Err(format!(
                 "the target did not apply the source's writes within {} ms",
-                spec.catchup_timeout_ms
+                within.as_millis()
             ));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

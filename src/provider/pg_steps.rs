@@ -1077,6 +1077,12 @@ impl Cutover {
         self.set("max_lag_bytes", Value::from(max_lag_bytes))
             .set("max_xact_seconds", Value::from(max_xact_seconds))
     }
+    /// A guard on the replication lag in time as well: a probe written to every stream's
+    /// catch-up table must reach the target within `seconds`, or the cutover refuses before the
+    /// fence (a zero-downtime move that promises a short catch-up).
+    pub fn max_lag_seconds(self, seconds: f64) -> Self {
+        self.set("max_lag_seconds", Value::from(seconds))
+    }
     /// Sequences on the target end at least this far past the source's.
     pub fn sequence_margin(self, n: u64) -> Self {
         self.set("sequence_margin", Value::from(n))
@@ -1173,6 +1179,7 @@ async fn cutover_spec(
         slots: list("slots"),
         subscriptions: list("subscriptions"),
         max_lag_bytes: num("max_lag_bytes") as i64,
+        max_lag_seconds: inputs.get("max_lag_seconds").and_then(Value::as_f64),
         max_xact_seconds: num("max_xact_seconds"),
         validated_at: get_str(inputs, "validated_at").map(String::from),
         max_validation_age_seconds: num("max_validation_age_seconds") as u64,

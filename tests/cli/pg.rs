@@ -1022,6 +1022,64 @@ fn rollback_without_reverse_replication_refuses_and_changes_nothing() {
     assert_eq!(code, 0, "apply still works after a refused rollback: {out}");
 }
 
+/// A bound on the lag in time: an apply that falls seconds behind (each row takes 0.5 s on the
+/// target) stops the cutover at its guard, saying how far behind it is.
+#[test]
+fn a_lag_in_seconds_above_its_bound_stops_the_cutover_at_its_guard() {
+    if !require_pg() || !require_pgbouncer() {
+        return;
+    }
+    let p = Project::new();
+    let (s, t, b) = local_stack_with(&p, "max_lag_seconds = 1.0\n");
+    let _stop = stopper(&p);
+    assert_eq!(p.run(&["apply", "local", "--yes"]).0, 0);
+    let rt = rt();
+    rt.block_on(async {
+        slow_apply_of_events(t, 0.5).await;
+        let src = target(s, "app").connect().await.unwrap();
+        // Twelve transactions at once: the last is applied about 6 s after it was written.
+        for i in 0..12 {
+            src.batch_execute(&format!(
+                "INSERT INTO events (account_id, kind) VALUES (1, 'late-{i}')"
+            ))
+            .await
+            .unwrap();
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cutover stopped in phase `guard`: replication is more than 1.0 s behind: a probe written to every stream had not reached the target after 1.0 s"),
+        "{out}"
+    );
+    rt.block_on(async {
+        assert_eq!(
+            port_via(b).await,
+            Some(s.to_string()),
+            "still on the source"
+        );
+        target(t, "app")
+            .connect()
+            .await
+            .unwrap()
+            .batch_execute("DROP TRIGGER slow ON events")
+            .await
+            .unwrap();
+    });
+    // Caught up, the probe arrives within the bound and the cutover goes through.
+    let mut last = String::new();
+    for _ in 0..20 {
+        let (code, out, _) = p.run(&["apply", "local", "--yes", "--approve", "cutover"]);
+        last = out;
+        if code == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(last.contains("Apply complete"), "{last}");
+}
+
 #[test]
 fn a_lag_above_the_bound_stops_the_cutover_at_its_guard() {
     if !require_pg() || !require_pgbouncer() {
