@@ -738,13 +738,7 @@ async fn guard(spec: &Spec) -> Result<Guarded, String> {
     // The lag in time, measured rather than estimated: a probe written now to every stream's
     // catch-up table must reach the target within the bound.
     if let Some(max) = spec.max_lag_seconds {
-        let probe = format!(
-            "lag-probe-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        );
+        let probe = unique_marker("lag-probe");
         let within = Duration::from_secs_f64(max.max(0.0));
         if wait_marker_within(spec, &catch_up, &probe, within)
             .await
@@ -831,6 +825,17 @@ async fn guard_direct(spec: &Spec) -> Result<Vec<String>, String> {
             )
         })
         .collect())
+}
+
+/// A marker no earlier run wrote: `prefix-` and the time in nanoseconds.
+fn unique_marker(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
 }
 
 /// Writes `marker` to every table of `tables` on the source in one transaction and waits until
@@ -1216,13 +1221,7 @@ pub async fn run(
         ms: ms(fenced.elapsed()),
     });
 
-    let marker = format!(
-        "cutover-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
+    let marker = unique_marker("cutover");
     let t = Instant::now();
     let verify = async {
         match spec.fence {
@@ -1546,13 +1545,7 @@ pub async fn rollback(
         target: spec.source.clone(),
         ..spec.clone()
     };
-    let marker = format!(
-        "rollback-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
+    let marker = unique_marker("rollback");
     let t = Instant::now();
     if let Err(m) = wait_marker(&reversed, &[MARKER_TABLE.to_string()], &marker).await {
         let _ = unfence_target().await;
