@@ -40,12 +40,11 @@ pub fn write(full: &Path, content: &[u8], mode: Option<u32>) -> std::io::Result<
         let _ = std::fs::remove_file(&tmp);
     }
     written?;
-    if let Some(dir) = tmp.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    // The rename is durable once the directory is.
+    match tmp.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The writer's process id when `name` is one of our temporaries (`.NAME.tmp-PID`).

@@ -191,7 +191,7 @@ pub fn check_claims(l: &Loaded, state: &State) -> Result<(), EngineError> {
             let recorded = state.nodes.contains_key(&n.name);
             if let Some(holder) = rt.claim_holder(&ctx, &input, &n.inputs, recorded) {
                 problems.push(format!(
-                    "node `{}` needs {what}{set_by}, but {holder} holds it, and that is not a {} this state records; stop that program or choose another port",
+                    "node `{}` needs {what}{set_by}, but {holder} holds it, and that is not a {} this state records; stop that program or give the node another value",
                     n.name, n.type_name
                 ));
             }

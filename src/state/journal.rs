@@ -161,10 +161,6 @@ fn parse_line(line: &[u8]) -> Result<Line, String> {
     serde_json::from_str(json).map_err(|e| format!("bad record: {e}"))
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), StateError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
-}
-
 impl StateStore {
     /// Reads a stack's state without writing anything (preview, state list/show).
     pub fn read(dir: &Path, plan: &str, stack: &str) -> Result<State, StateError> {
@@ -263,12 +259,10 @@ impl StateStore {
         self.commit()?;
         let mut snap = self.state.clone();
         snap.journal_seq = self.next_seq - 1;
-        let bytes = serde_json::to_vec_pretty(&snap).expect("state serialises");
-        let path = self.dir.join("state.json");
-        let mut bytes = bytes;
+        let mut bytes = serde_json::to_vec_pretty(&snap).expect("state serialises");
         bytes.push(b'\n');
+        let path = self.dir.join("state.json");
         crate::atomic::write(&path, &bytes, None).map_err(io(&path))?;
-        fsync_dir(&self.dir)?;
         self.state.journal_seq = snap.journal_seq;
         tracing::debug!(
             serial = snap.serial,

@@ -52,7 +52,9 @@ impl Lock {
         let info_path = dir.join("lock.json");
         // A holder removes the lock file as it lets go: a lock taken on a file that is no longer
         // at `path` is taken again on the file that is.
+        let mut tries = 0;
         let file = loop {
+            tries += 1;
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(false)
@@ -76,7 +78,14 @@ impl Lock {
             let held = file.metadata().map_err(super::io(&path))?;
             match std::fs::metadata(&path) {
                 Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => break file,
-                _ => continue,
+                _ if tries < 100 => continue,
+                _ => {
+                    return Err(StateError::Locked {
+                        stack: stack.into(),
+                        path,
+                        holder: "other processes taking and letting go of it over and over".into(),
+                    })
+                }
             }
         };
         let info = LockInfo {

@@ -731,27 +731,36 @@ async fn upsert(
     kind: aws_sdk_route53::types::RrType,
     value: &str,
 ) {
-    upsert_ttl(c, zone, name, kind, value, 300).await
+    change_record(
+        c,
+        zone,
+        aws_sdk_route53::types::ChangeAction::Upsert,
+        name,
+        kind,
+        value,
+        300,
+    )
+    .await
 }
 
-async fn upsert_ttl(
+/// One change of a one-value record set, made behind the tool's back.
+async fn change_record(
     c: &aws_sdk_route53::Client,
     zone: &str,
+    action: aws_sdk_route53::types::ChangeAction,
     name: &str,
     kind: aws_sdk_route53::types::RrType,
     value: &str,
     ttl: i64,
 ) {
-    use aws_sdk_route53::types::{
-        Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet,
-    };
+    use aws_sdk_route53::types::{Change, ChangeBatch, ResourceRecord, ResourceRecordSet};
     c.change_resource_record_sets()
         .hosted_zone_id(zone)
         .change_batch(
             ChangeBatch::builder()
                 .changes(
                     Change::builder()
-                        .action(ChangeAction::Upsert)
+                        .action(action)
                         .resource_record_set(
                             ResourceRecordSet::builder()
                                 .name(name)
@@ -797,9 +806,10 @@ fn a_record_ttl_is_lowered_ahead_of_the_flip_and_the_old_ttl_waited_out() {
     use aws_sdk_route53::types::RrType;
     let zone = rt.block_on(async {
         let id = hosted_zone(&c, "example.test", "ttl").await;
-        upsert_ttl(
+        change_record(
             &c,
             &id,
+            aws_sdk_route53::types::ChangeAction::Upsert,
             "app.example.test",
             RrType::Cname,
             "old-db.internal",
@@ -854,41 +864,15 @@ fn a_record_ttl_is_lowered_ahead_of_the_flip_and_the_old_ttl_waited_out() {
     let got = rt.block_on(record(&c, &zone, "app.example.test", RrType::Cname));
     assert_eq!(got, Some((vec!["new-db.internal".to_string()], 1)));
     // A record that is not there is refused, naming it.
-    rt.block_on(async {
-        use aws_sdk_route53::types::{
-            Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet,
-        };
-        c.change_resource_record_sets()
-            .hosted_zone_id(&zone)
-            .change_batch(
-                ChangeBatch::builder()
-                    .changes(
-                        Change::builder()
-                            .action(ChangeAction::Delete)
-                            .resource_record_set(
-                                ResourceRecordSet::builder()
-                                    .name("app.example.test")
-                                    .r#type(RrType::Cname)
-                                    .ttl(1)
-                                    .resource_records(
-                                        ResourceRecord::builder()
-                                            .value("new-db.internal")
-                                            .build()
-                                            .unwrap(),
-                                    )
-                                    .build()
-                                    .unwrap(),
-                            )
-                            .build()
-                            .unwrap(),
-                    )
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
-    });
+    rt.block_on(change_record(
+        &c,
+        &zone,
+        aws_sdk_route53::types::ChangeAction::Delete,
+        "app.example.test",
+        RrType::Cname,
+        "new-db.internal",
+        1,
+    ));
     let (code, out) = run(&p, &["apply", "aws", "--yes", "--replace", "lower-ttl"]);
     assert_eq!(code, 1, "{out}");
     assert!(

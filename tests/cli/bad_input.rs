@@ -1007,7 +1007,7 @@ fn cases() -> Vec<Case> {
             args: &["preview", "x"],
             env: &[],
             code: 1,
-            says: &["node `source` needs TCP port", "(set by stacks/x.toml:5 `source_port`), but pid", "holds it, and that is not a local.postgres this state records; stop that program or choose another port"],
+            says: &["node `source` needs TCP port", "(set by stacks/x.toml:5 `source_port`), but pid", "holds it, and that is not a local.postgres this state records; stop that program or give the node another value"],
             after: Untouched,
         },
         Case {
