@@ -7,6 +7,7 @@ use cutover::prelude::PlanEntry;
 mod demo;
 mod onprem_rds;
 mod rehearsal;
+mod saas;
 mod testing;
 
 /// Every plan of this binary.
@@ -23,6 +24,12 @@ pub fn all() -> Vec<PlanEntry> {
             about: "case 3: on-premise PostgreSQL into RDS for PostgreSQL 12.8, zero downtime (stacks staging, production)",
             hidden: false,
             build: onprem_rds::build,
+        },
+        PlanEntry {
+            name: "saas",
+            about: "case 4: a write-heavy SaaS PostgreSQL into a new AWS environment, cut over by DNS in 15 s (stacks saas-staging, saas-production)",
+            hidden: false,
+            build: saas::build,
         },
         PlanEntry {
             name: "rehearsal",

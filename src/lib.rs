@@ -46,7 +46,7 @@ pub mod prelude {
     };
     pub use crate::provider::aws::network::{SecurityGroup, SubnetGroup, Subnets, Vpc};
     pub use crate::provider::aws::ops::{Failover, PromoteCluster, Reboot};
-    pub use crate::provider::aws::rds::ParameterGroup;
+    pub use crate::provider::aws::rds::{kms_key_arn, ParameterGroup};
     pub use crate::provider::aws::route53::{
         Flip as DnsFlip, HostedZone, LowerTtl as DnsLowerTtl, Record as DnsRecord,
     };

@@ -49,6 +49,13 @@ pub enum StackError {
         plan: String,
         expected: String,
     },
+    #[error("{path}:{line}: key `{key}`: {message}. Change the value on that line.")]
+    Invalid {
+        path: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
     #[error("{path}:{line}: key `{key}` has the wrong type: expected {expected}, found {found} ({detail}). Change the value on that line.")]
     WrongType {
         path: String,
@@ -602,6 +609,22 @@ impl Stack {
                 found: toml_type(v).into(),
                 detail: e.message().trim().to_string(),
             })
+    }
+
+    /// A typed value that `check` accepts; its refusal names the key's line.
+    pub fn get_checked<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        check: impl Fn(&T) -> Result<(), String>,
+    ) -> Result<T, StackError> {
+        let v: T = self.get(key)?;
+        check(&v).map_err(|message| StackError::Invalid {
+            path: self.path_str(),
+            line: self.values.get(key).map(|(l, _)| *l).unwrap_or(0),
+            key: key.into(),
+            message,
+        })?;
+        Ok(v)
     }
 
     /// A typed value, or `default` when the key is absent (a present key of the wrong type is

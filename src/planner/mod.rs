@@ -170,7 +170,23 @@ pub struct ChangeSet {
     /// Findings of steps' read-only checks, when the preview ran with `--refresh`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckNote>,
+    /// The plan's time budgets, for the reviewer (measured after an apply).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetNote>,
     pub summary: Summary,
+}
+
+/// A time budget as the preview shows it: from one step's timestamp to another's, plus fixed
+/// seconds, against a limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetNote {
+    pub name: String,
+    pub limit_s: f64,
+    /// (node, output) of the start and the end.
+    pub from: (String, String),
+    pub to: (String, String),
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plus: Vec<(f64, String)>,
 }
 
 /// One finding of a step's check (a preflight), for the preview.
@@ -668,6 +684,20 @@ pub fn plan(
             })
             .collect(),
         checks: vec![],
+        budgets: spec
+            .budgets
+            .iter()
+            .filter_map(|b| {
+                let r = |v| crate::value::as_ref(v).map(|(n, o)| (n.to_string(), o.to_string()));
+                Some(BudgetNote {
+                    name: b.name.clone(),
+                    limit_s: b.limit_s,
+                    from: r(&b.from)?,
+                    to: r(&b.to)?,
+                    plus: b.plus.clone(),
+                })
+            })
+            .collect(),
         summary,
     })
 }

@@ -124,6 +124,22 @@ pub fn diff_body(cs: &ChangeSet) -> String {
         }
         out.push('\n');
     }
+    if !cs.budgets.is_empty() {
+        out.push_str("Time budgets (measured and reported when the apply reaches their end):\n");
+        for b in &cs.budgets {
+            let plus: String = b
+                .plus
+                .iter()
+                .map(|(s, why)| format!(", plus {s} s ({why})"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {}: at most {} s from `{}` {} to `{}` {}{plus}",
+                b.name, b.limit_s, b.from.0, b.from.1, b.to.0, b.to.1
+            );
+        }
+        out.push('\n');
+    }
     if !cs.checks.is_empty() {
         out.push_str("Checks (read with --refresh):\n");
         for c in &cs.checks {

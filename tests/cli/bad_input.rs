@@ -982,6 +982,24 @@ fn cases() -> Vec<Case> {
             says: &["node `lower-ttl` (aws.route53.lower_ttl): input `ttl` must be a TTL in seconds, from 1 to 172800"],
             after: Untouched,
         },
+        Case {
+            name: "an encryption key given by its alias",
+            setup: |r| { edit(r, "stacks/saas-staging.toml", "kms_key_arn = \"arn:aws:kms:us-east-1:333333333333:key/1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d\"", "kms_key_arn = \"alias/rds-data\""); None },
+            args: &["preview", "saas-staging"],
+            env: NO_AWS,
+            code: 1,
+            says: &["stacks/saas-staging.toml:17: key `kms_key_arn`: KMS key `alias/rds-data`: give the key's ARN", "aws kms describe-key"],
+            after: Untouched,
+        },
+        Case {
+            name: "a DNS cutover whose window the lowered TTL alone fills",
+            setup: |r| { edit(r, "stacks/saas-staging.toml", "cutover_ttl = 5 ", "cutover_ttl = 15 "); None },
+            args: &["preview", "saas-staging"],
+            env: NO_AWS,
+            code: 1,
+            says: &["stacks/saas-staging.toml:25: key `cutover_ttl`", "leaves no time for the fence"],
+            after: Untouched,
+        },
         // ---- Local ports ----
         Case {
             name: "two clusters on one port",

@@ -1,7 +1,7 @@
-//! `plan emulate staging`: case 3's own plan against moto with PostgreSQL stand-ins, end to end,
-//! with a writer that follows the application's DNS record (read through the Route53 API, dialled
-//! through the emulation's `[connect]`) across the cutover, then a rollback and a destroy that
-//! leaves nothing behind.
+//! `plan emulate STACK`: case 3's and case 4's own plans against moto with PostgreSQL stand-ins,
+//! end to end, with a writer that follows the application's DNS record (read through the Route53
+//! API, dialled through the emulation's `[connect]`) across the cutover, then a rollback and a
+//! destroy that leaves nothing behind.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,26 +30,76 @@ fn require() -> PathBuf {
     moto
 }
 
+/// What a test needs to know of a case's staging stack.
+struct Case {
+    stack: &'static str,
+    /// `--set` values for a short run (no bake; short TTLs).
+    sets: &'static [&'static str],
+    region: &'static str,
+    zone: &'static str,
+    /// The record the application connects through.
+    record: &'static str,
+    /// The source's host, as the record names it before the flip.
+    source_host: &'static str,
+    /// The new instance's endpoint as moto names it.
+    target_host: &'static str,
+    dbname: &'static str,
+}
+
+/// Case 3: `staging`.
+const CASE3: Case = Case {
+    stack: "staging",
+    sets: &["bake_minutes=0"],
+    region: "eu-west-1",
+    zone: "staging.example.internal",
+    record: "db.staging.example.internal",
+    source_host: "pg-staging.corp.example",
+    target_host: "onprem-rds-staging-target.aaaaaaaaaa.eu-west-1.rds.amazonaws.com",
+    dbname: "app",
+};
+
+/// Case 4: `saas-staging`, its record's TTL 2 s today and lowered to 1 s for the cutover.
+const CASE4: Case = Case {
+    stack: "saas-staging",
+    sets: &["bake_minutes=0", "record_ttl=2", "cutover_ttl=1"],
+    region: "us-east-1",
+    zone: "staging.saas.internal",
+    record: "db.staging.saas.internal",
+    source_host: "pg-staging.old.saas.internal",
+    target_host: "saas-saas-staging-target.aaaaaaaaaa.us-east-1.rds.amazonaws.com",
+    dbname: "saas",
+};
+
 /// Stops what an emulation left running when a test ends early (a failed assertion).
-struct Down<'a>(&'a Project);
+struct Down<'a>(&'a Project, &'a Case);
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        if self.0.root().join(".cutover/emulate/staging").exists() {
-            let _ = self.0.plan().args(["emulate", "staging", "down"]).output();
+        if self
+            .0
+            .root()
+            .join(".cutover/emulate")
+            .join(self.1.stack)
+            .exists()
+        {
+            let _ = self
+                .0
+                .plan()
+                .args(["emulate", self.1.stack, "down"])
+                .output();
         }
     }
 }
 
-fn emulate(p: &Project, moto: &Path, args: &[&str]) -> (i32, String) {
-    let out = p
-        .plan()
-        .env("CUTOVER_MOTO_SERVER", moto)
+fn emulate(p: &Project, moto: &Path, case: &Case, args: &[&str]) -> (i32, String) {
+    let mut c = p.plan();
+    c.env("CUTOVER_MOTO_SERVER", moto)
         .env_remove("AWS_PROFILE")
-        .args(["emulate", "staging", "--set", "bake_minutes=0"])
-        .args(args)
-        .output()
-        .unwrap();
+        .args(["emulate", case.stack]);
+    for s in case.sets {
+        c.args(["--set", s]);
+    }
+    let out = c.args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         format!(
@@ -67,15 +117,24 @@ struct Layout {
     secrets: std::collections::BTreeMap<String, String>,
 }
 
-fn layout(p: &Project) -> Layout {
-    serde_json::from_str(&p.read(".cutover/emulate/staging/layout.json")).unwrap()
+fn layout(p: &Project, case: &Case) -> Layout {
+    serde_json::from_str(&p.read(&format!(".cutover/emulate/{}/layout.json", case.stack))).unwrap()
 }
 
-/// What the application's record names now, read through the emulator's Route53.
-async fn record(r53: &aws_sdk_route53::Client, name: &str) -> String {
+/// The emulation's CA certificate, which the stand-ins' certificates chain to.
+fn ca(p: &Project, case: &Case) -> PathBuf {
+    p.root().join(format!(
+        ".cutover/emulate/{}/root/certs/emulated-ca.pem",
+        case.stack
+    ))
+}
+
+/// The application's record (what it names, its TTL), read through the emulator's Route53.
+async fn record_set(r53: &aws_sdk_route53::Client, case: &Case) -> (String, i64) {
+    let name = case.record;
     let zones = r53
         .list_hosted_zones_by_name()
-        .dns_name("staging.example.internal")
+        .dns_name(case.zone)
         .send()
         .await
         .unwrap();
@@ -92,11 +151,16 @@ async fn record(r53: &aws_sdk_route53::Client, name: &str) -> String {
         .iter()
         .find(|r| r.name().trim_end_matches('.') == name)
         .expect("the record exists");
-    set.resource_records()[0].value().to_string()
+    (
+        set.resource_records()[0].value().to_string(),
+        set.ttl().unwrap_or(0),
+    )
 }
 
-const NAME: &str = "db.staging.example.internal";
-const TARGET_HOST: &str = "onprem-rds-staging-target.aaaaaaaaaa.eu-west-1.rds.amazonaws.com";
+/// What the application's record names now.
+async fn record(r53: &aws_sdk_route53::Client, case: &Case) -> String {
+    record_set(r53, case).await.0
+}
 
 /// The emulator's SDK configuration (through the emulation's proxy) for `region`.
 fn sdk(l: &Layout, region: &str) -> aws_config::SdkConfig {
@@ -119,6 +183,7 @@ fn route53(l: &Layout) -> aws_sdk_route53::Client {
 /// write fails (the read-only fence ends its session).
 fn start_writer(
     rt: &tokio::runtime::Runtime,
+    case: &'static Case,
     l: &Layout,
     ca: &Path,
     r53: &aws_sdk_route53::Client,
@@ -136,7 +201,7 @@ fn start_writer(
         ca.to_path_buf(),
         r53.clone(),
     );
-    let (name, target_host) = (NAME, TARGET_HOST);
+    let target_host = case.target_host;
     let writer = rt.spawn(async move {
         let conn_for = |host: &str| -> Target {
             let (node, user, pw) = if host == target_host {
@@ -148,7 +213,7 @@ fn start_writer(
                 host: host.into(),
                 port: 5432,
                 user: user.into(),
-                dbname: "app".into(),
+                dbname: case.dbname.into(),
                 password: Some(secrets[pw].clone()),
                 sslmode: Some("verify-full".into()),
                 sslrootcert: Some(ca2.display().to_string()),
@@ -161,7 +226,7 @@ fn start_writer(
         let mut n = 0u64;
         while !stop2.load(Ordering::Relaxed) {
             n += 1;
-            let host = record(&r53b, name).await;
+            let host = record(&r53b, case).await;
             if current.as_ref().map(|(h, _)| h != &host).unwrap_or(true) {
                 current = match conn_for(&host).connect().await {
                     Ok(c) => Some((host.clone(), c)),
@@ -210,98 +275,87 @@ struct Writes {
     hosts: Vec<String>,
 }
 
-#[test]
-fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_nothing() {
-    let moto = require();
-    let p = Project::new();
-    let _down = Down(&p);
-    let (code, out) = emulate(&p, &moto, &["apply", "--yes"]);
+/// Brings the case's emulation up and applies up to the gate, then runs the cutover with a writer
+/// following the record, and checks that every acknowledged write reached the new database.
+/// Returns the outputs of the first apply and of the cutover's.
+fn cutover_with_a_writer(p: &Project, moto: &Path, case: &'static Case) -> (String, String) {
+    let (code, out) = emulate(p, moto, case, &["apply", "--yes"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("EMULATED: stack `staging`"), "{out}");
     assert!(
-        out.contains("`replica-1` is a read replica: it has no stand-in"),
+        out.contains(&format!("EMULATED: stack `{}`", case.stack)),
         "{out}"
     );
     assert!(out.contains("Held back by gate `cutover`"), "{out}");
     assert!(
-        !p.root().join(".cutover/staging").exists(),
+        !p.state_dir(case.stack).exists(),
         "the real stack's state is never touched"
     );
-    let l = layout(&p);
-    let ca = p
-        .root()
-        .join(".cutover/emulate/staging/root/certs/emulated-ca.pem");
+    let l = layout(p, case);
     let r53 = route53(&l);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (name, target_host) = (NAME, TARGET_HOST);
-    assert_eq!(rt.block_on(record(&r53, name)), "pg-staging.corp.example");
+    let rt = runtime();
+    assert_eq!(rt.block_on(record(&r53, case)), case.source_host);
 
-    let (stop, writes, writer) = start_writer(&rt, &l, &ca, &r53);
+    let (stop, writes, writer) = start_writer(&rt, case, &l, &ca(p, case), &r53);
     std::thread::sleep(Duration::from_millis(500));
-    let (code, out) = emulate(&p, &moto, &["apply", "--yes", "--approve", "cutover"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("emulated: alarm") || out.contains("bake"),
-        "{out}"
-    );
+    let (code, cutover) = emulate(p, moto, case, &["apply", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{cutover}");
     // Writes go on after the flip, to the new database.
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
     rt.block_on(writer).unwrap();
-    assert_eq!(rt.block_on(record(&r53, name)), target_host);
+    assert_eq!(rt.block_on(record(&r53, case)), case.target_host);
     let w = writes.lock().unwrap();
     assert_eq!(
         w.hosts.last().map(String::as_str),
-        Some(target_host),
+        Some(case.target_host),
         "the writer ended on the new database: {:?}",
         w.hosts
     );
     let ids = w.acked.clone();
     assert!(ids.len() > 20, "the writer wrote: {}", ids.len());
-    let on_target = on_target(&rt, &l, &ids);
     assert_eq!(
-        on_target,
+        on_target(&rt, case, &l, &ids),
         ids.len(),
         "every acknowledged write is on the new database"
     );
     eprintln!(
-        "emulated cutover: {} writes acknowledged, {} client errors, longest wait between writes {:?}",
+        "emulated cutover of {}: {} writes acknowledged, {} client errors, longest wait between writes {:?}",
+        case.stack,
         ids.len(),
         w.errors,
         w.longest_gap
     );
-    drop(w);
+    (out, cutover)
+}
 
-    // The native path has no temporaries: `destroy --temporary` removes nothing, and the
-    // emulation stays up.
-    let before = objects(&rt, &l);
-    let (code, out) = emulate(&p, &moto, &["destroy", "--temporary", "--yes"]);
-    assert_eq!(code, 0, "{out}");
-    assert_eq!(objects(&rt, &l), before, "{out}");
-    assert!(p.root().join(".cutover/emulate/staging/run").exists());
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
 
-    // Rollback through the reverse replication: the record names the old database again.
-    let (code, out) = emulate(&p, &moto, &["rollback", "--yes"]);
-    assert_eq!(code, 0, "{out}");
-    assert_eq!(rt.block_on(record(&r53, name)), "pg-staging.corp.example");
-
-    // Destroy: nothing of the emulation is left, no process, no directory.
+/// Destroys the emulation and checks that nothing of it is left: no process, no directory.
+fn destroy_leaves_nothing(p: &Project, moto: &Path, case: &Case) {
+    let run = p
+        .root()
+        .join(".cutover/emulate")
+        .join(case.stack)
+        .join("run");
     let pids: Vec<i32> = ["moto", "proxy"]
         .iter()
         .map(|d| {
-            p.read(&format!(".cutover/emulate/staging/run/{d}.pid"))
+            std::fs::read_to_string(run.join(format!("{d}.pid")))
+                .unwrap()
                 .trim()
                 .parse()
                 .unwrap()
         })
         .collect();
-    let (code, out) = emulate(&p, &moto, &["destroy", "--yes"]);
+    let (code, out) = emulate(p, moto, case, &["destroy", "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Destroy complete"), "{out}");
-    assert!(!p.root().join(".cutover/emulate/staging").exists());
+    assert!(!p.root().join(".cutover/emulate").join(case.stack).exists());
     std::thread::sleep(Duration::from_millis(300));
     for pid in pids {
         assert!(
@@ -311,14 +365,114 @@ fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_noth
     }
 }
 
+#[test]
+fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_nothing() {
+    let moto = require();
+    let p = Project::new();
+    let case = &CASE3;
+    let _down = Down(&p, case);
+    let (_, out) = cutover_with_a_writer(&p, &moto, case);
+    assert!(
+        out.contains("emulated: alarm") || out.contains("bake"),
+        "{out}"
+    );
+    let l = layout(&p, case);
+    let r53 = route53(&l);
+    let rt = runtime();
+
+    // The native path has no temporaries: `destroy --temporary` removes nothing, and the
+    // emulation stays up.
+    let before = objects(&rt, case, &l);
+    let (code, out) = emulate(&p, &moto, case, &["destroy", "--temporary", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(objects(&rt, case, &l), before, "{out}");
+    assert!(p.root().join(".cutover/emulate/staging/run").exists());
+
+    // Rollback through the reverse replication: the record names the old database again.
+    let (code, out) = emulate(&p, &moto, case, &["rollback", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(rt.block_on(record(&r53, case)), case.source_host);
+    destroy_leaves_nothing(&p, &moto, case);
+}
+
+#[test]
+fn plan_emulate_saas_staging_runs_case_four_inside_its_dns_window_with_a_writer() {
+    let moto = require();
+    let p = Project::new();
+    let case = &CASE4;
+    let _down = Down(&p, case);
+    let (preflight, out) = cutover_with_a_writer(&p, &moto, case);
+    // The case's lesson: the preflight weighs decoding and apply against the table groups.
+    for setting in [
+        "logical_decoding_work_mem",
+        "max_logical_replication_workers",
+        "max_sync_workers_per_subscription",
+    ] {
+        assert!(preflight.contains(setting), "{setting}:\n{preflight}");
+    }
+    // The TTL was lowered and the old one waited out before the fence; the flip kept it.
+    assert!(
+        out.contains("lower-ttl: TTL 1 s; waiting out the old TTL of 2 s"),
+        "{out}"
+    );
+    let at = |what: &str| {
+        out.find(what)
+            .unwrap_or_else(|| panic!("`{what}` in the output:\n{out}"))
+    };
+    assert!(at("> lower-ttl: done") < at("> switch: running"), "{out}");
+    let l = layout(&p, case);
+    let rt = runtime();
+    let (value, ttl) = rt.block_on(record_set(&route53(&l), case));
+    assert_eq!((value.as_str(), ttl), (case.target_host, 1));
+    // The run's summary reports the 15-second window: fence to accepted change, plus the TTL.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("Budget `dns-window`: "))
+        .unwrap_or_else(|| panic!("the budget is reported:\n{out}"));
+    let used: f64 = line
+        .trim_start_matches("Budget `dns-window`: ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        line.contains("of 15.0 s") && line.contains("plus 1.0 s (the lowered TTL"),
+        "{line}"
+    );
+    assert!((1.0..15.0).contains(&used), "{line}");
+    // The 2-second lag bound was checked at the guard (the probe through every stream).
+    assert!(out.contains("switch: guard passed"), "{out}");
+
+    // The new instance is encrypted under the stack's key, as the emulator reads it back.
+    let rds = aws_sdk_rds::Client::new(&sdk(&l, case.region));
+    let i = rt
+        .block_on(
+            rds.describe_db_instances()
+                .db_instance_identifier("saas-saas-staging-target")
+                .send(),
+        )
+        .unwrap();
+    let i = &i.db_instances()[0];
+    assert_eq!(i.storage_encrypted(), Some(true));
+    assert_eq!(
+        i.kms_key_id(),
+        Some("arn:aws:kms:us-east-1:333333333333:key/1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d")
+    );
+    let (code, out) = emulate(&p, &moto, case, &["rollback", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(rt.block_on(record(&route53(&l), case)), case.source_host);
+    destroy_leaves_nothing(&p, &moto, case);
+}
+
 /// How many of `ids` the new database's stand-in holds.
-fn on_target(rt: &tokio::runtime::Runtime, l: &Layout, ids: &[i64]) -> usize {
+fn on_target(rt: &tokio::runtime::Runtime, case: &Case, l: &Layout, ids: &[i64]) -> usize {
     rt.block_on(async {
         let c = Target {
             host: "127.0.0.1".into(),
             port: l.standins["target"],
             user: "postgres".into(),
-            dbname: "app".into(),
+            dbname: case.dbname.into(),
             ..Default::default()
         }
         .connect()
@@ -337,8 +491,8 @@ fn on_target(rt: &tokio::runtime::Runtime, l: &Layout, ids: &[i64]) -> usize {
 }
 
 /// What the emulator holds: DB instances, DB snapshots, alarms, record sets of the zone.
-fn objects(rt: &tokio::runtime::Runtime, l: &Layout) -> (usize, usize, usize, usize) {
-    let conf = sdk(l, "eu-west-1");
+fn objects(rt: &tokio::runtime::Runtime, case: &Case, l: &Layout) -> (usize, usize, usize, usize) {
+    let conf = sdk(l, case.region);
     rt.block_on(async {
         let rds = aws_sdk_rds::Client::new(&conf);
         let cw = aws_sdk_cloudwatch::Client::new(&conf);
@@ -348,7 +502,7 @@ fn objects(rt: &tokio::runtime::Runtime, l: &Layout) -> (usize, usize, usize, us
         let a = cw.describe_alarms().send().await.unwrap();
         let z = r53
             .list_hosted_zones_by_name()
-            .dns_name("staging.example.internal")
+            .dns_name(case.zone)
             .send()
             .await
             .unwrap();
@@ -371,20 +525,15 @@ fn objects(rt: &tokio::runtime::Runtime, l: &Layout) -> (usize, usize, usize, us
 fn killed_inside_the_emulated_cutover_the_same_command_finishes_duplicating_nothing() {
     let moto = require();
     let p = Project::new();
-    let _down = Down(&p);
-    let (code, out) = emulate(&p, &moto, &["apply", "--yes"]);
+    let case = &CASE3;
+    let _down = Down(&p, case);
+    let (code, out) = emulate(&p, &moto, case, &["apply", "--yes"]);
     assert_eq!(code, 0, "{out}");
-    let l = layout(&p);
-    let ca = p
-        .root()
-        .join(".cutover/emulate/staging/root/certs/emulated-ca.pem");
+    let l = layout(&p, case);
     let r53 = route53(&l);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let before = objects(&rt, &l);
-    let (stop, writes, writer) = start_writer(&rt, &l, &ca, &r53);
+    let rt = runtime();
+    let before = objects(&rt, case, &l);
+    let (stop, writes, writer) = start_writer(&rt, case, &l, &ca(&p, case), &r53);
     std::thread::sleep(Duration::from_millis(300));
     // The cutover, killed once the source is fenced (its child dies with it).
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
@@ -410,7 +559,7 @@ fn killed_inside_the_emulated_cutover_the_same_command_finishes_duplicating_noth
         host: "127.0.0.1".into(),
         port: l.standins["source"],
         user: "postgres".into(),
-        dbname: "app".into(),
+        dbname: case.dbname.into(),
         ..Default::default()
     };
     let t0 = Instant::now();
@@ -429,7 +578,7 @@ fn killed_inside_the_emulated_cutover_the_same_command_finishes_duplicating_noth
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(fenced, "the fence never went up");
-    let (code, out) = emulate(&p, &moto, &["apply", "--yes", "--approve", "cutover"]);
+    let (code, out) = emulate(&p, &moto, case, &["apply", "--yes", "--approve", "cutover"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("reconciled"),
@@ -438,16 +587,16 @@ fn killed_inside_the_emulated_cutover_the_same_command_finishes_duplicating_noth
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
     rt.block_on(writer).unwrap();
-    assert_eq!(rt.block_on(record(&r53, NAME)), TARGET_HOST);
+    assert_eq!(rt.block_on(record(&r53, case)), case.target_host);
     let ids = writes.lock().unwrap().acked.clone();
     assert!(ids.len() > 20, "{}", ids.len());
     assert_eq!(
-        on_target(&rt, &l, &ids),
+        on_target(&rt, case, &l, &ids),
         ids.len(),
         "no acknowledged write is lost"
     );
     // Nothing duplicated: the same instances, alarms and records, and one rollback point.
-    let after = objects(&rt, &l);
+    let after = objects(&rt, case, &l);
     assert_eq!(
         (after.0, after.2, after.3),
         (before.0, before.2, before.3),
@@ -458,6 +607,6 @@ fn killed_inside_the_emulated_cutover_the_same_command_finishes_duplicating_noth
         before.1 + 1,
         "one rollback-point snapshot: {before:?} -> {after:?}"
     );
-    let (code, out) = emulate(&p, &moto, &["destroy", "--yes"]);
+    let (code, out) = emulate(&p, &moto, case, &["destroy", "--yes"]);
     assert_eq!(code, 0, "{out}");
 }

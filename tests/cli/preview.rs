@@ -113,18 +113,55 @@ fn without_aws(p: &Project, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn case3_staging_and_production_preview_without_credentials() {
+/// Snapshots the text and markdown previews of `stacks` (without credentials) as `CASE_SUFFIX_*`.
+fn previews(case: &str, stacks: &[(&str, &str)]) {
     let p = Project::new();
-    for stack in ["staging", "production"] {
+    for (stack, suffix) in stacks {
         let (code, text, err) = without_aws(&p, &["preview", stack]);
         assert_eq!(code, 0, "{err}");
-        insta::assert_snapshot!(format!("case3_{stack}_text"), text);
+        insta::assert_snapshot!(format!("{case}_{suffix}_text"), text);
         let (code, md, err) = without_aws(&p, &["preview", stack, "--format", "markdown"]);
         assert_eq!(code, 0, "{err}");
-        insta::assert_snapshot!(format!("case3_{stack}_markdown"), md);
+        insta::assert_snapshot!(format!("{case}_{suffix}_markdown"), md);
         assert!(!p.state_dir(stack).exists(), "preview writes nothing");
     }
+}
+
+#[test]
+fn case3_staging_and_production_preview_without_credentials() {
+    previews(
+        "case3",
+        &[("staging", "staging"), ("production", "production")],
+    );
+}
+
+#[test]
+fn case4_staging_and_production_preview_without_credentials() {
+    previews(
+        "case4",
+        &[
+            ("saas-staging", "staging"),
+            ("saas-production", "production"),
+        ],
+    );
+}
+
+#[test]
+fn list_says_which_migration_each_plan_is() {
+    let p = Project::new();
+    let (code, out, _) = p.run(&["list"]);
+    assert_eq!(code, 0);
+    for (plan, case) in [("onprem-rds", "case 3:"), ("saas", "case 4:")] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{plan} ")))
+            .unwrap_or_else(|| panic!("{plan} is listed:\n{out}"));
+        assert!(line.contains(case), "{line}");
+    }
+    assert!(
+        out.contains("saas-staging") && out.contains("plan saas, provider aws"),
+        "{out}"
+    );
 }
 
 #[test]

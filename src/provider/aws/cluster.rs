@@ -537,6 +537,11 @@ impl ResourceType for ClusterType {
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
         let mut v = vec![];
+        if let Some(k) = get_str(inputs, "kms_key_id") {
+            if let Err(e) = super::rds::kms_key_arn(k) {
+                v.push(e);
+            }
+        }
         let engine = get_str(inputs, "engine").unwrap_or_default();
         if !matches!(engine, "aurora-postgresql" | "aurora-mysql") {
             v.push(format!(

@@ -135,6 +135,13 @@ impl DbInstance {
     pub fn skip_final_snapshot(self) -> Self {
         self.set("skip_final_snapshot", true)
     }
+    /// Encrypt storage (and its backups, snapshots and replicas) with this KMS key: a key ARN
+    /// (`arn:aws:kms:REGION:ACCOUNT:key/ID`), as RDS reports it back. Changing it replaces the
+    /// instance; RDS cannot encrypt an instance in place.
+    pub fn kms_key(self, key_arn: impl Into<Value>) -> Self {
+        self.set("storage_encrypted", true)
+            .set("kms_key_id", key_arn)
+    }
     /// Apply modifications now rather than in the maintenance window (default: the stack's
     /// `apply_immediately`, itself false unless set).
     pub fn apply_immediately(self, on: bool) -> Self {
@@ -217,6 +224,8 @@ async fn find(aws: &Aws, id: &str) -> Result<Option<Found>, ProviderError> {
     put("storage_type", d.storage_type().map(Value::from));
     put("iops", d.iops().map(|s| Value::from(s as u64)));
     put("multi_az", d.multi_az().map(Value::Bool));
+    put("storage_encrypted", d.storage_encrypted().map(Value::Bool));
+    put("kms_key_id", d.kms_key_id().map(Value::from));
     put("master_username", d.master_username().map(Value::from));
     put("db_name", d.db_name().map(Value::from));
     put(
@@ -357,6 +366,8 @@ impl ResourceType for DbInstanceType {
             "subnet_group",
             "replica_of",
             "db_name",
+            "storage_encrypted",
+            "kms_key_id",
         ]
     }
     fn create_only(&self) -> &'static [&'static str] {
@@ -422,6 +433,11 @@ impl ResourceType for DbInstanceType {
             }
             (Some("gp2"), Some(_)) => v.push("gp2 storage takes no provisioned IOPS".into()),
             _ => {}
+        }
+        if let Some(k) = get_str(inputs, "kms_key_id") {
+            if let Err(e) = super::rds::kms_key_arn(k) {
+                v.push(e);
+            }
         }
         v
     }
@@ -493,6 +509,8 @@ impl ResourceType for DbInstanceType {
                 .set_storage_type(get_str(i, "storage_type").map(String::from))
                 .set_iops(get_u64(i, "iops").map(|s| s as i32))
                 .set_multi_az(b(i, "multi_az"))
+                .set_storage_encrypted(b(i, "storage_encrypted"))
+                .set_kms_key_id(get_str(i, "kms_key_id").map(String::from))
                 .set_db_name(get_str(i, "db_name").map(String::from))
                 .set_master_username(get_str(i, "master_username").map(String::from))
                 .set_master_user_password(get_str(i, "master_password").map(String::from))

@@ -177,6 +177,30 @@ const MEMORY_PARAMETERS: &[(&str, u64, bool)] = &[
     ("min_wal_size", 1024, false),
 ];
 
+/// A KMS key as RDS reports it back for an encrypted instance or cluster: the key's ARN. An
+/// alias or a bare key id would be accepted at creation and then read back as the ARN, a change
+/// on every later preview.
+pub fn kms_key_arn(k: &str) -> Result<(), String> {
+    let parts: Vec<&str> = k.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "kms"
+        && !parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5]
+            .strip_prefix("key/")
+            .is_some_and(|id| !id.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "KMS key `{k}`: give the key's ARN (arn:aws:kms:REGION:ACCOUNT:key/KEY-ID), not an alias or a key id; `aws kms describe-key --key-id ALIAS` prints it"
+        ))
+    }
+}
+
 /// `size` (a number and kB, MB, GB or TB, 1024-based as PostgreSQL reads them) for parameter
 /// `name`, in that parameter's unit, and its apply method.
 pub fn rds_memory(name: &str, size: &str) -> Result<(String, &'static str), String> {
@@ -751,6 +775,24 @@ mod tests {
     use crate::graph::Graph;
     use crate::planner::{plan, ActionKind, Options};
     use crate::state::State;
+
+    #[test]
+    fn a_kms_key_is_its_arn_not_an_alias_or_an_id() {
+        assert!(kms_key_arn("arn:aws:kms:us-east-1:333333333333:key/1a2b-3c").is_ok());
+        assert!(kms_key_arn("arn:aws-us-gov:kms:us-gov-west-1:333333333333:key/x").is_ok());
+        for bad in [
+            "alias/rds-data",
+            "1a2b3c4d-5e6f",
+            "arn:aws:kms:us-east-1:333333333333:alias/rds",
+            "arn:aws:kms:us-east-1:3333:key/x",
+            "arn:aws:kms::333333333333:key/x",
+            "arn:aws:kms:us-east-1:333333333333:key/",
+            "arn:aws:s3:us-east-1:333333333333:key/x",
+        ] {
+            let e = kms_key_arn(bad).unwrap_err();
+            assert!(e.contains(bad) && e.contains("key's ARN"), "{e}");
+        }
+    }
 
     #[test]
     fn memory_sizes_are_written_in_the_units_rds_takes() {

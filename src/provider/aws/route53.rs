@@ -151,8 +151,10 @@ impl Flip {
             .insert("from".into(), Value::Array(vec![value.into()]));
         self
     }
-    pub fn ttl(mut self, seconds: u64) -> Self {
-        self.inputs.insert("ttl".into(), Value::from(seconds));
+    /// The record's TTL after the flip (default 60 s): seconds, or a lowering step's `ttl()`, so
+    /// the flip keeps the TTL that step lowered the record to.
+    pub fn ttl(mut self, seconds: impl Into<Value>) -> Self {
+        self.inputs.insert("ttl".into(), seconds.into());
         self
     }
     /// The weighted record with this set identifier.
@@ -164,6 +166,13 @@ impl Flip {
     pub fn poll_ms(mut self, ms: u64) -> Self {
         self.inputs.insert("poll_ms".into(), Value::from(ms));
         self
+    }
+}
+
+impl crate::dsl::Handle<LowerTtl> {
+    /// The TTL the record has once the step ran: what a flip after it keeps (`Flip::ttl`).
+    pub fn ttl(&self) -> crate::dsl::Output<u64> {
+        self.output("ttl")
     }
 }
 
