@@ -5,6 +5,7 @@
 use cutover::prelude::PlanEntry;
 
 mod demo;
+mod mysql_aurora;
 mod onprem_rds;
 mod rehearsal;
 mod saas;
@@ -30,6 +31,12 @@ pub fn all() -> Vec<PlanEntry> {
             about: "case 4: a write-heavy SaaS PostgreSQL into a new AWS environment, cut over by DNS in 15 s (stacks saas-staging, saas-production)",
             hidden: false,
             build: saas::build,
+        },
+        PlanEntry {
+            name: "mysql-aurora",
+            about: "case 5: RDS MySQL into Aurora MySQL through an Aurora replica, then reader autoscaling (stacks mysql-aurora-staging, mysql-aurora-production)",
+            hidden: false,
+            build: mysql_aurora::build,
         },
         PlanEntry {
             name: "rehearsal",

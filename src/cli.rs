@@ -807,7 +807,11 @@ async fn apply(
     let mut failed = Vec::new();
     let mut skipped = 0;
     let mut not_started = 0;
+    let mut unreached = Vec::new();
     for (i, o) in r.outcomes.iter().enumerate() {
+        if *o == Outcome::NotStarted {
+            unreached.push(format!("`{}`", applied.ops[i].node));
+        }
         match o {
             Outcome::Done => match applied.ops[i].op {
                 crate::executor::work::OpKind::Create => done[0] += 1,
@@ -853,6 +857,16 @@ async fn apply(
         for f in &failed {
             say!("  ! {f}");
         }
+        return Ok(1);
+    }
+    if !unreached.is_empty() {
+        // Work that could never start (it waits for a node that never ran): never "complete".
+        say!(
+            "\n{} incomplete: {counts}; {} not started, waiting for work that did not run: {}. State is saved: run `plan {verb} {stack}` again, and report this if it repeats.",
+            if destroying { "Destroy" } else { "Apply" },
+            unreached.len(),
+            unreached.join(", ")
+        );
         return Ok(1);
     }
     say!(

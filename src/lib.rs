@@ -40,17 +40,19 @@ pub mod prelude {
         DmsEndpoint, DmsInstance, DmsSubnetGroup, DmsTask, Lobs, StartTask, StopTask,
         TableMappings, TargetPrep, TaskSettings, TestConnections, WaitCdcLatency, WaitFullLoad,
     };
-    pub use crate::provider::aws::instance::{DbInstance, DbSnapshot, Promote, Snapshot};
+    pub use crate::provider::aws::instance::{
+        DbInstance, DbSnapshot, ExistingInstance, Promote, Snapshot,
+    };
     pub use crate::provider::aws::monitoring::{
-        Alarm, Bake, Subscription as SnsSubscription, Topic as SnsTopic,
+        Alarm, Bake, Subscription as SnsSubscription, Topic as SnsTopic, WaitMetric,
     };
     pub use crate::provider::aws::network::{SecurityGroup, SubnetGroup, Subnets, Vpc};
     pub use crate::provider::aws::ops::{Failover, PromoteCluster, Reboot};
-    pub use crate::provider::aws::rds::{kms_key_arn, ParameterGroup};
+    pub use crate::provider::aws::rds::{kms_key_arn, ParameterFence, ParameterGroup};
     pub use crate::provider::aws::route53::{
         Flip as DnsFlip, HostedZone, LowerTtl as DnsLowerTtl, Record as DnsRecord,
     };
-    pub use crate::provider::builtin::{Assert, Null, Sleep};
+    pub use crate::provider::builtin::{Assert, Note, Null, Sleep};
     pub use crate::provider::http::HealthCheck;
     pub use crate::provider::local_file::{Append, Directory, File, ReadFile};
     pub use crate::provider::local_pg::{Pgbouncer, Postgres};

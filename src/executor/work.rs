@@ -109,10 +109,13 @@ pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>
                 service: a.service.clone(),
                 timeout: timeout_of(spec.as_ref()),
                 on_failure: OnFailure::Skip,
-                dormant: spec
-                    .as_ref()
-                    .map(|s| s.options.rollback_only)
-                    .unwrap_or(false),
+                // A rollback-only node runs only when a compensation wakes it; its record is
+                // deleted or forgotten like any other's (a destroy never waits for it).
+                dormant: !matches!(op, OpKind::Delete | OpKind::Forget)
+                    && spec
+                        .as_ref()
+                        .map(|s| s.options.rollback_only)
+                        .unwrap_or(false),
             });
             ops.push(OpJob {
                 node: a.node.clone(),

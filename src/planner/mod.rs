@@ -126,6 +126,9 @@ pub struct Action {
     /// For deletes: retire (keep a record) rather than forget.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retire: bool,
+    /// What a step's type says a reviewer must know of it (what it cannot verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caveat: Option<String>,
     #[serde(skip)]
     pub service: String,
 }
@@ -334,6 +337,10 @@ pub fn plan(
                 held_by: None,
                 temporary: n.options.temporary,
                 retire: false,
+                caveat: match registry.get(&n.type_name) {
+                    Some(TypeImpl::Step(st)) => st.caveat(&n.inputs),
+                    _ => None,
+                },
                 service,
             };
             match n.kind {
@@ -595,6 +602,7 @@ pub fn plan(
             held_by: None,
             temporary: matches!(r, NodeRecord::Resource(x) if x.temporary),
             retire: false,
+            caveat: None,
             service: registry
                 .get(r.type_name())
                 .map(|t| t.service().to_string())

@@ -1,5 +1,6 @@
 //! Types every stack has: `core.null` (a resource with no object, like Terraform's
-//! `terraform_data`), `wait.sleep` and `core.assert` steps.
+//! `terraform_data`), `wait.sleep`, `core.assert` and `core.note` (lines said to the person
+//! running the plan: what they do by hand) steps.
 //!
 //! Nothing here touches the world beyond the clock; these types must never fail except where
 //! their inputs say so (`core.assert`).
@@ -13,7 +14,10 @@ use crate::dsl::{Declare, Handle, NodeKind, Output};
 use crate::value::{Attrs, Value};
 
 pub fn register(r: &mut Registry) {
-    r.resource(NullType).step(SleepType).step(AssertType);
+    r.resource(NullType)
+        .step(SleepType)
+        .step(AssertType)
+        .step(NoteType);
 }
 
 /// A resource that only stores its inputs; its outputs are its inputs plus `id`. Changing the
@@ -204,5 +208,65 @@ impl StepType for AssertType {
                 crate::value::get_str(req.inputs, "message").unwrap_or("(no message)")
             ))),
         }
+    }
+}
+
+/// Lines said to the person running the plan when the step runs (and kept in its outputs): what
+/// they must do by hand, e.g. remove an object the plan does not own. Each line is text or a
+/// step's output.
+#[derive(Debug, Clone)]
+pub struct Note {
+    lines: Vec<Value>,
+}
+
+impl Note {
+    pub fn lines(lines: Vec<Value>) -> Self {
+        Note { lines }
+    }
+}
+
+impl Declare for Note {
+    const TYPE: &'static str = "core.note";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        Attrs::from([("lines".to_string(), Value::Array(self.lines))])
+    }
+}
+
+struct NoteType;
+
+#[async_trait]
+impl StepType for NoteType {
+    fn type_name(&self) -> &'static str {
+        "core.note"
+    }
+    fn service(&self) -> &'static str {
+        "core"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let lines: Vec<String> = req
+            .inputs
+            .get("lines")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for l in &lines {
+            ctx.report(req.node, l);
+        }
+        Ok(Attrs::from([(
+            "said".to_string(),
+            serde_json::json!(lines),
+        )]))
     }
 }

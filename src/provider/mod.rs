@@ -354,6 +354,11 @@ pub trait StepType: Send + Sync {
     async fn clean_up(&self, _ctx: &Ctx, _outputs: &Attrs) -> Result<(), ProviderError> {
         Ok(())
     }
+    /// What a reviewer must know of this step that its run cannot verify, shown under it in the
+    /// preview (e.g. a fence whose effect inside the database is not checked).
+    fn caveat(&self, _inputs: &Attrs) -> Option<String> {
+        None
+    }
     /// Whether `plan rollback` can undo this step once done.
     fn can_roll_back(&self) -> bool {
         false

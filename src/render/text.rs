@@ -112,6 +112,9 @@ pub fn diff_body(cs: &ChangeSet) -> String {
                 a.action.symbol()
             };
             let _ = writeln!(out, "  {:>2}. {sym} {} ({kind}): {state}", i + 1, a.node);
+            if let Some(c) = &a.caveat {
+                let _ = writeln!(out, "        note: {c}");
+            }
             for c in &a.changes {
                 let _ = writeln!(
                     out,

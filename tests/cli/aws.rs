@@ -2694,3 +2694,365 @@ fn a_create_answered_503_after_aws_acted_is_adopted_not_failed() {
     let (code, out) = run_env(&p, &["destroy", "aws", "--yes"], &env);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Case 5's staging stack, pointed at the emulator: its region, short polls and a short lag wait.
+fn mysql_stack(p: &Project, m: &Moto) {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("stacks/mysql-aurora-staging.toml"),
+    )
+    .unwrap()
+    .replace(
+        "region = \"eu-central-1\"",
+        &format!("region = \"us-east-1\"\nendpoint_url = \"{}\"", m.url()),
+    )
+    .replace(
+        "record_ttl = 60",
+        "record_ttl = 60\npoll_ms = 100\nlag_wait_seconds = 4",
+    );
+    p.stack("mysql5", &text);
+}
+
+/// `read_only` in the source's parameter group, as the emulator holds it.
+async fn read_only(rds: &aws_sdk_rds::Client) -> Option<String> {
+    rds.describe_db_parameters()
+        .db_parameter_group_name("shop-staging-mysql80")
+        .source("user")
+        .send()
+        .await
+        .unwrap()
+        .parameters()
+        .iter()
+        .find(|p| p.parameter_name() == Some("read_only"))
+        .and_then(|p| p.parameter_value().map(String::from))
+}
+
+/// Publishes the replica's binlog lag, as Aurora does every minute.
+async fn binlog_lag(cw: &aws_sdk_cloudwatch::Client, cluster: &str, seconds: f64) {
+    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
+    cw.put_metric_data()
+        .namespace("AWS/RDS")
+        .metric_data(
+            MetricDatum::builder()
+                .metric_name("AuroraBinlogReplicaLag")
+                .dimensions(
+                    Dimension::builder()
+                        .name("DBClusterIdentifier")
+                        .value(cluster)
+                        .build(),
+                )
+                .value(seconds)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Case 5 against the emulator, as far as moto models it. moto 5.2.5 cannot create an Aurora
+/// replica of an RDS instance (its CreateDBCluster looks the source up among clusters), so the
+/// plan's create of `cluster` is checked by its exact request in `src/provider/aws/cluster.rs`,
+/// and here the cluster is made in moto, with the plan's tags, as a replica of a stand-in Aurora
+/// cluster, and the apply adopts it; everything else is the plan's own calls: the source's look-up, the network, the
+/// instances, the lag waits on CloudWatch, the fence in the source's parameter group (refused
+/// wait, then lifted by its compensation; then held), the promotion, the flip and reader
+/// autoscaling, read back; the finish's hand-off; a destroy that leaves the source alone.
+#[test]
+fn case_five_fences_the_source_promotes_the_replica_flips_and_scales_readers() {
+    let Some(bin) = require_moto() else { return };
+    let m = Moto::start(&bin);
+    let p = Project::new();
+    mysql_stack(&p, &m);
+    let rt = rt();
+    let (rds, cw, r53, ec2) = (m.rds(), m.cloudwatch(), m.route53(), m.ec2());
+    let id = |node: &str| cutover::provider::deterministic_id("mysql-aurora", "mysql5", node);
+    let cluster_id = id("cluster");
+    // What the account holds: the network, the source with its custom group, the record.
+    let source_endpoint = rt.block_on(async {
+        use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+        let named = |n: &str, kind: ResourceType| {
+            TagSpecification::builder()
+                .resource_type(kind)
+                .tags(Tag::builder().key("Name").value(n).build())
+                .build()
+        };
+        let vpc = ec2
+            .create_vpc()
+            .cidr_block("10.60.0.0/16")
+            .tag_specifications(named("shop-staging", ResourceType::Vpc))
+            .send()
+            .await
+            .unwrap();
+        let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+        for (i, az) in ["a", "b"].iter().enumerate() {
+            ec2.create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block(format!("10.60.{i}.0/24"))
+                .availability_zone(format!("us-east-1{az}"))
+                .tag_specifications(named(&format!("private-{az}"), ResourceType::Subnet))
+                .send()
+                .await
+                .unwrap();
+        }
+        rds.create_db_parameter_group()
+            .db_parameter_group_name("shop-staging-mysql80")
+            .db_parameter_group_family("mysql8.0")
+            .description("the shop's own parameters")
+            .send()
+            .await
+            .unwrap();
+        rds.modify_db_parameter_group()
+            .db_parameter_group_name("shop-staging-mysql80")
+            .parameters(
+                aws_sdk_rds::types::Parameter::builder()
+                    .parameter_name("read_only")
+                    .parameter_value("0")
+                    .apply_method(aws_sdk_rds::types::ApplyMethod::Immediate)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let i = rds
+            .create_db_instance()
+            .db_instance_identifier("shop-staging-mysql")
+            .engine("mysql")
+            .engine_version("8.0.35")
+            .db_instance_class("db.r5.large")
+            .allocated_storage(100)
+            .master_username("admin")
+            .master_user_password("shop-secret-1")
+            .db_parameter_group_name("shop-staging-mysql80")
+            .send()
+            .await
+            .unwrap();
+        let endpoint = i
+            .db_instance()
+            .and_then(|d| d.endpoint())
+            .and_then(|e| e.address())
+            .unwrap_or("shop-staging-mysql.aaaaaaaaaa.us-east-1.rds.amazonaws.com")
+            .to_string();
+        let zone = hosted_zone(&r53, "staging.shop.internal", "case5").await;
+        upsert(
+            &r53,
+            &zone,
+            "mysql.staging.shop.internal",
+            aws_sdk_route53::types::RrType::Cname,
+            &endpoint,
+        )
+        .await;
+        (zone, endpoint)
+    });
+    let (zone, source_endpoint) = source_endpoint;
+
+    // The network and the cluster's parameter group first; then the cluster moto can model.
+    let (code, out) = run(&p, &["apply", "mysql5", "--yes", "--until", "cluster"]);
+    assert_eq!(code, 0, "{out}");
+    rt.block_on(async {
+        let sg = ec2
+            .describe_security_groups()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("group-name")
+                    .values(id("db-sg"))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let sg = sg.security_groups()[0].group_id().unwrap().to_string();
+        let standin = rds
+            .create_db_cluster()
+            .db_cluster_identifier("standin-binlog-source")
+            .engine("aurora-mysql")
+            .master_username("admin")
+            .master_user_password("shop-secret-1")
+            .send()
+            .await
+            .unwrap();
+        let standin_arn = standin
+            .db_cluster()
+            .unwrap()
+            .db_cluster_arn()
+            .unwrap()
+            .to_string();
+        rds.create_db_cluster()
+            .db_cluster_identifier(&cluster_id)
+            .engine("aurora-mysql")
+            .engine_version("8.0.mysql_aurora.3.05.2")
+            .replication_source_identifier(standin_arn)
+            .master_username("admin")
+            .master_user_password("shop-secret-1")
+            .db_cluster_parameter_group_name(id("cluster-params"))
+            .db_subnet_group_name(id("db-subnets"))
+            .vpc_security_group_ids(sg)
+            .backup_retention_period(7)
+            .preferred_backup_window("03:00-04:00")
+            .preferred_maintenance_window("sun:04:30-sun:05:30")
+            .deletion_protection(false)
+            .storage_encrypted(true)
+            .set_tags(Some(
+                cutover::provider::aws::tags("mysql-aurora", "mysql5", "cluster")
+                    .into_iter()
+                    .map(|(k, v)| aws_sdk_rds::types::Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .unwrap();
+        binlog_lag(&cw, &cluster_id, 0.0).await;
+    });
+    // `plan import` rightly refuses it: its replication source is not the plan's.
+    let (code, out) = run(&p, &["import", "mysql5", "cluster", &cluster_id]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("has replication_source = "), "{out}");
+    // With the plan's tags it is what the plan's create would have made: the apply adopts it as
+    // it adopts the object of a create that was interrupted after AWS acted.
+    let (code, out) = run(&p, &["apply", "mysql5", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Held back by gate `cutover`"), "{out}");
+    assert!(
+        out.contains("AuroraBinlogReplicaLag of ") && out.contains("is 0 (bound 0)"),
+        "{out}"
+    );
+    assert_eq!(rt.block_on(read_only(&rds)).as_deref(), Some("0"));
+
+    // The cutover with no lag published after the fence: the wait gives up, the fence is
+    // lifted, the replica is not promoted.
+    let (code, out) = run(&p, &["apply", "mysql5", "--yes", "--approve", "cutover"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("read_only = 1 in parameter group shop-staging-mysql80, in-sync"),
+        "{out}"
+    );
+    assert!(
+        out.contains("did not come to 0 or less within 4 s"),
+        "{out}"
+    );
+    assert!(out.contains("read_only = 0 again"), "{out}");
+    assert_eq!(rt.block_on(read_only(&rds)).as_deref(), Some("0"));
+    let replica_of = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            rds.describe_db_clusters()
+                .db_cluster_identifier(&cluster_id)
+                .send()
+                .await
+                .unwrap()
+                .db_clusters()[0]
+                .replication_source_identifier()
+                .map(String::from)
+        })
+    };
+    assert!(replica_of(&rt).is_some(), "not promoted");
+
+    // Again, with the lag published while it runs: fenced, drained, promoted, flipped, scaled.
+    let publish = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let publisher = {
+        let (cw, cluster_id, go) = (cw.clone(), cluster_id.clone(), publish.clone());
+        std::thread::spawn(move || {
+            let own = super::aws::rt();
+            while go.load(std::sync::atomic::Ordering::Relaxed) {
+                own.block_on(binlog_lag(&cw, &cluster_id, 0.0));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let (code, out) = run(&p, &["apply", "mysql5", "--yes", "--approve", "cutover"]);
+    publish.store(false, std::sync::atomic::Ordering::Relaxed);
+    publisher.join().unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        rt.block_on(read_only(&rds)).as_deref(),
+        Some("1"),
+        "still fenced"
+    );
+    assert_eq!(replica_of(&rt), None, "promoted");
+    let endpoint = rt.block_on(async {
+        rds.describe_db_clusters()
+            .db_cluster_identifier(&cluster_id)
+            .send()
+            .await
+            .unwrap()
+            .db_clusters()[0]
+            .endpoint()
+            .unwrap()
+            .to_string()
+    });
+    let (values, ttl) = rt
+        .block_on(record(
+            &r53,
+            &zone,
+            "mysql.staging.shop.internal",
+            aws_sdk_route53::types::RrType::Cname,
+        ))
+        .unwrap();
+    assert_eq!((values, ttl), (vec![endpoint], 60));
+    let aas = {
+        let conf = aws_sdk_applicationautoscaling::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_applicationautoscaling::config::Region::new(
+                "us-east-1",
+            ))
+            .endpoint_url(m.url())
+            .credentials_provider(aws_sdk_applicationautoscaling::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_applicationautoscaling::Client::from_conf(conf)
+    };
+    let (min, max, target) = rt.block_on(async {
+        use aws_sdk_applicationautoscaling::types::ServiceNamespace;
+        let t = aas
+            .describe_scalable_targets()
+            .service_namespace(ServiceNamespace::Rds)
+            .resource_ids(format!("cluster:{cluster_id}"))
+            .send()
+            .await
+            .unwrap();
+        let t = t.scalable_targets()[0].clone();
+        let p = aas
+            .describe_scaling_policies()
+            .service_namespace(ServiceNamespace::Rds)
+            .resource_id(format!("cluster:{cluster_id}"))
+            .send()
+            .await
+            .unwrap();
+        let cfg = p.scaling_policies()[0]
+            .target_tracking_scaling_policy_configuration()
+            .unwrap()
+            .clone();
+        (t.min_capacity(), t.max_capacity(), cfg.target_value())
+    });
+    assert_eq!((min, max, target), (1, 3, 60.0));
+
+    // The finish says what is left by hand; the destroy leaves the source and its group alone.
+    let (code, out) = run(&p, &["apply", "mysql5", "--yes", "--approve", "finish"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("aws rds delete-db-instance --db-instance-identifier shop-staging-mysql"),
+        "{out}"
+    );
+    let (code, out) = run(&p, &["destroy", "mysql5", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    rt.block_on(async {
+        let i = rds
+            .describe_db_instances()
+            .db_instance_identifier("shop-staging-mysql")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            i.db_instances()[0]
+                .endpoint()
+                .and_then(|e| e.address())
+                .unwrap_or_default(),
+            source_endpoint
+        );
+        let left = rds
+            .describe_db_clusters()
+            .db_cluster_identifier(&cluster_id)
+            .send()
+            .await;
+        assert!(left.is_err(), "{left:?}\n{out}");
+    });
+    assert_eq!(rt.block_on(read_only(&rds)).as_deref(), Some("1"));
+}

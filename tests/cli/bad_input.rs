@@ -1000,6 +1000,24 @@ fn cases() -> Vec<Case> {
             says: &["stacks/saas-staging.toml:25: key `cutover_ttl`", "leaves no time for the fence"],
             after: Untouched,
         },
+        Case {
+            name: "a write fence in a default parameter group",
+            setup: |r| { edit(r, "stacks/mysql-aurora-staging.toml", "source_parameter_group = \"shop-staging-mysql80\"", "source_parameter_group = \"default.mysql8.0\""); None },
+            args: &["preview", "mysql-aurora-staging"],
+            env: NO_AWS,
+            code: 1,
+            says: &["stacks/mysql-aurora-staging.toml:13: key `source_parameter_group`: `default.mysql8.0` is a default parameter group, which nobody can modify", "attach a custom parameter group to the source in advance"],
+            after: Untouched,
+        },
+        Case {
+            name: "reader autoscaling whose most is below its least",
+            setup: |r| { edit(r, "stacks/mysql-aurora-staging.toml", "readers_max = 3\n", "readers_max = 0\n"); None },
+            args: &["preview", "mysql-aurora-staging"],
+            env: NO_AWS,
+            code: 1,
+            says: &["stacks/mysql-aurora-staging.toml:19: key `readers_max`: 0 readers at most: give at least `readers_min` (1, and 1) and at most 15"],
+            after: Untouched,
+        },
         // ---- Local ports ----
         Case {
             name: "two clusters on one port",

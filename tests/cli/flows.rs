@@ -175,6 +175,12 @@ fn a_failure_skips_dependents_finishes_independent_work_and_resumes() {
     assert!(out.contains("> undo: done in"), "{out}");
     assert!(out.contains("compensation ran"), "{out}");
     assert_eq!(c.read("out/f/journal.txt"), "rolled back\n");
+    // A compensation that ran is recorded; a destroy forgets it like any step (it never waits
+    // for a rollback-only node to wake), and removes the directory it depended on.
+    let (code, out, _) = c.run(&["destroy", "f", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Destroy complete"), "{out}");
+    assert!(!c.root().join("out/f").exists(), "{out}");
 }
 
 #[test]

@@ -147,11 +147,26 @@ fn case4_staging_and_production_preview_without_credentials() {
 }
 
 #[test]
+fn case5_staging_and_production_preview_without_credentials() {
+    previews(
+        "case5",
+        &[
+            ("mysql-aurora-staging", "staging"),
+            ("mysql-aurora-production", "production"),
+        ],
+    );
+}
+
+#[test]
 fn list_says_which_migration_each_plan_is() {
     let p = Project::new();
     let (code, out, _) = p.run(&["list"]);
     assert_eq!(code, 0);
-    for (plan, case) in [("onprem-rds", "case 3:"), ("saas", "case 4:")] {
+    for (plan, case) in [
+        ("onprem-rds", "case 3:"),
+        ("saas", "case 4:"),
+        ("mysql-aurora", "case 5:"),
+    ] {
         let line = out
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{plan} ")))

@@ -1038,11 +1038,29 @@ mod tests {
     use aws_smithy_types::body::SdkBody;
 
     /// moto 5.2.5 models an Aurora replica of another cluster only (and insists on a master
-    /// user), so the replica of an RDS PostgreSQL instance, the usual first hop of a migration to
-    /// Aurora, is checked by the exact request the SDK sends: the source instance's ARN as
-    /// replication source, the engine, our tags, and no master user or password.
+    /// user), so the replica of an RDS PostgreSQL or MySQL instance, the usual first hop of a
+    /// migration to Aurora (case 5's cluster), is checked by the exact request the SDK sends: the
+    /// source instance's ARN as replication source, the engine, our tags, and no master user or
+    /// password.
     #[tokio::test]
     async fn a_replica_of_an_rds_instance_sends_its_source_and_no_master_user() {
+        for (cluster, source, engine) in [
+            (
+                AuroraCluster::postgres("15.4"),
+                "arn:aws:rds:us-east-1:123456789012:db:legacy-pg",
+                "aurora-postgresql",
+            ),
+            (
+                AuroraCluster::mysql("8.0.mysql_aurora.3.05.2"),
+                "arn:aws:rds:us-east-1:123456789012:db:shop-mysql",
+                "aurora-mysql",
+            ),
+        ] {
+            replica_request(cluster, source, engine).await;
+        }
+    }
+
+    async fn replica_request(cluster: AuroraCluster, source: &str, engine: &str) {
         let answer = |status: u16, body: &str| {
             ReplayEvent::new(
                 http::Request::builder()
@@ -1077,10 +1095,7 @@ mod tests {
         let t = ClusterType {
             aws: Aws::with_rds(aws_sdk_rds::Client::from_conf(conf)),
         };
-        let source = "arn:aws:rds:us-east-1:123456789012:db:legacy-pg";
-        let inputs = AuroraCluster::postgres("15.4")
-            .replica_of(Output::from(source))
-            .inputs();
+        let inputs = cluster.replica_of(Output::from(source)).inputs();
         assert_eq!(
             t.validate(&inputs),
             Vec::<String>::new(),
@@ -1119,14 +1134,14 @@ mod tests {
         );
         let create = &bodies[1];
         for want in [
-            "Action=CreateDBCluster",
-            "DBClusterIdentifier=p-s-target",
-            "Engine=aurora-postgresql",
-            "ReplicationSourceIdentifier=arn%3Aaws%3Ards%3Aus-east-1%3A123456789012%3Adb%3Alegacy-pg",
-            "Tags.Tag.3.Key=cutover%3Anode",
-            "Tags.Tag.3.Value=target",
+            "Action=CreateDBCluster".to_string(),
+            "DBClusterIdentifier=p-s-target".to_string(),
+            format!("Engine={engine}"),
+            format!("ReplicationSourceIdentifier={}", source.replace(':', "%3A")),
+            "Tags.Tag.3.Key=cutover%3Anode".to_string(),
+            "Tags.Tag.3.Value=target".to_string(),
         ] {
-            assert!(create.contains(want), "{want} missing from {create}");
+            assert!(create.contains(&want), "{want} missing from {create}");
         }
         assert!(!create.contains("MasterUsername"), "{create}");
         assert!(!create.contains("MasterUserPassword"), "{create}");

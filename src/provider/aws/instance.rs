@@ -2,7 +2,9 @@
 //! group, subnet group, security groups, backups and windows, monitoring), instance read replicas
 //! (the same type with a `replica_of` source), the promote step (`aws.rds.promote`), whose
 //! probe (no replication source left) keeps it from running twice, and the snapshot step
-//! (`aws.rds.snapshot`, of an instance or a cluster: a rollback point).
+//! (`aws.rds.snapshot`, of an instance or a cluster: a rollback point), and the look-up of an
+//! instance the plan does not own (`aws.rds.existing_instance`: a migration's source, read at
+//! every apply, never changed or deleted).
 //!
 //! Instances carry our tags; one that exists without them is never taken over. Deleting one takes a
 //! final snapshot unless the plan says otherwise, and deletion protection is honoured.
@@ -17,17 +19,122 @@ use super::cluster::{
 use super::{ours, owned_by_tags, sdk_err, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
 use crate::provider::{
-    Ctx, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
+    Ctx, DataType, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
 };
 use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
+    r.data(ExistingInstanceType { aws: aws.clone() });
     r.resource(DbInstanceType { aws: aws.clone() });
     r.step(PromoteType { aws: aws.clone() });
     r.step(SnapshotType { aws: aws.clone() });
     r.resource(DbSnapshotType {
         snap: SnapshotType { aws },
     });
+}
+
+/// An RDS DB instance that exists and is not the plan's (a migration's source), by identifier:
+/// read at every apply; the plan never changes or deletes it.
+#[derive(Debug, Clone)]
+pub struct ExistingInstance {
+    id: String,
+}
+
+impl ExistingInstance {
+    pub fn find(identifier: &str) -> Self {
+        ExistingInstance {
+            id: identifier.into(),
+        }
+    }
+}
+
+impl Declare for ExistingInstance {
+    const TYPE: &'static str = "aws.rds.existing_instance";
+    const KIND: NodeKind = NodeKind::Data;
+    fn inputs(self) -> Attrs {
+        Attrs::from([("id".to_string(), Value::from(self.id))])
+    }
+}
+
+impl Handle<ExistingInstance> {
+    pub fn identifier(&self) -> Output<String> {
+        self.output("id")
+    }
+    pub fn arn(&self) -> Output<String> {
+        self.output("arn")
+    }
+    pub fn endpoint(&self) -> Output<String> {
+        self.output("endpoint")
+    }
+    pub fn port(&self) -> Output<u64> {
+        self.output("port")
+    }
+    /// The DB parameter group the instance uses.
+    pub fn parameter_group(&self) -> Output<String> {
+        self.output("parameter_group")
+    }
+}
+
+struct ExistingInstanceType {
+    aws: Arc<Aws>,
+}
+
+#[async_trait]
+impl DataType for ExistingInstanceType {
+    fn type_name(&self) -> &'static str {
+        "aws.rds.existing_instance"
+    }
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+    async fn read(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let id = get_str(req.inputs, "id").unwrap_or_default();
+        let d = describe_db_instance(&self.aws, id).await?.ok_or_else(|| {
+            ProviderError::refused(
+                format!("no DB instance `{id}` in this region"),
+                "check the stack's identifier and region: the plan reads this instance, it does not create it",
+            )
+        })?;
+        let group = d
+            .db_parameter_groups()
+            .first()
+            .map(|g| {
+                (
+                    g.db_parameter_group_name().unwrap_or_default().to_string(),
+                    g.parameter_apply_status().unwrap_or_default().to_string(),
+                )
+            })
+            .unwrap_or_default();
+        Ok(Attrs::from([
+            ("id".to_string(), Value::from(id)),
+            (
+                "arn".to_string(),
+                Value::from(d.db_instance_arn().unwrap_or_default()),
+            ),
+            (
+                "endpoint".to_string(),
+                Value::from(d.endpoint().and_then(|e| e.address()).unwrap_or_default()),
+            ),
+            (
+                "port".to_string(),
+                Value::from(d.endpoint().and_then(|e| e.port()).unwrap_or(0) as u64),
+            ),
+            (
+                "engine".to_string(),
+                Value::from(d.engine().unwrap_or_default()),
+            ),
+            (
+                "engine_version".to_string(),
+                Value::from(d.engine_version().unwrap_or_default()),
+            ),
+            ("parameter_group".to_string(), Value::from(group.0)),
+            ("parameter_apply_status".to_string(), Value::from(group.1)),
+            (
+                "status".to_string(),
+                Value::from(d.db_instance_status().unwrap_or_default()),
+            ),
+        ]))
+    }
 }
 
 /// An RDS DB instance, or a read replica of one (`replica_of`).

@@ -1,7 +1,9 @@
 //! SNS and CloudWatch: topics (`aws.sns.topic`) and their subscriptions (`aws.sns.subscription`),
 //! metric alarms (`aws.cloudwatch.alarm`, with helpers for the alarms a migration watches), and
 //! the bake step (`aws.cloudwatch.bake`): wait until a set of alarms has stayed OK for a period,
-//! the usual gate before temporaries retire.
+//! the usual gate before temporaries retire; and the metric wait (`aws.cloudwatch.wait_metric`):
+//! until a metric's latest datapoint (after a given time) is at or under a bound, within a
+//! deadline.
 //!
 //! Topics and alarms carry our tags; one that exists without them is never taken over (the error
 //! names the `plan import` command). Subscriptions cannot be tagged: an existing identical
@@ -25,7 +27,8 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(TopicType { aws: aws.clone() });
     r.resource(SubscriptionType { aws: aws.clone() });
     r.resource(AlarmType { aws: aws.clone() });
-    r.step(BakeType { aws });
+    r.step(BakeType { aws: aws.clone() });
+    r.step(WaitMetricType { aws });
 }
 
 fn name_or_id(req: &Request<'_>) -> String {
@@ -1026,14 +1029,44 @@ pub(super) async fn latest_maximum(
     metric: &str,
     dimensions: &[(&str, &str)],
 ) -> Result<Option<f64>, ProviderError> {
+    Ok(latest_datapoint(aws, namespace, metric, dimensions, None)
+        .await?
+        .map(|(_, v)| v))
+}
+
+/// The latest one-minute maximum of a metric in the last ten minutes (or since `since`, when
+/// that is later): (its time, in seconds since the epoch, and its value).
+pub(super) async fn latest_datapoint(
+    aws: &Aws,
+    namespace: &str,
+    metric: &str,
+    dimensions: &[(&str, &str)],
+    since: Option<std::time::SystemTime>,
+) -> Result<Option<(f64, f64)>, ProviderError> {
     let now = std::time::SystemTime::now();
+    // `since` rounded up to the second: CloudWatch counts whole seconds, and a datapoint from
+    // the fraction of a second before it must not count.
+    let since = since.map(|t| {
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(whole)
+    });
+    let start =
+        (now - std::time::Duration::from_secs(600)).max(since.unwrap_or(std::time::UNIX_EPOCH));
+    // CloudWatch counts whole seconds: a window under one is empty (and refused as one).
+    if now
+        .duration_since(start)
+        .map_or(true, |d| d < std::time::Duration::from_secs(1))
+    {
+        return Ok(None);
+    }
     let mut q = aws
         .cloudwatch()
         .await
         .get_metric_statistics()
         .namespace(namespace)
         .metric_name(metric)
-        .start_time((now - std::time::Duration::from_secs(600)).into())
+        .start_time(start.into())
         .end_time(now.into())
         .period(60)
         .statistics(aws_sdk_cloudwatch::types::Statistic::Maximum);
@@ -1062,6 +1095,180 @@ pub(super) async fn latest_maximum(
         .datapoints()
         .iter()
         .filter_map(|d| Some((d.timestamp()?.as_secs_f64(), d.maximum()?)))
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, v)| v))
+        .max_by(|a, b| a.0.total_cmp(&b.0)))
+}
+
+/// Waits until a metric's latest one-minute maximum is at or under a bound, e.g. an Aurora
+/// replica's `AuroraBinlogReplicaLag` at zero. With `since` (a step's timestamp output), only a
+/// datapoint from that time on counts: a lag of zero measured before a fence proves nothing about
+/// the writes made before it. Gives up after `within_s` (default an hour) saying what it last saw,
+/// so a metric that is never published does not hold the run forever.
+#[derive(Debug, Clone)]
+pub struct WaitMetric {
+    inputs: Attrs,
+}
+
+impl WaitMetric {
+    /// `metric` of `namespace` with `dimensions`, at or under `bound`.
+    pub fn at_most(
+        namespace: &str,
+        metric: &str,
+        dimensions: &[(&str, Value)],
+        bound: f64,
+    ) -> Self {
+        let dims: serde_json::Map<String, Value> = dimensions
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        WaitMetric {
+            inputs: Attrs::from([
+                ("namespace".to_string(), Value::from(namespace)),
+                ("metric".to_string(), Value::from(metric)),
+                ("dimensions".to_string(), Value::Object(dims)),
+                ("at_most".to_string(), Value::from(bound)),
+                ("within_s".to_string(), Value::from(3600u64)),
+                ("poll_ms".to_string(), Value::from(30_000u64)),
+            ]),
+        }
+    }
+    /// Only datapoints from this time on count (RFC 3339, a step's timestamp output).
+    pub fn since(mut self, at: impl Into<Value>) -> Self {
+        self.inputs.insert("since".into(), at.into());
+        self
+    }
+    /// Give up after this many seconds (default 3600).
+    pub fn within(mut self, seconds: u64) -> Self {
+        self.inputs.insert("within_s".into(), Value::from(seconds));
+        self
+    }
+    pub fn poll_ms(mut self, ms: u64) -> Self {
+        self.inputs.insert("poll_ms".into(), Value::from(ms));
+        self
+    }
+}
+
+impl Declare for WaitMetric {
+    const TYPE: &'static str = "aws.cloudwatch.wait_metric";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct WaitMetricType {
+    aws: Arc<Aws>,
+}
+
+#[async_trait]
+impl StepType for WaitMetricType {
+    fn type_name(&self) -> &'static str {
+        "aws.cloudwatch.wait_metric"
+    }
+    fn service(&self) -> &'static str {
+        "cloudwatch"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        let mut v = vec![];
+        if inputs.get("at_most").and_then(Value::as_f64).is_none() {
+            v.push("input `at_most` must be a number".into());
+        }
+        if get_u64(inputs, "within_s").unwrap_or(0) == 0 {
+            v.push("input `within_s` must be a positive number of seconds: every wait ends".into());
+        }
+        v
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let ns = get_str(req.inputs, "namespace").unwrap_or_default();
+        let metric = get_str(req.inputs, "metric").unwrap_or_default();
+        let dims: Vec<(String, String)> = req
+            .inputs
+            .get("dimensions")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let dims_ref: Vec<(&str, &str)> =
+            dims.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let bound = req
+            .inputs
+            .get("at_most")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let since = match get_str(req.inputs, "since") {
+            Some(t) => Some(
+                humantime::parse_rfc3339_weak(t)
+                    .map_err(|_| {
+                        ProviderError::new(format!("input `since` = {t:?} is not a time"))
+                    })?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+            ),
+            None => None,
+        };
+        let within = Duration::from_secs(get_u64(req.inputs, "within_s").unwrap_or(3600));
+        let poll = Duration::from_millis(get_u64(req.inputs, "poll_ms").unwrap_or(30_000));
+        let what = format!(
+            "{ns} {metric} of {}",
+            dims.iter()
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let start = std::time::Instant::now();
+        let mut last = String::new();
+        loop {
+            let point = latest_datapoint(
+                &self.aws,
+                ns,
+                metric,
+                &dims_ref,
+                since.map(|s| std::time::UNIX_EPOCH + Duration::from_secs_f64(s)),
+            )
+            .await?;
+            let msg = match point {
+                Some((at, v)) if since.is_none_or(|s| at >= s) && v <= bound => {
+                    ctx.report(req.node, &format!("{what} is {v} (bound {bound})"));
+                    return Ok(Attrs::from([
+                        ("value".to_string(), Value::from(v)),
+                        (
+                            "at".to_string(),
+                            Value::from(
+                                humantime::format_rfc3339_millis(
+                                    std::time::UNIX_EPOCH + Duration::from_secs_f64(at),
+                                )
+                                .to_string(),
+                            ),
+                        ),
+                    ]));
+                }
+                Some((at, v)) if since.is_none_or(|s| at >= s) => {
+                    format!("{what} is {v}; waiting for {bound} or less")
+                }
+                Some(_) => format!("{what}: no datapoint since the start of the wait's window yet"),
+                None => format!("{what}: no datapoint in the last ten minutes"),
+            };
+            if start.elapsed() >= within {
+                return Err(ProviderError::new(format!(
+                    "{what} did not come to {bound} or less within {} s (last: {msg}); find out why (is it published? is the replica replicating?), then run again",
+                    within.as_secs()
+                )));
+            }
+            if msg != last {
+                ctx.report(req.node, &msg);
+                last = msg;
+            }
+            tokio::time::sleep(
+                poll.min(within.saturating_sub(start.elapsed()))
+                    .max(Duration::from_millis(10)),
+            )
+            .await;
+        }
+    }
 }

@@ -4,6 +4,12 @@
 //!
 //! Family, name and description cannot change in place (replacement). Parameters removed from the
 //! plan are reset to the family's default.
+//!
+//! The parameter fence (`aws.rds.parameter_fence`, lifted by `aws.rds.lift_parameter_fence`) sets
+//! one parameter (a MySQL source's `read_only = 1`) in the custom parameter group of an instance
+//! the plan does not own, records what it was, and verifies what the API shows: the value set and
+//! the instance's group `in-sync`, never `pending-reboot`. It touches that one parameter and
+//! nothing else of a group that is not ours, and refuses a default group (which nobody can modify).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,15 +19,32 @@ use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
 
 use super::{ours, owned_by_tags, sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
-use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, ResourceType};
-use crate::value::{get_str, Attrs, Value};
+use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, ResourceType, StepType};
+use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(ParameterGroupType {
         aws: aws.clone(),
         cluster: false,
     })
-    .resource(ParameterGroupType { aws, cluster: true });
+    .resource(ParameterGroupType {
+        aws: aws.clone(),
+        cluster: true,
+    });
+    r.step(FenceType {
+        groups: ParameterGroupType {
+            aws: aws.clone(),
+            cluster: false,
+        },
+        lift: false,
+    });
+    r.step(FenceType {
+        groups: ParameterGroupType {
+            aws,
+            cluster: false,
+        },
+        lift: true,
+    });
 }
 
 /// Families we know, for offline checks (a typo fails at preview, before any call).
@@ -278,6 +301,298 @@ impl Handle<ParameterGroup> {
     }
     pub fn arn(&self) -> Output<String> {
         self.output("arn")
+    }
+}
+
+/// A write fence through an instance's parameter group: `read_only = 1` in the custom DB parameter
+/// group of a MySQL instance the plan does not own, applied immediately, verified through the API
+/// (the value set, the instance's group `in-sync`), with the previous value recorded for the lift.
+#[derive(Debug, Clone)]
+pub struct ParameterFence {
+    inputs: Attrs,
+}
+
+impl ParameterFence {
+    /// `read_only = 1` in `group`, the parameter group `instance` (an identifier) uses.
+    pub fn read_only(instance: impl Into<Value>, group: &str) -> Self {
+        ParameterFence {
+            inputs: Attrs::from([
+                ("instance".to_string(), instance.into()),
+                ("group".to_string(), Value::from(group)),
+                ("parameter".to_string(), Value::from("read_only")),
+                ("value".to_string(), Value::from("1")),
+                ("within_s".to_string(), Value::from(600u64)),
+                ("poll_ms".to_string(), Value::from(5000u64)),
+            ]),
+        }
+    }
+    pub fn poll_ms(mut self, ms: u64) -> Self {
+        self.inputs.insert("poll_ms".into(), Value::from(ms));
+        self
+    }
+}
+
+impl Declare for ParameterFence {
+    const TYPE: &'static str = "aws.rds.parameter_fence";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+impl Handle<ParameterFence> {
+    /// When the fence was verified (RFC 3339, milliseconds).
+    pub fn fenced_at(&self) -> Output<String> {
+        self.output("fenced_at")
+    }
+    /// The step that puts the parameter back as it was (a compensation: `.rollback_only()`).
+    pub fn lift(&self) -> LiftParameterFence {
+        let mut inputs = Attrs::new();
+        for k in ["instance", "group", "parameter", "poll_ms", "within_s"] {
+            inputs.insert(k.to_string(), self.output::<Value>(k).into());
+        }
+        inputs.insert("previous".into(), self.output::<Value>("previous").into());
+        LiftParameterFence { inputs }
+    }
+}
+
+/// Puts a parameter fence's parameter back as it was: its previous value, or the engine's
+/// default when it had none of its own.
+#[derive(Debug, Clone)]
+pub struct LiftParameterFence {
+    inputs: Attrs,
+}
+
+impl Declare for LiftParameterFence {
+    const TYPE: &'static str = "aws.rds.lift_parameter_fence";
+    const KIND: NodeKind = NodeKind::Step;
+    fn inputs(self) -> Attrs {
+        self.inputs
+    }
+}
+
+struct FenceType {
+    groups: ParameterGroupType,
+    lift: bool,
+}
+
+impl FenceType {
+    /// Waits until the instance's group `group` is `in-sync`; `pending-reboot` is a refusal
+    /// (the API then cannot show that the value took effect).
+    async fn in_sync(
+        &self,
+        ctx: &Ctx,
+        node: &str,
+        instance: &str,
+        group: &str,
+        inputs: &Attrs,
+    ) -> Result<(), ProviderError> {
+        let within = std::time::Duration::from_secs(get_u64(inputs, "within_s").unwrap_or(600));
+        let poll = std::time::Duration::from_millis(get_u64(inputs, "poll_ms").unwrap_or(5000));
+        let start = std::time::Instant::now();
+        loop {
+            let status = instance_group(&self.groups.aws, instance, group).await?;
+            match status.as_str() {
+                "in-sync" => return Ok(()),
+                "pending-reboot" => {
+                    return Err(ProviderError::with_fix(
+                        format!("instance {instance}: parameter group {group} is pending-reboot: changes in it wait for a reboot, and the API cannot show that {} took effect", get_str(inputs, "parameter").unwrap_or("the parameter")),
+                        "reboot the instance in a quiet moment (or apply the group's pending changes) so that it is in-sync, then run again",
+                    ))
+                }
+                s => {
+                    if start.elapsed() >= within {
+                        return Err(ProviderError::new(format!(
+                            "instance {instance}: parameter group {group} is still `{s}` after {} s",
+                            within.as_secs()
+                        )));
+                    }
+                    ctx.report(node, &format!("instance {instance}: parameter group {group} {s}"));
+                    tokio::time::sleep(poll).await;
+                }
+            }
+        }
+    }
+
+    /// Sets `parameter` to `value` in `group` (immediately), or back to the engine default.
+    async fn set(
+        &self,
+        group: &str,
+        parameter: &str,
+        value: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        let p = BTreeMap::from([(
+            parameter.to_string(),
+            (
+                value.unwrap_or_default().to_string(),
+                "immediate".to_string(),
+            ),
+        )]);
+        match value {
+            Some(_) => self.groups.modify(group, &p).await,
+            None => self.groups.reset(group, &p).await,
+        }
+    }
+}
+
+/// The apply status of `group` on `instance`, refusing an instance that does not use it.
+async fn instance_group(aws: &Aws, instance: &str, group: &str) -> Result<String, ProviderError> {
+    let d = super::cluster::describe_db_instance(aws, instance)
+        .await?
+        .ok_or_else(|| ProviderError::new(format!("no DB instance `{instance}` in this region")))?;
+    let groups: Vec<(String, String)> = d
+        .db_parameter_groups()
+        .iter()
+        .map(|g| {
+            (
+                g.db_parameter_group_name().unwrap_or_default().to_string(),
+                g.parameter_apply_status().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    match groups.iter().find(|(n, _)| n == group) {
+        Some((_, s)) => Ok(s.clone()),
+        None => Err(ProviderError::refused(
+            format!(
+                "instance {instance} uses parameter group {}, not {group}",
+                groups
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "name the instance's own custom parameter group in the stack (or attach that group to the instance first: it takes a reboot)",
+        )),
+    }
+}
+
+#[async_trait]
+impl StepType for FenceType {
+    fn type_name(&self) -> &'static str {
+        if self.lift {
+            "aws.rds.lift_parameter_fence"
+        } else {
+            "aws.rds.parameter_fence"
+        }
+    }
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        match get_str(inputs, "group") {
+            Some(g) if g.starts_with("default.") => vec![format!(
+                "parameter group `{g}` is a default group, which nobody can modify: attach a custom parameter group to the source instance in advance (copy the default one; attaching it takes a reboot), then name it"
+            )],
+            _ => vec![],
+        }
+    }
+    fn caveat(&self, inputs: &Attrs) -> Option<String> {
+        (!self.lift).then(|| {
+            format!(
+                "the fence is verified through the RDS API ({} = {} in the group, the instance's group in-sync), not from inside MySQL: with no MySQL client in the project, that the server refuses writes (SELECT @@global.read_only) is not checked, and a user with SUPER or CONNECTION_ADMIN would still write",
+                get_str(inputs, "parameter").unwrap_or("read_only"),
+                get_str(inputs, "value").unwrap_or("1"),
+            )
+        })
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let i = req.inputs;
+        let instance = get_str(i, "instance").unwrap_or_default();
+        let group = get_str(i, "group").unwrap_or_default();
+        let parameter = get_str(i, "parameter").unwrap_or("read_only");
+        if self.lift {
+            let previous = get_str(i, "previous");
+            // Only while the instance still uses the group: never touch a group it left.
+            instance_group(&self.groups.aws, instance, group).await?;
+            self.set(group, parameter, previous).await?;
+            self.in_sync(ctx, req.node, instance, group, i).await?;
+            ctx.report(
+                req.node,
+                &format!(
+                    "instance {instance}: {parameter} {} in parameter group {group}: the fence is lifted",
+                    previous.map(|v| format!("= {v} again")).unwrap_or_else(|| "back to the engine default".into())
+                ),
+            );
+            return Ok(Attrs::from([(
+                "lifted_at".to_string(),
+                Value::from(
+                    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                ),
+            )]));
+        }
+        let value = get_str(i, "value").unwrap_or("1");
+        // The instance must use the group, and the group must be settled before the change.
+        self.in_sync(ctx, req.node, instance, group, i).await?;
+        let user = self
+            .groups
+            .find(group)
+            .await?
+            .ok_or_else(|| ProviderError::new(format!("no DB parameter group `{group}`")))?
+            .params;
+        let mut previous = user.get(parameter).map(|(v, _)| v.clone());
+        if previous.as_deref() == Some(value) {
+            // Set already: by an interrupted run of this step, or by hand. The lift then goes
+            // back to the engine default.
+            ctx.report(
+                req.node,
+                &format!("{parameter} is {value} in {group} already (an interrupted fence, or set by hand): lifting the fence will reset it to the engine default"),
+            );
+            previous = None;
+        }
+        self.set(group, parameter, Some(value)).await?;
+        let verified = async {
+            self.in_sync(ctx, req.node, instance, group, i).await?;
+            let now = self
+                .groups
+                .find(group)
+                .await?
+                .and_then(|f| f.params.get(parameter).map(|(v, _)| v.clone()));
+            if now.as_deref() != Some(value) {
+                return Err(ProviderError::new(format!(
+                    "{parameter} in {group} reads {now:?} after it was set to {value}"
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = verified {
+            // Not verified: put it back as it was, so a failed fence never leaves it half set.
+            self.set(group, parameter, previous.as_deref()).await?;
+            return Err(ProviderError {
+                unchanged: true,
+                ..e
+            });
+        }
+        ctx.report(
+            req.node,
+            &format!("instance {instance}: {parameter} = {value} in parameter group {group}, in-sync: writes are refused"),
+        );
+        Ok(Attrs::from([
+            ("instance".to_string(), Value::from(instance)),
+            ("group".to_string(), Value::from(group)),
+            ("parameter".to_string(), Value::from(parameter)),
+            (
+                "previous".to_string(),
+                previous.map(Value::from).unwrap_or(Value::Null),
+            ),
+            (
+                "fenced_at".to_string(),
+                Value::from(
+                    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                ),
+            ),
+            (
+                "poll_ms".to_string(),
+                Value::from(get_u64(i, "poll_ms").unwrap_or(5000)),
+            ),
+            (
+                "within_s".to_string(),
+                Value::from(get_u64(i, "within_s").unwrap_or(600)),
+            ),
+        ]))
     }
 }
 
