@@ -257,6 +257,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
                 .replication(replicate.slots(), replicate.subscriptions())
                 .validated(validate.validated_at(), 3600)
                 .schema_at_start(replicate.schema())
+                .guards(max_lag_bytes, 5.0)
                 .max_lag_seconds(max_lag_seconds)
                 .reverse_replication(),
         )

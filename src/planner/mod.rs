@@ -126,9 +126,12 @@ pub struct Action {
     /// For deletes: retire (keep a record) rather than forget.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retire: bool,
-    /// What a step's type says a reviewer must know of it (what it cannot verify).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub caveat: Option<String>,
+    /// What the node's type says it means to a reviewer.
+    #[serde(default, skip_serializing_if = "crate::provider::Review::is_empty")]
+    pub review: crate::provider::Review,
+    /// The node is protected (`.protect()`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protected: bool,
     #[serde(skip)]
     pub service: String,
 }
@@ -337,10 +340,12 @@ pub fn plan(
                 held_by: None,
                 temporary: n.options.temporary,
                 retire: false,
-                caveat: match registry.get(&n.type_name) {
-                    Some(TypeImpl::Step(st)) => st.caveat(&n.inputs),
-                    _ => None,
+                review: match registry.get(&n.type_name) {
+                    Some(TypeImpl::Step(st)) => st.review(&n.inputs),
+                    Some(TypeImpl::Resource(rt)) => rt.review(&n.inputs),
+                    _ => Default::default(),
                 },
+                protected: n.options.protect,
                 service,
             };
             match n.kind {
@@ -602,7 +607,11 @@ pub fn plan(
             held_by: None,
             temporary: matches!(r, NodeRecord::Resource(x) if x.temporary),
             retire: false,
-            caveat: None,
+            review: match (registry.get(r.type_name()), r) {
+                (Some(TypeImpl::Resource(rt)), NodeRecord::Resource(x)) => rt.review(&x.inputs),
+                _ => Default::default(),
+            },
+            protected: protect,
             service: registry
                 .get(r.type_name())
                 .map(|t| t.service().to_string())

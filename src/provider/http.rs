@@ -187,6 +187,16 @@ struct HealthType;
 
 #[async_trait]
 impl StepType for HealthType {
+    fn review(&self, inputs: &Attrs) -> super::Review {
+        super::Review {
+            guards: vec![format!(
+                "{} answers 2xx in a row within {} s",
+                crate::value::get_u64(inputs, "consecutive").unwrap_or(3),
+                crate::value::get_u64(inputs, "within_seconds").unwrap_or(300)
+            )],
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "http.health"
     }

@@ -158,6 +158,12 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl ResourceType for PostgresType {
+    fn review(&self, _inputs: &Attrs) -> super::Review {
+        super::Review {
+            holds_data: true,
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "local.postgres"
     }

@@ -190,10 +190,60 @@ pub fn rds_identifier(id: &str) -> Result<(), String> {
     }
 }
 
+/// What a node means to a reviewer, from its type (never guessed by a renderer): whether its
+/// object holds data, whether the step fences writers or re-points traffic, what it checks
+/// before it acts, whether `plan rollback` undoes it, and what it cannot verify.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Review {
+    /// Destroying or replacing the object loses data (a database, a snapshot).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds_data: bool,
+    /// The step stops writers (a cutover's fence).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fences_writes: bool,
+    /// What the step re-points the application's traffic through (a DNS record, a pooler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moves_traffic: Option<String>,
+    /// The bounds the step checks before it acts (or waits for), in a person's words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<String>,
+    /// `plan rollback` undoes the step once done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub can_roll_back: bool,
+    /// Running the step ends what a rollback relies on (the reverse replication).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ends_rollback: bool,
+    /// What the step cannot verify, shown under it in the preview.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caveat: Option<String>,
+}
+
+impl Review {
+    pub fn is_empty(&self) -> bool {
+        *self == Review::default()
+    }
+    /// A guard on a number of bytes, as a person reads it (`lag under 16 MB`).
+    pub fn bytes(n: u64) -> String {
+        if n >= 1 << 30 && n % (1 << 30) == 0 {
+            format!("{} GB", n >> 30)
+        } else if n >= 1 << 20 {
+            format!("{} MB", n >> 20)
+        } else if n >= 1 << 10 {
+            format!("{} kB", n >> 10)
+        } else {
+            format!("{n} bytes")
+        }
+    }
+}
+
 /// A declarative resource type.
 #[async_trait]
 pub trait ResourceType: Send + Sync {
     fn type_name(&self) -> &'static str;
+    /// What the node means to a reviewer (whether its object holds data).
+    fn review(&self, _inputs: &Attrs) -> Review {
+        Review::default()
+    }
     /// The API this type calls, for per-service concurrency limits.
     fn service(&self) -> &'static str;
     /// Inputs that cannot change in place: a change replaces the object.
@@ -354,10 +404,13 @@ pub trait StepType: Send + Sync {
     async fn clean_up(&self, _ctx: &Ctx, _outputs: &Attrs) -> Result<(), ProviderError> {
         Ok(())
     }
-    /// What a reviewer must know of this step that its run cannot verify, shown under it in the
-    /// preview (e.g. a fence whose effect inside the database is not checked).
-    fn caveat(&self, _inputs: &Attrs) -> Option<String> {
-        None
+    /// What the step means to a reviewer: what it fences or re-points, what it checks, whether
+    /// it can be rolled back, what it cannot verify. The default says only the last but one.
+    fn review(&self, _inputs: &Attrs) -> Review {
+        Review {
+            can_roll_back: self.can_roll_back(),
+            ..Review::default()
+        }
     }
     /// Whether `plan rollback` can undo this step once done.
     fn can_roll_back(&self) -> bool {

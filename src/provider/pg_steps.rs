@@ -822,6 +822,22 @@ struct WaitLagType;
 
 #[async_trait]
 impl StepType for WaitLagType {
+    fn review(&self, inputs: &Attrs) -> crate::provider::Review {
+        let mut guards = vec![];
+        if let Some(b) = crate::value::get_u64(inputs, "max_bytes") {
+            guards.push(format!(
+                "replication lag under {}",
+                crate::provider::Review::bytes(b)
+            ));
+        }
+        if let Some(s) = inputs.get("max_seconds").and_then(Value::as_f64) {
+            guards.push(format!("replication lag under {s} s"));
+        }
+        crate::provider::Review {
+            guards,
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "pg.wait_lag"
     }
@@ -1215,6 +1231,41 @@ async fn cutover_spec(
 
 #[async_trait]
 impl StepType for CutoverType {
+    fn review(&self, inputs: &Attrs) -> crate::provider::Review {
+        let mut guards = vec!["the schemas agree and every table is replicated".to_string()];
+        if let Some(b) = crate::value::get_u64(inputs, "max_lag_bytes") {
+            guards.push(format!(
+                "replication lag under {}",
+                crate::provider::Review::bytes(b)
+            ));
+        }
+        if let Some(s) = inputs.get("max_lag_seconds").and_then(Value::as_f64) {
+            guards.push(format!("a probe through every stream within {s} s"));
+        }
+        if let Some(s) = inputs.get("max_xact_seconds").and_then(Value::as_f64) {
+            guards.push(format!("no source transaction open over {s} s"));
+        }
+        if inputs.contains_key("validated_at") {
+            if let Some(s) = crate::value::get_u64(inputs, "max_validation_age_seconds") {
+                guards.push(format!("validated within the last {} min", s / 60));
+            }
+        }
+        let moves_traffic = match (get_str(inputs, "fence"), get_str(inputs, "flip_file")) {
+            (Some("read_only"), Some(f)) => Some(format!("the connection file {f}")),
+            (Some("read_only"), None) => None,
+            _ => Some(format!(
+                "the pooler's database `{}`",
+                get_str(inputs, "database").unwrap_or("app")
+            )),
+        };
+        crate::provider::Review {
+            fences_writes: true,
+            moves_traffic,
+            guards,
+            can_roll_back: self.can_roll_back(),
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "pg.cutover"
     }
@@ -1579,6 +1630,12 @@ async fn finish_inputs(
 
 #[async_trait]
 impl StepType for FinishType {
+    fn review(&self, _inputs: &Attrs) -> crate::provider::Review {
+        crate::provider::Review {
+            ends_rollback: true,
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "pg.finish_replication"
     }

@@ -1,9 +1,16 @@
-//! The preview for a pull request comment: the summary first, the full diff in a `<details>`
-//! block inside a `diff` fence (GitHub colours `+` and `-` lines), split into parts below GitHub's
-//! 65,536-character limit.
+//! The preview for a pull request comment: the verdict first (counts, gates held), then a warning
+//! block for what a reviewer must not miss (data that would be destroyed or replaced, a protected
+//! resource changed, traffic re-pointed, writers fenced), the steps as a timeline grouped by the
+//! gate that holds them, each with the guards it checks and whether it can be rolled back, the
+//! time budgets and the rollback line; then the full diff in a `<details>` block inside a `diff`
+//! fence (GitHub colours `+` and `-` lines), split into parts below GitHub's 65,536-character
+//! limit. What a node means comes from its type (`provider::Review`), never from guessing here.
+
+use std::fmt::Write;
 
 use super::text::{diff_body, summary_line};
-use crate::planner::ChangeSet;
+use crate::dsl::NodeKind;
+use crate::planner::{Action, ActionKind, ChangeSet};
 
 /// GitHub colours a diff line by its first character: the action's symbol moves to column 0
 /// (`~` and `-/+` become `!`, which GitHub shows in orange, as Atlantis does).
@@ -29,10 +36,27 @@ pub fn preview(cs: &ChangeSet) -> Vec<String> {
 /// As [`preview`], with a smaller limit (tests).
 pub fn preview_with_limit(cs: &ChangeSet, limit: usize) -> Vec<String> {
     let title = format!("### cutover: plan `{}` on stack `{}`", cs.plan, cs.stack);
-    let summary = if cs.has_changes() {
+    let mut summary = if cs.has_changes() {
         format!("**Plan: {}.**", summary_line(&cs.summary))
     } else {
         "**No changes.**".to_string()
+    };
+    let gates: Vec<String> = cs
+        .actions
+        .iter()
+        .filter(|a| {
+            a.kind == NodeKind::Gate && a.held_by.as_deref().is_some_and(|h| h.starts_with("gate"))
+        })
+        .map(|a| format!("`{}`", a.node))
+        .collect();
+    if !gates.is_empty() {
+        let _ = write!(summary, " Gates held: {}.", gates.join(", "));
+    }
+    let review = review_sections(cs);
+    let summary = if review.is_empty() {
+        summary
+    } else {
+        format!("{summary}\n\n{review}")
     };
     let body: Vec<String> = diff_body(cs).lines().map(diff_line).collect();
     let overhead = title.len() + summary.len() + 200;
@@ -66,4 +90,285 @@ pub fn preview_with_limit(cs: &ChangeSet, limit: usize) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// When a held step runs: the gate that holds it, or this apply.
+fn when(a: &Action) -> String {
+    match a.held_by.as_deref() {
+        Some(h) => match h.strip_prefix("gate `").and_then(|g| g.strip_suffix('`')) {
+            Some(g) => format!("after `--approve {g}`"),
+            None => format!("after {h}"),
+        },
+        None => "on apply".to_string(),
+    }
+}
+
+/// Whether an action does (or will do, once its gate opens) work in this apply.
+fn pending(a: &Action) -> bool {
+    a.action.is_work() && a.action != ActionKind::Read
+}
+
+/// The warning block, the steps' timeline, the budgets and the rollback line.
+fn review_sections(cs: &ChangeSet) -> String {
+    let mut out = String::new();
+    // Warnings: data, protection, traffic, fences.
+    let mut warn: Vec<String> = vec![];
+    for a in &cs.actions {
+        let what = format!("`{}` ({})", a.node, a.type_name);
+        match a.action {
+            ActionKind::Delete | ActionKind::Replace if a.review.holds_data => warn.push(format!(
+                "{what} will be {}: it holds data{}",
+                if a.action == ActionKind::Delete {
+                    "destroyed"
+                } else {
+                    "replaced (destroyed, then created empty)"
+                },
+                if a.held_by.is_some() {
+                    format!(" ({})", when(a))
+                } else {
+                    String::new()
+                }
+            )),
+            ActionKind::Update if a.protected => {
+                warn.push(format!("{what} is protected and will be changed in place"))
+            }
+            _ => {}
+        }
+        if a.kind == NodeKind::Step && pending(a) && a.action != ActionKind::Standby {
+            if a.review.fences_writes {
+                warn.push(format!(
+                    "{what} stops writes to the old database, {}",
+                    when(a)
+                ));
+            }
+            if let Some(t) = &a.review.moves_traffic {
+                warn.push(format!("{what} re-points traffic: {t}, {}", when(a)));
+            }
+            if a.review.ends_rollback {
+                warn.push(format!(
+                    "{what} ends what a rollback needs, {}: after it, `plan rollback` cannot go back",
+                    when(a)
+                ));
+            }
+        }
+    }
+    if !warn.is_empty() {
+        out.push_str("> [!WARNING]\n");
+        for w in &warn {
+            let _ = writeln!(out, "> - {w}");
+        }
+        out.push('\n');
+    }
+    // The timeline: steps in execution order, grouped by when they run.
+    let steps: Vec<&Action> = cs
+        .actions
+        .iter()
+        .filter(|a| a.kind == NodeKind::Step && a.action != ActionKind::Forget)
+        .collect();
+    if !steps.is_empty() {
+        out.push_str("#### Steps\n");
+        let mut group = String::new();
+        // Compensations last: they run only when a step they compensate fails.
+        let (standby, ordered): (Vec<&Action>, Vec<&Action>) = steps
+            .iter()
+            .copied()
+            .partition(|a| a.action == ActionKind::Standby);
+        for (i, a) in ordered.iter().chain(standby.iter()).enumerate() {
+            let g = match a.action {
+                ActionKind::Done => "done".to_string(),
+                ActionKind::Standby => "only if a step they compensate fails".to_string(),
+                _ => when(a),
+            };
+            if g != group {
+                let _ = writeln!(out, "\n**{}**\n", capitalized(&g));
+                group = g;
+            }
+            let mut parts = vec![];
+            if a.review.fences_writes {
+                parts.push("fences writes".to_string());
+            }
+            if let Some(t) = &a.review.moves_traffic {
+                parts.push(format!("re-points {t}"));
+            }
+            if !a.review.guards.is_empty() {
+                parts.push(format!("checks: {}", a.review.guards.join("; ")));
+            }
+            if a.review.can_roll_back {
+                parts.push("`plan rollback` undoes it".to_string());
+            }
+            if a.review.ends_rollback {
+                parts.push("ends rollback".to_string());
+            }
+            let detail = if parts.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", parts.join("; "))
+            };
+            let _ = writeln!(out, "{}. `{}` ({}){detail}", i + 1, a.node, a.type_name);
+            if let Some(c) = &a.review.caveat {
+                let _ = writeln!(out, "   - note: {c}");
+            }
+        }
+        out.push('\n');
+    }
+    if !cs.budgets.is_empty() {
+        out.push_str("#### Time budgets\n\n");
+        for b in &cs.budgets {
+            let plus: String = b
+                .plus
+                .iter()
+                .map(|(s, why)| format!(", plus {s} s ({why})"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "- `{}`: at most {} s from `{}` {} to `{}` {}{plus}",
+                b.name, b.limit_s, b.from.0, b.from.1, b.to.0, b.to.1
+            );
+        }
+        out.push('\n');
+    }
+    // Rollback: which steps it undoes, and what ends it.
+    let undoable: Vec<String> = steps
+        .iter()
+        .filter(|a| a.review.can_roll_back)
+        .map(|a| format!("`{}`", a.node))
+        .collect();
+    if !undoable.is_empty() {
+        let end = steps
+            .iter()
+            .find(|a| a.review.ends_rollback)
+            .map(|a| {
+                format!(
+                    "until `{}` runs{}",
+                    a.node,
+                    match a.action {
+                        ActionKind::Done => " (it has: rollback is over)".to_string(),
+                        _ => format!(" ({})", when(a)),
+                    }
+                )
+            })
+            .unwrap_or_else(|| "while the state records them".to_string());
+        let _ = writeln!(
+            out,
+            "**Rollback:** `plan rollback {}` undoes {} once {} ran, {end}.",
+            cs.stack,
+            undoable.join(", "),
+            if undoable.len() == 1 { "it" } else { "they" }
+        );
+    }
+    out.trim_end().to_string()
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::Summary;
+    use crate::provider::Review;
+
+    fn action(node: &str, kind: NodeKind, type_name: &str, action: ActionKind) -> Action {
+        Action {
+            node: node.into(),
+            kind,
+            type_name: type_name.into(),
+            action,
+            reason: String::new(),
+            changes: vec![],
+            held_by: None,
+            temporary: false,
+            retire: false,
+            review: Review::default(),
+            protected: false,
+            service: String::new(),
+        }
+    }
+
+    fn change_set(actions: Vec<Action>) -> ChangeSet {
+        ChangeSet {
+            plan: "p".into(),
+            stack: "s".into(),
+            provider: "aws".into(),
+            lineage: "l".into(),
+            serial: 1,
+            actions,
+            moved: vec![],
+            pending: vec![],
+            checks: vec![],
+            budgets: vec![],
+            summary: Summary {
+                replace: 1,
+                change: 1,
+                destroy: 1,
+                ..Summary::default()
+            },
+        }
+    }
+
+    #[test]
+    fn data_that_would_be_lost_and_a_protected_change_are_warned_before_anything_else() {
+        let data = Review {
+            holds_data: true,
+            ..Review::default()
+        };
+        let mut replaced = action(
+            "db",
+            NodeKind::Resource,
+            "aws.rds.instance",
+            ActionKind::Replace,
+        );
+        replaced.review = data.clone();
+        let mut deleted = action(
+            "snap",
+            NodeKind::Resource,
+            "aws.rds.db_snapshot",
+            ActionKind::Delete,
+        );
+        deleted.review = data;
+        let mut protected = action(
+            "params",
+            NodeKind::Resource,
+            "aws.rds.parameter_group",
+            ActionKind::Update,
+        );
+        protected.protected = true;
+        let replica = action(
+            "replica",
+            NodeKind::Resource,
+            "aws.rds.instance",
+            ActionKind::Delete,
+        );
+        let md = &preview(&change_set(vec![replaced, deleted, protected, replica]))[0];
+        let warning = md.find("> [!WARNING]").expect("a warning block");
+        assert!(warning < md.find("<details>").unwrap(), "{md}");
+        for want in [
+            "> - `db` (aws.rds.instance) will be replaced (destroyed, then created empty): it holds data",
+            "> - `snap` (aws.rds.db_snapshot) will be destroyed: it holds data",
+            "> - `params` (aws.rds.parameter_group) is protected and will be changed in place",
+        ] {
+            assert!(md.contains(want), "{want}\n{md}");
+        }
+        // A replica holds no data of its own: its delete is in the diff, not a warning.
+        assert!(!md.contains("`replica` (aws.rds.instance) will"), "{md}");
+    }
+
+    #[test]
+    fn a_plan_without_steps_or_risks_has_no_review_sections() {
+        let md = &preview(&change_set(vec![action(
+            "f",
+            NodeKind::Resource,
+            "local_file.file",
+            ActionKind::Create,
+        )]))[0];
+        assert!(
+            !md.contains("[!WARNING]") && !md.contains("#### Steps"),
+            "{md}"
+        );
+    }
 }

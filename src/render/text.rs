@@ -112,7 +112,7 @@ pub fn diff_body(cs: &ChangeSet) -> String {
                 a.action.symbol()
             };
             let _ = writeln!(out, "  {:>2}. {sym} {} ({kind}): {state}", i + 1, a.node);
-            if let Some(c) = &a.caveat {
+            if let Some(c) = &a.review.caveat {
                 let _ = writeln!(out, "        note: {c}");
             }
             for c in &a.changes {

@@ -505,6 +505,12 @@ impl ClusterType {
 
 #[async_trait]
 impl ResourceType for ClusterType {
+    fn review(&self, _inputs: &Attrs) -> crate::provider::Review {
+        crate::provider::Review {
+            holds_data: true,
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "aws.rds.cluster"
     }

@@ -447,6 +447,13 @@ impl DbInstanceType {
 
 #[async_trait]
 impl ResourceType for DbInstanceType {
+    /// A primary holds data; a read replica's copy is its source's.
+    fn review(&self, inputs: &Attrs) -> crate::provider::Review {
+        crate::provider::Review {
+            holds_data: !inputs.contains_key("replica_of"),
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "aws.rds.instance"
     }
@@ -1194,6 +1201,12 @@ impl DbSnapshotType {
 
 #[async_trait]
 impl ResourceType for DbSnapshotType {
+    fn review(&self, _inputs: &Attrs) -> crate::provider::Review {
+        crate::provider::Review {
+            holds_data: true,
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "aws.rds.db_snapshot"
     }

@@ -939,6 +939,19 @@ fn since_input(inputs: &Attrs) -> Option<f64> {
 
 #[async_trait]
 impl StepType for BakeType {
+    fn review(&self, inputs: &Attrs) -> crate::provider::Review {
+        crate::provider::Review {
+            guards: vec![format!(
+                "{} alarm(s) OK for {} min",
+                inputs
+                    .get("alarms")
+                    .and_then(Value::as_array)
+                    .map_or(0, |a| a.len()),
+                get_u64(inputs, "seconds").unwrap_or(0) / 60
+            )],
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "aws.cloudwatch.bake"
     }
@@ -1161,6 +1174,22 @@ struct WaitMetricType {
 
 #[async_trait]
 impl StepType for WaitMetricType {
+    fn review(&self, inputs: &Attrs) -> crate::provider::Review {
+        crate::provider::Review {
+            guards: vec![format!(
+                "{} at most {}{} (gives up after {} s)",
+                get_str(inputs, "metric").unwrap_or_default(),
+                inputs.get("at_most").and_then(Value::as_f64).unwrap_or(0.0),
+                if inputs.contains_key("since") {
+                    ", measured after the step before"
+                } else {
+                    ""
+                },
+                get_u64(inputs, "within_s").unwrap_or(3600)
+            )],
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "aws.cloudwatch.wait_metric"
     }

@@ -489,14 +489,19 @@ impl StepType for FenceType {
             _ => vec![],
         }
     }
-    fn caveat(&self, inputs: &Attrs) -> Option<String> {
-        (!self.lift).then(|| {
-            format!(
+    fn review(&self, inputs: &Attrs) -> crate::provider::Review {
+        if self.lift {
+            return crate::provider::Review::default();
+        }
+        crate::provider::Review {
+            fences_writes: true,
+            caveat: Some(format!(
                 "the fence is verified through the RDS API ({} = {} in the group, the instance's group in-sync), not from inside MySQL: with no MySQL client in the project, that the server refuses writes (SELECT @@global.read_only) is not checked, and a user with SUPER or CONNECTION_ADMIN would still write",
                 get_str(inputs, "parameter").unwrap_or("read_only"),
                 get_str(inputs, "value").unwrap_or("1"),
-            )
-        })
+            )),
+            ..Default::default()
+        }
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         let i = req.inputs;

@@ -847,6 +847,17 @@ impl StepType for LowerTtlType {
 
 #[async_trait]
 impl StepType for FlipType {
+    fn review(&self, inputs: &Attrs) -> crate::provider::Review {
+        crate::provider::Review {
+            moves_traffic: Some(format!(
+                "the DNS record {} ({})",
+                get_str(inputs, "name").unwrap_or_default(),
+                get_str(inputs, "type").unwrap_or("CNAME")
+            )),
+            can_roll_back: self.can_roll_back(),
+            ..Default::default()
+        }
+    }
     fn type_name(&self) -> &'static str {
         "aws.route53.flip"
     }
