@@ -224,7 +224,7 @@ impl Review {
     }
     /// A guard on a number of bytes, as a person reads it (`lag under 16 MB`).
     pub fn bytes(n: u64) -> String {
-        if n >= 1 << 30 && n % (1 << 30) == 0 {
+        if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
             format!("{} GB", n >> 30)
         } else if n >= 1 << 20 {
             format!("{} MB", n >> 20)
