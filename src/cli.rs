@@ -64,6 +64,13 @@ enum PreviewFormat {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Markdown,
+    Svg,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum GraphFormat {
     Mermaid,
     Dot,
@@ -153,6 +160,17 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// What the newest apply or destroy of the stack did: each node's start, time and outcome,
+    /// the critical path, what the steps measured and the time budgets (markdown), or the same as
+    /// a timeline (svg). Also written to the state directory after every apply.
+    Report {
+        stack: String,
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: ReportFormat,
+        /// Write the report here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Adopt an existing object into state as NODE.
     Import {
         stack: String,
@@ -161,7 +179,7 @@ enum Command {
     },
     /// Rehearse a stack's own plan on this machine: the AWS emulator (moto) with real PostgreSQL
     /// standing in for the databases, in a state of its own. COMMAND is what to run there:
-    /// apply (the default), preview, rollback, state, destroy (then everything is stopped and
+    /// apply (the default), preview, rollback, state, report, destroy (then everything is stopped and
     /// removed), or down (stop and remove without destroying).
     Emulate {
         stack: String,
@@ -202,6 +220,7 @@ impl Command {
             self,
             Command::List
                 | Command::Preview { .. }
+                | Command::Report { .. }
                 | Command::Graph { .. }
                 | Command::State {
                     action: StateCmd::List | StateCmd::Show { .. },
@@ -304,11 +323,11 @@ async fn emulate(
         return Ok(0);
     }
     if ![
-        "apply", "preview", "rollback", "state", "destroy", "refresh", "graph",
+        "apply", "preview", "rollback", "state", "destroy", "refresh", "graph", "report",
     ]
     .contains(&verb)
     {
-        anyhow::bail!("`plan emulate {stack} {verb}`: run apply, preview, rollback, state, refresh, graph, destroy or down in the emulation");
+        anyhow::bail!("`plan emulate {stack} {verb}`: run apply, preview, rollback, state, refresh, graph, report, destroy or down in the emulation");
     }
     let mut sets = Vec::new();
     for s in set {
@@ -359,6 +378,35 @@ async fn emulate(
         }
     };
     let code = status.code().unwrap_or(1) as u8;
+    // A run that measured a time budget (the cutover) is the stack's rehearsal: committed as
+    // `reports/STACK.json`, the pull-request comment quotes it.
+    if verb == "apply" {
+        if let Ok(el) = engine::load(&e.root(), plans, stack) {
+            let rehearsal = el
+                .read_state()
+                .ok()
+                .and_then(|st| engine::run_report(&el, &st))
+                .and_then(|r| engine::Rehearsal::of(&r));
+            if let Some(r) = rehearsal {
+                let path = engine::Rehearsal::path(root, stack);
+                let written =
+                    std::fs::create_dir_all(path.parent().unwrap_or(root)).and_then(|_| {
+                        crate::atomic::write(
+                            &path,
+                            (serde_json::to_string_pretty(&r)? + "\n").as_bytes(),
+                            None,
+                        )
+                    });
+                match written {
+                    Ok(()) => eprintln!(
+                        "emulated: the run's measurements are in {} (commit it: the pull-request comment quotes it)",
+                        path.display()
+                    ),
+                    Err(err) => eprintln!("emulated: {} could not be written: {err}", path.display()),
+                }
+            }
+        }
+    }
     // A whole destroy ends the emulation; `destroy --temporary` keeps it.
     if verb == "destroy" && code == 0 && !rest.iter().any(|a| a == "--temporary") {
         e.down(&say).map_err(|m| anyhow::anyhow!(m))?;
@@ -439,54 +487,15 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
         } => {
             let l = load(&root, plans, &stack)?;
             let cs = engine::preview(&l, &run.options(Mode::Apply), refresh).await?;
+            let rehearsal = engine::Rehearsal::read(&root, &stack);
             let parts: Vec<String> = match format {
                 PreviewFormat::Text => vec![render::text::preview(&cs)],
-                PreviewFormat::Markdown => render::markdown::preview(&cs),
+                PreviewFormat::Markdown => {
+                    render::markdown::preview_with(&cs, rehearsal.as_ref(), render::markdown::LIMIT)
+                }
                 PreviewFormat::Json => vec![render::json::preview(&cs)],
             };
-            match out {
-                Some(path) => {
-                    for (i, part) in parts.iter().enumerate() {
-                        let p = if i == 0 {
-                            path.clone()
-                        } else {
-                            let mut s = path.clone().into_os_string();
-                            s.push(format!(".part{}", i + 1));
-                            PathBuf::from(s)
-                        };
-                        if let Some(dir) = p
-                            .parent()
-                            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-                        {
-                            bail!(
-                                "--out {}: the folder {} does not exist; create it (`mkdir -p {}`) or write elsewhere. Nothing was written.",
-                                p.display(),
-                                dir.display(),
-                                dir.display()
-                            );
-                        }
-                        std::fs::write(&p, part).map_err(|e| {
-                            anyhow!(
-                                "--out {}: cannot write it: {}",
-                                p.display(),
-                                crate::io_error::explain(&e, "the file")
-                            )
-                        })?;
-                        if !cli.quiet {
-                            eprintln!("Wrote {}", p.display());
-                        }
-                    }
-                }
-                None => {
-                    let mut o = std::io::stdout().lock();
-                    for (i, part) in parts.iter().enumerate() {
-                        if i > 0 {
-                            writeln!(o, "\n<!-- cutover: part {} of {} -->\n", i + 1, parts.len())?;
-                        }
-                        write!(o, "{part}")?;
-                    }
-                }
-            }
+            write_parts(out.as_deref(), &parts, cli.quiet)?;
             Ok(if detailed_exitcode && cs.has_changes() {
                 EXIT_CHANGES
             } else {
@@ -545,6 +554,20 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
             for n in notes {
                 say!("~ {}: {}", n.node, n.message);
             }
+            Ok(0)
+        }
+        Command::Report { stack, format, out } => {
+            let l = load(&root, plans, &stack)?;
+            let state = l.read_state()?;
+            let Some(r) = engine::run_report(&l, &state) else {
+                bail!("stack `{stack}` has no run to report yet: its runs are logged by `plan apply {stack}` (and destroy) in {}", l.state_dir.join("runs").display());
+            };
+            let text = match format {
+                ReportFormat::Markdown => render::report::markdown(&r),
+                ReportFormat::Svg => render::report::svg(&r),
+                ReportFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
+            };
+            write_parts(out.as_deref(), &[text], cli.quiet)?;
             Ok(0)
         }
         Command::Import { stack, node, id } => {
@@ -651,6 +674,56 @@ fn state_cmd(root: &Path, plans: &[PlanEntry], stack: &str, action: StateCmd) ->
             Ok(0)
         }
     }
+}
+
+/// Writes `parts` to `out` (`F`, `F.part2`, ...) or to standard output, refusing a folder that
+/// does not exist.
+fn write_parts(out: Option<&Path>, parts: &[String], quiet: bool) -> Result<()> {
+    match out {
+        Some(path) => {
+            let path = path.to_path_buf();
+            for (i, part) in parts.iter().enumerate() {
+                let p = if i == 0 {
+                    path.clone()
+                } else {
+                    let mut s = path.clone().into_os_string();
+                    s.push(format!(".part{}", i + 1));
+                    PathBuf::from(s)
+                };
+                if let Some(dir) = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+                {
+                    bail!(
+                        "--out {}: the folder {} does not exist; create it (`mkdir -p {}`) or write elsewhere. Nothing was written.",
+                        p.display(),
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+                std::fs::write(&p, part).map_err(|e| {
+                    anyhow!(
+                        "--out {}: cannot write it: {}",
+                        p.display(),
+                        crate::io_error::explain(&e, "the file")
+                    )
+                })?;
+                if !quiet {
+                    eprintln!("Wrote {}", p.display());
+                }
+            }
+        }
+        None => {
+            let mut o = std::io::stdout().lock();
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    writeln!(o, "\n<!-- cutover: part {} of {} -->\n", i + 1, parts.len())?;
+                }
+                write!(o, "{part}")?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn confirm(question: &str) -> Result<bool> {
@@ -776,18 +849,66 @@ async fn apply(
         progress::Mode::Plain
     };
     let prog = Arc::new(Progress::new(mode));
-    let p1 = prog.clone();
-    let p2 = prog.clone();
+    let log = Arc::new(crate::runlog::RunLog::start(
+        &l.state_dir,
+        stack,
+        &l.graph.spec.plan,
+        verb,
+        &command_line(),
+    ));
+    let (p1, p2, l1, l2) = (prog.clone(), prog.clone(), log.clone(), log.clone());
     let applied = engine::execute(
         &l,
         prepared,
         rx,
-        Arc::new(move |e, labels| p1.event(e, labels)),
-        Arc::new(move |node, msg| p2.node_message(node, msg)),
+        Arc::new(move |e, labels| {
+            l1.event(e, labels);
+            p1.event(e, labels)
+        }),
+        Arc::new(move |node, msg| {
+            l2.message(node, msg);
+            p2.node_message(node, msg)
+        }),
     )
     .await?;
     prog.finish();
     signals.abort();
+    {
+        let r = &applied.report;
+        let outcome = if r.cancelled {
+            "interrupted"
+        } else if r.checkpoint_error.is_some()
+            || r.outcomes.iter().any(|o| matches!(o, Outcome::Failed(_)))
+        {
+            "failed"
+        } else {
+            "complete"
+        };
+        let ops: Vec<String> = applied
+            .ops
+            .iter()
+            .map(|o| format!("{:?}", o.op).to_lowercase())
+            .collect();
+        for line in l.registry.summaries() {
+            log.message("", &line);
+        }
+        log.done(&applied.jobs, &ops, &r.outcomes, outcome);
+        // The report of this run beside its state, for whoever looks later.
+        if let Some(report) = engine::run_report(&l, &applied.state) {
+            if l.state_dir.is_dir() {
+                for (name, text) in [
+                    ("report.md", render::report::markdown(&report)),
+                    ("report.svg", render::report::svg(&report)),
+                ] {
+                    if let Err(e) =
+                        crate::atomic::write(&l.state_dir.join(name), text.as_bytes(), None)
+                    {
+                        tracing::warn!("the run report {name} could not be written: {e}");
+                    }
+                }
+            }
+        }
+    }
     for line in l.registry.summaries() {
         say!("{line}");
     }

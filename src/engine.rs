@@ -1333,3 +1333,312 @@ mod budget_tests {
         assert!(budget_lines(&spec, &state, &|_| false).is_empty());
     }
 }
+
+/// One node of a run, as its run log saw it (milliseconds since the run began).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunNode {
+    pub node: String,
+    pub type_name: String,
+    /// What the job did (`create`, `run`, `delete`, ...).
+    pub op: String,
+    pub start_ms: Option<u64>,
+    pub end_ms: Option<u64>,
+    /// `done`, `failed`, `skipped`, `not started` or `unfinished` (the log ends before it did).
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A time budget's span in the run (milliseconds since the run began).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunWindow {
+    pub name: String,
+    pub from_ms: f64,
+    pub to_ms: f64,
+    pub limit_s: f64,
+    /// The span plus the budget's fixed seconds.
+    pub used_s: f64,
+}
+
+/// What a run did, from its run log and the state it left: for `plan report`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunReport {
+    pub stack: String,
+    pub plan: String,
+    pub command: String,
+    pub started: String,
+    pub total_ms: u64,
+    pub outcome: String,
+    /// In the order they started (then the ones that never did).
+    pub nodes: Vec<RunNode>,
+    /// The chain of jobs that decided when the run ended, first to last.
+    pub critical_path: Vec<String>,
+    /// What the steps measured (node, line), from their types.
+    pub measured: Vec<(String, String)>,
+    /// The plan's time budgets measured in this run.
+    pub windows: Vec<RunWindow>,
+    /// Lines of the run's summary (retries of the clients).
+    pub summary: Vec<String>,
+}
+
+/// The report of the newest run of the stack, or None when it has none.
+pub fn run_report(l: &Loaded, state: &State) -> Option<RunReport> {
+    use crate::runlog::Line;
+    let (_, lines) = crate::runlog::latest(&l.state_dir)?;
+    let Some(Line::Run {
+        stack,
+        plan,
+        command,
+        started,
+    }) = lines.first().cloned()
+    else {
+        return None;
+    };
+    let mut nodes: Vec<RunNode> = vec![];
+    let mut at: BTreeMap<String, usize> = BTreeMap::new();
+    let mut summary = vec![];
+    let mut total_ms = 0;
+    let mut outcome = "unfinished".to_string();
+    let mut jobs: Vec<crate::runlog::Job> = vec![];
+    let type_of = |n: &str| {
+        state
+            .nodes
+            .get(n)
+            .map(|r| r.type_name().to_string())
+            .or_else(|| l.graph.node(n).map(|s| s.type_name.clone()))
+            .unwrap_or_default()
+    };
+    for line in &lines {
+        match line {
+            Line::Run { .. } => {}
+            Line::Start { ms, node, op } => {
+                at.insert(node.clone(), nodes.len());
+                nodes.push(RunNode {
+                    node: node.clone(),
+                    type_name: type_of(node),
+                    op: op.clone(),
+                    start_ms: Some(*ms),
+                    end_ms: None,
+                    outcome: "unfinished".into(),
+                    error: None,
+                });
+                total_ms = total_ms.max(*ms);
+            }
+            Line::End { ms, node, error } => {
+                if let Some(&i) = at.get(node) {
+                    nodes[i].end_ms = Some(*ms);
+                    nodes[i].outcome = if error.is_some() { "failed" } else { "done" }.into();
+                    nodes[i].error = error.clone();
+                }
+                total_ms = total_ms.max(*ms);
+            }
+            Line::Skip { node, cause, ms } => {
+                at.insert(node.clone(), nodes.len());
+                nodes.push(RunNode {
+                    node: node.clone(),
+                    type_name: type_of(node),
+                    op: String::new(),
+                    start_ms: None,
+                    end_ms: None,
+                    outcome: "skipped".into(),
+                    error: Some(cause.clone()),
+                });
+                total_ms = total_ms.max(*ms);
+            }
+            Line::Message { node, text, ms } => {
+                if node.is_empty() {
+                    summary.push(text.clone());
+                }
+                total_ms = total_ms.max(*ms);
+            }
+            Line::Done {
+                ms,
+                jobs: j,
+                outcome: o,
+            } => {
+                total_ms = total_ms.max(*ms);
+                outcome = o.clone();
+                jobs = j.clone();
+            }
+        }
+    }
+    // Jobs that did their work without a call (a gate passing, a record kept) have no start
+    // line: they are done when the jobs they waited for were.
+    for j in &jobs {
+        match at.get(&j.node) {
+            Some(&i) if nodes[i].outcome == "unfinished" && j.outcome != "done" => {
+                nodes[i].outcome = j.outcome.clone();
+            }
+            Some(_) => {}
+            None if j.outcome == "dormant" => {}
+            None => {
+                at.insert(j.node.clone(), nodes.len());
+                nodes.push(RunNode {
+                    node: j.node.clone(),
+                    type_name: type_of(&j.node),
+                    op: j.op.clone(),
+                    start_ms: None,
+                    end_ms: None,
+                    outcome: j.outcome.clone(),
+                    error: None,
+                });
+            }
+        }
+    }
+    // When each job ended: its own end, or (done without a call) its dependencies' latest.
+    let mut ended: Vec<Option<u64>> = vec![None; jobs.len()];
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| jobs[i].deps.len());
+    for _ in 0..jobs.len() {
+        let mut changed = false;
+        for &i in &order {
+            if ended[i].is_some() {
+                continue;
+            }
+            let own = at.get(&jobs[i].node).and_then(|&k| nodes[k].end_ms);
+            let e = own.or_else(|| {
+                (jobs[i].outcome == "done")
+                    .then(|| {
+                        jobs[i]
+                            .deps
+                            .iter()
+                            .map(|&d| ended.get(d).copied().flatten())
+                            .collect::<Option<Vec<u64>>>()
+                            .map(|v| v.into_iter().max().unwrap_or(0))
+                    })
+                    .flatten()
+            });
+            if e.is_some() {
+                ended[i] = e;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    // The critical path: from the job that ended last, back through the dependency that ended
+    // last each time.
+    let mut critical = vec![];
+    let mut cur = (0..jobs.len())
+        .filter_map(|i| ended[i].map(|e| (e, i)))
+        .max()
+        .map(|(_, i)| i);
+    while let Some(i) = cur {
+        critical.push(jobs[i].node.clone());
+        cur = jobs[i]
+            .deps
+            .iter()
+            .filter_map(|&d| ended.get(d).copied().flatten().map(|e| (e, d)))
+            .max()
+            .map(|(_, d)| d);
+    }
+    critical.reverse();
+    // What the steps measured, by their types.
+    let mut measured = vec![];
+    for n in &nodes {
+        if n.outcome != "done" {
+            continue;
+        }
+        if let (Some(TypeImpl::Step(st)), Some(r)) =
+            (l.registry.get(&n.type_name), state.nodes.get(&n.node))
+        {
+            for m in st.measured(r.outputs()) {
+                measured.push((n.node.clone(), m));
+            }
+        }
+    }
+    // The budgets' spans, placed on the run's clock.
+    let t0 = humantime::parse_rfc3339_weak(&started).ok();
+    let time = |v: &serde_json::Value| -> Option<f64> {
+        let (node, output) = value::as_ref(v)?;
+        let text = state
+            .nodes
+            .get(node)?
+            .outputs()
+            .get(output)?
+            .as_str()?
+            .to_string();
+        let t = humantime::parse_rfc3339_weak(&text).ok()?;
+        Some(match t.duration_since(t0?) {
+            Ok(d) => d.as_secs_f64() * 1000.0,
+            Err(e) => -e.duration().as_secs_f64() * 1000.0,
+        })
+    };
+    let windows = l
+        .graph
+        .spec
+        .budgets
+        .iter()
+        .filter_map(|b| {
+            let (from_ms, to_ms) = (time(&b.from)?, time(&b.to)?);
+            // Only a window this run measured (both ends inside it).
+            if from_ms < 0.0 || to_ms < from_ms {
+                return None;
+            }
+            let plus: f64 = b.plus.iter().map(|(s, _)| s).sum();
+            Some(RunWindow {
+                name: b.name.clone(),
+                from_ms,
+                to_ms,
+                limit_s: b.limit_s,
+                used_s: (to_ms - from_ms) / 1000.0 + plus,
+            })
+        })
+        .collect();
+    Some(RunReport {
+        stack,
+        plan,
+        command,
+        started,
+        total_ms,
+        outcome,
+        nodes,
+        critical_path: critical,
+        measured,
+        windows,
+        summary,
+    })
+}
+
+/// What an emulated run of a stack measured, committed beside the project as
+/// `reports/STACK.json` (written by `plan emulate` after a run that measured a time budget) for
+/// the pull-request comment, which CI makes without an emulator.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Rehearsal {
+    pub stack: String,
+    /// When the run started (RFC 3339).
+    pub started: String,
+    pub outcome: String,
+    pub total_s: f64,
+    /// (budget, seconds used, limit).
+    pub windows: Vec<(String, f64, f64)>,
+}
+
+impl Rehearsal {
+    /// `reports/STACK.json` of the project.
+    pub fn path(root: &Path, stack: &str) -> PathBuf {
+        root.join("reports").join(format!("{stack}.json"))
+    }
+
+    /// The committed rehearsal of `stack`, if any (an unreadable one is ignored: it is a
+    /// report, not an input).
+    pub fn read(root: &Path, stack: &str) -> Option<Rehearsal> {
+        serde_json::from_str(&std::fs::read_to_string(Self::path(root, stack)).ok()?).ok()
+    }
+
+    /// The rehearsal of a run that measured at least one budget.
+    pub fn of(r: &RunReport) -> Option<Rehearsal> {
+        (!r.windows.is_empty()).then(|| Rehearsal {
+            stack: r.stack.clone(),
+            started: r.started.clone(),
+            outcome: r.outcome.clone(),
+            total_s: r.total_ms as f64 / 1000.0,
+            windows: r
+                .windows
+                .iter()
+                .map(|w| (w.name.clone(), (w.used_s * 10.0).round() / 10.0, w.limit_s))
+                .collect(),
+        })
+    }
+}

@@ -22,6 +22,7 @@ pub mod pg;
 pub mod planner;
 pub mod provider;
 pub mod render;
+pub mod runlog;
 pub mod secrets;
 pub mod stack;
 pub mod state;

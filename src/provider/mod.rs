@@ -404,6 +404,11 @@ pub trait StepType: Send + Sync {
     async fn clean_up(&self, _ctx: &Ctx, _outputs: &Attrs) -> Result<(), ProviderError> {
         Ok(())
     }
+    /// What a run of the step measured, from its recorded outputs, for the run report (e.g. how
+    /// long a fence held clients, a copy's throughput), in a person's words.
+    fn measured(&self, _outputs: &Attrs) -> Vec<String> {
+        vec![]
+    }
     /// What the step means to a reviewer: what it fences or re-points, what it checks, whether
     /// it can be rolled back, what it cannot verify. The default says only the last but one.
     fn review(&self, _inputs: &Attrs) -> Review {

@@ -632,6 +632,22 @@ fn setup_outputs(names: &[String], tables: usize) -> Attrs {
 
 #[async_trait]
 impl StepType for ReplicateType {
+    fn measured(&self, outputs: &Attrs) -> Vec<String> {
+        let Some(l) = outputs.get("load") else {
+            return vec![];
+        };
+        let num = |k: &str| l.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        let (rows, bytes, s) = (num("rows"), num("bytes"), num("seconds"));
+        if s <= 0.0 {
+            return vec![];
+        }
+        vec![format!(
+            "initial load: {rows:.0} rows, {:.1} MB in {s:.1} s ({:.0} rows/s, {:.1} MB/s)",
+            bytes / 1e6,
+            rows / s,
+            bytes / 1e6 / s
+        )]
+    }
     fn type_name(&self) -> &'static str {
         "pg.replicate"
     }
@@ -957,6 +973,22 @@ async fn check_drift(ctx: &Ctx, node: &str, s: &Target, t: &Target) -> Result<()
 
 #[async_trait]
 impl StepType for ValidateType {
+    fn measured(&self, outputs: &Attrs) -> Vec<String> {
+        let rows = outputs.get("rows").and_then(Value::as_f64).unwrap_or(0.0);
+        let ms = outputs
+            .get("report")
+            .and_then(|r| r.get("elapsed_ms"))
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        if ms <= 0.0 {
+            return vec![];
+        }
+        vec![format!(
+            "validated {rows:.0} rows in {:.1} s ({:.0} rows/s)",
+            ms / 1000.0,
+            rows / (ms / 1000.0)
+        )]
+    }
     fn type_name(&self) -> &'static str {
         "pg.validate"
     }
@@ -1231,6 +1263,30 @@ async fn cutover_spec(
 
 #[async_trait]
 impl StepType for CutoverType {
+    fn measured(&self, outputs: &Attrs) -> Vec<String> {
+        let mut out = vec![];
+        if let Some(ms) = outputs.get("fenced_ms").and_then(Value::as_f64) {
+            out.push(format!(
+                "writers were held or refused for {ms:.0} ms, from the fence to the step's end (as the tool measured it, not the clients)"
+            ));
+        }
+        if let Some(phases) = outputs.get("phases").and_then(Value::as_array) {
+            let parts: Vec<String> = phases
+                .iter()
+                .filter_map(|p| {
+                    Some(format!(
+                        "{} {:.0} ms",
+                        p.get("name")?.as_str()?,
+                        p.get("ms")?.as_f64()?
+                    ))
+                })
+                .collect();
+            if !parts.is_empty() {
+                out.push(format!("phases: {}", parts.join(", ")));
+            }
+        }
+        out
+    }
     fn review(&self, inputs: &Attrs) -> crate::provider::Review {
         let mut guards = vec!["the schemas agree and every table is replicated".to_string()];
         if let Some(b) = crate::value::get_u64(inputs, "max_lag_bytes") {

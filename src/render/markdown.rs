@@ -30,11 +30,20 @@ pub const LIMIT: usize = 65_536;
 
 /// The comment body or bodies. Each part is complete markdown on its own.
 pub fn preview(cs: &ChangeSet) -> Vec<String> {
-    preview_with_limit(cs, LIMIT)
+    preview_with(cs, None, LIMIT)
 }
 
 /// As [`preview`], with a smaller limit (tests).
 pub fn preview_with_limit(cs: &ChangeSet, limit: usize) -> Vec<String> {
+    preview_with(cs, None, limit)
+}
+
+/// As [`preview`], with what an emulated run of the stack measured in the verdict.
+pub fn preview_with(
+    cs: &ChangeSet,
+    rehearsal: Option<&crate::engine::Rehearsal>,
+    limit: usize,
+) -> Vec<String> {
     let title = format!("### cutover: plan `{}` on stack `{}`", cs.plan, cs.stack);
     let mut summary = if cs.has_changes() {
         format!("**Plan: {}.**", summary_line(&cs.summary))
@@ -51,6 +60,21 @@ pub fn preview_with_limit(cs: &ChangeSet, limit: usize) -> Vec<String> {
         .collect();
     if !gates.is_empty() {
         let _ = write!(summary, " Gates held: {}.", gates.join(", "));
+    }
+    if let Some(r) = rehearsal {
+        let windows: Vec<String> = r
+            .windows
+            .iter()
+            .map(|(name, used, limit)| format!("`{name}` {used:.1} s of {limit:.1} s"))
+            .collect();
+        let _ = write!(
+            summary,
+            "\n\nMeasured in an emulated run on {} ({}): {}; the run took {:.0} s.",
+            r.started.get(..10).unwrap_or(&r.started),
+            r.outcome,
+            windows.join(", "),
+            r.total_s
+        );
     }
     let review = review_sections(cs);
     let summary = if review.is_empty() {

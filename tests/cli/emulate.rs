@@ -459,6 +459,53 @@ fn plan_emulate_saas_staging_runs_case_four_inside_its_dns_window_with_a_writer(
         i.kms_key_id(),
         Some("arn:aws:kms:us-east-1:333333333333:key/1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d")
     );
+    // The run's report: the timeline parses and has a bar for every node, the window is marked;
+    // the rehearsal is written for the pull-request comment, which quotes it.
+    let (code, json) = emulate(&p, &moto, case, &["report", "--format", "json"]);
+    assert_eq!(code, 0, "{json}");
+    let start = json.find('{').unwrap();
+    let end = json.rfind('}').unwrap();
+    let report: serde_json::Value = serde_json::from_str(&json[start..=end]).unwrap();
+    let svg = p.read(".cutover/emulate/saas-staging/root/.cutover/saas-staging/report.svg");
+    let doc = roxmltree::Document::parse(&svg).expect("the timeline is SVG");
+    let bars: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("bar"))
+        .filter_map(|n| n.attribute("data-node"))
+        .collect();
+    let nodes: Vec<&str> = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert!(
+        nodes.contains(&"switch") && nodes.contains(&"flip"),
+        "{nodes:?}"
+    );
+    assert_eq!(bars, nodes, "a bar for every node");
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.attribute("class") == Some("window"))
+            .count(),
+        1,
+        "the DNS window is marked"
+    );
+    let measured = report["measured"].to_string();
+    assert!(
+        measured.contains("writers were held or refused for"),
+        "{measured}"
+    );
+    let rehearsal: serde_json::Value =
+        serde_json::from_str(&p.read("reports/saas-staging.json")).unwrap();
+    assert_eq!(rehearsal["windows"][0][0], "dns-window");
+    let (code, md, err) = p.run(&["preview", "saas-staging", "--format", "markdown"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        md.contains("Measured in an emulated run on ") && md.contains("`dns-window` "),
+        "{md}"
+    );
+
     let (code, out) = emulate(&p, &moto, case, &["rollback", "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(rt.block_on(record(&route53(&l), case)), case.source_host);

@@ -544,3 +544,91 @@ fn a_temporary_retires_in_the_apply_where_its_gate_passes_and_not_before() {
     assert!(!q.root().join("out/r/scratch.txt").exists());
     assert_eq!(q.read("out/r/keep.txt"), "stays");
 }
+
+/// Every apply logs its run; `plan report` shows it as markdown (each node's start, time and
+/// outcome, the critical path) and as an SVG timeline with a bar for every node; the same report
+/// is written beside the state. A stack that never ran has nothing to report, and says so.
+#[test]
+fn the_run_report_shows_each_node_the_critical_path_and_a_timeline() {
+    let p = Project::new();
+    let (code, _, err) = p.run(&["report", "demo"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("stack `demo` has no run to report yet"),
+        "{err}"
+    );
+    let (code, out, _) = p.run(&["apply", "demo", "--yes", "--approve", "cutover"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, md, err) = p.run(&["report", "demo"]);
+    assert_eq!(code, 0, "{err}");
+    // Parallel jobs start and end in any order: the report is checked line by line.
+    assert!(
+        md.starts_with("### Run of `demo` on stack `demo`\n"),
+        "{md}"
+    );
+    assert!(
+        md.contains("apply demo --yes --approve cutover`, started "),
+        "{md}"
+    );
+    assert!(md.contains(": **complete** in "), "{md}");
+    let path = md
+        .lines()
+        .find_map(|l| l.strip_prefix("**Critical path**: "))
+        .unwrap_or_else(|| panic!("{md}"));
+    // The sleep decides the run's length: the path goes through it and the gate behind it.
+    assert!(path.starts_with("`target-dir` → "), "{path}");
+    assert!(
+        path.ends_with(
+            "`settle` → `record-load` → `cutover` → `active-pointer` → `record-cutover`"
+        ),
+        "{path}"
+    );
+    for (node, kind, did) in [
+        ("target-dir", "local_file.directory", "creating"),
+        ("settle", "wait.sleep", "running"),
+        ("record-cutover", "local_file.append", "running"),
+    ] {
+        let row = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{node}` |")))
+            .unwrap_or_else(|| panic!("{node}: {md}"));
+        assert!(
+            row.contains(&format!("| {kind} | {did} |")) && row.ends_with("| done |"),
+            "{row}"
+        );
+    }
+    assert!(
+        md.contains("| `cutover` | core.gate | gate | - | - | done |"),
+        "{md}"
+    );
+    let (code, svg, _) = p.run(&["report", "demo", "--format", "svg"]);
+    assert_eq!(code, 0);
+    let doc = roxmltree::Document::parse(&svg).expect("the timeline is SVG");
+    let bars: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("bar"))
+        .filter_map(|n| n.attribute("data-node"))
+        .collect();
+    for node in [
+        "target-dir",
+        "settle",
+        "record-load",
+        "cutover",
+        "active-pointer",
+        "record-cutover",
+    ] {
+        assert!(bars.contains(&node), "{node}: {bars:?}");
+    }
+    assert_eq!(p.read(".cutover/demo/report.md"), md);
+    assert_eq!(p.read(".cutover/demo/report.svg"), svg);
+    // A second run is its own log; the report is of the newest.
+    let (code, _, _) = p.run(&["destroy", "demo", "--yes"]);
+    assert_eq!(code, 0);
+    let runs = std::fs::read_dir(p.root().join(".cutover/demo/runs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        runs == 2 || !p.root().join(".cutover/demo").exists(),
+        "{runs}"
+    );
+}

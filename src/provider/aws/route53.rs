@@ -757,6 +757,15 @@ struct LowerTtlType {
 
 #[async_trait]
 impl StepType for LowerTtlType {
+    fn measured(&self, outputs: &Attrs) -> Vec<String> {
+        match (get_u64(outputs, "previous_ttl"), get_u64(outputs, "ttl")) {
+            (Some(was), Some(now)) => vec![format!(
+                "TTL {was} s -> {now} s; waited {} s for the old one to expire",
+                get_u64(outputs, "waited_s").unwrap_or(0)
+            )],
+            _ => vec![],
+        }
+    }
     fn type_name(&self) -> &'static str {
         "aws.route53.lower_ttl"
     }
