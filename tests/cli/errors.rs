@@ -393,10 +393,10 @@ rm -f "$R/.cutover/fill"
 "$P" --root "$R" apply demo --yes > "$R/again.out" 2>&1; echo $? > "$R/again.rc"
 "$P" --root "$R" preview demo --detailed-exitcode > "$R/preview.out" 2>&1; echo $? > "$R/preview.rc"
 # The same disk read-only: refused in one sentence, the state as it was.
-md5sum "$R"/.cutover/demo/* > "$R/ro.before"
+find "$R/.cutover/demo" -maxdepth 1 -type f | sort | xargs md5sum > "$R/ro.before"
 mount -o remount,ro "$R/.cutover"
 "$P" --root "$R" apply demo --yes --replace settle > "$R/ro.out" 2>&1; echo $? > "$R/ro.rc"
-md5sum "$R"/.cutover/demo/* > "$R/ro.after"
+find "$R/.cutover/demo" -maxdepth 1 -type f | sort | xargs md5sum > "$R/ro.after"
 "#;
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut cmd = std::process::Command::new("unshare");
