@@ -132,6 +132,9 @@ pub struct Action {
     /// The node is protected (`.protect()`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub protected: bool,
+    /// The object's identifier: the one recorded, or the one a create will give it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
     #[serde(skip)]
     pub service: String,
 }
@@ -346,6 +349,10 @@ pub fn plan(
                     _ => Default::default(),
                 },
                 protected: n.options.protect,
+                object_id: match nodes.get(n.name.as_str()) {
+                    Some(NodeRecord::Resource(r)) => Some(r.id.clone()),
+                    _ => None,
+                },
                 service,
             };
             match n.kind {
@@ -363,7 +370,21 @@ pub fn plan(
                         ActionKind::Create | ActionKind::Replace => {
                             let known = match registry.get(&n.type_name) {
                                 Some(TypeImpl::Resource(t)) => {
-                                    t.planned_outputs(&value::resolve_attrs(&n.inputs, &lookup))
+                                    let inputs = value::resolve_attrs(&n.inputs, &lookup);
+                                    let did = crate::provider::deterministic_id(
+                                        &spec.plan,
+                                        &spec.stack,
+                                        &n.name,
+                                    );
+                                    let id = t.id_for(&crate::provider::Request {
+                                        node: &n.name,
+                                        deterministic_id: &did,
+                                        inputs: &inputs,
+                                    });
+                                    if a.action == ActionKind::Create {
+                                        a.object_id = Some(id.clone());
+                                    }
+                                    t.planned_outputs(&inputs, &id)
                                 }
                                 _ => Attrs::new(),
                             };
@@ -612,6 +633,10 @@ pub fn plan(
                 _ => Default::default(),
             },
             protected: protect,
+            object_id: match r {
+                NodeRecord::Resource(x) => Some(x.id.clone()),
+                _ => None,
+            },
             service: registry
                 .get(r.type_name())
                 .map(|t| t.service().to_string())

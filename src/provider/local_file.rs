@@ -163,7 +163,7 @@ impl ResourceType for DirectoryType {
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
         validate_mode(inputs)
     }
-    fn planned_outputs(&self, inputs: &Attrs) -> Attrs {
+    fn planned_outputs(&self, inputs: &Attrs, _id: &str) -> Attrs {
         planned_path(inputs)
     }
     fn id_for(&self, req: &Request<'_>) -> String {
@@ -361,7 +361,7 @@ impl ResourceType for FileType {
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
         validate_mode(inputs)
     }
-    fn planned_outputs(&self, inputs: &Attrs) -> Attrs {
+    fn planned_outputs(&self, inputs: &Attrs, _id: &str) -> Attrs {
         planned_path(inputs)
     }
     fn id_for(&self, req: &Request<'_>) -> String {

@@ -183,7 +183,7 @@ impl ResourceType for PostgresType {
     fn stable_outputs(&self) -> &'static [&'static str] {
         &["id", "host", "user", "dbname", "data_dir"]
     }
-    fn planned_outputs(&self, inputs: &Attrs) -> Attrs {
+    fn planned_outputs(&self, inputs: &Attrs, _id: &str) -> Attrs {
         let mut out = Attrs::from([
             ("host".to_string(), Value::from("127.0.0.1")),
             ("user".to_string(), Value::from("postgres")),
@@ -399,7 +399,7 @@ impl ResourceType for PgbouncerType {
     fn stable_outputs(&self) -> &'static [&'static str] {
         &["id", "dir", "host", "port"]
     }
-    fn planned_outputs(&self, inputs: &Attrs) -> Attrs {
+    fn planned_outputs(&self, inputs: &Attrs, _id: &str) -> Attrs {
         let mut out = Attrs::from([("host".to_string(), Value::from("127.0.0.1"))]);
         for k in ["dir", "port"] {
             if let Some(v) = inputs.get(k).filter(|v| !value::has_refs(v)) {

@@ -295,8 +295,10 @@ pub trait ResourceType: Send + Sync {
     fn update_note(&self, _recorded: &Attrs) -> Option<String> {
         None
     }
-    /// Outputs known before the object exists because they copy an input (a path, a name).
-    fn planned_outputs(&self, _inputs: &Attrs) -> Attrs {
+    /// Outputs known before the object exists because they copy an input (a path, a name) or
+    /// are its identifier (`id`, what `id_for` gives: the deterministic name of an RDS object),
+    /// so that a preview shows the values built from them.
+    fn planned_outputs(&self, _inputs: &Attrs, _id: &str) -> Attrs {
         Attrs::new()
     }
     /// Whether an object found by its identifier was created by this plan's node (its tags say

@@ -61,6 +61,20 @@ pub fn preview_with(
     if !gates.is_empty() {
         let _ = write!(summary, " Gates held: {}.", gates.join(", "));
     }
+    for (kind, label) in [
+        (ActionKind::Replace, "Replaces"),
+        (ActionKind::Delete, "Destroys"),
+    ] {
+        let names: Vec<String> = cs
+            .actions
+            .iter()
+            .filter(|a| a.action == kind)
+            .map(|a| format!("`{}`", a.node))
+            .collect();
+        if !names.is_empty() {
+            let _ = write!(summary, " {label}: {}.", names.join(", "));
+        }
+    }
     if let Some(r) = rehearsal {
         let windows: Vec<String> = r
             .windows
@@ -310,6 +324,7 @@ mod tests {
             retire: false,
             review: Review::default(),
             protected: false,
+            object_id: None,
             service: String::new(),
         }
     }
@@ -371,6 +386,10 @@ mod tests {
         let md = &preview(&change_set(vec![replaced, deleted, protected, replica]))[0];
         let warning = md.find("> [!WARNING]").expect("a warning block");
         assert!(warning < md.find("<details>").unwrap(), "{md}");
+        assert!(
+            md.contains(" Replaces: `db`. Destroys: `snap`, `replica`."),
+            "{md}"
+        );
         for want in [
             "> - `db` (aws.rds.instance) will be replaced (destroyed, then created empty): it holds data",
             "> - `snap` (aws.rds.db_snapshot) will be destroyed: it holds data",

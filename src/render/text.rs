@@ -26,9 +26,14 @@ pub fn summary_line(s: &Summary) -> String {
 fn resource_lines(out: &mut String, a: &Action) {
     let sym = a.action.symbol();
     let temp = if a.temporary { " [temporary]" } else { "" };
+    // The object's identifier, where it is not the node's own name.
+    let id = match &a.object_id {
+        Some(id) if id != &a.node => format!(" `{id}`"),
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "  {sym} {} ({}){temp}  # {}",
+        "  {sym} {} ({}){id}{temp}  # {}",
         a.node, a.type_name, a.reason
     );
     for c in &a.changes {

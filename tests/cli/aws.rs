@@ -269,7 +269,9 @@ fn parameter_groups_are_created_read_back_updated_replaced_refreshed_and_deleted
     let (code, out) = run(&p, &["preview", "aws", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{out}");
     assert!(
-        out.contains("~ params (aws.rds.parameter_group)  # inputs changed"),
+        out.contains(
+            "~ params (aws.rds.parameter_group) `aws-params-aws-params`  # inputs changed"
+        ),
         "{out}"
     );
     assert!(out.contains("~ parameter.work_mem = {\"value\":\"262144\",\"apply\":\"immediate\"} -> {\"value\":\"524288\",\"apply\":\"immediate\"}"), "{out}");
@@ -289,7 +291,7 @@ fn parameter_groups_are_created_read_back_updated_replaced_refreshed_and_deleted
     stack(&p, &m, "postgres16", "524288");
     let (_, out) = run(&p, &["preview", "aws"]);
     assert!(
-        out.contains("-/+ params (aws.rds.parameter_group)  # `family` cannot change in place"),
+        out.contains("-/+ params (aws.rds.parameter_group) `aws-params-aws-params`  # `family` cannot change in place"),
         "{out}"
     );
     assert!(
@@ -1311,7 +1313,7 @@ fn alarms_on_a_topic_bake_and_retire_a_temporary() {
     let (code, out) = run(&p, &["preview", "aws", "--detailed-exitcode"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("dms-latency (aws.cloudwatch.alarm) [temporary]  # retired at"),
+        out.contains("dms-latency (aws.cloudwatch.alarm) `aws-watch-aws-dms-latency` [temporary]  # retired at"),
         "{out}"
     );
 
@@ -1801,7 +1803,7 @@ fn case_two_on_the_emulator_dms_alarms_and_dns_applied_changed_retired_and_destr
     let (code, out) = run_env(&p, &["preview", "aws"], &env);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("~ task-rest (aws.dms.task) [temporary]  # inputs changed; a running task is stopped, modified and resumed"),
+        out.contains("~ task-rest (aws.dms.task) `aws-dms-aws-task-rest` [temporary]  # inputs changed; a running task is stopped, modified and resumed"),
         "{out}"
     );
     let stack = p

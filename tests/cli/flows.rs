@@ -69,7 +69,9 @@ fn gate_then_approve_then_temporary_teardown() {
     let (code, out, _) = p.run(&["destroy", "demo", "--temporary", "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("- scratch (local_file.file) [temporary]  # destroy --temporary"),
+        out.contains(
+            "- scratch (local_file.file) `out/demo/scratch.txt` [temporary]  # destroy --temporary"
+        ),
         "{out}"
     );
     assert!(!p.root().join("out/demo/scratch.txt").exists());
@@ -77,7 +79,7 @@ fn gate_then_approve_then_temporary_teardown() {
     let (code, out, _) = p.run(&["preview", "demo", "--detailed-exitcode"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("scratch (local_file.file) [temporary]  # retired at"),
+        out.contains("scratch (local_file.file) `out/demo/scratch.txt` [temporary]  # retired at"),
         "{out}"
     );
     // Steps already done do not run again.
@@ -289,12 +291,14 @@ fn refresh_records_drift_and_preview_shows_the_fix() {
     let (code, out, _) = p.run(&["preview", "demo", "--detailed-exitcode"]);
     assert_eq!(code, 2);
     assert!(
-        out.contains("~ target-config (local_file.file)  # drift found by refresh in content"),
+        out.contains(
+            "~ target-config (local_file.file) `out/demo/config.txt`  # drift found by refresh in content"
+        ),
         "{out}"
     );
     assert!(out.contains("~ content = \"edited by hand\\n\" -> \"greeting = hello from cutover\\nreplicas = 3\\n\""), "{out}");
     assert!(
-        out.contains("+ replica-2 (local_file.file)  # not in state"),
+        out.contains("+ replica-2 (local_file.file) `out/demo/replica-2.txt`  # not in state"),
         "{out}"
     );
     p.run(&["apply", "demo", "--yes"]);
@@ -338,7 +342,7 @@ fn import_adopts_an_existing_object_and_state_mv_renames() {
     // Now the plan sees `target-dir` as new and `old-dir` as gone: a preview says so.
     let (_, out, _) = p.run(&["preview", "demo"]);
     assert!(
-        out.contains("- old-dir (local_file.directory)  # no longer in the plan"),
+        out.contains("- old-dir (local_file.directory) `out/demo`  # no longer in the plan"),
         "{out}"
     );
     p.run(&["state", "demo", "mv", "old-dir", "target-dir"]);
@@ -360,7 +364,9 @@ fn replace_until_and_destroy() {
     let (code, out, _) = p.run(&["apply", "demo", "--yes", "--replace", "replica-1"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("-/+ replica-1 (local_file.file)  # requested with --replace"),
+        out.contains(
+            "-/+ replica-1 (local_file.file) `out/demo/replica-1.txt`  # requested with --replace"
+        ),
         "{out}"
     );
     assert!(
@@ -515,7 +521,7 @@ fn a_temporary_retires_in_the_apply_where_its_gate_passes_and_not_before() {
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains(
-            "- scratch (local_file.file) [temporary]  # retires once `bake` passes in this run"
+            "- scratch (local_file.file) `out/r/scratch.txt` [temporary]  # retires once `bake` passes in this run"
         ),
         "{out}"
     );
@@ -528,7 +534,7 @@ fn a_temporary_retires_in_the_apply_where_its_gate_passes_and_not_before() {
     let (code, out, _) = p.run(&["preview", "r", "--detailed-exitcode"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("scratch (local_file.file) [temporary]  # retired at"),
+        out.contains("scratch (local_file.file) `out/r/scratch.txt` [temporary]  # retired at"),
         "{out}"
     );
 

@@ -61,7 +61,7 @@ fn markdown_is_split_below_the_comment_limit() {
         assert!(part.contains("<details><summary>Full diff (part ") && part.contains("```diff\n"));
     }
     assert!(
-        first.contains("\n+   n0 (core.null)  # not in state\n"),
+        first.contains("\n+   n0 (core.null) `bench-big-n0`  # not in state\n"),
         "{}",
         &first[..400]
     );
@@ -212,8 +212,8 @@ fn case3_with_dms_as_the_data_path_previews_its_temporaries_and_cutover() {
     insta::assert_snapshot!("case3_production_dms_text", out);
     // The DMS objects are temporaries; the tasks stop before the reverse replication starts.
     for line in [
-        "+ dms (aws.dms.instance) [temporary]",
-        "+ task-events (aws.dms.task) [temporary]",
+        "+ dms (aws.dms.instance) `onprem-rds-production-dms` [temporary]",
+        "+ task-events (aws.dms.task) `onprem-rds-production-task-events` [temporary]",
         "? resume-events (aws.dms.start): runs only if a node it compensates fails",
     ] {
         assert!(out.contains(line), "{line}: {out}");

@@ -505,6 +505,10 @@ impl ClusterType {
 
 #[async_trait]
 impl ResourceType for ClusterType {
+    /// Its identifier is known before it exists: the deterministic one.
+    fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
+        Attrs::from([("id".to_string(), Value::from(id))])
+    }
     fn review(&self, _inputs: &Attrs) -> crate::provider::Review {
         crate::provider::Review {
             holds_data: true,
@@ -885,6 +889,10 @@ impl InstanceType {
 
 #[async_trait]
 impl ResourceType for InstanceType {
+    /// Its identifier is known before it exists: the deterministic one.
+    fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
+        Attrs::from([("id".to_string(), Value::from(id))])
+    }
     fn type_name(&self) -> &'static str {
         "aws.rds.cluster_instance"
     }

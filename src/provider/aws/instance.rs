@@ -447,6 +447,10 @@ impl DbInstanceType {
 
 #[async_trait]
 impl ResourceType for DbInstanceType {
+    /// Its identifier is known before it exists: the deterministic one.
+    fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
+        Attrs::from([("id".to_string(), Value::from(id))])
+    }
     /// A primary holds data; a read replica's copy is its source's.
     fn review(&self, inputs: &Attrs) -> crate::provider::Review {
         crate::provider::Review {

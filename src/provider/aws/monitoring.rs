@@ -169,7 +169,7 @@ impl ResourceType for TopicType {
     fn force_new(&self) -> &'static [&'static str] {
         &["name"]
     }
-    fn planned_outputs(&self, _inputs: &Attrs) -> Attrs {
+    fn planned_outputs(&self, _inputs: &Attrs, _id: &str) -> Attrs {
         Attrs::new()
     }
     fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {

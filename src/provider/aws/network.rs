@@ -643,6 +643,10 @@ impl SubnetGroupType {
 
 #[async_trait]
 impl ResourceType for SubnetGroupType {
+    /// Its name is known before it exists: the deterministic one.
+    fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
+        Attrs::from([("name".to_string(), Value::from(id))])
+    }
     fn type_name(&self) -> &'static str {
         "aws.rds.subnet_group"
     }

@@ -888,14 +888,11 @@ impl ResourceType for ParameterGroupType {
     fn stable_outputs(&self) -> &'static [&'static str] {
         &["id", "name", "arn"]
     }
-    fn planned_outputs(&self, inputs: &Attrs) -> Attrs {
-        match get_str(inputs, "name") {
-            Some(n) => Attrs::from([
-                ("name".to_string(), Value::from(n)),
-                ("id".to_string(), Value::from(n)),
-            ]),
-            None => Attrs::new(),
-        }
+    fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
+        Attrs::from([
+            ("name".to_string(), Value::from(id)),
+            ("id".to_string(), Value::from(id)),
+        ])
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
         let mut v = vec![];
