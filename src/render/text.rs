@@ -37,6 +37,9 @@ fn resource_lines(out: &mut String, a: &Action) {
         a.node, a.type_name, a.reason
     );
     for c in &a.changes {
+        if json_lines(out, c) {
+            continue;
+        }
         let (csym, val) = match (&c.before_text(), &c.after_text()) {
             (None, Some(after)) => ("+", after.clone()),
             (Some(before), None) => ("-", before.clone()),
@@ -50,6 +53,81 @@ fn resource_lines(out: &mut String, a: &Action) {
         };
         let _ = writeln!(out, "      {csym} {} = {val}{forces}", c.attribute);
     }
+}
+
+/// A string attribute that holds a JSON document (DMS table mappings and task settings), shown
+/// one key a line, and for a change as a diff of those lines. False when it is not one.
+fn json_lines(out: &mut String, c: &crate::planner::AttrChange) -> bool {
+    let doc = |v: &Option<serde_json::Value>| -> Option<Vec<String>> {
+        let text = v.as_ref()?.as_str()?;
+        if !text.trim_start().starts_with(['{', '[']) {
+            return None;
+        }
+        let parsed: serde_json::Value = serde_json::from_str(text).ok()?;
+        if !(parsed.is_object() || parsed.is_array()) {
+            return None;
+        }
+        Some(
+            serde_json::to_string_pretty(&parsed)
+                .ok()?
+                .lines()
+                .map(String::from)
+                .collect(),
+        )
+    };
+    let (before, after) = (doc(&c.before), if c.unknown { None } else { doc(&c.after) });
+    let lines: Vec<(char, String)> = match (before, after) {
+        (None, Some(a)) if c.before.is_none() => a.into_iter().map(|l| ('+', l)).collect(),
+        (Some(b), None) if c.after.is_none() => b.into_iter().map(|l| ('-', l)).collect(),
+        (Some(b), Some(a)) => line_diff(&b, &a),
+        _ => return false,
+    };
+    let sym = match (c.before.is_some(), c.after.is_some()) {
+        (false, _) => "+",
+        (_, false) => "-",
+        _ => "~",
+    };
+    let forces = if c.forces_replacement {
+        "  # forces replacement"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "      {sym} {} = (JSON){forces}", c.attribute);
+    for (mark, l) in lines {
+        let _ = writeln!(out, "          {mark} {l}");
+    }
+    true
+}
+
+/// The lines of `a` against `b`: kept (` `), removed (`-`) and added (`+`), by their longest
+/// common subsequence.
+fn line_diff(b: &[String], a: &[String]) -> Vec<(char, String)> {
+    let (n, m) = (b.len(), a.len());
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if b[i] == a[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, vec![]);
+    while i < n || j < m {
+        if i < n && j < m && b[i] == a[j] {
+            out.push((' ', b[i].clone()));
+            i += 1;
+            j += 1;
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push(('-', b[i].clone()));
+            i += 1;
+        } else {
+            out.push(('+', a[j].clone()));
+            j += 1;
+        }
+    }
+    out
 }
 
 /// The diff body (resources, then steps), without header or summary: shared with markdown.
@@ -117,6 +195,9 @@ pub fn diff_body(cs: &ChangeSet) -> String {
                 a.action.symbol()
             };
             let _ = writeln!(out, "  {:>2}. {sym} {} ({kind}): {state}", i + 1, a.node);
+            if !a.review.guards.is_empty() && a.action != ActionKind::Done {
+                let _ = writeln!(out, "        checks: {}", a.review.guards.join("; "));
+            }
             if let Some(c) = &a.review.caveat {
                 let _ = writeln!(out, "        note: {c}");
             }
@@ -203,4 +284,44 @@ pub fn preview(cs: &ChangeSet) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::AttrChange;
+
+    #[test]
+    fn a_json_attribute_is_shown_one_key_a_line_and_diffed_by_line() {
+        let before = serde_json::json!(r#"{"rules":[{"rule-id":"1","rule-action":"include"}]}"#);
+        let after = serde_json::json!(r#"{"rules":[{"rule-id":"1","rule-action":"exclude"}]}"#);
+        let c = AttrChange {
+            attribute: "table_mappings".into(),
+            before: Some(before),
+            after: Some(after),
+            unknown: false,
+            forces_replacement: false,
+        };
+        let mut out = String::new();
+        assert!(json_lines(&mut out, &c));
+        assert!(
+            out.starts_with("      ~ table_mappings = (JSON)\n"),
+            "{out}"
+        );
+        let removed = out
+            .find("          -       \"rule-action\": \"include\"\n")
+            .unwrap_or_else(|| panic!("{out}"));
+        let added = out
+            .find("          +       \"rule-action\": \"exclude\"\n")
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(removed < added, "{out}");
+        assert!(out.contains("            \"rules\": [\n"), "{out}");
+        // A plain string is not a document.
+        let plain = AttrChange {
+            after: Some(serde_json::json!("{not json")),
+            before: None,
+            ..c
+        };
+        assert!(!json_lines(&mut String::new(), &plain));
+    }
 }
