@@ -387,7 +387,8 @@ async fn emulate(
                 .ok()
                 .and_then(|st| engine::run_report(&el, &st))
                 .and_then(|r| engine::Rehearsal::of(&r));
-            if let Some(r) = rehearsal {
+            if let Some(mut r) = rehearsal {
+                r.sets = set.to_vec();
                 let path = engine::Rehearsal::path(root, stack);
                 let written =
                     std::fs::create_dir_all(path.parent().unwrap_or(root)).and_then(|_| {

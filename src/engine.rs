@@ -1379,6 +1379,8 @@ pub struct RunReport {
     pub windows: Vec<RunWindow>,
     /// Lines of the run's summary (retries of the clients).
     pub summary: Vec<String>,
+    /// The steps that waited for a condition (a lag, a bake, health, a metric) and how long.
+    pub waits: Vec<(String, u64)>,
 }
 
 /// The report of the newest run of the stack, or None when it has none.
@@ -1534,6 +1536,20 @@ pub fn run_report(l: &Loaded, state: &State) -> Option<RunReport> {
             .map(|(_, d)| d);
     }
     critical.reverse();
+    // The steps that wait for a condition (their types check bounds), and how long they did.
+    let waits = nodes
+        .iter()
+        .filter_map(|n| {
+            let (s, e) = (n.start_ms?, n.end_ms?);
+            let spec = l.graph.node(&n.node)?;
+            match l.registry.get(&n.type_name) {
+                Some(TypeImpl::Step(st)) if !st.review(&spec.inputs).guards.is_empty() => {
+                    Some((n.node.clone(), e.saturating_sub(s)))
+                }
+                _ => None,
+            }
+        })
+        .collect();
     // What the steps measured, by their types.
     let mut measured = vec![];
     for n in &nodes {
@@ -1598,6 +1614,7 @@ pub fn run_report(l: &Loaded, state: &State) -> Option<RunReport> {
         measured,
         windows,
         summary,
+        waits,
     })
 }
 
@@ -1613,6 +1630,9 @@ pub struct Rehearsal {
     pub total_s: f64,
     /// (budget, seconds used, limit).
     pub windows: Vec<(String, f64, f64)>,
+    /// The stack values the emulation overrode (`--set KEY=VALUE`), which the numbers depend on.
+    #[serde(default)]
+    pub sets: Vec<String>,
 }
 
 impl Rehearsal {
@@ -1639,6 +1659,7 @@ impl Rehearsal {
                 .iter()
                 .map(|w| (w.name.clone(), (w.used_s * 10.0).round() / 10.0, w.limit_s))
                 .collect(),
+            sets: vec![],
         })
     }
 }

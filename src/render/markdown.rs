@@ -83,9 +83,14 @@ pub fn preview_with(
             .collect();
         let _ = write!(
             summary,
-            "\n\nMeasured in an emulated run on {} ({}): {}; the run took {:.0} s.",
+            "\n\nMeasured in an emulated run on {} ({}{}): {}; the run took {:.0} s.",
             r.started.get(..10).unwrap_or(&r.started),
             r.outcome,
+            if r.sets.is_empty() {
+                String::new()
+            } else {
+                format!(", with {}", r.sets.join(", "))
+            },
             windows.join(", "),
             r.total_s
         );

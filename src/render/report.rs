@@ -49,6 +49,17 @@ pub fn markdown(r: &RunReport) -> String {
         }
         out.push('\n');
     }
+    if !r.waits.is_empty() {
+        let _ = writeln!(
+            out,
+            "**Waited on**: {}\n",
+            r.waits
+                .iter()
+                .map(|(n, ms)| format!("`{n}` {}", secs(*ms as f64)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if !r.critical_path.is_empty() {
         let _ = writeln!(
             out,

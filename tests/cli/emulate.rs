@@ -502,7 +502,10 @@ fn plan_emulate_saas_staging_runs_case_four_inside_its_dns_window_with_a_writer(
     let (code, md, err) = p.run(&["preview", "saas-staging", "--format", "markdown"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        md.contains("Measured in an emulated run on ") && md.contains("`dns-window` "),
+        md.contains("Measured in an emulated run on ")
+            && md.contains(
+                "(complete, with bake_minutes=0, record_ttl=2, cutover_ttl=1): `dns-window` "
+            ),
         "{md}"
     );
 
