@@ -1,6 +1,6 @@
 //! The `aws` provider against `moto_server` (moto 5.2.5 from PyPI in `target/test-venv`, installed by
-//! scripts/prereqs), started on a free loopback port by each test. Without it these tests fail under
-//! CI=true and say SKIPPED elsewhere.
+//! scripts/prereqs), started on a free loopback port by each test. Without it these tests fail,
+//! naming what installs it.
 //!
 //! Emulator gaps, written down where they matter: moto answers ResetDBParameterGroup and
 //! ResetDBClusterParameterGroup with a 500, so removing a parameter from a plan (which resets it)
@@ -27,18 +27,11 @@ fn moto_server() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-/// Whether moto is here; under CI its absence is a failure.
-fn require_moto() -> Option<PathBuf> {
-    match moto_server() {
-        Some(p) => Some(p),
-        None if std::env::var("CI").map(|v| v == "true").unwrap_or(false) => {
-            panic!("moto_server is required under CI=true: scripts/prereqs installs moto[server] into target/test-venv")
-        }
-        None => {
-            eprintln!("SKIPPED: moto_server not found (run scripts/prereqs)");
-            None
-        }
-    }
+/// moto_server is needed: its absence fails the test, naming what installs it.
+fn require_moto() -> PathBuf {
+    moto_server().filter(|p| p.exists()).unwrap_or_else(|| {
+        panic!("moto_server is needed and was not found: run scripts/prereqs all (it installs moto[server] into target/test-venv), or set CUTOVER_MOTO_SERVER")
+    })
 }
 
 /// A moto_server on a free port, stopped when dropped.
@@ -210,7 +203,7 @@ async fn read_group(
 
 #[test]
 fn parameter_groups_are_created_read_back_updated_replaced_refreshed_and_deleted() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let p = Project::new();
     stack(&p, &m, "postgres15", "262144");
@@ -349,7 +342,7 @@ fn parameter_groups_are_created_read_back_updated_replaced_refreshed_and_deleted
 
 #[test]
 fn an_existing_group_without_our_tags_is_not_taken_over_until_imported() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let p = Project::new();
     stack(&p, &m, "postgres15", "262144");
@@ -477,7 +470,7 @@ fn run_with_password(p: &Project, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn an_aurora_cluster_with_a_writer_and_two_readers_is_created_changed_and_destroyed() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let p = Project::new();
     cluster_stack(&p, &m, 7, "db.r6g.large", false);
@@ -653,7 +646,7 @@ fn an_aurora_cluster_with_a_writer_and_two_readers_is_created_changed_and_destro
 
 #[test]
 fn deletion_protection_stops_a_destroy_with_the_fix() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let p = Project::new();
     cluster_stack(&p, &m, 7, "db.r6g.large", true);
@@ -801,7 +794,7 @@ fn dns_stack(p: &Project, m: &Moto, db_target: &str, extra: &str) {
 /// low TTL.
 #[test]
 fn a_record_ttl_is_lowered_ahead_of_the_flip_and_the_old_ttl_waited_out() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let c = m.route53();
     let rt = rt();
@@ -885,7 +878,7 @@ fn a_record_ttl_is_lowered_ahead_of_the_flip_and_the_old_ttl_waited_out() {
 
 #[test]
 fn route53_records_and_the_dns_flip_with_its_rollback() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let c = m.route53();
     let rt = rt();
@@ -1123,7 +1116,7 @@ async fn set_state(
 
 #[test]
 fn alarms_on_a_topic_bake_and_retire_a_temporary() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let (cw, sns) = (m.cloudwatch(), m.sns());
     let rt = rt();
@@ -1363,7 +1356,7 @@ async fn rules(c: &aws_sdk_ec2::Client, id: &str) -> Vec<String> {
 
 #[test]
 fn security_groups_subnet_groups_and_a_cluster_placed_in_them() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let (ec2, rds) = (m.ec2(), m.rds());
     let rt = rt();
@@ -1612,7 +1605,7 @@ async fn dms_tasks(c: &aws_sdk_databasemigration::Client) -> Vec<(String, String
 
 #[test]
 fn case_two_on_the_emulator_dms_alarms_and_dns_applied_changed_retired_and_destroyed() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let proxy = TestProxy::start(m.port);
     let (ec2, rds, r53) = (m.ec2(), m.rds(), m.route53());
@@ -1910,7 +1903,7 @@ async fn instance(c: &aws_sdk_rds::Client, id: &str) -> Option<(String, i32, Opt
 
 #[test]
 fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     // Through the test suite's proxy, which counts the calls (and changes nothing in RDS answers).
     let proxy = TestProxy::start(m.port);
@@ -2076,7 +2069,7 @@ fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed()
 /// destroy still converge, and the run reports exactly the retries the SDK made.
 #[test]
 fn throttling_and_503s_are_retried_and_reported_and_apply_converges() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let proxy = TestProxy::start(m.port);
     let p = Project::new();
@@ -2139,7 +2132,7 @@ fn throttling_and_503s_are_retried_and_reported_and_apply_converges() {
 /// promotion each reach the emulator once.
 #[test]
 fn a_crash_during_a_wait_resumes_it_without_a_second_create_or_promotion() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let proxy = TestProxy::start(m.port);
     let env = [("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")];
@@ -2236,7 +2229,7 @@ fn json_values<'a>(v: &'a serde_json::Value, key: &str, out: &mut Vec<&'a serde_
 /// first; a second apply repeats none of it, and promotion is not drift.
 #[test]
 fn an_aurora_replica_cluster_is_promoted_failed_over_and_rebooted_once() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let proxy = TestProxy::start(m.port);
     let env = [("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")];
@@ -2337,7 +2330,7 @@ fn an_aurora_replica_cluster_is_promoted_failed_over_and_rebooted_once() {
 /// the stack file's line and the fix.
 #[test]
 fn a_master_password_from_secrets_manager_reaches_aws_and_nothing_else() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let proxy = TestProxy::start(m.port);
     let sm = aws_sdk_secretsmanager::Client::new(&m.sdk_config(&m.url()));
@@ -2413,7 +2406,7 @@ fn a_master_password_from_secrets_manager_reaches_aws_and_nothing_else() {
 /// sends no password; the secret's ARN is an output of the cluster; a refresh finds no drift.
 #[test]
 fn a_cluster_with_a_managed_master_password_sends_none_and_outputs_its_secret() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let proxy = TestProxy::start(m.port);
     let p = Project::new();
@@ -2466,7 +2459,7 @@ fn a_cluster_with_a_managed_master_password_sends_none_and_outputs_its_secret() 
 /// with what is offered instead, and stops `apply` before any call that changes anything.
 #[test]
 fn an_instance_class_that_is_not_orderable_stops_apply_before_any_change() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let proxy = TestProxy::start(m.port);
     let p = Project::new();
@@ -2520,7 +2513,7 @@ fn an_instance_class_that_is_not_orderable_stops_apply_before_any_change() {
 /// cluster name cannot change in place: the cluster and everything that names it are replaced.
 #[test]
 fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let proxy = TestProxy::start(m.port);
     let p = Project::new();
@@ -2655,7 +2648,7 @@ fn cluster_drift_is_found_and_reverted_and_a_rename_replaces_the_cluster() {
 /// tags) instead of failing.
 #[test]
 fn a_create_answered_503_after_aws_acted_is_adopted_not_failed() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let proxy = TestProxy::start(m.port);
     let env = [("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2")];
@@ -2760,7 +2753,7 @@ async fn binlog_lag(cw: &aws_sdk_cloudwatch::Client, cluster: &str, seconds: f64
 /// autoscaling, read back; the finish's hand-off; a destroy that leaves the source alone.
 #[test]
 fn case_five_fences_the_source_promotes_the_replica_flips_and_scales_readers() {
-    let Some(bin) = require_moto() else { return };
+    let bin = require_moto();
     let m = Moto::start(&bin);
     let p = Project::new();
     mysql_stack(&p, &m);

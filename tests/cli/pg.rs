@@ -1,5 +1,5 @@
 //! Tests against real PostgreSQL 15 clusters on free loopback ports. Without PostgreSQL's programs
-//! these tests fail under CI=true and say so elsewhere.
+//! (or pgbouncer, for the tests that need it) these tests fail, naming what installs them.
 
 use std::path::PathBuf;
 
@@ -9,18 +9,12 @@ use cutover::pg::Target;
 
 use super::Project;
 
-/// Whether PostgreSQL is here; under CI its absence is a failure, elsewhere a loud skip.
-pub fn require_pg() -> bool {
-    if bin_dir().is_some() {
-        return true;
-    }
-    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-        panic!("PostgreSQL 15's programs are required under CI=true: apt-get install postgresql-15 (scripts/test does)");
-    }
-    eprintln!(
-        "SKIPPED: PostgreSQL 15's programs not found (install postgresql-15 or set CUTOVER_PG_BIN)"
+/// PostgreSQL 15's programs are needed: their absence fails the test.
+pub fn require_pg() {
+    assert!(
+        bin_dir().is_some(),
+        "PostgreSQL 15's programs are needed and were not found: run scripts/prereqs (apt-get install postgresql-15), or set CUTOVER_PG_BIN"
     );
-    false
 }
 
 /// A temporary directory for clusters (PostgreSQL runs as `postgres` when tests run as root: it
@@ -48,17 +42,11 @@ impl Drop for Stopper {
 }
 
 /// pgbouncer is needed too (for the cutover); same rule as PostgreSQL.
-pub fn require_pgbouncer() -> bool {
-    if cutover::pg::pooler::program().is_some() {
-        return true;
-    }
-    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-        panic!(
-            "pgbouncer is required under CI=true: apt-get install pgbouncer (scripts/test does)"
-        );
-    }
-    eprintln!("SKIPPED: pgbouncer not found (install pgbouncer or set CUTOVER_PGBOUNCER)");
-    false
+pub fn require_pgbouncer() {
+    assert!(
+        cutover::pg::pooler::program().is_some(),
+        "pgbouncer is needed and was not found: run scripts/prereqs (apt-get install pgbouncer), or set CUTOVER_PGBOUNCER"
+    );
 }
 
 fn local_stack(p: &Project) -> (u16, u16, Stopper) {
@@ -154,9 +142,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn the_local_rehearsal_provisions_seeds_checks_and_tears_down() {
-    if !require_pg() {
-        return;
-    }
+    require_pg();
     let p = Project::new();
     let (s, t, _stop) = local_stack(&p);
     let (code, out, err) = p.run(&["apply", "local", "--yes"]);
@@ -234,9 +220,7 @@ fn the_local_rehearsal_provisions_seeds_checks_and_tears_down() {
 
 #[test]
 fn preflight_reports_missing_replica_identity_and_wal_level_with_fixes() {
-    if !require_pg() {
-        return;
-    }
+    require_pg();
     let dir = cluster_dir();
     let (sp, tp) = (free_port(), free_port());
     let src = LocalCluster::new(dir.path().join("s"), sp);
@@ -301,9 +285,7 @@ fn preflight_reports_missing_replica_identity_and_wal_level_with_fixes() {
 /// until they were tuned), each finding with its fix.
 #[test]
 fn preflight_weighs_decoding_and_apply_settings_against_the_table_groups() {
-    if !require_pg() {
-        return;
-    }
+    require_pg();
     let dir = cluster_dir();
     let (sp, tp, gp) = (free_port(), free_port(), free_port());
     let src = LocalCluster::new(dir.path().join("s"), sp);
@@ -407,9 +389,7 @@ fn preflight_weighs_decoding_and_apply_settings_against_the_table_groups() {
 
 #[test]
 fn killed_during_replication_the_next_apply_reconciles_and_finishes_without_duplicates() {
-    if !require_pg() {
-        return;
-    }
+    require_pg();
     let p = Project::new();
     let (s, t, _stop) = local_stack(&p);
     // Bigger tables so that the initial copy takes a moment.
@@ -465,9 +445,7 @@ fn killed_during_replication_the_next_apply_reconciles_and_finishes_without_dupl
 
 #[test]
 fn validation_names_changed_missing_and_extra_keys_and_passes_when_equal() {
-    if !require_pg() {
-        return;
-    }
+    require_pg();
     let dir = cluster_dir();
     let (sp, tp) = (free_port(), free_port());
     let src = LocalCluster::new(dir.path().join("s"), sp);
@@ -523,9 +501,7 @@ fn validation_names_changed_missing_and_extra_keys_and_passes_when_equal() {
 
 #[test]
 fn the_rehearsal_validation_step_fails_naming_a_key_changed_on_the_target() {
-    if !require_pg() {
-        return;
-    }
+    require_pg();
     let p = Project::new();
     let (_s, t, _stop) = local_stack(&p);
     let (code, out, _) = p.run(&["apply", "local", "--yes"]);
@@ -596,9 +572,8 @@ async fn write_until(
 
 #[test]
 fn the_cutover_under_writes_loses_nothing_and_no_client_sees_an_error() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
@@ -765,9 +740,8 @@ fn the_cutover_under_writes_loses_nothing_and_no_client_sees_an_error() {
 
 #[test]
 fn a_failed_guard_aborts_before_the_fence_and_the_source_keeps_taking_writes() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, _t, b) = local_stack_with(&p, "max_xact_seconds = 1.0\n");
     let _stop = stopper(&p);
@@ -811,9 +785,8 @@ fn a_failed_guard_aborts_before_the_fence_and_the_source_keeps_taking_writes() {
 
 #[test]
 fn killed_after_the_fence_the_next_apply_unfences_and_finishes() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (_s, t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
@@ -869,9 +842,8 @@ fn killed_after_the_fence_the_next_apply_unfences_and_finishes() {
 
 #[test]
 fn rollback_after_the_flip_brings_the_targets_writes_back_to_the_source() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, _t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
@@ -924,9 +896,8 @@ fn rollback_after_the_flip_brings_the_targets_writes_back_to_the_source() {
 /// replication. A rollback afterwards refuses and changes nothing; a second apply does nothing.
 #[test]
 fn finishing_replication_drops_it_both_ways_and_rollback_then_refuses() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
@@ -985,9 +956,8 @@ fn finishing_replication_drops_it_both_ways_and_rollback_then_refuses() {
 
 #[test]
 fn rollback_without_reverse_replication_refuses_and_changes_nothing() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (_s, t, b) = local_stack_with(&p, "reverse_replication = false\n");
     let _stop = stopper(&p);
@@ -1026,9 +996,8 @@ fn rollback_without_reverse_replication_refuses_and_changes_nothing() {
 /// target) stops the cutover at its guard, saying how far behind it is.
 #[test]
 fn a_lag_in_seconds_above_its_bound_stops_the_cutover_at_its_guard() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, t, b) = local_stack_with(&p, "max_lag_seconds = 1.0\n");
     let _stop = stopper(&p);
@@ -1082,9 +1051,8 @@ fn a_lag_in_seconds_above_its_bound_stops_the_cutover_at_its_guard() {
 
 #[test]
 fn a_lag_above_the_bound_stops_the_cutover_at_its_guard() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, t, b) = local_stack_with(&p, "max_lag_bytes = 65536\n");
     let _stop = stopper(&p);
@@ -1145,9 +1113,8 @@ fn a_lag_above_the_bound_stops_the_cutover_at_its_guard() {
 
 #[test]
 fn preview_with_refresh_shows_the_preflight_of_reachable_databases() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, _t, _b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
@@ -1182,9 +1149,7 @@ fn preview_with_refresh_shows_the_preflight_of_reachable_databases() {
 
 #[test]
 fn tls_connections_verify_the_server_or_fail_clearly() {
-    if !require_pg() {
-        return;
-    }
+    require_pg();
     let dir = cluster_dir();
     let port = free_port();
     let c = LocalCluster::new(dir.path().join("d"), port);
@@ -1384,9 +1349,7 @@ async fn caught_up(s: &Target, slots: &[String]) {
 
 #[test]
 fn the_parallel_load_splits_big_tables_and_misses_no_write_made_during_it() {
-    if !require_pg() {
-        return;
-    }
+    require_pg();
     use cutover::pg::{load, replication, validate};
     let dir = tempfile::tempdir().unwrap();
     let (sp, tp, _stop) = two_clusters(dir.path());
@@ -1554,9 +1517,8 @@ async fn write_direct_until(
 
 #[test]
 fn the_read_only_fence_moves_a_direct_writer_and_rollback_brings_its_writes_back() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, t, _b) = local_stack_with(&p, "fence = \"read_only\"\n");
     let _stop = stopper(&p);
@@ -1678,9 +1640,8 @@ fn the_read_only_fence_moves_a_direct_writer_and_rollback_brings_its_writes_back
 
 #[test]
 fn killed_inside_the_read_only_fence_the_next_apply_lifts_it_and_finishes() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, t, _b) = local_stack_with(&p, "fence = \"read_only\"\n");
     let _stop = stopper(&p);
@@ -1738,9 +1699,8 @@ fn killed_inside_the_read_only_fence_the_next_apply_lifts_it_and_finishes() {
 /// replication) and reopens the cutover, which the next apply runs again before flipping.
 #[test]
 fn a_flip_that_fails_after_the_read_only_fence_unfences_and_the_next_apply_cuts_over_again() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let extra = "fence = \"read_only\"\nflip = \"step\"\n";
     // The flip writes into a folder that does not exist: it fails.
@@ -1871,9 +1831,8 @@ fn a_flip_that_fails_after_the_read_only_fence_unfences_and_the_next_apply_cuts_
 /// slot and come back on rollback, which enables the reverse replication itself when needed.
 #[test]
 fn reverse_replication_enabled_later_loses_no_write_made_before_it_is_enabled() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, _t, b) = local_stack_with(&p, "reverse_later = true\n");
     let _stop = stopper(&p);
@@ -1936,9 +1895,7 @@ fn reverse_replication_enabled_later_loses_no_write_made_before_it_is_enabled() 
 /// marker table first, then the index and the foreign key; no row is copied; again changes nothing.
 #[test]
 fn the_schema_copy_for_dms_creates_tables_then_indexes_and_keys_and_no_rows() {
-    if !require_pg() {
-        return;
-    }
+    require_pg();
     let p = Project::new();
     let (s, t) = (free_port(), free_port());
     p.stack(
@@ -1993,9 +1950,8 @@ fn the_schema_copy_for_dms_creates_tables_then_indexes_and_keys_and_no_rows() {
 
 #[test]
 fn the_catch_up_waits_for_every_group_not_only_the_one_with_the_marker_table() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (_s, t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
@@ -2036,9 +1992,8 @@ fn the_catch_up_waits_for_every_group_not_only_the_one_with_the_marker_table() {
 
 #[test]
 fn schema_drift_and_unreplicated_tables_stop_the_cutover_before_the_fence() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     // Without the step that takes new tables in, the guard is what stands in the way.
     let (s, t, b) = local_stack_with(&p, "extend_replication = false\n");
@@ -2142,9 +2097,8 @@ fn schema_drift_and_unreplicated_tables_stop_the_cutover_before_the_fence() {
 
 #[test]
 fn a_table_created_on_the_source_during_replication_is_taken_in_by_the_next_apply() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
@@ -2301,9 +2255,8 @@ async fn write_around_the_pooler(
 
 #[test]
 fn a_direct_writer_stops_the_pooler_cutover_and_accepted_it_is_fenced_and_loses_nothing() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
@@ -2404,9 +2357,8 @@ fn a_direct_writer_stops_the_pooler_cutover_and_accepted_it_is_fenced_and_loses_
 
 #[test]
 fn killed_after_the_source_was_fenced_and_before_the_flip_the_next_apply_lifts_and_finishes() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
@@ -2485,9 +2437,8 @@ async fn port_via_paused_check(p: &Project, b: u16) -> (bool, u16) {
 
 #[test]
 fn the_pooler_fence_refuses_a_role_setting_that_overrides_it_and_names_missing_privileges() {
-    if !require_pg() || !require_pgbouncer() {
-        return;
-    }
+    require_pg();
+    require_pgbouncer();
     let p = Project::new();
     let (s, _t, b) = local_stack_with(&p, "");
     let _stop = stopper(&p);
