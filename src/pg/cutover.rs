@@ -127,6 +127,10 @@ pub struct Phase {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub phases: Vec<Phase>,
+    /// What the guard measured just before the fence: the largest slot lag in bytes, and how
+    /// long the lag probe took to arrive through every stream (when the plan bounds the lag in
+    /// time).
+    pub lag_at_guard: Option<(i64, Option<f64>)>,
     /// From PAUSE issued to RESUME done: the longest time a client could wait.
     pub fenced_ms: f64,
     pub sequences: usize,
@@ -701,6 +705,9 @@ pub async fn unreplicated(
 struct Guarded {
     catch_up: Vec<String>,
     warnings: Vec<String>,
+    /// The largest slot lag in bytes, and the probe's time through every stream (ms).
+    lag_bytes: i64,
+    probe_ms: Option<f64>,
 }
 
 async fn guard(spec: &Spec) -> Result<Guarded, String> {
@@ -727,25 +734,30 @@ async fn guard(spec: &Spec) -> Result<Guarded, String> {
         }
     }
     let catch_up = catch_up_tables(spec).await?;
+    let mut lag_bytes = 0i64;
     for slot in &spec.slots {
         let l = replication::lag(&spec.source, slot)
             .await
             .map_err(|e| e.to_string())?;
+        lag_bytes = lag_bytes.max(l.bytes);
         if l.bytes > spec.max_lag_bytes {
             return Err(format!("replication lag on `{slot}` is {} bytes, above the bound of {}; wait until it is lower", l.bytes, spec.max_lag_bytes));
         }
     }
     // The lag in time, measured rather than estimated: a probe written now to every stream's
     // catch-up table must reach the target within the bound.
+    let mut probe_ms = None;
     if let Some(max) = spec.max_lag_seconds {
         let probe = unique_marker("lag-probe");
         let within = Duration::from_secs_f64(max.max(0.0));
+        let sent = std::time::Instant::now();
         if wait_marker_within(spec, &catch_up, &probe, within)
             .await
             .is_err()
         {
             return Err(format!("replication is more than {max:.1} s behind: a probe written to every stream had not reached the target after {max:.1} s, above the bound of {max:.1} s; wait until it is lower (a write-heavy source: see the preflight's decoding_memory)"));
         }
+        probe_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
     }
     let c = spec.source.connect().await.map_err(|e| e.to_string())?;
     let oldest: f64 = c
@@ -784,7 +796,12 @@ async fn guard(spec: &Spec) -> Result<Guarded, String> {
     if spec.fence == Fence::Pooler {
         warnings.extend(guard_direct(spec).await?);
     }
-    Ok(Guarded { catch_up, warnings })
+    Ok(Guarded {
+        catch_up,
+        warnings,
+        lag_bytes,
+        probe_ms,
+    })
 }
 
 /// The pooler fence's guard of the writers that bypass the pooler: the privileges its fence of
@@ -1296,6 +1313,7 @@ pub async fn run(
         });
         return Ok(Outcome {
             phases,
+            lag_at_guard: Some((guarded.lag_bytes, guarded.probe_ms)),
             fenced_ms,
             sequences,
             reverse: spec.reverse,
@@ -1366,6 +1384,7 @@ pub async fn run(
     });
     Ok(Outcome {
         phases,
+        lag_at_guard: Some((guarded.lag_bytes, guarded.probe_ms)),
         fenced_ms,
         sequences,
         reverse: spec.reverse,
@@ -1494,6 +1513,7 @@ pub async fn rollback(
         }
         return Ok(Outcome {
             phases: vec![],
+            lag_at_guard: None,
             fenced_ms: 0.0,
             sequences: 0,
             reverse: false,
@@ -1646,6 +1666,7 @@ pub async fn rollback(
     }
     Ok(Outcome {
         phases,
+        lag_at_guard: None,
         fenced_ms,
         sequences,
         reverse: false,

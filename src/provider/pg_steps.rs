@@ -1270,6 +1270,16 @@ impl StepType for CutoverType {
                 "writers were held or refused for {ms:.0} ms, from the fence to the step's end (as the tool measured it, not the clients)"
             ));
         }
+        if let Some(b) = outputs.get("lag_bytes_at_guard").and_then(Value::as_i64) {
+            out.push(format!(
+                "at the guard, just before the fence: replication lag {b} bytes{}",
+                match outputs.get("lag_probe_ms").and_then(Value::as_f64) {
+                    Some(ms) =>
+                        format!("; a probe reached the target through every stream in {ms:.0} ms"),
+                    None => String::new(),
+                }
+            ));
+        }
         if let Some(phases) = outputs.get("phases").and_then(Value::as_array) {
             let parts: Vec<String> = phases
                 .iter()
@@ -1374,6 +1384,12 @@ impl StepType for CutoverType {
             "phases".into(),
             serde_json::to_value(&out.phases).unwrap_or(Value::Null),
         );
+        if let Some((bytes, probe_ms)) = out.lag_at_guard {
+            o.insert("lag_bytes_at_guard".into(), Value::from(bytes));
+            if let Some(ms) = probe_ms {
+                o.insert("lag_probe_ms".into(), Value::from(ms));
+            }
+        }
         Ok(o)
     }
     fn can_roll_back(&self) -> bool {

@@ -493,7 +493,9 @@ fn plan_emulate_saas_staging_runs_case_four_inside_its_dns_window_with_a_writer(
     );
     let measured = report["measured"].to_string();
     assert!(
-        measured.contains("writers were held or refused for"),
+        measured.contains("writers were held or refused for")
+            && measured.contains("at the guard, just before the fence: replication lag ")
+            && measured.contains("a probe reached the target through every stream in "),
         "{measured}"
     );
     let rehearsal: serde_json::Value =
