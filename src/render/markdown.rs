@@ -257,16 +257,7 @@ fn review_sections(cs: &ChangeSet) -> String {
     if !cs.budgets.is_empty() {
         out.push_str("#### Time budgets\n\n");
         for b in &cs.budgets {
-            let plus: String = b
-                .plus
-                .iter()
-                .map(|(s, why)| format!(", plus {s} s ({why})"))
-                .collect();
-            let _ = writeln!(
-                out,
-                "- `{}`: at most {} s from `{}` {} to `{}` {}{plus}",
-                b.name, b.limit_s, b.from.0, b.from.1, b.to.0, b.to.1
-            );
+            let _ = writeln!(out, "- {}", super::text::budget_line(b));
         }
         out.push('\n');
     }

@@ -130,6 +130,19 @@ fn line_diff(b: &[String], a: &[String]) -> Vec<(char, String)> {
     out
 }
 
+/// A time budget as the previews say it.
+pub fn budget_line(b: &crate::planner::BudgetNote) -> String {
+    let plus: String = b
+        .plus
+        .iter()
+        .map(|(s, why)| format!(", plus {s} s ({why})"))
+        .collect();
+    format!(
+        "{}: at most {} s from `{}` {} to `{}` {}{plus}",
+        b.name, b.limit_s, b.from.0, b.from.1, b.to.0, b.to.1
+    )
+}
+
 /// The diff body (resources, then steps), without header or summary: shared with markdown.
 pub fn diff_body(cs: &ChangeSet) -> String {
     let mut out = String::new();
@@ -216,16 +229,7 @@ pub fn diff_body(cs: &ChangeSet) -> String {
     if !cs.budgets.is_empty() {
         out.push_str("Time budgets (measured and reported when the apply reaches their end):\n");
         for b in &cs.budgets {
-            let plus: String = b
-                .plus
-                .iter()
-                .map(|(s, why)| format!(", plus {s} s ({why})"))
-                .collect();
-            let _ = writeln!(
-                out,
-                "  {}: at most {} s from `{}` {} to `{}` {}{plus}",
-                b.name, b.limit_s, b.from.0, b.from.1, b.to.0, b.to.1
-            );
+            let _ = writeln!(out, "  {}", budget_line(b));
         }
         out.push('\n');
     }

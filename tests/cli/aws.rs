@@ -106,6 +106,59 @@ impl Moto {
     }
 }
 
+impl Moto {
+    fn autoscaling(&self) -> aws_sdk_applicationautoscaling::Client {
+        let conf = aws_sdk_applicationautoscaling::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_applicationautoscaling::config::Region::new(
+                "us-east-1",
+            ))
+            .endpoint_url(self.url())
+            .credentials_provider(aws_sdk_applicationautoscaling::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_applicationautoscaling::Client::from_conf(conf)
+    }
+}
+
+/// A cluster's reader autoscaling as the emulator holds it: (min, max, target value, scale-out
+/// cooldown).
+fn reader_scaling(
+    rt: &tokio::runtime::Runtime,
+    aas: &aws_sdk_applicationautoscaling::Client,
+    cluster_id: &str,
+) -> (i32, i32, f64, Option<i32>) {
+    rt.block_on(async {
+        use aws_sdk_applicationautoscaling::types::ServiceNamespace;
+        let t = aas
+            .describe_scalable_targets()
+            .service_namespace(ServiceNamespace::Rds)
+            .resource_ids(format!("cluster:{cluster_id}"))
+            .send()
+            .await
+            .unwrap();
+        let t = t.scalable_targets()[0].clone();
+        let p = aas
+            .describe_scaling_policies()
+            .service_namespace(ServiceNamespace::Rds)
+            .resource_id(format!("cluster:{cluster_id}"))
+            .send()
+            .await
+            .unwrap();
+        let cfg = p.scaling_policies()[0]
+            .target_tracking_scaling_policy_configuration()
+            .unwrap()
+            .clone();
+        (
+            t.min_capacity(),
+            t.max_capacity(),
+            cfg.target_value(),
+            cfg.scale_out_cooldown(),
+        )
+    })
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -550,49 +603,8 @@ fn an_aurora_cluster_with_a_writer_and_two_readers_is_created_changed_and_destro
         "no changes after apply"
     );
     // Reader autoscaling: the scalable target and its target-tracking policy.
-    let aas = {
-        let conf = aws_sdk_applicationautoscaling::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_applicationautoscaling::config::Region::new(
-                "us-east-1",
-            ))
-            .endpoint_url(m.url())
-            .credentials_provider(aws_sdk_applicationautoscaling::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build();
-        aws_sdk_applicationautoscaling::Client::from_conf(conf)
-    };
-    let scaling = |rt: &tokio::runtime::Runtime| {
-        rt.block_on(async {
-            use aws_sdk_applicationautoscaling::types::ServiceNamespace;
-            let t = aas
-                .describe_scalable_targets()
-                .service_namespace(ServiceNamespace::Rds)
-                .resource_ids(format!("cluster:{cluster_id}"))
-                .send()
-                .await
-                .unwrap();
-            let t = t.scalable_targets()[0].clone();
-            let p = aas
-                .describe_scaling_policies()
-                .service_namespace(ServiceNamespace::Rds)
-                .resource_id(format!("cluster:{cluster_id}"))
-                .send()
-                .await
-                .unwrap();
-            let cfg = p.scaling_policies()[0]
-                .target_tracking_scaling_policy_configuration()
-                .unwrap()
-                .clone();
-            (
-                t.min_capacity(),
-                t.max_capacity(),
-                cfg.target_value(),
-                cfg.scale_out_cooldown(),
-            )
-        })
-    };
+    let aas = m.autoscaling();
+    let scaling = |rt: &tokio::runtime::Runtime| reader_scaling(rt, &aas, cluster_id);
     assert_eq!(scaling(&rt), (1, 4, 60.0, Some(120)));
 
     // In-place changes: the cluster's backups, the reader's class, the most readers.
@@ -2981,42 +2993,7 @@ fn case_five_fences_the_source_promotes_the_replica_flips_and_scales_readers() {
         ))
         .unwrap();
     assert_eq!((values, ttl), (vec![endpoint], 60));
-    let aas = {
-        let conf = aws_sdk_applicationautoscaling::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_applicationautoscaling::config::Region::new(
-                "us-east-1",
-            ))
-            .endpoint_url(m.url())
-            .credentials_provider(aws_sdk_applicationautoscaling::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build();
-        aws_sdk_applicationautoscaling::Client::from_conf(conf)
-    };
-    let (min, max, target) = rt.block_on(async {
-        use aws_sdk_applicationautoscaling::types::ServiceNamespace;
-        let t = aas
-            .describe_scalable_targets()
-            .service_namespace(ServiceNamespace::Rds)
-            .resource_ids(format!("cluster:{cluster_id}"))
-            .send()
-            .await
-            .unwrap();
-        let t = t.scalable_targets()[0].clone();
-        let p = aas
-            .describe_scaling_policies()
-            .service_namespace(ServiceNamespace::Rds)
-            .resource_id(format!("cluster:{cluster_id}"))
-            .send()
-            .await
-            .unwrap();
-        let cfg = p.scaling_policies()[0]
-            .target_tracking_scaling_policy_configuration()
-            .unwrap()
-            .clone();
-        (t.min_capacity(), t.max_capacity(), cfg.target_value())
-    });
+    let (min, max, target, _) = reader_scaling(&rt, &m.autoscaling(), &cluster_id);
     assert_eq!((min, max, target), (1, 3, 60.0));
 
     // The finish says what is left by hand; the destroy leaves the source and its group alone.

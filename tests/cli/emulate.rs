@@ -467,12 +467,8 @@ fn plan_emulate_saas_staging_runs_case_four_inside_its_dns_window_with_a_writer(
     let end = json.rfind('}').unwrap();
     let report: serde_json::Value = serde_json::from_str(&json[start..=end]).unwrap();
     let svg = p.read(".cutover/emulate/saas-staging/root/.cutover/saas-staging/report.svg");
-    let doc = roxmltree::Document::parse(&svg).expect("the timeline is SVG");
-    let bars: Vec<&str> = doc
-        .descendants()
-        .filter(|n| n.attribute("class") == Some("bar"))
-        .filter_map(|n| n.attribute("data-node"))
-        .collect();
+    let bars = super::svg_bars(&svg);
+    let doc = roxmltree::Document::parse(&svg).unwrap();
     let nodes: Vec<&str> = report["nodes"]
         .as_array()
         .unwrap()

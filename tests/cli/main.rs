@@ -100,3 +100,12 @@ pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     }
     m
 }
+
+/// The nodes an SVG run timeline draws a bar for, in order (it must parse as XML).
+pub fn svg_bars(svg: &str) -> Vec<String> {
+    let doc = roxmltree::Document::parse(svg).expect("the timeline is SVG");
+    doc.descendants()
+        .filter(|n| n.attribute("class") == Some("bar"))
+        .filter_map(|n| n.attribute("data-node").map(String::from))
+        .collect()
+}
