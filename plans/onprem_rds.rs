@@ -14,7 +14,10 @@
 //! in a group of their own), a lag wait and validation to the keys. Behind the gate `cutover`: the
 //! application's health, a lag under 30 s, a snapshot of the target as a rollback point, then the
 //! cutover: the source fenced read-only, the catch-up marker, sequences, reverse replication, and
-//! the flip of the DNS record the application uses; a flip that fails unfences the source. Then
+//! the flip of the DNS record the application uses, whose TTL was lowered to `cutover_ttl` ahead of
+//! the fence (the old TTL, `record_ttl`, waited out), within the budget `writes-refused`
+//! (`window_seconds`, default 60: from the fence to the change accepted, plus that TTL); a flip
+//! that fails unfences the source. Then
 //! health checks for up to 5 minutes and a bake on quiet alarms; behind the gate `finish`,
 //! replication is dropped both ways. `plan rollback STACK` goes back through the reverse
 //! replication until then.
@@ -62,6 +65,19 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let source_cidr: String = stack.get("source_cidr")?;
     let zone_name: String = stack.get("zone")?;
     let record: String = stack.get("record")?;
+    // The record's TTL today, and the one it has from before the fence on: a resolver that
+    // cached the old answer sends clients to the read-only source until it expires.
+    let record_ttl: u64 = stack.get_or("record_ttl", 300)?;
+    let window_s: f64 = stack.get_or("window_seconds", 60.0)?;
+    let cutover_ttl: u64 = stack.get_checked("cutover_ttl", |t: &u64| {
+        if *t >= 1 && (*t as f64) < window_s {
+            Ok(())
+        } else {
+            Err(format!(
+                "a TTL of {t} s during a window of {window_s} s leaves no time for the fence and the flip; give 1 s or more, well under the window (e.g. 5)"
+            ))
+        }
+    })?;
     let reader_record: String = stack.get("reader_record")?;
     let monitoring_role: String = stack.get("monitoring_role_arn")?;
     let health_url: String = stack.get("health_url")?;
@@ -474,9 +490,18 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let gate = gate.after(&path.validate);
 
     // The cutover: a rollback point, the fence, then the flip.
+    // The TTL lowered and the old one waited out before the fence, so that after the flip no
+    // resolver holds the old answer longer than the lowered TTL.
+    let lowered = p
+        .add(
+            "lower-ttl",
+            DnsLowerTtl::record(zone.zone_id(), &record, "CNAME", cutover_ttl).was(record_ttl),
+        )
+        .after(&gate);
     let mut snapshot = p
         .add("rollback-point", Snapshot::of_instance(target.identifier()))
-        .after(&healthy);
+        .after(&healthy)
+        .after(&lowered);
     for g in &path.guards {
         snapshot = snapshot.after_name(g);
     }
@@ -522,12 +547,26 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
         "flip",
         DnsFlip::record(zone.zone_id(), &record, "CNAME", target.endpoint())
             .from(source.host())
-            .ttl(30),
+            .ttl(lowered.ttl()),
     );
     for b in &before_flip {
         flip = flip.after_name(b);
     }
     let flip = flip.on_failure(FailurePolicy::Compensate(compensations));
+    // From the fence to the record change accepted, plus the lowered TTL: how long a client may
+    // find the database refusing writes.
+    p.budget(
+        Budget::new(
+            "writes-refused",
+            window_s,
+            switch.fenced_at(),
+            flip.accepted_at(),
+        )
+        .plus(
+            cutover_ttl as f64,
+            "the lowered TTL, while resolvers may still answer with the old database",
+        ),
+    );
     p.add(
         "app-healthy-after",
         HealthCheck::url(health_url.as_str())

@@ -49,7 +49,7 @@ struct Case {
 /// Case 3: `staging`.
 const CASE3: Case = Case {
     stack: "staging",
-    sets: &["bake_minutes=0"],
+    sets: &["bake_minutes=0", "record_ttl=2", "cutover_ttl=1"],
     region: "eu-west-1",
     zone: "staging.example.internal",
     record: "db.staging.example.internal",
@@ -376,6 +376,16 @@ fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_noth
         out.contains("emulated: alarm") || out.contains("bake"),
         "{out}"
     );
+    // The record's TTL is lowered and waited out before the fence; the budget is reported.
+    let at = |what: &str| {
+        out.find(what)
+            .unwrap_or_else(|| panic!("`{what}` in the output:\n{out}"))
+    };
+    assert!(at("> lower-ttl: done") < at("> switch: running"), "{out}");
+    assert!(
+        out.contains("Budget `writes-refused`: ") && out.contains(" of 60 s: "),
+        "{out}"
+    );
     let l = layout(&p, case);
     let r53 = route53(&l);
     let rt = runtime();
@@ -588,17 +598,9 @@ fn killed_inside_the_emulated_cutover_the_same_command_finishes_duplicating_noth
         .arg("--root")
         .arg(p.root())
         .env("CUTOVER_MOTO_SERVER", &moto)
-        .args([
-            "emulate",
-            "staging",
-            "--set",
-            "bake_minutes=0",
-            "apply",
-            "--yes",
-            "--approve",
-            "cutover",
-            "--quiet",
-        ])
+        .args(["emulate", "staging"])
+        .args(CASE3.sets.iter().flat_map(|s| ["--set", s]))
+        .args(["apply", "--yes", "--approve", "cutover", "--quiet"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
