@@ -1487,55 +1487,17 @@ pub fn run_report(l: &Loaded, state: &State) -> Option<RunReport> {
             }
         }
     }
-    // When each job ended: its own end, or (done without a call) its dependencies' latest.
-    let mut ended: Vec<Option<u64>> = vec![None; jobs.len()];
-    let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&i| jobs[i].deps.len());
-    for _ in 0..jobs.len() {
-        let mut changed = false;
-        for &i in &order {
-            if ended[i].is_some() {
-                continue;
-            }
-            let own = at.get(&jobs[i].node).and_then(|&k| nodes[k].end_ms);
-            let e = own.or_else(|| {
-                (jobs[i].outcome == "done")
-                    .then(|| {
-                        jobs[i]
-                            .deps
-                            .iter()
-                            .map(|&d| ended.get(d).copied().flatten())
-                            .collect::<Option<Vec<u64>>>()
-                            .map(|v| v.into_iter().max().unwrap_or(0))
-                    })
-                    .flatten()
-            });
-            if e.is_some() {
-                ended[i] = e;
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
-    // The critical path: from the job that ended last, back through the dependency that ended
-    // last each time.
-    let mut critical = vec![];
-    let mut cur = (0..jobs.len())
-        .filter_map(|i| ended[i].map(|e| (e, i)))
-        .max()
-        .map(|(_, i)| i);
-    while let Some(i) = cur {
-        critical.push(jobs[i].node.clone());
-        cur = jobs[i]
-            .deps
-            .iter()
-            .filter_map(|&d| ended.get(d).copied().flatten().map(|e| (e, d)))
-            .max()
-            .map(|(_, d)| d);
-    }
-    critical.reverse();
+    // When each job ended, and the chain of jobs that decided the run's end.
+    let deps: Vec<Vec<usize>> = jobs.iter().map(|j| j.deps.clone()).collect();
+    let own: Vec<Option<u64>> = jobs
+        .iter()
+        .map(|j| at.get(&j.node).and_then(|&k| nodes[k].end_ms))
+        .collect();
+    let done: Vec<bool> = jobs.iter().map(|j| j.outcome == "done").collect();
+    let critical: Vec<String> = crate::runlog::critical_path(&deps, &own, &done)
+        .into_iter()
+        .map(|i| jobs[i].node.clone())
+        .collect();
     // The steps that wait for a condition (their types check bounds), and how long they did.
     let waits = nodes
         .iter()

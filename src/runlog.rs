@@ -196,6 +196,54 @@ impl RunLog {
     }
 }
 
+/// The critical path of a run: the chain of jobs that decided when it ended, first to last.
+/// `deps[i]` are the jobs job `i` waited for, `own_end[i]` when it ended by its own record, and
+/// `done[i]` whether it finished; a job done without a call (a gate passing) ended when the last
+/// of its dependencies did. From the job that ended last, back through the dependency that ended
+/// last each time. Never loops, whatever the dependencies say.
+pub fn critical_path(deps: &[Vec<usize>], own_end: &[Option<u64>], done: &[bool]) -> Vec<usize> {
+    let n = deps.len();
+    let mut ended: Vec<Option<u64>> = own_end.to_vec();
+    ended.resize(n, None);
+    for _ in 0..n {
+        let mut changed = false;
+        for i in 0..n {
+            if ended[i].is_some() || !done.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let from_deps: Option<Vec<u64>> = deps[i]
+                .iter()
+                .map(|&d| ended.get(d).copied().flatten())
+                .collect();
+            if let Some(v) = from_deps {
+                ended[i] = Some(v.into_iter().max().unwrap_or(0));
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut path = vec![];
+    let mut cur = (0..n)
+        .filter_map(|i| ended[i].map(|e| (e, i)))
+        .max()
+        .map(|(_, i)| i);
+    while let Some(i) = cur {
+        if path.len() > n {
+            break;
+        }
+        path.push(i);
+        cur = deps[i]
+            .iter()
+            .filter_map(|&d| ended.get(d).copied().flatten().map(|e| (e, d)))
+            .max()
+            .map(|(_, d)| d);
+    }
+    path.reverse();
+    path
+}
+
 /// Removes all but the newest [`KEEP`] run logs of `dir`.
 fn prune(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -234,6 +282,62 @@ pub fn latest(state_dir: &Path) -> Option<(PathBuf, Vec<Line>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A random run: job `i` waits for some jobs before it; each takes a duration, or none (done
+    /// without a call); each starts when its dependencies ended.
+    fn run() -> impl Strategy<Value = (Vec<Vec<usize>>, Vec<Option<u64>>)> {
+        (1usize..24).prop_flat_map(|n| {
+            (
+                (0..n)
+                    .map(|i| proptest::collection::btree_set(0..i.max(1), 0..=i.min(3)))
+                    .collect::<Vec<_>>(),
+                proptest::collection::vec(proptest::option::of(0u64..50), n),
+            )
+                .prop_map(move |(sets, durs)| {
+                    let deps: Vec<Vec<usize>> = sets
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, s)| s.into_iter().filter(|&d| d < i).collect())
+                        .collect();
+                    (deps, durs)
+                })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_critical_path_ends_last_and_follows_the_dependency_that_ended_last((deps, durs) in run()) {
+            let n = deps.len();
+            let mut end = vec![0u64; n];
+            let mut own = vec![None; n];
+            for i in 0..n {
+                let start = deps[i].iter().map(|&d| end[d]).max().unwrap_or(0);
+                end[i] = start + durs[i].unwrap_or(0);
+                if durs[i].is_some() {
+                    own[i] = Some(end[i]);
+                }
+            }
+            let done = vec![true; n];
+            let path = critical_path(&deps, &own, &done);
+            prop_assert!(!path.is_empty());
+            let last = *path.last().unwrap();
+            prop_assert_eq!(end[last], *end.iter().max().unwrap());
+            for w in path.windows(2) {
+                prop_assert!(deps[w[1]].contains(&w[0]), "{:?} is not a dependency of {:?}", w[0], w[1]);
+                let latest = deps[w[1]].iter().map(|&d| end[d]).max().unwrap();
+                prop_assert_eq!(end[w[0]], latest);
+            }
+            prop_assert!(deps[path[0]].is_empty());
+        }
+    }
+
+    #[test]
+    fn a_cycle_in_a_damaged_log_does_not_hang_the_report() {
+        let deps = vec![vec![1], vec![0]];
+        let path = critical_path(&deps, &[Some(5), Some(5)], &[true, true]);
+        assert!(path.len() <= 3, "{path:?}");
+    }
 
     #[test]
     fn a_run_is_logged_line_by_line_and_the_last_runs_are_kept() {
