@@ -69,15 +69,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     // cached the old answer sends clients to the read-only source until it expires.
     let record_ttl: u64 = stack.get_or("record_ttl", 300)?;
     let window_s: f64 = stack.get_or("window_seconds", 60.0)?;
-    let cutover_ttl: u64 = stack.get_checked("cutover_ttl", |t: &u64| {
-        if *t >= 1 && (*t as f64) < window_s {
-            Ok(())
-        } else {
-            Err(format!(
-                "a TTL of {t} s during a window of {window_s} s leaves no time for the fence and the flip; give 1 s or more, well under the window (e.g. 5)"
-            ))
-        }
-    })?;
+    let cutover_ttl: u64 = stack.get_checked("cutover_ttl", ttl_within_window(window_s))?;
     let reader_record: String = stack.get("reader_record")?;
     let monitoring_role: String = stack.get("monitoring_role_arn")?;
     let health_url: String = stack.get("health_url")?;

@@ -59,15 +59,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
     let record_ttl: u64 = stack.get("record_ttl")?;
     let window_s: f64 = stack.get_or("window_seconds", 15.0)?;
     // The lowered TTL counts against the window: it must leave time for the fence and the flip.
-    let cutover_ttl: u64 = stack.get_checked("cutover_ttl", |t: &u64| {
-        if *t >= 1 && (*t as f64) < window_s {
-            Ok(())
-        } else {
-            Err(format!(
-                "a TTL of {t} s during a window of {window_s} s leaves no time for the fence and the flip; give 1 s or more, well under the window (e.g. 5)"
-            ))
-        }
-    })?;
+    let cutover_ttl: u64 = stack.get_checked("cutover_ttl", ttl_within_window(window_s))?;
     let health_url: String = stack.get("health_url")?;
     let alert_email: String = stack.get("alert_email")?;
     let ca_bundle: String = stack.get("ca_bundle")?;

@@ -51,7 +51,8 @@ pub mod prelude {
     pub use crate::provider::aws::ops::{Failover, PromoteCluster, Reboot};
     pub use crate::provider::aws::rds::{kms_key_arn, ParameterFence, ParameterGroup};
     pub use crate::provider::aws::route53::{
-        Flip as DnsFlip, HostedZone, LowerTtl as DnsLowerTtl, Record as DnsRecord,
+        ttl_within_window, Flip as DnsFlip, HostedZone, LowerTtl as DnsLowerTtl,
+        Record as DnsRecord,
     };
     pub use crate::provider::builtin::{Assert, Note, Null, Sleep};
     pub use crate::provider::http::HealthCheck;

@@ -377,10 +377,7 @@ fn plan_emulate_staging_runs_case_three_with_a_writer_rolls_back_and_leaves_noth
         "{out}"
     );
     // The record's TTL is lowered and waited out before the fence; the budget is reported.
-    let at = |what: &str| {
-        out.find(what)
-            .unwrap_or_else(|| panic!("`{what}` in the output:\n{out}"))
-    };
+    let at = |what: &str| position(&out, what);
     assert!(at("> lower-ttl: done") < at("> switch: running"), "{out}");
     assert!(
         out.contains("Budget `writes-refused`: ") && out.contains(" of 60 s: "),
@@ -425,10 +422,7 @@ fn plan_emulate_saas_staging_runs_case_four_inside_its_dns_window_with_a_writer(
         out.contains("lower-ttl: TTL 1 s; waiting out the old TTL of 2 s"),
         "{out}"
     );
-    let at = |what: &str| {
-        out.find(what)
-            .unwrap_or_else(|| panic!("`{what}` in the output:\n{out}"))
-    };
+    let at = |what: &str| position(&out, what);
     assert!(at("> lower-ttl: done") < at("> switch: running"), "{out}");
     let l = layout(&p, case);
     let rt = runtime();
@@ -521,6 +515,12 @@ fn plan_emulate_saas_staging_runs_case_four_inside_its_dns_window_with_a_writer(
     assert_eq!(code, 0, "{out}");
     assert_eq!(rt.block_on(record(&route53(&l), case)), case.source_host);
     destroy_leaves_nothing(&p, &moto, case);
+}
+
+/// Where `what` is in a command's output (which must hold it).
+fn position(out: &str, what: &str) -> usize {
+    out.find(what)
+        .unwrap_or_else(|| panic!("`{what}` in the output:\n{out}"))
 }
 
 /// How many of `ids` the new database's stand-in holds.

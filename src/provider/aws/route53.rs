@@ -169,6 +169,21 @@ impl Flip {
     }
 }
 
+/// The check of a DNS cutover's lowered TTL against its time window (for
+/// `Stack::get_checked`): the TTL counts against the window, so it must leave time for the fence
+/// and the flip.
+pub fn ttl_within_window(window_s: f64) -> impl Fn(&u64) -> Result<(), String> {
+    move |t: &u64| {
+        if *t >= 1 && (*t as f64) < window_s {
+            Ok(())
+        } else {
+            Err(format!(
+                "a TTL of {t} s during a window of {window_s} s leaves no time for the fence and the flip; give 1 s or more, well under the window (e.g. 5)"
+            ))
+        }
+    }
+}
+
 impl crate::dsl::Handle<LowerTtl> {
     /// The TTL the record has once the step ran: what a flip after it keeps (`Flip::ttl`).
     pub fn ttl(&self) -> crate::dsl::Output<u64> {
