@@ -554,10 +554,7 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
             switch.fenced_at(),
             flip.accepted_at(),
         )
-        .plus(
-            cutover_ttl as f64,
-            "the lowered TTL, while resolvers may still answer with the old database",
-        ),
+        .plus_lowered_ttl(cutover_ttl),
     );
     p.add(
         "app-healthy-after",

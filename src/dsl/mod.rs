@@ -191,6 +191,14 @@ impl Budget {
         self.plus.push((seconds, why.into()));
         self
     }
+    /// A DNS cutover's lowered TTL, which counts against its window: resolvers may answer with
+    /// the old database that long after the flip.
+    pub fn plus_lowered_ttl(self, seconds: u64) -> Budget {
+        self.plus(
+            seconds as f64,
+            "the lowered TTL, while resolvers may still answer with the old database",
+        )
+    }
 }
 
 /// A typed node declaration. Providers implement it for their resource, data and step types.

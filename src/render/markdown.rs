@@ -177,7 +177,7 @@ fn review_sections(cs: &ChangeSet) -> String {
             }
             _ => {}
         }
-        if a.kind == NodeKind::Step && pending(a) && a.action != ActionKind::Standby {
+        if a.kind == NodeKind::Step && pending(a) {
             if a.review.fences_writes {
                 warn.push(format!(
                     "{what} stops writes to the old database, {}",

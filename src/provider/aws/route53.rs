@@ -355,6 +355,33 @@ impl Alias {
     }
 }
 
+/// The existing value record a step changes (`what`: what the step does to it), refusing a
+/// missing record (`missing_fix`) and an alias record (`alias_fix`).
+async fn value_record(
+    aws: &Aws,
+    key: &Key,
+    what: &str,
+    missing_fix: &str,
+    alias_fix: &str,
+) -> Result<Found, ProviderError> {
+    let current = find(aws, key).await?.ok_or_else(|| {
+        ProviderError::refused(
+            format!(
+                "record {} ({}) does not exist in zone {}",
+                key.name, key.kind, key.zone
+            ),
+            missing_fix,
+        )
+    })?;
+    if current.alias.is_some() {
+        return Err(ProviderError::refused(
+            format!("record {} is an alias record; {what}", key.name),
+            alias_fix,
+        ));
+    }
+    Ok(current)
+}
+
 async fn find(aws: &Aws, key: &Key) -> Result<Option<Found>, ProviderError> {
     let c = aws.route53().await;
     let out = c
@@ -805,21 +832,14 @@ impl StepType for LowerTtlType {
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         let key = Key::of(req.inputs);
         let ttl = get_u64(req.inputs, "ttl").unwrap_or(60) as i64;
-        let current = find(&self.aws, &key).await?.ok_or_else(|| {
-            ProviderError::refused(
-                format!("record {} ({}) does not exist in zone {}", key.name, key.kind, key.zone),
-                "the TTL is lowered on the record the flip will re-point: create it first or check the name",
-            )
-        })?;
-        if current.alias.is_some() {
-            return Err(ProviderError::refused(
-                format!(
-                    "record {} is an alias record, which has no TTL of its own",
-                    key.name
-                ),
-                "lower the TTL of a value record (a CNAME), or drop this step for an alias",
-            ));
-        }
+        let current = value_record(
+            &self.aws,
+            &key,
+            "an alias record has no TTL of its own",
+            "the TTL is lowered on the record the flip will re-point: create it first or check the name",
+            "lower the TTL of a value record (a CNAME), or drop this step for an alias",
+        )
+        .await?;
         let now_ttl = current.ttl.unwrap_or(0);
         let was = get_u64(req.inputs, "was").map(|w| w as i64);
         let (previous, wait) = if now_ttl > ttl {
@@ -898,21 +918,14 @@ impl StepType for FlipType {
         let key = Key::of(req.inputs);
         let to = values_of(req.inputs.get("to"));
         let from = values_of(req.inputs.get("from"));
-        let current = find(&self.aws, &key).await?.ok_or_else(|| {
-            ProviderError::refused(
-                format!("record {} ({}) does not exist in zone {}", key.name, key.kind, key.zone),
-                "the flip re-points an existing record: create it first (an aws.route53.record node) or check the name",
-            )
-        })?;
-        if current.alias.is_some() {
-            return Err(ProviderError::refused(
-                format!(
-                    "record {} is an alias record; this step re-points value records only",
-                    key.name
-                ),
-                "flip a CNAME or a value record, or change the alias record's target in the plan",
-            ));
-        }
+        let current = value_record(
+            &self.aws,
+            &key,
+            "this step re-points value records only",
+            "the flip re-points an existing record: create it first (an aws.route53.record node) or check the name",
+            "flip a CNAME or a value record, or change the alias record's target in the plan",
+        )
+        .await?;
         if !from.is_empty() && current.values != from && current.values != to {
             return Err(ProviderError::refused(
                 format!(
