@@ -253,11 +253,38 @@ fn check_reachable(dir: &Path) -> Result<(), String> {
 }
 
 /// A free TCP port on 127.0.0.1 (for tests and rehearsals that pick their own).
+///
+/// It is chosen below the kernel's ephemeral range: a port the kernel hands out (`bind` to port
+/// 0) is also what it gives the next outgoing connection as its source port, so a server started
+/// on it a moment later can find it taken by some client's connection. Each call in one process
+/// moves on to the next port, from an offset derived from the process id, so two processes
+/// rarely try the same one, and a port something already listens on or uses is skipped.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = 15_000;
+    let high: u32 = ephemeral_low().clamp(low + 1_000, 65_535);
+    let span = high - low;
+    let base = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (low + (base + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && listeners(port).is_empty() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// The lowest port of the kernel's ephemeral range (Linux's default 32768 where it cannot be read).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// The processes listening on TCP `port` (IPv4 or IPv6), as (pid, command line), found through
@@ -318,4 +345,22 @@ pub fn listeners(port: u16) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for p in ports {
+            assert!(
+                u32::from(p) >= 15_000 && u32::from(p) < ephemeral_low(),
+                "{p}"
+            );
+        }
+    }
 }

@@ -64,6 +64,15 @@ impl Project {
     /// Runs `plan ARGS`, returning (exit code, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
         let out = self.plan().args(args).output().unwrap();
+        if !out.status.success() {
+            // Shown with the test's output when it fails: most assertions print only stdout.
+            eprintln!(
+                "plan {} exited with {:?}; its standard error:\n{}",
+                args.join(" "),
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
