@@ -5,6 +5,7 @@
 use cutover::prelude::PlanEntry;
 
 mod demo;
+mod ec2_rds;
 mod mysql_aurora;
 mod onprem_rds;
 mod rehearsal;
@@ -19,6 +20,12 @@ pub fn all() -> Vec<PlanEntry> {
             about: "a rehearsal of the engine on local files: provision, load, gate, cut over",
             hidden: false,
             build: demo::build,
+        },
+        PlanEntry {
+            name: "ec2-rds",
+            about: "case 2: self-managed PostgreSQL 9.6 on EC2 (4.5 TB) into RDS for PostgreSQL 12 from a paused replica's LSN (stacks ec2-rds-staging, ec2-rds-production)",
+            hidden: false,
+            build: ec2_rds::build,
         },
         PlanEntry {
             name: "onprem-rds",

@@ -34,7 +34,7 @@ pub mod prelude {
         Budget, FailurePolicy, Handle, NodeKind, Output, Plan, PlanError, Window,
     };
     pub use crate::engine::PlanEntry;
-    pub use crate::pg::replication::{catch_up_table, Group as TableGroup};
+    pub use crate::pg::replication::{capture_slot, catch_up_table, Group as TableGroup};
     pub use crate::provider::aws::autoscaling::ReaderAutoscaling;
     pub use crate::provider::aws::cluster::{AuroraCluster, ClusterInstance};
     pub use crate::provider::aws::dms::{
@@ -60,8 +60,9 @@ pub mod prelude {
     pub use crate::provider::local_pg::{Pgbouncer, Postgres};
     pub use crate::provider::pg_conn::PgConn;
     pub use crate::provider::pg_steps::{
-        CopySchema, Cutover, EnableReverse, ExtendReplication, FinishReplication, Preflight,
-        Replicate, Sql, Unfence, Validate, WaitLag,
+        CaptureSlots, CopySchema, Cutover, EnableReverse, ExtendReplication, FinishReplication,
+        LoadFromStandby, PauseReplay, Preflight, Replicate, ReplicateFrom, ResumeReplay, Sql,
+        Unfence, Validate, VerifyLsn, WaitLag,
     };
     pub use crate::stack::Stack;
     pub use crate::value::Value;

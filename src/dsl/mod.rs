@@ -338,14 +338,19 @@ impl<T> Handle<T> {
         self.edit(|n| n.after.push(name.to_string()));
         self
     }
-    /// `retire_after` by name (tests of graph validation).
-    #[doc(hidden)]
-    pub fn retire_after_name_for_tests(self, name: &str) -> Self {
+    /// `retire_after` by name: for a node declared later (a bake that watches alarms declared
+    /// with the temporaries). The graph refuses a name it does not know.
+    pub fn retire_after_name(self, name: &str) -> Self {
         self.edit(|n| {
             n.options.temporary = true;
             n.options.retire_after = Some(name.to_string());
         });
         self
+    }
+    /// `retire_after` by name (tests of graph validation).
+    #[doc(hidden)]
+    pub fn retire_after_name_for_tests(self, name: &str) -> Self {
+        self.retire_after_name(name)
     }
     /// Removed by `destroy --temporary`.
     pub fn temporary(self) -> Self {

@@ -142,6 +142,42 @@ impl LocalCluster {
         self.configure(settings)
     }
 
+    /// A streaming standby of the local cluster on `primary_port` (`pg_basebackup -R`), with our
+    /// configuration on this cluster's port (and `settings`). Not started.
+    pub fn standby_of(
+        &self,
+        primary_port: u16,
+        settings: &[(String, String)],
+    ) -> Result<(), String> {
+        if self.exists() {
+            return Err(format!(
+                "{} already holds a cluster",
+                self.data_dir.display()
+            ));
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|e| format!("create {}: {e}", self.data_dir.display()))?;
+        if let Some((uid, gid)) = run_as()? {
+            std::os::unix::fs::chown(&self.data_dir, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", self.data_dir.display()))?;
+            check_reachable(&self.data_dir)?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("chmod {}: {e}", self.data_dir.display()))?;
+        let mut c = command("pg_basebackup")?;
+        c.args(["-h", "127.0.0.1", "-p", &primary_port.to_string()])
+            .args(["-U", "postgres", "-D"])
+            .arg(&self.data_dir)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        run(c, "pg_basebackup")?;
+        // The primary's log and pid files came with the copy: not this server's.
+        for f in ["server.log", "postmaster.opts"] {
+            let _ = std::fs::remove_file(self.data_dir.join(f));
+        }
+        self.configure(settings)
+    }
+
     /// Writes our settings (and `settings`) to `postgresql.auto.conf`-style include file.
     pub fn configure(&self, settings: &[(String, String)]) -> Result<(), String> {
         let mut conf = format!(

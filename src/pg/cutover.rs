@@ -174,7 +174,11 @@ pub async fn fence_read_only(t: &Target, grace: Duration) -> Result<(), String> 
     ))
     .await
     .map_err(|e| t.err("make the database read-only")(e).to_string())?;
-    let others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+    let v = super::version::Version::of(t, &c)
+        .await
+        .map_err(|e| e.to_string())?;
+    let others = format!("FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND {}", v.client_backends());
+    let others = others.as_str();
     let t0 = Instant::now();
     while t0.elapsed() < grace {
         let busy: i64 = c
@@ -315,11 +319,16 @@ async fn pooler_pids(admin: &tokio_postgres::Client) -> Result<Vec<i32>, String>
 }
 
 /// Client backends of the current database other than this session, the tool's own
-/// (`application_name` `cutover...`) and the pids in `$1` (the pooler's).
-const DIRECT: &str =
-    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-     AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'cutover%'
-     AND NOT (pid = ANY($1))";
+/// (`application_name` `cutover...`) and the pids in `$1` (the pooler's), on a server of version
+/// `v`.
+fn direct(v: super::version::Version) -> String {
+    format!(
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+         AND {} AND coalesce(application_name, '') NOT LIKE 'cutover%'
+         AND NOT (pid = ANY($1))",
+        v.client_backends()
+    )
+}
 
 /// Watches the source's direct sessions for `window`, sampling them.
 pub async fn direct_sessions(spec: &Spec, window: Duration) -> Result<Vec<DirectSession>, String> {
@@ -334,10 +343,14 @@ pub async fn direct_sessions_of(
     window: Duration,
 ) -> Result<Vec<DirectSession>, String> {
     let c = source.connect().await.map_err(|e| e.to_string())?;
+    let v = super::version::Version::of(source, &c)
+        .await
+        .map_err(|e| e.to_string())?;
     let q = c
         .prepare(&format!(
             "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(client_addr::text, ''),
-                    coalesce(left(query, 120), ''), backend_xid IS NOT NULL {DIRECT}"
+                    coalesce(left(query, 120), ''), backend_xid IS NOT NULL {}",
+            direct(v)
         ))
         .await
         .map_err(|e| source.err("watch the direct sessions")(e).to_string())?;
@@ -442,6 +455,8 @@ struct Sessions {
     admin: tokio_postgres::Client,
     writer: tokio_postgres::Client,
     reader: tokio_postgres::Client,
+    /// The source's version (read before the fence).
+    version: super::version::Version,
 }
 
 async fn open_sessions(spec: &Spec) -> Result<Sessions, String> {
@@ -451,10 +466,15 @@ async fn open_sessions(spec: &Spec) -> Result<Sessions, String> {
         writer(&spec.source),
         spec.source.connect()
     );
+    let reader = reader.map_err(|e| e.to_string())?;
+    let version = super::version::Version::of(&spec.source, &reader)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Sessions {
         admin: admin.map_err(|e| e.to_string())?,
         writer: writer?,
-        reader: reader.map_err(|e| e.to_string())?,
+        reader,
+        version,
     })
 }
 
@@ -479,7 +499,8 @@ async fn fence_source(spec: &Spec, sessions: &Sessions, grace: Duration) -> Resu
         let r = c
             .query_one(
                 &format!(
-                    "SELECT count(*), count(*) FILTER (WHERE backend_xid IS NOT NULL) {DIRECT}"
+                    "SELECT count(*), count(*) FILTER (WHERE backend_xid IS NOT NULL) {}",
+                    direct(sessions.version)
                 ),
                 &[&pids],
             )
@@ -494,7 +515,7 @@ async fn fence_source(spec: &Spec, sessions: &Sessions, grace: Duration) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    end_sessions(t, c, DIRECT, &[&pids], "direct").await
+    end_sessions(t, c, &direct(sessions.version), &[&pids], "direct").await
 }
 
 /// Proves the source's fence holds (alongside the catch-up; the flip waits for both): no client
@@ -506,7 +527,10 @@ async fn verify_source_fence(spec: &Spec, sessions: &Sessions) -> Result<(), Str
     let pids = pooler_pids(&sessions.admin).await?;
     let left: Vec<String> = c
         .query(
-            &format!("SELECT format('pid %s (user %s)', pid, usename) {DIRECT}"),
+            &format!(
+                "SELECT format('pid %s (user %s)', pid, usename) {}",
+                direct(sessions.version)
+            ),
             &[&pids],
         )
         .await
@@ -760,10 +784,16 @@ async fn guard(spec: &Spec) -> Result<Guarded, String> {
         probe_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
     }
     let c = spec.source.connect().await.map_err(|e| e.to_string())?;
+    let v = super::version::Version::of(&spec.source, &c)
+        .await
+        .map_err(|e| e.to_string())?;
     let oldest: f64 = c
         .query_one(
-            "SELECT COALESCE(max(EXTRACT(epoch FROM now() - xact_start)), 0)::float8 FROM pg_stat_activity
-             WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            &format!(
+                "SELECT COALESCE(max(EXTRACT(epoch FROM now() - xact_start)), 0)::float8 FROM pg_stat_activity
+                 WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND {}",
+                v.client_backends()
+            ),
             &[],
         )
         .await
@@ -929,21 +959,30 @@ pub async fn sync_sequences(
     margin: i64,
 ) -> Result<usize, PgError> {
     let src = source.connect().await?;
-    let rows = src
-        .query(
-            "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences
-             WHERE schemaname NOT IN ('pg_catalog','information_schema') AND last_value IS NOT NULL",
-            &[],
-        )
+    let v = super::version::Version::of(source, &src).await?;
+    let mut rows = src
+        .query(v.sequences(), &[])
         .await
         .map_err(source.err("read sequences"))?;
+    // Before 10 there is no pg_sequences: each sequence is read itself.
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    if let Some(q) = v.sequence_values(&names) {
+        rows = src
+            .query(q.as_str(), &[])
+            .await
+            .map_err(source.err("read sequences"))?;
+    }
+    let values: Vec<(String, i64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<i64>>(1)?)))
+        .collect();
     let mut sql = String::new();
-    for r in &rows {
-        let (name, last): (String, i64) = (r.get(0), r.get(1));
+    for (name, last) in &values {
+        let (name, last) = (name.as_str(), *last);
         // Never lower a sequence the target may already have advanced.
         sql.push_str(&format!(
             "SELECT setval({lit}::regclass, GREATEST({v}, (SELECT last_value FROM {name})), true);\n",
-            lit = literal(&name),
+            lit = literal(name),
             v = last.saturating_add(margin),
         ));
     }
@@ -957,7 +996,7 @@ pub async fn sync_sequences(
             .await
             .map_err(target.err("set sequences"))?;
     }
-    Ok(rows.len())
+    Ok(values.len())
 }
 
 async fn setup_reverse(spec: &Spec) -> Result<(), String> {

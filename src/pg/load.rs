@@ -103,7 +103,7 @@ pub struct Chunk {
     /// Blocks `[lo, hi)`; `hi` None is open-ended (it takes rows in blocks added since the size
     /// was read); None is the whole table (small and partitioned tables).
     pub blocks: Option<(u64, Option<u64>)>,
-    /// The snapshot to read under.
+    /// The snapshot to read under (empty: none).
     pub snapshot: String,
     /// Size in blocks, for ordering and progress.
     pub pages: u64,
@@ -125,7 +125,8 @@ pub fn ranges(pages: u64, chunk: u64) -> Vec<Option<(u64, Option<u64>)>> {
         .collect()
 }
 
-/// The chunks of `tables`, read under `snapshot`.
+/// The chunks of `tables`, read under `snapshot` (empty: no snapshot, for a source that does not
+/// change while it is read, such as a standby whose replay is paused).
 pub async fn chunks(
     source: &Target,
     src: &tokio_postgres::Client,
@@ -134,18 +135,22 @@ pub async fn chunks(
     chunk_pages: u64,
 ) -> Result<Vec<Chunk>, PgError> {
     let mut out = Vec::new();
+    let v = super::version::Version::of(source, src).await?;
     for t in tables {
         let (schema, name) = t.split_once('.').unwrap_or(("public", t));
         let r = src
             .query_one(
-                "SELECT c.relkind::text,
+                &format!(
+                    "SELECT c.relkind::text,
                         (pg_relation_size(c.oid) / current_setting('block_size')::bigint)::bigint,
                         COALESCE((SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
                                   FROM pg_attribute a
                                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                                    AND a.attgenerated = ''), '')
+                                    AND {}), '')
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = $1 AND c.relname = $2",
+                    v.not_generated()
+                ),
                 &[&schema, &name],
             )
             .await
@@ -200,10 +205,12 @@ pub async fn copy_chunk(source: &Target, target: &Target, c: &Chunk) -> Result<u
             source.conninfo_without_password()
         ))
         .arg("-c")
-        .arg("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .arg("-c")
-        .arg(format!("SET TRANSACTION SNAPSHOT {}", literal(&c.snapshot)))
-        .arg("-c")
+        .arg("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    if !c.snapshot.is_empty() {
+        out.arg("-c")
+            .arg(format!("SET TRANSACTION SNAPSHOT {}", literal(&c.snapshot)));
+    }
+    out.arg("-c")
         .arg(format!(
             "COPY (SELECT {} FROM {q}{filter}) TO STDOUT (FORMAT binary)",
             c.columns
@@ -371,6 +378,71 @@ pub async fn load(
         work.extend(chunks(source, &src, &g.tables, &e.snapshot, opts.chunk_pages).await?);
         exported.push(e);
     }
+    let copied = copy_all(source, target, work, opts, report, started).await;
+    for e in exported {
+        e.release().await;
+    }
+    copied
+}
+
+/// Copies every table of `tables` from `source` into the empty tables of `target`, in parallel,
+/// reading without a snapshot: for a source that does not change while it is read (a standby
+/// whose replay is paused; the caller checks that it stayed paused). A table that already has
+/// rows is emptied first when `restart` (an interrupted load of the same position), else refused.
+pub async fn load_quiet(
+    source: &Target,
+    target: &Target,
+    tables: &[String],
+    opts: Options,
+    restart: bool,
+    report: &(dyn Fn(String) + Send + Sync),
+) -> Result<Report, PgError> {
+    let started = Instant::now();
+    let src = source.connect().await?;
+    let dst = target.connect().await?;
+    let mut filled = Vec::new();
+    for t in tables {
+        let has_rows: bool = dst
+            .query_one(
+                &format!("SELECT exists(SELECT 1 FROM {})", qualified(t)),
+                &[],
+            )
+            .await
+            .map_err(target.err(&format!("check that {t} is empty")))?
+            .get(0);
+        if has_rows {
+            filled.push(qualified(t));
+        }
+    }
+    if !filled.is_empty() {
+        if !restart {
+            return Err(PgError::Other(format!(
+                "{target}: table(s) {} already have rows; the load copies into empty tables: empty them (TRUNCATE) or point the step at an empty database",
+                filled.join(", ")
+            )));
+        }
+        report(format!(
+            "an earlier load was interrupted; emptying its {} table(s) on the target and starting over",
+            filled.len()
+        ));
+        dst.batch_execute(&format!("TRUNCATE {}", filled.join(", ")))
+            .await
+            .map_err(target.err("empty the tables of an interrupted load"))?;
+    }
+    let work = chunks(source, &src, tables, "", opts.chunk_pages).await?;
+    copy_all(source, target, work, opts, report, started).await
+}
+
+/// Copies `work` with `opts.workers` sessions, biggest chunk first, reporting progress each
+/// second; the first failure stops the rest.
+async fn copy_all(
+    source: &Target,
+    target: &Target,
+    mut work: Vec<Chunk>,
+    opts: Options,
+    report: &(dyn Fn(String) + Send + Sync),
+    started: Instant,
+) -> Result<Report, PgError> {
     work.sort_by_key(|c| std::cmp::Reverse(c.pages));
     let total = work.len();
     let queue = Arc::new(Mutex::new(VecDeque::from(work)));
@@ -420,9 +492,6 @@ pub async fn load(
                 ));
             }
         }
-    }
-    for e in exported {
-        e.release().await;
     }
     if let Some(e) = failure {
         return Err(e);

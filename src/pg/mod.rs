@@ -6,12 +6,14 @@
 
 pub mod cluster;
 pub mod cutover;
+pub mod handoff;
 pub mod load;
 pub mod pooler;
 pub mod preflight;
 pub mod replication;
 pub mod schema;
 pub mod validate;
+pub mod version;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, NoTls};

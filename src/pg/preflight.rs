@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::version::Version;
 use super::{PgError, Target};
 
 /// How serious a finding is.
@@ -99,7 +100,21 @@ pub async fn direct_sessions(
     Ok(out)
 }
 
-const USER_TABLES: &str = "c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND NOT c.relispartition";
+/// The condition on `pg_class c` and `pg_namespace n` that selects user tables on a server of
+/// version `v`.
+fn user_tables(v: Version) -> String {
+    format!("c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND {}", v.not_partition())
+}
+
+/// How changes will leave the source: native logical replication, or AWS DMS decoding them with
+/// an output plugin (`pglogical`, or `test_decoding`), with the tables whose tasks batch apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// Some(plugin) when DMS captures the changes; None for native logical replication.
+    pub dms_plugin: Option<String>,
+    /// Tables (`schema.name`) whose DMS task applies in batches.
+    pub batch_apply: Vec<String>,
+}
 
 fn list(names: &[String], max: usize) -> String {
     let mut s = names
@@ -247,11 +262,128 @@ pub async fn replication_capacity(
     Ok(out)
 }
 
+/// What DMS needs of a source it decodes with `plugin`: the plugin itself, no batch apply on a
+/// table with a primary key and another unique constraint (DMS groups its changes and can lose
+/// rows of such a table), and a key on every table with large values (DMS replicates LOB columns
+/// only of tables with a primary or unique key).
+async fn dms_checks(
+    source: &Target,
+    src: &tokio_postgres::Client,
+    v: Version,
+    plugin: &str,
+    batch_apply: &[String],
+) -> Result<Vec<Finding>, PgError> {
+    let mut out = Vec::new();
+    if !v.logical_decoding() {
+        out.push(finding(
+            Level::Error,
+            "version",
+            format!("source {v} cannot decode its WAL logically (9.4 and later can), so DMS cannot capture its changes"),
+            Some("upgrade the source to 9.4 or later first, or move it with a dump and a downtime window"),
+        ));
+    }
+    if plugin == "pglogical" {
+        let r = src
+            .query_one(
+                "SELECT exists(SELECT 1 FROM pg_available_extensions WHERE name = 'pglogical'),
+                        current_setting('shared_preload_libraries') LIKE '%pglogical%'",
+                &[],
+            )
+            .await
+            .map_err(source.err("the pglogical plugin"))?;
+        let (available, loaded): (bool, bool) = (r.get(0), r.get(1));
+        if !available || !loaded {
+            out.push(finding(
+                Level::Error,
+                "plugin",
+                format!(
+                    "the source {}: DMS decodes each table group's slot with pglogical, so that each task reads only its own tables",
+                    if available { "has pglogical installed but not in shared_preload_libraries" } else { "has no pglogical extension" }
+                ),
+                Some("install pglogical on the source (its package for this version), add it to shared_preload_libraries, restart, and CREATE EXTENSION pglogical; or give the plan plugin = \"test_decoding\" (every task then decodes every table)"),
+            ));
+        }
+    }
+    let nsp =
+        "n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'";
+    if !batch_apply.is_empty() {
+        let risky: Vec<String> = src
+            .query(
+                &format!(
+                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.relkind = 'r' AND {nsp}
+                       AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                       AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND NOT i.indisprimary)
+                       AND format('%s.%s', n.nspname, c.relname) = ANY($1)
+                     ORDER BY 1"
+                ),
+                &[&batch_apply],
+            )
+            .await
+            .map_err(source.err("unique constraints"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !risky.is_empty() {
+            out.push(finding(
+                Level::Error,
+                "batch_apply",
+                format!(
+                    "batch apply is on for {} table(s) with a primary key and another unique constraint: DMS's batch apply groups their changes and can lose rows: {}",
+                    risky.len(),
+                    list(&risky, 20)
+                ),
+                Some("move these tables to a table group without batch apply (batch_apply = false in the stack's table_groups)"),
+            ));
+        }
+    }
+    let keyless_lobs: Vec<String> = src
+        .query(
+            &format!(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relkind = 'r' AND {nsp}
+                   AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                               AND a.atttypid IN ('text'::regtype, 'bytea'::regtype, 'json'::regtype, 'jsonb'::regtype, 'xml'::regtype))
+                   AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisunique))
+                 ORDER BY 1"
+            ),
+            &[],
+        )
+        .await
+        .map_err(source.err("tables with large values"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !keyless_lobs.is_empty() {
+        out.push(finding(
+            Level::Error,
+            "lob_keys",
+            format!(
+                "{} table(s) have large-value columns (text, bytea, json, jsonb, xml) and no primary or unique key: DMS replicates LOB columns only of tables with one, so their values would arrive empty: {}",
+                keyless_lobs.len(),
+                list(&keyless_lobs, 20)
+            ),
+            Some("add a primary key (or a unique key) to each before the load"),
+        ));
+    }
+    Ok(out)
+}
+
 /// Runs every check; `slots_needed` is the number of replication slots the plan will create.
 pub async fn check(
     source: &Target,
     target: &Target,
     slots_needed: i64,
+) -> Result<Vec<Finding>, PgError> {
+    check_for(source, target, slots_needed, &Capture::default()).await
+}
+
+/// [`check`] for the way changes will leave the source.
+pub async fn check_for(
+    source: &Target,
+    target: &Target,
+    slots_needed: i64,
+    capture: &Capture,
 ) -> Result<Vec<Finding>, PgError> {
     let src = source.connect().await?;
     let dst = target.connect().await?;
@@ -262,6 +394,7 @@ pub async fn check(
             .unwrap_or_default()
     };
 
+    let sv = Version::of(source, &src).await?;
     let wal = one(src
         .query("SHOW wal_level", &[])
         .await
@@ -299,15 +432,20 @@ pub async fn check(
             Some("raise max_wal_senders on the source (restart needed)"),
         ));
     }
-    out.extend(
-        replication_capacity(source, &src, target, &dst, slots_needed, slots, senders).await?,
-    );
-    let sv: i64 = one(src
-        .query("SHOW server_version_num", &[])
-        .await
-        .map_err(source.err("version"))?)
-    .parse()
-    .unwrap_or(0);
+    let capacity =
+        replication_capacity(source, &src, target, &dst, slots_needed, slots, senders).await?;
+    // With DMS the target applies nothing itself: its subscription workers are not asked for.
+    out.extend(capacity.into_iter().filter(|f| {
+        capture.dms_plugin.is_none()
+            || !matches!(
+                f.check.as_str(),
+                "apply_workers" | "sync_workers" | "copy_slots" | "worker_processes" | "origins"
+            )
+    }));
+    if let Some(plugin) = &capture.dms_plugin {
+        out.extend(dms_checks(source, &src, sv, plugin, &capture.batch_apply).await?);
+    }
+    let sv = sv.0 as i64;
     let tv: i64 = one(dst
         .query("SHOW server_version_num", &[])
         .await
@@ -324,6 +462,18 @@ pub async fn check(
                 sv / 10000
             ),
             Some("use a target of the same or a newer major version"),
+        ));
+    } else if sv < 100000 && capture.dms_plugin.is_some() {
+        out.push(finding(
+            Level::Note,
+            "version",
+            format!(
+                "source PostgreSQL {}.{} has no native logical replication: DMS decodes its changes through the slots; target {}",
+                sv / 10000,
+                sv / 100 % 100,
+                tv / 10000
+            ),
+            None,
         ));
     } else if sv < 100000 {
         out.push(finding(
@@ -348,10 +498,11 @@ pub async fn check(
         .query(
             &format!(
                 "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE {USER_TABLES} AND c.relpersistence = 'p'
+                 WHERE {ut} AND c.relpersistence = 'p'
                    AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS
                         (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
-                 ORDER BY 1"
+                 ORDER BY 1",
+                ut = user_tables(Version(sv as i32))
             ),
             &[],
         )
@@ -369,7 +520,7 @@ pub async fn check(
         ));
     }
     let unlogged: Vec<String> = src
-        .query(&format!("SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_TABLES} AND c.relpersistence = 'u' ORDER BY 1"), &[])
+        .query(&format!("SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {ut} AND c.relpersistence = 'u' ORDER BY 1", ut = user_tables(Version(sv as i32))), &[])
         .await
         .map_err(source.err("unlogged tables"))?
         .iter()
@@ -400,11 +551,11 @@ pub async fn check(
             Some("copy them at cutover (pg_dump --large-objects) or move them into bytea columns"),
         ));
     }
-    let seqs: i64 = src
-        .query_one("SELECT count(*) FROM pg_sequences WHERE schemaname NOT IN ('pg_catalog','information_schema')", &[])
+    let seqs = src
+        .query(super::version::Version(sv as i32).sequences(), &[])
         .await
         .map_err(source.err("sequences"))?
-        .get(0);
+        .len();
     if seqs > 0 {
         out.push(finding(Level::Note, "sequences", format!("{seqs} sequence(s): logical replication does not carry their values; the cutover syncs them"), None));
     }
@@ -439,16 +590,18 @@ pub async fn check(
             None,
         ));
     }
-    let tables_q = format!("SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_TABLES} AND c.relpersistence = 'p' ORDER BY 1");
+    let tables_q = |v: i64| {
+        format!("SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {ut} AND c.relpersistence = 'p' ORDER BY 1", ut = user_tables(Version(v as i32)))
+    };
     let st: std::collections::BTreeSet<String> = src
-        .query(&tables_q, &[])
+        .query(&tables_q(sv), &[])
         .await
         .map_err(source.err("tables"))?
         .iter()
         .map(|r| r.get(0))
         .collect();
     let tt: std::collections::BTreeSet<String> = dst
-        .query(&tables_q, &[])
+        .query(&tables_q(tv), &[])
         .await
         .map_err(target.err("tables"))?
         .iter()

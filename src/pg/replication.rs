@@ -54,6 +54,12 @@ pub fn object_name(prefix: &str, group: &str) -> String {
         .collect()
 }
 
+/// The slot (and publication and subscription) a hand-off's table group replicates over
+/// (`CaptureSlots`): `cutover_<group>`.
+pub fn capture_slot(group: &str) -> String {
+    object_name("cutover", group)
+}
+
 /// Catch-up tables are named `public.cutover_catchup_<group>`.
 const CATCH_UP_PREFIX: &str = "public.cutover_catchup_";
 
@@ -105,11 +111,15 @@ pub async fn create_catch_up_tables(
 
 /// User tables of a database (`schema.table`, persistent, not partitions), sorted.
 pub async fn tables(t: &Target, c: &tokio_postgres::Client) -> Result<Vec<String>, PgError> {
+    let v = super::version::Version::of(t, c).await?;
     Ok(c.query(
-        "SELECT format('%s.%s', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind IN ('r','p') AND c.relpersistence = 'p' AND NOT c.relispartition
-           AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'
-         ORDER BY 1",
+        &format!(
+            "SELECT format('%s.%s', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r','p') AND c.relpersistence = 'p' AND {}
+               AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+             ORDER BY 1",
+            v.not_partition()
+        ),
         &[],
     )
     .await
@@ -651,17 +661,34 @@ pub struct Lag {
 /// The lag of `slot` on the source.
 pub async fn lag(source: &Target, slot: &str) -> Result<Lag, PgError> {
     let src = source.connect().await?;
+    let v = super::version::Version::of(source, &src).await?;
+    // Before 10 the walsender reports no replay lag in time: only the bytes are known.
+    let seconds = if v.native_logical_replication() {
+        "COALESCE(EXTRACT(epoch FROM r.replay_lag), 0)::float8"
+    } else {
+        "0::float8"
+    };
+    let current = v
+        .current_lsn()
+        .trim_start_matches("SELECT ")
+        .trim_end_matches("::text");
     let r = src
         .query_opt(
-            "SELECT GREATEST(pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn), 0)::bigint,
-                    COALESCE(EXTRACT(epoch FROM r.replay_lag), 0)::float8
-             FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
-             WHERE s.slot_name = $1",
+            &format!(
+                "SELECT GREATEST({diff}({current}, s.confirmed_flush_lsn), 0)::bigint, {seconds}
+                 FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+                 WHERE s.slot_name = $1",
+                diff = v.lsn_diff()
+            ),
             &[&slot],
         )
         .await
         .map_err(source.err("lag"))?
-        .ok_or_else(|| PgError::Other(format!("{source}: replication slot `{slot}` does not exist")))?;
+        .ok_or_else(|| {
+            PgError::Other(format!(
+                "{source}: replication slot `{slot}` does not exist"
+            ))
+        })?;
     Ok(Lag {
         bytes: r.get(0),
         seconds: r.get(1),

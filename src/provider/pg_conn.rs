@@ -49,6 +49,10 @@ struct External {
     server_host: Option<String>,
     #[serde(default)]
     server_port: Option<u16>,
+    /// The stack table of the primary this server is a streaming standby of (a reviewer's note;
+    /// `plan emulate` makes its stand-in a standby of that one's).
+    #[serde(default)]
+    standby_of: Option<String>,
 }
 
 impl PgConn {
@@ -160,7 +164,12 @@ impl PgConn {
     /// user, dbname, optional sslmode, sslrootcert, server_host, server_port) and the secret
     /// `<key>_password`. Its `[connect]` key is `key`.
     pub fn from_stack(stack: &Stack, key: &str) -> Result<PgConn, StackError> {
-        let e: External = stack.get(key)?;
+        let e: External = stack.get_checked(key, |e: &External| match &e.standby_of {
+            Some(p) if p == key => Err(format!(
+                "`{key}` cannot be a standby of itself: name the stack table of its primary (e.g. \"source\")"
+            )),
+            _ => Ok(()),
+        })?;
         let mut c = PgConn::to(e.host.as_str(), e.port as u64)
             .user(e.user.as_str())
             .dbname(&e.dbname)

@@ -24,6 +24,7 @@ pub fn register(r: &mut Registry) {
         .step(CopySchemaType)
         .step(ExtendType)
         .step(FinishType);
+    handoff::register(r);
 }
 
 /// A step builder that is nothing but its inputs: the struct and its `Declare`, once.
@@ -44,6 +45,12 @@ macro_rules! inputs_step {
         }
     };
 }
+
+#[path = "pg_handoff.rs"]
+mod handoff;
+pub use handoff::{
+    CaptureSlots, LoadFromStandby, PauseReplay, ReplicateFrom, ResumeReplay, VerifyLsn,
+};
 
 /// The connection in input `key`, dialled through the stack's `[connect]` table, with an IAM
 /// token for its password when it uses IAM authentication.
@@ -179,6 +186,7 @@ pub struct Preflight {
     target: Value,
     slots: u64,
     pooler: Value,
+    capture: Value,
 }
 
 impl Preflight {
@@ -188,7 +196,17 @@ impl Preflight {
             target,
             slots: 1,
             pooler: Value::Null,
+            capture: Value::Null,
         }
+    }
+    /// AWS DMS captures the changes, decoding with `plugin` (`pglogical` or `test_decoding`);
+    /// `batch_apply` lists the tables whose tasks apply in batches. The checks become DMS's: an
+    /// old source without native replication is fine, the plugin must be there, batch apply is
+    /// refused on a table with a primary key and another unique constraint, and large values
+    /// need a key.
+    pub fn dms(mut self, plugin: &str, batch_apply: &[String]) -> Self {
+        self.capture = serde_json::json!({"dms_plugin": plugin, "batch_apply": batch_apply});
+        self
     }
     /// The pooler the application reaches the source through (a pgbouncer handle's `pooler()`):
     /// the sessions that bypass it are listed, and one that writes is a warning (the pooler
@@ -213,6 +231,7 @@ impl Declare for Preflight {
             ("target".to_string(), self.target),
             ("slots".to_string(), Value::from(self.slots)),
             ("pooler".to_string(), self.pooler),
+            ("capture".to_string(), self.capture),
         ])
     }
 }
@@ -227,7 +246,19 @@ async fn preflight_findings(
     let s = target(ctx, inputs, "source").await?;
     let t = target(ctx, inputs, "target").await?;
     let slots = crate::value::get_u64(inputs, "slots").unwrap_or(1) as i64;
-    let mut findings = preflight::check(&s, &t, slots).await.map_err(pg_err)?;
+    let capture = match inputs.get("capture") {
+        Some(c) if !c.is_null() => preflight::Capture {
+            dms_plugin: c
+                .get("dms_plugin")
+                .and_then(Value::as_str)
+                .map(String::from),
+            batch_apply: crate::value::strings(c.get("batch_apply")),
+        },
+        _ => preflight::Capture::default(),
+    };
+    let mut findings = preflight::check_for(&s, &t, slots, &capture)
+        .await
+        .map_err(pg_err)?;
     let console = match inputs.get("pooler") {
         Some(p) if !p.is_null() => {
             let dir = p.get("dir").and_then(Value::as_str).unwrap_or("");

@@ -2497,3 +2497,203 @@ async fn slow_apply_of_events(t: u16, seconds: f64) {
         .await
         .unwrap();
 }
+
+/// Case 2's hand-off on real servers: capture slots on a primary that keeps taking writes, its
+/// streaming standby paused where every slot can serve and the position verified on the primary,
+/// the load read from the paused standby, replay resumed, and native replication started exactly
+/// at the position. Every row written before, during and after arrives once; a position a slot
+/// cannot serve and a server that is not the primary's standby are refused.
+#[test]
+fn the_hand_off_at_a_paused_standby_loses_and_repeats_no_write() {
+    use cutover::pg::{handoff, load, replication};
+    require_pg();
+    let dir = cluster_dir();
+    let (pp, sp, tp, op) = (free_port(), free_port(), free_port(), free_port());
+    let primary = LocalCluster::new(dir.path().join("p"), pp);
+    let standby = LocalCluster::new(dir.path().join("s"), sp);
+    let dst = LocalCluster::new(dir.path().join("t"), tp);
+    let other = LocalCluster::new(dir.path().join("o"), op);
+    let _stop = Stopper(vec![
+        standby.data_dir.clone(),
+        primary.data_dir.clone(),
+        dst.data_dir.clone(),
+        other.data_dir.clone(),
+    ]);
+    for c in [&primary, &dst, &other] {
+        c.init(&[]).unwrap();
+        c.start().unwrap();
+    }
+    rt().block_on(async {
+        target(pp, "postgres")
+            .connect()
+            .await
+            .unwrap()
+            .batch_execute(
+                "CREATE TABLE big (id bigserial PRIMARY KEY, note text NOT NULL, at timestamptz DEFAULT now());
+                 CREATE UNIQUE INDEX big_note ON big (note);
+                 CREATE TABLE small (k int PRIMARY KEY, v int NOT NULL);
+                 INSERT INTO big (note) SELECT 'seed-' || g FROM generate_series(1, 20000) g;
+                 INSERT INTO small SELECT g, 0 FROM generate_series(1, 100) g;",
+            )
+            .await
+            .unwrap();
+    });
+    standby.standby_of(pp, &[]).unwrap();
+    standby.start().unwrap();
+    let (p, s, t) = (
+        target(pp, "postgres"),
+        target(sp, "postgres"),
+        target(tp, "postgres"),
+    );
+    // A writer on the primary from before the slots until after the capture started.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rt2 = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let writer = {
+        let (p, stop) = (p.clone(), stop.clone());
+        rt2.spawn(async move {
+            let c = p.connect().await.unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                c.batch_execute(&format!(
+                    "INSERT INTO big (note) VALUES ('live-{n}'); UPDATE small SET v = v + 1 WHERE k = {}",
+                    n % 100 + 1
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let groups = vec![replication::Group {
+        name: "big".into(),
+        tables: vec!["public.big".into()],
+    }];
+    let say = |m: String| eprintln!("{m}");
+    rt().block_on(async {
+        let setup = replication::publish(&p, "cutover", &groups).await.unwrap();
+        let names: Vec<String> = setup.groups.iter().map(|g| g.slot.clone()).collect();
+        assert_eq!(names, ["cutover_big", "cutover_rest"]);
+        let made = handoff::create_slots(&p, &names, "pgoutput").await.unwrap();
+        // Again: the slots are there, with that plugin; another plugin is refused.
+        assert_eq!(
+            handoff::create_slots(&p, &names, "pgoutput")
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let e = handoff::create_slots(&p, &names, "test_decoding")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exists with plugin pgoutput"), "{e}");
+        let highest = made
+            .iter()
+            .filter_map(|(_, l)| cutover::pg::version::lsn(l))
+            .max()
+            .map(cutover::pg::version::lsn_text)
+            .unwrap();
+        // The primary is not a standby: refused before anything is paused.
+        let e = handoff::pause(&p, &highest, std::time::Duration::from_secs(5), &say)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a standby"), "{e}");
+        let paused = handoff::pause(&s, &highest, std::time::Duration::from_secs(60), &say)
+            .await
+            .unwrap();
+        assert!(!paused.already);
+        assert!(cutover::pg::version::lsn(&paused.lsn) >= cutover::pg::version::lsn(&highest));
+        // Paused again (an interrupted run): the same position.
+        let again = handoff::pause(&s, &highest, std::time::Duration::from_secs(5), &say)
+            .await
+            .unwrap();
+        assert!(again.already && again.lsn == paused.lsn);
+        // Another server's position means nothing here.
+        let e = handoff::verify(&p, &target(op, "postgres"), &names, &paused.lsn)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a replica of"), "{e}");
+        // A position before a slot's: the slot cannot serve it.
+        let e = handoff::verify(&p, &s, &names, "0/100")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is after the recorded 0/100"), "{e}");
+        let start = handoff::verify(&p, &s, &names, &paused.lsn).await.unwrap();
+        // The load, from the standby; the writer goes on meanwhile.
+        handoff::still_paused(&s, &paused.lsn).await.unwrap();
+        let post = replication::copy_schema_pre(&s, &t, false).await.unwrap();
+        let sc = s.connect().await.unwrap();
+        let tables = replication::tables(&s, &sc).await.unwrap();
+        assert_eq!(tables, ["public.big", "public.small"]);
+        let opts = load::Options {
+            workers: 2,
+            chunk_pages: 16,
+        };
+        let done = load::load_quiet(&s, &t, &tables, opts, true, &say)
+            .await
+            .unwrap();
+        assert!(done.chunks > 2, "the big table is split: {done:?}");
+        handoff::still_paused(&s, &paused.lsn).await.unwrap();
+        load::build_post(&t, &post, 2).await.unwrap();
+        // The target's rows are exactly the standby's at the position.
+        let count = |c: Target| async move {
+            c.connect()
+                .await
+                .unwrap()
+                .query_one("SELECT count(*) FROM big", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        };
+        assert_eq!(count(s.clone()).await, count(t.clone()).await);
+        assert!(handoff::resume(&s).await.unwrap());
+        assert!(!handoff::resume(&s).await.unwrap(), "already running");
+        let e = handoff::still_paused(&s, &paused.lsn)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("running"), "{e}");
+        handoff::subscribe_at(&p, &t, &setup, &start).await.unwrap();
+        // Run again: nothing changes (the subscriptions stream already).
+        handoff::subscribe_at(&p, &t, &setup, &start).await.unwrap();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = rt2.block_on(writer).unwrap();
+    assert!(written > 50, "the writer wrote {written}");
+    rt().block_on(async {
+        let q = "SELECT count(*), count(DISTINCT note), coalesce(sum(hashtext(note)), 0), (SELECT sum(v) FROM small) FROM big";
+        let want = p.connect().await.unwrap().query_one(q, &[]).await.unwrap();
+        let want: (i64, i64, i64, i64) = (want.get(0), want.get(1), want.get(2), want.get(3));
+        assert_eq!(want.0, 20000 + written as i64);
+        assert_eq!(want.3, written as i64);
+        let dst = t.connect().await.unwrap();
+        let mut got = (0, 0, 0, 0);
+        for _ in 0..300 {
+            let r = dst.query_one(q, &[]).await.unwrap();
+            got = (r.get(0), r.get(1), r.get(2), r.get(3));
+            if got == want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // A change applied twice would fail the unique note or double a counter; one missed
+        // would leave a count short.
+        assert_eq!(got, want, "target (rows, distinct, hash, counter) vs the primary's");
+        for sub in ["cutover_big", "cutover_rest"] {
+            dst.batch_execute(&format!("DROP SUBSCRIPTION {sub}"))
+                .await
+                .unwrap();
+        }
+    });
+}
