@@ -56,6 +56,8 @@ struct StandIn {
     user: String,
     password: String,
     dbname: String,
+    /// The stand-in this one is a streaming standby of (`standby_of` in its stack table).
+    standby_of: Option<String>,
 }
 
 fn io(what: &str, p: &Path, e: std::io::Error) -> String {
@@ -341,6 +343,7 @@ impl Emulation {
                 dbname: get_str(&n.inputs, "db_name")
                     .unwrap_or("postgres")
                     .to_string(),
+                standby_of: None,
             });
         }
         for s in &standins {
@@ -358,9 +361,23 @@ impl Emulation {
         self.seed_aws(&loaded, &layout, &region, say).await?;
         // The stand-ins, with TLS for the names clients verify.
         self.certificates(&certs, &standins)?;
-        for s in &standins {
+        // Primaries first: a standby is copied from its primary's stand-in.
+        let (standbys, primaries): (Vec<&StandIn>, Vec<&StandIn>) =
+            standins.iter().partition(|s| s.standby_of.is_some());
+        for s in primaries {
             let port = layout.standins[&s.name];
             self.standin(s, port, &certs, say).await?;
+        }
+        for s in standbys {
+            let of = s.standby_of.clone().unwrap_or_default();
+            let primary = *layout.standins.get(&of).ok_or_else(|| {
+                format!(
+                    "{}: [values.{}] standby_of = \"{of}\": there is no stack table `{of}` with a database to be a standby of",
+                    original.path.display(),
+                    s.name
+                )
+            })?;
+            self.standby(s, layout.standins[&s.name], primary, &of, say)?;
         }
         // The source's tables, for the replication to move.
         if let Some(repl) = loaded
@@ -368,7 +385,7 @@ impl Emulation {
             .spec
             .nodes
             .iter()
-            .find(|n| n.type_name == "pg.replicate")
+            .find(|n| n.type_name == "pg.replicate" || n.type_name == "pg.capture_slots")
         {
             let tables: Vec<String> = repl
                 .inputs
@@ -439,11 +456,17 @@ impl Emulation {
         t.remove("profile");
         let mut secrets = toml::Table::new();
         if let Some(toml::Value::Table(s)) = t.get("secrets") {
-            for k in s.keys() {
+            for (k, reference) in s {
+                // Keys that name one secret get one value (a standby's password is its
+                // primary's).
+                let same = s
+                    .iter()
+                    .filter(|(other, r)| *other != k && *r == reference)
+                    .find_map(|(other, _)| layout.secrets.get(other).cloned());
                 layout
                     .secrets
                     .entry(k.clone())
-                    .or_insert_with(|| format!("Emu-{}", random_hex(12)));
+                    .or_insert_with(|| same.unwrap_or_else(|| format!("Emu-{}", random_hex(12))));
                 secrets.insert(
                     k.clone(),
                     toml::Value::String(format!("env:{}", secret_env(k))),
@@ -464,13 +487,14 @@ impl Emulation {
                     .unwrap_or_else(|| toml::Value::String(v.clone()));
                 values.insert(k.clone(), parsed);
             }
-            if values
-                .get("data_path")
-                .and_then(|v| v.as_str())
-                .is_some_and(|d| d != "native")
-            {
-                values.insert("data_path".into(), toml::Value::String("native".into()));
-                notes.push("emulated: data_path = \"native\" (moto's DMS moves no data, so the emulation replicates natively; the DMS objects are not created)".to_string());
+            let asked = sets.iter().any(|(k, _)| k == "data_path");
+            match values.get("data_path").and_then(|v| v.as_str()) {
+                Some(d) if d != "native" && !asked => {
+                    values.insert("data_path".into(), toml::Value::String("native".into()));
+                    notes.push("emulated: data_path = \"native\" (moto's DMS moves no data, so the emulation replicates natively; the DMS objects are not created; `--set data_path=\"dms\"` creates them instead)".to_string());
+                }
+                Some(d) if d != "native" => notes.push(format!("emulated: data_path = \"{d}\" as asked: the DMS objects are created and started in the emulator, which moves no rows, so no change made after the load reaches the target")),
+                _ => {}
             }
             if values.contains_key("health_url") {
                 values.insert(
@@ -488,6 +512,7 @@ impl Emulation {
             for (k, v) in values.iter_mut() {
                 let toml::Value::Table(db) = v else { continue };
                 let field = |f: &str| db.get(f).and_then(|x| x.as_str()).map(String::from);
+                let standby_of = field("standby_of");
                 let (Some(host), Some(user), Some(dbname)) =
                     (field("host"), field("user"), field("dbname"))
                 else {
@@ -514,6 +539,7 @@ impl Emulation {
                     user,
                     password,
                     dbname,
+                    standby_of,
                 });
                 let port = *layout.standins.entry(k.clone()).or_insert_with(free_port);
                 connect.insert(k.clone(), toml::Value::String(format!("127.0.0.1:{port}")));
@@ -1001,6 +1027,35 @@ impl Emulation {
             .map_err(|e| admin.err("stand-in database")(e).to_string())?;
         }
         Ok(())
+    }
+
+    /// A stand-in that is a streaming standby of the stand-in `of` (on `primary`): a base
+    /// backup of it with its roles, databases and TLS files, streaming from it.
+    fn standby(
+        &self,
+        s: &StandIn,
+        port: u16,
+        primary: u16,
+        of: &str,
+        say: &dyn Fn(&str),
+    ) -> Result<(), String> {
+        let c = LocalCluster::new(self.root().join("pgdata").join(&s.name), port);
+        if !c.exists() {
+            c.standby_of(
+                primary,
+                &[
+                    ("ssl".into(), "on".into()),
+                    ("ssl_cert_file".into(), "'server.crt'".into()),
+                    ("ssl_key_file".into(), "'server.key'".into()),
+                    ("password_encryption".into(), "'scram-sha-256'".into()),
+                ],
+            )?;
+            say(&format!(
+                "emulated: PostgreSQL 15 on 127.0.0.1:{port} stands in for `{}` ({}), a streaming standby of `{of}`'s stand-in",
+                s.name, s.host
+            ));
+        }
+        c.start()
     }
 
     /// The source stand-in's tables: those the plan replicates, each with `rows` rows of made-up

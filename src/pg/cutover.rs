@@ -999,14 +999,21 @@ pub async fn sync_sequences(
     Ok(values.len())
 }
 
-async fn setup_reverse(spec: &Spec) -> Result<(), String> {
+/// Disables the forward subscriptions (after the catch-up, inside the fence).
+async fn disable_forward(spec: &Spec) -> Result<(), String> {
     let dst = spec.target.connect().await.map_err(|e| e.to_string())?;
-    let src = writer(&spec.source).await?;
     for s in &spec.subscriptions {
         dst.batch_execute(&format!("ALTER SUBSCRIPTION {} DISABLE", ident(s)))
             .await
             .map_err(|e| spec.target.err("disable forward subscription")(e).to_string())?;
     }
+    Ok(())
+}
+
+async fn setup_reverse(spec: &Spec) -> Result<(), String> {
+    let dst = spec.target.connect().await.map_err(|e| e.to_string())?;
+    let src = writer(&spec.source).await?;
+    disable_forward(spec).await?;
     let tables = replication::tables(&spec.target, &dst)
         .await
         .map_err(|e| e.to_string())?;
@@ -1096,14 +1103,20 @@ pub async fn undo_before_flip(spec: &Spec) -> Result<(), String> {
 pub async fn undo_reverse(spec: &Spec) -> Result<(), String> {
     let src = writer(&spec.source).await?;
     let dst = spec.target.connect().await.map_err(|e| e.to_string())?;
-    let has: bool = src
-        .query_one(
-            "SELECT exists(SELECT 1 FROM pg_subscription WHERE subname = $1)",
-            &[&REVERSE],
-        )
+    // A source older than 10 has no subscriptions at all (and no reverse replication).
+    let native = super::version::Version::of(&spec.source, &src)
         .await
         .map_err(|e| e.to_string())?
-        .get(0);
+        .native_logical_replication();
+    let has: bool = native
+        && src
+            .query_one(
+                "SELECT exists(SELECT 1 FROM pg_subscription WHERE subname = $1)",
+                &[&REVERSE],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
     if has {
         src.batch_execute(&format!("DROP SUBSCRIPTION {REVERSE}"))
             .await
@@ -1317,6 +1330,17 @@ pub async fn run(
         }
         phases.push(Phase {
             name: "reverse".into(),
+            ms: ms(t.elapsed()),
+        });
+    } else if !spec.subscriptions.is_empty() {
+        // Caught up and fenced: the forward subscriptions stop here (the reverse replication's
+        // set-up does it otherwise); an unfence enables them again.
+        let t = Instant::now();
+        if let Err(m) = disable_forward(spec).await {
+            return Err(unfence("forward", m).await);
+        }
+        phases.push(Phase {
+            name: "forward".into(),
             ms: ms(t.elapsed()),
         });
     }

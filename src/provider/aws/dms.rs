@@ -827,6 +827,12 @@ impl DmsEndpoint {
     }
     /// PostgreSQL source: the decoding plugin (`pglogical` or `test_decoding`) and the slot name.
     pub fn postgres_slot(mut self, plugin: &str, slot: &str) -> Self {
+        // DMS spells the server's `test_decoding` with a hyphen.
+        let plugin = if plugin == "test_decoding" {
+            "test-decoding"
+        } else {
+            plugin
+        };
         self.inputs.insert("plugin".into(), Value::from(plugin));
         self.inputs.insert("slot_name".into(), Value::from(slot));
         self
