@@ -110,8 +110,9 @@ impl LocalCluster {
         self.data_dir.join("PG_VERSION").exists()
     }
 
-    /// `initdb` and our configuration. `settings` are extra `postgresql.conf` lines.
-    pub fn init(&self, settings: &[(String, String)]) -> Result<(), String> {
+    /// Creates the data directory, empty, owned by the user the server runs as, mode 0700;
+    /// refuses one that holds a cluster.
+    fn empty_data_dir(&self) -> Result<(), String> {
         if self.exists() {
             return Err(format!(
                 "{} already holds a cluster",
@@ -128,6 +129,12 @@ impl LocalCluster {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("chmod {}: {e}", self.data_dir.display()))?;
+        Ok(())
+    }
+
+    /// `initdb` and our configuration. `settings` are extra `postgresql.conf` lines.
+    pub fn init(&self, settings: &[(String, String)]) -> Result<(), String> {
+        self.empty_data_dir()?;
         let mut c = command("initdb")?;
         c.arg("-D").arg(&self.data_dir).args([
             "-U",
@@ -149,22 +156,7 @@ impl LocalCluster {
         primary_port: u16,
         settings: &[(String, String)],
     ) -> Result<(), String> {
-        if self.exists() {
-            return Err(format!(
-                "{} already holds a cluster",
-                self.data_dir.display()
-            ));
-        }
-        std::fs::create_dir_all(&self.data_dir)
-            .map_err(|e| format!("create {}: {e}", self.data_dir.display()))?;
-        if let Some((uid, gid)) = run_as()? {
-            std::os::unix::fs::chown(&self.data_dir, Some(uid), Some(gid))
-                .map_err(|e| format!("chown {}: {e}", self.data_dir.display()))?;
-            check_reachable(&self.data_dir)?;
-        }
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("chmod {}: {e}", self.data_dir.display()))?;
+        self.empty_data_dir()?;
         let mut c = command("pg_basebackup")?;
         c.args(["-h", "127.0.0.1", "-p", &primary_port.to_string()])
             .args(["-U", "postgres", "-D"])

@@ -347,15 +347,7 @@ pub async fn load(
                 .map_err(source.err("drop the slot of an interrupted load"))?;
         } else {
             for t in &g.tables {
-                let has_rows: bool = dst
-                    .query_one(
-                        &format!("SELECT exists(SELECT 1 FROM {})", qualified(t)),
-                        &[],
-                    )
-                    .await
-                    .map_err(target.err(&format!("check that {t} is empty")))?
-                    .get(0);
-                if has_rows {
+                if has_rows(target, &dst, t).await? {
                     return Err(PgError::Other(format!(
                         "{target}: table {t} already has rows; the initial load copies into empty tables: empty it (TRUNCATE) or point the step at an empty database"
                     )));
@@ -402,15 +394,7 @@ pub async fn load_quiet(
     let dst = target.connect().await?;
     let mut filled = Vec::new();
     for t in tables {
-        let has_rows: bool = dst
-            .query_one(
-                &format!("SELECT exists(SELECT 1 FROM {})", qualified(t)),
-                &[],
-            )
-            .await
-            .map_err(target.err(&format!("check that {t} is empty")))?
-            .get(0);
-        if has_rows {
+        if has_rows(target, &dst, t).await? {
             filled.push(qualified(t));
         }
     }
@@ -431,6 +415,18 @@ pub async fn load_quiet(
     }
     let work = chunks(source, &src, tables, "", opts.chunk_pages).await?;
     copy_all(source, target, work, opts, report, started).await
+}
+
+/// Whether table `t` of the target has a row.
+async fn has_rows(target: &Target, dst: &tokio_postgres::Client, t: &str) -> Result<bool, PgError> {
+    Ok(dst
+        .query_one(
+            &format!("SELECT exists(SELECT 1 FROM {})", qualified(t)),
+            &[],
+        )
+        .await
+        .map_err(target.err(&format!("check that {t} is empty")))?
+        .get(0))
 }
 
 /// Copies `work` with `opts.workers` sessions, biggest chunk first, reporting progress each

@@ -363,21 +363,7 @@ impl StepType for LoadType {
         true
     }
     fn measured(&self, outputs: &Attrs) -> Vec<String> {
-        let l = outputs.get("load");
-        let num = |k: &str| {
-            l.and_then(|l| l.get(k))
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0)
-        };
-        let (rows, bytes, s) = (num("rows"), num("bytes"), num("seconds"));
-        if s <= 0.0 {
-            return vec![];
-        }
-        vec![format!(
-            "load from the standby: {rows:.0} rows, {:.1} MB in {s:.1} s ({:.1} MB/s)",
-            bytes / 1e6,
-            bytes / 1e6 / s
-        )]
+        super::load_measured("load from the standby", outputs)
     }
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         use crate::pg::replication as r;

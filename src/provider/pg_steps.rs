@@ -664,20 +664,7 @@ fn setup_outputs(names: &[String], tables: usize) -> Attrs {
 #[async_trait]
 impl StepType for ReplicateType {
     fn measured(&self, outputs: &Attrs) -> Vec<String> {
-        let Some(l) = outputs.get("load") else {
-            return vec![];
-        };
-        let num = |k: &str| l.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-        let (rows, bytes, s) = (num("rows"), num("bytes"), num("seconds"));
-        if s <= 0.0 {
-            return vec![];
-        }
-        vec![format!(
-            "initial load: {rows:.0} rows, {:.1} MB in {s:.1} s ({:.0} rows/s, {:.1} MB/s)",
-            bytes / 1e6,
-            rows / s,
-            bytes / 1e6 / s
-        )]
+        load_measured("initial load", outputs)
     }
     fn type_name(&self) -> &'static str {
         "pg.replicate"
@@ -821,6 +808,24 @@ impl StepType for ReplicateType {
             Probe::NotDone
         }))
     }
+}
+
+/// A load's throughput from the `load` output it recorded (a `load::Report`), for the run report.
+fn load_measured(what: &str, outputs: &Attrs) -> Vec<String> {
+    let Some(l) = outputs.get("load") else {
+        return vec![];
+    };
+    let num = |k: &str| l.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let (rows, bytes, s) = (num("rows"), num("bytes"), num("seconds"));
+    if s <= 0.0 {
+        return vec![];
+    }
+    vec![format!(
+        "{what}: {rows:.0} rows, {:.1} MB in {s:.1} s ({:.0} rows/s, {:.1} MB/s)",
+        bytes / 1e6,
+        rows / s,
+        bytes / 1e6 / s
+    )]
 }
 
 /// Waits until every slot's lag is under the bounds, reporting it.
