@@ -45,8 +45,9 @@
 //! `pg_sequences`), the DMS tasks stopped, and the flip of the record, within the budget
 //! `writes-refused`. A flip that fails unfences the source (and resumes the tasks). After it:
 //! health checks and a bake on quiet alarms; behind `finish`, the slots are dropped. There is no
-//! reverse replication (a 9.6 server cannot subscribe): rollback is possible until the flip, and
-//! after it only from the rollback-point snapshot's side; the preview says so.
+//! reverse replication (a 9.6 server cannot subscribe): until the flip, a failed flip unfences the
+//! source; once `switch` ran, `plan rollback` refuses whole (the target's writes would be lost),
+//! and the preview says so.
 //!
 //! Recovery, as the README names it: a failed task resumes when its group is listed in
 //! `resume_tasks` and the stack applied again (its start step runs again, as `resume-processing`);

@@ -1172,6 +1172,17 @@ pub async fn rollback(
             None => "nothing to roll back: no done step of this stack can be undone".into(),
         }));
     }
+    // A step that refuses stops the whole rollback before anything is undone: undoing the
+    // steps after it (a DNS flip) alone would leave clients on a side that cannot take them.
+    for (i, st) in &targets {
+        let n = &l.graph.spec.nodes[*i];
+        if let Some(why) = st.rollback_refusal(&n.inputs) {
+            return Err(EngineError::Usage(format!(
+                "`{}` cannot be rolled back: {why}. Nothing was rolled back.",
+                n.name
+            )));
+        }
+    }
     let mut notes = Vec::new();
     for (i, st) in targets {
         let n = &l.graph.spec.nodes[i];

@@ -213,6 +213,9 @@ pub struct Review {
     /// Running the step ends what a rollback relies on (the reverse replication).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ends_rollback: bool,
+    /// Once the step ran, `plan rollback` refuses (and why): see `StepType::rollback_refusal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refuses_rollback: Option<String>,
     /// What the step cannot verify, shown under it in the preview.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caveat: Option<String>,
@@ -422,6 +425,12 @@ pub trait StepType: Send + Sync {
     /// Whether `plan rollback` can undo this step once done.
     fn can_roll_back(&self) -> bool {
         false
+    }
+    /// Why `plan rollback` must not undo this done step, declared with these inputs (a cutover
+    /// without reverse replication: going back would lose the target's writes). Asked of every
+    /// step a rollback would undo before it undoes any, so a refusal leaves everything as it was.
+    fn rollback_refusal(&self, _inputs: &Attrs) -> Option<String> {
+        None
     }
     /// Undoes the step (given the outputs it recorded). Must be safe to repeat: an interrupted
     /// rollback is run again.

@@ -1360,11 +1360,13 @@ impl StepType for CutoverType {
                 get_str(inputs, "database").unwrap_or("app")
             )),
         };
+        let refuses_rollback = self.rollback_refusal(inputs);
         crate::provider::Review {
             fences_writes: true,
             moves_traffic,
             guards,
-            can_roll_back: self.can_roll_back(),
+            can_roll_back: refuses_rollback.is_none(),
+            refuses_rollback,
             ..Default::default()
         }
     }
@@ -1430,6 +1432,11 @@ impl StepType for CutoverType {
     }
     fn can_roll_back(&self) -> bool {
         true
+    }
+    fn rollback_refusal(&self, inputs: &Attrs) -> Option<String> {
+        (inputs.get("reverse").and_then(Value::as_bool) != Some(true)).then(|| {
+            "the cutover runs without reverse replication, so once the target takes writes, pointing clients back at the source would lose them; until the flip, a failed flip unfences the source by itself; after it, going back means copying the target's changes to the source first".to_string()
+        })
     }
     async fn rollback(
         &self,

@@ -154,6 +154,14 @@ fn pending(a: &Action) -> bool {
 /// The warning block, the steps' timeline, the budgets and the rollback line.
 fn review_sections(cs: &ChangeSet) -> String {
     let mut out = String::new();
+    // A step after which `plan rollback` refuses (a cutover without reverse replication): no
+    // other step is then presented as undoable, and nothing as ending a rollback.
+    let refusing = cs.actions.iter().find_map(|a| {
+        a.review
+            .refuses_rollback
+            .as_deref()
+            .map(|why| (a.node.as_str(), why))
+    });
     // Warnings: data, protection, traffic, fences.
     let mut warn: Vec<String> = vec![];
     for a in &cs.actions {
@@ -180,14 +188,19 @@ fn review_sections(cs: &ChangeSet) -> String {
         if a.kind == NodeKind::Step && pending(a) {
             if a.review.fences_writes {
                 warn.push(format!(
-                    "{what} stops writes to the old database, {}",
-                    when(a)
+                    "{what} stops writes to the old database, {}{}",
+                    when(a),
+                    if a.review.refuses_rollback.is_some() {
+                        ": no `plan rollback` once it ran (no reverse replication)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             if let Some(t) = &a.review.moves_traffic {
                 warn.push(format!("{what} re-points traffic: {t}, {}", when(a)));
             }
-            if a.review.ends_rollback {
+            if a.review.ends_rollback && refusing.is_none() {
                 warn.push(format!(
                     "{what} ends what a rollback needs, {}: after it, `plan rollback` cannot go back",
                     when(a)
@@ -236,10 +249,12 @@ fn review_sections(cs: &ChangeSet) -> String {
             if !a.review.guards.is_empty() {
                 parts.push(format!("checks: {}", a.review.guards.join("; ")));
             }
-            if a.review.can_roll_back {
+            if a.review.refuses_rollback.is_some() {
+                parts.push("no `plan rollback` once it ran".to_string());
+            } else if a.review.can_roll_back && refusing.is_none() {
                 parts.push("`plan rollback` undoes it".to_string());
             }
-            if a.review.ends_rollback {
+            if a.review.ends_rollback && refusing.is_none() {
                 parts.push("ends rollback".to_string());
             }
             let detail = if parts.is_empty() {
@@ -267,7 +282,13 @@ fn review_sections(cs: &ChangeSet) -> String {
         .filter(|a| a.review.can_roll_back)
         .map(|a| format!("`{}`", a.node))
         .collect();
-    if !undoable.is_empty() {
+    if let Some((node, why)) = refusing {
+        let _ = writeln!(
+            out,
+            "**Rollback:** `plan rollback {}` refuses once `{node}` ran: {why}.",
+            cs.stack
+        );
+    } else if !undoable.is_empty() {
         let end = steps
             .iter()
             .find(|a| a.review.ends_rollback)

@@ -1,4 +1,4 @@
-//! `plan emulate STACK`: case 3's and case 4's own plans against moto with PostgreSQL stand-ins,
+//! `plan emulate STACK`: case 2's, case 3's and case 4's own plans against moto with PostgreSQL stand-ins,
 //! end to end, with a writer that follows the application's DNS record (read through the Route53
 //! API, dialled through the emulation's `[connect]`) across the cutover, then a rollback and a
 //! destroy that leaves nothing behind.
@@ -68,6 +68,32 @@ const CASE4: Case = Case {
     source_host: "pg-staging.old.saas.internal",
     target_host: "saas-saas-staging-target.aaaaaaaaaa.us-east-1.rds.amazonaws.com",
     dbname: "saas",
+};
+
+/// Case 2: `ec2-rds-staging`, native change capture (the emulation's default: its stand-ins are
+/// PostgreSQL 15).
+const CASE2: Case = Case {
+    stack: "ec2-rds-staging",
+    sets: &["bake_minutes=0", "record_ttl=2", "cutover_ttl=1"],
+    region: "eu-west-1",
+    zone: "staging.ec2.internal",
+    record: "db.staging.ec2.internal",
+    source_host: "pg-primary.staging.ec2.internal",
+    target_host: "ec2-rds-ec2-rds-staging-target.aaaaaaaaaa.eu-west-1.rds.amazonaws.com",
+    dbname: "app",
+};
+
+/// Case 2 with DMS change capture as the stack declares it, decoding with test_decoding (the
+/// stand-ins have no pglogical).
+const CASE2_DMS: Case = Case {
+    sets: &[
+        "bake_minutes=0",
+        "record_ttl=2",
+        "cutover_ttl=1",
+        "data_path=dms",
+        "plugin=test_decoding",
+    ],
+    ..CASE2
 };
 
 /// Stops what an emulation left running when a test ends early (a failed assertion).
@@ -659,4 +685,270 @@ fn killed_inside_the_emulated_cutover_the_same_command_finishes_duplicating_noth
     );
     let (code, out) = emulate(&p, &moto, case, &["destroy", "--yes"]);
     assert_eq!(code, 0, "{out}");
+}
+
+/// The first report line of `out` that starts (after the time stamp) with `prefix`.
+fn line_of<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .map(|l| l.split_once("] ").map_or(l, |(_, rest)| rest).trim_start())
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("`{prefix}` in the output:\n{out}"))
+}
+
+/// A superuser session on one of the emulation's stand-ins.
+fn standin(rt: &tokio::runtime::Runtime, l: &Layout, node: &str) -> tokio_postgres::Client {
+    rt.block_on(
+        Target {
+            host: "127.0.0.1".into(),
+            port: l.standins[node],
+            user: "postgres".into(),
+            dbname: "app".into(),
+            ..Default::default()
+        }
+        .connect(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn plan_emulate_ec2_rds_staging_loads_a_paused_standby_and_replicates_from_its_verified_lsn() {
+    let moto = require();
+    let p = Project::new();
+    let case = &CASE2;
+    let _down = Down(&p, case);
+    let (out, cutover) = cutover_with_a_writer(&p, &moto, case);
+    // The hand-off in its order: the slots first, then the standby paused past them, the
+    // position verified on the primary, the load, the replay resumed, and change capture from
+    // that same position.
+    let at = |what: &str| position(&out, what);
+    assert!(
+        at("> capture-slots: done") < at("> pause-replay: running"),
+        "{out}"
+    );
+    assert!(
+        at("> pause-replay: done") < at("> verify-lsn: running"),
+        "{out}"
+    );
+    assert!(at("> verify-lsn: done") < at("> load: running"), "{out}");
+    assert!(at("> load: done") < at("> resume-replay: running"), "{out}");
+    assert!(at("> load: done") < at("> replicate: running"), "{out}");
+    let paused = line_of(&out, "pause-replay: ");
+    let lsn = paused
+        .rsplit(' ')
+        .next()
+        .filter(|_| paused.contains("replay paused at "))
+        .unwrap_or_else(|| panic!("{paused}"));
+    assert!(
+        line_of(&out, "verify-lsn: ").starts_with(&format!("verify-lsn: {lsn} verified on ")),
+        "{out}"
+    );
+    assert!(
+        line_of(&out, "load: loaded ").contains(&format!(" from {lsn}; ")),
+        "{out}"
+    );
+    assert_eq!(
+        line_of(&out, "replicate: "),
+        format!("replicate: 6 subscription(s) streaming from {lsn}"),
+        "{out}"
+    );
+    assert!(out.contains("validate: 12 table(s), "), "{out}");
+    // No reverse replication (a 9.6 source cannot subscribe): the forward subscriptions stop at
+    // the fence, and the budget is reported.
+    assert!(
+        cutover.contains("Budget `writes-refused`: ") && cutover.contains(" of 60 s: "),
+        "{cutover}"
+    );
+    let l = layout(&p, case);
+    let rt = runtime();
+    // Without reverse replication, `plan rollback` refuses whole: the record keeps naming the
+    // new database (undoing the flip alone would send clients to the fenced source).
+    let (code, out) = emulate(&p, &moto, case, &["rollback", "--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("`switch` cannot be rolled back") && out.contains("Nothing was rolled back."),
+        "{out}"
+    );
+    assert_eq!(rt.block_on(record(&route53(&l), case)), case.target_host);
+    // The maintenance replica is a standby of the primary, replaying again.
+    let standby = standin(&rt, &l, "maintenance");
+    let row = rt
+        .block_on(standby.query_one("SELECT pg_is_in_recovery(), pg_is_wal_replay_paused()", &[]))
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, bool>(1)),
+        (true, false)
+    );
+
+    // Behind `finish`: the capture slots are dropped from the primary.
+    let source = standin(&rt, &l, "source");
+    let slots = |c: &tokio_postgres::Client| -> i64 {
+        rt.block_on(c.query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cutover%'",
+            &[],
+        ))
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(slots(&source), 6);
+    let (code, out) = emulate(&p, &moto, case, &["apply", "--yes", "--approve", "finish"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(slots(&source), 0, "{out}");
+    drop((standby, source));
+    destroy_leaves_nothing(&p, &moto, case);
+}
+
+#[test]
+fn plan_emulate_ec2_rds_staging_with_dms_declares_a_cdc_task_per_group_at_the_verified_lsn() {
+    let moto = require();
+    let p = Project::new();
+    let case = &CASE2_DMS;
+    let _down = Down(&p, case);
+    let (code, out) = emulate(&p, &moto, case, &["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Held back by gate `cutover`"), "{out}");
+    assert!(
+        out.contains("emulated: data_path = \"dms\" as asked"),
+        "the emulation says what it does not exercise: {out}"
+    );
+    let lsn = line_of(&out, "verify-lsn: ")
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(lsn.contains('/'), "{lsn}");
+    let l = layout(&p, case);
+    let rt = runtime();
+    let dms = aws_sdk_databasemigration::Client::new(&sdk(&l, case.region));
+    let groups = [
+        "events",
+        "payloads",
+        "orders",
+        "order-lines",
+        "audit",
+        "rest",
+    ];
+    let prefix = "ec2-rds-ec2-rds-staging-";
+
+    // One CDC-only task per table group; the state records each one's start at the verified
+    // position (moto drops CdcStartPosition: the request itself is checked by
+    // provider::aws::dms::tests::a_cdc_task_is_created_with_its_start_position).
+    let tasks = rt
+        .block_on(dms.describe_replication_tasks().send())
+        .unwrap();
+    let task = |g: &str| {
+        tasks
+            .replication_tasks()
+            .iter()
+            .find(|t| t.replication_task_identifier() == Some(&format!("{prefix}task-{g}")))
+            .unwrap_or_else(|| panic!("task of {g}: {tasks:?}"))
+    };
+    assert_eq!(tasks.replication_tasks().len(), groups.len());
+    for g in groups {
+        let t = task(g);
+        assert_eq!(t.migration_type().map(|m| m.as_str()), Some("cdc"), "{g}");
+        let (code, state, _) =
+            p.run(&["emulate", case.stack, "state", "show", &format!("task-{g}")]);
+        assert_eq!(code, 0);
+        assert!(
+            state.contains(&format!("\"cdc_start_position\": \"{lsn}\"")),
+            "{g}: {state}"
+        );
+    }
+    let json = |s: Option<&str>| -> serde_json::Value { serde_json::from_str(s.unwrap()).unwrap() };
+    // Each group selects its tables and its catch-up table; `rest` takes everything else.
+    let rules = |g: &str| json(task(g).table_mappings())["rules"].clone();
+    let names = |g: &str, action: &str| -> Vec<String> {
+        rules(g)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["rule-action"] == action)
+            .map(|r| {
+                format!(
+                    "{}.{}",
+                    r["object-locator"]["schema-name"].as_str().unwrap(),
+                    r["object-locator"]["table-name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names("events", "include"),
+        ["public.events", "public.cutover_catchup_events"]
+    );
+    assert_eq!(names("rest", "include"), ["%.%"]);
+    let excluded = names("rest", "exclude");
+    for t in ["public.events", "public.payloads", "public.audit"] {
+        assert!(excluded.contains(&t.to_string()), "{excluded:?}");
+    }
+    // LOBs: limited mode with the group's maximum; payloads' table inline, never truncated.
+    let settings = |g: &str| json(task(g).replication_task_settings())["TargetMetadata"].clone();
+    assert_eq!(settings("events")["LimitedSizeLobMode"], true);
+    assert_eq!(settings("events")["LobMaxSize"], 64);
+    assert_eq!(settings("audit")["LobMaxSize"], 16);
+    let lob_rule = rules("payloads")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule-type"] == "table-settings")
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", rules("payloads")));
+    assert_eq!(lob_rule["object-locator"]["table-name"], "payloads");
+    // Batch apply only where the stack asks.
+    for (g, batch) in [("events", false), ("order-lines", true), ("audit", true)] {
+        assert_eq!(settings(g)["BatchApplyEnabled"], batch, "{g}");
+    }
+    // Each group's source endpoint names the group's slot and the plugin.
+    let endpoints = rt.block_on(dms.describe_endpoints().send()).unwrap();
+    for g in groups {
+        let e = endpoints
+            .endpoints()
+            .iter()
+            .find(|e| e.endpoint_identifier() == Some(&format!("{prefix}source-endpoint-{g}")))
+            .unwrap_or_else(|| panic!("endpoint of {g}"));
+        let pg = e.postgre_sql_settings().expect("PostgreSQL settings");
+        assert_eq!(
+            pg.slot_name(),
+            Some(format!("cutover_{}", g.replace('-', "_")).as_str())
+        );
+        assert_eq!(pg.plugin_name().map(|p| p.as_str()), Some("test-decoding"));
+    }
+    // The slots exist on the primary, one per group, with the plugin.
+    let source = standin(&rt, &l, "source");
+    let slots = rt
+        .block_on(source.query(
+            "SELECT slot_name::text, plugin::text FROM pg_replication_slots ORDER BY 1",
+            &[],
+        ))
+        .unwrap();
+    assert_eq!(slots.len(), groups.len());
+    assert!(slots
+        .iter()
+        .all(|r| r.get::<_, String>(1) == "test_decoding"));
+    // The alarms: CDC latency at the source and the target per task, and the instance's health.
+    let cw = aws_sdk_cloudwatch::Client::new(&sdk(&l, case.region));
+    let alarms = rt.block_on(cw.describe_alarms().send()).unwrap();
+    let metrics: Vec<&str> = alarms
+        .metric_alarms()
+        .iter()
+        .filter(|a| a.namespace() == Some("AWS/DMS"))
+        .filter_map(|a| a.metric_name())
+        .collect();
+    for m in ["CDCLatencySource", "CDCLatencyTarget"] {
+        assert_eq!(
+            metrics.iter().filter(|n| **n == m).count(),
+            6,
+            "{metrics:?}"
+        );
+    }
+    for m in [
+        "CPUUtilization",
+        "FreeableMemory",
+        "SwapUsage",
+        "FreeStorageSpace",
+    ] {
+        assert!(metrics.contains(&m), "{metrics:?}");
+    }
+    drop(source);
+    destroy_leaves_nothing(&p, &moto, case);
 }

@@ -969,8 +969,16 @@ fn rollback_without_reverse_replication_refuses_and_changes_nothing() {
     );
     let (code, _, err) = p.run(&["rollback", "local", "--yes"]);
     assert_eq!(code, 1);
-    assert!(err.contains("the cutover ran without reverse replication, and the target has taken writes since the flip at"), "{err}");
-    assert!(err.contains("would lose them"), "{err}");
+    assert!(
+        err.contains(
+            "`switch` cannot be rolled back: the cutover runs without reverse replication"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("would lose them") && err.contains("Nothing was rolled back."),
+        "{err}"
+    );
     rt().block_on(async {
         let st = cutover::pg::pooler::pool_state(
             &cutover::pg::pooler::LocalBouncer::new(p.root().join("pgdata/pgbouncer"), b).admin(),

@@ -2257,6 +2257,66 @@ mod tests {
         );
     }
 
+    /// moto 5.2.5 takes a task's CdcStartPosition and drops it (it never answers it back), so a
+    /// change-capture task started at a verified LSN is created against recorded DMS answers and
+    /// the request the SDK sent is read.
+    #[tokio::test]
+    async fn a_cdc_task_is_created_with_its_start_position() {
+        use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
+        use aws_smithy_types::body::SdkBody;
+        let answer = |body: &str| {
+            ReplayEvent::new(
+                http::Request::builder()
+                    .uri("https://dms.us-east-1.amazonaws.com/")
+                    .body(SdkBody::empty())
+                    .unwrap(),
+                http::Response::builder()
+                    .status(200)
+                    .body(SdkBody::from(body.to_string()))
+                    .unwrap(),
+            )
+        };
+        let task = r#"{"ReplicationTaskIdentifier":"t1","ReplicationTaskArn":"arn:aws:dms:us-east-1:1:task:t1","Status":"ready","MigrationType":"cdc","TableMappings":"{}","ReplicationInstanceArn":"arn:i","SourceEndpointArn":"arn:s","TargetEndpointArn":"arn:t","CdcStartPosition":"0/321C1D8"}"#;
+        let http = StaticReplayClient::new(vec![
+            answer(r#"{"ReplicationTasks":[]}"#),
+            answer(&format!(r#"{{"ReplicationTask":{task}}}"#)),
+            answer(&format!(r#"{{"ReplicationTasks":[{task}]}}"#)),
+            answer(r#"{"TagList":[]}"#),
+        ]);
+        let t = TaskType {
+            aws: Aws::with_dms(client(http.clone())),
+        };
+        let inputs = DmsTask::new(
+            Output::from("arn:i"),
+            Output::from("arn:s"),
+            Output::from("arn:t"),
+            "cdc",
+            &TableMappings::new().include("public", "events"),
+            &TaskSettings::default(),
+        )
+        .cdc_start_position("0/321C1D8")
+        .inputs();
+        let req = Request {
+            node: "task-events",
+            deterministic_id: "t1",
+            inputs: &inputs,
+        };
+        let made = t.create(&ctx(), &req).await.unwrap();
+        assert_eq!(
+            get_str(&made.inputs, "cdc_start_position"),
+            Some("0/321C1D8")
+        );
+        let sent: Vec<_> = http.actual_requests().collect();
+        assert_eq!(
+            sent[1].headers().get("x-amz-target"),
+            Some("AmazonDMSv20160101.CreateReplicationTask")
+        );
+        let body: Value = serde_json::from_slice(sent[1].body().bytes().unwrap()).unwrap();
+        assert_eq!(body["CdcStartPosition"], "0/321C1D8");
+        assert_eq!(body["MigrationType"], "cdc");
+        assert!(body.get("CdcStartTime").is_none(), "{body}");
+    }
+
     /// moto 5.2.5 has no ModifyEndpoint: the exact request is captured instead.
     #[tokio::test]
     async fn an_endpoint_update_sends_modify_endpoint_with_the_new_settings() {
