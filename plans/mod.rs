@@ -10,6 +10,7 @@ mod mysql_aurora;
 mod onprem_rds;
 mod rehearsal;
 mod saas;
+mod tenants;
 mod testing;
 
 /// Every plan of this binary.
@@ -20,6 +21,12 @@ pub fn all() -> Vec<PlanEntry> {
             about: "a rehearsal of the engine on local files: provision, load, gate, cut over",
             hidden: false,
             build: demo::build,
+        },
+        PlanEntry {
+            name: "tenants",
+            about: "case 1: a dozen single-tenant RDS PostgreSQL databases into one multi-tenant Aurora PostgreSQL cluster, import instances for the big ones (stacks tenants-staging, tenants-production)",
+            hidden: false,
+            build: tenants::build,
         },
         PlanEntry {
             name: "ec2-rds",

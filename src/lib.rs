@@ -60,9 +60,9 @@ pub mod prelude {
     pub use crate::provider::local_pg::{Pgbouncer, Postgres};
     pub use crate::provider::pg_conn::PgConn;
     pub use crate::provider::pg_steps::{
-        CaptureSlots, CopySchema, Cutover, EnableReverse, ExtendReplication, FinishReplication,
-        LoadFromStandby, PauseReplay, Preflight, Replicate, ReplicateFrom, ResumeReplay, Sql,
-        Unfence, Validate, VerifyLsn, WaitLag,
+        CaptureSlots, CopySchema, CreateDatabase, Cutover, EnableReverse, ExtendReplication,
+        FinishReplication, LoadFromStandby, PauseReplay, Preflight, Replicate, ReplicateFrom,
+        ResumeReplay, Sql, Unfence, Validate, VerifyLsn, WaitLag,
     };
     pub use crate::stack::Stack;
     pub use crate::value::Value;

@@ -114,6 +114,10 @@ pub struct NodeOptions {
     /// next apply (a compensation that undid them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reopens: Vec<String>,
+    /// Why the plan declares the node, in a person's words (a temporary instance for one tenant
+    /// and not another): shown under it in the preview.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 impl Default for NodeOptions {
@@ -129,6 +133,7 @@ impl Default for NodeOptions {
             window: None,
             retire_after: None,
             reopens: vec![],
+            why: None,
         }
     }
 }
@@ -366,6 +371,13 @@ impl<T> Handle<T> {
             n.options.temporary = true;
             n.options.retire_after = Some(g);
         });
+        self
+    }
+    /// Says why the plan declares this node (shown under it in the preview), e.g. which
+    /// threshold gave a tenant its temporary import instance.
+    pub fn why(self, reason: &str) -> Self {
+        let r = reason.to_string();
+        self.edit(|n| n.options.why = Some(r));
         self
     }
     /// Refuse delete or replace until this is removed from the code.

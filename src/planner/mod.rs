@@ -135,6 +135,9 @@ pub struct Action {
     /// The object's identifier: the one recorded, or the one a create will give it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_id: Option<String>,
+    /// Why the plan declares the node (`Handle::why`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
     #[serde(skip)]
     pub service: String,
 }
@@ -353,6 +356,7 @@ pub fn plan(
                     Some(NodeRecord::Resource(r)) => Some(r.id.clone()),
                     _ => None,
                 },
+                why: n.options.why.clone(),
                 service,
             };
             match n.kind {
@@ -637,6 +641,7 @@ pub fn plan(
                 NodeRecord::Resource(x) => Some(x.id.clone()),
                 _ => None,
             },
+            why: None,
             service: registry
                 .get(r.type_name())
                 .map(|t| t.service().to_string())

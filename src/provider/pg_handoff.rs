@@ -53,6 +53,12 @@ impl CaptureSlots {
         self.inputs.insert("plugin".into(), Value::from(plugin));
         self
     }
+    /// The prefix of the slots' (and publications') names (default `cutover`): one per tenant
+    /// when several databases of one server each get their own slots.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.inputs.insert("prefix".into(), Value::from(prefix));
+        self
+    }
 }
 
 impl Handle<CaptureSlots> {
@@ -204,7 +210,7 @@ impl StepType for PauseType {
         Review {
             guards: vec!["the standby has replayed past every capture slot's position".into()],
             caveat: Some(
-                "the standby's replay stays paused until `resume-replay`: whoever reads it sees older data meanwhile".into(),
+                "the standby's replay stays paused until a resume step runs or the instance is deleted: whoever reads it sees older data meanwhile".into(),
             ),
             ..Default::default()
         }

@@ -14,6 +14,7 @@ use crate::value::{get_str, Attrs, Value};
 
 pub fn register(r: &mut Registry) {
     r.step(SqlType)
+        .step(CreateDatabaseType)
         .step(PreflightType)
         .step(ReplicateType)
         .step(WaitLagType)
@@ -176,6 +177,84 @@ impl StepType for SqlType {
         } else {
             Probe::NotDone
         }))
+    }
+}
+
+inputs_step!(
+    /// Creates a database on a server when it is absent, owned by the connection's user (a
+    /// tenant's database in a shared cluster). `CreateDatabase::on(conn, name)`, `conn` a
+    /// connection to another database of that server (`postgres`). It never drops, renames or
+    /// alters a database that exists.
+    CreateDatabase,
+    "pg.create_database"
+);
+
+impl CreateDatabase {
+    pub fn on(conn: Value, name: &str) -> Self {
+        CreateDatabase {
+            inputs: Attrs::from([
+                ("conn".to_string(), conn),
+                ("name".to_string(), Value::from(name)),
+            ]),
+        }
+    }
+}
+
+struct CreateDatabaseType;
+
+#[async_trait]
+impl StepType for CreateDatabaseType {
+    fn type_name(&self) -> &'static str {
+        "pg.create_database"
+    }
+    fn service(&self) -> &'static str {
+        "pg"
+    }
+    fn rerun_safe(&self) -> bool {
+        true
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        match get_str(inputs, "name") {
+            Some(n) if !n.is_empty() && n.len() <= 63 && !n.chars().any(char::is_control) => {
+                vec![]
+            }
+            other => vec![format!(
+                "database name {:?}: give 1 to 63 characters without control characters",
+                other.unwrap_or_default()
+            )],
+        }
+    }
+    async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
+        let t = target(ctx, req.inputs, "conn").await?;
+        let name = get_str(req.inputs, "name").unwrap_or_default();
+        let client = t.connect().await.map_err(pg_err)?;
+        let exists: bool = client
+            .query_one(
+                "SELECT exists(SELECT 1 FROM pg_database WHERE datname = $1)",
+                &[&name],
+            )
+            .await
+            .map_err(t.err("look up the database"))
+            .map_err(pg_err)?
+            .get(0);
+        if exists {
+            ctx.report(
+                req.node,
+                &format!("database `{name}` exists on {t}: left as it is"),
+            );
+        } else {
+            // CREATE DATABASE cannot run in a transaction: one statement, simple protocol.
+            client
+                .batch_execute(&format!("CREATE DATABASE {}", crate::pg::ident(name)))
+                .await
+                .map_err(t.err("create the database"))
+                .map_err(pg_err)?;
+            ctx.report(req.node, &format!("database `{name}` created on {t}"));
+        }
+        Ok(Attrs::from([
+            ("name".to_string(), Value::from(name)),
+            ("created".to_string(), Value::Bool(!exists)),
+        ]))
     }
 }
 

@@ -342,6 +342,7 @@ mod tests {
             review: Review::default(),
             protected: false,
             object_id: None,
+            why: None,
             service: String::new(),
         }
     }

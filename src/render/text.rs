@@ -36,6 +36,9 @@ fn resource_lines(out: &mut String, a: &Action) {
         "  {sym} {} ({}){id}{temp}  # {}",
         a.node, a.type_name, a.reason
     );
+    if let Some(why) = &a.why {
+        let _ = writeln!(out, "      # why: {why}");
+    }
     for c in &a.changes {
         if json_lines(out, c) {
             continue;

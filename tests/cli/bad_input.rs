@@ -36,6 +36,14 @@ struct Case {
 const UNSET: &str = "\u{0}";
 
 /// AWS settings that make the SDK find no credentials of this machine's.
+/// The tenant list of `stacks/tenants-staging.toml`, as the file writes it.
+const TENANTS: &str = "tenants = [
+  { name = \"acme\", source = \"tenant-acme-staging\", size_gb = 20, large_tables = [\"public.events\"] },
+  { name = \"globex\", source = \"tenant-globex-staging\", size_gb = 240, large_tables = [\"public.events\"] },
+  { name = \"initech\", source = \"tenant-initech-staging\", size_gb = 8 },
+]
+";
+
 const NO_AWS: &[(&str, &str)] = &[
     ("AWS_PROFILE", UNSET),
     ("AWS_ACCESS_KEY_ID", UNSET),
@@ -1016,6 +1024,33 @@ fn cases() -> Vec<Case> {
             env: NO_AWS,
             code: 1,
             says: &["stacks/mysql-aurora-staging.toml:19: key `readers_max`: 0 readers at most: give at least `readers_min` (1, and 1) and at most 15"],
+            after: Untouched,
+        },
+        Case {
+            name: "case 1 with no tenant",
+            setup: |r| { edit(r, "stacks/tenants-staging.toml", TENANTS, "tenants = []\n"); None },
+            args: &["preview", "tenants-staging"],
+            env: NO_AWS,
+            code: 1,
+            says: &["stacks/tenants-staging.toml:32: key `tenants`: the tenant list is empty: list at least one tenant"],
+            after: Untouched,
+        },
+        Case {
+            name: "case 1 with two tenants of one name",
+            setup: |r| { edit(r, "stacks/tenants-staging.toml", "{ name = \"initech\",", "{ name = \"acme\","); None },
+            args: &["preview", "tenants-staging"],
+            env: NO_AWS,
+            code: 1,
+            says: &["stacks/tenants-staging.toml:32: key `tenants`: two tenants are named `acme`: give each tenant its own name"],
+            after: Untouched,
+        },
+        Case {
+            name: "case 1 with a tenant without its source",
+            setup: |r| { edit(r, "stacks/tenants-staging.toml", "source = \"tenant-initech-staging\", ", ""); None },
+            args: &["preview", "tenants-staging"],
+            env: NO_AWS,
+            code: 1,
+            says: &["stacks/tenants-staging.toml:32: key `tenants`: tenant `initech` has no source: set `source` to its RDS instance identifier"],
             after: Untouched,
         },
         // ---- Local ports ----

@@ -128,6 +128,17 @@ fn previews(case: &str, stacks: &[(&str, &str)]) {
 }
 
 #[test]
+fn case1_staging_and_production_preview_without_credentials() {
+    previews(
+        "case1",
+        &[
+            ("tenants-staging", "staging"),
+            ("tenants-production", "production"),
+        ],
+    );
+}
+
+#[test]
 fn case2_staging_and_production_preview_without_credentials() {
     previews(
         "case2",
@@ -174,6 +185,7 @@ fn list_says_which_migration_each_plan_is() {
     let (code, out, _) = p.run(&["list"]);
     assert_eq!(code, 0);
     for (plan, case) in [
+        ("tenants", "case 1:"),
         ("ec2-rds", "case 2:"),
         ("onprem-rds", "case 3:"),
         ("saas", "case 4:"),
