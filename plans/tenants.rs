@@ -6,7 +6,7 @@
 //! DMS renames: no reverse replication for a lossless rollback, LOB limits, and a cutover guard
 //! that cannot prove every write arrived the way a subscription's slot proves it. A database per
 //! tenant keeps each tenant's replication, validation, fence, flip and rollback apart from the
-//! others' (one tenant's `plan rollback --only` never touches another), and per-tenant grants,
+//! others' (one tenant's `plan rollback --node` never touches another), and per-tenant grants,
 //! dumps and restores work as they did. The application changes only the host it connects to,
 //! through the tenant's DNS record.
 //!
@@ -32,8 +32,8 @@
 //!   cluster's database back to the tenant's instance) and the flip of the record to the
 //!   cluster's endpoint, within the budget `writes-refused-T`; a failed flip unfences the
 //!   source. After a bake on the cluster's alarms, behind `finish-T`, replication ends both ways.
-//!   `plan rollback STACK --only switch-T` takes one tenant back through its reverse replication
-//!   until then.
+//!   One tenant goes back with `plan rollback STACK --node flip-T` (its record names its
+//!   instance again) then `--node switch-T` (through its reverse replication), until then.
 
 use std::collections::BTreeSet;
 

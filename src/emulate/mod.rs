@@ -56,8 +56,41 @@ struct StandIn {
     user: String,
     password: String,
     dbname: String,
-    /// The stand-in this one is a streaming standby of (`standby_of` in its stack table).
+    /// The stand-in this one is a streaming standby of (`standby_of` in its stack table, or
+    /// the instance an RDS read replica replicates).
     standby_of: Option<String>,
+    /// The stand-in whose server this one shares, as a database of its own (the tenants'
+    /// instances of one plan: one local cluster holds them all).
+    server: Option<String>,
+}
+
+/// The user, database and password-secret key of the connection a step dials to `node`, when
+/// one does.
+fn dialled(nodes: &[crate::dsl::NodeSpec], node: &str) -> Option<(String, String, Option<String>)> {
+    fn find(v: &Value, node: &str) -> Option<(String, String, Option<String>)> {
+        match v {
+            Value::Object(m) => {
+                if m.get("node").and_then(Value::as_str) == Some(node) && m.contains_key("user") {
+                    let s = |k: &str| m.get(k).and_then(Value::as_str).map(String::from);
+                    let secret = m
+                        .get("password")
+                        .and_then(crate::value::as_secret)
+                        .map(String::from);
+                    return Some((
+                        s("user")?,
+                        s("dbname").unwrap_or_else(|| "postgres".into()),
+                        secret,
+                    ));
+                }
+                m.values().find_map(|x| find(x, node))
+            }
+            Value::Array(a) => a.iter().find_map(|x| find(x, node)),
+            _ => None,
+        }
+    }
+    nodes
+        .iter()
+        .find_map(|n| n.inputs.values().find_map(|v| find(v, node)))
 }
 
 fn io(what: &str, p: &Path, e: std::io::Error) -> String {
@@ -294,63 +327,134 @@ impl Emulation {
             .region
             .clone()
             .unwrap_or_else(|| "us-east-1".into());
-        // The databases the plan creates: RDS PostgreSQL instances (their endpoints as moto
-        // names them).
+        // The databases the plan creates: RDS PostgreSQL instances and Aurora PostgreSQL
+        // clusters (their endpoints as moto names them, the proxy fixing clusters' to the
+        // account's one label as AWS does); the RDS instances it does not own that a step
+        // dials (sharing one server, each its own database); RDS read replicas of those, as
+        // streaming standbys.
+        let nodes = &loaded.graph.spec.nodes;
+        let secret_value = |r: Option<&str>| -> String {
+            let Some(r) = r else { return String::new() };
+            let key = r.trim_start_matches("env:CUTOVER_EMULATED_");
+            layout
+                .secrets
+                .iter()
+                .find(|(k, _)| secret_env(k).trim_start_matches("CUTOVER_EMULATED_") == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let id_of = |node: &str| {
+            crate::provider::deterministic_id(&loaded.graph.spec.plan, &self.stack, node)
+        };
         let mut standins: Vec<StandIn> = externals;
-        for n in &loaded.graph.spec.nodes {
-            if n.type_name != "aws.rds.instance" {
+        let mut shared: Option<String> = None;
+        let mut one_password: Vec<(String, String)> = Vec::new();
+        for n in nodes {
+            if n.type_name == "aws.rds.existing_instance" {
+                let Some((user, dbname, secret)) = dialled(nodes, &n.name) else {
+                    continue;
+                };
+                let id = get_str(&n.inputs, "id").unwrap_or_default();
+                // One server has one role of a name: a tenant's user that is the first
+                // tenant's too gets its password (the secret's generated value follows).
+                let same_role = shared
+                    .as_ref()
+                    .and_then(|srv| standins.iter().find(|s| &s.name == srv))
+                    .filter(|srv| srv.user == user)
+                    .map(|srv| srv.password.clone());
+                let password = match (same_role, &secret) {
+                    (Some(pw), Some(r)) => {
+                        one_password.push((r.clone(), pw.clone()));
+                        pw
+                    }
+                    _ => secret_value(secret.as_deref()),
+                };
+                standins.push(StandIn {
+                    name: n.name.clone(),
+                    host: format!("{id}.aaaaaaaaaa.{region}.rds.amazonaws.com"),
+                    user,
+                    password,
+                    dbname,
+                    standby_of: None,
+                    server: shared.clone(),
+                });
+                shared.get_or_insert_with(|| n.name.clone());
                 continue;
             }
-            if n.inputs.contains_key("replica_of") {
-                say(&format!(
-                    "emulated: `{}` is a read replica: it has no stand-in, and no step of the plan dials it",
-                    n.name
-                ));
+            let cluster = n.type_name == "aws.rds.cluster";
+            if n.type_name != "aws.rds.instance" && !cluster {
                 continue;
             }
-            if get_str(&n.inputs, "engine") != Some("postgres") {
+            if let Some(of) = n.inputs.get("replica_of") {
+                let mut refs = std::collections::BTreeSet::new();
+                crate::value::collect_refs(of, &mut refs);
+                let of = refs.into_iter().next().unwrap_or_default();
+                let dial = dialled(nodes, &n.name);
+                match (dial, standins.iter().any(|s| s.name == of)) {
+                    (Some((user, dbname, secret)), true) => standins.push(StandIn {
+                        name: n.name.clone(),
+                        host: format!("{}.aaaaaaaaaa.{region}.rds.amazonaws.com", id_of(&n.name)),
+                        user,
+                        password: secret_value(secret.as_deref()),
+                        dbname,
+                        standby_of: Some(of),
+                        server: None,
+                    }),
+                    _ => say(&format!(
+                        "emulated: `{}` is a read replica that no step of the plan dials: it has no stand-in",
+                        n.name
+                    )),
+                }
+                continue;
+            }
+            let engine = get_str(&n.inputs, "engine").unwrap_or_default();
+            if engine != "postgres" && engine != "aurora-postgresql" {
                 say(&format!(
                     "emulated: `{}` is not PostgreSQL: no stand-in",
                     n.name
                 ));
                 continue;
             }
-            let id =
-                crate::provider::deterministic_id(&loaded.graph.spec.plan, &self.stack, &n.name);
-            let password = match n
-                .inputs
-                .get("master_password")
-                .and_then(crate::value::as_secret)
-            {
-                Some(r) => {
-                    let key = r.trim_start_matches("env:CUTOVER_EMULATED_");
-                    layout
-                        .secrets
-                        .iter()
-                        .find(|(k, _)| secret_env(k).trim_start_matches("CUTOVER_EMULATED_") == key)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default()
-                }
-                None => String::new(),
-            };
+            let id = id_of(&n.name);
             standins.push(StandIn {
                 name: n.name.clone(),
-                host: format!("{id}.aaaaaaaaaa.{region}.rds.amazonaws.com"),
+                host: if cluster {
+                    format!("{id}.cluster-aaaaaaaaaa.{region}.rds.amazonaws.com")
+                } else {
+                    format!("{id}.aaaaaaaaaa.{region}.rds.amazonaws.com")
+                },
                 user: get_str(&n.inputs, "master_username")
                     .unwrap_or("postgres")
                     .to_string(),
-                password,
-                dbname: get_str(&n.inputs, "db_name")
+                password: secret_value(
+                    n.inputs
+                        .get("master_password")
+                        .and_then(crate::value::as_secret),
+                ),
+                dbname: get_str(&n.inputs, if cluster { "database_name" } else { "db_name" })
                     .unwrap_or("postgres")
                     .to_string(),
                 standby_of: None,
+                server: None,
             });
         }
+        for (reference, pw) in one_password {
+            let key = reference
+                .trim_start_matches("env:CUTOVER_EMULATED_")
+                .to_string();
+            for (k, v) in layout.secrets.iter_mut() {
+                if secret_env(k).trim_start_matches("CUTOVER_EMULATED_") == key {
+                    *v = pw.clone();
+                }
+            }
+        }
         for s in &standins {
-            layout
-                .standins
-                .entry(s.name.clone())
-                .or_insert_with(free_port);
+            let port = match s.server.as_ref().and_then(|x| layout.standins.get(x)) {
+                Some(p) => *p,
+                None => *layout.standins.get(&s.name).unwrap_or(&0),
+            };
+            let port = if port == 0 { free_port() } else { port };
+            layout.standins.insert(s.name.clone(), port);
         }
         self.save_layout(&layout)?;
         let (text, _, _) = self.overlay(original.source(), &mut layout, sets, &ca)?;
@@ -358,13 +462,16 @@ impl Emulation {
         let loaded = engine::load(&self.root(), plans, &self.stack).map_err(|e| e.to_string())?;
 
         // What a real account already holds.
-        self.seed_aws(&loaded, &layout, &region, say).await?;
+        self.seed_aws(&loaded, &layout, &region, &standins, say)
+            .await?;
         // The stand-ins, with TLS for the names clients verify.
         self.certificates(&certs, &standins)?;
         // Primaries first: a standby is copied from its primary's stand-in.
         let (standbys, primaries): (Vec<&StandIn>, Vec<&StandIn>) =
             standins.iter().partition(|s| s.standby_of.is_some());
-        for s in primaries {
+        let (sharing, primaries): (Vec<&StandIn>, Vec<&StandIn>) =
+            primaries.into_iter().partition(|s| s.server.is_some());
+        for s in primaries.into_iter().chain(sharing) {
             let port = layout.standins[&s.name];
             self.standin(s, port, &certs, say).await?;
         }
@@ -379,15 +486,16 @@ impl Emulation {
             })?;
             self.standby(s, layout.standins[&s.name], primary, &of, say)?;
         }
-        // The source's tables, for the replication to move.
-        if let Some(repl) = loaded
+        // The sources' tables, for the replication to move: those the groups name, or, when
+        // they name none, the emulated writer's `public.events`.
+        for repl in loaded
             .graph
             .spec
             .nodes
             .iter()
-            .find(|n| n.type_name == "pg.replicate" || n.type_name == "pg.capture_slots")
+            .filter(|n| n.type_name == "pg.replicate" || n.type_name == "pg.capture_slots")
         {
-            let tables: Vec<String> = repl
+            let mut tables: Vec<String> = repl
                 .inputs
                 .get("groups")
                 .and_then(Value::as_array)
@@ -395,6 +503,9 @@ impl Emulation {
                 .flatten()
                 .flat_map(|g| crate::value::strings(g.get("tables")))
                 .collect();
+            if tables.is_empty() {
+                tables.push("public.events".into());
+            }
             let src = standins.iter().find(|s| {
                 repl.inputs
                     .get("source")
@@ -540,6 +651,7 @@ impl Emulation {
                     password,
                     dbname,
                     standby_of,
+                    server: None,
                 });
                 let port = *layout.standins.entry(k.clone()).or_insert_with(free_port);
                 connect.insert(k.clone(), toml::Value::String(format!("127.0.0.1:{port}")));
@@ -588,19 +700,56 @@ impl Emulation {
         l: &engine::Loaded,
         layout: &Layout,
         region: &str,
+        standins: &[StandIn],
         say: &dyn Fn(&str),
     ) -> Result<(), String> {
         let conf = self.sdk(layout, region);
         let ec2 = aws_sdk_ec2::Client::new(&conf);
+        let e = |what: &str| {
+            let what = what.to_string();
+            move |e: String| format!("emulation: {what}: {e}")
+        };
+        // The RDS instances the plan reads and does not own (a tenant's), untagged, as the
+        // account holds them.
+        let rds = aws_sdk_rds::Client::new(&conf);
+        for n in &l.graph.spec.nodes {
+            if n.type_name != "aws.rds.existing_instance" {
+                continue;
+            }
+            let Some(s) = standins.iter().find(|s| s.name == n.name) else {
+                continue;
+            };
+            let id = get_str(&n.inputs, "id").unwrap_or_default();
+            let have = rds
+                .describe_db_instances()
+                .db_instance_identifier(id)
+                .send()
+                .await;
+            if have.is_ok_and(|h| !h.db_instances().is_empty()) {
+                continue;
+            }
+            rds.create_db_instance()
+                .db_instance_identifier(id)
+                .engine("postgres")
+                .engine_version("15.4")
+                .db_instance_class("db.t3.medium")
+                .allocated_storage(20)
+                .master_username(&s.user)
+                .master_user_password(&s.password)
+                .send()
+                .await
+                .map_err(|x| {
+                    e("create an instance")(aws_sdk_rds::error::DisplayErrorContext(x).to_string())
+                })?;
+            say(&format!(
+                "emulated: the account's RDS instance `{id}` created in the emulator (not the plan's)"
+            ));
+        }
         let r53 = aws_sdk_route53::Client::from_conf(
             aws_sdk_route53::config::Builder::from(&conf)
                 .region(aws_config::Region::new("us-east-1"))
                 .build(),
         );
-        let e = |what: &str| {
-            let what = what.to_string();
-            move |e: String| format!("emulation: {what}: {e}")
-        };
         let mut vpc_id = None;
         for n in &l.graph.spec.nodes {
             if n.type_name == "aws.ec2.vpc" {
@@ -747,7 +896,19 @@ impl Emulation {
             else {
                 continue;
             };
-            let from = crate::value::strings(n.inputs.get("from"));
+            let mut from = crate::value::strings(n.inputs.get("from"));
+            if from.is_empty() {
+                // A record that names a database the plan reads (a tenant's instance).
+                let mut refs = std::collections::BTreeSet::new();
+                if let Some(v) = n.inputs.get("from") {
+                    crate::value::collect_refs(v, &mut refs);
+                }
+                from = refs
+                    .iter()
+                    .filter_map(|r| standins.iter().find(|s| &s.name == r))
+                    .map(|s| s.host.clone())
+                    .collect();
+            }
             if from.is_empty() {
                 continue;
             }
@@ -942,8 +1103,18 @@ impl Emulation {
         certs: &Path,
         say: &dyn Fn(&str),
     ) -> Result<(), String> {
-        let c = LocalCluster::new(self.root().join("pgdata").join(&s.name), port);
-        if !c.exists() {
+        let dir = s.server.as_deref().unwrap_or(&s.name);
+        let c = LocalCluster::new(self.root().join("pgdata").join(dir), port);
+        let told = self.run_dir().join(format!("standin-{}", s.name));
+        if s.server.is_some() {
+            if !told.exists() {
+                say(&format!(
+                    "emulated: `{}` ({}) is database `{}` of `{dir}`'s stand-in on 127.0.0.1:{port}, user {}",
+                    s.name, s.host, s.dbname, s.user
+                ));
+                std::fs::write(&told, "").map_err(|e| io("write", &told, e))?;
+            }
+        } else if !c.exists() {
             std::fs::create_dir_all(self.root().join("pgdata"))
                 .map_err(|e| io("create", &self.root().join("pgdata"), e))?;
             self.open_up(&self.dir)?;

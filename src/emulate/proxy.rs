@@ -13,6 +13,11 @@
 //! - moto 5.2.5 keeps reporting `ReadReplicaSourceDBInstanceIdentifier` after `PromoteReadReplica`
 //!   (AWS drops it once the instance is standalone): once a promotion has passed through, that
 //!   element is removed from the promoted instance's descriptions.
+//! - moto 5.2.5 gives each Aurora cluster's endpoints a random label of their own
+//!   (`ID.cluster-<12 random>.REGION...`), where AWS uses the account's one label, the one its
+//!   instances' endpoints carry: RDS answers name `ID.cluster-aaaaaaaaaa.REGION...` (and
+//!   `cluster-ro-`), moto's instances' label, so the emulation knows a cluster's name before it
+//!   exists, as a real account's operator does.
 //!
 //! Every request that is not answered with an injected fault reaches moto as the SDK sent it.
 
@@ -321,6 +326,11 @@ impl Proxy {
                     rbody = serde_json::to_vec(&v).unwrap();
                 }
             }
+            if query_action.is_some() && ok {
+                if let Some(fixed) = fixed_cluster_hosts(&String::from_utf8_lossy(&rbody)) {
+                    rbody = fixed.into_bytes();
+                }
+            }
             if query_action.as_deref() == Some("DescribeDBInstances") && ok {
                 let r = rules.lock().unwrap();
                 rbody = rewrite_instances(&String::from_utf8_lossy(&rbody), &r).into_bytes();
@@ -389,6 +399,40 @@ fn rewrite_instances(xml: &str, r: &Rules) -> String {
     out
 }
 
+/// `ID.cluster-<12 letters or digits>.` (and `cluster-ro-`) as `ID.cluster-aaaaaaaaaa.`; None
+/// when there is none.
+fn fixed_cluster_hosts(body: &str) -> Option<String> {
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    let mut changed = false;
+    while let Some(i) = rest.find(".cluster-") {
+        let (head, tail) = rest.split_at(i + ".cluster-".len());
+        out.push_str(head);
+        let tail = match tail.strip_prefix("ro-") {
+            Some(t) => {
+                out.push_str("ro-");
+                t
+            }
+            None => tail,
+        };
+        let label: String = tail.chars().take(12).collect();
+        if label.len() == 12
+            && label
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && tail[12..].starts_with('.')
+        {
+            out.push_str("aaaaaaaaaa");
+            rest = &tail[12..];
+            changed = true;
+        } else {
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
 fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let i = s.find(open)? + open.len();
     let j = s[i..].find(close)? + i;
@@ -417,5 +461,22 @@ fn fix_times(v: &mut serde_json::Value) {
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(fix_times),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_clusters_random_label_becomes_the_accounts_one() {
+        let xml = "<Endpoint>c1.cluster-abcdef123456.eu-central-1.rds.amazonaws.com</Endpoint><ReaderEndpoint>c1.cluster-ro-abcdef123456.eu-central-1.rds.amazonaws.com</ReaderEndpoint>";
+        assert_eq!(
+            super::fixed_cluster_hosts(xml).unwrap(),
+            "<Endpoint>c1.cluster-aaaaaaaaaa.eu-central-1.rds.amazonaws.com</Endpoint><ReaderEndpoint>c1.cluster-ro-aaaaaaaaaa.eu-central-1.rds.amazonaws.com</ReaderEndpoint>"
+        );
+        // Not a moto label: left alone.
+        assert_eq!(
+            super::fixed_cluster_hosts("my.cluster-params.x and a.cluster-aaaaaaaaaa.r"),
+            None
+        );
     }
 }

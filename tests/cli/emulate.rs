@@ -1,4 +1,4 @@
-//! `plan emulate STACK`: case 2's, case 3's and case 4's own plans against moto with PostgreSQL stand-ins,
+//! `plan emulate STACK`: case 1's, case 2's, case 3's and case 4's own plans against moto with PostgreSQL stand-ins,
 //! end to end, with a writer that follows the application's DNS record (read through the Route53
 //! API, dialled through the emulation's `[connect]`) across the cutover, then a rollback and a
 //! destroy that leaves nothing behind.
@@ -68,6 +68,20 @@ const CASE4: Case = Case {
     source_host: "pg-staging.old.saas.internal",
     target_host: "saas-saas-staging-target.aaaaaaaaaa.us-east-1.rds.amazonaws.com",
     dbname: "saas",
+};
+
+/// Case 1: `tenants-staging`, its three tenants' records and the cluster's endpoint (`source_host`
+/// and `record` are globex's, the tenant with the import instance).
+const CASE1: Case = Case {
+    stack: "tenants-staging",
+    sets: &["bake_minutes=0", "record_ttl=2", "cutover_ttl=1"],
+    region: "eu-central-1",
+    zone: "staging.tenants.internal",
+    record: "globex.db.staging.tenants.internal",
+    source_host: "tenant-globex-staging.aaaaaaaaaa.eu-central-1.rds.amazonaws.com",
+    target_host:
+        "tenants-tenants-staging-cluster.cluster-aaaaaaaaaa.eu-central-1.rds.amazonaws.com",
+    dbname: "globex",
 };
 
 /// Case 2: `ec2-rds-staging`, native change capture (the emulation's default: its stand-ins are
@@ -950,5 +964,192 @@ fn plan_emulate_ec2_rds_staging_with_dms_declares_a_cdc_task_per_group_at_the_ve
         assert!(metrics.contains(&m), "{metrics:?}");
     }
     drop(source);
+    destroy_leaves_nothing(&p, &moto, case);
+}
+
+#[test]
+fn plan_emulate_tenants_staging_moves_each_tenant_into_its_database_of_one_cluster() {
+    let moto = require();
+    let p = Project::new();
+    let case = &CASE1;
+    let _down = Down(&p, case);
+    let (code, out) = emulate(&p, &moto, case, &["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    for t in ["acme", "globex", "initech"] {
+        assert!(
+            out.contains(&format!("Held back by gate `cutover-{t}`")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("> validate-{t}: done")), "{out}");
+    }
+    // The tenants' instances are databases of one stand-in; the import instance a standby of it.
+    assert!(
+        out.contains("is database `globex` of `source-acme`'s stand-in")
+            && out.contains("stands in for `import-globex`")
+            && out.contains("a streaming standby of `source-globex`'s stand-in"),
+        "{out}"
+    );
+    // Only globex (240 GB, threshold 100) loads through an import instance, from its paused
+    // replay position, and captures changes from that same position.
+    assert!(
+        !out.contains("import-acme") && !out.contains("import-initech"),
+        "{out}"
+    );
+    let paused = line_of(&out, "pause-replay-globex: ");
+    let lsn = paused.rsplit(' ').next().unwrap();
+    assert!(paused.contains("replay paused at "), "{paused}");
+    assert!(
+        line_of(&out, "verify-lsn-globex: ")
+            .starts_with(&format!("verify-lsn-globex: {lsn} verified")),
+        "{out}"
+    );
+    assert_eq!(
+        line_of(&out, "replicate-globex: "),
+        format!("replicate-globex: 2 subscription(s) streaming from {lsn}")
+    );
+    let l = layout(&p, case);
+    let rt = runtime();
+    // Each tenant's rows are in its own database of the cluster's stand-in.
+    let rows = |node: &str, db: &str| -> i64 {
+        rt.block_on(async {
+            let c = Target {
+                host: "127.0.0.1".into(),
+                port: l.standins[node],
+                user: "postgres".into(),
+                dbname: db.into(),
+                ..Default::default()
+            }
+            .connect()
+            .await
+            .unwrap();
+            c.query_one("SELECT count(*) FROM public.events", &[])
+                .await
+                .unwrap()
+                .get(0)
+        })
+    };
+    for t in ["acme", "globex", "initech"] {
+        assert_eq!(rows("cluster", t), rows("source-acme", t), "{t}");
+    }
+    let rds = aws_sdk_rds::Client::new(&sdk(&l, case.region));
+    let import = "tenants-tenants-staging-import-globex";
+    let exists = |id: &str| {
+        rt.block_on(
+            rds.describe_db_instances()
+                .db_instance_identifier(id)
+                .send(),
+        )
+        .is_ok()
+    };
+    assert!(
+        exists(import),
+        "the import instance is there until the next apply retires it"
+    );
+
+    // globex's cutover: the import instance retires (its tenant validated), the tenant's
+    // instance is fenced, its record flips to the cluster, within its budget; a write made on
+    // the tenant's database before reaches the cluster; the other tenants stay where they are.
+    rt.block_on(async {
+        let c = Target {
+            host: "127.0.0.1".into(),
+            port: l.standins["source-acme"],
+            user: "postgres".into(),
+            dbname: "globex".into(),
+            ..Default::default()
+        }
+        .connect()
+        .await
+        .unwrap();
+        c.batch_execute(
+            "INSERT INTO public.events (account, payload) VALUES (7, 'before the cutover')",
+        )
+        .await
+        .unwrap();
+    });
+    let (code, out) = emulate(
+        &p,
+        &moto,
+        case,
+        &["apply", "--yes", "--approve", "cutover-globex"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("- import-globex: done"), "{out}");
+    assert!(!exists(import), "retired after globex validated");
+    assert!(out.contains("Budget `writes-refused-globex`: "), "{out}");
+    let r53 = route53(&l);
+    assert_eq!(rt.block_on(record(&r53, case)), case.target_host);
+    let other = Case {
+        record: "acme.db.staging.tenants.internal",
+        ..CASE1
+    };
+    assert_eq!(
+        rt.block_on(record(&r53, &other)),
+        "tenant-acme-staging.aaaaaaaaaa.eu-central-1.rds.amazonaws.com"
+    );
+    assert_eq!(rows("cluster", "globex"), 1001);
+    assert!(
+        rt.block_on(cutover::pg::cutover::is_read_only(&Target {
+            host: "127.0.0.1".into(),
+            port: l.standins["source-acme"],
+            user: "postgres".into(),
+            dbname: "globex".into(),
+            ..Default::default()
+        }))
+        .unwrap(),
+        "globex's old database refuses writes"
+    );
+    // One tenant goes back: its record first, then its cutover through the reverse
+    // replication (the write made on the cluster meanwhile comes along); the others are not
+    // touched.
+    rt.block_on(async {
+        let c = Target {
+            host: "127.0.0.1".into(),
+            port: l.standins["cluster"],
+            user: "postgres".into(),
+            dbname: "globex".into(),
+            ..Default::default()
+        }
+        .connect()
+        .await
+        .unwrap();
+        c.batch_execute(
+            "INSERT INTO public.events (account, payload) VALUES (8, 'after the cutover')",
+        )
+        .await
+        .unwrap();
+    });
+    for node in ["flip-globex", "switch-globex"] {
+        let (code, out) = emulate(&p, &moto, case, &["rollback", "--node", node, "--yes"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    assert_eq!(rt.block_on(record(&r53, case)), case.source_host);
+    assert_eq!(
+        rows("source-acme", "globex"),
+        1002,
+        "the cluster's write came back"
+    );
+    assert!(
+        !rt.block_on(cutover::pg::cutover::is_read_only(&Target {
+            host: "127.0.0.1".into(),
+            port: l.standins["source-acme"],
+            user: "postgres".into(),
+            dbname: "globex".into(),
+            ..Default::default()
+        }))
+        .unwrap(),
+        "globex's database takes writes again"
+    );
+    assert_eq!(
+        rt.block_on(record(&r53, &other)),
+        "tenant-acme-staging.aaaaaaaaaa.eu-central-1.rds.amazonaws.com"
+    );
+    let (code, out) = emulate(
+        &p,
+        &moto,
+        case,
+        &["apply", "--yes", "--approve", "cutover-acme"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(rt.block_on(record(&r53, &other)), case.target_host);
     destroy_leaves_nothing(&p, &moto, case);
 }
