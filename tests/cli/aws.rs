@@ -1642,15 +1642,18 @@ fn case_two_on_the_emulator_dms_alarms_and_dns_applied_changed_retired_and_destr
         ("CUTOVER_TEST_SOURCE_PASSWORD", "s3cr3t-Source-1a7"),
     ];
     let p = Project::new();
-    // Everything goes through the proxy, which changes only DMS answers' timestamps.
+    // Everything goes through the proxy, which changes DMS answers' timestamps and gives
+    // Aurora endpoints the account's label (src/emulate/proxy.rs).
     dms_stack(&p, &proxy.url(), "dms.r5.large");
     let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &env);
     assert_eq!(code, 0, "{out}");
     let state = p.read(".cutover/aws/state.json");
     assert!(!state.contains("s3cr3t"), "no password in state");
-    // Read back: the target endpoint takes the cluster's endpoint; the tables are split.
+    // Read back: the target endpoint takes the cluster's endpoint (as the proxy answers it, the
+    // way the apply read it); the tables are split.
+    let rds_via_proxy = aws_sdk_rds::Client::new(&m.sdk_config(&proxy.url()));
     let cluster_endpoint = rt.block_on(async {
-        let c = rds.describe_db_clusters().send().await.unwrap();
+        let c = rds_via_proxy.describe_db_clusters().send().await.unwrap();
         c.db_clusters()[0].endpoint().unwrap().to_string()
     });
     rt.block_on(async {
