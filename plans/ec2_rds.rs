@@ -50,9 +50,14 @@
 //! and the preview says so.
 //!
 //! Recovery, as the README names it: a failed task resumes when its group is listed in
-//! `resume_tasks` and the stack applied again (its start step runs again, as `resume-processing`);
-//! a full restart is `plan destroy` of the staging run and a new apply (restarting one table
-//! group alone is not built yet).
+//! `resume_tasks` and the stack applied again (its start step runs again, as `resume-processing`).
+//! One table group starts over when the stack names it (`restart_group`) and the apply approves
+//! the gate `restart`: its task stopped (natively: its subscription dropped, its slot kept for a
+//! moment), its slot made again, the standby paused past it and the position verified, the
+//! group's tables emptied and reloaded from the standby, the replay resumed, its capture started
+//! at that position (`start-replication` from it; natively a subscription advanced to it), and
+//! the tables validated again before the gate `cutover` opens. A later restart raises
+//! `restart_serial`. A full restart is `plan destroy` and a new apply.
 
 use cutover::prelude::*;
 
@@ -524,7 +529,134 @@ pub fn build(stack: &Stack) -> Result<Plan, PlanError> {
             )
         }
     };
-    let gate = gate.after(&validate);
+    let mut gate = gate.after(&validate);
+
+    // Recovery: one table group started over (`restart_group`, behind the gate `restart`): its
+    // capture stopped, its slot made again, the standby paused past it and that position
+    // verified, the group's tables emptied and reloaded from the standby, the replay resumed,
+    // and its capture started at that position; then everything validated again. A later
+    // restart raises `restart_serial`.
+    let names: Vec<String> = all_groups.iter().map(|g| g.name.clone()).collect();
+    let restart: Option<String> = match stack.get_or::<Option<String>>("restart_group", None)? {
+        Some(_) => Some(stack.get_checked("restart_group", |g: &String| {
+            if names.contains(g) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{g}` is not a table group of this stack: name one of {}",
+                    names.join(", ")
+                ))
+            }
+        })?),
+        None => None,
+    };
+    // Read whether or not a group restarts: a serial kept after a restart is no unknown key.
+    let serial: u64 = stack.get_or("restart_serial", 1)?;
+    if let Some(g) = &restart {
+        let rgate = p.gate("restart").after_name("resume-replay");
+        let stopped = match tasks.iter().find(|(name, _)| name == g) {
+            Some((_, task)) => p
+                .add(&format!("restart-stop-{g}"), StopTask::of(task.clone()))
+                .after(&rgate)
+                .trigger("restart", serial)
+                .name()
+                .to_string(),
+            None => {
+                let sub = capture_slot(g);
+                p.add(
+                    &format!("restart-drop-{g}"),
+                    Sql::run(
+                        target_conn.clone().into(),
+                        &format!(
+                            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_subscription WHERE subname = '{sub}') THEN EXECUTE 'ALTER SUBSCRIPTION {sub} DISABLE'; EXECUTE 'ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)'; EXECUTE 'DROP SUBSCRIPTION {sub}'; END IF; END $$"
+                        ),
+                    ),
+                )
+                .after(&rgate)
+                .trigger("restart", serial)
+                .name()
+                .to_string()
+            }
+        };
+        let rslot = p
+            .add(
+                &format!("restart-slot-{g}"),
+                CaptureSlots::on(source.clone().into(), &table_groups)
+                    .plugin(&slot_plugin)
+                    .only(&[g.as_str()])
+                    .recreate(),
+            )
+            .after_name(&stopped)
+            .trigger("restart", serial);
+        let rpause = p
+            .add(
+                "restart-pause",
+                PauseReplay::on(standby.clone().into(), rslot.position()),
+            )
+            .trigger("restart", serial);
+        let rverify = p
+            .add(
+                "restart-verify",
+                VerifyLsn::on(
+                    source.clone().into(),
+                    standby.clone().into(),
+                    rslot.slots(),
+                    rpause.lsn(),
+                ),
+            )
+            .trigger("restart", serial);
+        let rload = p
+            .add(
+                &format!("restart-load-{g}"),
+                LoadFromStandby::of(
+                    standby.clone().into(),
+                    target_conn.clone().into(),
+                    rpause.lsn(),
+                )
+                .parallel(workers, 1024)
+                .reload(rslot.groups()),
+            )
+            .after(&rverify)
+            .trigger("restart", serial);
+        p.add("restart-resume", rpause.resume())
+            .after(&rload)
+            .trigger("restart", serial);
+        let (started, validated) = match tasks.iter().find(|(name, _)| name == g) {
+            Some((_, task)) => (
+                p.add(
+                    &format!("restart-start-{g}"),
+                    StartTask::of(task.clone(), "start").at(rverify.start()),
+                )
+                .after(&rload)
+                .trigger("restart", serial)
+                .name()
+                .to_string(),
+                Validate::between(source.clone().into(), target_conn.clone().into()),
+            ),
+            None => (
+                p.add(
+                    &format!("restart-replicate-{g}"),
+                    ReplicateFrom::at(
+                        source.clone().into(),
+                        target_conn.clone().into(),
+                        rslot.groups(),
+                        rverify.start(),
+                    ),
+                )
+                .after(&rload)
+                .trigger("restart", serial)
+                .name()
+                .to_string(),
+                Validate::between(source.clone().into(), target_conn.clone().into())
+                    .live(slots.slots()),
+            ),
+        };
+        let revalidated = p
+            .add("restart-validate", validated)
+            .after_name(&started)
+            .trigger("restart", serial);
+        gate = gate.after(&revalidated);
+    }
 
     // The cutover.
     let healthy = p

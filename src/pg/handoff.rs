@@ -86,6 +86,26 @@ pub async fn create_slots(
         .collect())
 }
 
+/// Drops the slots of `names` that exist, for a restart of their table groups: never one that
+/// is active (its consumer, a DMS task or a subscription, must be stopped first). Returns how
+/// many it dropped.
+pub async fn drop_idle_slots(primary: &Target, names: &[String]) -> Result<usize, PgError> {
+    let have = slots(primary, names).await?;
+    if let Some(s) = have.iter().find(|s| s.active) {
+        return Err(PgError::Other(format!(
+            "{primary}: slot `{}` is in use: stop what reads it (its DMS task, or its subscription) before its group restarts",
+            s.name
+        )));
+    }
+    let c = primary.connect().await?;
+    for s in &have {
+        c.execute("SELECT pg_drop_replication_slot($1)", &[&s.name])
+            .await
+            .map_err(primary.err(&format!("drop slot {}", s.name)))?;
+    }
+    Ok(have.len())
+}
+
 /// The standby's replay, paused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paused {

@@ -53,6 +53,18 @@ impl CaptureSlots {
         self.inputs.insert("plugin".into(), Value::from(plugin));
         self
     }
+    /// Only the groups of these names (the others, `rest` among them, still decide which tables
+    /// go where): a restart of one table group.
+    pub fn only(mut self, names: &[&str]) -> Self {
+        self.inputs.insert("only".into(), serde_json::json!(names));
+        self
+    }
+    /// Drop the groups' slots first when they exist (refused while one is in use), so that they
+    /// start from now: a restart of their groups.
+    pub fn recreate(mut self) -> Self {
+        self.inputs.insert("recreate".into(), Value::Bool(true));
+        self
+    }
     /// The prefix of the slots' (and publications') names (default `cutover`): one per tenant
     /// when several databases of one server each get their own slots.
     pub fn prefix(mut self, prefix: &str) -> Self {
@@ -122,7 +134,27 @@ impl StepType for SlotsType {
                     .collect(),
             }
         };
+        let mut setup = setup;
+        let only = crate::value::strings(req.inputs.get("only"));
+        if !only.is_empty() {
+            setup.groups.retain(|g| only.contains(&g.name));
+            if setup.groups.len() != only.len() {
+                return Err(ProviderError::new(format!(
+                    "groups {}: not all of them are table groups of this plan",
+                    only.join(", ")
+                )));
+            }
+        }
         let names: Vec<String> = setup.groups.iter().map(|g| g.slot.clone()).collect();
+        if req.inputs.get("recreate").and_then(Value::as_bool) == Some(true) {
+            let n = crate::pg::handoff::drop_idle_slots(&s, &names)
+                .await
+                .map_err(pg_err)?;
+            ctx.report(
+                req.node,
+                &format!("{n} earlier slot(s) dropped: the group(s) start again from now"),
+            );
+        }
         let made = crate::pg::handoff::create_slots(&s, &names, plugin)
             .await
             .map_err(pg_err)?;
@@ -344,6 +376,12 @@ impl LoadFromStandby {
             ]),
         }
     }
+    /// A reload of these groups' tables only (a capture step's `groups()`): the target has the
+    /// schema; the tables are emptied and copied again, their keys and indexes kept.
+    pub fn reload(mut self, groups: Value) -> Self {
+        self.inputs.insert("reload".into(), groups);
+        self
+    }
     /// Parallel copy sessions (the case's six streams by default) and the size above which a
     /// table is copied in block ranges.
     pub fn parallel(mut self, workers: usize, split_above_mb: u64) -> Self {
@@ -383,13 +421,40 @@ impl StepType for LoadType {
         crate::pg::handoff::still_paused(&s, at)
             .await
             .map_err(pg_err)?;
-        ctx.report(
-            req.node,
-            "copying the schema (tables; keys and indexes after the data)",
-        );
-        let post = r::copy_schema_pre(&s, &t, false).await.map_err(pg_err)?;
-        let src = s.connect().await.map_err(pg_err)?;
-        let tables = r::tables(&s, &src).await.map_err(pg_err)?;
+        let reload: Option<Vec<String>> = req.inputs.get("reload").map(|g| {
+            g.as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| crate::value::strings(g.get("tables")))
+                .collect()
+        });
+        let (post, tables) = match reload {
+            Some(tables) => {
+                let list: Vec<String> = tables.iter().map(|x| r::qualified(x)).collect();
+                let dst = t.connect().await.map_err(pg_err)?;
+                dst.batch_execute(&format!("TRUNCATE {}", list.join(", ")))
+                    .await
+                    .map_err(t.err("empty the group's tables"))
+                    .map_err(pg_err)?;
+                ctx.report(
+                    req.node,
+                    &format!(
+                        "reloading {} table(s): emptied on the target, copied again from the standby",
+                        tables.len()
+                    ),
+                );
+                (vec![], tables)
+            }
+            None => {
+                ctx.report(
+                    req.node,
+                    "copying the schema (tables; keys and indexes after the data)",
+                );
+                let post = r::copy_schema_pre(&s, &t, false).await.map_err(pg_err)?;
+                let src = s.connect().await.map_err(pg_err)?;
+                (post, r::tables(&s, &src).await.map_err(pg_err)?)
+            }
+        };
         let report = |m: String| ctx.report(req.node, &m);
         // The target is the plan's own new database: rows in it come from an interrupted run
         // of this step, read at the same paused position, and are copied again.
@@ -399,14 +464,21 @@ impl StepType for LoadType {
         crate::pg::handoff::still_paused(&s, at)
             .await
             .map_err(pg_err)?;
+        let rest = if post.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; building {} key(s), index(es) and the rest of the schema",
+                post.len()
+            )
+        };
         ctx.report(
             req.node,
             &format!(
-                "loaded {} rows, {:.0} MB of tables in {:.1} s from {at}; building {} key(s), index(es) and the rest of the schema",
+                "loaded {} rows, {:.0} MB of tables in {:.1} s from {at}{rest}",
                 done.rows,
                 done.bytes as f64 / 1e6,
                 done.seconds,
-                post.len()
             ),
         );
         crate::pg::load::build_post(&t, &post, opts.workers)

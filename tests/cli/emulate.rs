@@ -1153,3 +1153,88 @@ fn plan_emulate_tenants_staging_moves_each_tenant_into_its_database_of_one_clust
     assert_eq!(rt.block_on(record(&r53, &other)), case.target_host);
     destroy_leaves_nothing(&p, &moto, case);
 }
+
+#[test]
+fn plan_emulate_ec2_rds_staging_restarts_one_table_group_from_a_new_verified_lsn() {
+    let moto = require();
+    let p = Project::new();
+    let case = &CASE2;
+    let _down = Down(&p, case);
+    let (code, out) = emulate(&p, &moto, case, &["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let l = layout(&p, case);
+    let rt = runtime();
+    let (source, target) = (standin(&rt, &l, "source"), standin(&rt, &l, "target"));
+    // The group `events` broke on the target (rows that differ), and the source goes on.
+    rt.block_on(async {
+        target
+            .batch_execute("UPDATE public.events SET payload = 'diverged' WHERE id % 7 = 0")
+            .await
+            .unwrap();
+        source
+            .batch_execute("INSERT INTO public.events (account, payload) SELECT 1, 'before the restart' FROM generate_series(1, 50)")
+            .await
+            .unwrap();
+    });
+    let restart = |extra: &[&str]| {
+        let mut args = vec!["--set", "restart_group=events"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["apply", "--yes", "--approve", "restart"]);
+        emulate(&p, &moto, case, &args)
+    };
+    let (code, out) = restart(&[]);
+    assert_eq!(code, 0, "{out}");
+    let lsn = line_of(&out, "restart-pause: ")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        out.contains("restart-slot-events: 1 earlier slot(s) dropped")
+            && line_of(&out, "restart-verify: ")
+                .starts_with(&format!("restart-verify: {lsn} verified"))
+            && out.contains("restart-load-events: reloading 2 table(s)")
+            && line_of(&out, "restart-replicate-events: ")
+                == format!("restart-replicate-events: 1 subscription(s) streaming from {lsn}"),
+        "{out}"
+    );
+    assert!(out.contains("restart-validate: 12 table(s), "), "{out}");
+    // Only that group's tables were reloaded; the others kept their rows and their streams.
+    assert!(!out.contains("restart-slot-orders"), "{out}");
+    let count = |c: &tokio_postgres::Client, q: &str| -> i64 {
+        rt.block_on(c.query_one(q, &[])).unwrap().get(0)
+    };
+    let diverged = "SELECT count(*) FROM public.events WHERE payload = 'diverged'";
+    assert_eq!(count(&target, diverged), 0);
+    // Changes after the restart reach the target through the new subscription, once.
+    rt.block_on(
+        source.batch_execute("INSERT INTO public.events (account, payload) SELECT 2, 'after the restart' FROM generate_series(1, 20)"),
+    )
+    .unwrap();
+    let after = "SELECT count(*) FROM public.events WHERE payload = 'after the restart'";
+    let t0 = Instant::now();
+    while count(&target, after) < 20 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(count(&target, after), 20);
+    let all = "SELECT count(*) FROM public.events";
+    assert_eq!(count(&target, all), count(&source, all));
+    // The same apply again runs nothing more; a later restart raises the serial.
+    let (code, out) = restart(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("> restart-slot-events: running"), "{out}");
+    // A group that is not one of the stack's is refused at its key.
+    let (code, out) = emulate(
+        &p,
+        &moto,
+        case,
+        &["--set", "restart_group=evnets", "preview"],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("key `restart_group`: `evnets` is not a table group of this stack: name one of events, payloads, orders, order-lines, audit, rest"),
+        "{out}"
+    );
+    drop((source, target));
+    destroy_leaves_nothing(&p, &moto, case);
+}

@@ -1551,6 +1551,13 @@ impl StartTask {
             ]),
         }
     }
+    /// Change capture from this position (a verified LSN) rather than the task's own: a
+    /// restart of the task's table group.
+    pub fn at(mut self, position: impl Into<Value>) -> Self {
+        self.inputs
+            .insert("cdc_start_position".into(), position.into());
+        self
+    }
 }
 
 impl Declare for StartTask {
@@ -1635,6 +1642,7 @@ impl StepType for StartType {
                 .start_replication_task()
                 .replication_task_arn(&arn)
                 .start_replication_task_type(how.clone())
+                .set_cdc_start_position(get_str(req.inputs, "cdc_start_position").map(String::from))
                 .send()
                 .await
             {
@@ -1683,7 +1691,8 @@ impl StepType for StopType {
     async fn run(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Attrs, ProviderError> {
         let id = get_str(req.inputs, "task").unwrap_or_default();
         let (arn, status) = task_status(&self.aws, id).await?;
-        if status != "stopped" {
+        // A task that failed or never ran is not running: DMS refuses to stop it.
+        if !matches!(status.as_str(), "stopped" | "failed" | "ready") {
             self.aws
                 .dms()
                 .await
@@ -2315,6 +2324,95 @@ mod tests {
         assert_eq!(body["CdcStartPosition"], "0/321C1D8");
         assert_eq!(body["MigrationType"], "cdc");
         assert!(body.get("CdcStartTime").is_none(), "{body}");
+    }
+
+    /// A table group's restart starts its task from a new verified position, and a failed task
+    /// is not stopped (DMS refuses to). moto 5.2.5 drops StartReplicationTask's
+    /// CdcStartPosition, so the requests are replayed against recorded answers and read.
+    #[tokio::test]
+    async fn a_restarted_task_starts_from_the_given_position_and_a_failed_one_is_not_stopped() {
+        use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
+        use aws_smithy_types::body::SdkBody;
+        let answer = |body: String| {
+            ReplayEvent::new(
+                http::Request::builder()
+                    .uri("https://dms.us-east-1.amazonaws.com/")
+                    .body(SdkBody::empty())
+                    .unwrap(),
+                http::Response::builder()
+                    .status(200)
+                    .body(SdkBody::from(body))
+                    .unwrap(),
+            )
+        };
+        let task = |status: &str| {
+            format!(
+                r#"{{"ReplicationTaskIdentifier":"t1","ReplicationTaskArn":"arn:aws:dms:us-east-1:1:task:t1","Status":"{status}","MigrationType":"cdc"}}"#
+            )
+        };
+        let list = |status: &str| answer(format!(r#"{{"ReplicationTasks":[{}]}}"#, task(status)));
+        let tags = || answer(r#"{"TagList":[]}"#.to_string());
+        let http = StaticReplayClient::new(vec![
+            // The stop of a failed task: one look, no StopReplicationTask.
+            list("failed"),
+            tags(),
+            // The start at the position: look, start, look (running).
+            list("stopped"),
+            tags(),
+            answer(format!(r#"{{"ReplicationTask":{}}}"#, task("starting"))),
+            list("running"),
+            tags(),
+        ]);
+        let aws = Aws::with_dms(client(http.clone()));
+        let stop = StopType { aws: aws.clone() };
+        let inputs = StopTask::of(Output::from("t1")).inputs();
+        let req = Request {
+            node: "restart-stop-events",
+            deterministic_id: "s",
+            inputs: &inputs,
+        };
+        stop.run(&ctx(), &req).await.unwrap();
+        let start = StartType { aws };
+        let inputs = StartTask::of(Output::from("t1"), "start")
+            .at("0/3221FC0")
+            .inputs();
+        let req = Request {
+            node: "restart-start-events",
+            deterministic_id: "s",
+            inputs: &inputs,
+        };
+        start.run(&ctx(), &req).await.unwrap();
+        let sent: Vec<(String, String)> = http
+            .actual_requests()
+            .map(|r| {
+                (
+                    r.headers()
+                        .get("x-amz-target")
+                        .unwrap_or_default()
+                        .trim_start_matches("AmazonDMSv20160101.")
+                        .to_string(),
+                    std::str::from_utf8(r.body().bytes().unwrap_or_default())
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let ops: Vec<&str> = sent.iter().map(|(o, _)| o.as_str()).collect();
+        assert_eq!(
+            ops,
+            vec![
+                "DescribeReplicationTasks",
+                "ListTagsForResource",
+                "DescribeReplicationTasks",
+                "ListTagsForResource",
+                "StartReplicationTask",
+                "DescribeReplicationTasks",
+                "ListTagsForResource",
+            ]
+        );
+        let body: Value = serde_json::from_str(&sent[4].1).unwrap();
+        assert_eq!(body["CdcStartPosition"], "0/3221FC0");
+        assert_eq!(body["StartReplicationTaskType"], "start-replication");
     }
 
     /// moto 5.2.5 has no ModifyEndpoint: the exact request is captured instead.
