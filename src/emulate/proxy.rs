@@ -43,6 +43,9 @@ struct Rules {
     promoted: HashSet<String>,
     /// Actions whose next request reaches moto but is answered with a 503 (once each).
     fail_after: Vec<String>,
+    /// Actions whose next answer is held this long before it is sent (once each): a window in
+    /// which the service has acted and the client does not know it yet.
+    delay_answer: Vec<(String, Duration)>,
 }
 
 pub struct Proxy {
@@ -118,6 +121,16 @@ impl Proxy {
     /// after acting (the SDK retries, and the retry meets what the first attempt made).
     pub fn fail_after(&self, action: &str) {
         self.rules.lock().unwrap().fail_after.push(action.into());
+    }
+
+    /// Lets the next `action` reach moto and holds its answer for `d` before sending it: a
+    /// process killed meanwhile never learns what the service made.
+    pub fn delay_answer(&self, action: &str, d: Duration) {
+        self.rules
+            .lock()
+            .unwrap()
+            .delay_answer
+            .push((action.into(), d));
     }
 
     /// The faults injected so far, by kind.
@@ -299,6 +312,14 @@ impl Proxy {
                         b"Service Unavailable",
                     )?;
                     continue;
+                }
+            }
+            if let Some(a) = &action {
+                let mut r = rules.lock().unwrap();
+                if let Some(i) = r.delay_answer.iter().position(|(x, _)| x == a) {
+                    let (_, d) = r.delay_answer.remove(i);
+                    drop(r);
+                    std::thread::sleep(d);
                 }
             }
             if let (Some(a), Some(id), true) = (

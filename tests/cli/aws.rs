@@ -2141,6 +2141,75 @@ fn throttling_and_503s_are_retried_and_reported_and_apply_converges() {
     assert!(left.db_clusters().is_empty());
 }
 
+/// SIGKILL after SNS made the topic and before its answer came back (the test proxy holds the
+/// answer): the intent knows the topic by name only. The next apply finds it by name, adopts it
+/// (it carries our tags) and makes no second one, and a destroy removes it.
+#[test]
+fn a_crash_inside_a_topic_create_is_reconciled_by_name_and_the_next_apply_and_destroy_go_on() {
+    let bin = require_moto();
+    let m = Moto::start(&bin);
+    let proxy = TestProxy::start(m.port);
+    let p = Project::new();
+    p.stack(
+        "aws",
+        &format!(
+            "plan = \"aws-watch\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[values]\ninstance = \"target-1\"\ncpu_threshold = 80.0\nbake_seconds = 1\n",
+            proxy.url()
+        ),
+    );
+    proxy.delay_answer("CreateTopic", Duration::from_secs(5));
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plan"))
+        .arg("--root")
+        .arg(p.root())
+        .args(["apply", "aws", "--yes"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while proxy.count("CreateTopic") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "CreateTopic never sent"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited before CreateTopic"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let topics = || {
+        rt().block_on(async {
+            aws_sdk_sns::Client::new(&m.sdk_config(&m.url()))
+                .list_topics()
+                .send()
+                .await
+                .unwrap()
+                .topics()
+                .len()
+        })
+    };
+    assert_eq!(topics(), 1, "SNS made the topic before the kill");
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("alerts") && out.contains("reconciled"),
+        "{out}"
+    );
+    assert_eq!(topics(), 1, "no second topic: {out}");
+    assert_eq!(proxy.count("CreateTopic"), 1, "{out}");
+    let (code, out) = run_env(&p, &["destroy", "aws", "--yes"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(topics(), 0, "{out}");
+}
+
 /// SIGKILL while the tool waits for a new read replica, then while it waits for a promotion (the
 /// test proxy holds the instance at `creating`, then at `modifying`, as AWS would for minutes;
 /// moto reports `available` at once). Each re-apply resumes the wait: the create and the

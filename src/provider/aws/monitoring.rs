@@ -212,7 +212,17 @@ impl ResourceType for TopicType {
         req: &Request<'_>,
         id: &str,
     ) -> Result<Option<Observed>, ProviderError> {
-        self.observe(id, req.deterministic_id).await
+        // An interrupted create's intent knows the topic by name only (its ARN comes back from
+        // the create): found by name then.
+        let arn = if id.starts_with("arn:") {
+            Some(id.to_string())
+        } else {
+            self.find_arn(id).await?
+        };
+        match arn {
+            Some(arn) => self.observe(&arn, req.deterministic_id).await,
+            None => Ok(None),
+        }
     }
     async fn update(
         &self,
