@@ -79,6 +79,8 @@ pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>
     let mut ops: Vec<OpJob> = Vec::new();
     let mut apply_job: HashMap<String, usize> = HashMap::new();
     let mut delete_job: HashMap<String, usize> = HashMap::new();
+    // Deletes of temporaries created and retired in this run.
+    let mut retired_now: Vec<usize> = Vec::new();
     let timeout_of = |n: Option<&NodeSpec>| {
         n.and_then(|n| n.options.timeout)
             .unwrap_or(match n.map(|n| n.kind) {
@@ -144,7 +146,15 @@ pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>
                 delete_job.insert(a.node.clone(), d);
             }
             ActionKind::Create => {
-                apply_job.insert(a.node.clone(), push(OpKind::Create, false));
+                let c = push(OpKind::Create, false);
+                apply_job.insert(a.node.clone(), c);
+                // A temporary whose step or gate passes in this run retires in it too (an
+                // import instance is not kept, at its hourly cost, until the next apply).
+                if a.retire {
+                    let d = push(OpKind::Delete, true);
+                    specs[d].deps.push(c);
+                    retired_now.push(d);
+                }
             }
             ActionKind::Update => {
                 apply_job.insert(a.node.clone(), push(OpKind::Update, false));
@@ -182,6 +192,23 @@ pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>
             {
                 if let Some(&gj) = apply_job.get(g) {
                     specs[j].deps.push(gj);
+                }
+            }
+        }
+        // A temporary created and retired in this run goes after every node that uses it.
+        if retired_now.contains(&j) {
+            for n in &graph.spec.nodes {
+                let uses = graph
+                    .index_of(&n.name)
+                    .map(|i| {
+                        graph
+                            .deps(i)
+                            .iter()
+                            .any(|&d| graph.spec.nodes[d].name == node)
+                    })
+                    .unwrap_or(false);
+                if let Some(&aj) = apply_job.get(&n.name).filter(|_| uses) {
+                    specs[j].deps.push(aj);
                 }
             }
         }
@@ -263,6 +290,9 @@ pub struct ApplyWork {
     outputs: HashMap<String, Attrs>,
     /// Resolved inputs and triggers of started jobs.
     started: HashMap<usize, (Attrs, Attrs, String)>,
+    /// Resources created by this run, by node: a temporary created and retired in one run is
+    /// deleted from its record here.
+    created: HashMap<String, NodeRecord>,
 }
 
 impl ApplyWork {
@@ -278,7 +308,15 @@ impl ApplyWork {
             ops,
             outputs,
             started: HashMap::new(),
+            created: HashMap::new(),
         }
+    }
+
+    /// The record a delete acts on: the state's before this run, or the one this run created.
+    fn prior(&self, op: &OpJob) -> Option<NodeRecord> {
+        op.prior
+            .clone()
+            .or_else(|| self.created.get(&op.node).cloned())
     }
 
     fn resolve(&self, attrs: &Attrs) -> Result<Attrs, String> {
@@ -431,7 +469,7 @@ impl super::Work for ApplyWork {
                         };
                         (i, tr)
                     }
-                    _ => match &op.prior {
+                    _ => match self.prior(&op) {
                         Some(NodeRecord::Resource(r)) => (r.inputs.clone(), Attrs::new()),
                         _ => (Attrs::new(), Attrs::new()),
                     },
@@ -442,7 +480,7 @@ impl super::Work for ApplyWork {
                     Err(e) => return fail(e),
                 };
                 let ctx = self.ctx.clone();
-                let prior_id = match &op.prior {
+                let prior_id = match self.prior(&op) {
                     Some(NodeRecord::Resource(r)) => Some(r.id.clone()),
                     _ => None,
                 };
@@ -631,9 +669,11 @@ impl super::Work for ApplyWork {
                 let entry = match (op.op, r) {
                     (OpKind::Create | OpKind::Update, CallResult::Observed(obs)) => {
                         self.outputs.insert(node.clone(), obs.outputs.clone());
+                        let record = record_resource(&op, &type_name, inputs, &obs);
+                        self.created.insert(node.clone(), record.clone());
                         Entry::Record {
                             node: node.clone(),
-                            record: record_resource(&op, &type_name, inputs, &obs),
+                            record,
                         }
                     }
                     (OpKind::Forget, _) => {
@@ -642,7 +682,7 @@ impl super::Work for ApplyWork {
                     }
                     (OpKind::Delete, _) => {
                         self.outputs.remove(&node);
-                        match (&op.prior, op.retire) {
+                        match (&self.prior(&op), op.retire) {
                             (Some(NodeRecord::Resource(r)), true) => {
                                 let mut r = r.clone();
                                 r.retired = true;

@@ -540,7 +540,21 @@ pub fn plan(
             let Some(g) = &n.options.retire_after else {
                 continue;
             };
+            let passes_now = graph
+                .index_of(g)
+                .and_then(|gi| actions_by_index[gi].as_ref())
+                .is_some_and(|ga| {
+                    ga.held_by.is_none() && matches!(ga.action, ActionKind::Run | ActionKind::Pass)
+                });
             let Some(NodeRecord::Resource(r)) = nodes.get(n.name.as_str()).copied() else {
+                // Created in this run: it retires in it too when its step or gate passes now.
+                if let Some(a) = actions_by_index[i]
+                    .as_mut()
+                    .filter(|a| passes_now && a.held_by.is_none() && a.action == ActionKind::Create)
+                {
+                    a.retire = true;
+                    a.reason = format!("{}; retires once `{g}` passes in this run", a.reason);
+                }
                 continue;
             };
             if r.retired {
@@ -550,12 +564,6 @@ pub fn plan(
                 nodes.get(g.as_str()),
                 Some(NodeRecord::Step(_) | NodeRecord::Gate(_))
             );
-            let passes_now = graph
-                .index_of(g)
-                .and_then(|gi| actions_by_index[gi].as_ref())
-                .is_some_and(|ga| {
-                    ga.held_by.is_none() && matches!(ga.action, ActionKind::Run | ActionKind::Pass)
-                });
             let held = actions_by_index[i].as_ref().and_then(|a| a.held_by.clone());
             if !(passed || passes_now) || held.is_some() {
                 continue;

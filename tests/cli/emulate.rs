@@ -1041,14 +1041,22 @@ fn plan_emulate_tenants_staging_moves_each_tenant_into_its_database_of_one_clust
         )
         .is_ok()
     };
+    // The import instance retired in the apply that made it, once globex validated, after
+    // every step that reads it.
+    assert!(!exists(import), "retired after globex validated");
+    let at = |what: &str| position(&out, what);
     assert!(
-        exists(import),
-        "the import instance is there until the next apply retires it"
+        at("> validate-globex: done") < at("- import-globex: done"),
+        "{out}"
+    );
+    assert!(
+        at("> load-globex: done") < at("- import-globex: done"),
+        "{out}"
     );
 
-    // globex's cutover: the import instance retires (its tenant validated), the tenant's
-    // instance is fenced, its record flips to the cluster, within its budget; a write made on
-    // the tenant's database before reaches the cluster; the other tenants stay where they are.
+    // globex's cutover: the tenant's instance is fenced, its record flips to the cluster,
+    // within its budget; a write made on the tenant's database before reaches the cluster; the
+    // other tenants stay where they are.
     rt.block_on(async {
         let c = Target {
             host: "127.0.0.1".into(),
@@ -1073,8 +1081,6 @@ fn plan_emulate_tenants_staging_moves_each_tenant_into_its_database_of_one_clust
         &["apply", "--yes", "--approve", "cutover-globex"],
     );
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("- import-globex: done"), "{out}");
-    assert!(!exists(import), "retired after globex validated");
     assert!(out.contains("Budget `writes-refused-globex`: "), "{out}");
     let r53 = route53(&l);
     assert_eq!(rt.block_on(record(&r53, case)), case.target_host);

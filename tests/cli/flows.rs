@@ -538,6 +538,27 @@ fn a_temporary_retires_in_the_apply_where_its_gate_passes_and_not_before() {
         "{out}"
     );
 
+    // Created in the apply where its gate passes, a temporary retires in that apply too.
+    let r = Project::new();
+    r.stack(
+        "r",
+        "plan = \"retire\"\nprovider = \"local\"\n[values]\nout_dir = \"out/r\"\n",
+    );
+    let (code, out, _) = r.run(&["apply", "r", "--yes", "--approve", "done"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("+ scratch (local_file.file) `out/r/scratch.txt` [temporary]  # not in state; retires once `bake` passes in this run"),
+        "{out}"
+    );
+    let made = out.find("+ scratch: done").expect("scratch made");
+    let bake_done = out.find("> bake: done").expect("bake ran");
+    let deleted = out.find("- scratch: done").expect("scratch retired");
+    assert!(made < deleted && bake_done < deleted, "{out}");
+    assert!(!r.root().join("out/r/scratch.txt").exists());
+    let (code, out, _) = r.run(&["preview", "r", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "nothing left to do: {out}");
+    assert!(out.contains("# retired at"), "{out}");
+
     // Forced, destroy --temporary does not wait for the gate.
     let q = Project::new();
     q.stack(
