@@ -72,6 +72,16 @@ pub struct OpJob {
     pub deps: Vec<String>,
 }
 
+/// Whether the declared node `node` depends on `on` directly.
+fn depends_on(graph: &Graph, node: &str, on: &str) -> bool {
+    graph.index_of(node).is_some_and(|i| {
+        graph
+            .deps(i)
+            .iter()
+            .any(|&d| graph.spec.nodes[d].name == on)
+    })
+}
+
 /// Jobs for a change set: replaces become delete + create; deletes wait for the dependents
 /// (per state) that go too, and for former dependents that are updated first.
 pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>, Vec<OpJob>) {
@@ -198,16 +208,10 @@ pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>
         // A temporary created and retired in this run goes after every node that uses it.
         if retired_now.contains(&j) {
             for n in &graph.spec.nodes {
-                let uses = graph
-                    .index_of(&n.name)
-                    .map(|i| {
-                        graph
-                            .deps(i)
-                            .iter()
-                            .any(|&d| graph.spec.nodes[d].name == node)
-                    })
-                    .unwrap_or(false);
-                if let Some(&aj) = apply_job.get(&n.name).filter(|_| uses) {
+                if let Some(&aj) = apply_job
+                    .get(&n.name)
+                    .filter(|_| depends_on(graph, &n.name, &node))
+                {
                     specs[j].deps.push(aj);
                 }
             }
@@ -221,16 +225,7 @@ pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>
                     if let Some(&dj) = delete_job.get(*other) {
                         specs[j].deps.push(dj);
                     } else if let Some(&aj) = apply_job.get(*other) {
-                        let still = graph
-                            .index_of(other)
-                            .map(|i| {
-                                graph
-                                    .deps(i)
-                                    .iter()
-                                    .any(|&d| graph.spec.nodes[d].name == node)
-                            })
-                            .unwrap_or(false);
-                        if !still {
+                        if !depends_on(graph, other, &node) {
                             specs[j].deps.push(aj);
                         }
                     }

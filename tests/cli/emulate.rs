@@ -709,19 +709,20 @@ fn line_of<'a>(out: &'a str, prefix: &str) -> &'a str {
         .unwrap_or_else(|| panic!("`{prefix}` in the output:\n{out}"))
 }
 
+/// The administrator's connection to database `db` of one of the emulation's stand-ins.
+fn admin(l: &Layout, node: &str, db: &str) -> Target {
+    Target {
+        host: "127.0.0.1".into(),
+        port: l.standins[node],
+        user: "postgres".into(),
+        dbname: db.into(),
+        ..Default::default()
+    }
+}
+
 /// A superuser session on one of the emulation's stand-ins.
 fn standin(rt: &tokio::runtime::Runtime, l: &Layout, node: &str) -> tokio_postgres::Client {
-    rt.block_on(
-        Target {
-            host: "127.0.0.1".into(),
-            port: l.standins[node],
-            user: "postgres".into(),
-            dbname: "app".into(),
-            ..Default::default()
-        }
-        .connect(),
-    )
-    .unwrap()
+    rt.block_on(admin(l, node, "app").connect()).unwrap()
 }
 
 #[test]
@@ -1012,16 +1013,7 @@ fn plan_emulate_tenants_staging_moves_each_tenant_into_its_database_of_one_clust
     // Each tenant's rows are in its own database of the cluster's stand-in.
     let rows = |node: &str, db: &str| -> i64 {
         rt.block_on(async {
-            let c = Target {
-                host: "127.0.0.1".into(),
-                port: l.standins[node],
-                user: "postgres".into(),
-                dbname: db.into(),
-                ..Default::default()
-            }
-            .connect()
-            .await
-            .unwrap();
+            let c = admin(&l, node, db).connect().await.unwrap();
             c.query_one("SELECT count(*) FROM public.events", &[])
                 .await
                 .unwrap()
@@ -1058,16 +1050,7 @@ fn plan_emulate_tenants_staging_moves_each_tenant_into_its_database_of_one_clust
     // within its budget; a write made on the tenant's database before reaches the cluster; the
     // other tenants stay where they are.
     rt.block_on(async {
-        let c = Target {
-            host: "127.0.0.1".into(),
-            port: l.standins["source-acme"],
-            user: "postgres".into(),
-            dbname: "globex".into(),
-            ..Default::default()
-        }
-        .connect()
-        .await
-        .unwrap();
+        let c = admin(&l, "source-acme", "globex").connect().await.unwrap();
         c.batch_execute(
             "INSERT INTO public.events (account, payload) VALUES (7, 'before the cutover')",
         )
@@ -1094,13 +1077,11 @@ fn plan_emulate_tenants_staging_moves_each_tenant_into_its_database_of_one_clust
     );
     assert_eq!(rows("cluster", "globex"), 1001);
     assert!(
-        rt.block_on(cutover::pg::cutover::is_read_only(&Target {
-            host: "127.0.0.1".into(),
-            port: l.standins["source-acme"],
-            user: "postgres".into(),
-            dbname: "globex".into(),
-            ..Default::default()
-        }))
+        rt.block_on(cutover::pg::cutover::is_read_only(&admin(
+            &l,
+            "source-acme",
+            "globex"
+        )))
         .unwrap(),
         "globex's old database refuses writes"
     );
@@ -1108,16 +1089,7 @@ fn plan_emulate_tenants_staging_moves_each_tenant_into_its_database_of_one_clust
     // replication (the write made on the cluster meanwhile comes along); the others are not
     // touched.
     rt.block_on(async {
-        let c = Target {
-            host: "127.0.0.1".into(),
-            port: l.standins["cluster"],
-            user: "postgres".into(),
-            dbname: "globex".into(),
-            ..Default::default()
-        }
-        .connect()
-        .await
-        .unwrap();
+        let c = admin(&l, "cluster", "globex").connect().await.unwrap();
         c.batch_execute(
             "INSERT INTO public.events (account, payload) VALUES (8, 'after the cutover')",
         )
@@ -1135,13 +1107,11 @@ fn plan_emulate_tenants_staging_moves_each_tenant_into_its_database_of_one_clust
         "the cluster's write came back"
     );
     assert!(
-        !rt.block_on(cutover::pg::cutover::is_read_only(&Target {
-            host: "127.0.0.1".into(),
-            port: l.standins["source-acme"],
-            user: "postgres".into(),
-            dbname: "globex".into(),
-            ..Default::default()
-        }))
+        !rt.block_on(cutover::pg::cutover::is_read_only(&admin(
+            &l,
+            "source-acme",
+            "globex"
+        )))
         .unwrap(),
         "globex's database takes writes again"
     );

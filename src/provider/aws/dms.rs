@@ -2156,6 +2156,39 @@ mod tests {
         )
     }
 
+    /// A recorded DMS answer (status 200, `body`) for the replay client.
+    fn answered(body: &str) -> aws_smithy_http_client::test_util::ReplayEvent {
+        use aws_smithy_types::body::SdkBody;
+        aws_smithy_http_client::test_util::ReplayEvent::new(
+            http::Request::builder()
+                .uri("https://dms.us-east-1.amazonaws.com/")
+                .body(SdkBody::empty())
+                .unwrap(),
+            http::Response::builder()
+                .status(200)
+                .body(SdkBody::from(body.to_string()))
+                .unwrap(),
+        )
+    }
+
+    /// The requests the replay client saw: (DMS action, body).
+    fn sent(http: &aws_smithy_http_client::test_util::StaticReplayClient) -> Vec<(String, String)> {
+        http.actual_requests()
+            .map(|r| {
+                (
+                    r.headers()
+                        .get("x-amz-target")
+                        .unwrap_or_default()
+                        .trim_start_matches("AmazonDMSv20160101.")
+                        .to_string(),
+                    std::str::from_utf8(r.body().bytes().unwrap_or_default())
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+
     fn ctx() -> Ctx {
         Ctx::new(
             std::path::PathBuf::from("."),
@@ -2169,25 +2202,13 @@ mod tests {
     /// against recorded DMS answers, and the requests the SDK sent are checked in order.
     #[tokio::test]
     async fn a_running_task_is_stopped_modified_and_resumed_in_that_order() {
-        use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
-        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_http_client::test_util::StaticReplayClient;
         let task = |status: &str| {
             format!(
                 r#"{{"ReplicationTaskIdentifier":"t1","ReplicationTaskArn":"arn:aws:dms:us-east-1:1:task:t1","Status":"{status}","MigrationType":"full-load-and-cdc","TableMappings":"{{}}","ReplicationInstanceArn":"arn:i","SourceEndpointArn":"arn:s","TargetEndpointArn":"arn:t"}}"#
             )
         };
-        let answer = |body: String| {
-            ReplayEvent::new(
-                http::Request::builder()
-                    .uri("https://dms.us-east-1.amazonaws.com/")
-                    .body(SdkBody::empty())
-                    .unwrap(),
-                http::Response::builder()
-                    .status(200)
-                    .body(SdkBody::from(body))
-                    .unwrap(),
-            )
-        };
+        let answer = |body: String| answered(&body);
         let list = |status: &str| answer(format!(r#"{{"ReplicationTasks":[{}]}}"#, task(status)));
         let one = |status: &str| answer(format!(r#"{{"ReplicationTask":{}}}"#, task(status)));
         let tags = || answer(r#"{"TagList":[]}"#.to_string());
@@ -2222,21 +2243,7 @@ mod tests {
         t.update(&ctx(), &req, "t1", &["mappings".to_string()])
             .await
             .unwrap();
-        let sent: Vec<(String, String)> = http
-            .actual_requests()
-            .map(|r| {
-                (
-                    r.headers()
-                        .get("x-amz-target")
-                        .unwrap_or_default()
-                        .trim_start_matches("AmazonDMSv20160101.")
-                        .to_string(),
-                    std::str::from_utf8(r.body().bytes().unwrap_or_default())
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            })
-            .collect();
+        let sent = sent(&http);
         let ops: Vec<&str> = sent.iter().map(|(o, _)| o.as_str()).collect();
         assert_eq!(
             ops,
@@ -2271,20 +2278,8 @@ mod tests {
     /// the request the SDK sent is read.
     #[tokio::test]
     async fn a_cdc_task_is_created_with_its_start_position() {
-        use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
-        use aws_smithy_types::body::SdkBody;
-        let answer = |body: &str| {
-            ReplayEvent::new(
-                http::Request::builder()
-                    .uri("https://dms.us-east-1.amazonaws.com/")
-                    .body(SdkBody::empty())
-                    .unwrap(),
-                http::Response::builder()
-                    .status(200)
-                    .body(SdkBody::from(body.to_string()))
-                    .unwrap(),
-            )
-        };
+        use aws_smithy_http_client::test_util::StaticReplayClient;
+        let answer = answered;
         let task = r#"{"ReplicationTaskIdentifier":"t1","ReplicationTaskArn":"arn:aws:dms:us-east-1:1:task:t1","Status":"ready","MigrationType":"cdc","TableMappings":"{}","ReplicationInstanceArn":"arn:i","SourceEndpointArn":"arn:s","TargetEndpointArn":"arn:t","CdcStartPosition":"0/321C1D8"}"#;
         let http = StaticReplayClient::new(vec![
             answer(r#"{"ReplicationTasks":[]}"#),
@@ -2331,20 +2326,8 @@ mod tests {
     /// CdcStartPosition, so the requests are replayed against recorded answers and read.
     #[tokio::test]
     async fn a_restarted_task_starts_from_the_given_position_and_a_failed_one_is_not_stopped() {
-        use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
-        use aws_smithy_types::body::SdkBody;
-        let answer = |body: String| {
-            ReplayEvent::new(
-                http::Request::builder()
-                    .uri("https://dms.us-east-1.amazonaws.com/")
-                    .body(SdkBody::empty())
-                    .unwrap(),
-                http::Response::builder()
-                    .status(200)
-                    .body(SdkBody::from(body))
-                    .unwrap(),
-            )
-        };
+        use aws_smithy_http_client::test_util::StaticReplayClient;
+        let answer = |body: String| answered(&body);
         let task = |status: &str| {
             format!(
                 r#"{{"ReplicationTaskIdentifier":"t1","ReplicationTaskArn":"arn:aws:dms:us-east-1:1:task:t1","Status":"{status}","MigrationType":"cdc"}}"#
@@ -2382,21 +2365,7 @@ mod tests {
             inputs: &inputs,
         };
         start.run(&ctx(), &req).await.unwrap();
-        let sent: Vec<(String, String)> = http
-            .actual_requests()
-            .map(|r| {
-                (
-                    r.headers()
-                        .get("x-amz-target")
-                        .unwrap_or_default()
-                        .trim_start_matches("AmazonDMSv20160101.")
-                        .to_string(),
-                    std::str::from_utf8(r.body().bytes().unwrap_or_default())
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            })
-            .collect();
+        let sent = sent(&http);
         let ops: Vec<&str> = sent.iter().map(|(o, _)| o.as_str()).collect();
         assert_eq!(
             ops,
