@@ -56,6 +56,13 @@ pub enum StackError {
         key: String,
         message: String,
     },
+    #[error("{path}:{line}: key `{key}`: an entry has {detail}. Change the value on that line.")]
+    BadEntry {
+        path: String,
+        line: usize,
+        key: String,
+        detail: String,
+    },
     #[error("{path}:{line}: key `{key}` has the wrong type: expected {expected}, found {found} ({detail}). Change the value on that line.")]
     WrongType {
         path: String,
@@ -599,16 +606,28 @@ impl Stack {
                 expected: short_type_name::<T>(),
             });
         };
-        v.clone()
-            .try_into::<T>()
-            .map_err(|e| StackError::WrongType {
-                path: self.path_str(),
-                line: *line,
-                key: key.into(),
-                expected: short_type_name::<T>(),
-                found: toml_type(v).into(),
-                detail: e.message().trim().to_string(),
-            })
+        v.clone().try_into::<T>().map_err(|e| {
+            let detail = e.message().trim().to_string();
+            // A list of tables (or a table) whose entry lacks a field or has an unknown one:
+            // the shape is right, an entry is not; the Rust type would only confuse.
+            if detail.starts_with("missing field") || detail.starts_with("unknown field") {
+                StackError::BadEntry {
+                    path: self.path_str(),
+                    line: *line,
+                    key: key.into(),
+                    detail: detail.replacen("missing field", "no field", 1),
+                }
+            } else {
+                StackError::WrongType {
+                    path: self.path_str(),
+                    line: *line,
+                    key: key.into(),
+                    expected: short_type_name::<T>(),
+                    found: toml_type(v).into(),
+                    detail,
+                }
+            }
+        })
     }
 
     /// A typed value that `check` accepts; its refusal names the key's line.
@@ -730,6 +749,31 @@ mod tests {
         );
         let e = s.get::<String>("absent").unwrap_err().to_string();
         assert!(e.contains("missing key `absent`"), "{e}");
+    }
+
+    #[test]
+    fn an_entry_without_a_field_names_the_field_not_the_rust_type() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Entry {
+            name: String,
+            size: u64,
+        }
+        let s = parse(
+            "plan = \"d\"\nprovider = \"local\"\n[values]\nlist = [{ name = \"a\", size = 1 }, { name = \"b\" }]\nodd = [{ name = \"c\", size = 2, colour = \"red\" }]\n",
+        )
+        .unwrap();
+        let e = s.get::<Vec<Entry>>("list").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "stacks/t.toml:4: key `list`: an entry has no field `size`. Change the value on that line."
+        );
+        let e = s.get::<Vec<Entry>>("odd").unwrap_err().to_string();
+        assert!(
+            e.starts_with("stacks/t.toml:5: key `odd`: an entry has unknown field `colour`"),
+            "{e}"
+        );
     }
 
     #[test]
