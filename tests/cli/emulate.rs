@@ -566,16 +566,7 @@ fn position(out: &str, what: &str) -> usize {
 /// How many of `ids` the new database's stand-in holds.
 fn on_target(rt: &tokio::runtime::Runtime, case: &Case, l: &Layout, ids: &[i64]) -> usize {
     rt.block_on(async {
-        let c = Target {
-            host: "127.0.0.1".into(),
-            port: l.standins["target"],
-            user: "postgres".into(),
-            dbname: case.dbname.into(),
-            ..Default::default()
-        }
-        .connect()
-        .await
-        .unwrap();
+        let c = admin(l, "target", case.dbname).connect().await.unwrap();
         let n: i64 = c
             .query_one(
                 "SELECT count(*) FROM public.events WHERE id = ANY($1)",
@@ -645,13 +636,7 @@ fn killed_inside_the_emulated_cutover_the_same_command_finishes_duplicating_noth
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let source = Target {
-        host: "127.0.0.1".into(),
-        port: l.standins["source"],
-        user: "postgres".into(),
-        dbname: case.dbname.into(),
-        ..Default::default()
-    };
+    let source = admin(&l, "source", case.dbname);
     let t0 = Instant::now();
     let fenced = rt.block_on(async {
         while t0.elapsed() < Duration::from_secs(60) {
