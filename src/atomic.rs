@@ -58,7 +58,7 @@ pub fn temporary_writer(name: &str) -> Option<u32> {
 }
 
 /// Whether the process `pid` is alive (on this machine).
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }

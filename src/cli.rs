@@ -223,7 +223,7 @@ impl Command {
                 | Command::Report { .. }
                 | Command::Graph { .. }
                 | Command::State {
-                    action: StateCmd::List | StateCmd::Show { .. },
+                    action: StateCmd::List | StateCmd::Show { .. } | StateCmd::Pull { .. },
                     ..
                 }
         )
@@ -236,8 +236,18 @@ enum StateCmd {
     List,
     /// A node's record as JSON.
     Show { node: String },
-    /// Remove a stale lock record (refuses while a live process holds the lock).
+    /// Break the lock of a run that died (refuses while its holder is alive: a live process
+    /// here, or a remote lock renewed within the last minute).
     Unlock,
+    /// Move the local state into the remote location the stack's `state` key names (refused
+    /// when that location already holds a state).
+    Push,
+    /// Write a copy of the state, journal folded in, to a local file for inspection.
+    Pull {
+        /// The file to write (default: pulled-state.json in the stack's state directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Rename a node in state without touching its object.
     Mv { old: String, new: String },
     /// Forget a node (a wrong import): its record leaves state, its object is not touched.
@@ -641,7 +651,11 @@ fn state_cmd(root: &Path, plans: &[PlanEntry], stack: &str, action: StateCmd) ->
             say!("{}", serde_json::to_string_pretty(r)?);
             Ok(0)
         }
-        StateCmd::Unlock => match Lock::unlock(&l.state_dir, stack) {
+        StateCmd::Unlock => match Lock::unlock(&l.state_at, stack) {
+            Ok(Some(info)) if l.state_at.is_remote() => {
+                say!("Broke the lock of stack `{stack}` in {}: it was held by {info}, which no longer runs or renews it.", l.state_at.describe());
+                Ok(0)
+            }
             Ok(Some(info)) => {
                 say!("Removed a stale lock record ({info}); no process held the lock.");
                 Ok(0)
@@ -650,10 +664,30 @@ fn state_cmd(root: &Path, plans: &[PlanEntry], stack: &str, action: StateCmd) ->
                 say!("Stack `{stack}` is not locked.");
                 Ok(0)
             }
+            Err(e) if l.state_at.is_remote() => Err(anyhow!(e)),
             Err(e) => Err(anyhow!(e).context(
                 "refusing to unlock: a live process holds the lock; it is released when that process ends",
             )),
         },
+        StateCmd::Push => {
+            let (n, kept) = engine::state_push(&l, &command_line())?;
+            say!("Pushed the state of stack `{stack}` ({n} nodes) to {}. The local copy is kept for reference as {} and is no longer read.", l.state_at.describe(), kept.display());
+            Ok(0)
+        }
+        StateCmd::Pull { out } => {
+            let st = l.read_state()?;
+            let out = out.unwrap_or_else(|| l.state_dir.join("pulled-state.json"));
+            if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(d)
+                    .with_context(|| format!("creating {}", d.display()))?;
+            }
+            let mut text = serde_json::to_string_pretty(&st)?;
+            text.push('\n');
+            crate::atomic::write(&out, text.as_bytes(), None)
+                .with_context(|| format!("writing {}", out.display()))?;
+            say!("Wrote the state of stack `{stack}` from {} ({} nodes, serial {}) to {}; it is a copy: nothing reads it.", l.state_at.describe(), st.nodes.len(), st.serial, out.display());
+            Ok(0)
+        }
         StateCmd::Mv { old, new } => {
             engine::state_mv(&l, &old, &new, &command_line())?;
             say!("Moved `{old}` to `{new}` in state; its object is unchanged.");

@@ -19,8 +19,8 @@ use crate::provider::{
 };
 use crate::stack::{Stack, StackError};
 use crate::state::{
-    now, DataRecord, Entry, Lock, NodeRecord, Op, ResourceRecord, State, StateError, StateStore,
-    StepRecord,
+    now, DataRecord, Entry, Lock, NodeRecord, Op, ResourceRecord, State, StateAt, StateError,
+    StateStore, StepRecord,
 };
 use crate::value::{self, Attrs};
 
@@ -74,7 +74,11 @@ pub struct Loaded {
     pub stack: Stack,
     pub graph: Graph,
     pub registry: Registry,
+    /// Where the run logs and reports go (and, unless the stack names a remote location, the
+    /// state).
     pub state_dir: PathBuf,
+    /// Where the state is.
+    pub state_at: StateAt,
     /// The run's secrets (Secrets Manager values once fetched, in memory only).
     pub secrets: Arc<crate::secrets::RunSecrets>,
 }
@@ -111,12 +115,17 @@ pub fn load(root: &Path, plans: &[PlanEntry], name: &str) -> Result<Loaded, Engi
             .clone()
             .unwrap_or_else(|| format!(".cutover/{}", stack.name)),
     );
+    let state_at = match crate::provider::remote_state(&stack).map_err(EngineError::Usage)? {
+        Some(r) => StateAt::Remote(r),
+        None => StateAt::Local(state_dir.clone()),
+    };
     Ok(Loaded {
         root: root.to_path_buf(),
         stack,
         graph,
         registry,
         state_dir,
+        state_at,
         secrets: Arc::new(crate::secrets::RunSecrets::default()),
     })
 }
@@ -146,7 +155,7 @@ impl Loaded {
 
     /// The state as it is on disk (no lock).
     pub fn read_state(&self) -> Result<State, StateError> {
-        StateStore::read(&self.state_dir, &self.graph.spec.plan, &self.stack.name)
+        StateStore::read(&self.state_at, &self.graph.spec.plan, &self.stack.name)
     }
 
     /// Executor limits from the stack file.
@@ -400,8 +409,8 @@ pub async fn prepare(
     if opts.mode == crate::planner::Mode::Apply {
         check_claims(l, &l.read_state()?)?;
     }
-    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
-    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
     let ctx = l.ctx();
     let mut reconciled = Vec::new();
     let pending: Vec<(String, crate::state::Intent)> = store
@@ -887,8 +896,8 @@ async fn refresh_entries(
 
 /// Reads every recorded object and records what changed (`plan refresh`).
 pub async fn refresh(l: &Loaded, command: &str) -> Result<Vec<Note>, EngineError> {
-    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
-    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
     let ctx = l.ctx();
     let found = refresh_entries(l, store.state(), &ctx).await?;
     let mut notes = Vec::new();
@@ -938,8 +947,8 @@ pub async fn import(
                 spec.type_name
             ))
         })?;
-    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
-    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
     if store.state().nodes.contains_key(node) {
         return Err(EngineError::Usage(format!(
             "`{node}` is already in state; `plan state {s} show {node}` shows it, and `plan state {s} rm {node}` forgets it (its object stays) if it was imported wrongly",
@@ -1037,8 +1046,8 @@ pub async fn import(
 
 /// Renames a node in state (`plan state mv`).
 pub fn state_mv(l: &Loaded, from: &str, to: &str, command: &str) -> Result<(), EngineError> {
-    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
-    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
     if !store.state().nodes.contains_key(from) {
         return Err(EngineError::Usage(format!(
             "`{from}` is not in state; `plan state {} list` lists what is",
@@ -1066,9 +1075,55 @@ pub fn state_mv(l: &Loaded, from: &str, to: &str, command: &str) -> Result<(), E
 
 /// Forgets a node (`plan state rm`): its record and any interrupted intent leave state; its
 /// object is not touched. Returns what the record named (its id, or "a step").
+/// Moves the local state into the stack's remote location (`plan state STACK push`): both locks
+/// held, the remote location refused unless empty, the local files then set aside as
+/// `pushed-state.json` (a copy nothing reads). Returns the nodes moved and that copy's path.
+pub fn state_push(l: &Loaded, command: &str) -> Result<(usize, PathBuf), EngineError> {
+    if !l.state_at.is_remote() {
+        return Err(EngineError::Usage(format!(
+            "{}: stack `{}` names no remote state location: add `state = \"s3://BUCKET/PREFIX\"` to the stack file, then push",
+            l.stack.path.display(),
+            l.stack.name
+        )));
+    }
+    let local = StateAt::Local(l.state_dir.clone());
+    let _local_lock = Lock::acquire(&local, &l.stack.name, command)?;
+    let st = StateStore::read(&local, &l.graph.spec.plan, &l.stack.name)?;
+    if st.lineage.is_empty() && st.nodes.is_empty() && st.pending.is_empty() {
+        return Err(EngineError::Usage(format!(
+            "{} holds no state of stack `{}` to push; nothing was changed",
+            l.state_dir.display(),
+            l.stack.name
+        )));
+    }
+    let _remote_lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
+    StateStore::seed(&l.state_at, &st)?;
+    let kept = l.state_dir.join("pushed-state.json");
+    let mut text = serde_json::to_vec_pretty(&st).expect("state serialises");
+    text.push(b'\n');
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| {
+            EngineError::State(StateError::Io {
+                why: crate::io_error::explain(&e, "it"),
+                path: p,
+            })
+        }
+    };
+    crate::atomic::write(&kept, &text, None).map_err(io(&kept))?;
+    for f in ["state.json", "journal.log"] {
+        let p = l.state_dir.join(f);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(e)),
+            _ => {}
+        }
+    }
+    Ok((st.nodes.len(), kept))
+}
+
 pub fn state_rm(l: &Loaded, node: &str, command: &str) -> Result<String, EngineError> {
-    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
-    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
     let pending = store.state().pending.contains_key(node);
     let Some(record) = store.state().nodes.get(node).cloned() else {
         if pending {
@@ -1103,8 +1158,8 @@ pub fn resolve_intent(
     done: bool,
     command: &str,
 ) -> Result<(), EngineError> {
-    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
-    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
     let Some(intent) = store.state().pending.get(node).cloned() else {
         return Err(EngineError::Usage(format!(
             "`{node}` has no interrupted operation"
@@ -1142,8 +1197,8 @@ pub async fn rollback(
         .await
         .map_err(EngineError::Usage)?;
     l.fetch_secrets().await?;
-    let lock = Lock::acquire(&l.state_dir, &l.stack.name, command)?;
-    let mut store = StateStore::open(&l.state_dir, &l.graph.spec.plan, &l.stack.name)?;
+    let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
+    let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
     let mut ctx = l.ctx();
     ctx.progress = progress;
     let mut order = l.graph.topo_order();

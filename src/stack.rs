@@ -128,6 +128,8 @@ struct RawStack {
     #[serde(default)]
     apply_immediately: bool,
     state_dir: Option<String>,
+    /// Where a provider keeps the state: `"s3://BUCKET/PREFIX"` or a table of settings.
+    state: Option<Spanned<toml::Value>>,
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
@@ -170,6 +172,16 @@ impl Default for Limits {
 /// The providers a stack may name.
 pub const PROVIDERS: &[&str] = &["local", "aws"];
 
+/// A stack's `state` key: a remote location as written (`state = "s3://BUCKET/PREFIX"` gives the
+/// one field `url`; a `[state]` table gives its fields), for the provider that serves it.
+#[derive(Debug, Clone)]
+pub struct StateSpec {
+    /// The key's line.
+    pub line: usize,
+    /// Field name -> (its line, its text).
+    pub fields: BTreeMap<String, (usize, String)>,
+}
+
 /// A parsed stack file. Values are read by the plan with [`Stack::get`]; after the plan is built,
 /// [`Stack::check_unused`] reports keys the plan never read (usually a typo).
 #[derive(Debug)]
@@ -185,6 +197,8 @@ pub struct Stack {
     /// The stack's apply-immediately choice for database modifications.
     pub apply_immediately: bool,
     pub state_dir: Option<String>,
+    /// `state = ...`: a remote state location, for the provider that serves it to read.
+    pub state: Option<StateSpec>,
     pub limits: Limits,
     /// `[connect]`: a database node's name or a host name -> the `HOST:PORT` this machine dials
     /// instead (an SSH or SSM tunnel to a private database). TLS still verifies the database's
@@ -548,6 +562,51 @@ impl Stack {
                 });
             }
         }
+        let state = match raw.state {
+            None => None,
+            Some(v) => {
+                let line = line_of(source, v.span().start);
+                let mut fields = BTreeMap::new();
+                match v.into_inner() {
+                    toml::Value::String(u) => {
+                        fields.insert("url".to_string(), (line, u));
+                    }
+                    toml::Value::Table(t) => {
+                        for (k, v) in t {
+                            let Some(text) = v.as_str() else {
+                                return Err(StackError::Parse {
+                                    path: p,
+                                    line,
+                                    column: 1,
+                                    message: format!("[state] `{k}` must be a string (in quotes)"),
+                                });
+                            };
+                            let at = source
+                                .lines()
+                                .enumerate()
+                                .skip(line.saturating_sub(1))
+                                .find(|(_, l)| {
+                                    l.trim_start().strip_prefix(k.as_str()).is_some_and(|r| {
+                                        r.trim_start().starts_with('=')
+                                    })
+                                })
+                                .map(|(i, _)| i + 1)
+                                .unwrap_or(line);
+                            fields.insert(k, (at, text.to_string()));
+                        }
+                    }
+                    _ => {
+                        return Err(StackError::Parse {
+                            path: p,
+                            line,
+                            column: 1,
+                            message: "`state` names a remote state location: `state = \"s3://BUCKET/PREFIX\"`, or a `[state]` table (bucket, prefix, region, kms_key)".into(),
+                        })
+                    }
+                }
+                Some(StateSpec { line, fields })
+            }
+        };
         let mut connect = BTreeMap::new();
         for (k, v) in raw.connect {
             let line = line_of(source, k.span().start);
@@ -573,6 +632,7 @@ impl Stack {
             profile: raw.profile,
             apply_immediately: raw.apply_immediately,
             state_dir: raw.state_dir,
+            state,
             limits: raw.limits,
             connect,
             connect_servers: raw.connect_servers,

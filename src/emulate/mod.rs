@@ -564,6 +564,8 @@ impl Emulation {
         );
         t.insert("connect_servers".into(), toml::Value::Boolean(true));
         t.remove("state_dir");
+        // A rehearsal's state is the emulation's own, never the team's remote one.
+        t.remove("state");
         t.remove("profile");
         let mut secrets = toml::Table::new();
         if let Some(toml::Value::Table(s)) = t.get("secrets") {

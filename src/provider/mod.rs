@@ -600,6 +600,17 @@ pub fn registry_for_stack(stack: &crate::stack::Stack) -> Registry {
     r
 }
 
+/// The remote store a stack's `state` key names (`None`: the state stays in its local directory).
+/// An error names the stack file's line and the fix.
+pub fn remote_state(
+    stack: &crate::stack::Stack,
+) -> Result<Option<Arc<dyn crate::state::RemoteStore>>, String> {
+    match &stack.state {
+        None => Ok(None),
+        Some(spec) => Ok(Some(Arc::new(aws::state::S3State::from_spec(spec, stack)?))),
+    }
+}
+
 /// A deterministic object name from plan, stack and node: lowercase letters, digits and single
 /// hyphens, starting with a letter, at most 63 characters (RDS's rules, the strictest we meet).
 pub fn deterministic_id(plan: &str, stack: &str, node: &str) -> String {

@@ -7,9 +7,11 @@
 
 mod journal;
 mod lock;
+mod remote;
 
 pub use journal::StateStore;
 pub use lock::{Lock, LockInfo};
+pub use remote::{Object, RemoteStore, StateAt};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,6 +53,27 @@ pub enum StateError {
         path: PathBuf,
         found: String,
         wanted: String,
+    },
+    #[error("{location}: {why}")]
+    Remote { location: String, why: String },
+    #[error("{location}: another run wrote this stack's state at the same position ({name}) while this run held what it thought was the lock; nothing more was written. Was the lock broken with `plan state ... unlock` while a run was alive? Run the command again: it reads the state as it now is and reconciles what this run did.")]
+    Conflict { location: String, name: String },
+    #[error("{location} already holds a state; it was not changed. `plan state STACK push` only fills an empty location: `plan state STACK pull` shows what is there.")]
+    NotEmpty { location: String },
+    #[error("stack `{stack}` is locked by {holder} (the lock object {location}); wait for that run to finish. If it died (a lost machine or a killed runner), `plan state {stack} unlock` checks that it no longer renews the lock and breaks it.")]
+    RemoteLocked {
+        stack: String,
+        location: String,
+        holder: String,
+    },
+    #[error("{location}: the lock of stack `{stack}` is held by {holder}, which renewed it {age} ago: that run is alive, so the lock stays. It renews the lock every {renew} while it runs; `unlock` breaks a lock that has not been renewed for {stale}.")]
+    LockAlive {
+        stack: String,
+        location: String,
+        holder: String,
+        age: String,
+        renew: String,
+        stale: String,
     },
     #[error("stack `{stack}` is locked by {holder}; wait for it to finish, or stop that process. (The lock is an OS file lock on {path}: it ends with its process.)")]
     Locked {

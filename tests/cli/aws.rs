@@ -28,20 +28,20 @@ fn moto_server() -> Option<PathBuf> {
 }
 
 /// moto_server is needed: its absence fails the test, naming what installs it.
-fn require_moto() -> PathBuf {
+pub(super) fn require_moto() -> PathBuf {
     moto_server().filter(|p| p.exists()).unwrap_or_else(|| {
         panic!("moto_server is needed and was not found: run scripts/prereqs all (it installs moto[server] into target/test-venv), or set CUTOVER_MOTO_SERVER")
     })
 }
 
 /// A moto_server on a free port, stopped when dropped.
-struct Moto {
+pub(super) struct Moto {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
 }
 
 impl Moto {
-    fn start(bin: &PathBuf) -> Moto {
+    pub(super) fn start(bin: &PathBuf) -> Moto {
         let port = cutover::pg::cluster::free_port();
         let child = Command::new(bin)
             .args(["-p", &port.to_string()])
@@ -59,12 +59,12 @@ impl Moto {
         }
         Moto { child, port }
     }
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
     /// The emulator's settings for any service's client: its endpoint (or `url`), a region and
     /// its test credentials.
-    fn sdk_config(&self, url: &str) -> aws_config::SdkConfig {
+    pub(super) fn sdk_config(&self, url: &str) -> aws_config::SdkConfig {
         aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
@@ -171,7 +171,7 @@ fn run(p: &Project, args: &[&str]) -> (i32, String) {
 }
 
 /// Runs `plan ARGS` with the emulator's credentials (and `env`); (exit code, stdout + stderr).
-fn run_env(p: &Project, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+pub(super) fn run_env(p: &Project, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = p.plan();
     cmd.args(args)
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -434,7 +434,7 @@ fn an_existing_group_without_our_tags_is_not_taken_over_until_imported() {
     // As if a run had crashed after recording its intent to create `params`: reconciliation finds
     // the foreign group by its name and still does not adopt it.
     {
-        let dir = p.state_dir("aws");
+        let dir = cutover::state::StateAt::Local(p.state_dir("aws"));
         let _lock = cutover::state::Lock::acquire(&dir, "aws", "test").unwrap();
         let mut store = cutover::state::StateStore::open(&dir, "aws-params", "aws").unwrap();
         store.append(cutover::state::Entry::Intent {

@@ -19,11 +19,36 @@ impl Lcg {
 
 #[test]
 fn sigkill_at_random_moments_then_resume_gives_every_effect_exactly_once() {
-    let p = Project::new();
+    kill_at_random_then_resume(&Project::new(), "", &[], &|_| {});
+}
+
+/// Runs `plan ARGS` with `env`: (exit code, stdout, stderr).
+pub(super) fn run_with(p: &Project, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let out = p
+        .plan()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The crash test of the stack `crash`, its state where `state` (stack-file lines) says, each
+/// command run with `env`, and `after_kill` called after every killed run.
+pub(super) fn kill_at_random_then_resume(
+    p: &Project,
+    state: &str,
+    env: &[(&str, &str)],
+    after_kill: &dyn Fn(&Project),
+) {
     let (chains, length) = (5u32, 40u32);
     p.stack(
         "crash",
-        &format!("plan = \"crash\"\nprovider = \"local\"\n[limits]\nglobal = 4\n[values]\nout_dir = \"out/crash\"\nchains = {chains}\nlength = {length}\nsleep_ms = 60\n"),
+        &format!("plan = \"crash\"\nprovider = \"local\"\n{state}[limits]\nglobal = 4\n[values]\nout_dir = \"out/crash\"\nchains = {chains}\nlength = {length}\nsleep_ms = 60\n"),
     );
     let seed = std::env::var("CRASH_SEED")
         .ok()
@@ -42,6 +67,7 @@ fn sigkill_at_random_moments_then_resume_gives_every_effect_exactly_once() {
             .args(["--root"])
             .arg(p.root())
             .args(["apply", "crash", "--yes", "--quiet"])
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -59,14 +85,17 @@ fn sigkill_at_random_moments_then_resume_gives_every_effect_exactly_once() {
         if !finished {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
+            child.wait().unwrap();
+            after_kill(p);
+        } else {
+            child.wait().unwrap();
         }
-        child.wait().unwrap();
     }
     assert!(
         kills >= 20,
         "only {kills} runs were killed: the plan finished too fast to test crashes"
     );
-    let (code, out, err) = p.run(&["apply", "crash", "--yes"]);
+    let (code, out, err) = run_with(p, env, &["apply", "crash", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     let log = p.read("out/crash/log.txt");
     for c in 0..chains {
@@ -85,7 +114,7 @@ fn sigkill_at_random_moments_then_resume_gives_every_effect_exactly_once() {
         (chains * length) as usize,
         "(seed {seed})"
     );
-    let (code, out, _) = p.run(&["preview", "crash", "--detailed-exitcode"]);
+    let (code, out, _) = run_with(p, env, &["preview", "crash", "--detailed-exitcode"]);
     assert_eq!(
         code, 0,
         "preview after resume shows changes (seed {seed}):\n{out}"
@@ -97,7 +126,7 @@ fn sigkill_at_random_moments_then_resume_gives_every_effect_exactly_once() {
     // else's stops it, named.
     std::fs::write(p.root().join("out/crash/.file-0-0.txt.tmp-4999999"), "x").unwrap();
     std::fs::write(p.root().join("out/crash/notes.txt"), "mine").unwrap();
-    let (code, out, err) = p.run(&["destroy", "crash", "--yes"]);
+    let (code, out, err) = run_with(p, env, &["destroy", "crash", "--yes"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.contains("does not manage (notes.txt)") && !out.contains(".tmp-"),
@@ -105,7 +134,7 @@ fn sigkill_at_random_moments_then_resume_gives_every_effect_exactly_once() {
     );
     std::fs::remove_file(p.root().join("out/crash/notes.txt")).unwrap();
     assert!(!p.root().join("out/crash/log.txt").exists(), "{out}");
-    let (code, out, err) = p.run(&["destroy", "crash", "--yes"]);
+    let (code, out, err) = run_with(p, env, &["destroy", "crash", "--yes"]);
     assert_eq!(code, 0, "(seed {seed}) {out}{err}");
     assert!(!p.root().join("out/crash").exists(), "{out}");
 }

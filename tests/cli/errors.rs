@@ -120,9 +120,12 @@ fn cyclic_plan_names_the_cycle_and_the_edge_to_cut() {
 fn locked_stack_fails_at_once_naming_the_holder() {
     let p = Project::new();
     let before = with_state(&p);
-    let lock =
-        cutover::state::Lock::acquire(&p.state_dir("demo"), "demo", "plan apply demo (test)")
-            .unwrap();
+    let lock = cutover::state::Lock::acquire(
+        &cutover::state::StateAt::Local(p.state_dir("demo")),
+        "demo",
+        "plan apply demo (test)",
+    )
+    .unwrap();
     let start = std::time::Instant::now();
     let (code, _, err) = p.run(&["apply", "demo", "--yes"]);
     assert_eq!(code, 1);

@@ -10,6 +10,7 @@ mod flows;
 mod pg;
 mod preview;
 mod proxy;
+mod remote_state;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

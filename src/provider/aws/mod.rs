@@ -15,6 +15,7 @@ pub mod ops;
 pub mod rds;
 pub mod route53;
 pub mod secrets;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
