@@ -1088,6 +1088,9 @@ pub fn state_push(l: &Loaded, command: &str) -> Result<(usize, PathBuf), EngineE
     }
     let local = StateAt::Local(l.state_dir.clone());
     let _local_lock = Lock::acquire(&local, &l.stack.name, command)?;
+    let _remote_lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
+    // An occupied remote location first: that is what a second push meets.
+    StateStore::refuse_occupied(&l.state_at)?;
     let st = StateStore::read(&local, &l.graph.spec.plan, &l.stack.name)?;
     if st.lineage.is_empty() && st.nodes.is_empty() && st.pending.is_empty() {
         return Err(EngineError::Usage(format!(
@@ -1096,7 +1099,6 @@ pub fn state_push(l: &Loaded, command: &str) -> Result<(usize, PathBuf), EngineE
             l.stack.name
         )));
     }
-    let _remote_lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
     StateStore::seed(&l.state_at, &st)?;
     let kept = l.state_dir.join("pushed-state.json");
     let mut text = serde_json::to_vec_pretty(&st).expect("state serialises");

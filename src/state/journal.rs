@@ -327,9 +327,8 @@ impl StateStore {
         Ok(store)
     }
 
-    /// Writes `state` as the whole state of an empty location (`plan state push`): its lineage
-    /// kept, so saved plans still apply. Refuses a location that holds any state.
-    pub fn seed(at: &StateAt, state: &State) -> Result<(), StateError> {
+    /// Refuses a location that holds any state (the target of `plan state push`).
+    pub fn refuse_occupied(at: &StateAt) -> Result<(), StateError> {
         let empty = match at {
             StateAt::Local(dir) => {
                 !dir.join("state.json").exists() && !dir.join("journal.log").exists()
@@ -343,11 +342,19 @@ impl StateStore {
                         .is_empty()
             }
         };
-        if !empty {
-            return Err(StateError::NotEmpty {
+        if empty {
+            Ok(())
+        } else {
+            Err(StateError::NotEmpty {
                 location: at.describe(),
-            });
+            })
         }
+    }
+
+    /// Writes `state` as the whole state of an empty location (`plan state push`): its lineage
+    /// kept, so saved plans still apply. Refuses a location that holds any state.
+    pub fn seed(at: &StateAt, state: &State) -> Result<(), StateError> {
+        StateStore::refuse_occupied(at)?;
         let mut s = state.clone();
         s.journal_seq = 0;
         let mut bytes = serde_json::to_vec_pretty(&s).expect("state serialises");
@@ -596,6 +603,17 @@ mod tests {
         );
     }
 
+    /// A record of each node in `names`, each in a commit of its own.
+    fn commit_each(s: &mut StateStore, names: &[&str]) {
+        for n in names {
+            s.append(Entry::Record {
+                node: n.to_string(),
+                record: rec(),
+            });
+            s.commit().unwrap();
+        }
+    }
+
     fn remote() -> (Arc<crate::state::remote::memory::Memory>, StateAt) {
         let m = Arc::new(crate::state::remote::memory::Memory::default());
         (m.clone(), StateAt::Remote(m))
@@ -605,13 +623,7 @@ mod tests {
     fn a_remote_journal_replays_across_compaction_and_a_second_writer_cannot_commit() {
         let (m, at) = remote();
         let mut a = StateStore::open(&at, "p", "s").unwrap();
-        for n in ["a", "b"] {
-            a.append(Entry::Record {
-                node: n.into(),
-                record: rec(),
-            });
-            a.commit().unwrap();
-        }
+        commit_each(&mut a, &["a", "b"]);
         assert_eq!(StateStore::read(&at, "p", "s").unwrap(), *a.state());
         a.compact().unwrap();
         let names: Vec<String> = m.objects.lock().unwrap().keys().cloned().collect();
@@ -680,13 +692,7 @@ mod tests {
         // A missing object between two others is damage too.
         let (m, at) = remote();
         let mut a = StateStore::open(&at, "p", "s").unwrap();
-        for n in ["a", "b", "c"] {
-            a.append(Entry::Record {
-                node: n.into(),
-                record: rec(),
-            });
-            a.commit().unwrap();
-        }
+        commit_each(&mut a, &["a", "b", "c"]);
         m.objects.lock().unwrap().remove(&journal_name(2));
         let err = StateStore::read(&at, "p", "s").unwrap_err().to_string();
         assert!(

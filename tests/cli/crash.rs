@@ -22,21 +22,6 @@ fn sigkill_at_random_moments_then_resume_gives_every_effect_exactly_once() {
     kill_at_random_then_resume(&Project::new(), "", &[], &|_| {});
 }
 
-/// Runs `plan ARGS` with `env`: (exit code, stdout, stderr).
-pub(super) fn run_with(p: &Project, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
-    let out = p
-        .plan()
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The crash test of the stack `crash`, its state where `state` (stack-file lines) says, each
 /// command run with `env`, and `after_kill` called after every killed run.
 pub(super) fn kill_at_random_then_resume(
@@ -95,7 +80,7 @@ pub(super) fn kill_at_random_then_resume(
         kills >= 20,
         "only {kills} runs were killed: the plan finished too fast to test crashes"
     );
-    let (code, out, err) = run_with(p, env, &["apply", "crash", "--yes"]);
+    let (code, out, err) = p.run_env(env, &["apply", "crash", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     let log = p.read("out/crash/log.txt");
     for c in 0..chains {
@@ -114,7 +99,7 @@ pub(super) fn kill_at_random_then_resume(
         (chains * length) as usize,
         "(seed {seed})"
     );
-    let (code, out, _) = run_with(p, env, &["preview", "crash", "--detailed-exitcode"]);
+    let (code, out, _) = p.run_env(env, &["preview", "crash", "--detailed-exitcode"]);
     assert_eq!(
         code, 0,
         "preview after resume shows changes (seed {seed}):\n{out}"
@@ -126,7 +111,7 @@ pub(super) fn kill_at_random_then_resume(
     // else's stops it, named.
     std::fs::write(p.root().join("out/crash/.file-0-0.txt.tmp-4999999"), "x").unwrap();
     std::fs::write(p.root().join("out/crash/notes.txt"), "mine").unwrap();
-    let (code, out, err) = run_with(p, env, &["destroy", "crash", "--yes"]);
+    let (code, out, err) = p.run_env(env, &["destroy", "crash", "--yes"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.contains("does not manage (notes.txt)") && !out.contains(".tmp-"),
@@ -134,7 +119,7 @@ pub(super) fn kill_at_random_then_resume(
     );
     std::fs::remove_file(p.root().join("out/crash/notes.txt")).unwrap();
     assert!(!p.root().join("out/crash/log.txt").exists(), "{out}");
-    let (code, out, err) = run_with(p, env, &["destroy", "crash", "--yes"]);
+    let (code, out, err) = p.run_env(env, &["destroy", "crash", "--yes"]);
     assert_eq!(code, 0, "(seed {seed}) {out}{err}");
     assert!(!p.root().join("out/crash").exists(), "{out}");
 }

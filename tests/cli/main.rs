@@ -81,6 +81,17 @@ impl Project {
         )
     }
 
+    /// Runs `plan ARGS` with `env` added: (exit code, stdout, stderr).
+    pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+        outcome(
+            self.plan()
+                .envs(env.iter().copied())
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    }
+
     pub fn state_dir(&self, stack: &str) -> PathBuf {
         self.root().join(".cutover").join(stack)
     }
@@ -88,6 +99,15 @@ impl Project {
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.root().join(rel)).unwrap_or_default()
     }
+}
+
+/// A finished command's (exit code, stdout, stderr).
+pub fn outcome(out: std::process::Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Every file under `dir` with its bytes (to show that a command left it untouched).

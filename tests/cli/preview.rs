@@ -96,20 +96,16 @@ fn list_shows_plans_and_stacks_but_not_hidden_plans() {
 
 /// `plan` with no AWS configuration at all: no credentials, no profile, no instance role (the
 /// instance metadata service is not asked).
-fn without_aws(p: &Project, args: &[&str]) -> (i32, String, String) {
-    let out = p
-        .plan()
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", p.root())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+pub(super) fn without_aws(p: &Project, args: &[&str]) -> (i32, String, String) {
+    super::outcome(
+        p.plan()
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", p.root())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(args)
+            .output()
+            .unwrap(),
     )
 }
 
