@@ -924,7 +924,7 @@ async fn apply(
             .iter()
             .map(|o| format!("{:?}", o.op).to_lowercase())
             .collect();
-        for line in l.registry.summaries() {
+        for line in l.summaries() {
             log.message("", &line);
         }
         log.done(&applied.jobs, &ops, &r.outcomes, outcome);
@@ -944,7 +944,7 @@ async fn apply(
             }
         }
     }
-    for line in l.registry.summaries() {
+    for line in l.summaries() {
         say!("{line}");
     }
     let ran: BTreeSet<&str> = applied

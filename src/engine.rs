@@ -158,6 +158,13 @@ impl Loaded {
         StateStore::read(&self.state_at, &self.graph.spec.plan, &self.stack.name)
     }
 
+    /// The run summary's lines: what each provider's clients retried, the remote state's requests.
+    pub fn summaries(&self) -> Vec<String> {
+        let mut lines = self.registry.summaries();
+        lines.extend(self.state_at.summary());
+        lines
+    }
+
     /// Executor limits from the stack file.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -217,9 +224,63 @@ pub fn check_claims(l: &Loaded, state: &State) -> Result<(), EngineError> {
     }
 }
 
+/// Refuses a stack that now points somewhere other than where its recorded objects (and
+/// interrupted calls) were made: another region, endpoint or account. Reading them there would
+/// find nothing, and a destroy would count them deleted while they run on. Names each node and
+/// what moved; runs before a preview, an apply, a destroy or a rollback does anything.
+pub fn check_locations(l: &Loaded, state: &State) -> Result<(), EngineError> {
+    let recorded = state
+        .nodes
+        .iter()
+        .filter_map(|(n, r)| match r {
+            NodeRecord::Resource(r) => Some((n, &r.type_name, r.location.as_deref(), "")),
+            _ => None,
+        })
+        .chain(state.pending.iter().map(|(n, i)| {
+            (
+                n,
+                &i.type_name,
+                i.location.as_deref(),
+                " (an interrupted call)",
+            )
+        }));
+    let mut moved = Vec::new();
+    for (node, type_name, was, what) in recorded {
+        let (Some(was), Some(now)) = (was, l.registry.location_of(type_name)) else {
+            continue;
+        };
+        let diff = crate::provider::location_differs(was, &now);
+        if !diff.is_empty() {
+            moved.push(format!("`{node}`{what}: {}", diff.join(", ")));
+        }
+    }
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let n = moved.len();
+    let shown = moved
+        .iter()
+        .take(10)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n  ");
+    let more = if n > 10 {
+        format!("\n  ... and {} more", n - 10)
+    } else {
+        String::new()
+    };
+    Err(EngineError::Usage(format!(
+        "stack `{}` now points somewhere other than where {n} of its recorded objects live, so they could not be read, changed or deleted there. Nothing was changed:\n  {shown}{more}\nPut the settings in {} back to reach them; if they were moved or deleted outside the tool, `plan state {} rm NODE` forgets a record (the object, wherever it is, is left alone).",
+        l.stack.name,
+        l.stack.path.display(),
+        l.stack.name
+    )))
+}
+
 /// A preview: the change set of the state on disk (refreshed in memory with `refresh`).
 pub async fn preview(l: &Loaded, opts: &Options, refresh: bool) -> Result<ChangeSet, EngineError> {
     let mut state = l.read_state()?;
+    check_locations(l, &state)?;
     if opts.mode == crate::planner::Mode::Apply {
         check_claims(l, &state)?;
     }
@@ -411,6 +472,7 @@ pub async fn prepare(
     }
     let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
     let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
+    check_locations(l, store.state())?;
     let ctx = l.ctx();
     let mut reconciled = Vec::new();
     let pending: Vec<(String, crate::state::Intent)> = store
@@ -572,6 +634,9 @@ async fn reconcile_one(
                                 retired: false,
                                 drift: vec![],
                                 updated_at: now(),
+                                // Found where the stack points (a differing recorded location
+                                // was refused before reconciling).
+                                location: l.registry.location_of(&intent.type_name),
                             }),
                         },
                         format!("the interrupted {op} had reached the object `{}`: recorded it", obs.id),
@@ -947,6 +1012,11 @@ pub async fn import(
                 spec.type_name
             ))
         })?;
+    // Credentials first (and, for the record, where the object is looked for).
+    l.registry
+        .check_access()
+        .await
+        .map_err(EngineError::Usage)?;
     let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
     let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
     if store.state().nodes.contains_key(node) {
@@ -1037,6 +1107,7 @@ pub async fn import(
             retired: false,
             drift: vec![],
             updated_at: now(),
+            location: l.registry.location_of(&spec.type_name),
         }),
     });
     store.compact()?;
@@ -1201,6 +1272,7 @@ pub async fn rollback(
     l.fetch_secrets().await?;
     let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
     let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
+    check_locations(l, store.state())?;
     let mut ctx = l.ctx();
     ctx.progress = progress;
     let mut order = l.graph.topo_order();
@@ -1271,6 +1343,7 @@ pub async fn rollback(
                 triggers: Attrs::new(),
                 at: now(),
                 failed: None,
+                location: None,
             },
         });
         store.commit()?;

@@ -336,7 +336,13 @@ impl ApplyWork {
     }
 }
 
-fn record_resource(op: &OpJob, type_name: &str, inputs: Attrs, obs: &Observed) -> NodeRecord {
+fn record_resource(
+    op: &OpJob,
+    type_name: &str,
+    inputs: Attrs,
+    obs: &Observed,
+    location: Option<String>,
+) -> NodeRecord {
     let o = op
         .spec
         .as_ref()
@@ -354,6 +360,7 @@ fn record_resource(op: &OpJob, type_name: &str, inputs: Attrs, obs: &Observed) -
         retired: false,
         drift: vec![],
         updated_at: now(),
+        location,
     })
 }
 
@@ -400,6 +407,7 @@ impl super::Work for ApplyWork {
                             triggers: Attrs::new(),
                             at: now(),
                             failed: None,
+                            location: None,
                         },
                     }],
                     fut: Box::pin(async move {
@@ -489,6 +497,7 @@ impl super::Work for ApplyWork {
                         triggers: triggers.clone(),
                         at: now(),
                         failed: None,
+                        location: self.registry.location_of(&type_name),
                     },
                 };
                 let result = match (op.op, t) {
@@ -543,7 +552,14 @@ impl super::Work for ApplyWork {
                                 inputs: prior.inputs.clone(),
                                 outputs: prior.outputs.clone(),
                             };
-                            let rec = record_resource(&op, &type_name, prior.inputs.clone(), &obs);
+                            // No call: the object stays where it was recorded.
+                            let rec = record_resource(
+                                &op,
+                                &type_name,
+                                prior.inputs.clone(),
+                                &obs,
+                                prior.location.clone(),
+                            );
                             self.outputs.insert(node.clone(), obs.outputs);
                             return Start::Skip(vec![Entry::Record { node, record: rec }]);
                         }
@@ -664,7 +680,13 @@ impl super::Work for ApplyWork {
                 let entry = match (op.op, r) {
                     (OpKind::Create | OpKind::Update, CallResult::Observed(obs)) => {
                         self.outputs.insert(node.clone(), obs.outputs.clone());
-                        let record = record_resource(&op, &type_name, inputs, &obs);
+                        let record = record_resource(
+                            &op,
+                            &type_name,
+                            inputs,
+                            &obs,
+                            self.registry.location_of(&type_name),
+                        );
                         self.created.insert(node.clone(), record.clone());
                         Entry::Record {
                             node: node.clone(),

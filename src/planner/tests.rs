@@ -32,6 +32,7 @@ fn file_record(path: &str, content: &str, deps: &[&str]) -> NodeRecord {
         retired: false,
         drift: vec![],
         updated_at: "t0".into(),
+        location: None,
     })
 }
 
@@ -48,6 +49,7 @@ fn dir_record(path: &str) -> NodeRecord {
         retired: false,
         drift: vec![],
         updated_at: "t0".into(),
+        location: None,
     })
 }
 

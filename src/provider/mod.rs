@@ -479,12 +479,38 @@ impl TypeImpl {
     }
 }
 
+type LocationFn = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The pairs of `recorded` whose key `now` also has with another value, as `key: was -> now`
+/// (empty when the two could be the same place: a key only one side knows never differs, so a
+/// provider names every key it can, with a word for its default, e.g. `endpoint=aws`).
+pub fn location_differs(recorded: &str, now: &str) -> Vec<String> {
+    let pairs = |s: &str| -> Vec<(String, String)> {
+        s.split(", ")
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
+    };
+    let now = pairs(now);
+    pairs(recorded)
+        .into_iter()
+        .filter_map(|(k, was)| {
+            now.iter()
+                .find(|(n, _)| *n == k)
+                .filter(|(_, v)| *v != was)
+                .map(|(_, v)| format!("{k} {was} -> {v}"))
+        })
+        .collect()
+}
+
 /// The types a run may use, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
     types: BTreeMap<String, TypeImpl>,
     /// Lines a provider adds to the end of a run (what its SDK retried, for example).
     summaries: Vec<Arc<dyn Fn() -> Option<String> + Send + Sync>>,
+    /// Where a provider's objects live, by type-name prefix (`aws.`): see [`Registry::location`].
+    locations: Vec<(&'static str, LocationFn)>,
     /// Checks a provider runs before anything is recorded (credentials, region).
     access_checks: Vec<AccessCheck>,
     /// The provider's database authentication tokens (IAM), if it makes them.
@@ -521,6 +547,24 @@ impl Registry {
     pub fn summary(&mut self, f: impl Fn() -> Option<String> + Send + Sync + 'static) -> &mut Self {
         self.summaries.push(Arc::new(f));
         self
+    }
+    /// Says where the objects of the types named `prefix…` live, as `key=value` pairs joined by
+    /// `, ` (`account=…, region=…, endpoint=…`); what is not known yet (an account before the
+    /// access check) is left out. Records keep it; a stack that now points elsewhere is refused.
+    pub fn location(
+        &mut self,
+        prefix: &'static str,
+        f: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.locations.push((prefix, Arc::new(f)));
+        self
+    }
+    /// Where an object of `type_name` made now would live; `None` when its provider says nothing.
+    pub fn location_of(&self, type_name: &str) -> Option<String> {
+        self.locations
+            .iter()
+            .find(|(p, _)| type_name.starts_with(p))
+            .and_then(|(_, f)| f())
     }
     /// Adds a check run before an apply, destroy or rollback records anything.
     pub fn access_check(

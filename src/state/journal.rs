@@ -444,17 +444,21 @@ impl StateStore {
                 // leaves objects the next load skips, never a gap).
                 create_once(r.as_ref(), &snapshot_name(snap.journal_seq), &bytes)?;
                 let err = remote_err(r.as_ref());
-                let journal = r.list("journal/").map_err(err)?;
-                for name in journal {
-                    if number_of(&name).is_some_and(|k| k <= snap.journal_seq) {
-                        r.delete(&name, None).map_err(remote_err(r.as_ref()))?;
-                    }
-                }
-                for name in r.list("snapshots/").map_err(remote_err(r.as_ref()))? {
-                    if number_of(&name).is_some_and(|k| k < snap.journal_seq) {
-                        r.delete(&name, None).map_err(remote_err(r.as_ref()))?;
-                    }
-                }
+                let mut folded: Vec<String> = r
+                    .list("journal/")
+                    .map_err(err)?
+                    .into_iter()
+                    .filter(|n| number_of(n).is_some_and(|k| k <= snap.journal_seq))
+                    .collect();
+                folded.extend(
+                    r.list("snapshots/")
+                        .map_err(remote_err(r.as_ref()))?
+                        .into_iter()
+                        .filter(|n| number_of(n).is_some_and(|k| k < snap.journal_seq)),
+                );
+                // All of it is folded into the new snapshot, so the order does not matter: a
+                // load starts from the newest snapshot and skips what it folds.
+                r.delete_all(&folded).map_err(remote_err(r.as_ref()))?;
             }
         }
         self.state.journal_seq = snap.journal_seq;

@@ -119,6 +119,10 @@ pub struct Intent {
     /// Set when the call failed: the object may still have changed, so it is reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// Where the call went (the provider's words: `account=…, region=…`), so that reconciling
+    /// it where the stack no longer points is refused instead of finding nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// A resource the plan owns.
@@ -142,6 +146,11 @@ pub struct ResourceRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
     pub updated_at: String,
+    /// Where the object lives, in its provider's words (`account=…, region=…, endpoint=…`):
+    /// an apply or destroy of a stack that now points elsewhere is refused. `None` in records
+    /// written before locations were kept, and for types whose provider gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// A step or gate that has been done.

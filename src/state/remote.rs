@@ -33,6 +33,18 @@ pub trait RemoteStore: Send + Sync {
     fn replace(&self, name: &str, bytes: &[u8], etag: &str) -> Result<Option<String>, String>;
     /// Deletes `name` (only while its tag is `etag`, when given); `false` when the tag differed.
     fn delete(&self, name: &str, etag: Option<&str>) -> Result<bool, String>;
+    /// Deletes every one of `names` (unconditionally; already gone is fine). Stores that can
+    /// delete many objects in one request do so.
+    fn delete_all(&self, names: &[String]) -> Result<(), String> {
+        for n in names {
+            self.delete(n, None)?;
+        }
+        Ok(())
+    }
+    /// One line for the run's summary (the requests made, what was retried), or `None`.
+    fn summary(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Where one stack's state lives.
@@ -55,6 +67,14 @@ impl StateAt {
 
     pub fn is_remote(&self) -> bool {
         matches!(self, StateAt::Remote(_))
+    }
+
+    /// The remote store's line for the run's summary; `None` for a local state.
+    pub fn summary(&self) -> Option<String> {
+        match self {
+            StateAt::Local(_) => None,
+            StateAt::Remote(r) => r.summary(),
+        }
     }
 }
 

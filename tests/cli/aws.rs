@@ -447,6 +447,7 @@ fn an_existing_group_without_our_tags_is_not_taken_over_until_imported() {
                 triggers: Default::default(),
                 at: "t".into(),
                 failed: None,
+                location: None,
             },
         });
         store.compact().unwrap();
@@ -2197,6 +2198,19 @@ fn a_crash_inside_a_topic_create_is_reconciled_by_name_and_the_next_apply_and_de
         })
     };
     assert_eq!(topics(), 1, "SNS made the topic before the kill");
+    // The interrupted create went to us-east-1: reconciling it in another region would find
+    // nothing and create a second topic there; refused, nothing sent.
+    let stack_file = p.root().join("stacks/aws.toml");
+    let text = std::fs::read_to_string(&stack_file).unwrap();
+    std::fs::write(&stack_file, text.replace("us-east-1", "eu-west-1")).unwrap();
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("`alerts` (an interrupted call): region us-east-1 -> eu-west-1"),
+        "{out}"
+    );
+    assert_eq!(proxy.count("CreateTopic"), 1, "{out}");
+    std::fs::write(&stack_file, text).unwrap();
     let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -2208,6 +2222,67 @@ fn a_crash_inside_a_topic_create_is_reconciled_by_name_and_the_next_apply_and_de
     let (code, out) = run_env(&p, &["destroy", "aws", "--yes"], &[]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(topics(), 0, "{out}");
+}
+
+/// A stack whose `region` changed after its objects were made: preview, apply and destroy are
+/// refused, naming each node and what moved, and nothing is touched (a destroy there would find
+/// nothing and count the objects deleted while they run on). Put back, the destroy removes them.
+#[test]
+fn a_stack_moved_to_another_region_is_refused_and_its_objects_are_left_alone() {
+    let bin = require_moto();
+    let m = Moto::start(&bin);
+    let p = Project::new();
+    watch_stack(&p, &m, 80.0, "");
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &[]);
+    assert_eq!(code, 0, "{out}");
+    let state: serde_json::Value =
+        serde_json::from_str(&p.read(".cutover/aws/state.json")).unwrap();
+    assert_eq!(
+        state["nodes"]["alerts"]["resource"]["location"],
+        serde_json::json!(format!(
+            "account=123456789012, region=us-east-1, endpoint={}",
+            m.url()
+        )),
+        "the record says where the topic lives"
+    );
+    let objects = || {
+        rt().block_on(async {
+            let topics = aws_sdk_sns::Client::new(&m.sdk_config(&m.url()))
+                .list_topics()
+                .send()
+                .await
+                .unwrap()
+                .topics()
+                .len();
+            let alarms = alarms(&m.cloudwatch()).await.len();
+            (topics, alarms)
+        })
+    };
+    let before = objects();
+    assert!(before.0 == 1 && before.1 >= 1, "{before:?}");
+    let stack_file = p.root().join("stacks/aws.toml");
+    let text = std::fs::read_to_string(&stack_file).unwrap();
+    std::fs::write(&stack_file, text.replace("us-east-1", "eu-west-1")).unwrap();
+    for args in [
+        &["preview", "aws"][..],
+        &["apply", "aws", "--yes"],
+        &["destroy", "aws", "--yes"],
+    ] {
+        let (code, out) = run_env(&p, args, &[]);
+        assert_ne!(code, 0, "{args:?}: {out}");
+        assert!(
+            out.contains("now points somewhere other than where")
+                && out.contains("`alerts`: region us-east-1 -> eu-west-1")
+                && out.contains("Nothing was changed")
+                && out.contains("plan state aws rm NODE"),
+            "{args:?}: {out}"
+        );
+        assert_eq!(objects(), before, "{args:?} touched nothing");
+    }
+    std::fs::write(&stack_file, text).unwrap();
+    let (code, out) = run_env(&p, &["destroy", "aws", "--yes"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(objects(), (0, 0), "{out}");
 }
 
 /// SIGKILL while the tool waits for a new read replica, then while it waits for a promotion (the

@@ -310,6 +310,23 @@ fn a_throttled_s3_converges_and_every_effect_happens_once() {
     assert_eq!(code, 0, "{out}{err}");
     let injected: usize = proxy.injected().values().sum();
     assert!(injected >= 10, "faults injected: {:?}", proxy.injected());
+    // The run's summary says what the state's requests were and what the SDK retried: here,
+    // every request is the state's, so every injected fault.
+    let line = out
+        .lines()
+        .find(|l| l.contains("state s3://team-state/throttled: "))
+        .unwrap_or_else(|| panic!("no state line in the summary: {out}"));
+    let retried: usize = line
+        .split("; ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retries in {line}"));
+    assert!(
+        line.contains("PutObject") && line.contains("retried by the SDK after throttling"),
+        "{line}"
+    );
+    assert_eq!(retried, injected, "{line}");
     each_effect_once(&p, 10);
     let (code, out, _) = p.run_env(ENV, &["preview", "crash", "--detailed-exitcode"]);
     assert_eq!(code, 0, "{out}");

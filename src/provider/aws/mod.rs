@@ -77,18 +77,24 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for Retries {
 }
 
 impl Retries {
+    /// How many attempts were retries, and after what (`HTTP 503: 2, ...`).
+    pub fn total(&self) -> (u64, String) {
+        let m = self.0.lock().unwrap();
+        let why = m
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (m.values().sum(), why)
+    }
+
     /// `None` when nothing was retried; else one line: how many, and after what.
     pub fn summary(&self) -> Option<String> {
-        let m = self.0.lock().unwrap();
-        let n: u64 = m.values().sum();
+        let (n, why) = self.total();
         (n > 0).then(|| {
             format!(
-                "AWS: {n} request{} retried by the SDK after throttling or transient errors ({})",
+                "AWS: {n} request{} retried by the SDK after throttling or transient errors ({why})",
                 if n == 1 { " was" } else { "s were" },
-                m.iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
             )
         })
     }
@@ -128,9 +134,47 @@ pub struct Aws {
     cloudwatch: OnceCell<aws_sdk_cloudwatch::Client>,
     ec2: OnceCell<aws_sdk_ec2::Client>,
     dms: OnceCell<aws_sdk_databasemigration::Client>,
+    /// The account and region the access check found (STS GetCallerIdentity, the SDK's chain).
+    reached: std::sync::OnceLock<(Option<String>, String)>,
 }
 
 impl Aws {
+    /// Where this stack's objects live: `account=…, region=…, endpoint=…` (`endpoint=aws` for
+    /// AWS's own). The account is known once the access check ran; before it (a preview) only
+    /// region and endpoint are said, from the stack file or the environment.
+    pub fn location(&self) -> Option<String> {
+        let endpoint = self
+            .endpoint_url
+            .clone()
+            .or_else(|| {
+                std::env::var("AWS_ENDPOINT_URL")
+                    .ok()
+                    .filter(|e| !e.is_empty())
+            })
+            .map(|e| e.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| "aws".into());
+        let (account, region) = match self.reached.get() {
+            Some((a, r)) => (a.clone(), Some(r.clone())),
+            None => (
+                None,
+                self.region.clone().or_else(|| {
+                    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                        .iter()
+                        .find_map(|k| std::env::var(k).ok().filter(|r| !r.is_empty()))
+                }),
+            ),
+        };
+        let mut parts = Vec::new();
+        if let Some(a) = account {
+            parts.push(format!("account={a}"));
+        }
+        if let Some(r) = region {
+            parts.push(format!("region={r}"));
+        }
+        parts.push(format!("endpoint={endpoint}"));
+        Some(parts.join(", "))
+    }
+
     pub fn from_stack(stack: &Stack) -> Arc<Aws> {
         Arc::new(Aws {
             region: stack.region.clone(),
@@ -236,8 +280,14 @@ impl Aws {
                 conf.region().map(|r| r.to_string()).unwrap_or_default()
             ),
         };
+        let region = conf.region().map(|r| r.to_string()).unwrap_or_default();
         match sts.get_caller_identity().send().await {
-            Ok(_) => Ok(()),
+            Ok(out) => {
+                let _ = self
+                    .reached
+                    .set((out.account().map(String::from), region));
+                Ok(())
+            }
             Err(SdkError::DispatchFailure(d)) => Err(format!(
                 "{at} cannot be reached ({}): check the address and that it runs; nothing was changed",
                 if d.is_timeout() {
@@ -265,7 +315,10 @@ impl Aws {
                         "{at} refused the credentials ({code}: {message}): renew or correct them (`profile` in {stack_file}, or the AWS_* variables); nothing was changed"
                     )),
                     // Any other answer: the endpoint is there (throttled, or an emulator's quirk).
-                    None => Ok(()),
+                    None => {
+                        let _ = self.reached.set((None, region));
+                        Ok(())
+                    }
                 }
             }
         }
@@ -330,6 +383,8 @@ impl Aws {
 pub fn register(r: &mut Registry, aws: Arc<Aws>, stack_file: &str) {
     let retries = aws.retries();
     r.summary(move || retries.summary());
+    let here = aws.clone();
+    r.location("aws.", move || here.location());
     r.token_source(aws.clone());
     let (a, file) = (aws.clone(), stack_file.to_string());
     r.access_check(move || {

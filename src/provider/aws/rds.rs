@@ -1299,6 +1299,7 @@ mod tests {
                 retired: false,
                 drift: vec![],
                 updated_at: "t".into(),
+                location: None,
             }),
         );
         let cs = plan(&mk("postgres15", "524288"), &st, &r, &Options::default()).unwrap();

@@ -7,7 +7,8 @@
 //! announces), so the SDK runs on a runtime of its own. This module must never report a
 //! conditional write's refusal as a success, nor create the bucket: a bucket is the user's.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -38,6 +39,8 @@ pub struct S3State {
     aws: Arc<Aws>,
     client: OnceLock<Result<aws_sdk_s3::Client, String>>,
     rt: Option<tokio::runtime::Runtime>,
+    /// Requests made, by operation, for the run's summary.
+    requests: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl S3State {
@@ -117,7 +120,12 @@ impl S3State {
             aws,
             client: OnceLock::new(),
             rt: Some(rt),
+            requests: Mutex::default(),
         })
+    }
+
+    fn count(&self, op: &'static str) {
+        *self.requests.lock().unwrap().entry(op).or_default() += 1;
     }
 
     fn key(&self, name: &str) -> String {
@@ -221,6 +229,7 @@ impl S3State {
     /// A put with a condition: `Some(etag)` done, `None` refused by the condition.
     fn put(&self, name: &str, bytes: &[u8], cond: Cond) -> Result<Option<String>, String> {
         let client = self.client()?;
+        self.count("PutObject");
         let mut req = client
             .put_object()
             .bucket(&self.bucket)
@@ -274,6 +283,7 @@ impl RemoteStore for S3State {
 
     fn list(&self, dir: &str) -> Result<Vec<String>, String> {
         let client = self.client()?;
+        self.count("ListObjectsV2");
         let (bucket, full) = (self.bucket.clone(), self.key(dir));
         let found = self.run(async move {
             let mut out = Vec::new();
@@ -305,6 +315,7 @@ impl RemoteStore for S3State {
 
     fn get(&self, name: &str) -> Result<Option<Object>, String> {
         let client = self.client()?;
+        self.count("GetObject");
         let req = client.get_object().bucket(&self.bucket).key(self.key(name));
         let got = self.run(async move {
             let out = req.send().await?;
@@ -338,6 +349,7 @@ impl RemoteStore for S3State {
 
     fn delete(&self, name: &str, etag: Option<&str>) -> Result<bool, String> {
         let client = self.client()?;
+        self.count("DeleteObject");
         let mut req = client
             .delete_object()
             .bucket(&self.bucket)
@@ -352,5 +364,64 @@ impl RemoteStore for S3State {
             Err(e) if S3State::status(&e) == Some(404) => Ok(true),
             Err(e) => Err(self.explain("DeleteObject", name, &e)),
         }
+    }
+
+    fn delete_all(&self, names: &[String]) -> Result<(), String> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let client = self.client()?;
+        // DeleteObjects takes at most 1,000 keys; in the order given, chunk by chunk.
+        for chunk in names.chunks(1000) {
+            self.count("DeleteObjects");
+            let ids = chunk
+                .iter()
+                .map(|n| ObjectIdentifier::builder().key(self.key(n)).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("DeleteObjects {}: {e}", self.location()))?;
+            let del = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| format!("DeleteObjects {}: {e}", self.location()))?;
+            let req = client.delete_objects().bucket(&self.bucket).delete(del);
+            let out = self
+                .run(req.send())?
+                .map_err(|e| self.explain("DeleteObjects", &chunk[0], &e))?;
+            if let Some(e) = out.errors().first() {
+                return Err(format!(
+                    "DeleteObjects {}/{}: {}: {} ({} of {} keys not deleted); run again",
+                    self.location(),
+                    e.key().unwrap_or_default(),
+                    e.code().unwrap_or_default(),
+                    e.message().unwrap_or_default(),
+                    out.errors().len(),
+                    chunk.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn summary(&self) -> Option<String> {
+        let m = self.requests.lock().unwrap();
+        let n: u64 = m.values().sum();
+        if n == 0 {
+            return None;
+        }
+        let ops = m
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let retried = match self.aws.retries().total() {
+            (0, _) => String::new(),
+            (k, why) => {
+                format!("; {k} retried by the SDK after throttling or transient errors ({why})")
+            }
+        };
+        Some(format!(
+            "state {}: {n} request{} ({ops}){retried}",
+            self.location(),
+            if n == 1 { "" } else { "s" }
+        ))
     }
 }
