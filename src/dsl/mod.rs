@@ -217,6 +217,20 @@ pub trait Declare {
     }
     /// The node's inputs.
     fn inputs(self) -> Attrs;
+    /// The node's inputs, given the nodes declared before it, for a declaration whose inputs
+    /// depend on what it refers to (an alarm's dimension on a cluster or an instance). The
+    /// default is [`Declare::inputs`].
+    fn inputs_given(self, _before: &[NodeSpec]) -> Attrs
+    where
+        Self: Sized,
+    {
+        self.inputs()
+    }
+    /// Nodes declared before this one that it must follow though it uses none of their outputs
+    /// (a cluster's later instances follow its first, which becomes the writer). None by default.
+    fn follows(&self, _before: &[NodeSpec]) -> Vec<String> {
+        vec![]
+    }
 }
 
 /// A value that may be known now or only at apply time.
@@ -340,7 +354,11 @@ impl<T> Handle<T> {
     }
     /// Run after the node named `name` (declared anywhere in the plan).
     pub fn after_name(self, name: &str) -> Self {
-        self.edit(|n| n.after.push(name.to_string()));
+        self.edit(|n| {
+            if !n.after.iter().any(|a| a == name) {
+                n.after.push(name.to_string())
+            }
+        });
         self
     }
     /// `retire_after` by name: for a node declared later (a bake that watches alarms declared
@@ -520,7 +538,15 @@ impl Plan {
     /// Declares a node of a provider's type.
     pub fn add<T: Declare>(&self, name: &str, decl: T) -> Handle<T> {
         let type_name = decl.type_name();
-        self.push(name, T::KIND, type_name, decl.inputs())
+        let (inputs, follows) = {
+            let inner = self.inner.borrow();
+            let follows = decl.follows(&inner.spec.nodes);
+            (decl.inputs_given(&inner.spec.nodes), follows)
+        };
+        let h = self.push(name, T::KIND, type_name, inputs);
+        follows
+            .into_iter()
+            .fold(h, |h, before| h.after_name(&before))
     }
 
     /// Declares a node by type name with untyped inputs (generated plans and tests).

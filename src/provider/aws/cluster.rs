@@ -807,6 +807,17 @@ impl Declare for ClusterInstance {
     fn inputs(self) -> Attrs {
         self.inputs
     }
+    /// The first instance declared for a cluster becomes its writer: the later ones follow it,
+    /// so that AWS never makes whichever finishes first the writer.
+    fn follows(&self, before: &[crate::dsl::NodeSpec]) -> Vec<String> {
+        before
+            .iter()
+            .find(|n| {
+                n.type_name == Self::TYPE && n.inputs.get("cluster") == self.inputs.get("cluster")
+            })
+            .map(|first| vec![first.name.clone()])
+            .unwrap_or_default()
+    }
 }
 
 impl Handle<ClusterInstance> {
@@ -1050,6 +1061,37 @@ mod tests {
     use super::*;
     use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
     use aws_smithy_types::body::SdkBody;
+
+    /// Without `.after(&writer)`, a cluster's later instances follow its first (the writer);
+    /// another cluster's first instance follows nothing.
+    #[test]
+    fn a_clusters_first_instance_is_its_writer_and_the_others_follow_it() {
+        let p = crate::dsl::Plan::named("p", "t", "aws");
+        let a = p.add("a", AuroraCluster::postgres("15.4"));
+        let b = p.add("b", AuroraCluster::postgres("15.4"));
+        let inst = |c: &Handle<AuroraCluster>| {
+            ClusterInstance::of(c.identifier(), "aurora-postgresql", "db.r6g.large")
+        };
+        let writer = p.add("a-writer", inst(&a));
+        p.add("a-reader-1", inst(&a));
+        p.add("a-reader-2", inst(&a)).after(&writer);
+        p.add("b-writer", inst(&b));
+        p.add("b-reader", inst(&b));
+        let spec = p.finish();
+        let after = |n: &str| {
+            spec.nodes
+                .iter()
+                .find(|x| x.name == n)
+                .unwrap()
+                .after
+                .clone()
+        };
+        assert!(after("a-writer").is_empty());
+        assert_eq!(after("a-reader-1"), ["a-writer"]);
+        assert_eq!(after("a-reader-2"), ["a-writer"], "named once");
+        assert!(after("b-writer").is_empty());
+        assert_eq!(after("b-reader"), ["b-writer"]);
+    }
 
     /// moto 5.2.5 models an Aurora replica of another cluster only (and insists on a master
     /// user), so the replica of an RDS PostgreSQL or MySQL instance, the usual first hop of a

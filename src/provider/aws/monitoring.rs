@@ -448,6 +448,23 @@ impl ResourceType for SubscriptionType {
 #[derive(Debug, Clone)]
 pub struct Alarm {
     inputs: Attrs,
+    /// Built by an `rds_*` helper: the dimension follows what the identifier refers to (a
+    /// cluster's metrics are published under `DBClusterIdentifier`, an instance's under
+    /// `DBInstanceIdentifier`).
+    rds_target: bool,
+}
+
+/// The dimension key of an RDS metric on the object a value refers to: the cluster's when it is
+/// an output of an `aws.rds.cluster`, else the instance's.
+fn rds_dimension(v: &Value, before: &[crate::dsl::NodeSpec]) -> &'static str {
+    let cluster = crate::value::as_ref(v)
+        .and_then(|(node, _)| before.iter().find(|n| n.name == node))
+        .is_some_and(|n| n.type_name == "aws.rds.cluster");
+    if cluster {
+        "DBClusterIdentifier"
+    } else {
+        "DBInstanceIdentifier"
+    }
 }
 
 impl Alarm {
@@ -478,37 +495,35 @@ impl Alarm {
                 ("alarm_actions".to_string(), Value::Array(vec![])),
                 ("ok_actions".to_string(), Value::Array(vec![])),
             ]),
+            rds_target: false,
         }
     }
-    /// An RDS instance's CPU above `percent` (80 in the cases).
-    pub fn rds_cpu_above(instance: impl Into<Value>, percent: f64) -> Self {
-        Alarm::metric(
+
+    /// An RDS metric of an instance or a cluster (`instance.identifier()`,
+    /// `cluster.identifier()`, or an instance's name): the dimension is chosen when the alarm
+    /// is declared, by the node the identifier refers to.
+    fn rds(metric: &str, target: Value, threshold: f64) -> Self {
+        let mut a = Alarm::metric(
             "AWS/RDS",
-            "CPUUtilization",
-            &[("DBInstanceIdentifier", instance.into())],
+            metric,
+            &[("DBInstanceIdentifier", target)],
             ">",
-            percent,
-        )
+            threshold,
+        );
+        a.rds_target = true;
+        a
     }
-    /// An RDS instance's connections above `n` (40 in the cases).
-    pub fn rds_connections_above(instance: impl Into<Value>, n: f64) -> Self {
-        Alarm::metric(
-            "AWS/RDS",
-            "DatabaseConnections",
-            &[("DBInstanceIdentifier", instance.into())],
-            ">",
-            n,
-        )
+    /// An RDS instance's or cluster's CPU above `percent` (80 in the cases).
+    pub fn rds_cpu_above(target: impl Into<Value>, percent: f64) -> Self {
+        Alarm::rds("CPUUtilization", target.into(), percent)
     }
-    /// An RDS instance's read latency above `seconds` (0.2 in the cases).
-    pub fn rds_read_latency_above(instance: impl Into<Value>, seconds: f64) -> Self {
-        Alarm::metric(
-            "AWS/RDS",
-            "ReadLatency",
-            &[("DBInstanceIdentifier", instance.into())],
-            ">",
-            seconds,
-        )
+    /// An RDS instance's or cluster's connections above `n` (40 in the cases).
+    pub fn rds_connections_above(target: impl Into<Value>, n: f64) -> Self {
+        Alarm::rds("DatabaseConnections", target.into(), n)
+    }
+    /// An RDS instance's or cluster's read latency above `seconds` (0.2 in the cases).
+    pub fn rds_read_latency_above(target: impl Into<Value>, seconds: f64) -> Self {
+        Alarm::rds("ReadLatency", target.into(), seconds)
     }
     /// A DMS task's CDC latency at the target above `seconds` (300 in the cases).
     pub fn dms_cdc_latency_above(
@@ -562,6 +577,16 @@ impl Declare for Alarm {
     const TYPE: &'static str = "aws.cloudwatch.alarm";
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
+        self.inputs
+    }
+    fn inputs_given(mut self, before: &[crate::dsl::NodeSpec]) -> Attrs {
+        if self.rds_target {
+            if let Some(Value::Object(dims)) = self.inputs.get_mut("dimensions") {
+                if let Some(v) = dims.remove("DBInstanceIdentifier") {
+                    dims.insert(rds_dimension(&v, before).to_string(), v);
+                }
+            }
+        }
         self.inputs
     }
 }
@@ -1309,5 +1334,64 @@ impl StepType for WaitMetricType {
             )
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::aws::cluster::{AuroraCluster, ClusterInstance};
+
+    /// Aurora publishes a cluster's CPU, connections and latency under `DBClusterIdentifier`; an
+    /// alarm on the cluster's identifier under `DBInstanceIdentifier` never sees a datapoint.
+    #[test]
+    fn an_rds_alarm_on_a_cluster_uses_the_clusters_dimension_and_on_an_instance_the_instances() {
+        let p = crate::dsl::Plan::named("p", "t", "aws");
+        let cluster = p.add("target", AuroraCluster::postgres("15.4"));
+        let writer = p.add(
+            "writer",
+            ClusterInstance::of(cluster.identifier(), "aurora-postgresql", "db.r6g.large"),
+        );
+        p.add("cpu", Alarm::rds_cpu_above(cluster.identifier(), 80.0));
+        p.add(
+            "conn",
+            Alarm::rds_connections_above(cluster.identifier(), 4.0),
+        );
+        p.add(
+            "lat",
+            Alarm::rds_read_latency_above(cluster.identifier(), 0.2),
+        );
+        p.add(
+            "cpu-writer",
+            Alarm::rds_cpu_above(writer.identifier(), 80.0),
+        );
+        p.add("cpu-named", Alarm::rds_cpu_above("legacy-1", 80.0));
+        // An alarm written with its own dimensions keeps them.
+        p.add(
+            "own",
+            Alarm::metric(
+                "AWS/RDS",
+                "CPUUtilization",
+                &[("DBInstanceIdentifier", cluster.identifier().into())],
+                ">",
+                1.0,
+            ),
+        );
+        let spec = p.finish();
+        let dims_of = |name: &str| {
+            let n = spec.nodes.iter().find(|n| n.name == name).unwrap();
+            n.inputs["dimensions"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        for n in ["cpu", "conn", "lat"] {
+            assert_eq!(dims_of(n), ["DBClusterIdentifier"], "{n}");
+        }
+        assert_eq!(dims_of("cpu-writer"), ["DBInstanceIdentifier"]);
+        assert_eq!(dims_of("cpu-named"), ["DBInstanceIdentifier"]);
+        assert_eq!(dims_of("own"), ["DBInstanceIdentifier"]);
     }
 }
