@@ -81,6 +81,8 @@ pub struct Loaded {
     pub state_at: StateAt,
     /// The run's secrets (Secrets Manager values once fetched, in memory only).
     pub secrets: Arc<crate::secrets::RunSecrets>,
+    /// What this command's operations left in the cloud on purpose (every context shares it).
+    pub kept: Arc<std::sync::Mutex<Vec<crate::provider::Kept>>>,
 }
 
 /// Loads `stacks/<name>.toml`, builds its plan and validates it.
@@ -127,6 +129,7 @@ pub fn load(root: &Path, plans: &[PlanEntry], name: &str) -> Result<Loaded, Engi
         state_dir,
         state_at,
         secrets: Arc::new(crate::secrets::RunSecrets::default()),
+        kept: Arc::default(),
     })
 }
 
@@ -142,6 +145,7 @@ impl Loaded {
         ctx.connect = Arc::new(self.stack.connect.clone());
         ctx.connect_servers = self.stack.connect_servers;
         ctx.tokens = self.registry.tokens();
+        ctx.kept = self.kept.clone();
         ctx
     }
 
@@ -158,10 +162,17 @@ impl Loaded {
         StateStore::read(&self.state_at, &self.graph.spec.plan, &self.stack.name)
     }
 
-    /// The run summary's lines: what each provider's clients retried, the remote state's requests.
+    /// The run summary's lines: what each provider's clients retried, the remote state's
+    /// requests, and what the run left in the cloud on purpose, with how to delete each.
     pub fn summaries(&self) -> Vec<String> {
         let mut lines = self.registry.summaries();
         lines.extend(self.state_at.summary());
+        for k in self.kept.lock().unwrap().iter() {
+            lines.push(format!(
+                "kept: {} (`{}`), still billed; delete it when no longer needed: {}",
+                k.what, k.node, k.delete_with
+            ));
+        }
         lines
     }
 

@@ -383,6 +383,17 @@ impl super::Work for ApplyWork {
         let det = deterministic_id(&self.ctx.plan, &self.ctx.stack, &node);
         match op.op {
             OpKind::Forget => {
+                // What stays in the cloud once forgotten is listed at the end of the run.
+                let kept = match (&op.prior, self.registry.get(&type_name)) {
+                    (Some(NodeRecord::Step(r)), Some(TypeImpl::Step(st))) => st.kept(&r.outputs),
+                    (Some(NodeRecord::Resource(r)), Some(TypeImpl::Resource(rt))) => {
+                        rt.kept(&r.id, &r.outputs)
+                    }
+                    _ => None,
+                };
+                if let Some((what, delete_with)) = kept {
+                    self.ctx.keep(&node, what, delete_with);
+                }
                 // A step that left something no resource owns cleans it up first.
                 let cleaner = match (&op.prior, self.registry.get(&type_name)) {
                     (Some(NodeRecord::Step(r)), Some(TypeImpl::Step(st))) if st.cleans_up() => {

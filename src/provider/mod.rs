@@ -89,6 +89,20 @@ pub struct Ctx {
     /// Where database authentication tokens come from (IAM authentication), if the stack's
     /// provider makes them.
     pub tokens: Option<Arc<dyn TokenSource>>,
+    /// What this run left in the cloud on purpose (final snapshots, snapshots of forgotten
+    /// steps, retained objects), for the list at the end of the run.
+    pub kept: Arc<std::sync::Mutex<Vec<Kept>>>,
+}
+
+/// Something a delete or a destroy leaves on purpose (a final snapshot, a retained object):
+/// still there and still billed, listed at the end of the run with how to delete it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kept {
+    pub node: String,
+    /// What it is, with its identifier (`final snapshot \`x-final-…\` of cluster \`x\``).
+    pub what: String,
+    /// How to delete it when it is no longer wanted (a command).
+    pub delete_with: String,
 }
 
 impl Ctx {
@@ -103,7 +117,16 @@ impl Ctx {
             connect: Arc::new(BTreeMap::new()),
             connect_servers: false,
             tokens: None,
+            kept: Arc::default(),
         }
+    }
+    /// Records that `node`'s operation left `what` on purpose; `delete_with` deletes it.
+    pub fn keep(&self, node: &str, what: String, delete_with: String) {
+        self.kept.lock().unwrap().push(Kept {
+            node: node.into(),
+            what,
+            delete_with,
+        });
     }
     /// Reports progress of `node`.
     pub fn report(&self, node: &str, message: &str) {
@@ -309,6 +332,11 @@ pub trait ResourceType: Send + Sync {
     fn owned(&self, _ctx: &Ctx, _node: &str, _found: &Observed) -> bool {
         true
     }
+    /// What stays when a destroy forgets this object instead of deleting it (`retain_on_delete`),
+    /// as (what, the command that deletes it); `None`: nothing worth listing.
+    fn kept(&self, _id: &str, _outputs: &Attrs) -> Option<(String, String)> {
+        None
+    }
     /// The identifier a create with these inputs would give the object.
     fn id_for(&self, req: &Request<'_>) -> String {
         req.deterministic_id.to_string()
@@ -402,6 +430,11 @@ pub trait StepType: Send + Sync {
     /// destroy removes when it forgets the step, through [`StepType::clean_up`].
     fn cleans_up(&self) -> bool {
         false
+    }
+    /// What the step made that stays in the cloud when a destroy forgets it (a snapshot it
+    /// took), as (what, the command that deletes it), from its recorded outputs.
+    fn kept(&self, _outputs: &Attrs) -> Option<(String, String)> {
+        None
     }
     /// Removes what the step left, given the outputs it recorded, when a destroy forgets it.
     /// Must be safe to repeat (an interrupted clean-up runs again with the next destroy), and

@@ -2078,6 +2078,19 @@ fn an_instance_and_its_replica_are_created_changed_promoted_once_and_destroyed()
             .any(|s| s.starts_with(&format!("{source}-final-"))),
         "{ids:?}"
     );
+    // Every snapshot that stays (the final ones, the rollback point the step took) is listed
+    // at the end of the destroy with the command that deletes it.
+    assert!(ids.contains(&"aws-instance-aws-rollback-point"), "{ids:?}");
+    for id in &ids {
+        assert!(
+            out.lines().any(|l| l.contains("kept: ")
+                && l.contains(&format!("`{id}`"))
+                && l.contains(&format!(
+                    "aws rds delete-db-snapshot --db-snapshot-identifier {id}"
+                ))),
+            "{id} is not listed as kept: {out}"
+        );
+    }
 }
 
 /// The SDK between the tool and the emulator meets throttling and 503 answers on every third

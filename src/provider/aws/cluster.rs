@@ -751,13 +751,21 @@ impl ResourceType for ClusterType {
             .trim_end_matches('-')
             .to_string();
         let rds = self.aws.rds().await;
+        let final_snapshot = (!skip).then(|| format!("{id}-final-{stamp}"));
         rds.delete_db_cluster()
             .db_cluster_identifier(id)
             .skip_final_snapshot(skip)
-            .set_final_db_snapshot_identifier((!skip).then(|| format!("{id}-final-{stamp}")))
+            .set_final_db_snapshot_identifier(final_snapshot.clone())
             .send()
             .await
             .map_err(|e| sdk_err(&format!("delete cluster {id}"), e))?;
+        if let Some(s) = final_snapshot {
+            ctx.keep(
+                req.node,
+                format!("final snapshot `{s}` of cluster `{id}`"),
+                format!("aws rds delete-db-cluster-snapshot --db-cluster-snapshot-identifier {s}"),
+            );
+        }
         self.wait(ctx, req.node, id, true).await
     }
 }

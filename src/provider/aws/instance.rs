@@ -768,18 +768,24 @@ impl ResourceType for DbInstanceType {
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
             .to_string()
             .replace([':', 'T', 'Z'], "-");
+        let final_snapshot = (!skip).then(|| format!("{id}-final-{}", stamp.trim_end_matches('-')));
         self.aws
             .rds()
             .await
             .delete_db_instance()
             .db_instance_identifier(id)
             .skip_final_snapshot(skip)
-            .set_final_db_snapshot_identifier(
-                (!skip).then(|| format!("{id}-final-{}", stamp.trim_end_matches('-'))),
-            )
+            .set_final_db_snapshot_identifier(final_snapshot.clone())
             .send()
             .await
             .map_err(|e| sdk_err(&format!("delete instance {id}"), e))?;
+        if let Some(s) = final_snapshot {
+            ctx.keep(
+                req.node,
+                format!("final snapshot `{s}` of instance `{id}`"),
+                format!("aws rds delete-db-snapshot --db-snapshot-identifier {s}"),
+            );
+        }
         wait(&self.aws, ctx, req.node, id, true).await
     }
 }
@@ -1124,7 +1130,30 @@ impl StepType for SnapshotType {
         Ok(Attrs::from([
             ("snapshot".to_string(), Value::from(id)),
             ("of".to_string(), Value::from(source)),
+            (
+                "kind".to_string(),
+                Value::from(if cluster { "cluster" } else { "instance" }),
+            ),
         ]))
+    }
+    fn kept(&self, outputs: &Attrs) -> Option<(String, String)> {
+        let id = get_str(outputs, "snapshot")?;
+        let of = get_str(outputs, "of").unwrap_or("?");
+        Some(match get_str(outputs, "kind") {
+            Some("cluster") => (
+                format!("snapshot `{id}` of cluster `{of}`"),
+                format!("aws rds delete-db-cluster-snapshot --db-cluster-snapshot-identifier {id}"),
+            ),
+            Some("instance") => (
+                format!("snapshot `{id}` of instance `{of}`"),
+                format!("aws rds delete-db-snapshot --db-snapshot-identifier {id}"),
+            ),
+            // Recorded before the kind was: both commands.
+            _ => (
+                format!("snapshot `{id}` of `{of}`"),
+                format!("aws rds delete-db-snapshot --db-snapshot-identifier {id} (a cluster's: delete-db-cluster-snapshot --db-cluster-snapshot-identifier {id})"),
+            ),
+        })
     }
     async fn probe(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Option<Probe>, ProviderError> {
         let cluster = req.inputs.contains_key("cluster");
@@ -1213,6 +1242,22 @@ impl ResourceType for DbSnapshotType {
     }
     fn type_name(&self) -> &'static str {
         "aws.rds.db_snapshot"
+    }
+    /// A retained snapshot that a destroy forgets: listed with its delete command (a cluster's
+    /// ARN says `cluster-snapshot`).
+    fn kept(&self, id: &str, outputs: &Attrs) -> Option<(String, String)> {
+        let cluster = get_str(outputs, "arn").is_some_and(|a| a.contains(":cluster-snapshot:"));
+        Some(if cluster {
+            (
+                format!("cluster snapshot `{id}` (retained)"),
+                format!("aws rds delete-db-cluster-snapshot --db-cluster-snapshot-identifier {id}"),
+            )
+        } else {
+            (
+                format!("snapshot `{id}` (retained)"),
+                format!("aws rds delete-db-snapshot --db-snapshot-identifier {id}"),
+            )
+        })
     }
     fn service(&self) -> &'static str {
         "rds"
