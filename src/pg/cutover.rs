@@ -662,17 +662,19 @@ async fn catch_up_tables(spec: &Spec) -> Result<Vec<String>, String> {
     Ok(tables)
 }
 
-/// Enabled subscriptions of `names` without a running apply worker (one that keeps failing is
-/// restarted every few seconds: it must be missing in two samples), with their apply error count.
+/// Enabled subscriptions of `names` without a running apply worker, with their apply error
+/// count: missing in three looks over half a second, or in one of them with apply errors on
+/// record (one that keeps failing is restarted every few seconds and may be caught running).
 pub async fn stalled_subscriptions(
     target: &Target,
     names: &[String],
 ) -> Result<Vec<String>, String> {
     let c = target.connect().await.map_err(|e| e.to_string())?;
-    let q = "SELECT s.subname::text, coalesce(st.apply_error_count, 0)
+    // Every enabled subscription of ours: whether its apply worker runs now, its errors so far.
+    let q = "SELECT s.subname::text, coalesce(st.apply_error_count, 0),
+                    EXISTS (SELECT 1 FROM pg_stat_subscription w WHERE w.subid = s.oid AND w.relid IS NULL AND w.pid IS NOT NULL)
              FROM pg_subscription s LEFT JOIN pg_stat_subscription_stats st ON st.subid = s.oid
              WHERE s.subname = ANY($1) AND s.subenabled
-               AND NOT EXISTS (SELECT 1 FROM pg_stat_subscription w WHERE w.subid = s.oid AND w.relid IS NULL AND w.pid IS NOT NULL)
              ORDER BY 1";
     let sample = || async {
         c.query(q, &[&names])
@@ -680,20 +682,35 @@ pub async fn stalled_subscriptions(
             .map_err(|e| target.err("subscription workers")(e).to_string())
             .map(|rows| {
                 rows.iter()
-                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                    .map(|r| {
+                        (
+                            r.get::<_, String>(0),
+                            r.get::<_, i64>(1),
+                            r.get::<_, bool>(2),
+                        )
+                    })
                     .collect::<Vec<_>>()
             })
     };
-    let first = sample().await?;
-    if first.is_empty() {
-        return Ok(vec![]);
+    // Three looks over half a second. A worker that keeps failing is restarted now and then
+    // and may be caught running in one look: stalled is absent in every look, or absent in one
+    // with apply errors on record. A healthy worker is present in every look.
+    let mut looks = vec![sample().await?];
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        looks.push(sample().await?);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = sample().await?;
-    Ok(second
+    let last = looks.last().cloned().unwrap_or_default();
+    Ok(last
         .into_iter()
-        .filter(|(n, _)| first.iter().any(|(f, _)| f == n))
-        .map(|(n, errors)| format!("`{n}` ({errors} apply error(s) so far)"))
+        .filter(|(n, errors, _)| {
+            let seen: Vec<bool> = looks
+                .iter()
+                .map(|l| l.iter().any(|(m, _, running)| m == n && *running))
+                .collect();
+            seen.iter().all(|r| !r) || (seen.iter().any(|r| !r) && *errors > 0)
+        })
+        .map(|(n, errors, _)| format!("`{n}` ({errors} apply error(s) so far)"))
         .collect())
 }
 

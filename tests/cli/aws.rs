@@ -1594,6 +1594,82 @@ fn dms_stack(p: &Project, url: &str, class: &str) {
     );
 }
 
+/// A replication subnet group of our name that is not ours (no cutover tags, made by someone
+/// else) is never adopted, neither by reconciling an interrupted create nor by the create, and
+/// is left as it was; the group the plan makes itself is found ours by its tags.
+#[test]
+fn a_foreign_dms_subnet_group_of_our_name_is_never_adopted() {
+    let bin = require_moto();
+    let m = Moto::start(&bin);
+    let rt = rt();
+    let (_, subnets) = rt.block_on(make_network(&m.ec2()));
+    let dms = m.dms_via(&m.url());
+    let name = "aws-dms-aws-dms-subnets";
+    rt.block_on(
+        dms.create_replication_subnet_group()
+            .replication_subnet_group_identifier(name)
+            .replication_subnet_group_description("someone else's")
+            .set_subnet_ids(Some(subnets[..2].to_vec()))
+            .send(),
+    )
+    .unwrap();
+    let p = Project::new();
+    dms_stack(&p, &m.url(), "dms.r5.large");
+    // As if a run had crashed after recording its intent to create the group.
+    {
+        let dir = cutover::state::StateAt::Local(p.state_dir("aws"));
+        let _lock = cutover::state::Lock::acquire(&dir, "aws", "test").unwrap();
+        let mut store = cutover::state::StateStore::open(&dir, "aws-dms", "aws").unwrap();
+        store.append(cutover::state::Entry::Intent {
+            node: "dms-subnets".into(),
+            intent: cutover::state::Intent {
+                op: cutover::state::Op::Create,
+                type_name: "aws.dms.subnet_group".into(),
+                id: name.into(),
+                inputs: Default::default(),
+                triggers: Default::default(),
+                at: "t".into(),
+                failed: None,
+                location: None,
+            },
+        });
+        store.compact().unwrap();
+    }
+    let env = [
+        ("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2"),
+        ("CUTOVER_TEST_SOURCE_PASSWORD", "s3cr3t-Source-1a7"),
+    ];
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &env);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("reconciled dms-subnets: an object `{name}` exists but was not created by this plan: not adopted")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "replication subnet group `{name}` exists and is not this plan's"
+        )),
+        "the create refuses it too: {out}"
+    );
+    let (_, list) = run_env(&p, &["state", "aws", "list"], &env);
+    assert!(
+        !list.lines().any(|l| l.starts_with("dms-subnets ")),
+        "{list}"
+    );
+    let description = rt
+        .block_on(dms.describe_replication_subnet_groups().send())
+        .unwrap()
+        .replication_subnet_groups()
+        .iter()
+        .find(|g| g.replication_subnet_group_identifier() == Some(name))
+        .and_then(|g| g.replication_subnet_group_description().map(String::from));
+    assert_eq!(
+        description.as_deref(),
+        Some("someone else's"),
+        "left as it was"
+    );
+}
+
 /// (identifier, status, table mappings) of every task.
 async fn dms_tasks(c: &aws_sdk_databasemigration::Client) -> Vec<(String, String, String)> {
     let mut v: Vec<(String, String, String)> = match c.describe_replication_tasks().send().await {

@@ -2074,7 +2074,23 @@ fn schema_drift_and_unreplicated_tables_stop_the_cutover_before_the_fence() {
     // An apply worker that keeps failing (a row the target has already).
     sql(&dst, "INSERT INTO settings VALUES ('clash', 'target')");
     sql(&src, "INSERT INTO settings VALUES ('clash', 'source')");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Until the worker has met the row (a loaded machine takes more than a moment).
+    let t0 = std::time::Instant::now();
+    while rt
+        .block_on(dst.query_one(
+            "SELECT coalesce(sum(apply_error_count), 0)::bigint FROM pg_stat_subscription_stats",
+            &[],
+        ))
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the apply worker never met the clashing row"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     refused(&[
         "forward subscription(s) `cutover_rest` (",
         "have no running apply worker",

@@ -380,6 +380,7 @@ impl SubnetGroupType {
             .filter_map(|s| s.subnet_identifier().map(String::from))
             .collect();
         subnets.sort();
+        let tags = self.tags(id).await?;
         Ok(Some(Observed {
             id: id.into(),
             inputs: Attrs::from([
@@ -395,8 +396,23 @@ impl SubnetGroupType {
                     "vpc".to_string(),
                     Value::from(g.vpc_id().unwrap_or_default()),
                 ),
+                ("tags".to_string(), tags_value(&tags)),
             ]),
         }))
+    }
+
+    /// The group's tags. DescribeReplicationSubnetGroups names no ARN, so it is built
+    /// (`arn:aws:dms:REGION:ACCOUNT:subgrp:NAME`). moto 5.2.5 keeps a subnet group's tags under
+    /// its name instead: when the ARN has none, the name is asked too, and an error there (AWS
+    /// refuses a name where an ARN belongs) counts as no tags, so that a group counts as ours
+    /// only when our tags are found.
+    async fn tags(&self, id: &str) -> Result<Vec<(String, String)>, ProviderError> {
+        let arn = self.aws.arn("dms", &format!("subgrp:{id}")).await?;
+        let by_arn = tags_of(&self.aws, &arn).await?;
+        if !by_arn.is_empty() {
+            return Ok(by_arn);
+        }
+        Ok(tags_of(&self.aws, id).await.unwrap_or_default())
     }
 }
 
@@ -408,13 +424,16 @@ impl ResourceType for SubnetGroupType {
     fn service(&self) -> &'static str {
         "dms"
     }
-    fn owned(&self, _ctx: &Ctx, _node: &str, _found: &Observed) -> bool {
-        // Created only after a look-up found none of that name (see create).
-        true
+    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
+        super::owned_by_tags(ctx, node, found)
     }
     async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
         let id = req.deterministic_id;
-        if self.find(id).await?.is_some() {
+        if let Some(f) = self.find(id).await? {
+            // Ours (a create AWS performed whose answer was lost): adopted; else refused.
+            if self.owned(ctx, req.node, &f) {
+                return Ok(f);
+            }
             return Err(not_ours("replication subnet group", id, req.node));
         }
         self.aws
@@ -2139,6 +2158,42 @@ mod tests {
             .update_note(&running)
             .unwrap()
             .contains("was running when last read: it is stopped, modified and resumed"));
+    }
+
+    /// DescribeReplicationSubnetGroups names no ARN and moto keeps a group's tags under its name;
+    /// against AWS the tags are asked by the ARN built from the account and region, and a group
+    /// whose ARN carries our tags is ours (the exact requests, through the replay client).
+    #[tokio::test]
+    async fn a_subnet_groups_tags_are_asked_by_its_arn_and_decide_whether_it_is_ours() {
+        let id = "p-s-dms-subnets";
+        let http = aws_smithy_http_client::test_util::StaticReplayClient::new(vec![
+            answered(&format!(
+                r#"{{"ReplicationSubnetGroups":[{{"ReplicationSubnetGroupIdentifier":"{id}","ReplicationSubnetGroupDescription":"d","VpcId":"vpc-1","Subnets":[{{"SubnetIdentifier":"subnet-b"}},{{"SubnetIdentifier":"subnet-a"}}]}}]}}"#
+            )),
+            answered(
+                r#"{"TagList":[{"Key":"cutover:plan","Value":"p"},{"Key":"cutover:stack","Value":"s"},{"Key":"cutover:node","Value":"dms-subnets"}]}"#,
+            ),
+        ]);
+        let aws = Aws::with_dms(client(http.clone()));
+        aws.reached_at("123456789012", "eu-west-1");
+        let t = SubnetGroupType { aws };
+        let found = t.find(id).await.unwrap().expect("found");
+        let sent = sent(&http);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(sent[1].0.ends_with("ListTagsForResource"), "{sent:?}");
+        assert!(
+            sent[1].1.contains(&format!(
+                r#""ResourceArn":"arn:aws:dms:eu-west-1:123456789012:subgrp:{id}""#
+            )),
+            "{sent:?}"
+        );
+        let ctx = ctx();
+        assert!(t.owned(&ctx, "dms-subnets", &found));
+        assert!(!t.owned(&ctx, "other-node", &found), "another node's tags");
+        assert_eq!(
+            found.inputs["subnets"],
+            serde_json::json!(["subnet-a", "subnet-b"])
+        );
     }
 
     fn client(

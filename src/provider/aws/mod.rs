@@ -139,6 +139,36 @@ pub struct Aws {
 }
 
 impl Aws {
+    /// The ARN of `resource` (`subgrp:NAME`) of `service` in this stack's account and region,
+    /// for APIs that answer with a name only. The account is the access check's, or asked of STS.
+    pub async fn arn(&self, service: &str, resource: &str) -> Result<String, ProviderError> {
+        let (account, region) = match self.reached.get() {
+            Some((Some(a), r)) => (a.clone(), r.clone()),
+            _ => {
+                let conf = self.config().await;
+                let region = conf.region().map(|r| r.to_string()).unwrap_or_default();
+                let out = aws_sdk_sts::Client::new(&conf)
+                    .get_caller_identity()
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("find the account (STS GetCallerIdentity)", e))?;
+                let account = out.account().unwrap_or_default().to_string();
+                let _ = self.reached.set((Some(account.clone()), region.clone()));
+                (account, region)
+            }
+        };
+        let partition = if region.starts_with("cn-") {
+            "aws-cn"
+        } else if region.starts_with("us-gov-") {
+            "aws-us-gov"
+        } else {
+            "aws"
+        };
+        Ok(format!(
+            "arn:{partition}:{service}:{region}:{account}:{resource}"
+        ))
+    }
+
     /// Where this stack's objects live: `account=…, region=…, endpoint=…` (`endpoint=aws` for
     /// AWS's own). The account is known once the access check ran; before it (a preview) only
     /// region and endpoint are said, from the stack file or the environment.
@@ -191,6 +221,12 @@ impl Aws {
             rds: OnceCell::new_with(Some(client)),
             ..Aws::default()
         })
+    }
+
+    /// Sets the account and region as an access check would have found them (tests).
+    #[cfg(test)]
+    pub(crate) fn reached_at(&self, account: &str, region: &str) {
+        let _ = self.reached.set((Some(account.into()), region.into()));
     }
 
     /// An `Aws` whose DMS client is given (tests that replay or capture requests).
