@@ -393,6 +393,28 @@ fn parameter_groups_are_created_read_back_updated_replaced_refreshed_and_deleted
     assert!(rt.block_on(read_group(&c, name)).is_none(), "deleted");
 }
 
+/// Writes into stack `aws`'s state an intent to create `node`, as a run killed after recording
+/// it would leave.
+fn interrupted_create(p: &Project, plan: &str, node: &str, type_name: &str, id: &str) {
+    let dir = cutover::state::StateAt::Local(p.state_dir("aws"));
+    let _lock = cutover::state::Lock::acquire(&dir, "aws", "test").unwrap();
+    let mut store = cutover::state::StateStore::open(&dir, plan, "aws").unwrap();
+    store.append(cutover::state::Entry::Intent {
+        node: node.into(),
+        intent: cutover::state::Intent {
+            op: cutover::state::Op::Create,
+            type_name: type_name.into(),
+            id: id.into(),
+            inputs: Default::default(),
+            triggers: Default::default(),
+            at: "t".into(),
+            failed: None,
+            location: None,
+        },
+    });
+    store.compact().unwrap();
+}
+
 #[test]
 fn an_existing_group_without_our_tags_is_not_taken_over_until_imported() {
     let bin = require_moto();
@@ -433,25 +455,7 @@ fn an_existing_group_without_our_tags_is_not_taken_over_until_imported() {
     assert!(!out.contains("reconciled params"), "{out}");
     // As if a run had crashed after recording its intent to create `params`: reconciliation finds
     // the foreign group by its name and still does not adopt it.
-    {
-        let dir = cutover::state::StateAt::Local(p.state_dir("aws"));
-        let _lock = cutover::state::Lock::acquire(&dir, "aws", "test").unwrap();
-        let mut store = cutover::state::StateStore::open(&dir, "aws-params", "aws").unwrap();
-        store.append(cutover::state::Entry::Intent {
-            node: "params".into(),
-            intent: cutover::state::Intent {
-                op: cutover::state::Op::Create,
-                type_name: "aws.rds.parameter_group".into(),
-                id: name.into(),
-                inputs: Default::default(),
-                triggers: Default::default(),
-                at: "t".into(),
-                failed: None,
-                location: None,
-            },
-        });
-        store.compact().unwrap();
-    }
+    interrupted_create(&p, "aws-params", "params", "aws.rds.parameter_group", name);
     let (code, out) = run(&p, &["apply", "aws", "--yes"]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -1616,25 +1620,7 @@ fn a_foreign_dms_subnet_group_of_our_name_is_never_adopted() {
     let p = Project::new();
     dms_stack(&p, &m.url(), "dms.r5.large");
     // As if a run had crashed after recording its intent to create the group.
-    {
-        let dir = cutover::state::StateAt::Local(p.state_dir("aws"));
-        let _lock = cutover::state::Lock::acquire(&dir, "aws", "test").unwrap();
-        let mut store = cutover::state::StateStore::open(&dir, "aws-dms", "aws").unwrap();
-        store.append(cutover::state::Entry::Intent {
-            node: "dms-subnets".into(),
-            intent: cutover::state::Intent {
-                op: cutover::state::Op::Create,
-                type_name: "aws.dms.subnet_group".into(),
-                id: name.into(),
-                inputs: Default::default(),
-                triggers: Default::default(),
-                at: "t".into(),
-                failed: None,
-                location: None,
-            },
-        });
-        store.compact().unwrap();
-    }
+    interrupted_create(&p, "aws-dms", "dms-subnets", "aws.dms.subnet_group", name);
     let env = [
         ("CUTOVER_TEST_MASTER_PASSWORD", "s3cr3t-Master-9f2"),
         ("CUTOVER_TEST_SOURCE_PASSWORD", "s3cr3t-Source-1a7"),
