@@ -821,7 +821,12 @@ pub async fn execute(
             to: to.clone(),
         });
     }
-    let (jobs, ops) = build_jobs(&p.changes, &l.graph, p.store.state());
+    let (jobs, ops) = build_jobs(&p.changes, &l.graph, p.store.state(), &|t| {
+        l.registry
+            .get(t)
+            .map(|t| t.default_timeout())
+            .unwrap_or(crate::provider::DEFAULT_TIMEOUT)
+    });
     let mut ctx = l.ctx();
     ctx.progress = progress;
     let mut work = ApplyWork::new(

@@ -100,6 +100,11 @@ pub trait Work {
     type Output: Send + 'static;
     fn start(&mut self, job: usize) -> Start<Self::Output>;
     fn finish(&mut self, job: usize, result: Result<Self::Output, String>) -> Finish;
+    /// What a job that ran out of time was last seen waiting for (its last progress message),
+    /// for the timeout's error.
+    fn waiting_on(&self, _job: usize) -> Option<String> {
+        None
+    }
 }
 
 /// Progress events for people.
@@ -216,7 +221,8 @@ pub async fn run<W: Work, C: Checkpoint>(
         &dormant,
     );
     let mut outcomes: Vec<Option<Outcome>> = vec![None; jobs.len()];
-    let mut set: JoinSet<Result<W::Output, String>> = JoinSet::new();
+    // A task's answer, or the time it ran out after.
+    let mut set: JoinSet<Result<Result<W::Output, String>, Duration>> = JoinSet::new();
     let mut task_job: HashMap<tokio::task::Id, (usize, Instant)> = HashMap::new();
     let mut halted = false;
     let mut compensated = false;
@@ -306,17 +312,12 @@ pub async fn run<W: Work, C: Checkpoint>(
         }
         for (job, fut) in batch {
             let timeout = jobs[job].timeout;
-            let label = jobs[job].label.clone();
             tracing::debug!(job, label = %jobs[job].label, service = %jobs[job].service, "start");
             events(&Event::Started { job });
             let h = set.spawn(async move {
-                match tokio::time::timeout(timeout, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(format!(
-                        "`{label}` timed out after {}; raise the node's timeout if it needs longer",
-                        humantime::format_duration(timeout)
-                    )),
-                }
+                tokio::time::timeout(timeout, fut)
+                    .await
+                    .map_err(|_| timeout)
             });
             task_job.insert(h.id(), (job, Instant::now()));
         }
@@ -345,7 +346,22 @@ pub async fn run<W: Work, C: Checkpoint>(
         }
         for r in done {
             let (id, result) = match r {
-                Ok((id, res)) => (id, res),
+                Ok((id, Ok(res))) => (id, res),
+                Ok((id, Err(after))) => {
+                    let job = task_job.get(&id).map(|(j, _)| *j);
+                    let seen = job
+                        .and_then(|j| work.waiting_on(j))
+                        .map(|m| format!(" (last seen: {m})"))
+                        .unwrap_or_default();
+                    let label = job.map(|j| jobs[j].label.as_str()).unwrap_or("a job");
+                    (
+                        id,
+                        Err(format!(
+                            "`{label}` timed out after {}{seen}; raise the node's `.timeout(d)` if it needs longer",
+                            humantime::format_duration(after)
+                        )),
+                    )
+                }
                 Err(e) => {
                     let msg = if e.is_panic() {
                         "panicked (a bug: please report it)".to_string()

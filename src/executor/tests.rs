@@ -72,6 +72,9 @@ impl Work for Fake {
             }),
         }
     }
+    fn waiting_on(&self, job: usize) -> Option<String> {
+        Some(format!("job {job}: status `creating` (12 s)"))
+    }
     fn finish(&mut self, job: usize, result: Result<(), String>) -> Finish {
         match result {
             Ok(()) => Finish {
@@ -299,7 +302,33 @@ fn a_job_that_outlives_its_timeout_fails_with_a_clear_message() {
         &|_| {},
     ));
     match &report.outcomes[0] {
-        Outcome::Failed(e) => assert!(e.contains("`0` timed out after 20ms"), "{e}"),
+        Outcome::Failed(e) => assert!(
+            e.contains("`0` timed out after 20ms (last seen: job 0: status `creating` (12 s)); raise the node's `.timeout(d)`"),
+            "{e}"
+        ),
         o => panic!("{o:?}"),
     }
+}
+
+/// A node without `.timeout(d)` gets its type's default (a copy of terabytes waits days, not
+/// the hour every other operation gets); one with it keeps its own.
+#[test]
+fn a_types_default_timeout_applies_when_the_node_sets_none() {
+    use crate::provider::builtin::Sleep;
+    let r = crate::provider::registry_for("local");
+    let p = crate::dsl::Plan::named("p", "s", "local");
+    p.add("own", Sleep::ms(1))
+        .timeout(std::time::Duration::from_secs(5));
+    p.add("typed", Sleep::ms(1));
+    let g = crate::graph::Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap();
+    let state = crate::state::State::new("p", "s");
+    let cs = crate::planner::plan(&g, &state, &r, &crate::planner::Options::default()).unwrap();
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    let (jobs, _) = super::work::build_jobs(&cs, &g, &state, &|t| {
+        assert_eq!(t, "wait.sleep");
+        week
+    });
+    let of = |n: &str| jobs.iter().find(|j| j.label.contains(n)).unwrap().timeout;
+    assert_eq!(of("own"), std::time::Duration::from_secs(5));
+    assert_eq!(of("typed"), week);
 }

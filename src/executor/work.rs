@@ -84,7 +84,14 @@ fn depends_on(graph: &Graph, node: &str, on: &str) -> bool {
 
 /// Jobs for a change set: replaces become delete + create; deletes wait for the dependents
 /// (per state) that go too, and for former dependents that are updated first.
-pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>, Vec<OpJob>) {
+///
+/// `type_timeout` gives a type's default timeout (a node's own `.timeout(d)` wins).
+pub fn build_jobs(
+    cs: &ChangeSet,
+    graph: &Graph,
+    state: &State,
+    type_timeout: &dyn Fn(&str) -> Duration,
+) -> (Vec<JobSpec>, Vec<OpJob>) {
     let mut specs: Vec<JobSpec> = Vec::new();
     let mut ops: Vec<OpJob> = Vec::new();
     let mut apply_job: HashMap<String, usize> = HashMap::new();
@@ -92,11 +99,11 @@ pub fn build_jobs(cs: &ChangeSet, graph: &Graph, state: &State) -> (Vec<JobSpec>
     // Deletes of temporaries created and retired in this run.
     let mut retired_now: Vec<usize> = Vec::new();
     let timeout_of = |n: Option<&NodeSpec>| {
-        n.and_then(|n| n.options.timeout)
-            .unwrap_or(match n.map(|n| n.kind) {
-                Some(NodeKind::Gate) => Duration::from_secs(24 * 3600),
-                _ => DEFAULT_TIMEOUT,
-            })
+        n.and_then(|n| n.options.timeout).unwrap_or(match n {
+            Some(n) if n.kind == NodeKind::Gate => Duration::from_secs(24 * 3600),
+            Some(n) => type_timeout(&n.type_name),
+            None => DEFAULT_TIMEOUT,
+        })
     };
     for a in &cs.actions {
         let standby = a.action == ActionKind::Standby;
@@ -288,6 +295,8 @@ pub struct ApplyWork {
     /// Resources created by this run, by node: a temporary created and retired in one run is
     /// deleted from its record here.
     created: HashMap<String, NodeRecord>,
+    /// Each node's last progress message (what it waits for), for a timeout's error.
+    last_seen: Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 impl ApplyWork {
@@ -297,13 +306,24 @@ impl ApplyWork {
             .iter()
             .map(|(k, r)| (k.clone(), r.outputs().clone()))
             .collect();
+        // Every progress message also kept as its node's last, for a timeout's error.
+        let last_seen: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default();
+        let (seen, report) = (last_seen.clone(), ctx.progress.clone());
+        let mut c = (*ctx).clone();
+        c.progress = Arc::new(move |node: &str, msg: &str| {
+            seen.lock()
+                .unwrap()
+                .insert(node.to_string(), msg.to_string());
+            report(node, msg)
+        });
         ApplyWork {
-            ctx,
+            ctx: Arc::new(c),
             registry,
             ops,
             outputs,
             started: HashMap::new(),
             created: HashMap::new(),
+            last_seen,
         }
     }
 
@@ -665,6 +685,11 @@ impl super::Work for ApplyWork {
                 result
             }
         }
+    }
+
+    fn waiting_on(&self, job: usize) -> Option<String> {
+        let node = &self.ops.get(job)?.node;
+        self.last_seen.lock().unwrap().get(node).cloned()
     }
 
     fn finish(&mut self, job: usize, result: Result<CallResult, String>) -> Finish {

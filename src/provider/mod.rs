@@ -337,6 +337,12 @@ pub trait ResourceType: Send + Sync {
     fn kept(&self, _id: &str, _outputs: &Attrs) -> Option<(String, String)> {
         None
     }
+    /// How long one create, update or delete of this type (its wait included) may take when the
+    /// node sets no `.timeout(d)`: set per kind of wait ([`DEFAULT_TIMEOUT`] unless a type waits
+    /// longer, such as a replica of terabytes).
+    fn default_timeout(&self) -> Duration {
+        DEFAULT_TIMEOUT
+    }
     /// The identifier a create with these inputs would give the object.
     fn id_for(&self, req: &Request<'_>) -> String {
         req.deterministic_id.to_string()
@@ -400,6 +406,11 @@ pub trait StepType: Send + Sync {
     fn service(&self) -> &'static str;
     fn validate(&self, _inputs: &Attrs) -> Vec<String> {
         vec![]
+    }
+    /// How long one run may take when the node sets no `.timeout(d)`: set per kind of wait
+    /// ([`DEFAULT_TIMEOUT`] unless the step waits longer: a copy of terabytes takes days).
+    fn default_timeout(&self) -> Duration {
+        DEFAULT_TIMEOUT
     }
     /// Running it twice is harmless (a wait); an interrupted run is simply run again.
     fn rerun_safe(&self) -> bool {
@@ -494,6 +505,14 @@ impl TypeImpl {
             TypeImpl::Resource(_) => NodeKind::Resource,
             TypeImpl::Data(_) => NodeKind::Data,
             TypeImpl::Step(_) => NodeKind::Step,
+        }
+    }
+    /// How long one operation may take when the node sets no timeout.
+    pub fn default_timeout(&self) -> Duration {
+        match self {
+            TypeImpl::Resource(t) => t.default_timeout(),
+            TypeImpl::Data(_) => DEFAULT_TIMEOUT,
+            TypeImpl::Step(t) => t.default_timeout(),
         }
     }
     pub fn service(&self) -> &'static str {
@@ -713,7 +732,7 @@ pub fn deterministic_id(plan: &str, stack: &str, node: &str) -> String {
     out.trim_end_matches('-').to_string()
 }
 
-/// The default timeout of one operation when a node sets none.
+/// The default timeout of one operation when neither the node nor its type sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 #[cfg(test)]

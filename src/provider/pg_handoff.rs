@@ -397,6 +397,10 @@ struct LoadType;
 
 #[async_trait]
 impl StepType for LoadType {
+    /// A dump and restore of terabytes takes days.
+    fn default_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(168 * 3600)
+    }
     fn type_name(&self) -> &'static str {
         "pg.load_standby"
     }

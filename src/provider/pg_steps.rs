@@ -742,6 +742,10 @@ fn setup_outputs(names: &[String], tables: usize) -> Attrs {
 
 #[async_trait]
 impl StepType for ReplicateType {
+    /// An initial copy of terabytes takes days.
+    fn default_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(168 * 3600)
+    }
     fn measured(&self, outputs: &Attrs) -> Vec<String> {
         load_measured("initial load", outputs)
     }
@@ -953,6 +957,10 @@ struct WaitLagType;
 
 #[async_trait]
 impl StepType for WaitLagType {
+    /// After a copy of days, the WAL written meanwhile takes hours to apply.
+    fn default_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(24 * 3600)
+    }
     fn review(&self, inputs: &Attrs) -> crate::provider::Review {
         let mut guards = vec![];
         if let Some(b) = crate::value::get_u64(inputs, "max_bytes") {
@@ -1088,6 +1096,10 @@ async fn check_drift(ctx: &Ctx, node: &str, s: &Target, t: &Target) -> Result<()
 
 #[async_trait]
 impl StepType for ValidateType {
+    /// A validation of terabytes takes hours.
+    fn default_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(24 * 3600)
+    }
     fn measured(&self, outputs: &Attrs) -> Vec<String> {
         let rows = outputs.get("rows").and_then(Value::as_f64).unwrap_or(0.0);
         let ms = outputs

@@ -505,6 +505,10 @@ impl ClusterType {
 
 #[async_trait]
 impl ResourceType for ClusterType {
+    /// A replica cluster of an instance of terabytes takes hours to create.
+    fn default_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(24 * 3600)
+    }
     /// Its identifier is known before it exists: the deterministic one.
     fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
         Attrs::from([("id".to_string(), Value::from(id))])

@@ -1921,6 +1921,10 @@ async fn full_load(aws: &Aws, id: &str) -> Result<Result<bool, String>, Provider
 
 #[async_trait]
 impl StepType for WaitFullLoadType {
+    /// A full load of terabytes takes days.
+    fn default_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(168 * 3600)
+    }
     fn type_name(&self) -> &'static str {
         "aws.dms.wait_full_load"
     }

@@ -447,6 +447,10 @@ impl DbInstanceType {
 
 #[async_trait]
 impl ResourceType for DbInstanceType {
+    /// A read replica of terabytes takes hours to create.
+    fn default_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(24 * 3600)
+    }
     /// Its identifier is known before it exists: the deterministic one.
     fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
         Attrs::from([("id".to_string(), Value::from(id))])
@@ -1114,6 +1118,10 @@ fn snapshot_source(inputs: &Attrs) -> (bool, String) {
 
 #[async_trait]
 impl StepType for SnapshotType {
+    /// A snapshot of terabytes takes hours.
+    fn default_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(24 * 3600)
+    }
     fn type_name(&self) -> &'static str {
         "aws.rds.snapshot"
     }
@@ -1234,6 +1242,10 @@ impl DbSnapshotType {
 
 #[async_trait]
 impl ResourceType for DbSnapshotType {
+    /// A snapshot of terabytes takes hours.
+    fn default_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(24 * 3600)
+    }
     fn review(&self, _inputs: &Attrs) -> crate::provider::Review {
         crate::provider::Review {
             holds_data: true,
