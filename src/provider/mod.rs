@@ -533,7 +533,7 @@ impl TypeImpl {
 
 type LocationFn = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
-/// The pairs of `recorded` whose key `now` also has with another value, as `key: was -> now`
+/// The pairs of `recorded` whose key `now` also has with another value, as `key was -> now`
 /// (empty when the two could be the same place: a key only one side knows never differs, so a
 /// provider names every key it can, with a word for its default, e.g. `endpoint=aws`).
 pub fn location_differs(recorded: &str, now: &str) -> Vec<String> {
@@ -751,6 +751,28 @@ mod tests {
         assert_ne!(
             long,
             deterministic_id("consolidation", "production", &"tenant-".repeat(21))
+        );
+    }
+
+    #[test]
+    fn a_location_differs_only_in_keys_both_sides_know() {
+        let rec = "account=111, region=us-east-1, endpoint=aws";
+        assert!(location_differs(rec, rec).is_empty());
+        // A preview knows no account: region and endpoint still compared.
+        assert!(location_differs(rec, "region=us-east-1, endpoint=aws").is_empty());
+        assert_eq!(
+            location_differs(rec, "region=eu-west-1, endpoint=aws"),
+            ["region us-east-1 -> eu-west-1"]
+        );
+        assert_eq!(
+            location_differs(
+                rec,
+                "account=222, region=us-east-1, endpoint=http://127.0.0.1:5000"
+            ),
+            [
+                "account 111 -> 222",
+                "endpoint aws -> http://127.0.0.1:5000"
+            ]
         );
     }
 }
