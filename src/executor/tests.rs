@@ -321,7 +321,18 @@ fn a_types_default_timeout_applies_when_the_node_sets_none() {
         .timeout(std::time::Duration::from_secs(5));
     p.add("typed", Sleep::ms(1));
     let g = crate::graph::Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap();
-    let state = crate::state::State::new("p", "s");
+    // A node gone from the plan: its forget job gets the type its record names.
+    let mut state = crate::state::State::new("p", "s");
+    state.nodes.insert(
+        "gone".into(),
+        NodeRecord::Step(StepRecord {
+            type_name: "wait.sleep".into(),
+            done_at: "t".into(),
+            triggers: Default::default(),
+            outputs: Default::default(),
+            deps: vec![],
+        }),
+    );
     let cs = crate::planner::plan(&g, &state, &r, &crate::planner::Options::default()).unwrap();
     let week = std::time::Duration::from_secs(7 * 24 * 3600);
     let (jobs, _) = super::work::build_jobs(&cs, &g, &state, &|t| {
@@ -331,4 +342,5 @@ fn a_types_default_timeout_applies_when_the_node_sets_none() {
     let of = |n: &str| jobs.iter().find(|j| j.label.contains(n)).unwrap().timeout;
     assert_eq!(of("own"), std::time::Duration::from_secs(5));
     assert_eq!(of("typed"), week);
+    assert_eq!(of("gone"), week);
 }

@@ -12,7 +12,7 @@ use crate::dsl::{FailurePolicy, NodeKind, NodeSpec};
 use crate::graph::Graph;
 use crate::planner::{ActionKind, ChangeSet};
 use crate::provider::{
-    deterministic_id, Ctx, Observed, ProviderError, Registry, Request, TypeImpl, DEFAULT_TIMEOUT,
+    deterministic_id, Ctx, Observed, ProviderError, Registry, Request, TypeImpl,
 };
 use crate::state::{
     now, DataRecord, Entry, Intent, NodeRecord, Op, ResourceRecord, State, StepRecord,
@@ -98,11 +98,12 @@ pub fn build_jobs(
     let mut delete_job: HashMap<String, usize> = HashMap::new();
     // Deletes of temporaries created and retired in this run.
     let mut retired_now: Vec<usize> = Vec::new();
-    let timeout_of = |n: Option<&NodeSpec>| {
+    // The node's own limit, else a gate's day, else its type's (a node gone from the plan is
+    // known by the type its action names).
+    let timeout_of = |n: Option<&NodeSpec>, type_name: &str| {
         n.and_then(|n| n.options.timeout).unwrap_or(match n {
             Some(n) if n.kind == NodeKind::Gate => Duration::from_secs(24 * 3600),
-            Some(n) => type_timeout(&n.type_name),
-            None => DEFAULT_TIMEOUT,
+            _ => type_timeout(type_name),
         })
     };
     for a in &cs.actions {
@@ -126,7 +127,7 @@ pub fn build_jobs(
                 label: a.node.clone(),
                 deps: vec![],
                 service: a.service.clone(),
-                timeout: timeout_of(spec.as_ref()),
+                timeout: timeout_of(spec.as_ref(), &a.type_name),
                 on_failure: OnFailure::Skip,
                 // A rollback-only node runs only when a compensation wakes it; its record is
                 // deleted or forgotten like any other's (a destroy never waits for it).
