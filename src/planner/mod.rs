@@ -298,8 +298,12 @@ pub fn plan(
                 problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
             }
             if let TypeImpl::Resource(rt) = t {
+                // `input` may be a path into an object (`dimensions.DBInstanceIdentifier`).
                 let referenced = |input: &str| {
-                    let (node, _) = value::as_ref(n.inputs.get(input)?)?;
+                    let mut parts = input.split('.');
+                    let first = n.inputs.get(parts.next()?)?;
+                    let v = parts.try_fold(first, |v, k| v.get(k))?;
+                    let (node, _) = value::as_ref(v)?;
                     let other = graph.node(node)?;
                     Some((other.type_name.clone(), other.inputs.clone()))
                 };

@@ -288,7 +288,7 @@ pub trait ResourceType: Send + Sync {
         Ok(None)
     }
     /// Offline checks against the nodes this one refers to: `referenced(input)` gives the type and
-    /// declared inputs of the node an input refers to (a cluster's parameter group, to compare its
+    /// declared inputs of the node an input (or a path into one, `dimensions.KEY`) refers to (a cluster's parameter group, to compare its
     /// family with the engine version). Each message names the input and the fix.
     fn validate_refs(
         &self,

@@ -774,6 +774,36 @@ impl ResourceType for AlarmType {
     fn type_name(&self) -> &'static str {
         "aws.cloudwatch.alarm"
     }
+    /// An RDS dimension naming the wrong kind of object (an instance dimension on a cluster's
+    /// identifier, or the reverse) would never see a datapoint.
+    fn validate_refs(
+        &self,
+        inputs: &Attrs,
+        referenced: &dyn Fn(&str) -> Option<(String, Attrs)>,
+    ) -> Vec<String> {
+        let Some(dims) = inputs.get("dimensions").and_then(Value::as_object) else {
+            return vec![];
+        };
+        let mut out = vec![];
+        for key in dims.keys() {
+            let Some((t, _)) = referenced(&format!("dimensions.{key}")) else {
+                continue;
+            };
+            let cluster = t == "aws.rds.cluster";
+            let instance = t == "aws.rds.instance" || t == "aws.rds.cluster_instance";
+            let wrong = match key.as_str() {
+                "DBInstanceIdentifier" => cluster.then_some("DBClusterIdentifier"),
+                "DBClusterIdentifier" => instance.then_some("DBInstanceIdentifier"),
+                _ => None,
+            };
+            if let Some(right) = wrong {
+                out.push(format!(
+                    "dimension `{key}` names an identifier of a `{t}`, whose metrics are published under `{right}`: the alarm would never see a datapoint; use `{right}` (the `Alarm::rds_*` helpers choose it)"
+                ));
+            }
+        }
+        out
+    }
     fn service(&self) -> &'static str {
         "cloudwatch"
     }
@@ -1393,5 +1423,29 @@ mod tests {
         assert_eq!(dims_of("cpu-writer"), ["DBInstanceIdentifier"]);
         assert_eq!(dims_of("cpu-named"), ["DBInstanceIdentifier"]);
         assert_eq!(dims_of("own"), ["DBInstanceIdentifier"]);
+        // That one is refused at planning, with the fix; the helpers' are not.
+        let stack = crate::stack::Stack::parse(
+            "t",
+            std::path::Path::new("stacks/t.toml"),
+            "plan = \"p\"\nprovider = \"aws\"\nregion = \"us-east-1\"\n",
+        )
+        .unwrap();
+        let r = crate::provider::registry_for_stack(&stack);
+        let g = crate::graph::Graph::build(spec, &|t, k| r.check(t, k)).unwrap();
+        let err = crate::planner::plan(
+            &g,
+            &crate::state::State::new("p", "t"),
+            &r,
+            &crate::planner::Options::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("node `own` (aws.cloudwatch.alarm): dimension `DBInstanceIdentifier` names an identifier of a `aws.rds.cluster`, whose metrics are published under `DBClusterIdentifier`"),
+            "{err}"
+        );
+        for ok in ["`cpu`", "`conn`", "`lat`", "`cpu-writer`", "`cpu-named`"] {
+            assert!(!err.contains(ok), "{ok}: {err}");
+        }
     }
 }
