@@ -323,16 +323,11 @@ fn a_types_default_timeout_applies_when_the_node_sets_none() {
     let g = crate::graph::Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap();
     // A node gone from the plan: its forget job gets the type its record names.
     let mut state = crate::state::State::new("p", "s");
-    state.nodes.insert(
-        "gone".into(),
-        NodeRecord::Step(StepRecord {
-            type_name: "wait.sleep".into(),
-            done_at: "t".into(),
-            triggers: Default::default(),
-            outputs: Default::default(),
-            deps: vec![],
-        }),
-    );
+    let mut gone = rec();
+    if let NodeRecord::Step(s) = &mut gone {
+        s.type_name = "wait.sleep".into();
+    }
+    state.nodes.insert("gone".into(), gone);
     let cs = crate::planner::plan(&g, &state, &r, &crate::planner::Options::default()).unwrap();
     let week = std::time::Duration::from_secs(7 * 24 * 3600);
     let (jobs, _) = super::work::build_jobs(&cs, &g, &state, &|t| {
