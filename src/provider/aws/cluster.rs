@@ -749,13 +749,8 @@ impl ResourceType for ClusterType {
             ));
         }
         let skip = b(req.inputs, "skip_final_snapshot").unwrap_or(false);
-        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string()
-            .replace([':', 'T', 'Z'], "-")
-            .trim_end_matches('-')
-            .to_string();
         let rds = self.aws.rds().await;
-        let final_snapshot = (!skip).then(|| format!("{id}-final-{stamp}"));
+        let final_snapshot = (!skip).then(|| super::final_snapshot_name(id));
         rds.delete_db_cluster()
             .db_cluster_identifier(id)
             .skip_final_snapshot(skip)
@@ -767,7 +762,7 @@ impl ResourceType for ClusterType {
             ctx.keep(
                 req.node,
                 format!("final snapshot `{s}` of cluster `{id}`"),
-                format!("aws rds delete-db-cluster-snapshot --db-cluster-snapshot-identifier {s}"),
+                super::delete_snapshot_command(true, &s),
             );
         }
         self.wait(ctx, req.node, id, true).await

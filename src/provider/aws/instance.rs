@@ -769,10 +769,7 @@ impl ResourceType for DbInstanceType {
                 .get("skip_final_snapshot")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string()
-            .replace([':', 'T', 'Z'], "-");
-        let final_snapshot = (!skip).then(|| format!("{id}-final-{}", stamp.trim_end_matches('-')));
+        let final_snapshot = (!skip).then(|| super::final_snapshot_name(id));
         self.aws
             .rds()
             .await
@@ -787,7 +784,7 @@ impl ResourceType for DbInstanceType {
             ctx.keep(
                 req.node,
                 format!("final snapshot `{s}` of instance `{id}`"),
-                format!("aws rds delete-db-snapshot --db-snapshot-identifier {s}"),
+                super::delete_snapshot_command(false, &s),
             );
         }
         wait(&self.aws, ctx, req.node, id, true).await
@@ -1148,18 +1145,18 @@ impl StepType for SnapshotType {
         let id = get_str(outputs, "snapshot")?;
         let of = get_str(outputs, "of").unwrap_or("?");
         Some(match get_str(outputs, "kind") {
-            Some("cluster") => (
-                format!("snapshot `{id}` of cluster `{of}`"),
-                format!("aws rds delete-db-cluster-snapshot --db-cluster-snapshot-identifier {id}"),
-            ),
-            Some("instance") => (
-                format!("snapshot `{id}` of instance `{of}`"),
-                format!("aws rds delete-db-snapshot --db-snapshot-identifier {id}"),
+            Some(kind @ ("cluster" | "instance")) => (
+                format!("snapshot `{id}` of {kind} `{of}`"),
+                super::delete_snapshot_command(kind == "cluster", id),
             ),
             // Recorded before the kind was: both commands.
             _ => (
                 format!("snapshot `{id}` of `{of}`"),
-                format!("aws rds delete-db-snapshot --db-snapshot-identifier {id} (a cluster's: delete-db-cluster-snapshot --db-cluster-snapshot-identifier {id})"),
+                format!(
+                    "{} (a cluster's: {})",
+                    super::delete_snapshot_command(false, id),
+                    super::delete_snapshot_command(true, id)
+                ),
             ),
         })
     }
@@ -1259,17 +1256,13 @@ impl ResourceType for DbSnapshotType {
     /// ARN says `cluster-snapshot`).
     fn kept(&self, id: &str, outputs: &Attrs) -> Option<(String, String)> {
         let cluster = get_str(outputs, "arn").is_some_and(|a| a.contains(":cluster-snapshot:"));
-        Some(if cluster {
-            (
-                format!("cluster snapshot `{id}` (retained)"),
-                format!("aws rds delete-db-cluster-snapshot --db-cluster-snapshot-identifier {id}"),
-            )
-        } else {
-            (
-                format!("snapshot `{id}` (retained)"),
-                format!("aws rds delete-db-snapshot --db-snapshot-identifier {id}"),
-            )
-        })
+        Some((
+            format!(
+                "{}snapshot `{id}` (retained)",
+                if cluster { "cluster " } else { "" }
+            ),
+            super::delete_snapshot_command(cluster, id),
+        ))
     }
     fn service(&self) -> &'static str {
         "rds"

@@ -488,6 +488,24 @@ pub fn tags(plan: &str, stack: &str, node: &str) -> Vec<(String, String)> {
 
 /// The refusal to take over an existing object without our tags, with the command that adopts it
 /// (`import_id` is what `plan import` takes: an ARN, an id or the name).
+/// The name of the final snapshot a delete of `id` takes now (`ID-final-2026-12-03-14-20-00`).
+pub(crate) fn final_snapshot_name(id: &str) -> String {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace([':', 'T', 'Z'], "-");
+    format!("{id}-final-{}", stamp.trim_end_matches('-'))
+}
+
+/// The command that deletes snapshot `id` (a cluster's or an instance's), for the run's list of
+/// what it kept.
+pub(crate) fn delete_snapshot_command(cluster: bool, id: &str) -> String {
+    if cluster {
+        format!("aws rds delete-db-cluster-snapshot --db-cluster-snapshot-identifier {id}")
+    } else {
+        format!("aws rds delete-db-snapshot --db-snapshot-identifier {id}")
+    }
+}
+
 pub fn not_ours(what: &str, name: &str, node: &str, import_id: &str) -> ProviderError {
     ProviderError::refused(
         format!("{what} `{name}` exists and is not this plan's (no cutover tags)"),
