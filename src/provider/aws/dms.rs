@@ -17,6 +17,7 @@ use aws_sdk_databasemigration::types::{
     ReplicationEndpointTypeValue, StartReplicationTaskTypeValue, Tag,
 };
 
+use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership};
 use super::{ours, sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, NodeKind, Output};
 use crate::provider::{
@@ -26,7 +27,7 @@ use crate::value::{get_str, get_u64, Attrs, Value};
 use aws_sdk_databasemigration::primitives as aws_smithy_types_dms;
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
-    r.resource(SubnetGroupType { aws: aws.clone() });
+    r.resource(Driven(SubnetGroupType { aws: aws.clone() }));
     r.resource(InstanceType { aws: aws.clone() });
     r.resource(EndpointType { aws: aws.clone() });
     r.resource(TaskType { aws: aws.clone() });
@@ -47,9 +48,8 @@ fn list(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn dms_tags(ctx: &Ctx, node: &str) -> Vec<Tag> {
-    tags(&ctx.plan, &ctx.stack, node)
-        .into_iter()
+fn dms_tags(tags: &[(String, String)]) -> Vec<Tag> {
+    tags.iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect()
 }
@@ -359,48 +359,6 @@ struct SubnetGroupType {
 }
 
 impl SubnetGroupType {
-    async fn find(&self, id: &str) -> Result<Option<Observed>, ProviderError> {
-        let out = self
-            .aws
-            .dms()
-            .await
-            .describe_replication_subnet_groups()
-            .filters(id_filter("replication-subnet-group-id", id))
-            .send()
-            .await;
-        let Some(out) = found(out, &format!("describe subnet group {id}"))? else {
-            return Ok(None);
-        };
-        let Some(g) = out.replication_subnet_groups().first() else {
-            return Ok(None);
-        };
-        let mut subnets: Vec<String> = g
-            .subnets()
-            .iter()
-            .filter_map(|s| s.subnet_identifier().map(String::from))
-            .collect();
-        subnets.sort();
-        let tags = self.tags(id).await?;
-        Ok(Some(Observed {
-            id: id.into(),
-            inputs: Attrs::from([
-                ("subnets".to_string(), serde_json::json!(subnets)),
-                (
-                    "description".to_string(),
-                    Value::from(g.replication_subnet_group_description().unwrap_or_default()),
-                ),
-            ]),
-            outputs: Attrs::from([
-                ("id".to_string(), Value::from(id)),
-                (
-                    "vpc".to_string(),
-                    Value::from(g.vpc_id().unwrap_or_default()),
-                ),
-                ("tags".to_string(), tags_value(&tags)),
-            ]),
-        }))
-    }
-
     /// The group's tags. DescribeReplicationSubnetGroups names no ARN, so it is built
     /// (`arn:aws:dms:REGION:ACCOUNT:subgrp:NAME`). moto 5.2.5 keeps a subnet group's tags under
     /// its name instead: when the ARN has none, the name is asked too, and an error there (AWS
@@ -417,25 +375,68 @@ impl SubnetGroupType {
 }
 
 #[async_trait]
-impl ResourceType for SubnetGroupType {
-    fn type_name(&self) -> &'static str {
-        "aws.dms.subnet_group"
+impl AwsObject for SubnetGroupType {
+    const TYPE: &'static str = "aws.dms.subnet_group";
+    const SERVICE: &'static str = "dms";
+    const WHAT: &'static str = "replication subnet group";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["ResourceNotFoundFault"];
+    const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
+    /// Named after the node.
+    fn name(&self, req: &Request<'_>) -> String {
+        req.deterministic_id.to_string()
     }
-    fn service(&self) -> &'static str {
-        "dms"
+    async fn describe(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<Found>, AwsError> {
+        let out = self
+            .aws
+            .dms()
+            .await
+            .describe_replication_subnet_groups()
+            .filters(id_filter("replication-subnet-group-id", id))
+            .send()
+            .await
+            .during(&format!("describe subnet group {id}"))?;
+        let Some(g) = out.replication_subnet_groups().first() else {
+            return Ok(None);
+        };
+        let mut subnets: Vec<String> = g
+            .subnets()
+            .iter()
+            .filter_map(|s| s.subnet_identifier().map(String::from))
+            .collect();
+        subnets.sort();
+        let tags = self.tags(id).await?;
+        Ok(Some(Found::ready(Observed {
+            id: id.into(),
+            inputs: Attrs::from([
+                ("subnets".to_string(), serde_json::json!(subnets)),
+                (
+                    "description".to_string(),
+                    Value::from(g.replication_subnet_group_description().unwrap_or_default()),
+                ),
+            ]),
+            outputs: Attrs::from([
+                ("id".to_string(), Value::from(id)),
+                (
+                    "vpc".to_string(),
+                    Value::from(g.vpc_id().unwrap_or_default()),
+                ),
+                ("tags".to_string(), tags_value(&tags)),
+            ]),
+        })))
     }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        super::owned_by_tags(ctx, node, found)
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let id = req.deterministic_id;
-        if let Some(f) = self.find(id).await? {
-            // Ours (a create AWS performed whose answer was lost): adopted; else refused.
-            if self.owned(ctx, req.node, &f) {
-                return Ok(f);
-            }
-            return Err(not_ours("replication subnet group", id, req.node));
-        }
+    async fn create(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
         self.aws
             .dms()
             .await
@@ -445,29 +446,19 @@ impl ResourceType for SubnetGroupType {
                 get_str(req.inputs, "description").unwrap_or_default(),
             )
             .set_subnet_ids(Some(list(req.inputs.get("subnets"))))
-            .set_tags(Some(dms_tags(ctx, req.node)))
+            .set_tags(Some(dms_tags(tags)))
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("create replication subnet group {id}"), e))?;
-        self.find(id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("subnet group {id} vanished")))
+            .during(&format!("create replication subnet group {id}"))?;
+        Ok(id.to_string())
     }
-    async fn read(
-        &self,
-        _ctx: &Ctx,
-        _req: &Request<'_>,
-        id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        self.find(id).await
-    }
-    async fn update(
+    async fn modify(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
+    ) -> Result<(), AwsError> {
         // moto 5.2.5 has no ModifyReplicationSubnetGroup: this call is not exercised there.
         self.aws
             .dms()
@@ -480,12 +471,10 @@ impl ResourceType for SubnetGroupType {
             .set_subnet_ids(Some(list(req.inputs.get("subnets"))))
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("modify replication subnet group {id}"), e))?;
-        self.find(id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("subnet group {id} vanished")))
+            .during(&format!("modify replication subnet group {id}"))?;
+        Ok(())
     }
-    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
         self.aws
             .dms()
             .await
@@ -493,7 +482,7 @@ impl ResourceType for SubnetGroupType {
             .replication_subnet_group_identifier(id)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("delete replication subnet group {id}"), e))?;
+            .during(&format!("delete replication subnet group {id}"))?;
         Ok(())
     }
 }
@@ -723,7 +712,7 @@ impl ResourceType for InstanceType {
                         i.contains_key("security_groups")
                             .then(|| list(i.get("security_groups"))),
                     )
-                    .set_tags(Some(dms_tags(ctx, req.node)))
+                    .set_tags(Some(dms_tags(&tags(&ctx.plan, &ctx.stack, req.node))))
                     .send()
                     .await
                     .map_err(|e| sdk_err(&format!("create replication instance {id}"), e))?;
@@ -1039,7 +1028,7 @@ impl ResourceType for EndpointType {
                     .set_password(get_str(i, "password").map(String::from))
                     .ssl_mode(ssl(get_str(i, "ssl_mode").unwrap_or("require")))
                     .set_postgre_sql_settings(pg_settings(i))
-                    .set_tags(Some(dms_tags(ctx, req.node)))
+                    .set_tags(Some(dms_tags(&tags(&ctx.plan, &ctx.stack, req.node))))
                     .send()
                     .await
                     .map_err(|e| sdk_err(&format!("create endpoint {id}"), e))?;
@@ -1445,7 +1434,7 @@ impl ResourceType for TaskType {
                     .set_replication_task_settings(get_str(i, "settings").map(String::from))
                     .set_cdc_start_position(get_str(i, "cdc_start_position").map(String::from))
                     .set_cdc_start_time(start_time(i)?)
-                    .set_tags(Some(dms_tags(ctx, req.node)))
+                    .set_tags(Some(dms_tags(&tags(&ctx.plan, &ctx.stack, req.node))))
                     .send()
                     .await
                     .map_err(|e| sdk_err(&format!("create task {id}"), e))?;
@@ -2180,8 +2169,14 @@ mod tests {
         ]);
         let aws = Aws::with_dms(client(http.clone()));
         aws.reached_at("123456789012", "eu-west-1");
-        let t = SubnetGroupType { aws };
-        let found = t.find(id).await.unwrap().expect("found");
+        let t = Driven(SubnetGroupType { aws });
+        let ctx = ctx();
+        let req = Request {
+            node: "dms-subnets",
+            deterministic_id: id,
+            inputs: &Attrs::new(),
+        };
+        let found = t.read(&ctx, &req, id).await.unwrap().expect("found");
         let sent = sent(&http);
         assert_eq!(sent.len(), 2, "{sent:?}");
         assert!(sent[1].0.ends_with("ListTagsForResource"), "{sent:?}");
@@ -2191,7 +2186,6 @@ mod tests {
             )),
             "{sent:?}"
         );
-        let ctx = ctx();
         assert!(t.owned(&ctx, "dms-subnets", &found));
         assert!(!t.owned(&ctx, "other-node", &found), "another node's tags");
         assert_eq!(

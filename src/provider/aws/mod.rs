@@ -8,6 +8,7 @@
 pub mod autoscaling;
 pub mod cluster;
 pub mod dms;
+pub mod driver;
 pub mod instance;
 pub mod monitoring;
 pub mod network;
@@ -486,8 +487,6 @@ pub fn tags(plan: &str, stack: &str, node: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// The refusal to take over an existing object without our tags, with the command that adopts it
-/// (`import_id` is what `plan import` takes: an ARN, an id or the name).
 /// The name of the final snapshot a delete of `id` takes now (`ID-final-2026-12-03-14-20-00`).
 pub(crate) fn final_snapshot_name(id: &str) -> String {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
@@ -506,6 +505,8 @@ pub(crate) fn delete_snapshot_command(cluster: bool, id: &str) -> String {
     }
 }
 
+/// The refusal to take over an existing object without our tags, with the command that adopts it
+/// (`import_id` is what `plan import` takes: an ARN, an id or the name).
 pub fn not_ours(what: &str, name: &str, node: &str, import_id: &str) -> ProviderError {
     ProviderError::refused(
         format!("{what} `{name}` exists and is not this plan's (no cutover tags)"),

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, StateValue, Statistic};
 
+use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership};
 use super::{sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, NodeKind, Output};
 use crate::provider::{
@@ -24,7 +25,7 @@ use crate::provider::{
 use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
-    r.resource(TopicType { aws: aws.clone() });
+    r.resource(Driven(TopicType { aws: aws.clone() }));
     r.resource(SubscriptionType { aws: aws.clone() });
     r.resource(AlarmType { aws: aws.clone() });
     r.step(BakeType { aws: aws.clone() });
@@ -89,7 +90,7 @@ struct TopicType {
 }
 
 impl TopicType {
-    async fn find_arn(&self, name: &str) -> Result<Option<String>, ProviderError> {
+    async fn find_arn(&self, name: &str) -> Result<Option<String>, AwsError> {
         let c = self.aws.sns().await;
         let mut token = None;
         loop {
@@ -98,7 +99,7 @@ impl TopicType {
                 .set_next_token(token)
                 .send()
                 .await
-                .map_err(|e| sdk_err("list topics", e))?;
+                .during("list topics")?;
             if let Some(t) = out
                 .topics()
                 .iter()
@@ -113,26 +114,50 @@ impl TopicType {
             }
         }
     }
+}
 
-    /// The topic as found; `name` among its inputs only when it is not the node's default.
-    async fn observe(&self, arn: &str, default: &str) -> Result<Option<Observed>, ProviderError> {
-        let c = self.aws.sns().await;
-        let attrs = match c.get_topic_attributes().topic_arn(arn).send().await {
-            Ok(o) => o.attributes().cloned().unwrap_or_default(),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_not_found_exception()) =>
-            {
-                return Ok(None)
+#[async_trait]
+impl AwsObject for TopicType {
+    const TYPE: &'static str = "aws.sns.topic";
+    const SERVICE: &'static str = "sns";
+    const WHAT: &'static str = "SNS topic";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["NotFound"];
+    fn force_new(&self) -> &'static [&'static str] {
+        &["name"]
+    }
+    /// The topic as found; `name` among its inputs only when it is not the node's default. A
+    /// create's intent knows it by name (its ARN comes back from the create): found by name then.
+    async fn describe(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        reference: &str,
+    ) -> Result<Option<Found>, AwsError> {
+        let arn = if reference.starts_with("arn:") {
+            reference.to_string()
+        } else {
+            match self.find_arn(reference).await? {
+                Some(a) => a,
+                None => return Ok(None),
             }
-            Err(e) => return Err(sdk_err(&format!("describe topic {arn}"), e)),
         };
-        let t = c
-            .list_tags_for_resource()
-            .resource_arn(arn)
+        let c = self.aws.sns().await;
+        let attrs = c
+            .get_topic_attributes()
+            .topic_arn(&arn)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("tags of topic {arn}"), e))?;
+            .during(&format!("describe topic {arn}"))?
+            .attributes()
+            .cloned()
+            .unwrap_or_default();
+        let t = c
+            .list_tags_for_resource()
+            .resource_arn(&arn)
+            .send()
+            .await
+            .during(&format!("tags of topic {arn}"))?;
         let found: Vec<(String, String)> = t
             .tags()
             .iter()
@@ -140,55 +165,35 @@ impl TopicType {
             .collect();
         let name = arn.rsplit(':').next().unwrap_or_default().to_string();
         let mut inputs = Attrs::new();
-        if name != default {
+        if name != req.deterministic_id {
             inputs.insert("name".into(), Value::from(name.clone()));
         }
         if let Some(d) = attrs.get("DisplayName").filter(|d| !d.is_empty()) {
             inputs.insert("display_name".into(), Value::from(d.clone()));
         }
-        Ok(Some(Observed {
-            id: arn.to_string(),
+        Ok(Some(Found::ready(Observed {
+            id: arn.clone(),
             inputs,
             outputs: Attrs::from([
                 ("arn".to_string(), Value::from(arn)),
                 ("name".to_string(), Value::from(name)),
                 ("tags".to_string(), tags_value(&found)),
             ]),
-        }))
+        })))
     }
-}
-
-#[async_trait]
-impl ResourceType for TopicType {
-    fn type_name(&self) -> &'static str {
-        "aws.sns.topic"
-    }
-    fn service(&self) -> &'static str {
-        "sns"
-    }
-    fn force_new(&self) -> &'static [&'static str] {
-        &["name"]
-    }
-    fn planned_outputs(&self, _inputs: &Attrs, _id: &str) -> Attrs {
-        Attrs::new()
-    }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        super::owned_by_tags(ctx, node, found)
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let name = name_or_id(req);
-        if let Some(arn) = self.find_arn(&name).await? {
-            let obs = self.observe(&arn, req.deterministic_id).await?;
-            if !obs.as_ref().is_some_and(|o| self.owned(ctx, req.node, o)) {
-                return Err(super::not_ours("SNS topic", &name, req.node, &arn));
-            }
-        }
+    async fn create(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
         let c = self.aws.sns().await;
-        let mut b = c.create_topic().name(&name);
+        let mut b = c.create_topic().name(name);
         if let Some(d) = get_str(req.inputs, "display_name") {
             b = b.attributes("DisplayName", d);
         }
-        for (k, v) in tags(&ctx.plan, &ctx.stack, req.node) {
+        for (k, v) in tags {
             b = b.tags(
                 aws_sdk_sns::types::Tag::builder()
                     .key(k)
@@ -197,40 +202,16 @@ impl ResourceType for TopicType {
                     .map_err(|e| ProviderError::new(e.to_string()))?,
             );
         }
-        let out = b
-            .send()
-            .await
-            .map_err(|e| sdk_err(&format!("create topic {name}"), e))?;
-        let arn = out.topic_arn().unwrap_or_default().to_string();
-        self.observe(&arn, req.deterministic_id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("topic {arn} vanished after create")))
+        let out = b.send().await.during(&format!("create topic {name}"))?;
+        Ok(out.topic_arn().unwrap_or_default().to_string())
     }
-    async fn read(
-        &self,
-        _ctx: &Ctx,
-        req: &Request<'_>,
-        id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        // An interrupted create's intent knows the topic by name only (its ARN comes back from
-        // the create): found by name then.
-        let arn = if id.starts_with("arn:") {
-            Some(id.to_string())
-        } else {
-            self.find_arn(id).await?
-        };
-        match arn {
-            Some(arn) => self.observe(&arn, req.deterministic_id).await,
-            None => Ok(None),
-        }
-    }
-    async fn update(
+    async fn modify(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
+    ) -> Result<(), AwsError> {
         self.aws
             .sns()
             .await
@@ -240,12 +221,10 @@ impl ResourceType for TopicType {
             .attribute_value(get_str(req.inputs, "display_name").unwrap_or_default())
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("update topic {id}"), e))?;
-        self.observe(id, req.deterministic_id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("topic {id} vanished")))
+            .during(&format!("update topic {id}"))?;
+        Ok(())
     }
-    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
         self.aws
             .sns()
             .await
@@ -253,7 +232,7 @@ impl ResourceType for TopicType {
             .topic_arn(id)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("delete topic {id}"), e))?;
+            .during(&format!("delete topic {id}"))?;
         Ok(())
     }
 }

@@ -17,16 +17,17 @@ use aws_sdk_ec2::types::{
     UserIdGroupPair,
 };
 
-use super::{ours, sdk_err, tags, tags_value, Aws};
+use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership};
+use super::{sdk_err, tags_value, Aws};
 use crate::dsl::{Declare, NodeKind, Output};
-use crate::provider::{Ctx, DataType, Observed, ProviderError, Registry, Request, ResourceType};
+use crate::provider::{Ctx, DataType, Observed, ProviderError, Registry, Request};
 use crate::value::{get_str, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.data(VpcType { aws: aws.clone() });
     r.data(SubnetsType { aws: aws.clone() });
-    r.resource(SecurityGroupType { aws: aws.clone() });
-    r.resource(SubnetGroupType { aws });
+    r.resource(Driven(SecurityGroupType { aws: aws.clone() }));
+    r.resource(Driven(SubnetGroupType { aws }));
 }
 
 fn list(v: Option<&Value>) -> Vec<String> {
@@ -309,23 +310,72 @@ fn in_declared_order(mut o: Observed, declared: &Attrs) -> Observed {
 }
 
 impl SecurityGroupType {
-    async fn find(&self, id: &str) -> Result<Option<Observed>, ProviderError> {
-        let out = match self
-            .aws
-            .ec2()
-            .await
-            .describe_security_groups()
-            .group_ids(id)
+    /// Brings the group's rules to `want`: revokes what is not wanted, authorizes what is missing.
+    async fn set_rules(
+        &self,
+        req: &Request<'_>,
+        id: &str,
+        want: &[String],
+    ) -> Result<(), AwsError> {
+        let have: BTreeSet<String> = match self.describe_id(req, id).await? {
+            Some(f) => list(f.observed.inputs.get("ingress")).into_iter().collect(),
+            None => BTreeSet::new(),
+        };
+        let want: BTreeSet<String> = want.iter().cloned().collect();
+        let ec2 = self.aws.ec2().await;
+        for r in have.difference(&want) {
+            let (port, source) = parse_rule(r)?;
+            ec2.revoke_security_group_ingress()
+                .group_id(id)
+                .ip_permissions(permission(port, &source))
+                .send()
+                .await
+                .during(&format!("revoke `{r}` on {id}"))?;
+        }
+        for r in want.difference(&have) {
+            let (port, source) = parse_rule(r)?;
+            ec2.authorize_security_group_ingress()
+                .group_id(id)
+                .ip_permissions(permission(port, &source))
+                .send()
+                .await
+                .during(&format!("authorize `{r}` on {id}"))?;
+        }
+        Ok(())
+    }
+
+    async fn describe_id(
+        &self,
+        req: &Request<'_>,
+        reference: &str,
+    ) -> Result<Option<Found>, AwsError> {
+        let ec2 = self.aws.ec2().await;
+        // A record keeps the group's id; a create's intent its name, unique in its VPC.
+        let b = if reference.starts_with("sg-") {
+            ec2.describe_security_groups().group_ids(reference)
+        } else {
+            ec2.describe_security_groups()
+                .filters(
+                    Filter::builder()
+                        .name("vpc-id")
+                        .values(get_str(req.inputs, "vpc").unwrap_or_default())
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .name("group-name")
+                        .values(reference)
+                        .build(),
+                )
+        };
+        let out = b
             .send()
             .await
-        {
-            Ok(o) => o,
-            Err(e) if e.code() == Some("InvalidGroup.NotFound") => return Ok(None),
-            Err(e) => return Err(sdk_err(&format!("describe security group {id}"), e)),
-        };
+            .during(&format!("describe security group {reference}"))?;
         let Some(g) = out.security_groups().first() else {
             return Ok(None);
         };
+        let id = g.group_id().unwrap_or_default();
         let mut rules = BTreeSet::new();
         for p in g.ip_permissions() {
             let port = p.from_port().unwrap_or(0);
@@ -352,7 +402,7 @@ impl SecurityGroupType {
                 )
             })
             .collect();
-        Ok(Some(Observed {
+        let o = Observed {
             id: id.to_string(),
             inputs: Attrs::from([
                 (
@@ -373,46 +423,22 @@ impl SecurityGroupType {
                 ),
                 ("tags".to_string(), tags_value(&tags)),
             ]),
-        }))
-    }
-
-    /// Brings the group's rules to `want`: revokes what is not wanted, authorizes what is missing.
-    async fn set_rules(&self, id: &str, want: &[String]) -> Result<(), ProviderError> {
-        let have: BTreeSet<String> = match self.find(id).await? {
-            Some(f) => list(f.inputs.get("ingress")).into_iter().collect(),
-            None => BTreeSet::new(),
         };
-        let want: BTreeSet<String> = want.iter().cloned().collect();
-        let ec2 = self.aws.ec2().await;
-        for r in have.difference(&want) {
-            let (port, source) = parse_rule(r)?;
-            ec2.revoke_security_group_ingress()
-                .group_id(id)
-                .ip_permissions(permission(port, &source))
-                .send()
-                .await
-                .map_err(|e| sdk_err(&format!("revoke `{r}` on {id}"), e))?;
-        }
-        for r in want.difference(&have) {
-            let (port, source) = parse_rule(r)?;
-            ec2.authorize_security_group_ingress()
-                .group_id(id)
-                .ip_permissions(permission(port, &source))
-                .send()
-                .await
-                .map_err(|e| sdk_err(&format!("authorize `{r}` on {id}"), e))?;
-        }
-        Ok(())
+        Ok(Some(Found::ready(in_declared_order(o, req.inputs))))
     }
 }
 
 #[async_trait]
-impl ResourceType for SecurityGroupType {
-    fn type_name(&self) -> &'static str {
-        "aws.ec2.security_group"
-    }
-    fn service(&self) -> &'static str {
-        "ec2"
+impl AwsObject for SecurityGroupType {
+    const TYPE: &'static str = "aws.ec2.security_group";
+    const SERVICE: &'static str = "ec2";
+    const WHAT: &'static str = "security group";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["InvalidGroup.NotFound"];
+    const EXISTS: &'static [&'static str] = &["InvalidGroup.Duplicate"];
+    /// Named after the node: a group's `name` input is not offered.
+    fn name(&self, req: &Request<'_>) -> String {
+        req.deterministic_id.to_string()
     }
     fn force_new(&self) -> &'static [&'static str] {
         // AWS cannot change a group's VPC or description.
@@ -425,89 +451,57 @@ impl ResourceType for SecurityGroupType {
             .filter_map(|r| parse_rule(r).err().map(|e| e.message))
             .collect()
     }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        super::owned_by_tags(ctx, node, found)
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let name = req.deterministic_id;
-        let vpc = get_str(req.inputs, "vpc").unwrap_or_default();
-        let ec2 = self.aws.ec2().await;
-        let existing = ec2
-            .describe_security_groups()
-            .filters(Filter::builder().name("vpc-id").values(vpc).build())
-            .filters(Filter::builder().name("group-name").values(name).build())
-            .send()
-            .await
-            .map_err(|e| sdk_err("find security group", e))?;
-        let id = match existing.security_groups().first() {
-            Some(g) => {
-                let id = g.group_id().unwrap_or_default().to_string();
-                let found: Vec<(String, String)> = g
-                    .tags()
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.key().unwrap_or_default().to_string(),
-                            t.value().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect();
-                if !ours(&found, &ctx.plan, &ctx.stack, req.node) {
-                    return Err(super::not_ours("security group", name, req.node, &id));
-                }
-                id
-            }
-            None => {
-                let mut spec =
-                    TagSpecification::builder().resource_type(Ec2ResourceType::SecurityGroup);
-                for (k, v) in tags(&ctx.plan, &ctx.stack, req.node) {
-                    spec = spec.tags(Tag::builder().key(k).value(v).build());
-                }
-                ec2.create_security_group()
-                    .group_name(name)
-                    .description(get_str(req.inputs, "description").unwrap_or_default())
-                    .vpc_id(vpc)
-                    .tag_specifications(spec.build())
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err(&format!("create security group {name}"), e))?
-                    .group_id()
-                    .unwrap_or_default()
-                    .to_string()
-            }
-        };
-        self.set_rules(&id, &list(req.inputs.get("ingress")))
-            .await?;
-        self.find(&id)
-            .await?
-            .map(|o| in_declared_order(o, req.inputs))
-            .ok_or_else(|| ProviderError::new(format!("security group {id} vanished")))
-    }
-    async fn read(
+    async fn describe(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
-        id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        Ok(self
-            .find(id)
-            .await?
-            .map(|o| in_declared_order(o, req.inputs)))
+        reference: &str,
+    ) -> Result<Option<Found>, AwsError> {
+        self.describe_id(req, reference).await
     }
-    async fn update(
+    async fn create(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let mut spec = TagSpecification::builder().resource_type(Ec2ResourceType::SecurityGroup);
+        for (k, v) in tags {
+            spec = spec.tags(Tag::builder().key(k).value(v).build());
+        }
+        Ok(self
+            .aws
+            .ec2()
+            .await
+            .create_security_group()
+            .group_name(name)
+            .description(get_str(req.inputs, "description").unwrap_or_default())
+            .vpc_id(get_str(req.inputs, "vpc").unwrap_or_default())
+            .tag_specifications(spec.build())
+            .send()
+            .await
+            .during(&format!("create security group {name}"))?
+            .group_id()
+            .unwrap_or_default()
+            .to_string())
+    }
+    /// The rules are not part of the create call: set after it (and after an adoption).
+    async fn settle(&self, _ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), AwsError> {
+        self.set_rules(req, id, &list(req.inputs.get("ingress")))
+            .await
+    }
+    async fn modify(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
-        self.set_rules(id, &list(req.inputs.get("ingress"))).await?;
-        self.find(id)
-            .await?
-            .map(|o| in_declared_order(o, req.inputs))
-            .ok_or_else(|| ProviderError::new(format!("security group {id} vanished")))
+    ) -> Result<(), AwsError> {
+        self.set_rules(req, id, &list(req.inputs.get("ingress")))
+            .await
     }
-    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
         match self
             .aws
             .ec2()
@@ -517,13 +511,12 @@ impl ResourceType for SecurityGroupType {
             .send()
             .await
         {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("InvalidGroup.NotFound") => Ok(()),
             Err(e) if e.code() == Some("DependencyViolation") => Err(ProviderError::new(format!(
                 "security group {id} is still in use (by an instance or another group's rule): {}",
                 e.message().unwrap_or_default()
-            ))),
-            Err(e) => Err(sdk_err(&format!("delete security group {id}"), e)),
+            ))
+            .into()),
+            r => r.during(&format!("delete security group {id}")).map(|_| ()),
         }
     }
 }
@@ -567,39 +560,55 @@ struct SubnetGroupType {
     aws: Arc<Aws>,
 }
 
-impl SubnetGroupType {
-    async fn find(
+#[async_trait]
+impl AwsObject for SubnetGroupType {
+    const TYPE: &'static str = "aws.rds.subnet_group";
+    const SERVICE: &'static str = "rds";
+    const WHAT: &'static str = "DB subnet group";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["DBSubnetGroupNotFoundFault"];
+    const EXISTS: &'static [&'static str] = &["DBSubnetGroupAlreadyExists"];
+    /// Named after the node.
+    fn name(&self, req: &Request<'_>) -> String {
+        req.deterministic_id.to_string()
+    }
+    /// Its name is known before it exists: the deterministic one.
+    fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
+        Attrs::from([("name".to_string(), Value::from(id))])
+    }
+    fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        match inputs.get("subnets").and_then(Value::as_array) {
+            Some(a) if a.len() < 2 => {
+                vec!["a DB subnet group needs subnets in at least two availability zones".into()]
+            }
+            _ => vec![],
+        }
+    }
+    async fn describe(
         &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
         name: &str,
-    ) -> Result<Option<(Observed, Vec<(String, String)>)>, ProviderError> {
+    ) -> Result<Option<Found>, AwsError> {
         let rds = self.aws.rds().await;
-        let out = match rds
+        let out = rds
             .describe_db_subnet_groups()
             .db_subnet_group_name(name)
             .send()
             .await
-        {
-            Ok(o) => o,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_db_subnet_group_not_found_fault()) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(sdk_err(&format!("describe DB subnet group {name}"), e)),
-        };
+            .during(&format!("describe DB subnet group {name}"))?;
         let Some(g) = out.db_subnet_groups().first() else {
             return Ok(None);
         };
         let arn = g.db_subnet_group_arn().unwrap_or_default().to_string();
-        let tags = if arn.is_empty() {
+        let tags: Vec<(String, String)> = if arn.is_empty() {
             vec![]
         } else {
             rds.list_tags_for_resource()
                 .resource_name(&arn)
                 .send()
                 .await
-                .map_err(|e| sdk_err(&format!("tags of DB subnet group {name}"), e))?
+                .during(&format!("tags of DB subnet group {name}"))?
                 .tag_list()
                 .iter()
                 .map(|t| {
@@ -616,96 +625,56 @@ impl SubnetGroupType {
             .filter_map(|s| s.subnet_identifier().map(String::from))
             .collect();
         subnets.sort();
-        Ok(Some((
-            Observed {
-                id: name.to_string(),
-                inputs: Attrs::from([
-                    ("subnets".to_string(), serde_json::json!(subnets)),
-                    (
-                        "description".to_string(),
-                        Value::from(g.db_subnet_group_description().unwrap_or_default()),
-                    ),
-                ]),
-                outputs: Attrs::from([
-                    ("name".to_string(), Value::from(name)),
-                    ("arn".to_string(), Value::from(arn)),
-                    (
-                        "vpc".to_string(),
-                        Value::from(g.vpc_id().unwrap_or_default()),
-                    ),
-                    ("tags".to_string(), tags_value(&tags)),
-                ]),
-            },
-            tags,
-        )))
+        Ok(Some(Found::ready(Observed {
+            id: name.to_string(),
+            inputs: Attrs::from([
+                ("subnets".to_string(), serde_json::json!(subnets)),
+                (
+                    "description".to_string(),
+                    Value::from(g.db_subnet_group_description().unwrap_or_default()),
+                ),
+            ]),
+            outputs: Attrs::from([
+                ("name".to_string(), Value::from(name)),
+                ("arn".to_string(), Value::from(arn)),
+                (
+                    "vpc".to_string(),
+                    Value::from(g.vpc_id().unwrap_or_default()),
+                ),
+                ("tags".to_string(), tags_value(&tags)),
+            ]),
+        })))
     }
-}
-
-#[async_trait]
-impl ResourceType for SubnetGroupType {
-    /// Its name is known before it exists: the deterministic one.
-    fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
-        Attrs::from([("name".to_string(), Value::from(id))])
-    }
-    fn type_name(&self) -> &'static str {
-        "aws.rds.subnet_group"
-    }
-    fn service(&self) -> &'static str {
-        "rds"
-    }
-    fn validate(&self, inputs: &Attrs) -> Vec<String> {
-        match inputs.get("subnets").and_then(Value::as_array) {
-            Some(a) if a.len() < 2 => {
-                vec!["a DB subnet group needs subnets in at least two availability zones".into()]
-            }
-            _ => vec![],
-        }
-    }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        super::owned_by_tags(ctx, node, found)
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let name = req.deterministic_id;
-        if let Some((_, t)) = self.find(name).await? {
-            if !ours(&t, &ctx.plan, &ctx.stack, req.node) {
-                return Err(super::not_ours("DB subnet group", name, req.node, name));
-            }
-        } else {
-            let mut b = self
-                .aws
-                .rds()
-                .await
-                .create_db_subnet_group()
-                .db_subnet_group_name(name)
-                .db_subnet_group_description(get_str(req.inputs, "description").unwrap_or_default())
-                .set_subnet_ids(Some(list(req.inputs.get("subnets"))));
-            for (k, v) in tags(&ctx.plan, &ctx.stack, req.node) {
-                b = b.tags(aws_sdk_rds::types::Tag::builder().key(k).value(v).build());
-            }
-            b.send()
-                .await
-                .map_err(|e| sdk_err(&format!("create DB subnet group {name}"), e))?;
-        }
-        self.find(name)
-            .await?
-            .map(|(o, _)| o)
-            .ok_or_else(|| ProviderError::new(format!("DB subnet group {name} vanished")))
-    }
-    async fn read(
+    async fn create(
         &self,
         _ctx: &Ctx,
-        _req: &Request<'_>,
-        id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        Ok(self.find(id).await?.map(|(o, _)| o))
+        req: &Request<'_>,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let mut b = self
+            .aws
+            .rds()
+            .await
+            .create_db_subnet_group()
+            .db_subnet_group_name(name)
+            .db_subnet_group_description(get_str(req.inputs, "description").unwrap_or_default())
+            .set_subnet_ids(Some(list(req.inputs.get("subnets"))));
+        for (k, v) in tags {
+            b = b.tags(aws_sdk_rds::types::Tag::builder().key(k).value(v).build());
+        }
+        b.send()
+            .await
+            .during(&format!("create DB subnet group {name}"))?;
+        Ok(name.to_string())
     }
-    async fn update(
+    async fn modify(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
+    ) -> Result<(), AwsError> {
         self.aws
             .rds()
             .await
@@ -715,30 +684,18 @@ impl ResourceType for SubnetGroupType {
             .set_subnet_ids(Some(list(req.inputs.get("subnets"))))
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("modify DB subnet group {id}"), e))?;
-        self.find(id)
-            .await?
-            .map(|(o, _)| o)
-            .ok_or_else(|| ProviderError::new(format!("DB subnet group {id} vanished")))
+            .during(&format!("modify DB subnet group {id}"))?;
+        Ok(())
     }
-    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
-        match self
-            .aws
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
+        self.aws
             .rds()
             .await
             .delete_db_subnet_group()
             .db_subnet_group_name(id)
             .send()
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_db_subnet_group_not_found_fault()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_err(&format!("delete DB subnet group {id}"), e)),
-        }
+            .during(&format!("delete DB subnet group {id}"))?;
+        Ok(())
     }
 }
