@@ -19,23 +19,15 @@ use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, StateValue, Stati
 use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership};
 use super::{sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, NodeKind, Output};
-use crate::provider::{
-    Ctx, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
-};
+use crate::provider::{Ctx, Observed, Probe, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(Driven(TopicType { aws: aws.clone() }));
-    r.resource(SubscriptionType { aws: aws.clone() });
-    r.resource(AlarmType { aws: aws.clone() });
+    r.resource(Driven(SubscriptionType { aws: aws.clone() }));
+    r.resource(Driven(AlarmType { aws: aws.clone() }));
     r.step(BakeType { aws: aws.clone() });
     r.step(WaitMetricType { aws });
-}
-
-fn name_or_id(req: &Request<'_>) -> String {
-    get_str(req.inputs, "name")
-        .map(String::from)
-        .unwrap_or_else(|| req.deterministic_id.to_string())
 }
 
 fn list(v: Option<&Value>) -> Vec<String> {
@@ -277,7 +269,7 @@ impl SubscriptionType {
         topic: &str,
         protocol: &str,
         endpoint: &str,
-    ) -> Result<Option<String>, ProviderError> {
+    ) -> Result<Option<String>, AwsError> {
         let c = self.aws.sns().await;
         let mut token = None;
         loop {
@@ -287,7 +279,7 @@ impl SubscriptionType {
                 .set_next_token(token)
                 .send()
                 .await
-                .map_err(|e| sdk_err(&format!("list subscriptions of {topic}"), e))?;
+                .during(&format!("list subscriptions of {topic}"))?;
             if let Some(s) = out
                 .subscriptions()
                 .iter()
@@ -304,12 +296,23 @@ impl SubscriptionType {
 }
 
 #[async_trait]
-impl ResourceType for SubscriptionType {
-    fn type_name(&self) -> &'static str {
-        "aws.sns.subscription"
-    }
-    fn service(&self) -> &'static str {
-        "sns"
+impl AwsObject for SubscriptionType {
+    const TYPE: &'static str = "aws.sns.subscription";
+    const SERVICE: &'static str = "sns";
+    const WHAT: &'static str = "subscription";
+    const OWNERSHIP: Ownership = Ownership::Untagged(
+        "subscriptions carry no tags, and a create refuses an identical one that exists",
+    );
+    const NOT_FOUND: &'static [&'static str] = &["NotFound"];
+    /// A subscription has no name: before its ARN is known it is found by topic, protocol and
+    /// endpoint, which is what a create's intent records.
+    fn name(&self, req: &Request<'_>) -> String {
+        format!(
+            "{} to {} ({})",
+            get_str(req.inputs, "endpoint").unwrap_or_default(),
+            get_str(req.inputs, "topic").unwrap_or_default(),
+            get_str(req.inputs, "protocol").unwrap_or_default()
+        )
     }
     fn force_new(&self) -> &'static [&'static str] {
         &["topic", "protocol", "endpoint"]
@@ -324,89 +327,77 @@ impl ResourceType for SubscriptionType {
             )],
         }
     }
-    fn owned(&self, _ctx: &Ctx, _node: &str, _found: &Observed) -> bool {
-        // Subscriptions carry no tags; create refuses an identical one that exists, so one found
-        // after an interrupted create of ours is ours.
-        true
-    }
-    async fn create(&self, _ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let topic = get_str(req.inputs, "topic").unwrap_or_default();
-        let protocol = get_str(req.inputs, "protocol").unwrap_or_default();
-        let endpoint = get_str(req.inputs, "endpoint").unwrap_or_default();
-        if let Some(arn) = self.existing(topic, protocol, endpoint).await? {
-            return Err(ProviderError::refused(
-                format!("{endpoint} ({protocol}) is already subscribed to {topic}: subscriptions carry no tags, so it is never taken over"),
-                format!("adopt it with `plan import <stack> {} {arn}`", req.node),
-            ));
-        }
+    async fn describe(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        reference: &str,
+    ) -> Result<Option<Found>, AwsError> {
+        let arn = if reference.starts_with("arn:") {
+            reference.to_string()
+        } else {
+            let topic = get_str(req.inputs, "topic").unwrap_or_default();
+            let protocol = get_str(req.inputs, "protocol").unwrap_or_default();
+            let endpoint = get_str(req.inputs, "endpoint").unwrap_or_default();
+            match self.existing(topic, protocol, endpoint).await? {
+                // An email subscription not yet confirmed has no ARN.
+                Some(a) if a.starts_with("arn:") => a,
+                _ => return Ok(None),
+            }
+        };
         let out = self
             .aws
             .sns()
             .await
-            .subscribe()
-            .topic_arn(topic)
-            .protocol(protocol)
-            .endpoint(endpoint)
-            .return_subscription_arn(true)
-            .send()
-            .await
-            .map_err(|e| sdk_err(&format!("subscribe {endpoint} to {topic}"), e))?;
-        let arn = out.subscription_arn().unwrap_or_default().to_string();
-        Ok(Observed {
-            id: arn.clone(),
-            inputs: req.inputs.clone(),
-            outputs: Attrs::from([("arn".to_string(), Value::from(arn))]),
-        })
-    }
-    async fn read(
-        &self,
-        _ctx: &Ctx,
-        _req: &Request<'_>,
-        id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        let out = match self
-            .aws
-            .sns()
-            .await
             .get_subscription_attributes()
-            .subscription_arn(id)
+            .subscription_arn(&arn)
             .send()
             .await
-        {
-            Ok(o) => o,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_not_found_exception()) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(sdk_err(&format!("describe subscription {id}"), e)),
-        };
+            .during(&format!("describe subscription {arn}"))?;
         let a = out.attributes().cloned().unwrap_or_default();
         let get = |k: &str| Value::from(a.get(k).cloned().unwrap_or_default());
-        Ok(Some(Observed {
-            id: id.to_string(),
+        Ok(Some(Found::ready(Observed {
+            id: arn.clone(),
             inputs: Attrs::from([
                 ("topic".to_string(), get("TopicArn")),
                 ("protocol".to_string(), get("Protocol")),
                 ("endpoint".to_string(), get("Endpoint")),
             ]),
-            outputs: Attrs::from([("arn".to_string(), Value::from(id))]),
-        }))
+            outputs: Attrs::from([("arn".to_string(), Value::from(arn))]),
+        })))
     }
-    async fn update(
+    async fn create(
         &self,
-        ctx: &Ctx,
+        _ctx: &Ctx,
         req: &Request<'_>,
-        id: &str,
-        _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
-        // Every input forces replacement; nothing to update in place.
-        self.read(ctx, req, id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("subscription {id} vanished")))
+        name: &str,
+        _tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let out = self
+            .aws
+            .sns()
+            .await
+            .subscribe()
+            .topic_arn(get_str(req.inputs, "topic").unwrap_or_default())
+            .protocol(get_str(req.inputs, "protocol").unwrap_or_default())
+            .endpoint(get_str(req.inputs, "endpoint").unwrap_or_default())
+            .return_subscription_arn(true)
+            .send()
+            .await
+            .during(&format!("subscribe {name}"))?;
+        Ok(out.subscription_arn().unwrap_or_default().to_string())
     }
-    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+    /// Every input forces replacement; nothing to update in place.
+    async fn modify(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+        _id: &str,
+        _changed: &[String],
+    ) -> Result<(), AwsError> {
+        Ok(())
+    }
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
         self.aws
             .sns()
             .await
@@ -414,7 +405,7 @@ impl ResourceType for SubscriptionType {
             .subscription_arn(id)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("unsubscribe {id}"), e))?;
+            .during(&format!("unsubscribe {id}"))?;
         Ok(())
     }
 }
@@ -603,14 +594,14 @@ struct AlarmType {
 
 impl AlarmType {
     /// The alarm as found; `name` among its inputs only when it is not the node's default.
-    async fn observe(&self, name: &str, default: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn observe(&self, name: &str, default: &str) -> Result<Option<Observed>, AwsError> {
         let c = self.aws.cloudwatch().await;
         let out = c
             .describe_alarms()
             .alarm_names(name)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("describe alarm {name}"), e))?;
+            .during(&format!("describe alarm {name}"))?;
         let Some(a) = out.metric_alarms().first() else {
             return Ok(None);
         };
@@ -622,7 +613,7 @@ impl AlarmType {
                 .resource_arn(&arn)
                 .send()
                 .await
-                .map_err(|e| sdk_err(&format!("tags of alarm {name}"), e))?
+                .during(&format!("tags of alarm {name}"))?
                 .tags()
                 .iter()
                 .map(|t| {
@@ -697,7 +688,14 @@ impl AlarmType {
         }))
     }
 
-    async fn put(&self, ctx: &Ctx, req: &Request<'_>, name: &str) -> Result<(), ProviderError> {
+    /// PutMetricAlarm: creates the alarm, or replaces its whole definition in place (AWS ignores
+    /// the tags of a put on an existing alarm).
+    async fn put(
+        &self,
+        req: &Request<'_>,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), AwsError> {
         let i = req.inputs;
         let mut b = self
             .aws
@@ -733,7 +731,7 @@ impl AlarmType {
         for a in list(i.get("ok_actions")) {
             b = b.ok_actions(a);
         }
-        for (k, v) in tags(&ctx.plan, &ctx.stack, req.node) {
+        for (k, v) in tags {
             b = b.tags(
                 aws_sdk_cloudwatch::types::Tag::builder()
                     .key(k)
@@ -741,18 +739,18 @@ impl AlarmType {
                     .build(),
             );
         }
-        b.send()
-            .await
-            .map_err(|e| sdk_err(&format!("put alarm {name}"), e))?;
+        b.send().await.during(&format!("put alarm {name}"))?;
         Ok(())
     }
 }
 
 #[async_trait]
-impl ResourceType for AlarmType {
-    fn type_name(&self) -> &'static str {
-        "aws.cloudwatch.alarm"
-    }
+impl AwsObject for AlarmType {
+    const TYPE: &'static str = "aws.cloudwatch.alarm";
+    const SERVICE: &'static str = "cloudwatch";
+    const WHAT: &'static str = "alarm";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["ResourceNotFound"];
     /// An RDS dimension naming the wrong kind of object (an instance dimension on a cluster's
     /// identifier, or the reverse) would never see a datapoint.
     fn validate_refs(
@@ -783,9 +781,6 @@ impl ResourceType for AlarmType {
         }
         out
     }
-    fn service(&self) -> &'static str {
-        "cloudwatch"
-    }
     fn force_new(&self) -> &'static [&'static str] {
         &["name"]
     }
@@ -812,43 +807,38 @@ impl ResourceType for AlarmType {
         }
         v
     }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        super::owned_by_tags(ctx, node, found)
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let name = name_or_id(req);
-        if let Some(o) = self.observe(&name, req.deterministic_id).await? {
-            if !self.owned(ctx, req.node, &o) {
-                return Err(super::not_ours("alarm", &name, req.node, &name));
-            }
-        }
-        self.put(ctx, req, &name).await?;
-        self.observe(&name, req.deterministic_id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("alarm {name} vanished after create")))
-    }
-    async fn read(
+    async fn describe(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
-        id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        self.observe(id, req.deterministic_id).await
+        name: &str,
+    ) -> Result<Option<Found>, AwsError> {
+        Ok(self
+            .observe(name, req.deterministic_id)
+            .await?
+            .map(Found::ready))
     }
-    async fn update(
+    async fn create(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        self.put(req, name, tags).await?;
+        Ok(name.to_string())
+    }
+    async fn modify(
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
-        // PutMetricAlarm replaces the whole definition in place.
-        self.put(ctx, req, id).await?;
-        self.observe(id, req.deterministic_id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("alarm {id} vanished")))
+    ) -> Result<(), AwsError> {
+        self.put(req, id, &tags(&ctx.plan, &ctx.stack, req.node))
+            .await
     }
-    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
         self.aws
             .cloudwatch()
             .await
@@ -856,7 +846,7 @@ impl ResourceType for AlarmType {
             .alarm_names(id)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("delete alarm {id}"), e))?;
+            .during(&format!("delete alarm {id}"))?;
         Ok(())
     }
 }
