@@ -108,6 +108,12 @@ pub fn all() -> Vec<PlanEntry> {
             build: testing::aws_network,
         },
         PlanEntry {
+            name: "aws-lifecycle",
+            about: "one node of every AWS type on the provider's driver (lifecycle tests)",
+            hidden: true,
+            build: testing::aws_lifecycle,
+        },
+        PlanEntry {
             name: "aws-dms",
             about: "case 2 on the emulator: cluster, DMS instance, endpoints, split tasks, alarms, DNS (AWS provider tests)",
             hidden: true,

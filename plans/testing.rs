@@ -676,3 +676,35 @@ pub fn copy_schema(stack: &Stack) -> Result<Plan, PlanError> {
     .after(&pre);
     Ok(p)
 }
+
+/// One node of every AWS resource type that runs on the provider's driver, in the network
+/// `aws-network` uses: a security group, a DB subnet group, a DMS replication subnet group, a
+/// topic with a subscription and an alarm notifying it (the lifecycle tests kill a run inside
+/// each create).
+pub fn aws_lifecycle(stack: &Stack) -> Result<Plan, PlanError> {
+    let p = Plan::new(stack);
+    let vpc = p.add("vpc", Vpc::find("migration"));
+    let subnets = p.add("subnets", Subnets::of(vpc.vpc_id()).named("private-*"));
+    p.add(
+        "db-sg",
+        SecurityGroup::in_vpc(vpc.vpc_id(), "database").ingress_from_cidr(5432, "10.0.0.0/16"),
+    );
+    p.add(
+        "db-subnets",
+        SubnetGroup::of(subnets.ids(), "target database"),
+    );
+    p.add(
+        "dms-subnets",
+        DmsSubnetGroup::of(subnets.ids(), "replication instance"),
+    );
+    let topic = p.add("alerts", SnsTopic::new().display_name("migration alerts"));
+    p.add(
+        "oncall",
+        SnsSubscription::to(topic.arn(), "email", "oncall@example.test"),
+    );
+    p.add(
+        "cpu",
+        Alarm::rds_cpu_above("target-1", 80.0).notify(topic.arn()),
+    );
+    Ok(p)
+}

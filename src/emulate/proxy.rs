@@ -19,6 +19,10 @@
 //!   `cluster-ro-`), moto's instances' label, so the emulation knows a cluster's name before it
 //!   exists, as a real account's operator does.
 //!
+//! - moto 5.2.5 answers every DMS replication subnet group with one made-up subnet
+//!   (`subnet-12345`): the subnets its create asked for are put back in DescribeReplicationSubnetGroups
+//!   answers, so a refresh does not report drift AWS would not.
+//!
 //! Every request that is not answered with an injected fault reaches moto as the SDK sent it.
 
 use std::collections::{HashMap, HashSet};
@@ -46,6 +50,14 @@ struct Rules {
     /// Actions whose next answer is held this long before it is sent (once each): a window in
     /// which the service has acted and the client does not know it yet.
     delay_answer: Vec<(String, Duration)>,
+    /// Actions whose next request is held this long before it is passed on (once each), and
+    /// dropped if the client went away meanwhile: a window in which the client has recorded its
+    /// intent and the service has not acted.
+    delay_request: Vec<(String, Duration)>,
+    /// Actions held by `delay_request` so far, in order.
+    held_requests: Vec<String>,
+    /// DMS replication subnet group -> the subnets its create asked for.
+    dms_subnets: HashMap<String, Vec<serde_json::Value>>,
 }
 
 pub struct Proxy {
@@ -131,6 +143,27 @@ impl Proxy {
             .unwrap()
             .delay_answer
             .push((action.into(), d));
+    }
+
+    /// Holds the next request of `action` for `d` before passing it on; if the client has gone
+    /// meanwhile (killed), the request is dropped and the service never acts.
+    pub fn delay_request(&self, action: &str, d: Duration) {
+        self.rules
+            .lock()
+            .unwrap()
+            .delay_request
+            .push((action.into(), d));
+    }
+
+    /// How many requests of `action` `delay_request` has held so far.
+    pub fn held_requests(&self, action: &str) -> usize {
+        self.rules
+            .lock()
+            .unwrap()
+            .held_requests
+            .iter()
+            .filter(|a| *a == action)
+            .count()
     }
 
     /// The faults injected so far, by kind.
@@ -292,6 +325,26 @@ impl Proxy {
             }
             let action = query_action.clone().or(json_target);
             if let Some(a) = &action {
+                let mut r = rules.lock().unwrap();
+                if let Some(i) = r.delay_request.iter().position(|(x, _)| x == a) {
+                    let (_, d) = r.delay_request.remove(i);
+                    r.held_requests.push(a.clone());
+                    drop(r);
+                    std::thread::sleep(d);
+                    // A client killed meanwhile has closed the connection: nothing is sent.
+                    client.set_nonblocking(true)?;
+                    let mut probe = [0u8; 1];
+                    let gone = match client.peek(&mut probe) {
+                        Ok(n) => n == 0,
+                        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    };
+                    client.set_nonblocking(false)?;
+                    if gone {
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(a) = &action {
                 seen.lock().unwrap().push((a.clone(), form.clone()));
             }
             let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
@@ -299,6 +352,21 @@ impl Proxy {
             up.write_all(&body)?;
             let (rhead, mut rbody) = Proxy::read_message(&mut up, true)?;
             let ok = rhead.starts_with("HTTP/1.1 2") || rhead.starts_with("HTTP/1.0 2");
+            // Before any held or failed answer: the group exists in moto from now on.
+            if dms && ok && action.as_deref() == Some("CreateReplicationSubnetGroup") {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    if let (Some(id), Some(subnets)) = (
+                        v["ReplicationSubnetGroupIdentifier"].as_str(),
+                        v["SubnetIds"].as_array(),
+                    ) {
+                        rules
+                            .lock()
+                            .unwrap()
+                            .dms_subnets
+                            .insert(id.to_string(), subnets.clone());
+                    }
+                }
+            }
             if let Some(a) = &action {
                 let mut r = rules.lock().unwrap();
                 if let Some(i) = r.fail_after.iter().position(|x| x == a) {
@@ -343,6 +411,7 @@ impl Proxy {
             }
             if dms {
                 if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&rbody) {
+                    fix_subnet_groups(&mut v, &rules.lock().unwrap().dms_subnets);
                     fix_times(&mut v);
                     rbody = serde_json::to_vec(&v).unwrap();
                 }
@@ -458,6 +527,31 @@ fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let i = s.find(open)? + open.len();
     let j = s[i..].find(close)? + i;
     Some(&s[i..j])
+}
+
+/// moto 5.2.5 answers DescribeReplicationSubnetGroups with the same made-up subnet
+/// (`subnet-12345`) for every group: the subnets the group's create asked for are put back.
+fn fix_subnet_groups(v: &mut serde_json::Value, asked: &HashMap<String, Vec<serde_json::Value>>) {
+    let Some(groups) = v
+        .get_mut("ReplicationSubnetGroups")
+        .and_then(|g| g.as_array_mut())
+    else {
+        return;
+    };
+    for g in groups {
+        let Some(subnets) = g["ReplicationSubnetGroupIdentifier"]
+            .as_str()
+            .and_then(|id| asked.get(id))
+        else {
+            continue;
+        };
+        g["Subnets"] = serde_json::Value::Array(
+            subnets
+                .iter()
+                .map(|s| serde_json::json!({"SubnetIdentifier": s, "SubnetStatus": "Active"}))
+                .collect(),
+        );
+    }
 }
 
 /// ISO timestamps under keys ending in Date or Time become epoch seconds.

@@ -649,6 +649,14 @@ impl Registry {
     pub fn summaries(&self) -> Vec<String> {
         self.summaries.iter().filter_map(|f| f()).collect()
     }
+    /// The names of the registered types of `kind`, sorted.
+    pub fn names(&self, kind: NodeKind) -> Vec<String> {
+        self.types
+            .iter()
+            .filter(|(_, t)| t.kind() == kind)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
     pub fn get(&self, name: &str) -> Option<&TypeImpl> {
         self.types.get(name)
     }

@@ -19,6 +19,8 @@ use aws_sdk_rds::config::{Credentials, Region};
 use super::proxy::TestProxy;
 use super::Project;
 
+mod lifecycle;
+
 fn moto_server() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("CUTOVER_MOTO_SERVER") {
         return Some(PathBuf::from(p));

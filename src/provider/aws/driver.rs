@@ -300,9 +300,10 @@ impl<T: AwsObject> ResourceType for Driven<T> {
         self.0.name(req)
     }
     /// An interrupted create that reached an object of ours resumes: the create runs again,
-    /// finds it and waits for it, making no other.
+    /// finds it by its tags and waits for it, making no other. An untagged object found after
+    /// our own interrupted create is recorded as it stands (such types have no wait).
     fn create_resumes(&self) -> bool {
-        true
+        matches!(T::OWNERSHIP, Ownership::Tags)
     }
     fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
         match T::OWNERSHIP {
