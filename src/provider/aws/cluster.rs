@@ -6,11 +6,11 @@
 //! The master password arrives revealed for the call only; it is never observed, stored or logged.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_rds::types::Tag;
 
+use super::driver::{Status, Until};
 use super::{ours, owned_by_tags, sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
 use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, ResourceType};
@@ -183,7 +183,8 @@ pub(super) fn observed(mut o: Observed, tags: &[(String, String)], declared: &At
     o
 }
 
-/// Waits until `status()` says `available` (or `None`: gone when `gone_ok`), reporting changes.
+/// Waits through the one poller ([`super::driver::poll`]) until `status` says `available` (or,
+/// with `gone_ok`, until the object is gone), an RDS status naming a failure ending the wait.
 pub(super) async fn wait_status<F, Fut>(
     ctx: &Ctx,
     node: &str,
@@ -195,32 +196,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<String>, ProviderError>>,
 {
-    let t0 = Instant::now();
-    let mut last = String::new();
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let s = status().await?;
-        match s.as_deref() {
-            Some("available") if !gone_ok => return Ok(()),
-            None if gone_ok => return Ok(()),
-            None => {
-                return Err(ProviderError::new(format!(
-                    "{what} disappeared while waiting for it"
-                )))
-            }
-            Some(st) if st.contains("fail") || st == "incompatible-parameters" => {
-                return Err(ProviderError::new(format!("{what} is `{st}`")))
-            }
-            Some(st) => {
-                if st != last {
-                    ctx.report(node, &format!("{what}: {st} ({}s)", t0.elapsed().as_secs()));
-                    last = st.to_string();
-                }
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(15));
-    }
+    let until = if gone_ok { Until::Gone } else { Until::Ready };
+    super::driver::poll(ctx, node, what, until, || {
+        let s = status();
+        async move { Ok(s.await?.map(|s| Status::rds(&s))) }
+    })
+    .await
 }
 
 /// An Aurora cluster.

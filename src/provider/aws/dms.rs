@@ -17,7 +17,7 @@ use aws_sdk_databasemigration::types::{
     ReplicationEndpointTypeValue, StartReplicationTaskTypeValue, Tag,
 };
 
-use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership};
+use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership, Status, Until};
 use super::{ours, sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, NodeKind, Output};
 use crate::provider::{
@@ -1299,31 +1299,26 @@ async fn wait_task(
     id: &str,
     until: &[&str],
 ) -> Result<String, ProviderError> {
-    let mut last = String::new();
-    let started = std::time::Instant::now();
-    loop {
+    // The one poller (backoff up to 15 s, each new status reported); a task deleted meanwhile
+    // counts as `deleted`, which a wait may be for.
+    let reached = std::sync::Mutex::new(String::new());
+    super::driver::poll(ctx, node, &format!("task {id}"), Until::Ready, || async {
         let status = find_task(aws, id)
             .await?
             .map(|t| t.status)
             .unwrap_or_else(|| "deleted".into());
-        if until.contains(&status.as_str()) {
-            return Ok(status);
-        }
-        if status == "failed" {
-            return Err(ProviderError::new(format!("task {id} failed")));
-        }
-        if status != last {
-            ctx.report(
-                node,
-                &format!(
-                    "task {id}: {status} ({:.0} s)",
-                    started.elapsed().as_secs_f64()
-                ),
-            );
-            last = status;
-        }
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
+        let s = if until.contains(&status.as_str()) {
+            Status::Ready
+        } else if status == "failed" {
+            Status::Failed(status.clone())
+        } else {
+            Status::Pending(status.clone())
+        };
+        *reached.lock().unwrap() = status;
+        Ok(Some(s))
+    })
+    .await?;
+    Ok(reached.into_inner().unwrap())
 }
 
 /// The `cdc_start_time` input as a timestamp.
