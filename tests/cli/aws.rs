@@ -1639,6 +1639,12 @@ fn a_foreign_dms_subnet_group_of_our_name_is_never_adopted() {
         )),
         "the create refuses it too: {out}"
     );
+    assert!(
+        out.contains(&format!(
+            "adopt it with `plan import aws dms-subnets {name}`"
+        )),
+        "the import command names the stack: {out}"
+    );
     let (_, list) = run_env(&p, &["state", "aws", "list"], &env);
     assert!(
         !list.lines().any(|l| l.starts_with("dms-subnets ")),

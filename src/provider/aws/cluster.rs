@@ -627,7 +627,7 @@ impl ResourceType for ClusterType {
             .await?
             .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
         {
-            return Err(super::not_ours("cluster", &id, req.node, &id));
+            return Err(super::not_ours(ctx, "cluster", &id, req.node, &id));
         }
         self.wait(ctx, req.node, &id, false).await?;
         let f = self
@@ -965,7 +965,7 @@ impl ResourceType for InstanceType {
             .await?
             .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
         {
-            return Err(super::not_ours("DB instance", &id, req.node, &id));
+            return Err(super::not_ours(ctx, "DB instance", &id, req.node, &id));
         }
         self.wait(ctx, req.node, &id, false).await?;
         let f = self

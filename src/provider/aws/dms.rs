@@ -101,8 +101,8 @@ where
     }
 }
 
-fn not_ours(what: &str, id: &str, node: &str) -> ProviderError {
-    super::not_ours(what, id, node, id)
+fn not_ours(ctx: &Ctx, what: &str, id: &str, node: &str) -> ProviderError {
+    super::not_ours(ctx, what, id, node, id)
 }
 
 fn id_filter(name: &str, value: &str) -> Filter {
@@ -691,7 +691,7 @@ impl ResourceType for InstanceType {
         let i = req.inputs;
         match self.find(id, i).await? {
             Some((_, _, t)) if !ours(&t, &ctx.plan, &ctx.stack, req.node) => {
-                return Err(not_ours("replication instance", id, req.node))
+                return Err(not_ours(ctx, "replication instance", id, req.node))
             }
             Some(_) => {}
             None => {
@@ -1008,7 +1008,7 @@ impl ResourceType for EndpointType {
         let i = req.inputs;
         match self.find(id, i).await? {
             Some((_, t)) if !ours(&t, &ctx.plan, &ctx.stack, req.node) => {
-                return Err(not_ours("endpoint", id, req.node))
+                return Err(not_ours(ctx, "endpoint", id, req.node))
             }
             Some(_) => {}
             None => {
@@ -1410,7 +1410,7 @@ impl ResourceType for TaskType {
         let i = req.inputs;
         match find_task(&self.aws, id).await? {
             Some(t) if !ours(&t.tags, &ctx.plan, &ctx.stack, req.node) => {
-                return Err(not_ours("replication task", id, req.node))
+                return Err(not_ours(ctx, "replication task", id, req.node))
             }
             Some(_) => {}
             None => {

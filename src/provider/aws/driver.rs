@@ -227,13 +227,16 @@ impl<T: AwsObject> Driven<T> {
         let id = &found.observed.id;
         match T::OWNERSHIP {
             Ownership::Tags if owned_by_tags(ctx, req.node, &found.observed) => Ok(id.clone()),
-            Ownership::Tags => Err(not_ours(T::WHAT, name, req.node, id)),
+            Ownership::Tags => Err(not_ours(ctx, T::WHAT, name, req.node, id)),
             Ownership::Untagged(why) => Err(ProviderError::refused(
                 format!(
                     "{} `{name}` exists: {why}, so it is never taken over",
                     T::WHAT
                 ),
-                format!("adopt it with `plan import <stack> {} {id}`", req.node),
+                format!(
+                    "adopt it with `plan import {} {} {id}`",
+                    ctx.stack, req.node
+                ),
             )),
         }
     }

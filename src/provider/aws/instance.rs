@@ -675,7 +675,7 @@ impl ResourceType for DbInstanceType {
             .await?
             .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
         {
-            return Err(super::not_ours("DB instance", &id, req.node, &id));
+            return Err(super::not_ours(ctx, "DB instance", &id, req.node, &id));
         }
         wait(&self.aws, ctx, req.node, &id, false).await?;
         let f = find(&self.aws, &id)
@@ -1082,7 +1082,7 @@ impl SnapshotType {
                     .await?
                     .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, node))
             {
-                return Err(super::not_ours("snapshot", id, node, id));
+                return Err(super::not_ours(ctx, "snapshot", id, node, id));
             }
         }
         wait_status(
@@ -1287,7 +1287,7 @@ impl ResourceType for DbSnapshotType {
         let (cluster, source) = snapshot_source(req.inputs);
         if let Some(f) = self.snap.describe(cluster, id).await? {
             if !ours(&f.tags, &ctx.plan, &ctx.stack, req.node) {
-                return Err(super::not_ours("snapshot", id, req.node, id));
+                return Err(super::not_ours(ctx, "snapshot", id, req.node, id));
             }
         }
         self.snap.take(ctx, req.node, cluster, id, &source).await?;

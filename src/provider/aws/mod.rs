@@ -507,10 +507,19 @@ pub(crate) fn delete_snapshot_command(cluster: bool, id: &str) -> String {
 
 /// The refusal to take over an existing object without our tags, with the command that adopts it
 /// (`import_id` is what `plan import` takes: an ARN, an id or the name).
-pub fn not_ours(what: &str, name: &str, node: &str, import_id: &str) -> ProviderError {
+pub fn not_ours(
+    ctx: &super::Ctx,
+    what: &str,
+    name: &str,
+    node: &str,
+    import_id: &str,
+) -> ProviderError {
     ProviderError::refused(
         format!("{what} `{name}` exists and is not this plan's (no cutover tags)"),
-        format!("adopt it with `plan import <stack> {node} {import_id}`"),
+        format!(
+            "adopt it with `plan import {} {node} {import_id}`",
+            ctx.stack
+        ),
     )
 }
 

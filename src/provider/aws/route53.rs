@@ -648,7 +648,12 @@ impl RecordType {
         let taken = || {
             ProviderError::refused(
                 format!("record {} ({}) already exists in zone {}: records carry no tags, so it is never taken over", key.name, key.kind, key.zone),
-                format!("adopt it with `plan import <stack> {} {}`", req.node, key.id()),
+                format!(
+                    "adopt it with `plan import {} {} {}`",
+                    ctx.stack,
+                    req.node,
+                    key.id()
+                ),
             )
         };
         // Looked up first, and CREATE fails on AWS if the record appeared since (moto 5.2.5
