@@ -678,8 +678,8 @@ pub fn copy_schema(stack: &Stack) -> Result<Plan, PlanError> {
 }
 
 /// One node of every AWS resource type that runs on the provider's driver, in the network
-/// `aws-network` uses: a security group, a DB subnet group, a DMS replication subnet group, a
-/// topic with a subscription and an alarm notifying it (the lifecycle tests kill a run inside
+/// `aws-network` uses: a security group, a DB subnet group, a DMS replication subnet group, an
+/// instance and a cluster parameter group, a topic with a subscription and an alarm notifying it (the lifecycle tests kill a run inside
 /// each create).
 pub fn aws_lifecycle(stack: &Stack) -> Result<Plan, PlanError> {
     let p = Plan::new(stack);
@@ -696,6 +696,15 @@ pub fn aws_lifecycle(stack: &Stack) -> Result<Plan, PlanError> {
     p.add(
         "dms-subnets",
         DmsSubnetGroup::of(subnets.ids(), "replication instance"),
+    );
+    p.add(
+        "params",
+        ParameterGroup::instance("postgres15", "target instances").immediate("work_mem", "65536"),
+    );
+    p.add(
+        "cluster-params",
+        ParameterGroup::cluster("aurora-postgresql15", "target cluster")
+            .pending_reboot("rds.logical_replication", "1"),
     );
     let topic = p.add("alerts", SnsTopic::new().display_name("migration alerts"));
     p.add(

@@ -438,7 +438,7 @@ fn an_existing_group_without_our_tags_is_not_taken_over_until_imported() {
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!(
-            "a parameter group named `{name}` already exists and was not created by this plan"
+            "DB parameter group `{name}` exists and is not this plan's (no cutover tags)"
         )),
         "{out}"
     );

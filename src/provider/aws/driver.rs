@@ -196,6 +196,22 @@ pub trait AwsObject: Send + Sync + 'static {
     fn check_id(&self, _id: &str) -> Result<(), String> {
         Ok(())
     }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        &["id"]
+    }
+    fn update_note(&self, _recorded: &Attrs) -> Option<String> {
+        None
+    }
+    fn kept(&self, _id: &str, _outputs: &Attrs) -> Option<(String, String)> {
+        None
+    }
+    async fn check(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+        Ok(None)
+    }
 }
 
 /// The engine's resource contract for an [`AwsObject`].
@@ -297,6 +313,22 @@ impl<T: AwsObject> ResourceType for Driven<T> {
     }
     fn check_id(&self, id: &str) -> Result<(), String> {
         self.0.check_id(id)
+    }
+    fn stable_outputs(&self) -> &'static [&'static str] {
+        self.0.stable_outputs()
+    }
+    fn update_note(&self, recorded: &Attrs) -> Option<String> {
+        self.0.update_note(recorded)
+    }
+    fn kept(&self, id: &str, outputs: &Attrs) -> Option<(String, String)> {
+        self.0.kept(id, outputs)
+    }
+    async fn check(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+        self.0.check(ctx, req).await
     }
     /// The create's intent records the name the object gets: enough to find it after a kill.
     fn id_for(&self, req: &Request<'_>) -> String {

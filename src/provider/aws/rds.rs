@@ -17,20 +17,21 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
 
-use super::{ours, owned_by_tags, sdk_err, tags, tags_value, Aws};
+use super::driver::{AwsError, AwsObject, Call, Driven, Ownership};
+use super::{sdk_err, tags_value, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
-use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, ResourceType, StepType};
+use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
-    r.resource(ParameterGroupType {
+    r.resource(Driven(Groups::<false>(ParameterGroupType {
         aws: aws.clone(),
         cluster: false,
-    })
-    .resource(ParameterGroupType {
+    })))
+    .resource(Driven(Groups::<true>(ParameterGroupType {
         aws: aws.clone(),
         cluster: true,
-    });
+    })));
     r.step(FenceType {
         groups: ParameterGroupType {
             aws: aws.clone(),
@@ -648,12 +649,6 @@ struct Found {
 }
 
 impl ParameterGroupType {
-    fn name_of(&self, req: &Request<'_>) -> String {
-        get_str(req.inputs, "name")
-            .map(String::from)
-            .unwrap_or_else(|| req.deterministic_id.to_string())
-    }
-
     async fn find(&self, name: &str) -> Result<Option<Found>, ProviderError> {
         let rds = self.aws.rds().await;
         let (arn, family, description) = if self.cluster {
@@ -870,18 +865,26 @@ impl ParameterGroupType {
     }
 }
 
+/// The engine's view of a parameter group: an instance one (`Groups<false>`) or a cluster one
+/// (`Groups<true>`), on the AWS driver.
+struct Groups<const C: bool>(ParameterGroupType);
+
 #[async_trait]
-impl ResourceType for ParameterGroupType {
-    fn type_name(&self) -> &'static str {
-        if self.cluster {
-            "aws.rds.cluster_parameter_group"
-        } else {
-            "aws.rds.parameter_group"
-        }
-    }
-    fn service(&self) -> &'static str {
-        "rds"
-    }
+impl<const C: bool> AwsObject for Groups<C> {
+    const TYPE: &'static str = if C {
+        "aws.rds.cluster_parameter_group"
+    } else {
+        "aws.rds.parameter_group"
+    };
+    const SERVICE: &'static str = "rds";
+    const WHAT: &'static str = if C {
+        "DB cluster parameter group"
+    } else {
+        "DB parameter group"
+    };
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["DBParameterGroupNotFound"];
+    const EXISTS: &'static [&'static str] = &["DBParameterGroupAlreadyExists"];
     fn force_new(&self) -> &'static [&'static str] {
         &["name", "family", "description", "cluster"]
     }
@@ -902,7 +905,7 @@ impl ResourceType for ParameterGroupType {
                 "family `{family}` is not a parameter group family RDS offers; use one of {}",
                 FAMILIES.join(", ")
             ));
-        } else if self.cluster != family.starts_with("aurora") {
+        } else if C != family.starts_with("aurora") {
             v.push(format!(
                 "family `{family}` is for {}; use {} here",
                 if family.starts_with("aurora") {
@@ -910,7 +913,7 @@ impl ResourceType for ParameterGroupType {
                 } else {
                     "RDS instances"
                 },
-                if self.cluster {
+                if C {
                     "a cluster parameter group of an aurora-* family"
                 } else {
                     "an instance parameter group of a non-Aurora family, or ParameterGroup::cluster"
@@ -936,93 +939,67 @@ impl ResourceType for ParameterGroupType {
         }
         v
     }
-    fn id_for(&self, req: &Request<'_>) -> String {
-        self.name_of(req)
-    }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        owned_by_tags(ctx, node, found)
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let name = self.name_of(req);
-        let family = get_str(req.inputs, "family").unwrap_or_default();
-        let description = get_str(req.inputs, "description").unwrap_or_default();
-        let t: Vec<Tag> = tags(&ctx.plan, &ctx.stack, req.node)
-            .into_iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
-        let rds = self.aws.rds().await;
-        let created = if self.cluster {
-            rds.create_db_cluster_parameter_group()
-                .db_cluster_parameter_group_name(&name)
-                .db_parameter_group_family(family)
-                .description(description)
-                .set_tags(Some(t))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    (
-                        e.as_service_error()
-                            .is_some_and(|s| s.is_db_parameter_group_already_exists_fault()),
-                        sdk_err(&format!("create DB cluster parameter group {name}"), e),
-                    )
-                })
-        } else {
-            rds.create_db_parameter_group()
-                .db_parameter_group_name(&name)
-                .db_parameter_group_family(family)
-                .description(description)
-                .set_tags(Some(t))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    (
-                        e.as_service_error()
-                            .is_some_and(|s| s.is_db_parameter_group_already_exists_fault()),
-                        sdk_err(&format!("create DB parameter group {name}"), e),
-                    )
-                })
-        };
-        if let Err((exists, err)) = created {
-            if !exists {
-                return Err(err);
-            }
-            // Ours from an interrupted run is fine; anybody else's is never taken over silently.
-            let found = self.find(&name).await?;
-            if !found
-                .as_ref()
-                .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
-            {
-                return Err(ProviderError::refused(
-                    format!("a parameter group named `{name}` already exists and was not created by this plan"),
-                    format!("adopt it with `plan import {} {} {name}`, or give the node another name", ctx.stack, req.node),
-                ));
-            }
-        }
-        self.modify(&name, &parameters(req.inputs)).await?;
-        let found = self.find(&name).await?.ok_or_else(|| {
-            ProviderError::new(format!("parameter group {name} vanished after creation"))
-        })?;
-        Ok(self.observed(&name, &found))
-    }
-    async fn read(
+    async fn describe(
         &self,
         _ctx: &Ctx,
         _req: &Request<'_>,
-        id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        Ok(self.find(id).await?.map(|f| self.observed(id, &f)))
+        name: &str,
+    ) -> Result<Option<super::driver::Found>, AwsError> {
+        Ok(self
+            .0
+            .find(name)
+            .await?
+            .map(|f| super::driver::Found::ready(self.0.observed(name, &f))))
     }
-    async fn update(
+    async fn create(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let family = get_str(req.inputs, "family").unwrap_or_default();
+        let description = get_str(req.inputs, "description").unwrap_or_default();
+        let t: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let rds = self.0.aws.rds().await;
+        if C {
+            rds.create_db_cluster_parameter_group()
+                .db_cluster_parameter_group_name(name)
+                .db_parameter_group_family(family)
+                .description(description)
+                .set_tags(Some(t))
+                .send()
+                .await
+                .during(&format!("create DB cluster parameter group {name}"))?;
+        } else {
+            rds.create_db_parameter_group()
+                .db_parameter_group_name(name)
+                .db_parameter_group_family(family)
+                .description(description)
+                .set_tags(Some(t))
+                .send()
+                .await
+                .during(&format!("create DB parameter group {name}"))?;
+        }
+        Ok(name.to_string())
+    }
+    /// The parameters are not part of the create call: set after it (and after an adoption).
+    async fn settle(&self, _ctx: &Ctx, req: &Request<'_>, name: &str) -> Result<(), AwsError> {
+        Ok(self.0.modify(name, &parameters(req.inputs)).await?)
+    }
+    /// Sets what changed and resets what the plan no longer sets.
+    async fn modify(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
+    ) -> Result<(), AwsError> {
         let want = parameters(req.inputs);
-        let have = self.find(id).await?.ok_or_else(|| {
+        let have = self.0.find(id).await?.ok_or_else(|| {
             ProviderError::new(format!(
                 "parameter group {id} does not exist; run `plan refresh` to record that"
             ))
@@ -1039,50 +1016,29 @@ impl ResourceType for ParameterGroupType {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !changed.is_empty() {
-            self.modify(id, &changed).await?;
+            self.0.modify(id, &changed).await?;
         }
         if !removed.is_empty() {
-            self.reset(id, &removed).await?;
+            self.0.reset(id, &removed).await?;
         }
-        let found = self
-            .find(id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("parameter group {id} vanished")))?;
-        Ok(self.observed(id, &found))
+        Ok(())
     }
-    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
-        let rds = self.aws.rds().await;
-        let r = if self.cluster {
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
+        let rds = self.0.aws.rds().await;
+        if C {
             rds.delete_db_cluster_parameter_group()
                 .db_cluster_parameter_group_name(id)
                 .send()
                 .await
-                .map(|_| ())
-                .map_err(|e| {
-                    (
-                        e.as_service_error()
-                            .is_some_and(|s| s.is_db_parameter_group_not_found_fault()),
-                        sdk_err(&format!("delete DB cluster parameter group {id}"), e),
-                    )
-                })
+                .during(&format!("delete DB cluster parameter group {id}"))?;
         } else {
             rds.delete_db_parameter_group()
                 .db_parameter_group_name(id)
                 .send()
                 .await
-                .map(|_| ())
-                .map_err(|e| {
-                    (
-                        e.as_service_error()
-                            .is_some_and(|s| s.is_db_parameter_group_not_found_fault()),
-                        sdk_err(&format!("delete DB parameter group {id}"), e),
-                    )
-                })
-        };
-        match r {
-            Ok(()) | Err((true, _)) => Ok(()),
-            Err((false, e)) => Err(e),
+                .during(&format!("delete DB parameter group {id}"))?;
         }
+        Ok(())
     }
 }
 

@@ -68,6 +68,43 @@ const KINDS: &[Kind] = &[
         },
     },
     Kind {
+        type_name: "aws.rds.parameter_group",
+        action: "CreateDBParameterGroup",
+        count: |m| {
+            rt().block_on(async {
+                m.rds()
+                    .describe_db_parameter_groups()
+                    .send()
+                    .await
+                    .unwrap()
+                    .db_parameter_groups()
+                    .iter()
+                    .filter(|g| g.db_parameter_group_name() == Some("aws-lifecycle-aws-params"))
+                    .count()
+            })
+        },
+    },
+    Kind {
+        type_name: "aws.rds.cluster_parameter_group",
+        action: "CreateDBClusterParameterGroup",
+        count: |m| {
+            rt().block_on(async {
+                m.rds()
+                    .describe_db_cluster_parameter_groups()
+                    .send()
+                    .await
+                    .unwrap()
+                    .db_cluster_parameter_groups()
+                    .iter()
+                    .filter(|g| {
+                        g.db_cluster_parameter_group_name()
+                            == Some("aws-lifecycle-aws-cluster-params")
+                    })
+                    .count()
+            })
+        },
+    },
+    Kind {
         type_name: "aws.sns.topic",
         action: "CreateTopic",
         count: |m| {
@@ -123,10 +160,8 @@ const NOT_ON_THE_DRIVER: &[&str] = &[
     "aws.dms.task",
     "aws.rds.cluster",
     "aws.rds.cluster_instance",
-    "aws.rds.cluster_parameter_group",
     "aws.rds.db_snapshot",
     "aws.rds.instance",
-    "aws.rds.parameter_group",
     "aws.route53.record",
 ];
 
