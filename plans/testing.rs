@@ -678,8 +678,8 @@ pub fn copy_schema(stack: &Stack) -> Result<Plan, PlanError> {
 }
 
 /// One node of every AWS resource type that runs on the provider's driver, in the network
-/// `aws-network` uses: a security group, a DB subnet group, a DMS replication subnet group, an
-/// instance and a cluster parameter group, a topic with a subscription and an alarm notifying it (the lifecycle tests kill a run inside
+/// `aws-network` uses: a security group, a DB subnet group, a DMS replication subnet group with a
+/// replication instance in it, a DMS endpoint, an instance and a cluster parameter group, a topic with a subscription and an alarm notifying it (the lifecycle tests kill a run inside
 /// each create).
 pub fn aws_lifecycle(stack: &Stack) -> Result<Plan, PlanError> {
     let p = Plan::new(stack);
@@ -693,9 +693,18 @@ pub fn aws_lifecycle(stack: &Stack) -> Result<Plan, PlanError> {
         "db-subnets",
         SubnetGroup::of(subnets.ids(), "target database"),
     );
-    p.add(
+    let dms_subnets = p.add(
         "dms-subnets",
         DmsSubnetGroup::of(subnets.ids(), "replication instance"),
+    );
+    p.add(
+        "dms",
+        DmsInstance::new("dms.t3.medium", 50).subnet_group(dms_subnets.group_id()),
+    );
+    p.add(
+        "source-endpoint",
+        DmsEndpoint::source("postgres", "old-db.internal", 5432, "app")
+            .credentials("dms", stack.secret("source_password")?),
     );
     p.add(
         "params",

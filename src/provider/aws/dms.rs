@@ -28,8 +28,8 @@ use aws_sdk_databasemigration::primitives as aws_smithy_types_dms;
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(Driven(SubnetGroupType { aws: aws.clone() }));
-    r.resource(InstanceType { aws: aws.clone() });
-    r.resource(EndpointType { aws: aws.clone() });
+    r.resource(Driven(InstanceType { aws: aws.clone() }));
+    r.resource(Driven(EndpointType { aws: aws.clone() }));
     r.resource(TaskType { aws: aws.clone() });
     r.step(StartType { aws: aws.clone() });
     r.step(StopType { aws: aws.clone() });
@@ -98,6 +98,14 @@ where
             Ok(None)
         }
         Err(e) => Err(sdk_err(what, e)),
+    }
+}
+
+/// DMS's own "not found", for an object looked up before the call that needs its ARN.
+fn not_found(what: &str) -> AwsError {
+    AwsError {
+        code: Some("ResourceNotFoundFault".into()),
+        error: ProviderError::new(format!("{what} does not exist")),
     }
 }
 
@@ -613,61 +621,21 @@ impl InstanceType {
             t,
         )))
     }
-
-    async fn wait(
-        &self,
-        ctx: &Ctx,
-        node: &str,
-        id: &str,
-        gone: bool,
-    ) -> Result<Observed, ProviderError> {
-        let mut last = String::new();
-        let started = std::time::Instant::now();
-        loop {
-            match self.find(id, &Attrs::new()).await? {
-                None if gone => {
-                    return Ok(Observed {
-                        id: id.into(),
-                        inputs: Attrs::new(),
-                        outputs: Attrs::new(),
-                    })
-                }
-                None => {
-                    return Err(ProviderError::new(format!(
-                        "replication instance {id} vanished"
-                    )))
-                }
-                Some((o, status, _)) => {
-                    if !gone && status == "available" {
-                        return Ok(o);
-                    }
-                    if status != last {
-                        ctx.report(
-                            node,
-                            &format!(
-                                "replication instance {id}: {status} ({:.0} s)",
-                                started.elapsed().as_secs_f64()
-                            ),
-                        );
-                        last = status;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(10)).await;
-        }
-    }
 }
 
 #[async_trait]
-impl ResourceType for InstanceType {
-    fn type_name(&self) -> &'static str {
-        "aws.dms.instance"
-    }
-    fn create_resumes(&self) -> bool {
-        true
-    }
-    fn service(&self) -> &'static str {
-        "dms"
+impl AwsObject for InstanceType {
+    const TYPE: &'static str = "aws.dms.instance";
+    const SERVICE: &'static str = "dms";
+    const WHAT: &'static str = "replication instance";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["ResourceNotFoundFault"];
+    const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
+    /// Its endpoints and tasks name it: deleted only once gone.
+    const WAIT_GONE: bool = true;
+    /// Named after the node.
+    fn name(&self, req: &Request<'_>) -> String {
+        req.deterministic_id.to_string()
     }
     fn force_new(&self) -> &'static [&'static str] {
         &["subnet_group", "public"]
@@ -683,68 +651,58 @@ impl ResourceType for InstanceType {
             _ => vec![],
         }
     }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        super::owned_by_tags(ctx, node, found)
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let id = req.deterministic_id;
-        let i = req.inputs;
-        match self.find(id, i).await? {
-            Some((_, _, t)) if !ours(&t, &ctx.plan, &ctx.stack, req.node) => {
-                return Err(not_ours(ctx, "replication instance", id, req.node))
-            }
-            Some(_) => {}
-            None => {
-                self.aws
-                    .dms()
-                    .await
-                    .create_replication_instance()
-                    .replication_instance_identifier(id)
-                    .replication_instance_class(get_str(i, "class").unwrap_or_default())
-                    .allocated_storage(get_u64(i, "storage").unwrap_or(50) as i32)
-                    .multi_az(i.get("multi_az").and_then(Value::as_bool).unwrap_or(false))
-                    .publicly_accessible(i.get("public").and_then(Value::as_bool).unwrap_or(false))
-                    .set_engine_version(get_str(i, "engine_version").map(String::from))
-                    .set_replication_subnet_group_identifier(
-                        get_str(i, "subnet_group").map(String::from),
-                    )
-                    .set_vpc_security_group_ids(
-                        i.contains_key("security_groups")
-                            .then(|| list(i.get("security_groups"))),
-                    )
-                    .set_tags(Some(dms_tags(&tags(&ctx.plan, &ctx.stack, req.node))))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err(&format!("create replication instance {id}"), e))?;
-            }
-        }
-        self.wait(ctx, req.node, id, false).await?;
-        self.find(id, i)
-            .await?
-            .map(|(o, _, _)| o)
-            .ok_or_else(|| ProviderError::new(format!("replication instance {id} vanished")))
-    }
-    async fn read(
+    async fn describe(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        Ok(self.find(id, req.inputs).await?.map(|(o, _, _)| o))
+    ) -> Result<Option<Found>, AwsError> {
+        Ok(self
+            .find(id, req.inputs)
+            .await?
+            .map(|(observed, status, _)| Found {
+                observed,
+                status: Status::rds(&status),
+            }))
     }
-    async fn update(
+    async fn create(
         &self,
-        ctx: &Ctx,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let i = req.inputs;
+        self.aws
+            .dms()
+            .await
+            .create_replication_instance()
+            .replication_instance_identifier(id)
+            .replication_instance_class(get_str(i, "class").unwrap_or_default())
+            .allocated_storage(get_u64(i, "storage").unwrap_or(50) as i32)
+            .multi_az(i.get("multi_az").and_then(Value::as_bool).unwrap_or(false))
+            .publicly_accessible(i.get("public").and_then(Value::as_bool).unwrap_or(false))
+            .set_engine_version(get_str(i, "engine_version").map(String::from))
+            .set_replication_subnet_group_identifier(get_str(i, "subnet_group").map(String::from))
+            .set_vpc_security_group_ids(
+                i.contains_key("security_groups")
+                    .then(|| list(i.get("security_groups"))),
+            )
+            .set_tags(Some(dms_tags(tags)))
+            .send()
+            .await
+            .during(&format!("create replication instance {id}"))?;
+        Ok(id.to_string())
+    }
+    async fn modify(
+        &self,
+        _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
+    ) -> Result<(), AwsError> {
         let i = req.inputs;
-        let arn = self
-            .find(id, i)
-            .await?
-            .and_then(|(o, _, _)| get_str(&o.outputs, "arn").map(String::from))
-            .ok_or_else(|| ProviderError::new(format!("replication instance {id} vanished")))?;
+        let arn = self.arn(id).await?;
         self.aws
             .dms()
             .await
@@ -757,18 +715,11 @@ impl ResourceType for InstanceType {
             .set_engine_version(get_str(i, "engine_version").map(String::from))
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("modify replication instance {id}"), e))?;
-        self.wait(ctx, req.node, id, false).await?;
-        self.find(id, i)
-            .await?
-            .map(|(o, _, _)| o)
-            .ok_or_else(|| ProviderError::new(format!("replication instance {id} vanished")))
+            .during(&format!("modify replication instance {id}"))?;
+        Ok(())
     }
-    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
-        let Some((o, _, _)) = self.find(id, &Attrs::new()).await? else {
-            return Ok(());
-        };
-        let arn = get_str(&o.outputs, "arn").unwrap_or_default().to_string();
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
+        let arn = self.arn(id).await?;
         self.aws
             .dms()
             .await
@@ -776,8 +727,18 @@ impl ResourceType for InstanceType {
             .replication_instance_arn(&arn)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("delete replication instance {id}"), e))?;
-        self.wait(ctx, req.node, id, true).await.map(|_| ())
+            .during(&format!("delete replication instance {id}"))?;
+        Ok(())
+    }
+}
+
+impl InstanceType {
+    /// The ARN the modify and delete calls take; not found is the code the driver knows.
+    async fn arn(&self, id: &str) -> Result<String, AwsError> {
+        match self.find(id, &Attrs::new()).await? {
+            Some((o, _, _)) => Ok(get_str(&o.outputs, "arn").unwrap_or_default().to_string()),
+            None => Err(not_found(&format!("replication instance {id}"))),
+        }
     }
 }
 
@@ -959,12 +920,16 @@ impl EndpointType {
 }
 
 #[async_trait]
-impl ResourceType for EndpointType {
-    fn type_name(&self) -> &'static str {
-        "aws.dms.endpoint"
-    }
-    fn service(&self) -> &'static str {
-        "dms"
+impl AwsObject for EndpointType {
+    const TYPE: &'static str = "aws.dms.endpoint";
+    const SERVICE: &'static str = "dms";
+    const WHAT: &'static str = "endpoint";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["ResourceNotFoundFault"];
+    const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
+    /// Named after the node.
+    fn name(&self, req: &Request<'_>) -> String {
+        req.deterministic_id.to_string()
     }
     fn force_new(&self) -> &'static [&'static str] {
         &["type", "engine"]
@@ -1000,87 +965,81 @@ impl ResourceType for EndpointType {
         }
         v
     }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        super::owned_by_tags(ctx, node, found)
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let id = req.deterministic_id;
-        let i = req.inputs;
-        match self.find(id, i).await? {
-            Some((_, t)) if !ours(&t, &ctx.plan, &ctx.stack, req.node) => {
-                return Err(not_ours(ctx, "endpoint", id, req.node))
-            }
-            Some(_) => {}
-            None => {
-                self.aws
-                    .dms()
-                    .await
-                    .create_endpoint()
-                    .endpoint_identifier(id)
-                    .endpoint_type(ReplicationEndpointTypeValue::from(
-                        get_str(i, "type").unwrap_or("source"),
-                    ))
-                    .engine_name(get_str(i, "engine").unwrap_or_default())
-                    .set_server_name(get_str(i, "server").map(String::from))
-                    .set_port(get_u64(i, "port").map(|p| p as i32))
-                    .set_database_name(get_str(i, "database").map(String::from))
-                    .set_username(get_str(i, "username").map(String::from))
-                    .set_password(get_str(i, "password").map(String::from))
-                    .ssl_mode(ssl(get_str(i, "ssl_mode").unwrap_or("require")))
-                    .set_postgre_sql_settings(pg_settings(i))
-                    .set_tags(Some(dms_tags(&tags(&ctx.plan, &ctx.stack, req.node))))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err(&format!("create endpoint {id}"), e))?;
-            }
-        }
-        self.find(id, i)
-            .await?
-            .map(|(o, _)| o)
-            .ok_or_else(|| ProviderError::new(format!("endpoint {id} vanished")))
-    }
-    async fn read(
+    async fn describe(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        Ok(self.find(id, req.inputs).await?.map(|(o, _)| o))
+    ) -> Result<Option<Found>, AwsError> {
+        Ok(self
+            .find(id, req.inputs)
+            .await?
+            .map(|(o, _)| Found::ready(o)))
     }
-    async fn update(
+    async fn create(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let i = req.inputs;
+        self.aws
+            .dms()
+            .await
+            .create_endpoint()
+            .endpoint_identifier(id)
+            .endpoint_type(ReplicationEndpointTypeValue::from(
+                get_str(i, "type").unwrap_or("source"),
+            ))
+            .engine_name(get_str(i, "engine").unwrap_or_default())
+            .set_server_name(get_str(i, "server").map(String::from))
+            .set_port(get_u64(i, "port").map(|p| p as i32))
+            .set_database_name(get_str(i, "database").map(String::from))
+            .set_username(get_str(i, "username").map(String::from))
+            .set_password(get_str(i, "password").map(String::from))
+            .ssl_mode(ssl(get_str(i, "ssl_mode").unwrap_or("require")))
+            .set_postgre_sql_settings(pg_settings(i))
+            .set_tags(Some(dms_tags(tags)))
+            .send()
+            .await
+            .during(&format!("create endpoint {id}"))?;
+        Ok(id.to_string())
+    }
+    async fn modify(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
-        let i = req.inputs;
-        let arn = self
-            .find(id, i)
-            .await?
-            .and_then(|(o, _)| get_str(&o.outputs, "arn").map(String::from))
-            .ok_or_else(|| ProviderError::new(format!("endpoint {id} vanished")))?;
-        modify_endpoint(self.aws.dms().await, &arn, i)
+    ) -> Result<(), AwsError> {
+        let arn = self.arn(id).await?;
+        modify_endpoint(self.aws.dms().await, &arn, req.inputs)
             .await
-            .map_err(|e| sdk_err(&format!("modify endpoint {id}"), e))?;
-        self.find(id, i)
-            .await?
-            .map(|(o, _)| o)
-            .ok_or_else(|| ProviderError::new(format!("endpoint {id} vanished")))
+            .during(&format!("modify endpoint {id}"))?;
+        Ok(())
     }
-    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
-        let Some((o, _)) = self.find(id, &Attrs::new()).await? else {
-            return Ok(());
-        };
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
+        let arn = self.arn(id).await?;
         self.aws
             .dms()
             .await
             .delete_endpoint()
-            .endpoint_arn(get_str(&o.outputs, "arn").unwrap_or_default())
+            .endpoint_arn(arn)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("delete endpoint {id}"), e))?;
+            .during(&format!("delete endpoint {id}"))?;
         Ok(())
+    }
+}
+
+impl EndpointType {
+    /// The ARN the modify and delete calls take; not found is the code the driver knows.
+    async fn arn(&self, id: &str) -> Result<String, AwsError> {
+        match self.find(id, &Attrs::new()).await? {
+            Some((o, _)) => Ok(get_str(&o.outputs, "arn").unwrap_or_default().to_string()),
+            None => Err(not_found(&format!("endpoint {id}"))),
+        }
     }
 }
 

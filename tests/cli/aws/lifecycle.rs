@@ -16,14 +16,16 @@ use super::*;
 struct Kind {
     type_name: &'static str,
     action: &'static str,
-    count: fn(&Moto) -> usize,
+    /// Given the emulator and the proxy's address (DMS answers are read through it: moto's
+    /// timestamps are corrected there).
+    count: fn(&Moto, &str) -> usize,
 }
 
 const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.ec2.security_group",
         action: "CreateSecurityGroup",
-        count: |m| {
+        count: |m, _| {
             rt().block_on(async {
                 m.ec2()
                     .describe_security_groups()
@@ -40,7 +42,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.rds.subnet_group",
         action: "CreateDBSubnetGroup",
-        count: |m| {
+        count: |m, _| {
             rt().block_on(async {
                 m.rds()
                     .describe_db_subnet_groups()
@@ -55,9 +57,9 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.dms.subnet_group",
         action: "CreateReplicationSubnetGroup",
-        count: |m| {
+        count: |m, via| {
             rt().block_on(async {
-                m.dms_via(&m.url())
+                m.dms_via(via)
                     .describe_replication_subnet_groups()
                     .send()
                     .await
@@ -68,9 +70,39 @@ const KINDS: &[Kind] = &[
         },
     },
     Kind {
+        type_name: "aws.dms.instance",
+        action: "CreateReplicationInstance",
+        count: |m, via| {
+            rt().block_on(async {
+                m.dms_via(via)
+                    .describe_replication_instances()
+                    .send()
+                    .await
+                    .unwrap()
+                    .replication_instances()
+                    .len()
+            })
+        },
+    },
+    Kind {
+        type_name: "aws.dms.endpoint",
+        action: "CreateEndpoint",
+        count: |m, via| {
+            rt().block_on(async {
+                m.dms_via(via)
+                    .describe_endpoints()
+                    .send()
+                    .await
+                    .unwrap()
+                    .endpoints()
+                    .len()
+            })
+        },
+    },
+    Kind {
         type_name: "aws.rds.parameter_group",
         action: "CreateDBParameterGroup",
-        count: |m| {
+        count: |m, _| {
             rt().block_on(async {
                 m.rds()
                     .describe_db_parameter_groups()
@@ -87,7 +119,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.rds.cluster_parameter_group",
         action: "CreateDBClusterParameterGroup",
-        count: |m| {
+        count: |m, _| {
             rt().block_on(async {
                 m.rds()
                     .describe_db_cluster_parameter_groups()
@@ -107,7 +139,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.sns.topic",
         action: "CreateTopic",
-        count: |m| {
+        count: |m, _| {
             rt().block_on(async {
                 aws_sdk_sns::Client::new(&m.sdk_config(&m.url()))
                     .list_topics()
@@ -122,7 +154,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.sns.subscription",
         action: "Subscribe",
-        count: |m| {
+        count: |m, _| {
             rt().block_on(async {
                 aws_sdk_sns::Client::new(&m.sdk_config(&m.url()))
                     .list_subscriptions()
@@ -137,7 +169,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.cloudwatch.alarm",
         action: "PutMetricAlarm",
-        count: |m| {
+        count: |m, _| {
             rt().block_on(async {
                 m.cloudwatch()
                     .describe_alarms()
@@ -155,8 +187,6 @@ const KINDS: &[Kind] = &[
 /// and adoption tests in `aws.rs`); they leave this list as they move onto the driver.
 const NOT_ON_THE_DRIVER: &[&str] = &[
     "aws.autoscaling.readers",
-    "aws.dms.endpoint",
-    "aws.dms.instance",
     "aws.dms.task",
     "aws.rds.cluster",
     "aws.rds.cluster_instance",
@@ -170,7 +200,7 @@ fn every_registered_aws_type_is_covered_by_the_lifecycle_tests() {
     let p = Project::new();
     p.stack(
         "aws",
-        "plan = \"aws-lifecycle\"\nprovider = \"aws\"\nregion = \"us-east-1\"\n",
+        "plan = \"aws-lifecycle\"\nprovider = \"aws\"\nregion = \"us-east-1\"\n[secrets]\nsource_password = \"env:CUTOVER_TEST_SOURCE_PASSWORD\"\n",
     );
     let stack = cutover::stack::Stack::load(p.root(), "aws").unwrap();
     let registry = cutover::provider::registry_for_stack(&stack);
@@ -191,11 +221,14 @@ fn every_registered_aws_type_is_covered_by_the_lifecycle_tests() {
         "a registered aws resource type must be in KINDS (lifecycle-tested) or NOT_ON_THE_DRIVER"
     );
     // And the plan the kills run has one node of every type in KINDS.
-    let (code, out) = run_env(&p, &["preview", "aws"], &[]);
+    let (code, out) = run_env(&p, &["preview", "aws"], ENV);
     for k in KINDS {
         assert!(out.contains(&format!("({})", k.type_name)), "{code} {out}");
     }
 }
+
+/// The DMS endpoint's password, from the environment as a stack's secret.
+const ENV: &[(&str, &str)] = &[("CUTOVER_TEST_SOURCE_PASSWORD", "s3cr3t-Source-4d1")];
 
 fn lifecycle_project(m: &Moto, proxy: &TestProxy) -> Project {
     rt().block_on(make_network(&m.ec2()));
@@ -203,7 +236,7 @@ fn lifecycle_project(m: &Moto, proxy: &TestProxy) -> Project {
     p.stack(
         "aws",
         &format!(
-            "plan = \"aws-lifecycle\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+            "plan = \"aws-lifecycle\"\nprovider = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[secrets]\nsource_password = \"env:CUTOVER_TEST_SOURCE_PASSWORD\"\n",
             proxy.url()
         ),
     );
@@ -219,6 +252,7 @@ fn spawn_apply(p: &Project) -> Child {
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("AWS_PROFILE")
+        .envs(ENV.iter().copied())
         .stdout(Stdio::from(
             std::fs::File::create(p.root().join("apply.log")).unwrap(),
         ))
@@ -234,21 +268,26 @@ fn spawn_apply(p: &Project) -> Child {
 
 /// After the kills: exactly one object per node, a refreshed preview with nothing to do, and a
 /// destroy that leaves nothing.
-fn converged_then_destroyed(m: &Moto, p: &Project, after: &str) {
+fn converged_then_destroyed(m: &Moto, proxy: &TestProxy, p: &Project, after: &str) {
     for k in KINDS {
-        assert_eq!((k.count)(m), 1, "{}: one object {after}", k.type_name);
+        assert_eq!(
+            (k.count)(m, &proxy.url()),
+            1,
+            "{}: one object {after}",
+            k.type_name
+        );
     }
     let (code, out) = run_env(
         p,
         &["preview", "aws", "--refresh", "--detailed-exitcode"],
-        &[],
+        ENV,
     );
     assert_eq!(code, 0, "nothing to do {after}: {out}");
-    let (code, out) = run_env(p, &["destroy", "aws", "--yes"], &[]);
+    let (code, out) = run_env(p, &["destroy", "aws", "--yes"], ENV);
     assert_eq!(code, 0, "{out}");
     for k in KINDS {
         assert_eq!(
-            (k.count)(m),
+            (k.count)(m, &proxy.url()),
             0,
             "{}: left after destroy: {out}",
             k.type_name
@@ -307,7 +346,7 @@ fn kill_inside_every_create(
     for k in KINDS {
         assert_eq!(held(&proxy, k.action), 1, "{} was held {moment}", k.action);
     }
-    converged_then_destroyed(&m, &p, &format!("after {kills} kills {moment}"));
+    converged_then_destroyed(&m, &proxy, &p, &format!("after {kills} kills {moment}"));
 }
 
 #[test]
@@ -337,7 +376,7 @@ fn creates_answered_503_after_aws_acted_are_retried_and_adopted_not_duplicated()
     for k in KINDS {
         proxy.fail_after(k.action);
     }
-    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], &[]);
+    let (code, out) = run_env(&p, &["apply", "aws", "--yes"], ENV);
     assert_eq!(code, 0, "{out}");
     for k in KINDS {
         assert_eq!(
@@ -347,5 +386,5 @@ fn creates_answered_503_after_aws_acted_are_retried_and_adopted_not_duplicated()
             k.action
         );
     }
-    converged_then_destroyed(&m, &p, "after 503s");
+    converged_then_destroyed(&m, &proxy, &p, "after 503s");
 }
