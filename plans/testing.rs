@@ -679,7 +679,7 @@ pub fn copy_schema(stack: &Stack) -> Result<Plan, PlanError> {
 
 /// One node of every AWS resource type that runs on the provider's driver, in the network
 /// `aws-network` uses: a security group, a DB subnet group, a DMS replication subnet group with a
-/// replication instance in it, a DMS endpoint, an instance and a cluster parameter group, a topic with a subscription and an alarm notifying it (the lifecycle tests kill a run inside
+/// replication instance in it, two DMS endpoints and a task between them, an instance and a cluster parameter group, a topic with a subscription and an alarm notifying it (the lifecycle tests kill a run inside
 /// each create).
 pub fn aws_lifecycle(stack: &Stack) -> Result<Plan, PlanError> {
     let p = Plan::new(stack);
@@ -697,14 +697,30 @@ pub fn aws_lifecycle(stack: &Stack) -> Result<Plan, PlanError> {
         "dms-subnets",
         DmsSubnetGroup::of(subnets.ids(), "replication instance"),
     );
-    p.add(
+    let dms = p.add(
         "dms",
         DmsInstance::new("dms.t3.medium", 50).subnet_group(dms_subnets.group_id()),
     );
-    p.add(
+    let source = p.add(
         "source-endpoint",
         DmsEndpoint::source("postgres", "old-db.internal", 5432, "app")
             .credentials("dms", stack.secret("source_password")?),
+    );
+    let target = p.add(
+        "target-endpoint",
+        DmsEndpoint::target("aurora-postgresql", "new-db.internal", 5432, "app")
+            .credentials("dms", stack.secret("source_password")?),
+    );
+    p.add(
+        "task",
+        DmsTask::new(
+            dms.arn(),
+            source.arn(),
+            target.arn(),
+            "full-load-and-cdc",
+            &TableMappings::new().include("public", "%"),
+            &TaskSettings::default(),
+        ),
     );
     p.add(
         "params",

@@ -22,6 +22,8 @@
 //! - moto 5.2.5 answers every DMS replication subnet group with one made-up subnet
 //!   (`subnet-12345`): the subnets its create asked for are put back in DescribeReplicationSubnetGroups
 //!   answers, so a refresh does not report drift AWS would not.
+//! - moto 5.2.5 leaves a DMS replication task `creating` for good: it is shown `ready`, as AWS
+//!   makes it within minutes, so a create's wait ends.
 //!
 //! Every request that is not answered with an injected fault reaches moto as the SDK sent it.
 
@@ -412,6 +414,7 @@ impl Proxy {
             if dms {
                 if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&rbody) {
                     fix_subnet_groups(&mut v, &rules.lock().unwrap().dms_subnets);
+                    fix_created_tasks(&mut v);
                     fix_times(&mut v);
                     rbody = serde_json::to_vec(&v).unwrap();
                 }
@@ -527,6 +530,20 @@ fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let i = s.find(open)? + open.len();
     let j = s[i..].find(close)? + i;
     Some(&s[i..j])
+}
+
+/// moto 5.2.5 leaves every replication task `creating` for good, where AWS makes it `ready`
+/// within minutes: a task is shown `ready` once moto has it.
+fn fix_created_tasks(v: &mut serde_json::Value) {
+    let tasks = match v.get_mut("ReplicationTasks").and_then(|t| t.as_array_mut()) {
+        Some(t) => t.iter_mut().collect::<Vec<_>>(),
+        None => v.get_mut("ReplicationTask").into_iter().collect(),
+    };
+    for t in tasks {
+        if t["Status"] == "creating" {
+            t["Status"] = serde_json::Value::from("ready");
+        }
+    }
 }
 
 /// moto 5.2.5 answers DescribeReplicationSubnetGroups with the same made-up subnet

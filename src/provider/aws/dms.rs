@@ -18,11 +18,9 @@ use aws_sdk_databasemigration::types::{
 };
 
 use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership, Status, Until};
-use super::{ours, sdk_err, tags, tags_value, Aws};
+use super::{sdk_err, tags_value, Aws};
 use crate::dsl::{Declare, NodeKind, Output};
-use crate::provider::{
-    Ctx, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
-};
+use crate::provider::{Ctx, Observed, Probe, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, get_u64, Attrs, Value};
 use aws_sdk_databasemigration::primitives as aws_smithy_types_dms;
 
@@ -30,7 +28,7 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(Driven(SubnetGroupType { aws: aws.clone() }));
     r.resource(Driven(InstanceType { aws: aws.clone() }));
     r.resource(Driven(EndpointType { aws: aws.clone() }));
-    r.resource(TaskType { aws: aws.clone() });
+    r.resource(Driven(TaskType { aws: aws.clone() }));
     r.step(StartType { aws: aws.clone() });
     r.step(StopType { aws: aws.clone() });
     r.step(TestConnectionsType { aws: aws.clone() });
@@ -107,10 +105,6 @@ fn not_found(what: &str) -> AwsError {
         code: Some("ResourceNotFoundFault".into()),
         error: ProviderError::new(format!("{what} does not exist")),
     }
-}
-
-fn not_ours(ctx: &Ctx, what: &str, id: &str, node: &str) -> ProviderError {
-    super::not_ours(ctx, what, id, node, id)
 }
 
 fn id_filter(name: &str, value: &str) -> Filter {
@@ -1142,7 +1136,6 @@ struct TaskType {
 struct TaskFound {
     observed: Observed,
     status: String,
-    tags: Vec<(String, String)>,
 }
 
 async fn find_task(aws: &Aws, id: &str) -> Result<Option<TaskFound>, ProviderError> {
@@ -1201,7 +1194,6 @@ async fn find_task(aws: &Aws, id: &str) -> Result<Option<TaskFound>, ProviderErr
                 ("tags".to_string(), tags_value(&tags)),
             ]),
         },
-        tags,
     }))
 }
 
@@ -1302,15 +1294,18 @@ pub fn update_steps(status: &str) -> (bool, bool) {
 }
 
 #[async_trait]
-impl ResourceType for TaskType {
-    fn type_name(&self) -> &'static str {
-        "aws.dms.task"
-    }
-    fn create_resumes(&self) -> bool {
-        true
-    }
-    fn service(&self) -> &'static str {
-        "dms"
+impl AwsObject for TaskType {
+    const TYPE: &'static str = "aws.dms.task";
+    const SERVICE: &'static str = "dms";
+    const WHAT: &'static str = "replication task";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["ResourceNotFoundFault"];
+    const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
+    /// The instance and endpoints it names are deleted after it: only once it is gone.
+    const WAIT_GONE: bool = true;
+    /// Named after the node.
+    fn name(&self, req: &Request<'_>) -> String {
+        req.deterministic_id.to_string()
     }
     fn force_new(&self) -> &'static [&'static str] {
         &["instance", "source", "target"]
@@ -1361,65 +1356,65 @@ impl ResourceType for TaskType {
         }
         v
     }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        super::owned_by_tags(ctx, node, found)
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let id = req.deterministic_id;
-        let i = req.inputs;
-        match find_task(&self.aws, id).await? {
-            Some(t) if !ours(&t.tags, &ctx.plan, &ctx.stack, req.node) => {
-                return Err(not_ours(ctx, "replication task", id, req.node))
-            }
-            Some(_) => {}
-            None => {
-                self.aws
-                    .dms()
-                    .await
-                    .create_replication_task()
-                    .replication_task_identifier(id)
-                    .replication_instance_arn(get_str(i, "instance").unwrap_or_default())
-                    .source_endpoint_arn(get_str(i, "source").unwrap_or_default())
-                    .target_endpoint_arn(get_str(i, "target").unwrap_or_default())
-                    .migration_type(MigrationTypeValue::from(
-                        get_str(i, "migration").unwrap_or("full-load-and-cdc"),
-                    ))
-                    .table_mappings(get_str(i, "mappings").unwrap_or_default())
-                    .set_replication_task_settings(get_str(i, "settings").map(String::from))
-                    .set_cdc_start_position(get_str(i, "cdc_start_position").map(String::from))
-                    .set_cdc_start_time(start_time(i)?)
-                    .set_tags(Some(dms_tags(&tags(&ctx.plan, &ctx.stack, req.node))))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err(&format!("create task {id}"), e))?;
-            }
-        }
-        let t = find_task(&self.aws, id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("task {id} vanished")))?;
-        Ok(with_declared_text(t.observed, i))
-    }
-    async fn read(
+    /// A task being created, modified or deleted is on its way; any other status (ready,
+    /// running, stopped, even failed: the start and stop steps deal with those) is the task as it
+    /// stands.
+    async fn describe(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        Ok(find_task(&self.aws, id)
-            .await?
-            .map(|t| with_declared_text(t.observed, req.inputs)))
+    ) -> Result<Option<Found>, AwsError> {
+        Ok(find_task(&self.aws, id).await?.map(|t| Found {
+            status: match t.status.as_str() {
+                s @ ("creating" | "modifying" | "deleting") => Status::Pending(s.into()),
+                _ => Status::Ready,
+            },
+            observed: with_declared_text(t.observed, req.inputs),
+        }))
     }
-    async fn update(
+    async fn create(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let i = req.inputs;
+        self.aws
+            .dms()
+            .await
+            .create_replication_task()
+            .replication_task_identifier(id)
+            .replication_instance_arn(get_str(i, "instance").unwrap_or_default())
+            .source_endpoint_arn(get_str(i, "source").unwrap_or_default())
+            .target_endpoint_arn(get_str(i, "target").unwrap_or_default())
+            .migration_type(MigrationTypeValue::from(
+                get_str(i, "migration").unwrap_or("full-load-and-cdc"),
+            ))
+            .table_mappings(get_str(i, "mappings").unwrap_or_default())
+            .set_replication_task_settings(get_str(i, "settings").map(String::from))
+            .set_cdc_start_position(get_str(i, "cdc_start_position").map(String::from))
+            .set_cdc_start_time(start_time(i)?)
+            .set_tags(Some(dms_tags(tags)))
+            .send()
+            .await
+            .during(&format!("create task {id}"))?;
+        Ok(id.to_string())
+    }
+    /// A running task is stopped, modified and resumed (resumed even when the modification
+    /// fails: an update never leaves a running task stopped).
+    async fn modify(
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
+    ) -> Result<(), AwsError> {
         let i = req.inputs;
         let t = find_task(&self.aws, id)
             .await?
-            .ok_or_else(|| ProviderError::new(format!("task {id} vanished")))?;
+            .ok_or_else(|| not_found(&format!("task {id}")))?;
         let arn = get_str(&t.observed.outputs, "arn")
             .unwrap_or_default()
             .to_string();
@@ -1434,7 +1429,7 @@ impl ResourceType for TaskType {
                 .replication_task_arn(&arn)
                 .send()
                 .await
-                .map_err(|e| sdk_err(&format!("stop task {id}"), e))?;
+                .during(&format!("stop task {id}"))?;
             wait_task(&self.aws, ctx, req.node, id, &["stopped"]).await?;
         }
         // moto 5.2.5 has no ModifyReplicationTask: the request is checked by capture in tests.
@@ -1450,28 +1445,23 @@ impl ResourceType for TaskType {
             .set_cdc_start_time(start_time(i)?)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("modify task {id}"), e));
+            .during(&format!("modify task {id}"));
         if resume {
-            // Resumed whether or not the modification went through: an update never leaves a
-            // running task stopped.
             ctx.report(req.node, &format!("resuming task {id}"));
             dms.start_replication_task()
                 .replication_task_arn(&arn)
                 .start_replication_task_type(StartReplicationTaskTypeValue::ResumeProcessing)
                 .send()
                 .await
-                .map_err(|e| sdk_err(&format!("resume task {id}"), e))?;
+                .during(&format!("resume task {id}"))?;
         }
-        modified?;
+        modified.map(|_| ())
+    }
+    /// A running task is stopped first (DMS deletes only a stopped one).
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), AwsError> {
         let t = find_task(&self.aws, id)
             .await?
-            .ok_or_else(|| ProviderError::new(format!("task {id} vanished")))?;
-        Ok(with_declared_text(t.observed, i))
-    }
-    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
-        let Some(t) = find_task(&self.aws, id).await? else {
-            return Ok(());
-        };
+            .ok_or_else(|| not_found(&format!("task {id}")))?;
         let arn = get_str(&t.observed.outputs, "arn")
             .unwrap_or_default()
             .to_string();
@@ -1481,15 +1471,14 @@ impl ResourceType for TaskType {
                 .replication_task_arn(&arn)
                 .send()
                 .await
-                .map_err(|e| sdk_err(&format!("stop task {id}"), e))?;
+                .during(&format!("stop task {id}"))?;
             wait_task(&self.aws, ctx, req.node, id, &["stopped"]).await?;
         }
         dms.delete_replication_task()
             .replication_task_arn(&arn)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("delete task {id}"), e))?;
-        wait_task(&self.aws, ctx, req.node, id, &["deleted"]).await?;
+            .during(&format!("delete task {id}"))?;
         Ok(())
     }
 }
@@ -2015,6 +2004,7 @@ impl StepType for WaitCdcLatencyType {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::ResourceType;
 
     #[test]
     fn mappings_and_settings_are_dms_json() {
@@ -2230,9 +2220,9 @@ mod tests {
             list("running"),
             tags(),
         ]);
-        let t = TaskType {
+        let t = Driven(TaskType {
             aws: Aws::with_dms(client(http.clone())),
-        };
+        });
         let inputs = DmsTask::new(
             Output::from("arn:i"),
             Output::from("arn:s"),
@@ -2294,9 +2284,9 @@ mod tests {
             answer(&format!(r#"{{"ReplicationTasks":[{task}]}}"#)),
             answer(r#"{"TagList":[]}"#),
         ]);
-        let t = TaskType {
+        let t = Driven(TaskType {
             aws: Aws::with_dms(client(http.clone())),
-        };
+        });
         let inputs = DmsTask::new(
             Output::from("arn:i"),
             Output::from("arn:s"),

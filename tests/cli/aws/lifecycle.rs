@@ -16,6 +16,8 @@ use super::*;
 struct Kind {
     type_name: &'static str,
     action: &'static str,
+    /// How many nodes of the plan are of this type (each one create, one object).
+    nodes: usize,
     /// Given the emulator and the proxy's address (DMS answers are read through it: moto's
     /// timestamps are corrected there).
     count: fn(&Moto, &str) -> usize,
@@ -25,6 +27,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.ec2.security_group",
         action: "CreateSecurityGroup",
+        nodes: 1,
         count: |m, _| {
             rt().block_on(async {
                 m.ec2()
@@ -42,6 +45,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.rds.subnet_group",
         action: "CreateDBSubnetGroup",
+        nodes: 1,
         count: |m, _| {
             rt().block_on(async {
                 m.rds()
@@ -57,6 +61,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.dms.subnet_group",
         action: "CreateReplicationSubnetGroup",
+        nodes: 1,
         count: |m, via| {
             rt().block_on(async {
                 m.dms_via(via)
@@ -72,6 +77,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.dms.instance",
         action: "CreateReplicationInstance",
+        nodes: 1,
         count: |m, via| {
             rt().block_on(async {
                 m.dms_via(via)
@@ -87,6 +93,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.dms.endpoint",
         action: "CreateEndpoint",
+        nodes: 2,
         count: |m, via| {
             rt().block_on(async {
                 m.dms_via(via)
@@ -100,8 +107,25 @@ const KINDS: &[Kind] = &[
         },
     },
     Kind {
+        type_name: "aws.dms.task",
+        action: "CreateReplicationTask",
+        nodes: 1,
+        count: |m, via| {
+            rt().block_on(async {
+                m.dms_via(via)
+                    .describe_replication_tasks()
+                    .send()
+                    .await
+                    .unwrap()
+                    .replication_tasks()
+                    .len()
+            })
+        },
+    },
+    Kind {
         type_name: "aws.rds.parameter_group",
         action: "CreateDBParameterGroup",
+        nodes: 1,
         count: |m, _| {
             rt().block_on(async {
                 m.rds()
@@ -119,6 +143,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.rds.cluster_parameter_group",
         action: "CreateDBClusterParameterGroup",
+        nodes: 1,
         count: |m, _| {
             rt().block_on(async {
                 m.rds()
@@ -139,6 +164,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.sns.topic",
         action: "CreateTopic",
+        nodes: 1,
         count: |m, _| {
             rt().block_on(async {
                 aws_sdk_sns::Client::new(&m.sdk_config(&m.url()))
@@ -154,6 +180,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.sns.subscription",
         action: "Subscribe",
+        nodes: 1,
         count: |m, _| {
             rt().block_on(async {
                 aws_sdk_sns::Client::new(&m.sdk_config(&m.url()))
@@ -169,6 +196,7 @@ const KINDS: &[Kind] = &[
     Kind {
         type_name: "aws.cloudwatch.alarm",
         action: "PutMetricAlarm",
+        nodes: 1,
         count: |m, _| {
             rt().block_on(async {
                 m.cloudwatch()
@@ -187,7 +215,6 @@ const KINDS: &[Kind] = &[
 /// and adoption tests in `aws.rs`); they leave this list as they move onto the driver.
 const NOT_ON_THE_DRIVER: &[&str] = &[
     "aws.autoscaling.readers",
-    "aws.dms.task",
     "aws.rds.cluster",
     "aws.rds.cluster_instance",
     "aws.rds.db_snapshot",
@@ -272,8 +299,8 @@ fn converged_then_destroyed(m: &Moto, proxy: &TestProxy, p: &Project, after: &st
     for k in KINDS {
         assert_eq!(
             (k.count)(m, &proxy.url()),
-            1,
-            "{}: one object {after}",
+            k.nodes,
+            "{}: one object per node {after}",
             k.type_name
         );
     }
@@ -307,12 +334,15 @@ fn kill_inside_every_create(
     let proxy = TestProxy::start(m.port);
     let p = lifecycle_project(&m, &proxy);
     for k in KINDS {
-        arm(&proxy, k.action);
+        for _ in 0..k.nodes {
+            arm(&proxy, k.action);
+        }
     }
     let total = || KINDS.iter().map(|k| held(&proxy, k.action)).sum::<usize>();
     let mut kills = 0;
     loop {
-        assert!(kills <= KINDS.len(), "more kills than creates: {kills}");
+        let creates: usize = KINDS.iter().map(|k| k.nodes).sum();
+        assert!(kills <= creates, "more kills than creates: {kills}");
         let before = total();
         let mut child = spawn_apply(&p);
         let t0 = Instant::now();
@@ -344,7 +374,12 @@ fn kill_inside_every_create(
         }
     }
     for k in KINDS {
-        assert_eq!(held(&proxy, k.action), 1, "{} was held {moment}", k.action);
+        assert_eq!(
+            held(&proxy, k.action),
+            k.nodes,
+            "{} was held once per node {moment}",
+            k.action
+        );
     }
     converged_then_destroyed(&m, &proxy, &p, &format!("after {kills} kills {moment}"));
 }
@@ -374,15 +409,17 @@ fn creates_answered_503_after_aws_acted_are_retried_and_adopted_not_duplicated()
     let proxy = TestProxy::start(m.port);
     let p = lifecycle_project(&m, &proxy);
     for k in KINDS {
-        proxy.fail_after(k.action);
+        for _ in 0..k.nodes {
+            proxy.fail_after(k.action);
+        }
     }
     let (code, out) = run_env(&p, &["apply", "aws", "--yes"], ENV);
     assert_eq!(code, 0, "{out}");
     for k in KINDS {
         assert_eq!(
             proxy.count(k.action),
-            2,
-            "{}: the first attempt and the SDK's retry: {out}",
+            2 * k.nodes,
+            "{}: the first attempt and the SDK's retry, per node: {out}",
             k.action
         );
     }
