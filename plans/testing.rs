@@ -678,20 +678,34 @@ pub fn copy_schema(stack: &Stack) -> Result<Plan, PlanError> {
 }
 
 /// One node of every AWS resource type that runs on the provider's driver, in the network
-/// `aws-network` uses: a security group, a DB subnet group, a DMS replication subnet group with a
+/// `aws-network` uses: a security group, a DB subnet group, an Aurora cluster in them with a
+/// writer, a DMS replication subnet group with a
 /// replication instance in it, two DMS endpoints and a task between them, an instance and a cluster parameter group, a topic with a subscription and an alarm notifying it (the lifecycle tests kill a run inside
 /// each create).
 pub fn aws_lifecycle(stack: &Stack) -> Result<Plan, PlanError> {
     let p = Plan::new(stack);
     let vpc = p.add("vpc", Vpc::find("migration"));
     let subnets = p.add("subnets", Subnets::of(vpc.vpc_id()).named("private-*"));
-    p.add(
+    let sg = p.add(
         "db-sg",
         SecurityGroup::in_vpc(vpc.vpc_id(), "database").ingress_from_cidr(5432, "10.0.0.0/16"),
     );
-    p.add(
+    let db_subnets = p.add(
         "db-subnets",
         SubnetGroup::of(subnets.ids(), "target database"),
+    );
+    let cluster = p.add(
+        "target",
+        AuroraCluster::postgres("15.4")
+            .master("cutover_admin", stack.secret("source_password")?)
+            .subnet_group(db_subnets.group_name())
+            .security_groups(vec![sg.group_id()])
+            .deletion_protection(false)
+            .skip_final_snapshot(),
+    );
+    p.add(
+        "target-writer",
+        ClusterInstance::of(cluster.identifier(), "aurora-postgresql", "db.r6g.large"),
     );
     let dms_subnets = p.add(
         "dms-subnets",

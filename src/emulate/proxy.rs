@@ -22,6 +22,9 @@
 //! - moto 5.2.5 answers every DMS replication subnet group with one made-up subnet
 //!   (`subnet-12345`): the subnets its create asked for are put back in DescribeReplicationSubnetGroups
 //!   answers, so a refresh does not report drift AWS would not.
+//! - moto 5.2.5 answers a CreateDBCluster of an identifier that exists with a clash of its
+//!   automated snapshot (`DBClusterSnapshotAlreadyExistsFault`): the code becomes AWS's
+//!   `DBClusterAlreadyExistsFault`.
 //! - moto 5.2.5 leaves a DMS replication task `creating` for good: it is shown `ready`, as AWS
 //!   makes it within minutes, so a create's wait ends.
 //!
@@ -422,6 +425,21 @@ impl Proxy {
             if query_action.is_some() && ok {
                 if let Some(fixed) = fixed_cluster_hosts(&String::from_utf8_lossy(&rbody)) {
                     rbody = fixed.into_bytes();
+                }
+            }
+            // moto 5.2.5 answers a second CreateDBCluster of an existing identifier with the clash
+            // of the automated snapshot it takes at creation; AWS answers that the cluster exists.
+            if query_action.as_deref() == Some("CreateDBCluster") && !ok {
+                let text = String::from_utf8_lossy(&rbody);
+                if text.contains("<Code>DBClusterSnapshotAlreadyExistsFault</Code>")
+                    && text.contains("identifier rds:")
+                {
+                    rbody = text
+                        .replace(
+                            "<Code>DBClusterSnapshotAlreadyExistsFault</Code>",
+                            "<Code>DBClusterAlreadyExistsFault</Code>",
+                        )
+                        .into_bytes();
                 }
             }
             if query_action.as_deref() == Some("DescribeDBInstances") && ok {

@@ -10,15 +10,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_rds::types::Tag;
 
-use super::driver::{Status, Until};
-use super::{ours, owned_by_tags, sdk_err, tags, tags_value, Aws};
+use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership, Status, Until};
+use super::{sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
-use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, ResourceType};
+use crate::provider::{Ctx, Observed, ProviderError, Registry, Request};
 use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
-    r.resource(ClusterType { aws: aws.clone() })
-        .resource(InstanceType { aws });
+    r.resource(Driven(ClusterType { aws: aws.clone() }))
+        .resource(Driven(InstanceType { aws }));
 }
 
 /// A list of strings input, sorted (as the describe calls report them).
@@ -33,8 +33,12 @@ pub(super) fn b(inputs: &Attrs, k: &str) -> Option<bool> {
 }
 
 pub(super) fn aws_tags(ctx: &Ctx, node: &str) -> Vec<Tag> {
-    tags(&ctx.plan, &ctx.stack, node)
-        .into_iter()
+    sdk_tags(&tags(&ctx.plan, &ctx.stack, node))
+}
+
+/// Tags as RDS takes them.
+pub(super) fn sdk_tags(tags: &[(String, String)]) -> Vec<Tag> {
+    tags.iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect()
 }
@@ -465,27 +469,18 @@ impl ClusterType {
             },
         }))
     }
-
-    async fn wait(&self, ctx: &Ctx, node: &str, id: &str, gone: bool) -> Result<(), ProviderError> {
-        wait_status(
-            ctx,
-            node,
-            &format!("cluster {id}"),
-            || async { Ok(self.find(id).await?.map(|f| f.status)) },
-            gone,
-        )
-        .await
-    }
-
-    fn id(&self, req: &Request<'_>) -> String {
-        get_str(req.inputs, "name")
-            .map(String::from)
-            .unwrap_or_else(|| req.deterministic_id.to_string())
-    }
 }
 
 #[async_trait]
-impl ResourceType for ClusterType {
+impl AwsObject for ClusterType {
+    const TYPE: &'static str = "aws.rds.cluster";
+    const SERVICE: &'static str = "rds";
+    const WHAT: &'static str = "cluster";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["DBClusterNotFoundFault"];
+    const EXISTS: &'static [&'static str] = &["DBClusterAlreadyExistsFault"];
+    /// Its instances are deleted before it, its subnet and parameter groups after it.
+    const WAIT_GONE: bool = true;
     /// A replica cluster of an instance of terabytes takes hours to create.
     fn default_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(24 * 3600)
@@ -500,17 +495,8 @@ impl ResourceType for ClusterType {
             ..Default::default()
         }
     }
-    fn type_name(&self) -> &'static str {
-        "aws.rds.cluster"
-    }
     fn check_id(&self, id: &str) -> Result<(), String> {
         crate::provider::rds_identifier(id)
-    }
-    fn create_resumes(&self) -> bool {
-        true
-    }
-    fn service(&self) -> &'static str {
-        "rds"
     }
     fn force_new(&self) -> &'static [&'static str] {
         &[
@@ -558,9 +544,6 @@ impl ResourceType for ClusterType {
         }
         v
     }
-    fn id_for(&self, req: &Request<'_>) -> String {
-        self.id(req)
-    }
     fn validate_refs(
         &self,
         inputs: &Attrs,
@@ -568,92 +551,62 @@ impl ResourceType for ClusterType {
     ) -> Vec<String> {
         super::rds::check_family(inputs, "parameter_group", referenced)
     }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        owned_by_tags(ctx, node, found)
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let id = self.id(req);
-        let i = req.inputs;
-        let rds = self.aws.rds().await;
-        // Made already (by an interrupted create, or by an attempt the SDK retried after AWS
-        // acted): waited for if it carries our tags, refused if not.
-        if self.find(&id).await?.is_none() {
-            if let Err(e) = rds
-                .create_db_cluster()
-                .db_cluster_identifier(&id)
-                .engine(get_str(i, "engine").unwrap_or_default())
-                .set_engine_version(get_str(i, "engine_version").map(String::from))
-                .set_master_username(get_str(i, "master_username").map(String::from))
-                .set_master_user_password(get_str(i, "master_password").map(String::from))
-                .set_manage_master_user_password(b(i, "manage_master_user_password"))
-                .set_db_cluster_parameter_group_name(
-                    get_str(i, "parameter_group").map(String::from),
-                )
-                .set_port(get_u64(i, "port").map(|p| p as i32))
-                .set_db_subnet_group_name(get_str(i, "subnet_group").map(String::from))
-                .set_vpc_security_group_ids(
-                    i.contains_key("security_groups")
-                        .then(|| str_list(i, "security_groups")),
-                )
-                .set_backup_retention_period(
-                    get_u64(i, "backup_retention_period").map(|p| p as i32),
-                )
-                .set_preferred_backup_window(
-                    get_str(i, "preferred_backup_window").map(String::from),
-                )
-                .set_preferred_maintenance_window(
-                    get_str(i, "preferred_maintenance_window").map(String::from),
-                )
-                .set_deletion_protection(b(i, "deletion_protection"))
-                .set_storage_encrypted(b(i, "storage_encrypted"))
-                .set_kms_key_id(get_str(i, "kms_key_id").map(String::from))
-                .set_replication_source_identifier(
-                    get_str(i, "replication_source").map(String::from),
-                )
-                .set_tags(Some(aws_tags(ctx, req.node)))
-                .send()
-                .await
-            {
-                if !e
-                    .as_service_error()
-                    .is_some_and(|s| s.is_db_cluster_already_exists_fault())
-                {
-                    return Err(sdk_err(&format!("create cluster {id}"), e));
-                }
-            }
-        }
-        if !self
-            .find(&id)
-            .await?
-            .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
-        {
-            return Err(super::not_ours(ctx, "cluster", &id, req.node, &id));
-        }
-        self.wait(ctx, req.node, &id, false).await?;
-        let f = self
-            .find(&id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("cluster {id} vanished")))?;
-        Ok(observed(f.observed, &f.tags, req.inputs))
-    }
-    async fn read(
+    async fn describe(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        Ok(self
-            .find(id)
-            .await?
-            .map(|f| observed(f.observed, &f.tags, req.inputs)))
+    ) -> Result<Option<Found>, AwsError> {
+        Ok(self.find(id).await?.map(|f| Found {
+            status: Status::rds(&f.status),
+            observed: observed(f.observed, &f.tags, req.inputs),
+        }))
     }
-    async fn update(
+    async fn create(
         &self,
-        ctx: &Ctx,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let i = req.inputs;
+        let rds = self.aws.rds().await;
+        rds.create_db_cluster()
+            .db_cluster_identifier(id)
+            .engine(get_str(i, "engine").unwrap_or_default())
+            .set_engine_version(get_str(i, "engine_version").map(String::from))
+            .set_master_username(get_str(i, "master_username").map(String::from))
+            .set_master_user_password(get_str(i, "master_password").map(String::from))
+            .set_manage_master_user_password(b(i, "manage_master_user_password"))
+            .set_db_cluster_parameter_group_name(get_str(i, "parameter_group").map(String::from))
+            .set_port(get_u64(i, "port").map(|p| p as i32))
+            .set_db_subnet_group_name(get_str(i, "subnet_group").map(String::from))
+            .set_vpc_security_group_ids(
+                i.contains_key("security_groups")
+                    .then(|| str_list(i, "security_groups")),
+            )
+            .set_backup_retention_period(get_u64(i, "backup_retention_period").map(|p| p as i32))
+            .set_preferred_backup_window(get_str(i, "preferred_backup_window").map(String::from))
+            .set_preferred_maintenance_window(
+                get_str(i, "preferred_maintenance_window").map(String::from),
+            )
+            .set_deletion_protection(b(i, "deletion_protection"))
+            .set_storage_encrypted(b(i, "storage_encrypted"))
+            .set_kms_key_id(get_str(i, "kms_key_id").map(String::from))
+            .set_replication_source_identifier(get_str(i, "replication_source").map(String::from))
+            .set_tags(Some(sdk_tags(tags)))
+            .send()
+            .await
+            .during(&format!("create cluster {id}"))?;
+        Ok(id.to_string())
+    }
+    async fn modify(
+        &self,
+        _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         changed: &[String],
-    ) -> Result<Observed, ProviderError> {
+    ) -> Result<(), AwsError> {
         let i = req.inputs;
         let has = |k: &str| changed.iter().any(|c| c == k);
         let rds = self.aws.rds().await;
@@ -711,23 +664,18 @@ impl ResourceType for ClusterType {
             .apply_immediately(b(i, "apply_immediately").unwrap_or(self.aws.apply_immediately))
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("modify cluster {id}"), e))?;
-        self.wait(ctx, req.node, id, false).await?;
-        let f = self
-            .find(id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("cluster {id} vanished")))?;
-        Ok(observed(f.observed, &f.tags, req.inputs))
+            .during(&format!("modify cluster {id}"))?;
+        Ok(())
     }
-    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
-        let Some(f) = self.find(id).await? else {
-            return Ok(());
-        };
-        if f.deletion_protection {
+    /// Refused while deletion protection is on; a final snapshot is taken unless the plan skips
+    /// it, and listed with what the run kept.
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), AwsError> {
+        if self.find(id).await?.is_some_and(|f| f.deletion_protection) {
             return Err(ProviderError::refused(
                 format!("cluster {id} has deletion protection on"),
                 "set .deletion_protection(false) in the plan and apply, then destroy",
-            ));
+            )
+            .into());
         }
         let skip = b(req.inputs, "skip_final_snapshot").unwrap_or(false);
         let rds = self.aws.rds().await;
@@ -738,7 +686,7 @@ impl ResourceType for ClusterType {
             .set_final_db_snapshot_identifier(final_snapshot.clone())
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("delete cluster {id}"), e))?;
+            .during(&format!("delete cluster {id}"))?;
         if let Some(s) = final_snapshot {
             ctx.keep(
                 req.node,
@@ -746,7 +694,7 @@ impl ResourceType for ClusterType {
                 super::delete_snapshot_command(true, &s),
             );
         }
-        self.wait(ctx, req.node, id, true).await
+        Ok(())
     }
 }
 
@@ -874,35 +822,28 @@ impl InstanceType {
             },
         }))
     }
-    async fn wait(&self, ctx: &Ctx, node: &str, id: &str, gone: bool) -> Result<(), ProviderError> {
-        wait_status(
-            ctx,
-            node,
-            &format!("instance {id}"),
-            || async { Ok(self.find(id).await?.map(|f| f.status)) },
-            gone,
-        )
-        .await
-    }
 }
 
 #[async_trait]
-impl ResourceType for InstanceType {
+impl AwsObject for InstanceType {
+    const TYPE: &'static str = "aws.rds.cluster_instance";
+    const SERVICE: &'static str = "rds";
+    const WHAT: &'static str = "DB instance";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["DBInstanceNotFound", "DBInstanceNotFoundFault"];
+    const EXISTS: &'static [&'static str] = &["DBInstanceAlreadyExists"];
+    /// The cluster is deleted after its instances: only once they are gone.
+    const WAIT_GONE: bool = true;
+    /// Named after the node.
+    fn name(&self, req: &Request<'_>) -> String {
+        req.deterministic_id.to_string()
+    }
     /// Its identifier is known before it exists: the deterministic one.
     fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
         Attrs::from([("id".to_string(), Value::from(id))])
     }
-    fn type_name(&self) -> &'static str {
-        "aws.rds.cluster_instance"
-    }
     fn check_id(&self, id: &str) -> Result<(), String> {
         crate::provider::rds_identifier(id)
-    }
-    fn create_resumes(&self) -> bool {
-        true
-    }
-    fn service(&self) -> &'static str {
-        "rds"
     }
     fn force_new(&self) -> &'static [&'static str] {
         &["cluster", "engine"]
@@ -919,9 +860,6 @@ impl ResourceType for InstanceType {
             None => vec!["input `class` is required".into()],
         }
     }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        owned_by_tags(ctx, node, found)
-    }
     async fn check(
         &self,
         _ctx: &Ctx,
@@ -932,66 +870,47 @@ impl ResourceType for InstanceType {
             _ => Ok(None),
         }
     }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let id = req.deterministic_id.to_string();
-        let i = req.inputs;
-        let rds = self.aws.rds().await;
-        // Made already (by an interrupted create, or by an attempt the SDK retried after AWS
-        // acted): waited for if it carries our tags, refused if not.
-        if self.find(&id).await?.is_none() {
-            if let Err(e) = rds
-                .create_db_instance()
-                .db_instance_identifier(&id)
-                .set_db_cluster_identifier(get_str(i, "cluster").map(String::from))
-                .db_instance_class(get_str(i, "class").unwrap_or_default())
-                .engine(get_str(i, "engine").unwrap_or_default())
-                .set_promotion_tier(get_u64(i, "promotion_tier").map(|t| t as i32))
-                .set_enable_performance_insights(b(i, "performance_insights"))
-                .set_monitoring_interval(get_u64(i, "monitoring_interval").map(|m| m as i32))
-                .set_tags(Some(aws_tags(ctx, req.node)))
-                .send()
-                .await
-            {
-                if !e
-                    .as_service_error()
-                    .is_some_and(|s| s.is_db_instance_already_exists_fault())
-                {
-                    return Err(sdk_err(&format!("create instance {id}"), e));
-                }
-            }
-        }
-        if !self
-            .find(&id)
-            .await?
-            .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
-        {
-            return Err(super::not_ours(ctx, "DB instance", &id, req.node, &id));
-        }
-        self.wait(ctx, req.node, &id, false).await?;
-        let f = self
-            .find(&id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("instance {id} vanished")))?;
-        Ok(observed(f.observed, &f.tags, req.inputs))
-    }
-    async fn read(
+    async fn describe(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        Ok(self
-            .find(id)
-            .await?
-            .map(|f| observed(f.observed, &f.tags, req.inputs)))
+    ) -> Result<Option<Found>, AwsError> {
+        Ok(self.find(id).await?.map(|f| Found {
+            status: Status::rds(&f.status),
+            observed: observed(f.observed, &f.tags, req.inputs),
+        }))
     }
-    async fn update(
+    async fn create(
         &self,
-        ctx: &Ctx,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let i = req.inputs;
+        let rds = self.aws.rds().await;
+        rds.create_db_instance()
+            .db_instance_identifier(id)
+            .set_db_cluster_identifier(get_str(i, "cluster").map(String::from))
+            .db_instance_class(get_str(i, "class").unwrap_or_default())
+            .engine(get_str(i, "engine").unwrap_or_default())
+            .set_promotion_tier(get_u64(i, "promotion_tier").map(|t| t as i32))
+            .set_enable_performance_insights(b(i, "performance_insights"))
+            .set_monitoring_interval(get_u64(i, "monitoring_interval").map(|m| m as i32))
+            .set_tags(Some(sdk_tags(tags)))
+            .send()
+            .await
+            .during(&format!("create instance {id}"))?;
+        Ok(id.to_string())
+    }
+    async fn modify(
+        &self,
+        _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
         changed: &[String],
-    ) -> Result<Observed, ProviderError> {
+    ) -> Result<(), AwsError> {
         let i = req.inputs;
         let has = |k: &str| changed.iter().any(|c| c == k);
         let rds = self.aws.rds().await;
@@ -1020,33 +939,28 @@ impl ResourceType for InstanceType {
             .apply_immediately(b(i, "apply_immediately").unwrap_or(self.aws.apply_immediately))
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("modify instance {id}"), e))?;
-        self.wait(ctx, req.node, id, false).await?;
-        let f = self
-            .find(id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("instance {id} vanished")))?;
-        Ok(observed(f.observed, &f.tags, req.inputs))
+            .during(&format!("modify instance {id}"))?;
+        Ok(())
     }
-    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
-        if self.find(id).await?.is_none() {
-            return Ok(());
-        }
-        let rds = self.aws.rds().await;
-        // Cluster instances have no snapshots of their own (the cluster's cover them).
-        rds.delete_db_instance()
+    /// Cluster instances have no snapshots of their own (the cluster's cover them).
+    async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
+        self.aws
+            .rds()
+            .await
+            .delete_db_instance()
             .db_instance_identifier(id)
             .skip_final_snapshot(true)
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("delete instance {id}"), e))?;
-        self.wait(ctx, req.node, id, true).await
+            .during(&format!("delete instance {id}"))?;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::ResourceType;
     use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
     use aws_smithy_types::body::SdkBody;
 
@@ -1136,9 +1050,9 @@ mod tests {
             ))
             .http_client(http.clone())
             .build();
-        let t = ClusterType {
+        let t = Driven(ClusterType {
             aws: Aws::with_rds(aws_sdk_rds::Client::from_conf(conf)),
-        };
+        });
         let inputs = cluster.replica_of(Output::from(source)).inputs();
         assert_eq!(
             t.validate(&inputs),

@@ -59,6 +59,38 @@ const KINDS: &[Kind] = &[
         },
     },
     Kind {
+        type_name: "aws.rds.cluster",
+        action: "CreateDBCluster",
+        nodes: 1,
+        count: |m, _| {
+            rt().block_on(async {
+                m.rds()
+                    .describe_db_clusters()
+                    .send()
+                    .await
+                    .unwrap()
+                    .db_clusters()
+                    .len()
+            })
+        },
+    },
+    Kind {
+        type_name: "aws.rds.cluster_instance",
+        action: "CreateDBInstance",
+        nodes: 1,
+        count: |m, _| {
+            rt().block_on(async {
+                m.rds()
+                    .describe_db_instances()
+                    .send()
+                    .await
+                    .unwrap()
+                    .db_instances()
+                    .len()
+            })
+        },
+    },
+    Kind {
         type_name: "aws.dms.subnet_group",
         action: "CreateReplicationSubnetGroup",
         nodes: 1,
@@ -215,8 +247,6 @@ const KINDS: &[Kind] = &[
 /// and adoption tests in `aws.rs`); they leave this list as they move onto the driver.
 const NOT_ON_THE_DRIVER: &[&str] = &[
     "aws.autoscaling.readers",
-    "aws.rds.cluster",
-    "aws.rds.cluster_instance",
     "aws.rds.db_snapshot",
     "aws.rds.instance",
     "aws.route53.record",
