@@ -14,8 +14,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::cluster::{
-    aws_tags, b, describe_db_instance, observed, orderable, str_list, tag_pairs, wait_status,
+    aws_tags, b, describe_db_instance, observed, orderable, sdk_tags, str_list, tag_pairs,
+    wait_status,
 };
+use super::driver::{AwsError, AwsObject, Call, Driven, Found as DriverFound, Ownership, Status};
 use super::{ours, owned_by_tags, sdk_err, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
 use crate::provider::{
@@ -25,7 +27,7 @@ use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.data(ExistingInstanceType { aws: aws.clone() });
-    r.resource(DbInstanceType { aws: aws.clone() });
+    r.resource(Driven(DbInstanceType { aws: aws.clone() }));
     r.step(PromoteType { aws: aws.clone() });
     r.step(SnapshotType { aws: aws.clone() });
     r.resource(DbSnapshotType {
@@ -439,14 +441,20 @@ async fn wait(aws: &Aws, ctx: &Ctx, node: &str, id: &str, gone: bool) -> Result<
     .await
 }
 
-impl DbInstanceType {
-    fn id(req: &Request<'_>) -> String {
+#[async_trait]
+impl AwsObject for DbInstanceType {
+    const TYPE: &'static str = "aws.rds.instance";
+    const SERVICE: &'static str = "rds";
+    const WHAT: &'static str = "DB instance";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    const NOT_FOUND: &'static [&'static str] = &["DBInstanceNotFound", "DBInstanceNotFoundFault"];
+    const EXISTS: &'static [&'static str] = &["DBInstanceAlreadyExists"];
+    /// Its subnet and parameter groups are deleted after it: only once it is gone.
+    const WAIT_GONE: bool = true;
+    /// Named after the node.
+    fn name(&self, req: &Request<'_>) -> String {
         req.deterministic_id.to_string()
     }
-}
-
-#[async_trait]
-impl ResourceType for DbInstanceType {
     /// A read replica of terabytes takes hours to create.
     fn default_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(24 * 3600)
@@ -462,17 +470,8 @@ impl ResourceType for DbInstanceType {
             ..Default::default()
         }
     }
-    fn type_name(&self) -> &'static str {
-        "aws.rds.instance"
-    }
     fn check_id(&self, id: &str) -> Result<(), String> {
         crate::provider::rds_identifier(id)
-    }
-    fn create_resumes(&self) -> bool {
-        true
-    }
-    fn service(&self) -> &'static str {
-        "rds"
     }
     fn validate_refs(
         &self,
@@ -563,9 +562,6 @@ impl ResourceType for DbInstanceType {
         }
         v
     }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        owned_by_tags(ctx, node, found)
-    }
     async fn check(
         &self,
         _ctx: &Ctx,
@@ -585,20 +581,30 @@ impl ResourceType for DbInstanceType {
             _ => Ok(None),
         }
     }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let id = Self::id(req);
+    async fn describe(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<DriverFound>, AwsError> {
+        Ok(find(&self.aws, id).await?.map(|f| DriverFound {
+            status: Status::rds(&f.status),
+            observed: observed(f.observed, &f.tags, req.inputs),
+        }))
+    }
+    /// A read replica of `replica_of`, or a primary.
+    async fn create(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
         let i = req.inputs;
-        // Made already (by an interrupted create, or by an attempt the SDK retried after AWS
-        // acted): waited for if it carries our tags, refused if not.
-        let missing = find(&self.aws, &id).await?.is_none();
-        let replica_of = get_str(i, "replica_of").filter(|_| missing);
-        if let Some(source) = replica_of {
-            let r = self
-                .aws
-                .rds()
-                .await
-                .create_db_instance_read_replica()
-                .db_instance_identifier(&id)
+        let rds = self.aws.rds().await;
+        if let Some(source) = get_str(i, "replica_of") {
+            rds.create_db_instance_read_replica()
+                .db_instance_identifier(id)
                 .source_db_instance_identifier(source)
                 .set_db_instance_class(get_str(i, "class").map(String::from))
                 .set_multi_az(b(i, "multi_az"))
@@ -606,24 +612,13 @@ impl ResourceType for DbInstanceType {
                     i.contains_key("security_groups")
                         .then(|| str_list(i, "security_groups")),
                 )
-                .set_tags(Some(aws_tags(ctx, req.node)))
+                .set_tags(Some(sdk_tags(tags)))
                 .send()
-                .await;
-            if let Err(e) = r {
-                if !e
-                    .as_service_error()
-                    .is_some_and(|s| s.is_db_instance_already_exists_fault())
-                {
-                    return Err(sdk_err(&format!("create read replica {id} of {source}"), e));
-                }
-            }
-        } else if missing {
-            let r = self
-                .aws
-                .rds()
                 .await
-                .create_db_instance()
-                .db_instance_identifier(&id)
+                .during(&format!("create read replica {id} of {source}"))?;
+        } else {
+            rds.create_db_instance()
+                .db_instance_identifier(id)
                 .engine(get_str(i, "engine").unwrap_or_default())
                 .set_engine_version(get_str(i, "engine_version").map(String::from))
                 .set_db_instance_class(get_str(i, "class").map(String::from))
@@ -659,47 +654,20 @@ impl ResourceType for DbInstanceType {
                     get_u64(i, "performance_insights_retention").map(|d| d as i32),
                 )
                 .set_deletion_protection(b(i, "deletion_protection"))
-                .set_tags(Some(aws_tags(ctx, req.node)))
+                .set_tags(Some(sdk_tags(tags)))
                 .send()
-                .await;
-            if let Err(e) = r {
-                if !e
-                    .as_service_error()
-                    .is_some_and(|s| s.is_db_instance_already_exists_fault())
-                {
-                    return Err(sdk_err(&format!("create instance {id}"), e));
-                }
-            }
+                .await
+                .during(&format!("create instance {id}"))?;
         }
-        if !find(&self.aws, &id)
-            .await?
-            .is_some_and(|f| ours(&f.tags, &ctx.plan, &ctx.stack, req.node))
-        {
-            return Err(super::not_ours(ctx, "DB instance", &id, req.node, &id));
-        }
-        wait(&self.aws, ctx, req.node, &id, false).await?;
-        let f = find(&self.aws, &id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("instance {id} vanished")))?;
-        Ok(observed(f.observed, &f.tags, i))
+        Ok(id.to_string())
     }
-    async fn read(
+    async fn modify(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
         id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        Ok(find(&self.aws, id)
-            .await?
-            .map(|f| observed(f.observed, &f.tags, req.inputs)))
-    }
-    async fn update(
-        &self,
-        ctx: &Ctx,
-        req: &Request<'_>,
-        id: &str,
         changed: &[String],
-    ) -> Result<Observed, ProviderError> {
+    ) -> Result<(), AwsError> {
         let i = req.inputs;
         let has = |k: &str| changed.iter().any(|c| c == k);
         let s = |k: &str| has(k).then(|| get_str(i, k).map(String::from)).flatten();
@@ -745,22 +713,24 @@ impl ResourceType for DbInstanceType {
             )
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("modify instance {id}"), e))?;
-        wait(&self.aws, ctx, req.node, id, false).await?;
-        let f = find(&self.aws, id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("instance {id} vanished")))?;
-        Ok(observed(f.observed, &f.tags, i))
+            .during(&format!("modify instance {id}"))?;
+        Ok(())
     }
-    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
+    /// Refused while deletion protection is on; a primary's final snapshot is taken unless the
+    /// plan skips it, and listed with what the run kept.
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), AwsError> {
         let Some(f) = find(&self.aws, id).await? else {
-            return Ok(());
+            return Err(AwsError {
+                code: Some("DBInstanceNotFound".into()),
+                error: ProviderError::new(format!("instance {id} does not exist")),
+            });
         };
         if f.deletion_protection {
             return Err(ProviderError::refused(
                 format!("instance {id} has deletion protection on"),
                 "set .deletion_protection(false) in the plan and apply, then destroy",
-            ));
+            )
+            .into());
         }
         // A replica needs no final snapshot: its source keeps the data.
         let skip = f.replica_of.is_some()
@@ -779,7 +749,7 @@ impl ResourceType for DbInstanceType {
             .set_final_db_snapshot_identifier(final_snapshot.clone())
             .send()
             .await
-            .map_err(|e| sdk_err(&format!("delete instance {id}"), e))?;
+            .during(&format!("delete instance {id}"))?;
         if let Some(s) = final_snapshot {
             ctx.keep(
                 req.node,
@@ -787,7 +757,7 @@ impl ResourceType for DbInstanceType {
                 super::delete_snapshot_command(false, &s),
             );
         }
-        wait(&self.aws, ctx, req.node, id, true).await
+        Ok(())
     }
 }
 
