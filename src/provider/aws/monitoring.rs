@@ -304,15 +304,10 @@ impl AwsObject for SubscriptionType {
         "subscriptions carry no tags, and a create refuses an identical one that exists",
     );
     const NOT_FOUND: &'static [&'static str] = &["NotFound"];
-    /// A subscription has no name: before its ARN is known it is found by topic, protocol and
-    /// endpoint, which is what a create's intent records.
+    /// A subscription has no name: a create's intent records the node's deterministic one, and
+    /// until the ARN is known `describe` finds the subscription by topic, protocol and endpoint.
     fn name(&self, req: &Request<'_>) -> String {
-        format!(
-            "{} to {} ({})",
-            get_str(req.inputs, "endpoint").unwrap_or_default(),
-            get_str(req.inputs, "topic").unwrap_or_default(),
-            get_str(req.inputs, "protocol").unwrap_or_default()
-        )
+        req.deterministic_id.to_string()
     }
     fn force_new(&self) -> &'static [&'static str] {
         &["topic", "protocol", "endpoint"]
@@ -370,9 +365,11 @@ impl AwsObject for SubscriptionType {
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
-        name: &str,
+        _name: &str,
         _tags: &[(String, String)],
     ) -> Result<String, AwsError> {
+        let endpoint = get_str(req.inputs, "endpoint").unwrap_or_default();
+        let topic = get_str(req.inputs, "topic").unwrap_or_default();
         let out = self
             .aws
             .sns()
@@ -384,7 +381,7 @@ impl AwsObject for SubscriptionType {
             .return_subscription_arn(true)
             .send()
             .await
-            .during(&format!("subscribe {name}"))?;
+            .during(&format!("subscribe {endpoint} to {topic}"))?;
         Ok(out.subscription_arn().unwrap_or_default().to_string())
     }
     /// Every input forces replacement; nothing to update in place.
