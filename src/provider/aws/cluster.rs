@@ -476,6 +476,7 @@ impl AwsObject for ClusterType {
     const TYPE: &'static str = "aws.rds.cluster";
     const SERVICE: &'static str = "rds";
     const WHAT: &'static str = "cluster";
+    const NAMED: bool = true;
     const OWNERSHIP: Ownership = Ownership::Tags;
     const NOT_FOUND: &'static [&'static str] = &["DBClusterNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["DBClusterAlreadyExistsFault"];
@@ -834,10 +835,6 @@ impl AwsObject for InstanceType {
     const EXISTS: &'static [&'static str] = &["DBInstanceAlreadyExists"];
     /// The cluster is deleted after its instances: only once they are gone.
     const WAIT_GONE: bool = true;
-    /// Named after the node.
-    fn name(&self, req: &Request<'_>) -> String {
-        req.deterministic_id.to_string()
-    }
     /// Its identifier is known before it exists: the deterministic one.
     fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
         Attrs::from([("id".to_string(), Value::from(id))])

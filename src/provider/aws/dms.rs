@@ -384,10 +384,6 @@ impl AwsObject for SubnetGroupType {
     const OWNERSHIP: Ownership = Ownership::Tags;
     const NOT_FOUND: &'static [&'static str] = &["ResourceNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
-    /// Named after the node.
-    fn name(&self, req: &Request<'_>) -> String {
-        req.deterministic_id.to_string()
-    }
     async fn describe(
         &self,
         _ctx: &Ctx,
@@ -627,10 +623,6 @@ impl AwsObject for InstanceType {
     const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
     /// Its endpoints and tasks name it: deleted only once gone.
     const WAIT_GONE: bool = true;
-    /// Named after the node.
-    fn name(&self, req: &Request<'_>) -> String {
-        req.deterministic_id.to_string()
-    }
     fn force_new(&self) -> &'static [&'static str] {
         &["subnet_group", "public"]
     }
@@ -921,10 +913,6 @@ impl AwsObject for EndpointType {
     const OWNERSHIP: Ownership = Ownership::Tags;
     const NOT_FOUND: &'static [&'static str] = &["ResourceNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
-    /// Named after the node.
-    fn name(&self, req: &Request<'_>) -> String {
-        req.deterministic_id.to_string()
-    }
     fn force_new(&self) -> &'static [&'static str] {
         &["type", "engine"]
     }
@@ -1303,10 +1291,6 @@ impl AwsObject for TaskType {
     const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
     /// The instance and endpoints it names are deleted after it: only once it is gone.
     const WAIT_GONE: bool = true;
-    /// Named after the node.
-    fn name(&self, req: &Request<'_>) -> String {
-        req.deterministic_id.to_string()
-    }
     fn force_new(&self) -> &'static [&'static str] {
         &["instance", "source", "target"]
     }

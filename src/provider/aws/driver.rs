@@ -127,12 +127,17 @@ pub trait AwsObject: Send + Sync + 'static {
     /// Whether a delete waits until the object is gone (dependents deleted after it need that).
     const WAIT_GONE: bool = false;
 
-    /// The name a create gives the object: its `name` input, else the deterministic one. It is
-    /// also what the create's intent records, so `describe` must find the object by it.
+    /// Whether the plan may name the object (a `name` input); else it is named after the node.
+    const NAMED: bool = false;
+
+    /// The name a create gives the object: the deterministic one, or its `name` input for a
+    /// `NAMED` type. It is also what the create's intent records, so `describe` must find the
+    /// object by it.
     fn name(&self, req: &Request<'_>) -> String {
-        get_str(req.inputs, "name")
-            .unwrap_or(req.deterministic_id)
-            .to_string()
+        match get_str(req.inputs, "name") {
+            Some(n) if Self::NAMED => n.to_string(),
+            _ => req.deterministic_id.to_string(),
+        }
     }
     /// The object `reference` names: the name a create gives, or the id a record keeps (an
     /// ARN, a group id). `None` when it does not exist (or an error with a `NOT_FOUND` code).

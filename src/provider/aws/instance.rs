@@ -451,10 +451,6 @@ impl AwsObject for DbInstanceType {
     const EXISTS: &'static [&'static str] = &["DBInstanceAlreadyExists"];
     /// Its subnet and parameter groups are deleted after it: only once it is gone.
     const WAIT_GONE: bool = true;
-    /// Named after the node.
-    fn name(&self, req: &Request<'_>) -> String {
-        req.deterministic_id.to_string()
-    }
     /// A read replica of terabytes takes hours to create.
     fn default_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(24 * 3600)

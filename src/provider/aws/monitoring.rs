@@ -113,6 +113,7 @@ impl AwsObject for TopicType {
     const TYPE: &'static str = "aws.sns.topic";
     const SERVICE: &'static str = "sns";
     const WHAT: &'static str = "SNS topic";
+    const NAMED: bool = true;
     const OWNERSHIP: Ownership = Ownership::Tags;
     const NOT_FOUND: &'static [&'static str] = &["NotFound"];
     fn force_new(&self) -> &'static [&'static str] {
@@ -304,11 +305,6 @@ impl AwsObject for SubscriptionType {
         "subscriptions carry no tags, and a create refuses an identical one that exists",
     );
     const NOT_FOUND: &'static [&'static str] = &["NotFound"];
-    /// A subscription has no name: a create's intent records the node's deterministic one, and
-    /// until the ARN is known `describe` finds the subscription by topic, protocol and endpoint.
-    fn name(&self, req: &Request<'_>) -> String {
-        req.deterministic_id.to_string()
-    }
     fn force_new(&self) -> &'static [&'static str] {
         &["topic", "protocol", "endpoint"]
     }
@@ -746,6 +742,7 @@ impl AwsObject for AlarmType {
     const TYPE: &'static str = "aws.cloudwatch.alarm";
     const SERVICE: &'static str = "cloudwatch";
     const WHAT: &'static str = "alarm";
+    const NAMED: bool = true;
     const OWNERSHIP: Ownership = Ownership::Tags;
     const NOT_FOUND: &'static [&'static str] = &["ResourceNotFound"];
     /// An RDS dimension naming the wrong kind of object (an instance dimension on a cluster's

@@ -436,10 +436,6 @@ impl AwsObject for SecurityGroupType {
     const OWNERSHIP: Ownership = Ownership::Tags;
     const NOT_FOUND: &'static [&'static str] = &["InvalidGroup.NotFound"];
     const EXISTS: &'static [&'static str] = &["InvalidGroup.Duplicate"];
-    /// Named after the node: a group's `name` input is not offered.
-    fn name(&self, req: &Request<'_>) -> String {
-        req.deterministic_id.to_string()
-    }
     fn force_new(&self) -> &'static [&'static str] {
         // AWS cannot change a group's VPC or description.
         &["vpc", "description"]
@@ -568,10 +564,6 @@ impl AwsObject for SubnetGroupType {
     const OWNERSHIP: Ownership = Ownership::Tags;
     const NOT_FOUND: &'static [&'static str] = &["DBSubnetGroupNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["DBSubnetGroupAlreadyExists"];
-    /// Named after the node.
-    fn name(&self, req: &Request<'_>) -> String {
-        req.deterministic_id.to_string()
-    }
     /// Its name is known before it exists: the deterministic one.
     fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
         Attrs::from([("name".to_string(), Value::from(id))])

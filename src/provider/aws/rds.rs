@@ -882,6 +882,7 @@ impl<const C: bool> AwsObject for Groups<C> {
     } else {
         "DB parameter group"
     };
+    const NAMED: bool = true;
     const OWNERSHIP: Ownership = Ownership::Tags;
     const NOT_FOUND: &'static [&'static str] = &["DBParameterGroupNotFound"];
     const EXISTS: &'static [&'static str] = &["DBParameterGroupAlreadyExists"];
