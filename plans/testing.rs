@@ -707,6 +707,16 @@ pub fn aws_lifecycle(stack: &Stack) -> Result<Plan, PlanError> {
         "target-writer",
         ClusterInstance::of(cluster.identifier(), "aurora-postgresql", "db.r6g.large"),
     );
+    p.add("baseline", DbSnapshot::of_cluster(cluster.identifier()));
+    p.add(
+        "readers",
+        ReaderAutoscaling::of(cluster.identifier()).between(1, 3),
+    );
+    let zone = p.add("zone", HostedZone::named("example.test"));
+    p.add(
+        "db-name",
+        DnsRecord::cname(zone.zone_id(), "db.example.test", cluster.endpoint()),
+    );
     let dms_subnets = p.add(
         "dms-subnets",
         DmsSubnetGroup::of(subnets.ids(), "replication instance"),

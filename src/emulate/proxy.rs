@@ -237,6 +237,14 @@ impl Proxy {
         client.write_all(body)
     }
 
+    /// The action of a REST request the rules can name: Route53's record changes
+    /// (`POST /2013-04-01/hostedzone/ID/rrset`), which carry no `Action=` or target header.
+    fn rest_action(head: &str) -> Option<String> {
+        let line = head.lines().next()?;
+        (line.starts_with("POST ") && line.contains("/hostedzone/") && line.contains("/rrset"))
+            .then(|| "ChangeResourceRecordSets".to_string())
+    }
+
     /// A form parameter of a query request.
     fn param(body: &str, key: &str) -> Option<String> {
         body.split('&').find_map(|kv| {
@@ -328,7 +336,10 @@ impl Proxy {
                 }
                 None => {}
             }
-            let action = query_action.clone().or(json_target);
+            let action = query_action
+                .clone()
+                .or(json_target)
+                .or_else(|| Proxy::rest_action(&head));
             if let Some(a) = &action {
                 let mut r = rules.lock().unwrap();
                 if let Some(i) = r.delay_request.iter().position(|(x, _)| x == a) {

@@ -10,6 +10,7 @@ pub mod builtin;
 pub mod http;
 pub mod local_file;
 pub mod local_pg;
+pub mod model;
 pub mod pg_conn;
 pub mod pg_steps;
 

@@ -13,8 +13,9 @@ use aws_sdk_rds::types::Tag;
 use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership, Status, Until};
 use super::{sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
+use crate::provider::model::Model;
 use crate::provider::{Ctx, Observed, ProviderError, Registry, Request};
-use crate::value::{get_str, get_u64, Attrs, Value};
+use crate::value::{get_str, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(Driven(ClusterType { aws: aws.clone() }))
@@ -22,8 +23,9 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
 }
 
 /// A list of strings input, sorted (as the describe calls report them).
-pub(super) fn str_list(inputs: &Attrs, k: &str) -> Vec<String> {
-    let mut v = crate::value::strings(inputs.get(k));
+/// The ids sorted (a set's order is never drift).
+pub(super) fn sorted(ids: &[String]) -> Vec<String> {
+    let mut v = ids.to_vec();
     v.sort();
     v
 }
@@ -208,6 +210,50 @@ where
     .await
 }
 
+crate::model! {
+    /// What an Aurora cluster is declared with.
+    pub struct ClusterArgs {
+        /// The cluster identifier when not the node's deterministic one.
+        name: Option<String> [replace],
+        /// `aurora-postgresql` or `aurora-mysql`.
+        engine: String [replace],
+        engine_version: Option<String>,
+        master_username: Option<String> [replace],
+        master_password: Option<String> [sensitive],
+        manage_master_user_password: Option<bool>,
+        /// The ARN of the instance or cluster this one replicates, recorded at creation;
+        /// promotion removes it on purpose.
+        replication_source: Option<String> [replace, create_only],
+        parameter_group: Option<String>,
+        port: Option<u64>,
+        subnet_group: Option<String> [replace],
+        /// VPC security group ids, a set.
+        security_groups: Option<Vec<String>>,
+        backup_retention_period: Option<u64>,
+        preferred_backup_window: Option<String>,
+        preferred_maintenance_window: Option<String>,
+        deletion_protection: Option<bool>,
+        storage_encrypted: Option<bool> [replace],
+        kms_key_id: Option<String> [replace],
+        skip_final_snapshot: Option<bool>,
+        apply_immediately: Option<bool>,
+    }
+}
+
+crate::model! {
+    /// What an Aurora cluster reports.
+    pub struct ClusterOut {
+        id: String,
+        arn: String,
+        endpoint: String,
+        reader_endpoint: String,
+        port: u64,
+        status: String,
+        /// The Secrets Manager secret RDS keeps the master password in (`managed_master` only).
+        master_secret_arn: Option<String>,
+    }
+}
+
 /// An Aurora cluster.
 #[derive(Debug, Clone)]
 pub struct AuroraCluster {
@@ -216,15 +262,18 @@ pub struct AuroraCluster {
 
 impl AuroraCluster {
     fn new(engine: &str, version: &str) -> Self {
+        type A = ClusterArgs;
         AuroraCluster {
-            inputs: Attrs::from([
-                ("engine".to_string(), Value::from(engine)),
-                ("engine_version".to_string(), Value::from(version)),
-                ("backup_retention_period".to_string(), Value::from(7u64)),
-                ("deletion_protection".to_string(), Value::Bool(true)),
-                ("storage_encrypted".to_string(), Value::Bool(true)),
-                ("skip_final_snapshot".to_string(), Value::Bool(false)),
-            ]),
+            inputs: [
+                (A::engine, Value::from(engine)),
+                (A::engine_version, Value::from(version)),
+                (A::backup_retention_period, Value::from(7u64)),
+                (A::deletion_protection, Value::Bool(true)),
+                (A::storage_encrypted, Value::Bool(true)),
+                (A::skip_final_snapshot, Value::Bool(false)),
+            ]
+            .map(|(k, v)| (k.to_string(), v))
+            .into(),
         }
     }
     /// Aurora PostgreSQL of `version` (e.g. `15.4`).
@@ -241,70 +290,70 @@ impl AuroraCluster {
     }
     /// The cluster identifier (default: derived from plan, stack and node).
     pub fn named(self, id: &str) -> Self {
-        self.set("name", id)
+        self.set(ClusterArgs::name, id)
     }
     /// Master user with its password from a secret reference (`stack.secret(..)`).
     pub fn master(self, user: &str, password: Output<String>) -> Self {
-        self.set("master_username", user)
-            .set("master_password", password)
+        self.set(ClusterArgs::master_username, user)
+            .set(ClusterArgs::master_password, password)
     }
     /// Master user whose password RDS manages in Secrets Manager.
     pub fn managed_master(self, user: &str) -> Self {
-        self.set("master_username", user)
-            .set("manage_master_user_password", true)
+        self.set(ClusterArgs::master_username, user)
+            .set(ClusterArgs::manage_master_user_password, true)
     }
     pub fn parameter_group(self, name: Output<String>) -> Self {
-        self.set("parameter_group", name)
+        self.set(ClusterArgs::parameter_group, name)
     }
     /// The DB subnet group (a subnet group handle's `group_name()`); changing it replaces the
     /// cluster.
     pub fn subnet_group(self, name: Output<String>) -> Self {
-        self.set("subnet_group", name)
+        self.set(ClusterArgs::subnet_group, name)
     }
     /// VPC security groups (security group handles' `group_id()`), changed in place.
     pub fn security_groups(self, ids: Vec<Output<String>>) -> Self {
         self.set(
-            "security_groups",
+            ClusterArgs::security_groups,
             Value::Array(ids.into_iter().map(Into::into).collect()),
         )
     }
     pub fn port(self, port: u16) -> Self {
-        self.set("port", port as u64)
+        self.set(ClusterArgs::port, port as u64)
     }
     pub fn backups(self, retention_days: u32, window: &str) -> Self {
-        self.set("backup_retention_period", retention_days as u64)
-            .set("preferred_backup_window", window)
+        self.set(ClusterArgs::backup_retention_period, retention_days as u64)
+            .set(ClusterArgs::preferred_backup_window, window)
     }
     pub fn maintenance_window(self, window: &str) -> Self {
-        self.set("preferred_maintenance_window", window)
+        self.set(ClusterArgs::preferred_maintenance_window, window)
     }
     pub fn deletion_protection(self, on: bool) -> Self {
-        self.set("deletion_protection", on)
+        self.set(ClusterArgs::deletion_protection, on)
     }
     /// Encrypt storage with this KMS key (an ARN) instead of the account's default RDS key;
     /// changing it replaces the cluster.
     pub fn kms_key(self, key_arn: Output<String>) -> Self {
-        self.set("storage_encrypted", true)
-            .set("kms_key_id", key_arn)
+        self.set(ClusterArgs::storage_encrypted, true)
+            .set(ClusterArgs::kms_key_id, key_arn)
     }
     /// Delete without a final snapshot (rehearsals; never the production target).
     pub fn skip_final_snapshot(self) -> Self {
-        self.set("skip_final_snapshot", true)
+        self.set(ClusterArgs::skip_final_snapshot, true)
     }
     /// Apply modifications now rather than in the maintenance window (default: the stack's
     /// `apply_immediately`, itself false unless set).
     pub fn apply_immediately(self, on: bool) -> Self {
-        self.set("apply_immediately", on)
+        self.set(ClusterArgs::apply_immediately, on)
     }
     /// An Aurora replica of an RDS instance or an Aurora cluster (its ARN), kept in sync by RDS
     /// until a `PromoteCluster` step makes it standalone. The master user comes from the source.
     pub fn replica_of(self, source_arn: Output<String>) -> Self {
-        self.set("replication_source", source_arn)
+        self.set(ClusterArgs::replication_source, source_arn)
     }
 }
 
 impl Declare for AuroraCluster {
-    const TYPE: &'static str = "aws.rds.cluster";
+    const TYPE: &'static str = ClusterType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -313,16 +362,16 @@ impl Declare for AuroraCluster {
 
 impl Handle<AuroraCluster> {
     pub fn identifier(&self) -> Output<String> {
-        self.output("id")
+        self.output(ClusterOut::id)
     }
     pub fn endpoint(&self) -> Output<String> {
-        self.output("endpoint")
+        self.output(ClusterOut::endpoint)
     }
     pub fn reader_endpoint(&self) -> Output<String> {
-        self.output("reader_endpoint")
+        self.output(ClusterOut::reader_endpoint)
     }
     pub fn port(&self) -> Output<u64> {
-        self.output("port")
+        self.output(ClusterOut::port)
     }
     /// A connection to this cluster's writer endpoint for the data-plane steps (see
     /// `Handle<DbInstance>::connection`).
@@ -340,11 +389,11 @@ impl Handle<AuroraCluster> {
         )
     }
     pub fn arn(&self) -> Output<String> {
-        self.output("arn")
+        self.output(ClusterOut::arn)
     }
     /// The Secrets Manager secret RDS keeps the master password in (`managed_master` only).
     pub fn master_secret_arn(&self) -> Output<String> {
-        self.output("master_secret_arn")
+        self.output(ClusterOut::master_secret_arn)
     }
 }
 
@@ -380,84 +429,47 @@ impl ClusterType {
         let Some(c) = out.db_clusters().first() else {
             return Ok(None);
         };
-        let mut inputs = Attrs::new();
-        let mut put = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                inputs.insert(k.to_string(), v);
-            }
-        };
-        put("engine", c.engine().map(Value::from));
-        put("engine_version", c.engine_version().map(Value::from));
-        put("master_username", c.master_username().map(Value::from));
-        put(
-            "manage_master_user_password",
-            Some(Value::Bool(c.master_user_secret().is_some())),
-        );
-        put(
-            "replication_source",
-            c.replication_source_identifier().map(Value::from),
-        );
-        put(
-            "parameter_group",
-            c.db_cluster_parameter_group().map(Value::from),
-        );
-        put("port", c.port().map(|p| Value::from(p as u64)));
-        put("subnet_group", c.db_subnet_group().map(Value::from));
-        let mut groups: Vec<&str> = c
+        let mut groups: Vec<String> = c
             .vpc_security_groups()
             .iter()
-            .filter_map(|g| g.vpc_security_group_id())
+            .filter_map(|g| g.vpc_security_group_id().map(String::from))
             .collect();
         groups.sort();
-        put("security_groups", Some(serde_json::json!(groups)));
-        put(
-            "backup_retention_period",
-            c.backup_retention_period().map(|p| Value::from(p as u64)),
-        );
-        put(
-            "preferred_backup_window",
-            c.preferred_backup_window().map(Value::from),
-        );
-        put(
-            "preferred_maintenance_window",
-            c.preferred_maintenance_window().map(Value::from),
-        );
-        put(
-            "deletion_protection",
-            c.deletion_protection().map(Value::Bool),
-        );
-        put("storage_encrypted", c.storage_encrypted().map(Value::Bool));
-        put("kms_key_id", c.kms_key_id().map(Value::from));
-        let outputs = Attrs::from([
-            ("id".to_string(), Value::from(id)),
-            (
-                "arn".to_string(),
-                Value::from(c.db_cluster_arn().unwrap_or_default()),
-            ),
-            (
-                "endpoint".to_string(),
-                Value::from(c.endpoint().unwrap_or_default()),
-            ),
-            (
-                "reader_endpoint".to_string(),
-                Value::from(c.reader_endpoint().unwrap_or_default()),
-            ),
-            (
-                "port".to_string(),
-                Value::from(c.port().unwrap_or(0) as u64),
-            ),
-            (
-                "status".to_string(),
-                Value::from(c.status().unwrap_or_default()),
-            ),
-            (
-                "master_secret_arn".to_string(),
-                c.master_user_secret()
-                    .and_then(|m| m.secret_arn())
-                    .map(Value::from)
-                    .unwrap_or(Value::Null),
-            ),
-        ]);
+        let inputs = ClusterArgs {
+            name: None,
+            engine: c.engine().unwrap_or_default().into(),
+            engine_version: c.engine_version().map(String::from),
+            master_username: c.master_username().map(String::from),
+            master_password: None,
+            manage_master_user_password: Some(c.master_user_secret().is_some()),
+            replication_source: c.replication_source_identifier().map(String::from),
+            parameter_group: c.db_cluster_parameter_group().map(String::from),
+            port: c.port().map(|p| p as u64),
+            subnet_group: c.db_subnet_group().map(String::from),
+            security_groups: Some(groups),
+            backup_retention_period: c.backup_retention_period().map(|p| p as u64),
+            preferred_backup_window: c.preferred_backup_window().map(String::from),
+            preferred_maintenance_window: c.preferred_maintenance_window().map(String::from),
+            deletion_protection: c.deletion_protection(),
+            storage_encrypted: c.storage_encrypted(),
+            kms_key_id: c.kms_key_id().map(String::from),
+            skip_final_snapshot: None,
+            apply_immediately: None,
+        }
+        .to_attrs();
+        let outputs = ClusterOut {
+            id: id.into(),
+            arn: c.db_cluster_arn().unwrap_or_default().into(),
+            endpoint: c.endpoint().unwrap_or_default().into(),
+            reader_endpoint: c.reader_endpoint().unwrap_or_default().into(),
+            port: c.port().unwrap_or(0) as u64,
+            status: c.status().unwrap_or_default().into(),
+            master_secret_arn: c
+                .master_user_secret()
+                .and_then(|m| m.secret_arn())
+                .map(String::from),
+        }
+        .to_attrs();
         Ok(Some(ClusterFound {
             status: c.status().unwrap_or_default().to_string(),
             deletion_protection: c.deletion_protection().unwrap_or(false),
@@ -478,6 +490,7 @@ impl AwsObject for ClusterType {
     const WHAT: &'static str = "cluster";
     const NAMED: bool = true;
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = ClusterArgs;
     const NOT_FOUND: &'static [&'static str] = &["DBClusterNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["DBClusterAlreadyExistsFault"];
     /// Its instances are deleted before it, its subnet and parameter groups after it.
@@ -488,7 +501,7 @@ impl AwsObject for ClusterType {
     }
     /// Its identifier is known before it exists: the deterministic one.
     fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
-        Attrs::from([("id".to_string(), Value::from(id))])
+        Attrs::from([(ClusterOut::id.to_string(), Value::from(id))])
     }
     fn review(&self, _inputs: &Attrs) -> crate::provider::Review {
         crate::provider::Review {
@@ -499,49 +512,31 @@ impl AwsObject for ClusterType {
     fn check_id(&self, id: &str) -> Result<(), String> {
         crate::provider::rds_identifier(id)
     }
-    fn force_new(&self) -> &'static [&'static str] {
-        &[
-            "engine",
-            "name",
-            "master_username",
-            "subnet_group",
-            "storage_encrypted",
-            "kms_key_id",
-            "replication_source",
-        ]
-    }
-    fn create_only(&self) -> &'static [&'static str] {
-        // A replica's source is recorded at creation; promotion removes it on purpose.
-        &["replication_source"]
-    }
     fn stable_outputs(&self) -> &'static [&'static str] {
-        &["id", "arn", "endpoint", "reader_endpoint"]
+        type O = ClusterOut;
+        &[O::id, O::arn, O::endpoint, O::reader_endpoint]
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        type A = ClusterArgs;
         let mut v = vec![];
-        if let Some(k) = get_str(inputs, "kms_key_id") {
+        if let Some(k) = get_str(inputs, A::kms_key_id) {
             if let Err(e) = super::rds::kms_key_arn(k) {
                 v.push(e);
             }
         }
-        let engine = get_str(inputs, "engine").unwrap_or_default();
+        let engine = get_str(inputs, A::engine).unwrap_or_default();
         if !matches!(engine, "aurora-postgresql" | "aurora-mysql") {
             v.push(format!(
                 "engine `{engine}` is not an Aurora engine; use AuroraCluster::postgres or ::mysql"
             ));
         }
-        if !inputs.contains_key("master_username") && !inputs.contains_key("replication_source") {
+        if !inputs.contains_key(A::master_username) && !inputs.contains_key(A::replication_source) {
             v.push("a master user is required: .master(user, stack.secret(..)?) or .managed_master(user)".into());
         }
-        if inputs.contains_key("master_password")
-            && b(inputs, "manage_master_user_password") == Some(true)
+        if inputs.contains_key(A::master_password)
+            && b(inputs, A::manage_master_user_password) == Some(true)
         {
             v.push("give either a master password or manage_master_user_password, not both".into());
-        }
-        if let Some(p) = inputs.get("master_password") {
-            if !crate::value::has_refs(p) && crate::value::as_secret(p).is_none() {
-                v.push("the master password must be a secret reference (stack.secret(..)), never a literal".into());
-            }
         }
         v
     }
@@ -550,7 +545,7 @@ impl AwsObject for ClusterType {
         inputs: &Attrs,
         referenced: &dyn Fn(&str) -> Option<(String, Attrs)>,
     ) -> Vec<String> {
-        super::rds::check_family(inputs, "parameter_group", referenced)
+        super::rds::check_family(inputs, ClusterArgs::parameter_group, referenced)
     }
     async fn describe(
         &self,
@@ -566,35 +561,30 @@ impl AwsObject for ClusterType {
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        a: &ClusterArgs,
         id: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
-        let i = req.inputs;
         let rds = self.aws.rds().await;
         rds.create_db_cluster()
             .db_cluster_identifier(id)
-            .engine(get_str(i, "engine").unwrap_or_default())
-            .set_engine_version(get_str(i, "engine_version").map(String::from))
-            .set_master_username(get_str(i, "master_username").map(String::from))
-            .set_master_user_password(get_str(i, "master_password").map(String::from))
-            .set_manage_master_user_password(b(i, "manage_master_user_password"))
-            .set_db_cluster_parameter_group_name(get_str(i, "parameter_group").map(String::from))
-            .set_port(get_u64(i, "port").map(|p| p as i32))
-            .set_db_subnet_group_name(get_str(i, "subnet_group").map(String::from))
-            .set_vpc_security_group_ids(
-                i.contains_key("security_groups")
-                    .then(|| str_list(i, "security_groups")),
-            )
-            .set_backup_retention_period(get_u64(i, "backup_retention_period").map(|p| p as i32))
-            .set_preferred_backup_window(get_str(i, "preferred_backup_window").map(String::from))
-            .set_preferred_maintenance_window(
-                get_str(i, "preferred_maintenance_window").map(String::from),
-            )
-            .set_deletion_protection(b(i, "deletion_protection"))
-            .set_storage_encrypted(b(i, "storage_encrypted"))
-            .set_kms_key_id(get_str(i, "kms_key_id").map(String::from))
-            .set_replication_source_identifier(get_str(i, "replication_source").map(String::from))
+            .engine(&a.engine)
+            .set_engine_version(a.engine_version.clone())
+            .set_master_username(a.master_username.clone())
+            .set_master_user_password(a.master_password.clone())
+            .set_manage_master_user_password(a.manage_master_user_password)
+            .set_db_cluster_parameter_group_name(a.parameter_group.clone())
+            .set_port(a.port.map(|p| p as i32))
+            .set_db_subnet_group_name(a.subnet_group.clone())
+            .set_vpc_security_group_ids(a.security_groups.as_ref().map(|g| sorted(g)))
+            .set_backup_retention_period(a.backup_retention_period.map(|p| p as i32))
+            .set_preferred_backup_window(a.preferred_backup_window.clone())
+            .set_preferred_maintenance_window(a.preferred_maintenance_window.clone())
+            .set_deletion_protection(a.deletion_protection)
+            .set_storage_encrypted(a.storage_encrypted)
+            .set_kms_key_id(a.kms_key_id.clone())
+            .set_replication_source_identifier(a.replication_source.clone())
             .set_tags(Some(sdk_tags(tags)))
             .send()
             .await
@@ -604,65 +594,48 @@ impl AwsObject for ClusterType {
     async fn modify(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        a: &ClusterArgs,
         id: &str,
         changed: &[String],
     ) -> Result<(), AwsError> {
-        let i = req.inputs;
+        type A = ClusterArgs;
         let has = |k: &str| changed.iter().any(|c| c == k);
+        let when = |k: &str, v: &Option<String>| v.clone().filter(|_| has(k));
         let rds = self.aws.rds().await;
         rds.modify_db_cluster()
             .db_cluster_identifier(id)
-            .set_engine_version(
-                has("engine_version")
-                    .then(|| get_str(i, "engine_version").map(String::from))
-                    .flatten(),
-            )
-            .set_allow_major_version_upgrade(has("engine_version").then_some(true))
-            .set_db_cluster_parameter_group_name(
-                has("parameter_group")
-                    .then(|| get_str(i, "parameter_group").map(String::from))
-                    .flatten(),
-            )
-            .set_port(
-                has("port")
-                    .then(|| get_u64(i, "port").map(|p| p as i32))
-                    .flatten(),
-            )
+            .set_engine_version(when(A::engine_version, &a.engine_version))
+            .set_allow_major_version_upgrade(has(A::engine_version).then_some(true))
+            .set_db_cluster_parameter_group_name(when(A::parameter_group, &a.parameter_group))
+            .set_port(a.port.filter(|_| has(A::port)).map(|p| p as i32))
             .set_vpc_security_group_ids(
-                has("security_groups").then(|| str_list(i, "security_groups")),
+                (a.security_groups.as_ref())
+                    .filter(|_| has(A::security_groups))
+                    .map(|g| sorted(g)),
             )
             .set_backup_retention_period(
-                has("backup_retention_period")
-                    .then(|| get_u64(i, "backup_retention_period").map(|p| p as i32))
-                    .flatten(),
+                (a.backup_retention_period)
+                    .filter(|_| has(A::backup_retention_period))
+                    .map(|p| p as i32),
             )
-            .set_preferred_backup_window(
-                has("preferred_backup_window")
-                    .then(|| get_str(i, "preferred_backup_window").map(String::from))
-                    .flatten(),
-            )
-            .set_preferred_maintenance_window(
-                has("preferred_maintenance_window")
-                    .then(|| get_str(i, "preferred_maintenance_window").map(String::from))
-                    .flatten(),
-            )
+            .set_preferred_backup_window(when(
+                A::preferred_backup_window,
+                &a.preferred_backup_window,
+            ))
+            .set_preferred_maintenance_window(when(
+                A::preferred_maintenance_window,
+                &a.preferred_maintenance_window,
+            ))
             .set_deletion_protection(
-                has("deletion_protection")
-                    .then(|| b(i, "deletion_protection"))
-                    .flatten(),
+                a.deletion_protection
+                    .filter(|_| has(A::deletion_protection)),
             )
-            .set_master_user_password(
-                has("master_password")
-                    .then(|| get_str(i, "master_password").map(String::from))
-                    .flatten(),
-            )
+            .set_master_user_password(when(A::master_password, &a.master_password))
             .set_manage_master_user_password(
-                has("manage_master_user_password")
-                    .then(|| b(i, "manage_master_user_password"))
-                    .flatten(),
+                (a.manage_master_user_password).filter(|_| has(A::manage_master_user_password)),
             )
-            .apply_immediately(b(i, "apply_immediately").unwrap_or(self.aws.apply_immediately))
+            .apply_immediately(a.apply_immediately.unwrap_or(self.aws.apply_immediately))
             .send()
             .await
             .during(&format!("modify cluster {id}"))?;
@@ -678,7 +651,7 @@ impl AwsObject for ClusterType {
             )
             .into());
         }
-        let skip = b(req.inputs, "skip_final_snapshot").unwrap_or(false);
+        let skip = b(req.inputs, ClusterArgs::skip_final_snapshot).unwrap_or(false);
         let rds = self.aws.rds().await;
         let final_snapshot = (!skip).then(|| super::final_snapshot_name(id));
         rds.delete_db_cluster()
@@ -699,6 +672,31 @@ impl AwsObject for ClusterType {
     }
 }
 
+crate::model! {
+    /// What an instance of an Aurora cluster is declared with.
+    pub struct ClusterInstanceArgs {
+        /// The cluster's identifier.
+        cluster: String [replace],
+        engine: String [replace],
+        /// `db.r6g.large` and the like.
+        class: String,
+        promotion_tier: Option<u64>,
+        performance_insights: Option<bool>,
+        monitoring_interval: Option<u64>,
+        apply_immediately: Option<bool>,
+    }
+}
+
+crate::model! {
+    /// What an instance of an Aurora cluster reports.
+    pub struct ClusterInstanceOut {
+        id: String,
+        arn: String,
+        endpoint: String,
+        status: String,
+    }
+}
+
 /// An instance of an Aurora cluster (the writer or a reader).
 #[derive(Debug, Clone)]
 pub struct ClusterInstance {
@@ -708,11 +706,12 @@ pub struct ClusterInstance {
 impl ClusterInstance {
     /// An instance of class `class` in `cluster` (a cluster handle's `identifier()`).
     pub fn of(cluster: Output<String>, engine: &str, class: &str) -> Self {
+        type A = ClusterInstanceArgs;
         ClusterInstance {
             inputs: Attrs::from([
-                ("cluster".to_string(), cluster.into()),
-                ("engine".to_string(), Value::from(engine)),
-                ("class".to_string(), Value::from(class)),
+                (A::cluster.to_string(), cluster.into()),
+                (A::engine.to_string(), Value::from(engine)),
+                (A::class.to_string(), Value::from(class)),
             ]),
         }
     }
@@ -722,24 +721,24 @@ impl ClusterInstance {
     }
     /// Failover order: 0 first.
     pub fn promotion_tier(self, tier: u32) -> Self {
-        self.set("promotion_tier", tier as u64)
+        self.set(ClusterInstanceArgs::promotion_tier, tier as u64)
     }
     pub fn performance_insights(self, on: bool) -> Self {
-        self.set("performance_insights", on)
+        self.set(ClusterInstanceArgs::performance_insights, on)
     }
     /// Enhanced monitoring interval in seconds (0, 1, 5, 10, 15, 30, 60).
     pub fn monitoring_interval(self, seconds: u32) -> Self {
-        self.set("monitoring_interval", seconds as u64)
+        self.set(ClusterInstanceArgs::monitoring_interval, seconds as u64)
     }
     /// Apply modifications now rather than in the maintenance window (default: the stack's
     /// `apply_immediately`, itself false unless set).
     pub fn apply_immediately(self, on: bool) -> Self {
-        self.set("apply_immediately", on)
+        self.set(ClusterInstanceArgs::apply_immediately, on)
     }
 }
 
 impl Declare for ClusterInstance {
-    const TYPE: &'static str = "aws.rds.cluster_instance";
+    const TYPE: &'static str = InstanceType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -750,7 +749,8 @@ impl Declare for ClusterInstance {
         before
             .iter()
             .find(|n| {
-                n.type_name == Self::TYPE && n.inputs.get("cluster") == self.inputs.get("cluster")
+                let key = ClusterInstanceArgs::cluster;
+                n.type_name == Self::TYPE && n.inputs.get(key) == self.inputs.get(key)
             })
             .map(|first| vec![first.name.clone()])
             .unwrap_or_default()
@@ -760,10 +760,10 @@ impl Declare for ClusterInstance {
 impl Handle<ClusterInstance> {
     /// The instance identifier (a failover target, a reboot).
     pub fn identifier(&self) -> Output<String> {
-        self.output("id")
+        self.output(ClusterInstanceOut::id)
     }
     pub fn endpoint(&self) -> Output<String> {
-        self.output("endpoint")
+        self.output(ClusterInstanceOut::endpoint)
     }
 }
 
@@ -782,44 +782,30 @@ impl InstanceType {
         let Some(d) = describe_db_instance(&self.aws, id).await? else {
             return Ok(None);
         };
-        let mut inputs = Attrs::new();
-        if let Some(c) = d.db_cluster_identifier() {
-            inputs.insert("cluster".into(), Value::from(c));
-        }
-        if let Some(c) = d.db_instance_class() {
-            inputs.insert("class".into(), Value::from(c));
-        }
-        if let Some(e) = d.engine() {
-            inputs.insert("engine".into(), Value::from(e));
-        }
-        if let Some(t) = d.promotion_tier() {
-            inputs.insert("promotion_tier".into(), Value::from(t as u64));
-        }
-        if let Some(p) = d.performance_insights_enabled() {
-            inputs.insert("performance_insights".into(), Value::Bool(p));
-        }
-        if let Some(m) = d.monitoring_interval() {
-            inputs.insert("monitoring_interval".into(), Value::from(m as u64));
-        }
-        let endpoint = d.endpoint().and_then(|e| e.address()).unwrap_or_default();
+        let inputs = ClusterInstanceArgs {
+            cluster: d.db_cluster_identifier().unwrap_or_default().into(),
+            engine: d.engine().unwrap_or_default().into(),
+            class: d.db_instance_class().unwrap_or_default().into(),
+            promotion_tier: d.promotion_tier().map(|t| t as u64),
+            performance_insights: d.performance_insights_enabled(),
+            monitoring_interval: d.monitoring_interval().map(|m| m as u64),
+            apply_immediately: None,
+        };
+        let outputs = ClusterInstanceOut {
+            id: id.into(),
+            arn: d.db_instance_arn().unwrap_or_default().into(),
+            endpoint: (d.endpoint().and_then(|e| e.address()))
+                .unwrap_or_default()
+                .into(),
+            status: d.db_instance_status().unwrap_or_default().into(),
+        };
         Ok(Some(InstanceFound {
-            status: d.db_instance_status().unwrap_or_default().to_string(),
+            status: outputs.status.clone(),
             tags: tag_pairs(d.tag_list()),
             observed: Observed {
                 id: id.into(),
-                inputs,
-                outputs: Attrs::from([
-                    ("id".to_string(), Value::from(id)),
-                    (
-                        "arn".to_string(),
-                        Value::from(d.db_instance_arn().unwrap_or_default()),
-                    ),
-                    ("endpoint".to_string(), Value::from(endpoint)),
-                    (
-                        "status".to_string(),
-                        Value::from(d.db_instance_status().unwrap_or_default()),
-                    ),
-                ]),
+                inputs: inputs.to_attrs(),
+                outputs: outputs.to_attrs(),
             },
         }))
     }
@@ -831,25 +817,24 @@ impl AwsObject for InstanceType {
     const SERVICE: &'static str = "rds";
     const WHAT: &'static str = "DB instance";
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = ClusterInstanceArgs;
     const NOT_FOUND: &'static [&'static str] = &["DBInstanceNotFound", "DBInstanceNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["DBInstanceAlreadyExists"];
     /// The cluster is deleted after its instances: only once they are gone.
     const WAIT_GONE: bool = true;
     /// Its identifier is known before it exists: the deterministic one.
     fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
-        Attrs::from([("id".to_string(), Value::from(id))])
+        Attrs::from([(ClusterInstanceOut::id.to_string(), Value::from(id))])
     }
     fn check_id(&self, id: &str) -> Result<(), String> {
         crate::provider::rds_identifier(id)
     }
-    fn force_new(&self) -> &'static [&'static str] {
-        &["cluster", "engine"]
-    }
     fn stable_outputs(&self) -> &'static [&'static str] {
-        &["id", "arn", "endpoint"]
+        type O = ClusterInstanceOut;
+        &[O::id, O::arn, O::endpoint]
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
-        match get_str(inputs, "class") {
+        match get_str(inputs, ClusterInstanceArgs::class) {
             Some(c) if c.starts_with("db.") => vec![],
             Some(c) => vec![format!(
                 "class `{c}` is not an RDS instance class (they start with `db.`)"
@@ -862,7 +847,11 @@ impl AwsObject for InstanceType {
         _ctx: &Ctx,
         req: &Request<'_>,
     ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
-        match (get_str(req.inputs, "engine"), get_str(req.inputs, "class")) {
+        type A = ClusterInstanceArgs;
+        match (
+            get_str(req.inputs, A::engine),
+            get_str(req.inputs, A::class),
+        ) {
             (Some(engine), Some(class)) => orderable(&self.aws, engine, None, class).await,
             _ => Ok(None),
         }
@@ -881,20 +870,20 @@ impl AwsObject for InstanceType {
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        a: &ClusterInstanceArgs,
         id: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
-        let i = req.inputs;
         let rds = self.aws.rds().await;
         rds.create_db_instance()
             .db_instance_identifier(id)
-            .set_db_cluster_identifier(get_str(i, "cluster").map(String::from))
-            .db_instance_class(get_str(i, "class").unwrap_or_default())
-            .engine(get_str(i, "engine").unwrap_or_default())
-            .set_promotion_tier(get_u64(i, "promotion_tier").map(|t| t as i32))
-            .set_enable_performance_insights(b(i, "performance_insights"))
-            .set_monitoring_interval(get_u64(i, "monitoring_interval").map(|m| m as i32))
+            .db_cluster_identifier(&a.cluster)
+            .db_instance_class(&a.class)
+            .engine(&a.engine)
+            .set_promotion_tier(a.promotion_tier.map(|t| t as i32))
+            .set_enable_performance_insights(a.performance_insights)
+            .set_monitoring_interval(a.monitoring_interval.map(|m| m as i32))
             .set_tags(Some(sdk_tags(tags)))
             .send()
             .await
@@ -904,36 +893,32 @@ impl AwsObject for InstanceType {
     async fn modify(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        a: &ClusterInstanceArgs,
         id: &str,
         changed: &[String],
     ) -> Result<(), AwsError> {
-        let i = req.inputs;
+        type A = ClusterInstanceArgs;
         let has = |k: &str| changed.iter().any(|c| c == k);
         let rds = self.aws.rds().await;
         rds.modify_db_instance()
             .db_instance_identifier(id)
-            .set_db_instance_class(
-                has("class")
-                    .then(|| get_str(i, "class").map(String::from))
-                    .flatten(),
-            )
+            .set_db_instance_class(has(A::class).then(|| a.class.clone()))
             .set_promotion_tier(
-                has("promotion_tier")
-                    .then(|| get_u64(i, "promotion_tier").map(|t| t as i32))
-                    .flatten(),
+                (a.promotion_tier)
+                    .filter(|_| has(A::promotion_tier))
+                    .map(|t| t as i32),
             )
             .set_enable_performance_insights(
-                has("performance_insights")
-                    .then(|| b(i, "performance_insights"))
-                    .flatten(),
+                a.performance_insights
+                    .filter(|_| has(A::performance_insights)),
             )
             .set_monitoring_interval(
-                has("monitoring_interval")
-                    .then(|| get_u64(i, "monitoring_interval").map(|m| m as i32))
-                    .flatten(),
+                (a.monitoring_interval)
+                    .filter(|_| has(A::monitoring_interval))
+                    .map(|m| m as i32),
             )
-            .apply_immediately(b(i, "apply_immediately").unwrap_or(self.aws.apply_immediately))
+            .apply_immediately(a.apply_immediately.unwrap_or(self.aws.apply_immediately))
             .send()
             .await
             .during(&format!("modify instance {id}"))?;

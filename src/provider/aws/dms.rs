@@ -20,6 +20,7 @@ use aws_sdk_databasemigration::types::{
 use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership, Status, Until};
 use super::{sdk_err, tags_value, Aws};
 use crate::dsl::{Declare, NodeKind, Output};
+use crate::provider::model::Model;
 use crate::provider::{Ctx, Observed, Probe, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, get_u64, Attrs, Value};
 use aws_sdk_databasemigration::primitives as aws_smithy_types_dms;
@@ -325,6 +326,23 @@ impl TaskSettings {
 // ---------------------------------------------------------------------------------------------
 // Replication subnet group
 
+crate::model! {
+    /// What a replication subnet group is declared with.
+    pub struct DmsSubnetGroupArgs {
+        subnets: Vec<String>,
+        description: String,
+    }
+}
+
+crate::model! {
+    /// What a replication subnet group reports.
+    pub struct DmsSubnetGroupOut {
+        id: String,
+        vpc: String,
+        tags: Value,
+    }
+}
+
 /// The subnets a replication instance lives in.
 #[derive(Debug, Clone)]
 pub struct DmsSubnetGroup {
@@ -333,17 +351,18 @@ pub struct DmsSubnetGroup {
 
 impl DmsSubnetGroup {
     pub fn of(subnets: Output<Vec<String>>, description: &str) -> Self {
+        type A = DmsSubnetGroupArgs;
         DmsSubnetGroup {
             inputs: Attrs::from([
-                ("subnets".to_string(), subnets.into()),
-                ("description".to_string(), Value::from(description)),
+                (A::subnets.to_string(), subnets.into()),
+                (A::description.to_string(), Value::from(description)),
             ]),
         }
     }
 }
 
 impl Declare for DmsSubnetGroup {
-    const TYPE: &'static str = "aws.dms.subnet_group";
+    const TYPE: &'static str = SubnetGroupType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -352,7 +371,7 @@ impl Declare for DmsSubnetGroup {
 
 impl crate::dsl::Handle<DmsSubnetGroup> {
     pub fn group_id(&self) -> Output<String> {
-        self.output("id")
+        self.output(DmsSubnetGroupOut::id)
     }
 }
 
@@ -382,6 +401,7 @@ impl AwsObject for SubnetGroupType {
     const SERVICE: &'static str = "dms";
     const WHAT: &'static str = "replication subnet group";
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = DmsSubnetGroupArgs;
     const NOT_FOUND: &'static [&'static str] = &["ResourceNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
     async fn describe(
@@ -411,27 +431,26 @@ impl AwsObject for SubnetGroupType {
         let tags = self.tags(id).await?;
         Ok(Some(Found::ready(Observed {
             id: id.into(),
-            inputs: Attrs::from([
-                ("subnets".to_string(), serde_json::json!(subnets)),
-                (
-                    "description".to_string(),
-                    Value::from(g.replication_subnet_group_description().unwrap_or_default()),
-                ),
-            ]),
-            outputs: Attrs::from([
-                ("id".to_string(), Value::from(id)),
-                (
-                    "vpc".to_string(),
-                    Value::from(g.vpc_id().unwrap_or_default()),
-                ),
-                ("tags".to_string(), tags_value(&tags)),
-            ]),
+            inputs: DmsSubnetGroupArgs {
+                subnets,
+                description: (g.replication_subnet_group_description())
+                    .unwrap_or_default()
+                    .into(),
+            }
+            .to_attrs(),
+            outputs: DmsSubnetGroupOut {
+                id: id.into(),
+                vpc: g.vpc_id().unwrap_or_default().into(),
+                tags: tags_value(&tags),
+            }
+            .to_attrs(),
         })))
     }
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &DmsSubnetGroupArgs,
         id: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
@@ -440,10 +459,8 @@ impl AwsObject for SubnetGroupType {
             .await
             .create_replication_subnet_group()
             .replication_subnet_group_identifier(id)
-            .replication_subnet_group_description(
-                get_str(req.inputs, "description").unwrap_or_default(),
-            )
-            .set_subnet_ids(Some(list(req.inputs.get("subnets"))))
+            .replication_subnet_group_description(&args.description)
+            .set_subnet_ids(Some(args.subnets.clone()))
             .set_tags(Some(dms_tags(tags)))
             .send()
             .await
@@ -453,7 +470,8 @@ impl AwsObject for SubnetGroupType {
     async fn modify(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &DmsSubnetGroupArgs,
         id: &str,
         _changed: &[String],
     ) -> Result<(), AwsError> {
@@ -463,10 +481,8 @@ impl AwsObject for SubnetGroupType {
             .await
             .modify_replication_subnet_group()
             .replication_subnet_group_identifier(id)
-            .replication_subnet_group_description(
-                get_str(req.inputs, "description").unwrap_or_default(),
-            )
-            .set_subnet_ids(Some(list(req.inputs.get("subnets"))))
+            .replication_subnet_group_description(&args.description)
+            .set_subnet_ids(Some(args.subnets.clone()))
             .send()
             .await
             .during(&format!("modify replication subnet group {id}"))?;
@@ -488,6 +504,31 @@ impl AwsObject for SubnetGroupType {
 // ---------------------------------------------------------------------------------------------
 // Replication instance
 
+crate::model! {
+    /// What a replication instance is declared with.
+    pub struct DmsInstanceArgs {
+        /// `dms.r5.large` and the like.
+        class: String,
+        /// Allocated storage in GB.
+        storage: u64,
+        multi_az: bool,
+        public: bool [replace],
+        engine_version: Option<String>,
+        subnet_group: Option<String> [replace],
+        /// VPC security group ids (not read back: DMS reports them, moto does not).
+        security_groups: Option<Vec<String>>,
+    }
+}
+
+crate::model! {
+    /// What a replication instance reports.
+    pub struct DmsInstanceOut {
+        id: String,
+        arn: String,
+        tags: Value,
+    }
+}
+
 /// A replication instance (usually `.temporary()` or `.retire_after(...)`).
 #[derive(Debug, Clone)]
 pub struct DmsInstance {
@@ -496,12 +537,13 @@ pub struct DmsInstance {
 
 impl DmsInstance {
     pub fn new(class: &str, storage_gb: u64) -> Self {
+        type A = DmsInstanceArgs;
         DmsInstance {
             inputs: Attrs::from([
-                ("class".to_string(), Value::from(class)),
-                ("storage".to_string(), Value::from(storage_gb)),
-                ("multi_az".to_string(), Value::Bool(false)),
-                ("public".to_string(), Value::Bool(false)),
+                (A::class.to_string(), Value::from(class)),
+                (A::storage.to_string(), Value::from(storage_gb)),
+                (A::multi_az.to_string(), Value::Bool(false)),
+                (A::public.to_string(), Value::Bool(false)),
             ]),
         }
     }
@@ -510,27 +552,27 @@ impl DmsInstance {
         self
     }
     pub fn multi_az(self, on: bool) -> Self {
-        self.set("multi_az", on)
+        self.set(DmsInstanceArgs::multi_az, on)
     }
     pub fn publicly_accessible(self, on: bool) -> Self {
-        self.set("public", on)
+        self.set(DmsInstanceArgs::public, on)
     }
     pub fn engine_version(self, v: &str) -> Self {
-        self.set("engine_version", v)
+        self.set(DmsInstanceArgs::engine_version, v)
     }
     pub fn subnet_group(self, id: Output<String>) -> Self {
-        self.set("subnet_group", id)
+        self.set(DmsInstanceArgs::subnet_group, id)
     }
     pub fn security_groups(self, ids: Vec<Output<String>>) -> Self {
         self.set(
-            "security_groups",
+            DmsInstanceArgs::security_groups,
             Value::Array(ids.into_iter().map(Into::into).collect()),
         )
     }
 }
 
 impl Declare for DmsInstance {
-    const TYPE: &'static str = "aws.dms.instance";
+    const TYPE: &'static str = InstanceType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -539,10 +581,10 @@ impl Declare for DmsInstance {
 
 impl crate::dsl::Handle<DmsInstance> {
     pub fn arn(&self) -> Output<String> {
-        self.output("arn")
+        self.output(DmsInstanceOut::arn)
     }
     pub fn identifier(&self) -> Output<String> {
-        self.output("id")
+        self.output(DmsInstanceOut::id)
     }
 }
 
@@ -573,37 +615,29 @@ impl InstanceType {
         };
         let arn = i.replication_instance_arn().unwrap_or_default().to_string();
         let t = tags_of(&self.aws, &arn).await?;
-        let mut inputs = Attrs::from([
-            (
-                "class".to_string(),
-                Value::from(i.replication_instance_class().unwrap_or_default()),
-            ),
-            (
-                "storage".to_string(),
-                Value::from(i.allocated_storage() as u64),
-            ),
-            ("multi_az".to_string(), Value::Bool(i.multi_az())),
-            ("public".to_string(), Value::Bool(i.publicly_accessible())),
-        ]);
-        if let Some(v) = i.engine_version() {
-            inputs.insert("engine_version".into(), Value::from(v));
+        let mut inputs = DmsInstanceArgs {
+            class: i.replication_instance_class().unwrap_or_default().into(),
+            storage: i.allocated_storage() as u64,
+            multi_az: i.multi_az(),
+            public: i.publicly_accessible(),
+            engine_version: i.engine_version().map(String::from),
+            subnet_group: (i.replication_subnet_group())
+                .and_then(|g| g.replication_subnet_group_identifier())
+                .map(String::from),
+            security_groups: None,
         }
-        if let Some(g) = i
-            .replication_subnet_group()
-            .and_then(|g| g.replication_subnet_group_identifier())
-        {
-            inputs.insert("subnet_group".into(), Value::from(g));
-        }
+        .to_attrs();
         inputs.retain(|k, _| declared.contains_key(k));
         Ok(Some((
             Observed {
                 id: id.into(),
                 inputs,
-                outputs: Attrs::from([
-                    ("id".to_string(), Value::from(id)),
-                    ("arn".to_string(), Value::from(arn)),
-                    ("tags".to_string(), tags_value(&t)),
-                ]),
+                outputs: DmsInstanceOut {
+                    id: id.into(),
+                    arn,
+                    tags: tags_value(&t),
+                }
+                .to_attrs(),
             },
             i.replication_instance_status()
                 .unwrap_or_default()
@@ -619,18 +653,16 @@ impl AwsObject for InstanceType {
     const SERVICE: &'static str = "dms";
     const WHAT: &'static str = "replication instance";
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = DmsInstanceArgs;
     const NOT_FOUND: &'static [&'static str] = &["ResourceNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
     /// Its endpoints and tasks name it: deleted only once gone.
     const WAIT_GONE: bool = true;
-    fn force_new(&self) -> &'static [&'static str] {
-        &["subnet_group", "public"]
-    }
     fn stable_outputs(&self) -> &'static [&'static str] {
-        &["id", "arn"]
+        &[DmsInstanceOut::id, DmsInstanceOut::arn]
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
-        match get_str(inputs, "class") {
+        match get_str(inputs, DmsInstanceArgs::class) {
             Some(c) if !c.starts_with("dms.") => vec![format!(
                 "replication instance class `{c}`: DMS classes start with `dms.` (e.g. dms.r5.large)"
             )],
@@ -654,26 +686,23 @@ impl AwsObject for InstanceType {
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        a: &DmsInstanceArgs,
         id: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
-        let i = req.inputs;
         self.aws
             .dms()
             .await
             .create_replication_instance()
             .replication_instance_identifier(id)
-            .replication_instance_class(get_str(i, "class").unwrap_or_default())
-            .allocated_storage(get_u64(i, "storage").unwrap_or(50) as i32)
-            .multi_az(i.get("multi_az").and_then(Value::as_bool).unwrap_or(false))
-            .publicly_accessible(i.get("public").and_then(Value::as_bool).unwrap_or(false))
-            .set_engine_version(get_str(i, "engine_version").map(String::from))
-            .set_replication_subnet_group_identifier(get_str(i, "subnet_group").map(String::from))
-            .set_vpc_security_group_ids(
-                i.contains_key("security_groups")
-                    .then(|| list(i.get("security_groups"))),
-            )
+            .replication_instance_class(&a.class)
+            .allocated_storage(a.storage as i32)
+            .multi_az(a.multi_az)
+            .publicly_accessible(a.public)
+            .set_engine_version(a.engine_version.clone())
+            .set_replication_subnet_group_identifier(a.subnet_group.clone())
+            .set_vpc_security_group_ids(a.security_groups.clone())
             .set_tags(Some(dms_tags(tags)))
             .send()
             .await
@@ -683,11 +712,11 @@ impl AwsObject for InstanceType {
     async fn modify(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        a: &DmsInstanceArgs,
         id: &str,
         _changed: &[String],
     ) -> Result<(), AwsError> {
-        let i = req.inputs;
         let arn = self.arn(id).await?;
         self.aws
             .dms()
@@ -695,10 +724,10 @@ impl AwsObject for InstanceType {
             .modify_replication_instance()
             .replication_instance_arn(&arn)
             .apply_immediately(true)
-            .replication_instance_class(get_str(i, "class").unwrap_or_default())
-            .allocated_storage(get_u64(i, "storage").unwrap_or(50) as i32)
-            .multi_az(i.get("multi_az").and_then(Value::as_bool).unwrap_or(false))
-            .set_engine_version(get_str(i, "engine_version").map(String::from))
+            .replication_instance_class(&a.class)
+            .allocated_storage(a.storage as i32)
+            .multi_az(a.multi_az)
+            .set_engine_version(a.engine_version.clone())
             .send()
             .await
             .during(&format!("modify replication instance {id}"))?;
@@ -722,7 +751,9 @@ impl InstanceType {
     /// The ARN the modify and delete calls take; not found is the code the driver knows.
     async fn arn(&self, id: &str) -> Result<String, AwsError> {
         match self.find(id, &Attrs::new()).await? {
-            Some((o, _, _)) => Ok(get_str(&o.outputs, "arn").unwrap_or_default().to_string()),
+            Some((o, _, _)) => Ok(get_str(&o.outputs, DmsInstanceOut::arn)
+                .unwrap_or_default()
+                .to_string()),
             None => Err(not_found(&format!("replication instance {id}"))),
         }
     }
@@ -730,6 +761,34 @@ impl InstanceType {
 
 // ---------------------------------------------------------------------------------------------
 // Endpoint
+
+crate::model! {
+    /// What a source or target endpoint is declared with.
+    pub struct DmsEndpointArgs {
+        /// `source` or `target`.
+        r#type: String [replace],
+        /// postgres, aurora-postgresql, mysql or aurora.
+        engine: String [replace],
+        server: String,
+        port: u64,
+        database: String,
+        /// `none`, `require`, `verify-ca` or `verify-full`.
+        ssl_mode: String,
+        username: Option<String>,
+        password: Option<String> [sensitive],
+        /// A PostgreSQL source's decoding plugin, as DMS spells it (`test-decoding`).
+        plugin: Option<String>,
+        slot_name: Option<String>,
+    }
+}
+
+crate::model! {
+    /// What an endpoint reports.
+    pub struct DmsEndpointOut {
+        arn: String,
+        tags: Value,
+    }
+}
 
 /// A source or target endpoint. The password is a secret reference, never stored.
 #[derive(Debug, Clone)]
@@ -739,14 +798,15 @@ pub struct DmsEndpoint {
 
 impl DmsEndpoint {
     fn new(kind: &str, engine: &str, server: Value, port: Value, database: &str) -> Self {
+        type A = DmsEndpointArgs;
         DmsEndpoint {
             inputs: Attrs::from([
-                ("type".to_string(), Value::from(kind)),
-                ("engine".to_string(), Value::from(engine)),
-                ("server".to_string(), server),
-                ("port".to_string(), port),
-                ("database".to_string(), Value::from(database)),
-                ("ssl_mode".to_string(), Value::from("require")),
+                (A::r#type.to_string(), Value::from(kind)),
+                (A::engine.to_string(), Value::from(engine)),
+                (A::server.to_string(), server),
+                (A::port.to_string(), port),
+                (A::database.to_string(), Value::from(database)),
+                (A::ssl_mode.to_string(), Value::from("require")),
             ]),
         }
     }
@@ -771,13 +831,15 @@ impl DmsEndpoint {
     }
     /// User name and password (a secret reference).
     pub fn credentials(mut self, user: &str, password: Output<String>) -> Self {
-        self.inputs.insert("username".into(), Value::from(user));
-        self.inputs.insert("password".into(), password.into());
+        type A = DmsEndpointArgs;
+        self.inputs.insert(A::username.into(), Value::from(user));
+        self.inputs.insert(A::password.into(), password.into());
         self
     }
     /// `none`, `require`, `verify-ca` or `verify-full`.
     pub fn ssl_mode(mut self, mode: &str) -> Self {
-        self.inputs.insert("ssl_mode".into(), Value::from(mode));
+        self.inputs
+            .insert(DmsEndpointArgs::ssl_mode.into(), Value::from(mode));
         self
     }
     /// PostgreSQL source: the decoding plugin (`pglogical` or `test_decoding`) and the slot name.
@@ -788,14 +850,15 @@ impl DmsEndpoint {
         } else {
             plugin
         };
-        self.inputs.insert("plugin".into(), Value::from(plugin));
-        self.inputs.insert("slot_name".into(), Value::from(slot));
+        type A = DmsEndpointArgs;
+        self.inputs.insert(A::plugin.into(), Value::from(plugin));
+        self.inputs.insert(A::slot_name.into(), Value::from(slot));
         self
     }
 }
 
 impl Declare for DmsEndpoint {
-    const TYPE: &'static str = "aws.dms.endpoint";
+    const TYPE: &'static str = EndpointType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -804,7 +867,7 @@ impl Declare for DmsEndpoint {
 
 impl crate::dsl::Handle<DmsEndpoint> {
     pub fn arn(&self) -> Output<String> {
-        self.output("arn")
+        self.output(DmsEndpointOut::arn)
     }
 }
 
@@ -816,13 +879,11 @@ fn ssl(s: &str) -> DmsSslModeValue {
     DmsSslModeValue::from(s)
 }
 
-fn pg_settings(i: &Attrs) -> Option<PostgreSqlSettings> {
-    let plugin = get_str(i, "plugin");
-    let slot = get_str(i, "slot_name");
-    (plugin.is_some() || slot.is_some()).then(|| {
+fn pg_settings(a: &DmsEndpointArgs) -> Option<PostgreSqlSettings> {
+    (a.plugin.is_some() || a.slot_name.is_some()).then(|| {
         PostgreSqlSettings::builder()
-            .set_plugin_name(plugin.map(PluginNameValue::from))
-            .set_slot_name(slot.map(String::from))
+            .set_plugin_name(a.plugin.as_deref().map(PluginNameValue::from))
+            .set_slot_name(a.slot_name.clone())
             .build()
     })
 }
@@ -849,56 +910,32 @@ impl EndpointType {
         };
         let arn = e.endpoint_arn().unwrap_or_default().to_string();
         let t = tags_of(&self.aws, &arn).await?;
-        let mut inputs = Attrs::from([
-            (
-                "type".to_string(),
-                Value::from(
-                    e.endpoint_type()
-                        .map(|t| t.as_str().to_lowercase())
-                        .unwrap_or_default(),
-                ),
-            ),
-            (
-                "engine".to_string(),
-                Value::from(e.engine_name().unwrap_or_default()),
-            ),
-            (
-                "server".to_string(),
-                Value::from(e.server_name().unwrap_or_default()),
-            ),
-            (
-                "port".to_string(),
-                Value::from(e.port().unwrap_or(0) as u64),
-            ),
-            (
-                "database".to_string(),
-                Value::from(e.database_name().unwrap_or_default()),
-            ),
-            (
-                "ssl_mode".to_string(),
-                Value::from(e.ssl_mode().map(|m| m.as_str()).unwrap_or("none")),
-            ),
-        ]);
-        if let Some(u) = e.username() {
-            inputs.insert("username".into(), Value::from(u));
+        let pg = e.postgre_sql_settings();
+        let mut inputs = DmsEndpointArgs {
+            r#type: (e.endpoint_type())
+                .map(|t| t.as_str().to_lowercase())
+                .unwrap_or_default(),
+            engine: e.engine_name().unwrap_or_default().into(),
+            server: e.server_name().unwrap_or_default().into(),
+            port: e.port().unwrap_or(0) as u64,
+            database: e.database_name().unwrap_or_default().into(),
+            ssl_mode: e.ssl_mode().map(|m| m.as_str()).unwrap_or("none").into(),
+            username: e.username().map(String::from),
+            password: None,
+            plugin: (pg.and_then(|p| p.plugin_name())).map(|x| x.as_str().to_string()),
+            slot_name: pg.and_then(|p| p.slot_name()).map(String::from),
         }
-        if let Some(p) = e.postgre_sql_settings() {
-            if let Some(x) = p.plugin_name() {
-                inputs.insert("plugin".into(), Value::from(x.as_str()));
-            }
-            if let Some(x) = p.slot_name() {
-                inputs.insert("slot_name".into(), Value::from(x));
-            }
-        }
-        inputs.retain(|k, _| declared.contains_key(k) && k != "password");
+        .to_attrs();
+        inputs.retain(|k, _| declared.contains_key(k));
         Ok(Some((
             Observed {
                 id: id.into(),
                 inputs,
-                outputs: Attrs::from([
-                    ("arn".to_string(), Value::from(arn)),
-                    ("tags".to_string(), tags_value(&t)),
-                ]),
+                outputs: DmsEndpointOut {
+                    arn,
+                    tags: tags_value(&t),
+                }
+                .to_attrs(),
             },
             t,
         )))
@@ -911,29 +948,28 @@ impl AwsObject for EndpointType {
     const SERVICE: &'static str = "dms";
     const WHAT: &'static str = "endpoint";
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = DmsEndpointArgs;
     const NOT_FOUND: &'static [&'static str] = &["ResourceNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
-    fn force_new(&self) -> &'static [&'static str] {
-        &["type", "engine"]
-    }
     fn stable_outputs(&self) -> &'static [&'static str] {
-        &["arn"]
+        &[DmsEndpointOut::arn]
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        type A = DmsEndpointArgs;
         let mut v = vec![];
-        match get_str(inputs, "engine") {
+        match get_str(inputs, A::engine) {
             Some("postgres" | "aurora-postgresql" | "mysql" | "aurora") | None => {}
             Some(e) => v.push(format!(
                 "endpoint engine `{e}`: use postgres, aurora-postgresql, mysql or aurora"
             )),
         }
-        match get_str(inputs, "ssl_mode") {
+        match get_str(inputs, A::ssl_mode) {
             Some("none" | "require" | "verify-ca" | "verify-full") | None => {}
             Some(m) => v.push(format!(
                 "ssl mode `{m}`: use none, require, verify-ca or verify-full"
             )),
         }
-        if let Some(p) = get_str(inputs, "plugin") {
+        if let Some(p) = get_str(inputs, A::plugin) {
             if ![
                 "pglogical",
                 "test-decoding",
@@ -961,27 +997,25 @@ impl AwsObject for EndpointType {
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        a: &DmsEndpointArgs,
         id: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
-        let i = req.inputs;
         self.aws
             .dms()
             .await
             .create_endpoint()
             .endpoint_identifier(id)
-            .endpoint_type(ReplicationEndpointTypeValue::from(
-                get_str(i, "type").unwrap_or("source"),
-            ))
-            .engine_name(get_str(i, "engine").unwrap_or_default())
-            .set_server_name(get_str(i, "server").map(String::from))
-            .set_port(get_u64(i, "port").map(|p| p as i32))
-            .set_database_name(get_str(i, "database").map(String::from))
-            .set_username(get_str(i, "username").map(String::from))
-            .set_password(get_str(i, "password").map(String::from))
-            .ssl_mode(ssl(get_str(i, "ssl_mode").unwrap_or("require")))
-            .set_postgre_sql_settings(pg_settings(i))
+            .endpoint_type(ReplicationEndpointTypeValue::from(a.r#type.as_str()))
+            .engine_name(&a.engine)
+            .server_name(&a.server)
+            .port(a.port as i32)
+            .database_name(&a.database)
+            .set_username(a.username.clone())
+            .set_password(a.password.clone())
+            .ssl_mode(ssl(&a.ssl_mode))
+            .set_postgre_sql_settings(pg_settings(a))
             .set_tags(Some(dms_tags(tags)))
             .send()
             .await
@@ -991,12 +1025,13 @@ impl AwsObject for EndpointType {
     async fn modify(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &DmsEndpointArgs,
         id: &str,
         _changed: &[String],
     ) -> Result<(), AwsError> {
         let arn = self.arn(id).await?;
-        modify_endpoint(self.aws.dms().await, &arn, req.inputs)
+        modify_endpoint(self.aws.dms().await, &arn, args)
             .await
             .during(&format!("modify endpoint {id}"))?;
         Ok(())
@@ -1019,7 +1054,9 @@ impl EndpointType {
     /// The ARN the modify and delete calls take; not found is the code the driver knows.
     async fn arn(&self, id: &str) -> Result<String, AwsError> {
         match self.find(id, &Attrs::new()).await? {
-            Some((o, _)) => Ok(get_str(&o.outputs, "arn").unwrap_or_default().to_string()),
+            Some((o, _)) => Ok(get_str(&o.outputs, DmsEndpointOut::arn)
+                .unwrap_or_default()
+                .to_string()),
             None => Err(not_found(&format!("endpoint {id}"))),
         }
     }
@@ -1030,7 +1067,7 @@ impl EndpointType {
 pub async fn modify_endpoint(
     c: &aws_sdk_databasemigration::Client,
     arn: &str,
-    i: &Attrs,
+    a: &DmsEndpointArgs,
 ) -> Result<
     aws_sdk_databasemigration::operation::modify_endpoint::ModifyEndpointOutput,
     aws_sdk_databasemigration::error::SdkError<
@@ -1040,19 +1077,53 @@ pub async fn modify_endpoint(
 > {
     c.modify_endpoint()
         .endpoint_arn(arn)
-        .set_server_name(get_str(i, "server").map(String::from))
-        .set_port(get_u64(i, "port").map(|p| p as i32))
-        .set_database_name(get_str(i, "database").map(String::from))
-        .set_username(get_str(i, "username").map(String::from))
-        .set_password(get_str(i, "password").map(String::from))
-        .ssl_mode(ssl(get_str(i, "ssl_mode").unwrap_or("require")))
-        .set_postgre_sql_settings(pg_settings(i))
+        .server_name(&a.server)
+        .port(a.port as i32)
+        .database_name(&a.database)
+        .set_username(a.username.clone())
+        .set_password(a.password.clone())
+        .ssl_mode(ssl(&a.ssl_mode))
+        .set_postgre_sql_settings(pg_settings(a))
         .send()
         .await
 }
 
 // ---------------------------------------------------------------------------------------------
 // Replication task
+
+crate::model! {
+    /// What a replication task is declared with.
+    pub struct DmsTaskArgs {
+        /// The replication instance's ARN.
+        instance: String [replace],
+        /// The source endpoint's ARN.
+        source: String [replace],
+        /// The target endpoint's ARN.
+        target: String [replace],
+        /// `full-load`, `cdc` or `full-load-and-cdc`.
+        migration: String,
+        /// The table mappings document (JSON).
+        mappings: String,
+        /// The task settings document (JSON); DMS returns it merged with its defaults, so it is
+        /// never read back.
+        settings: Option<String>,
+        cdc_start_position: Option<String>,
+        /// RFC 3339.
+        cdc_start_time: Option<String>,
+        /// Tables with a primary key and another unique constraint (batch apply is refused).
+        extra_unique: Option<Vec<String>>,
+    }
+}
+
+crate::model! {
+    /// What a replication task reports.
+    pub struct DmsTaskOut {
+        id: String,
+        arn: String,
+        status: String,
+        tags: Value,
+    }
+}
 
 /// A replication task between two endpoints on an instance.
 #[derive(Debug, Clone)]
@@ -1070,38 +1141,41 @@ impl DmsTask {
         mappings: &TableMappings,
         settings: &TaskSettings,
     ) -> Self {
+        type A = DmsTaskArgs;
         DmsTask {
             inputs: Attrs::from([
-                ("instance".to_string(), instance.into()),
-                ("source".to_string(), source.into()),
-                ("target".to_string(), target.into()),
-                ("migration".to_string(), Value::from(migration)),
-                ("mappings".to_string(), Value::from(mappings.to_json())),
-                ("settings".to_string(), Value::from(settings.to_json())),
+                (A::instance.to_string(), instance.into()),
+                (A::source.to_string(), source.into()),
+                (A::target.to_string(), target.into()),
+                (A::migration.to_string(), Value::from(migration)),
+                (A::mappings.to_string(), Value::from(mappings.to_json())),
+                (A::settings.to_string(), Value::from(settings.to_json())),
             ]),
         }
     }
     /// Start change capture at this source position (a PostgreSQL LSN such as `0/16B3748`).
     pub fn cdc_start_position(mut self, lsn: impl Into<Value>) -> Self {
-        self.inputs.insert("cdc_start_position".into(), lsn.into());
+        self.inputs
+            .insert(DmsTaskArgs::cdc_start_position.into(), lsn.into());
         self
     }
     /// Start change capture at this time (RFC 3339), where no position is known.
     pub fn cdc_start_time(mut self, at: &str) -> Self {
-        self.inputs.insert("cdc_start_time".into(), Value::from(at));
+        self.inputs
+            .insert(DmsTaskArgs::cdc_start_time.into(), Value::from(at));
         self
     }
     /// Tables that have a primary key and another unique constraint: batch apply is refused for
     /// them (DMS's batch apply can drop rows of such tables).
     pub fn tables_with_extra_unique(mut self, tables: &[&str]) -> Self {
         self.inputs
-            .insert("extra_unique".into(), serde_json::json!(tables));
+            .insert(DmsTaskArgs::extra_unique.into(), serde_json::json!(tables));
         self
     }
 }
 
 impl Declare for DmsTask {
-    const TYPE: &'static str = "aws.dms.task";
+    const TYPE: &'static str = TaskType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -1110,10 +1184,10 @@ impl Declare for DmsTask {
 
 impl crate::dsl::Handle<DmsTask> {
     pub fn arn(&self) -> Output<String> {
-        self.output("arn")
+        self.output(DmsTaskOut::arn)
     }
     pub fn identifier(&self) -> Output<String> {
-        self.output("id")
+        self.output(DmsTaskOut::id)
     }
 }
 
@@ -1142,45 +1216,32 @@ async fn find_task(aws: &Aws, id: &str) -> Result<Option<TaskFound>, ProviderErr
     };
     let arn = t.replication_task_arn().unwrap_or_default().to_string();
     let tags = tags_of(aws, &arn).await?;
-    let mut inputs = Attrs::from([
-        (
-            "instance".to_string(),
-            Value::from(t.replication_instance_arn().unwrap_or_default()),
-        ),
-        (
-            "source".to_string(),
-            Value::from(t.source_endpoint_arn().unwrap_or_default()),
-        ),
-        (
-            "target".to_string(),
-            Value::from(t.target_endpoint_arn().unwrap_or_default()),
-        ),
-        (
-            "migration".to_string(),
-            Value::from(t.migration_type().map(|m| m.as_str()).unwrap_or_default()),
-        ),
-    ]);
-    // DMS returns the JSON documents re-serialised: compared by content, not by text.
-    if let Some(m) = t.table_mappings() {
-        inputs.insert("mappings".into(), Value::from(canonical(m)));
-    }
-    if let Some(s) = t.cdc_start_position() {
-        inputs.insert("cdc_start_position".into(), Value::from(s));
-    }
+    let inputs = DmsTaskArgs {
+        instance: t.replication_instance_arn().unwrap_or_default().into(),
+        source: t.source_endpoint_arn().unwrap_or_default().into(),
+        target: t.target_endpoint_arn().unwrap_or_default().into(),
+        migration: (t.migration_type().map(|m| m.as_str()))
+            .unwrap_or_default()
+            .into(),
+        // DMS returns the JSON documents re-serialised: compared by content, not by text.
+        mappings: t.table_mappings().map(canonical).unwrap_or_default(),
+        settings: None,
+        cdc_start_position: t.cdc_start_position().map(String::from),
+        cdc_start_time: None,
+        extra_unique: None,
+    };
+    let outputs = DmsTaskOut {
+        id: id.into(),
+        arn,
+        status: t.status().unwrap_or_default().into(),
+        tags: tags_value(&tags),
+    };
     Ok(Some(TaskFound {
-        status: t.status().unwrap_or_default().to_string(),
+        status: outputs.status.clone(),
         observed: Observed {
             id: id.into(),
-            inputs,
-            outputs: Attrs::from([
-                ("id".to_string(), Value::from(id)),
-                ("arn".to_string(), Value::from(arn)),
-                (
-                    "status".to_string(),
-                    Value::from(t.status().unwrap_or_default()),
-                ),
-                ("tags".to_string(), tags_value(&tags)),
-            ]),
+            inputs: inputs.to_attrs(),
+            outputs: outputs.to_attrs(),
         },
     }))
 }
@@ -1211,19 +1272,17 @@ fn canonical(json: &str) -> String {
 
 /// Observed with the declared documents' text where the content is the same.
 fn with_declared_text(mut o: Observed, declared: &Attrs) -> Observed {
+    type A = DmsTaskArgs;
     if let (Some(have), Some(want)) = (
-        get_str(&o.inputs, "mappings").map(String::from),
-        get_str(declared, "mappings"),
+        get_str(&o.inputs, A::mappings).map(String::from),
+        get_str(declared, A::mappings),
     ) {
         if canonical(want) == have {
-            o.inputs.insert("mappings".into(), Value::from(want));
+            o.inputs.insert(A::mappings.into(), Value::from(want));
         }
     }
-    // Settings come back merged with DMS's defaults: not compared.
-    if let Some(s) = declared.get("settings") {
-        o.inputs.insert("settings".into(), s.clone());
-    }
-    for k in ["extra_unique"] {
+    // Settings come back merged with DMS's defaults (not compared), and the other two are ours.
+    for k in [A::settings, A::extra_unique] {
         if let Some(v) = declared.get(k) {
             o.inputs.insert(k.into(), v.clone());
         }
@@ -1261,18 +1320,17 @@ async fn wait_task(
 }
 
 /// The `cdc_start_time` input as a timestamp.
-fn start_time(i: &Attrs) -> Result<Option<aws_smithy_types_dms::DateTime>, ProviderError> {
-    get_str(i, "cdc_start_time")
-        .map(|s| {
-            humantime::parse_rfc3339_weak(s)
-                .map(aws_smithy_types_dms::DateTime::from)
-                .map_err(|e| {
-                    ProviderError::new(format!(
-                        "cdc_start_time `{s}`: {e}; use RFC 3339, e.g. 2026-11-22T10:00:00Z"
-                    ))
-                })
-        })
-        .transpose()
+fn start_time(at: Option<&str>) -> Result<Option<aws_smithy_types_dms::DateTime>, ProviderError> {
+    at.map(|s| {
+        humantime::parse_rfc3339_weak(s)
+            .map(aws_smithy_types_dms::DateTime::from)
+            .map_err(|e| {
+                ProviderError::new(format!(
+                    "cdc_start_time `{s}`: {e}; use RFC 3339, e.g. 2026-11-22T10:00:00Z"
+                ))
+            })
+    })
+    .transpose()
 }
 
 /// The plan of an update to a task: stop it first if it runs, resume it after.
@@ -1287,15 +1345,13 @@ impl AwsObject for TaskType {
     const SERVICE: &'static str = "dms";
     const WHAT: &'static str = "replication task";
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = DmsTaskArgs;
     const NOT_FOUND: &'static [&'static str] = &["ResourceNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
     /// The instance and endpoints it names are deleted after it: only once it is gone.
     const WAIT_GONE: bool = true;
-    fn force_new(&self) -> &'static [&'static str] {
-        &["instance", "source", "target"]
-    }
     fn update_note(&self, recorded: &Attrs) -> Option<String> {
-        match get_str(recorded, "status") {
+        match get_str(recorded, DmsTaskOut::status) {
             Some("running" | "starting") => Some(
                 "the task was running when last read: it is stopped, modified and resumed".into(),
             ),
@@ -1303,34 +1359,35 @@ impl AwsObject for TaskType {
         }
     }
     fn stable_outputs(&self) -> &'static [&'static str] {
-        &["id", "arn"]
+        &[DmsTaskOut::id, DmsTaskOut::arn]
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        type A = DmsTaskArgs;
         let mut v = vec![];
-        if let Some(s) = get_str(inputs, "cdc_start_time") {
+        if let Some(s) = get_str(inputs, A::cdc_start_time) {
             if humantime::parse_rfc3339_weak(s).is_err() {
                 v.push(format!(
                     "cdc_start_time `{s}` is not a time; use RFC 3339, e.g. 2026-11-22T10:00:00Z"
                 ));
             }
-            if inputs.contains_key("cdc_start_position") {
+            if inputs.contains_key(A::cdc_start_position) {
                 v.push("give either a CDC start position or a start time, not both".into());
             }
         }
-        match get_str(inputs, "migration") {
+        match get_str(inputs, A::migration) {
             Some("full-load" | "cdc" | "full-load-and-cdc") | None => {}
             Some(m) => v.push(format!(
                 "migration type `{m}`: use full-load, cdc or full-load-and-cdc"
             )),
         }
-        let batch = get_str(inputs, "settings")
+        let batch = get_str(inputs, A::settings)
             .map(TaskSettings::batch_apply_of)
             .unwrap_or(false);
         if batch {
-            let rules = get_str(inputs, "mappings")
+            let rules = get_str(inputs, A::mappings)
                 .map(TableMappings::selections)
                 .unwrap_or_default();
-            for t in list(inputs.get("extra_unique")) {
+            for t in list(inputs.get(A::extra_unique)) {
                 if selected(&rules, &t) {
                     v.push(format!(
                         "batch apply is on, and table {t} has a primary key and another unique constraint: DMS's batch apply can then lose rows (changes are grouped and applied out of order against the other unique key); turn batch apply off for this task or move {t} to a task without it"
@@ -1360,26 +1417,24 @@ impl AwsObject for TaskType {
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        a: &DmsTaskArgs,
         id: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
-        let i = req.inputs;
         self.aws
             .dms()
             .await
             .create_replication_task()
             .replication_task_identifier(id)
-            .replication_instance_arn(get_str(i, "instance").unwrap_or_default())
-            .source_endpoint_arn(get_str(i, "source").unwrap_or_default())
-            .target_endpoint_arn(get_str(i, "target").unwrap_or_default())
-            .migration_type(MigrationTypeValue::from(
-                get_str(i, "migration").unwrap_or("full-load-and-cdc"),
-            ))
-            .table_mappings(get_str(i, "mappings").unwrap_or_default())
-            .set_replication_task_settings(get_str(i, "settings").map(String::from))
-            .set_cdc_start_position(get_str(i, "cdc_start_position").map(String::from))
-            .set_cdc_start_time(start_time(i)?)
+            .replication_instance_arn(&a.instance)
+            .source_endpoint_arn(&a.source)
+            .target_endpoint_arn(&a.target)
+            .migration_type(MigrationTypeValue::from(a.migration.as_str()))
+            .table_mappings(&a.mappings)
+            .set_replication_task_settings(a.settings.clone())
+            .set_cdc_start_position(a.cdc_start_position.clone())
+            .set_cdc_start_time(start_time(a.cdc_start_time.as_deref())?)
             .set_tags(Some(dms_tags(tags)))
             .send()
             .await
@@ -1392,14 +1447,14 @@ impl AwsObject for TaskType {
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
+        a: &DmsTaskArgs,
         id: &str,
         _changed: &[String],
     ) -> Result<(), AwsError> {
-        let i = req.inputs;
         let t = find_task(&self.aws, id)
             .await?
             .ok_or_else(|| not_found(&format!("task {id}")))?;
-        let arn = get_str(&t.observed.outputs, "arn")
+        let arn = get_str(&t.observed.outputs, DmsTaskOut::arn)
             .unwrap_or_default()
             .to_string();
         let (stop, resume) = update_steps(&t.status);
@@ -1420,13 +1475,11 @@ impl AwsObject for TaskType {
         let modified = dms
             .modify_replication_task()
             .replication_task_arn(&arn)
-            .migration_type(MigrationTypeValue::from(
-                get_str(i, "migration").unwrap_or("full-load-and-cdc"),
-            ))
-            .table_mappings(get_str(i, "mappings").unwrap_or_default())
-            .set_replication_task_settings(get_str(i, "settings").map(String::from))
-            .set_cdc_start_position(get_str(i, "cdc_start_position").map(String::from))
-            .set_cdc_start_time(start_time(i)?)
+            .migration_type(MigrationTypeValue::from(a.migration.as_str()))
+            .table_mappings(&a.mappings)
+            .set_replication_task_settings(a.settings.clone())
+            .set_cdc_start_position(a.cdc_start_position.clone())
+            .set_cdc_start_time(start_time(a.cdc_start_time.as_deref())?)
             .send()
             .await
             .during(&format!("modify task {id}"));
@@ -1446,7 +1499,7 @@ impl AwsObject for TaskType {
         let t = find_task(&self.aws, id)
             .await?
             .ok_or_else(|| not_found(&format!("task {id}")))?;
-        let arn = get_str(&t.observed.outputs, "arn")
+        let arn = get_str(&t.observed.outputs, DmsTaskOut::arn)
             .unwrap_or_default()
             .to_string();
         let dms = self.aws.dms().await;
@@ -2375,7 +2428,8 @@ mod tests {
                 .ssl_mode("verify-full")
                 .inputs();
         // The captured reply is empty, which the SDK may not parse: the request is what counts.
-        let _ = modify_endpoint(&c, "arn:aws:dms:us-east-1:1:endpoint:e1", &inputs).await;
+        let args = DmsEndpointArgs::from_attrs("e1", &inputs).unwrap();
+        let _ = modify_endpoint(&c, "arn:aws:dms:us-east-1:1:endpoint:e1", &args).await;
         let req = rx.expect_request();
         assert_eq!(
             req.headers().get("x-amz-target"),

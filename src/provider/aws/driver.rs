@@ -17,8 +17,9 @@ use async_trait::async_trait;
 use aws_sdk_rds::error::{ProvideErrorMetadata, SdkError};
 
 use super::{not_ours, owned_by_tags, sdk_err, tags};
+use crate::provider::model::Model;
 use crate::provider::{Ctx, Observed, ProviderError, Request, ResourceType, Review};
-use crate::value::{get_str, Attrs};
+use crate::value::{as_secret, get_str, has_refs, Attrs};
 
 /// An AWS call's failure, with the service's error code kept so that the driver can tell "not
 /// found" and "already exists" apart by the codes a type declares.
@@ -31,6 +32,13 @@ pub struct AwsError {
 impl From<ProviderError> for AwsError {
     fn from(error: ProviderError) -> Self {
         AwsError { code: None, error }
+    }
+}
+
+/// Where a caller wants a plain provider error (a step using a type's calls).
+impl From<AwsError> for ProviderError {
+    fn from(e: AwsError) -> Self {
+        e.error
     }
 }
 
@@ -105,10 +113,31 @@ pub enum Ownership {
     /// By our tags, read back by `describe` into the `tags` output: an object without them is
     /// never adopted.
     Tags,
+    /// By a mark the type's `describe` reads back into this boolean output (a policy of the
+    /// node's name on a scalable target): an object found where a create would make one is
+    /// adopted only with it; one found by reconciliation after our own interrupted create is
+    /// ours (the create may have stopped before the call that sets the mark).
+    Mark(&'static str),
     /// The API cannot tag them: an object found where a create would make one is refused
     /// (the text says why that is safe to rely on); one found by reconciliation after our own
     /// interrupted create is ours.
     Untagged(&'static str),
+}
+
+/// Whether every input `found` shows is what `asked` declares (secrets aside): the object an
+/// untagged type's create made, answered "already exists" when the SDK retried it.
+fn as_asked(found: &Observed, asked: &Attrs) -> bool {
+    !found.inputs.is_empty()
+        && found.inputs.iter().all(|(k, v)| {
+            asked
+                .get(k)
+                .is_none_or(|a| a == v || as_secret(a).is_some())
+        })
+}
+
+/// Whether `found` carries the mark `key` of a [`Ownership::Mark`] type.
+fn marked(found: &Observed, key: &str) -> bool {
+    found.outputs.get(key).and_then(|v| v.as_bool()) == Some(true)
 }
 
 /// What one AWS resource type says about itself; [`Driven`] does the rest.
@@ -120,6 +149,9 @@ pub trait AwsObject: Send + Sync + 'static {
     /// What a person calls one (`SNS topic`), for messages.
     const WHAT: &'static str;
     const OWNERSHIP: Ownership;
+    /// The type's inputs, read once the values are known (at create and update): what forces a
+    /// replacement, what only a create uses and what is secret are declared on its fields.
+    type Args: Model + Send + Sync;
     /// Error codes that mean the object does not exist.
     const NOT_FOUND: &'static [&'static str];
     /// Error codes a create answers when an object of that name exists.
@@ -153,12 +185,19 @@ pub trait AwsObject: Send + Sync + 'static {
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
+        args: &Self::Args,
         name: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError>;
     /// Brings an object just made, or adopted from an interrupted create, to what its create call
     /// cannot set (a security group's rules): run before the wait, safe to repeat.
-    async fn settle(&self, _ctx: &Ctx, _req: &Request<'_>, _id: &str) -> Result<(), AwsError> {
+    async fn settle(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+        _args: &Self::Args,
+        _id: &str,
+    ) -> Result<(), AwsError> {
         Ok(())
     }
     /// Changes `changed` inputs of the object in place.
@@ -166,19 +205,15 @@ pub trait AwsObject: Send + Sync + 'static {
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
+        args: &Self::Args,
         id: &str,
         changed: &[String],
     ) -> Result<(), AwsError>;
     /// Deletes the object (a `NOT_FOUND` answer counts as done).
     async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), AwsError>;
 
-    // What the engine's contract asks of a type beyond the lifecycle, forwarded as they are.
-    fn force_new(&self) -> &'static [&'static str] {
-        &[]
-    }
-    fn create_only(&self) -> &'static [&'static str] {
-        &[]
-    }
+    // What the engine's contract asks of a type beyond the lifecycle and its model, forwarded
+    // as they are.
     fn validate(&self, _inputs: &Attrs) -> Vec<String> {
         vec![]
     }
@@ -249,6 +284,14 @@ impl<T: AwsObject> Driven<T> {
         match T::OWNERSHIP {
             Ownership::Tags if owned_by_tags(ctx, req.node, &found.observed) => Ok(id.clone()),
             Ownership::Tags => Err(not_ours(ctx, T::WHAT, name, req.node, id)),
+            Ownership::Mark(key) if marked(&found.observed, key) => Ok(id.clone()),
+            Ownership::Mark(_) => Err(ProviderError::refused(
+                format!("{} `{name}` exists and is not this plan's", T::WHAT),
+                format!(
+                    "remove it, or adopt it with `plan import {} {} {id}`",
+                    ctx.stack, req.node
+                ),
+            )),
             Ownership::Untagged(why) => Err(ProviderError::refused(
                 format!(
                     "{} `{name}` exists: {why}, so it is never taken over",
@@ -295,13 +338,27 @@ impl<T: AwsObject> ResourceType for Driven<T> {
         self.0.review(inputs)
     }
     fn force_new(&self) -> &'static [&'static str] {
-        self.0.force_new()
+        T::Args::REPLACE
     }
     fn create_only(&self) -> &'static [&'static str] {
-        self.0.create_only()
+        T::Args::CREATE_ONLY
     }
+    /// A sensitive input is a secret reference (or an output not known yet), never a literal
+    /// that would be stored in the plan and the state; then the type's own checks.
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
-        self.0.validate(inputs)
+        let mut v: Vec<String> = T::Args::SENSITIVE
+            .iter()
+            .filter(|k| {
+                inputs
+                    .get(**k)
+                    .is_some_and(|x| !has_refs(x) && as_secret(x).is_none())
+            })
+            .map(|k| {
+                format!("`{k}` must be a secret reference (stack.secret(..)), never a literal")
+            })
+            .collect();
+        v.extend(self.0.validate(inputs));
+        v
     }
     fn validate_refs(
         &self,
@@ -340,29 +397,40 @@ impl<T: AwsObject> ResourceType for Driven<T> {
         self.0.name(req)
     }
     /// An interrupted create that reached an object of ours resumes: the create runs again,
-    /// finds it by its tags and waits for it, making no other. An untagged object found after
-    /// our own interrupted create is recorded as it stands (such types have no wait).
+    /// finds it by its tags and waits for it, making no other. An untagged or marked object
+    /// found after our own interrupted create is recorded as it stands (such types have no
+    /// wait).
     fn create_resumes(&self) -> bool {
         matches!(T::OWNERSHIP, Ownership::Tags)
     }
     fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
         match T::OWNERSHIP {
             Ownership::Tags => owned_by_tags(ctx, node, found),
-            // Found by the reference our own create's intent recorded.
-            Ownership::Untagged(_) => true,
+            // Found by the reference our own create's intent recorded (a marked type's create
+            // perhaps killed before the call that sets the mark: the next update sets it).
+            Ownership::Mark(_) | Ownership::Untagged(_) => true,
         }
     }
     async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
+        let args = T::Args::from_attrs(req.node, req.inputs)?;
         let name = self.0.name(req);
         let reference = match self.look(ctx, req, &name).await? {
             Some(f) => self.adopt(ctx, req, &name, &f)?,
             None => {
                 let ours = tags(&ctx.plan, &ctx.stack, req.node);
-                match self.0.create(ctx, req, &name, &ours).await {
+                match self.0.create(ctx, req, &args, &name, &ours).await {
                     Ok(r) => r,
                     // The SDK retried a create AWS had performed (its answer lost): the object
-                    // is there, with the tags the first attempt gave it.
+                    // is there, with the tags the first attempt gave it, or (a type that
+                    // cannot be tagged) exactly as this create asked, where the look-up just
+                    // before found nothing.
                     Err(e) if e.is(T::EXISTS) => match self.look(ctx, req, &name).await? {
+                        Some(f)
+                            if matches!(T::OWNERSHIP, Ownership::Untagged(_))
+                                && as_asked(&f.observed, req.inputs) =>
+                        {
+                            f.observed.id.clone()
+                        }
                         Some(f) => self.adopt(ctx, req, &name, &f)?,
                         None => return Err(e.error),
                     },
@@ -371,7 +439,7 @@ impl<T: AwsObject> ResourceType for Driven<T> {
             }
         };
         self.0
-            .settle(ctx, req, &reference)
+            .settle(ctx, req, &args, &reference)
             .await
             .map_err(|e| e.error)?;
         self.ready(ctx, req, &reference).await
@@ -391,8 +459,9 @@ impl<T: AwsObject> ResourceType for Driven<T> {
         id: &str,
         changed: &[String],
     ) -> Result<Observed, ProviderError> {
+        let args = T::Args::from_attrs(req.node, req.inputs)?;
         self.0
-            .modify(ctx, req, id, changed)
+            .modify(ctx, req, &args, id, changed)
             .await
             .map_err(|e| e.error)?;
         self.ready(ctx, req, id).await
@@ -482,6 +551,45 @@ mod tests {
         let mut ctx = Ctx::new(".".into(), "p", "s", Arc::new(crate::value::EnvSecrets));
         ctx.progress = Arc::new(move |_, m| log.lock().unwrap().push(m.to_string()));
         (ctx, seen)
+    }
+
+    /// A password written into a plan as text would be stored in the plan and the state: every
+    /// type refuses a literal in a field its model marks sensitive, naming the field.
+    #[test]
+    fn a_sensitive_input_given_as_text_is_refused_by_every_type_that_has_one() {
+        let mut r = crate::provider::Registry::new();
+        super::super::register(
+            &mut r,
+            Arc::new(super::super::Aws::default()),
+            "stacks/x.toml",
+        );
+        for (type_name, key) in [
+            ("aws.dms.endpoint", "password"),
+            ("aws.rds.cluster", "master_password"),
+            ("aws.rds.instance", "master_password"),
+        ] {
+            let Some(crate::provider::TypeImpl::Resource(t)) = r.get(type_name) else {
+                panic!("{type_name} is not registered");
+            };
+            let with = |v: serde_json::Value| Attrs::from([(key.to_string(), v)]);
+            let literal = t.validate(&with(serde_json::json!("hunter2")));
+            assert!(
+                literal
+                    .iter()
+                    .any(|m| m.starts_with(&format!("`{key}` must be a secret reference"))),
+                "{type_name}: {literal:?}"
+            );
+            for fine in [
+                crate::value::secret("env:PW"),
+                crate::value::reference("db", "pw"),
+            ] {
+                let v = t.validate(&with(fine));
+                assert!(
+                    !v.iter().any(|m| m.contains("secret reference")),
+                    "{type_name}: {v:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -14,15 +14,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::cluster::{
-    aws_tags, b, describe_db_instance, observed, orderable, sdk_tags, str_list, tag_pairs,
+    aws_tags, b, describe_db_instance, observed, orderable, sdk_tags, sorted, tag_pairs,
     wait_status,
 };
 use super::driver::{AwsError, AwsObject, Call, Driven, Found as DriverFound, Ownership, Status};
-use super::{ours, owned_by_tags, sdk_err, Aws};
+use super::{ours, sdk_err, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
-use crate::provider::{
-    Ctx, DataType, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
-};
+use crate::provider::model::Model;
+use crate::provider::{Ctx, DataType, Observed, Probe, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
@@ -30,9 +29,9 @@ pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.resource(Driven(DbInstanceType { aws: aws.clone() }));
     r.step(PromoteType { aws: aws.clone() });
     r.step(SnapshotType { aws: aws.clone() });
-    r.resource(DbSnapshotType {
+    r.resource(Driven(DbSnapshotType {
         snap: SnapshotType { aws },
-    });
+    }));
 }
 
 /// An RDS DB instance that exists and is not the plan's (a migration's source), by identifier:
@@ -139,6 +138,57 @@ impl DataType for ExistingInstanceType {
     }
 }
 
+crate::model! {
+    /// What an RDS DB instance, or a read replica of one, is declared with.
+    pub struct DbInstanceArgs {
+        /// `postgres` or `mysql`; a replica's comes from its source.
+        engine: Option<String> [replace],
+        engine_version: Option<String>,
+        /// `db.r6g.large` and the like.
+        class: String,
+        /// Allocated storage in GB.
+        storage: Option<u64>,
+        storage_type: Option<String>,
+        iops: Option<u64>,
+        multi_az: Option<bool>,
+        master_username: Option<String> [replace],
+        master_password: Option<String> [sensitive],
+        manage_master_user_password: Option<bool>,
+        subnet_group: Option<String> [replace],
+        /// The source instance's identifier, recorded at creation; promotion removes it on
+        /// purpose.
+        replica_of: Option<String> [replace, create_only],
+        db_name: Option<String> [replace],
+        storage_encrypted: Option<bool> [replace],
+        kms_key_id: Option<String> [replace],
+        parameter_group: Option<String>,
+        /// VPC security group ids, a set.
+        security_groups: Option<Vec<String>>,
+        backup_retention_period: Option<u64>,
+        preferred_backup_window: Option<String>,
+        preferred_maintenance_window: Option<String>,
+        monitoring_interval: Option<u64>,
+        monitoring_role_arn: Option<String>,
+        performance_insights: Option<bool>,
+        performance_insights_retention: Option<u64>,
+        deletion_protection: Option<bool>,
+        skip_final_snapshot: Option<bool>,
+        apply_immediately: Option<bool>,
+    }
+}
+
+crate::model! {
+    /// What an RDS DB instance reports.
+    pub struct DbInstanceOut {
+        id: String,
+        arn: String,
+        endpoint: String,
+        port: u64,
+        /// The Secrets Manager secret RDS keeps the master password in (`managed_master` only).
+        master_secret_arn: Option<String>,
+    }
+}
+
 /// An RDS DB instance, or a read replica of one (`replica_of`).
 #[derive(Debug, Clone)]
 pub struct DbInstance {
@@ -149,12 +199,15 @@ impl DbInstance {
     fn new(engine: &str, version: &str, class: &str, storage_gb: u64) -> Self {
         DbInstance {
             inputs: Attrs::from([
-                ("engine".to_string(), Value::from(engine)),
-                ("engine_version".to_string(), Value::from(version)),
-                ("class".to_string(), Value::from(class)),
-                ("storage".to_string(), Value::from(storage_gb)),
-                ("storage_type".to_string(), Value::from("gp3")),
-                ("multi_az".to_string(), Value::Bool(false)),
+                (DbInstanceArgs::engine.to_string(), Value::from(engine)),
+                (
+                    DbInstanceArgs::engine_version.to_string(),
+                    Value::from(version),
+                ),
+                (DbInstanceArgs::class.to_string(), Value::from(class)),
+                (DbInstanceArgs::storage.to_string(), Value::from(storage_gb)),
+                (DbInstanceArgs::storage_type.to_string(), Value::from("gp3")),
+                (DbInstanceArgs::multi_az.to_string(), Value::Bool(false)),
             ]),
         }
     }
@@ -169,9 +222,9 @@ impl DbInstance {
     pub fn replica_of(source: Output<String>, class: &str) -> Self {
         DbInstance {
             inputs: Attrs::from([
-                ("replica_of".to_string(), source.into()),
-                ("class".to_string(), Value::from(class)),
-                ("multi_az".to_string(), Value::Bool(false)),
+                (DbInstanceArgs::replica_of.to_string(), source.into()),
+                (DbInstanceArgs::class.to_string(), Value::from(class)),
+                (DbInstanceArgs::multi_az.to_string(), Value::Bool(false)),
             ]),
         }
     }
@@ -180,86 +233,91 @@ impl DbInstance {
         self
     }
     pub fn master(self, user: &str, password: Output<String>) -> Self {
-        self.set("master_username", user)
-            .set("master_password", password)
+        self.set(DbInstanceArgs::master_username, user)
+            .set(DbInstanceArgs::master_password, password)
     }
     /// The database RDS creates on the new instance (`DBName`); without it only `postgres`.
     pub fn db_name(self, name: &str) -> Self {
-        self.set("db_name", name)
+        self.set(DbInstanceArgs::db_name, name)
     }
     /// Master user whose password RDS keeps in Secrets Manager (`master_secret_arn()` names it).
     pub fn managed_master(self, user: &str) -> Self {
-        self.set("master_username", user)
-            .set("manage_master_user_password", true)
+        self.set(DbInstanceArgs::master_username, user)
+            .set(DbInstanceArgs::manage_master_user_password, true)
     }
     /// `gp2`, `gp3`, `io1` or `io2`, with provisioned IOPS for the last two (and gp3 above 400 GB).
     pub fn storage_type(self, t: &str, iops: Option<u64>) -> Self {
-        let s = self.set("storage_type", t);
+        let s = self.set(DbInstanceArgs::storage_type, t);
         match iops {
-            Some(i) => s.set("iops", i),
+            Some(i) => s.set(DbInstanceArgs::iops, i),
             None => s,
         }
     }
     pub fn multi_az(self, on: bool) -> Self {
-        self.set("multi_az", on)
+        self.set(DbInstanceArgs::multi_az, on)
     }
     pub fn parameter_group(self, name: Output<String>) -> Self {
-        self.set("parameter_group", name)
+        self.set(DbInstanceArgs::parameter_group, name)
     }
     pub fn subnet_group(self, name: Output<String>) -> Self {
-        self.set("subnet_group", name)
+        self.set(DbInstanceArgs::subnet_group, name)
     }
     pub fn security_groups(self, ids: Vec<Output<String>>) -> Self {
         self.set(
-            "security_groups",
+            DbInstanceArgs::security_groups,
             Value::Array(ids.into_iter().map(Into::into).collect()),
         )
     }
     pub fn backups(self, retention_days: u32, window: &str) -> Self {
-        self.set("backup_retention_period", retention_days as u64)
-            .set("preferred_backup_window", window)
+        self.set(
+            DbInstanceArgs::backup_retention_period,
+            retention_days as u64,
+        )
+        .set(DbInstanceArgs::preferred_backup_window, window)
     }
     pub fn maintenance_window(self, window: &str) -> Self {
-        self.set("preferred_maintenance_window", window)
+        self.set(DbInstanceArgs::preferred_maintenance_window, window)
     }
     /// Enhanced monitoring interval in seconds (0, 1, 5, 10, 15, 30, 60).
     pub fn monitoring_interval(self, seconds: u32) -> Self {
-        self.set("monitoring_interval", seconds as u64)
+        self.set(DbInstanceArgs::monitoring_interval, seconds as u64)
     }
     /// Enhanced monitoring every `seconds` (1, 5, 10, 15, 30, 60), published by `role_arn` (an
     /// IAM role RDS assumes, with the `AmazonRDSEnhancedMonitoringRole` policy).
     pub fn enhanced_monitoring(self, seconds: u32, role_arn: impl Into<Value>) -> Self {
-        self.set("monitoring_interval", seconds as u64)
-            .set("monitoring_role_arn", role_arn)
+        self.set(DbInstanceArgs::monitoring_interval, seconds as u64)
+            .set(DbInstanceArgs::monitoring_role_arn, role_arn)
     }
     /// Performance Insights, keeping `retention_days` of data (7 is the free tier; or a multiple
     /// of 31 up to 731).
     pub fn performance_insights(self, retention_days: u32) -> Self {
-        self.set("performance_insights", true)
-            .set("performance_insights_retention", retention_days as u64)
+        self.set(DbInstanceArgs::performance_insights, true).set(
+            DbInstanceArgs::performance_insights_retention,
+            retention_days as u64,
+        )
     }
     pub fn deletion_protection(self, on: bool) -> Self {
-        self.set("deletion_protection", on)
+        self.set(DbInstanceArgs::deletion_protection, on)
     }
     pub fn skip_final_snapshot(self) -> Self {
-        self.set("skip_final_snapshot", true)
+        self.set(DbInstanceArgs::skip_final_snapshot, true)
     }
     /// Encrypt storage (and its backups, snapshots and replicas) with this KMS key: a key ARN
     /// (`arn:aws:kms:REGION:ACCOUNT:key/ID`), as RDS reports it back. Changing it replaces the
     /// instance; RDS cannot encrypt an instance in place.
     pub fn kms_key(self, key_arn: impl Into<Value>) -> Self {
-        self.set("storage_encrypted", true)
-            .set("kms_key_id", key_arn)
+        self.set(DbInstanceArgs::storage_encrypted, true)
+            .set(DbInstanceArgs::kms_key_id, key_arn)
     }
     /// Apply modifications now rather than in the maintenance window (default: the stack's
     /// `apply_immediately`, itself false unless set).
     pub fn apply_immediately(self, on: bool) -> Self {
-        self.set("apply_immediately", on)
+        self.set(DbInstanceArgs::apply_immediately, on)
     }
 }
 
 impl Declare for DbInstance {
-    const TYPE: &'static str = "aws.rds.instance";
+    const TYPE: &'static str = DbInstanceType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -268,20 +326,20 @@ impl Declare for DbInstance {
 
 impl Handle<DbInstance> {
     pub fn identifier(&self) -> Output<String> {
-        self.output("id")
+        self.output(DbInstanceOut::id)
     }
     pub fn endpoint(&self) -> Output<String> {
-        self.output("endpoint")
+        self.output(DbInstanceOut::endpoint)
     }
     pub fn port(&self) -> Output<u64> {
-        self.output("port")
+        self.output(DbInstanceOut::port)
     }
     pub fn arn(&self) -> Output<String> {
-        self.output("arn")
+        self.output(DbInstanceOut::arn)
     }
     /// The Secrets Manager secret RDS keeps the master password in (`managed_master` only).
     pub fn master_secret_arn(&self) -> Output<String> {
-        self.output("master_secret_arn")
+        self.output(DbInstanceOut::master_secret_arn)
     }
     /// A connection to this instance for the data-plane steps: its endpoint and port, `user`
     /// with `password` (a secret reference), named after this node for `[connect]`. Add the
@@ -317,88 +375,60 @@ async fn find(aws: &Aws, id: &str) -> Result<Option<Found>, ProviderError> {
     let Some(d) = describe_db_instance(aws, id).await? else {
         return Ok(None);
     };
-    let mut inputs = Attrs::new();
-    let mut put = |k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            inputs.insert(k.to_string(), v);
-        }
-    };
-    put("engine", d.engine().map(Value::from));
-    put("engine_version", d.engine_version().map(Value::from));
-    put("class", d.db_instance_class().map(Value::from));
-    put(
-        "storage",
-        d.allocated_storage().map(|s| Value::from(s as u64)),
-    );
-    put("storage_type", d.storage_type().map(Value::from));
-    put("iops", d.iops().map(|s| Value::from(s as u64)));
-    put("multi_az", d.multi_az().map(Value::Bool));
-    put("storage_encrypted", d.storage_encrypted().map(Value::Bool));
-    put("kms_key_id", d.kms_key_id().map(Value::from));
-    put("master_username", d.master_username().map(Value::from));
-    put("db_name", d.db_name().map(Value::from));
-    put(
-        "manage_master_user_password",
-        Some(Value::Bool(d.master_user_secret().is_some())),
-    );
-    put(
-        "parameter_group",
-        d.db_parameter_groups()
-            .first()
-            .and_then(|g| g.db_parameter_group_name())
-            .map(Value::from),
-    );
-    put(
-        "subnet_group",
-        d.db_subnet_group()
-            .and_then(|g| g.db_subnet_group_name())
-            .map(Value::from),
-    );
-    let mut groups: Vec<&str> = d
+    let mut groups: Vec<String> = d
         .vpc_security_groups()
         .iter()
-        .filter_map(|g| g.vpc_security_group_id())
+        .filter_map(|g| g.vpc_security_group_id().map(String::from))
         .collect();
     groups.sort();
-    put("security_groups", Some(serde_json::json!(groups)));
-    put(
-        "backup_retention_period",
-        d.backup_retention_period().map(|p| Value::from(p as u64)),
-    );
-    put(
-        "preferred_backup_window",
-        d.preferred_backup_window().map(Value::from),
-    );
-    put(
-        "preferred_maintenance_window",
-        d.preferred_maintenance_window().map(Value::from),
-    );
-    put(
-        "monitoring_interval",
-        d.monitoring_interval().map(|m| Value::from(m as u64)),
-    );
-    put(
-        "monitoring_role_arn",
-        d.monitoring_role_arn().map(Value::from),
-    );
-    put(
-        "performance_insights",
-        d.performance_insights_enabled().map(Value::Bool),
-    );
-    put(
-        "performance_insights_retention",
-        d.performance_insights_retention_period()
-            .map(|p| Value::from(p as u64)),
-    );
-    put(
-        "deletion_protection",
-        d.deletion_protection().map(Value::Bool),
-    );
     let replica_of = d
         .read_replica_source_db_instance_identifier()
         .map(String::from);
-    put("replica_of", replica_of.clone().map(Value::from));
-    let endpoint = d.endpoint().and_then(|e| e.address()).unwrap_or_default();
+    let inputs = DbInstanceArgs {
+        engine: d.engine().map(String::from),
+        engine_version: d.engine_version().map(String::from),
+        class: d.db_instance_class().unwrap_or_default().into(),
+        storage: d.allocated_storage().map(|s| s as u64),
+        storage_type: d.storage_type().map(String::from),
+        iops: d.iops().map(|s| s as u64),
+        multi_az: d.multi_az(),
+        master_username: d.master_username().map(String::from),
+        master_password: None,
+        manage_master_user_password: Some(d.master_user_secret().is_some()),
+        subnet_group: (d.db_subnet_group())
+            .and_then(|g| g.db_subnet_group_name())
+            .map(String::from),
+        replica_of: replica_of.clone(),
+        db_name: d.db_name().map(String::from),
+        storage_encrypted: d.storage_encrypted(),
+        kms_key_id: d.kms_key_id().map(String::from),
+        parameter_group: (d.db_parameter_groups().first())
+            .and_then(|g| g.db_parameter_group_name())
+            .map(String::from),
+        security_groups: Some(groups),
+        backup_retention_period: d.backup_retention_period().map(|p| p as u64),
+        preferred_backup_window: d.preferred_backup_window().map(String::from),
+        preferred_maintenance_window: d.preferred_maintenance_window().map(String::from),
+        monitoring_interval: d.monitoring_interval().map(|m| m as u64),
+        monitoring_role_arn: d.monitoring_role_arn().map(String::from),
+        performance_insights: d.performance_insights_enabled(),
+        performance_insights_retention: (d.performance_insights_retention_period())
+            .map(|p| p as u64),
+        deletion_protection: d.deletion_protection(),
+        skip_final_snapshot: None,
+        apply_immediately: None,
+    };
+    let outputs = DbInstanceOut {
+        id: id.into(),
+        arn: d.db_instance_arn().unwrap_or_default().into(),
+        endpoint: (d.endpoint().and_then(|e| e.address()))
+            .unwrap_or_default()
+            .into(),
+        port: d.endpoint().and_then(|e| e.port()).unwrap_or(0) as u64,
+        master_secret_arn: (d.master_user_secret())
+            .and_then(|m| m.secret_arn())
+            .map(String::from),
+    };
     Ok(Some(Found {
         status: d.db_instance_status().unwrap_or_default().to_string(),
         deletion_protection: d.deletion_protection().unwrap_or(false),
@@ -406,26 +436,8 @@ async fn find(aws: &Aws, id: &str) -> Result<Option<Found>, ProviderError> {
         tags: tag_pairs(d.tag_list()),
         observed: Observed {
             id: id.into(),
-            inputs,
-            outputs: Attrs::from([
-                ("id".to_string(), Value::from(id)),
-                (
-                    "arn".to_string(),
-                    Value::from(d.db_instance_arn().unwrap_or_default()),
-                ),
-                ("endpoint".to_string(), Value::from(endpoint)),
-                (
-                    "port".to_string(),
-                    Value::from(d.endpoint().and_then(|e| e.port()).unwrap_or(0) as u64),
-                ),
-                (
-                    "master_secret_arn".to_string(),
-                    d.master_user_secret()
-                        .and_then(|m| m.secret_arn())
-                        .map(Value::from)
-                        .unwrap_or(Value::Null),
-                ),
-            ]),
+            inputs: inputs.to_attrs(),
+            outputs: outputs.to_attrs(),
         },
     }))
 }
@@ -447,6 +459,7 @@ impl AwsObject for DbInstanceType {
     const SERVICE: &'static str = "rds";
     const WHAT: &'static str = "DB instance";
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = DbInstanceArgs;
     const NOT_FOUND: &'static [&'static str] = &["DBInstanceNotFound", "DBInstanceNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["DBInstanceAlreadyExists"];
     /// Its subnet and parameter groups are deleted after it: only once it is gone.
@@ -457,12 +470,12 @@ impl AwsObject for DbInstanceType {
     }
     /// Its identifier is known before it exists: the deterministic one.
     fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
-        Attrs::from([("id".to_string(), Value::from(id))])
+        Attrs::from([(DbInstanceOut::id.to_string(), Value::from(id))])
     }
     /// A primary holds data; a read replica's copy is its source's.
     fn review(&self, inputs: &Attrs) -> crate::provider::Review {
         crate::provider::Review {
-            holds_data: !inputs.contains_key("replica_of"),
+            holds_data: !inputs.contains_key(DbInstanceArgs::replica_of),
             ..Default::default()
         }
     }
@@ -474,30 +487,16 @@ impl AwsObject for DbInstanceType {
         inputs: &Attrs,
         referenced: &dyn Fn(&str) -> Option<(String, Attrs)>,
     ) -> Vec<String> {
-        super::rds::check_family(inputs, "parameter_group", referenced)
-    }
-    fn force_new(&self) -> &'static [&'static str] {
-        &[
-            "engine",
-            "master_username",
-            "subnet_group",
-            "replica_of",
-            "db_name",
-            "storage_encrypted",
-            "kms_key_id",
-        ]
-    }
-    fn create_only(&self) -> &'static [&'static str] {
-        // A replica's source is recorded at creation; promotion removes it on purpose.
-        &["replica_of"]
+        super::rds::check_family(inputs, DbInstanceArgs::parameter_group, referenced)
     }
     fn stable_outputs(&self) -> &'static [&'static str] {
-        &["id", "arn", "endpoint"]
+        type O = DbInstanceOut;
+        &[O::id, O::arn, O::endpoint]
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
         let mut v = vec![];
-        let replica = inputs.contains_key("replica_of");
-        match get_str(inputs, "engine") {
+        let replica = inputs.contains_key(DbInstanceArgs::replica_of);
+        match get_str(inputs, DbInstanceArgs::engine) {
             Some("postgres" | "mysql") => {}
             None if replica => {}
             Some(e) => v.push(format!(
@@ -506,52 +505,55 @@ impl AwsObject for DbInstanceType {
             None => v.push("an instance needs an engine (or replica_of)".into()),
         }
         if !replica
-            && !inputs.contains_key("master_password")
-            && !inputs.contains_key("master_username")
+            && !inputs.contains_key(DbInstanceArgs::master_password)
+            && !inputs.contains_key(DbInstanceArgs::master_username)
         {
             v.push(
                 "an instance needs a master user: .master(user, secret) or .managed_master(user)"
                     .into(),
             );
         }
-        if inputs.contains_key("master_password")
-            && b(inputs, "manage_master_user_password") == Some(true)
+        if inputs.contains_key(DbInstanceArgs::master_password)
+            && b(inputs, DbInstanceArgs::manage_master_user_password) == Some(true)
         {
             v.push("give either a master password or managed_master, not both".into());
         }
-        if let Some(m) = get_u64(inputs, "monitoring_interval") {
+        if let Some(m) = get_u64(inputs, DbInstanceArgs::monitoring_interval) {
             if ![0, 1, 5, 10, 15, 30, 60].contains(&m) {
                 v.push(format!(
                     "monitoring interval {m} s: RDS takes 0, 1, 5, 10, 15, 30 or 60"
                 ));
             }
             if m > 0
-                && !inputs.contains_key("monitoring_role_arn")
-                && !inputs.contains_key("replica_of")
+                && !inputs.contains_key(DbInstanceArgs::monitoring_role_arn)
+                && !inputs.contains_key(DbInstanceArgs::replica_of)
             {
                 v.push("enhanced monitoring needs a monitoring role: .enhanced_monitoring(seconds, role_arn)".into());
             }
         }
-        if let Some(r) = get_u64(inputs, "performance_insights_retention") {
+        if let Some(r) = get_u64(inputs, DbInstanceArgs::performance_insights_retention) {
             if r != 7 && (r % 31 != 0 || r > 731) {
                 v.push(format!("Performance Insights retention {r} days: RDS takes 7, or a multiple of 31 up to 731"));
             }
         }
-        if let Some(c) = get_str(inputs, "class") {
+        if let Some(c) = get_str(inputs, DbInstanceArgs::class) {
             if !c.starts_with("db.") {
                 v.push(format!(
                     "instance class `{c}`: RDS classes start with `db.`"
                 ));
             }
         }
-        match (get_str(inputs, "storage_type"), get_u64(inputs, "iops")) {
+        match (
+            get_str(inputs, DbInstanceArgs::storage_type),
+            get_u64(inputs, DbInstanceArgs::iops),
+        ) {
             (Some("io1" | "io2"), None) => {
                 v.push("io1 and io2 storage need provisioned IOPS".into())
             }
             (Some("gp2"), Some(_)) => v.push("gp2 storage takes no provisioned IOPS".into()),
             _ => {}
         }
-        if let Some(k) = get_str(inputs, "kms_key_id") {
+        if let Some(k) = get_str(inputs, DbInstanceArgs::kms_key_id) {
             if let Err(e) = super::rds::kms_key_arn(k) {
                 v.push(e);
             }
@@ -564,12 +566,15 @@ impl AwsObject for DbInstanceType {
         req: &Request<'_>,
     ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
         // A replica's engine and version are its source's: checked there.
-        match (get_str(req.inputs, "engine"), get_str(req.inputs, "class")) {
+        match (
+            get_str(req.inputs, DbInstanceArgs::engine),
+            get_str(req.inputs, DbInstanceArgs::class),
+        ) {
             (Some(engine), Some(class)) => {
                 orderable(
                     &self.aws,
                     engine,
-                    get_str(req.inputs, "engine_version"),
+                    get_str(req.inputs, DbInstanceArgs::engine_version),
                     class,
                 )
                 .await
@@ -592,22 +597,21 @@ impl AwsObject for DbInstanceType {
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        a: &DbInstanceArgs,
         id: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
-        let i = req.inputs;
         let rds = self.aws.rds().await;
-        if let Some(source) = get_str(i, "replica_of") {
+        let groups = a.security_groups.as_deref().map(sorted);
+        let int = |v: Option<u64>| v.map(|v| v as i32);
+        if let Some(source) = &a.replica_of {
             rds.create_db_instance_read_replica()
                 .db_instance_identifier(id)
                 .source_db_instance_identifier(source)
-                .set_db_instance_class(get_str(i, "class").map(String::from))
-                .set_multi_az(b(i, "multi_az"))
-                .set_vpc_security_group_ids(
-                    i.contains_key("security_groups")
-                        .then(|| str_list(i, "security_groups")),
-                )
+                .db_instance_class(&a.class)
+                .set_multi_az(a.multi_az)
+                .set_vpc_security_group_ids(groups)
                 .set_tags(Some(sdk_tags(tags)))
                 .send()
                 .await
@@ -615,41 +619,30 @@ impl AwsObject for DbInstanceType {
         } else {
             rds.create_db_instance()
                 .db_instance_identifier(id)
-                .engine(get_str(i, "engine").unwrap_or_default())
-                .set_engine_version(get_str(i, "engine_version").map(String::from))
-                .set_db_instance_class(get_str(i, "class").map(String::from))
-                .set_allocated_storage(get_u64(i, "storage").map(|s| s as i32))
-                .set_storage_type(get_str(i, "storage_type").map(String::from))
-                .set_iops(get_u64(i, "iops").map(|s| s as i32))
-                .set_multi_az(b(i, "multi_az"))
-                .set_storage_encrypted(b(i, "storage_encrypted"))
-                .set_kms_key_id(get_str(i, "kms_key_id").map(String::from))
-                .set_db_name(get_str(i, "db_name").map(String::from))
-                .set_master_username(get_str(i, "master_username").map(String::from))
-                .set_master_user_password(get_str(i, "master_password").map(String::from))
-                .set_manage_master_user_password(b(i, "manage_master_user_password"))
-                .set_db_parameter_group_name(get_str(i, "parameter_group").map(String::from))
-                .set_db_subnet_group_name(get_str(i, "subnet_group").map(String::from))
-                .set_vpc_security_group_ids(
-                    i.contains_key("security_groups")
-                        .then(|| str_list(i, "security_groups")),
-                )
-                .set_backup_retention_period(
-                    get_u64(i, "backup_retention_period").map(|p| p as i32),
-                )
-                .set_preferred_backup_window(
-                    get_str(i, "preferred_backup_window").map(String::from),
-                )
-                .set_preferred_maintenance_window(
-                    get_str(i, "preferred_maintenance_window").map(String::from),
-                )
-                .set_monitoring_interval(get_u64(i, "monitoring_interval").map(|m| m as i32))
-                .set_monitoring_role_arn(get_str(i, "monitoring_role_arn").map(String::from))
-                .set_enable_performance_insights(b(i, "performance_insights"))
-                .set_performance_insights_retention_period(
-                    get_u64(i, "performance_insights_retention").map(|d| d as i32),
-                )
-                .set_deletion_protection(b(i, "deletion_protection"))
+                .engine(a.engine.clone().unwrap_or_default())
+                .set_engine_version(a.engine_version.clone())
+                .db_instance_class(&a.class)
+                .set_allocated_storage(int(a.storage))
+                .set_storage_type(a.storage_type.clone())
+                .set_iops(int(a.iops))
+                .set_multi_az(a.multi_az)
+                .set_storage_encrypted(a.storage_encrypted)
+                .set_kms_key_id(a.kms_key_id.clone())
+                .set_db_name(a.db_name.clone())
+                .set_master_username(a.master_username.clone())
+                .set_master_user_password(a.master_password.clone())
+                .set_manage_master_user_password(a.manage_master_user_password)
+                .set_db_parameter_group_name(a.parameter_group.clone())
+                .set_db_subnet_group_name(a.subnet_group.clone())
+                .set_vpc_security_group_ids(groups)
+                .set_backup_retention_period(int(a.backup_retention_period))
+                .set_preferred_backup_window(a.preferred_backup_window.clone())
+                .set_preferred_maintenance_window(a.preferred_maintenance_window.clone())
+                .set_monitoring_interval(int(a.monitoring_interval))
+                .set_monitoring_role_arn(a.monitoring_role_arn.clone())
+                .set_enable_performance_insights(a.performance_insights)
+                .set_performance_insights_retention_period(int(a.performance_insights_retention))
+                .set_deletion_protection(a.deletion_protection)
                 .set_tags(Some(sdk_tags(tags)))
                 .send()
                 .await
@@ -660,53 +653,54 @@ impl AwsObject for DbInstanceType {
     async fn modify(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        a: &DbInstanceArgs,
         id: &str,
         changed: &[String],
     ) -> Result<(), AwsError> {
-        let i = req.inputs;
+        type A = DbInstanceArgs;
         let has = |k: &str| changed.iter().any(|c| c == k);
-        let s = |k: &str| has(k).then(|| get_str(i, k).map(String::from)).flatten();
-        let n = |k: &str| has(k).then(|| get_u64(i, k).map(|v| v as i32)).flatten();
+        let s = |k: &str, v: &Option<String>| v.clone().filter(|_| has(k));
+        let n = |k: &str, v: Option<u64>| v.filter(|_| has(k)).map(|v| v as i32);
+        let flag = |k: &str, v: Option<bool>| v.filter(|_| has(k));
         self.aws
             .rds()
             .await
             .modify_db_instance()
             .db_instance_identifier(id)
-            .apply_immediately(b(i, "apply_immediately").unwrap_or(self.aws.apply_immediately))
-            .set_engine_version(s("engine_version"))
-            .set_allow_major_version_upgrade(has("engine_version").then_some(true))
-            .set_db_instance_class(s("class"))
-            .set_allocated_storage(n("storage"))
-            .set_storage_type(s("storage_type"))
-            .set_iops(n("iops"))
-            .set_multi_az(has("multi_az").then(|| b(i, "multi_az")).flatten())
-            .set_db_parameter_group_name(s("parameter_group"))
+            .apply_immediately(a.apply_immediately.unwrap_or(self.aws.apply_immediately))
+            .set_engine_version(s(A::engine_version, &a.engine_version))
+            .set_allow_major_version_upgrade(has(A::engine_version).then_some(true))
+            .set_db_instance_class(has(A::class).then(|| a.class.clone()))
+            .set_allocated_storage(n(A::storage, a.storage))
+            .set_storage_type(s(A::storage_type, &a.storage_type))
+            .set_iops(n(A::iops, a.iops))
+            .set_multi_az(flag(A::multi_az, a.multi_az))
+            .set_db_parameter_group_name(s(A::parameter_group, &a.parameter_group))
             .set_vpc_security_group_ids(
-                has("security_groups").then(|| str_list(i, "security_groups")),
+                (a.security_groups.as_deref())
+                    .filter(|_| has(A::security_groups))
+                    .map(sorted),
             )
-            .set_backup_retention_period(n("backup_retention_period"))
-            .set_preferred_backup_window(s("preferred_backup_window"))
-            .set_preferred_maintenance_window(s("preferred_maintenance_window"))
-            .set_monitoring_interval(n("monitoring_interval"))
-            .set_monitoring_role_arn(s("monitoring_role_arn"))
-            .set_enable_performance_insights(
-                has("performance_insights")
-                    .then(|| b(i, "performance_insights"))
-                    .flatten(),
-            )
-            .set_performance_insights_retention_period(n("performance_insights_retention"))
-            .set_deletion_protection(
-                has("deletion_protection")
-                    .then(|| b(i, "deletion_protection"))
-                    .flatten(),
-            )
-            .set_master_user_password(s("master_password"))
-            .set_manage_master_user_password(
-                has("manage_master_user_password")
-                    .then(|| b(i, "manage_master_user_password"))
-                    .flatten(),
-            )
+            .set_backup_retention_period(n(A::backup_retention_period, a.backup_retention_period))
+            .set_preferred_backup_window(s(A::preferred_backup_window, &a.preferred_backup_window))
+            .set_preferred_maintenance_window(s(
+                A::preferred_maintenance_window,
+                &a.preferred_maintenance_window,
+            ))
+            .set_monitoring_interval(n(A::monitoring_interval, a.monitoring_interval))
+            .set_monitoring_role_arn(s(A::monitoring_role_arn, &a.monitoring_role_arn))
+            .set_enable_performance_insights(flag(A::performance_insights, a.performance_insights))
+            .set_performance_insights_retention_period(n(
+                A::performance_insights_retention,
+                a.performance_insights_retention,
+            ))
+            .set_deletion_protection(flag(A::deletion_protection, a.deletion_protection))
+            .set_master_user_password(s(A::master_password, &a.master_password))
+            .set_manage_master_user_password(flag(
+                A::manage_master_user_password,
+                a.manage_master_user_password,
+            ))
             .send()
             .await
             .during(&format!("modify instance {id}"))?;
@@ -732,7 +726,7 @@ impl AwsObject for DbInstanceType {
         let skip = f.replica_of.is_some()
             || req
                 .inputs
-                .get("skip_final_snapshot")
+                .get(DbInstanceArgs::skip_final_snapshot)
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
         let final_snapshot = (!skip).then(|| super::final_snapshot_name(id));
@@ -1140,6 +1134,26 @@ impl StepType for SnapshotType {
     }
 }
 
+crate::model! {
+    /// What a snapshot resource is declared with: one of the two sources.
+    pub struct DbSnapshotArgs {
+        /// The instance's identifier.
+        instance: Option<String> [replace],
+        /// The cluster's identifier.
+        cluster: Option<String> [replace],
+    }
+}
+
+crate::model! {
+    /// What a snapshot resource reports.
+    pub struct DbSnapshotOut {
+        id: String,
+        arn: String,
+        status: String,
+        tags: Value,
+    }
+}
+
 /// A snapshot of an instance or a cluster kept as a resource: taken once, recorded, deleted with
 /// the stack (or kept: `.retain_on_delete()` on the node). Its source cannot change: a new source
 /// replaces it.
@@ -1152,19 +1166,19 @@ impl DbSnapshot {
     /// A snapshot of an RDS instance (an instance handle's `identifier()`).
     pub fn of_instance(instance: Output<String>) -> Self {
         DbSnapshot {
-            inputs: Attrs::from([("instance".to_string(), instance.into())]),
+            inputs: Attrs::from([(DbSnapshotArgs::instance.to_string(), instance.into())]),
         }
     }
     /// A snapshot of an Aurora cluster (a cluster handle's `identifier()`).
     pub fn of_cluster(cluster: Output<String>) -> Self {
         DbSnapshot {
-            inputs: Attrs::from([("cluster".to_string(), cluster.into())]),
+            inputs: Attrs::from([(DbSnapshotArgs::cluster.to_string(), cluster.into())]),
         }
     }
 }
 
 impl Declare for DbSnapshot {
-    const TYPE: &'static str = "aws.rds.db_snapshot";
+    const TYPE: &'static str = DbSnapshotType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -1174,10 +1188,10 @@ impl Declare for DbSnapshot {
 impl Handle<DbSnapshot> {
     /// The snapshot identifier (what a restore names).
     pub fn identifier(&self) -> Output<String> {
-        self.output("id")
+        self.output(DbSnapshotOut::id)
     }
     pub fn arn(&self) -> Output<String> {
-        self.output("arn")
+        self.output(DbSnapshotOut::arn)
     }
 }
 
@@ -1185,26 +1199,25 @@ struct DbSnapshotType {
     snap: SnapshotType,
 }
 
-impl DbSnapshotType {
-    async fn observe(&self, cluster: bool, id: &str) -> Result<Option<Observed>, ProviderError> {
-        Ok(self.snap.describe(cluster, id).await?.map(|f| Observed {
-            id: id.to_string(),
-            inputs: Attrs::from([(
-                if cluster { "cluster" } else { "instance" }.to_string(),
-                Value::from(f.source),
-            )]),
-            outputs: Attrs::from([
-                ("id".to_string(), Value::from(id)),
-                ("arn".to_string(), Value::from(f.arn)),
-                ("status".to_string(), Value::from(f.status)),
-                ("tags".to_string(), super::tags_value(&f.tags)),
-            ]),
-        }))
-    }
-}
-
 #[async_trait]
-impl ResourceType for DbSnapshotType {
+impl AwsObject for DbSnapshotType {
+    const TYPE: &'static str = "aws.rds.db_snapshot";
+    const SERVICE: &'static str = "rds";
+    const WHAT: &'static str = "snapshot";
+    const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = DbSnapshotArgs;
+    const NOT_FOUND: &'static [&'static str] = &[
+        "DBSnapshotNotFound",
+        "DBSnapshotNotFoundFault",
+        "DBClusterSnapshotNotFoundFault",
+    ];
+    const EXISTS: &'static [&'static str] = &[
+        "DBSnapshotAlreadyExists",
+        "DBSnapshotAlreadyExistsFault",
+        "DBClusterSnapshotAlreadyExistsFault",
+    ];
+    /// Deleted only once gone (a source deleted after it would otherwise meet it).
+    const WAIT_GONE: bool = true;
     /// A snapshot of terabytes takes hours.
     fn default_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(24 * 3600)
@@ -1215,13 +1228,11 @@ impl ResourceType for DbSnapshotType {
             ..Default::default()
         }
     }
-    fn type_name(&self) -> &'static str {
-        "aws.rds.db_snapshot"
-    }
     /// A retained snapshot that a destroy forgets: listed with its delete command (a cluster's
     /// ARN says `cluster-snapshot`).
     fn kept(&self, id: &str, outputs: &Attrs) -> Option<(String, String)> {
-        let cluster = get_str(outputs, "arn").is_some_and(|a| a.contains(":cluster-snapshot:"));
+        let cluster =
+            get_str(outputs, DbSnapshotOut::arn).is_some_and(|a| a.contains(":cluster-snapshot:"));
         Some((
             format!(
                 "{}snapshot `{id}` (retained)",
@@ -1230,83 +1241,106 @@ impl ResourceType for DbSnapshotType {
             super::delete_snapshot_command(cluster, id),
         ))
     }
-    fn service(&self) -> &'static str {
-        "rds"
-    }
-    fn force_new(&self) -> &'static [&'static str] {
-        &["instance", "cluster"]
-    }
-    fn create_resumes(&self) -> bool {
-        true
-    }
     fn stable_outputs(&self) -> &'static [&'static str] {
-        &["id", "arn"]
+        &[DbSnapshotOut::id, DbSnapshotOut::arn]
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
         snapshot_validate(inputs)
     }
-    fn owned(&self, ctx: &Ctx, node: &str, found: &Observed) -> bool {
-        owned_by_tags(ctx, node, found)
+    async fn describe(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        id: &str,
+    ) -> Result<Option<DriverFound>, AwsError> {
+        let cluster = req.inputs.contains_key(DbSnapshotArgs::cluster);
+        Ok(self.snap.describe(cluster, id).await?.map(|f| {
+            let source = Some(f.source);
+            let inputs = if cluster {
+                DbSnapshotArgs {
+                    instance: None,
+                    cluster: source,
+                }
+            } else {
+                DbSnapshotArgs {
+                    instance: source,
+                    cluster: None,
+                }
+            };
+            DriverFound {
+                status: Status::rds(&f.status),
+                observed: Observed {
+                    id: id.to_string(),
+                    inputs: inputs.to_attrs(),
+                    outputs: DbSnapshotOut {
+                        id: id.into(),
+                        arn: f.arn,
+                        status: f.status,
+                        tags: super::tags_value(&f.tags),
+                    }
+                    .to_attrs(),
+                },
+            }
+        }))
     }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        let id = req.deterministic_id;
-        let (cluster, source) = snapshot_source(req.inputs);
-        if let Some(f) = self.snap.describe(cluster, id).await? {
-            if !ours(&f.tags, &ctx.plan, &ctx.stack, req.node) {
-                return Err(super::not_ours(ctx, "snapshot", id, req.node, id));
+    async fn create(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+        a: &DbSnapshotArgs,
+        id: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let rds = self.snap.aws.rds().await;
+        match (&a.cluster, &a.instance) {
+            (Some(cluster), _) => {
+                rds.create_db_cluster_snapshot()
+                    .db_cluster_snapshot_identifier(id)
+                    .db_cluster_identifier(cluster)
+                    .set_tags(Some(sdk_tags(tags)))
+                    .send()
+                    .await
+                    .during(&format!("snapshot cluster {cluster}"))?;
+            }
+            (None, instance) => {
+                let instance = instance.clone().unwrap_or_default();
+                rds.create_db_snapshot()
+                    .db_snapshot_identifier(id)
+                    .db_instance_identifier(&instance)
+                    .set_tags(Some(sdk_tags(tags)))
+                    .send()
+                    .await
+                    .during(&format!("snapshot instance {instance}"))?;
             }
         }
-        self.snap.take(ctx, req.node, cluster, id, &source).await?;
-        self.observe(cluster, id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("snapshot {id} vanished")))
+        Ok(id.to_string())
     }
-    async fn read(
+    /// Every input forces replacement: nothing changes in place.
+    async fn modify(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
-        id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        self.observe(req.inputs.contains_key("cluster"), id).await
-    }
-    async fn update(
-        &self,
-        _ctx: &Ctx,
-        req: &Request<'_>,
-        id: &str,
+        _req: &Request<'_>,
+        _args: &DbSnapshotArgs,
+        _id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
-        // Every input forces replacement: nothing changes in place.
-        self.observe(req.inputs.contains_key("cluster"), id)
-            .await?
-            .ok_or_else(|| ProviderError::new(format!("snapshot {id} does not exist")))
+    ) -> Result<(), AwsError> {
+        Ok(())
     }
-    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
-        let cluster = req.inputs.contains_key("cluster");
-        if self.snap.describe(cluster, id).await?.is_none() {
-            return Ok(());
-        }
+    async fn delete(&self, _ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), AwsError> {
         let rds = self.snap.aws.rds().await;
-        if cluster {
+        if req.inputs.contains_key(DbSnapshotArgs::cluster) {
             rds.delete_db_cluster_snapshot()
                 .db_cluster_snapshot_identifier(id)
                 .send()
                 .await
-                .map_err(|e| sdk_err(&format!("delete cluster snapshot {id}"), e))?;
+                .during(&format!("delete cluster snapshot {id}"))?;
         } else {
             rds.delete_db_snapshot()
                 .db_snapshot_identifier(id)
                 .send()
                 .await
-                .map_err(|e| sdk_err(&format!("delete snapshot {id}"), e))?;
+                .during(&format!("delete snapshot {id}"))?;
         }
-        wait_status(
-            ctx,
-            req.node,
-            &format!("snapshot {id}"),
-            || async { self.snap.status(cluster, id).await },
-            true,
-        )
-        .await
+        Ok(())
     }
 }

@@ -19,6 +19,7 @@ use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, StateValue, Stati
 use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership};
 use super::{sdk_err, tags, tags_value, Aws};
 use crate::dsl::{Declare, NodeKind, Output};
+use crate::provider::model::Model;
 use crate::provider::{Ctx, Observed, Probe, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, get_u64, Attrs, Value};
 
@@ -43,6 +44,24 @@ fn list(v: Option<&Value>) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // SNS topic
 
+crate::model! {
+    /// What an SNS topic is declared with.
+    pub struct TopicArgs {
+        /// The topic's name when not the node's deterministic one.
+        name: Option<String> [replace],
+        display_name: Option<String>,
+    }
+}
+
+crate::model! {
+    /// What an SNS topic reports.
+    pub struct TopicOut {
+        arn: String,
+        name: String,
+        tags: Value,
+    }
+}
+
 /// An SNS topic (named after the node unless given a name).
 #[derive(Debug, Clone, Default)]
 pub struct Topic {
@@ -54,17 +73,19 @@ impl Topic {
         Topic::default()
     }
     pub fn named(mut self, name: &str) -> Self {
-        self.inputs.insert("name".into(), Value::from(name));
+        self.inputs
+            .insert(TopicArgs::name.into(), Value::from(name));
         self
     }
     pub fn display_name(mut self, d: &str) -> Self {
-        self.inputs.insert("display_name".into(), Value::from(d));
+        self.inputs
+            .insert(TopicArgs::display_name.into(), Value::from(d));
         self
     }
 }
 
 impl Declare for Topic {
-    const TYPE: &'static str = "aws.sns.topic";
+    const TYPE: &'static str = TopicType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -73,7 +94,7 @@ impl Declare for Topic {
 
 impl crate::dsl::Handle<Topic> {
     pub fn arn(&self) -> Output<String> {
-        self.output("arn")
+        self.output(TopicOut::arn)
     }
 }
 
@@ -115,10 +136,8 @@ impl AwsObject for TopicType {
     const WHAT: &'static str = "SNS topic";
     const NAMED: bool = true;
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = TopicArgs;
     const NOT_FOUND: &'static [&'static str] = &["NotFound"];
-    fn force_new(&self) -> &'static [&'static str] {
-        &["name"]
-    }
     /// The topic as found; `name` among its inputs only when it is not the node's default. A
     /// create's intent knows it by name (its ARN comes back from the create): found by name then.
     async fn describe(
@@ -157,33 +176,32 @@ impl AwsObject for TopicType {
             .map(|t| (t.key().to_string(), t.value().to_string()))
             .collect();
         let name = arn.rsplit(':').next().unwrap_or_default().to_string();
-        let mut inputs = Attrs::new();
-        if name != req.deterministic_id {
-            inputs.insert("name".into(), Value::from(name.clone()));
-        }
-        if let Some(d) = attrs.get("DisplayName").filter(|d| !d.is_empty()) {
-            inputs.insert("display_name".into(), Value::from(d.clone()));
-        }
+        let inputs = TopicArgs {
+            name: (name != req.deterministic_id).then(|| name.clone()),
+            display_name: attrs.get("DisplayName").filter(|d| !d.is_empty()).cloned(),
+        };
         Ok(Some(Found::ready(Observed {
             id: arn.clone(),
-            inputs,
-            outputs: Attrs::from([
-                ("arn".to_string(), Value::from(arn)),
-                ("name".to_string(), Value::from(name)),
-                ("tags".to_string(), tags_value(&found)),
-            ]),
+            inputs: inputs.to_attrs(),
+            outputs: TopicOut {
+                arn,
+                name,
+                tags: tags_value(&found),
+            }
+            .to_attrs(),
         })))
     }
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &TopicArgs,
         name: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
         let c = self.aws.sns().await;
         let mut b = c.create_topic().name(name);
-        if let Some(d) = get_str(req.inputs, "display_name") {
+        if let Some(d) = &args.display_name {
             b = b.attributes("DisplayName", d);
         }
         for (k, v) in tags {
@@ -201,7 +219,8 @@ impl AwsObject for TopicType {
     async fn modify(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &TopicArgs,
         id: &str,
         _changed: &[String],
     ) -> Result<(), AwsError> {
@@ -211,7 +230,7 @@ impl AwsObject for TopicType {
             .set_topic_attributes()
             .topic_arn(id)
             .attribute_name("DisplayName")
-            .attribute_value(get_str(req.inputs, "display_name").unwrap_or_default())
+            .attribute_value(args.display_name.clone().unwrap_or_default())
             .send()
             .await
             .during(&format!("update topic {id}"))?;
@@ -233,6 +252,23 @@ impl AwsObject for TopicType {
 // ---------------------------------------------------------------------------------------------
 // SNS subscription
 
+crate::model! {
+    /// What a subscription is declared with; AWS changes none of it in place.
+    pub struct SubscriptionArgs {
+        /// The topic's ARN.
+        topic: String [replace],
+        protocol: String [replace],
+        endpoint: String [replace],
+    }
+}
+
+crate::model! {
+    /// What a subscription reports.
+    pub struct SubscriptionOut {
+        arn: String,
+    }
+}
+
 /// A subscription of an endpoint to a topic: `email`, `https`, `sqs` (a queue ARN) or `lambda`
 /// (a function ARN).
 #[derive(Debug, Clone)]
@@ -244,16 +280,19 @@ impl Subscription {
     pub fn to(topic: Output<String>, protocol: &str, endpoint: impl Into<Value>) -> Self {
         Subscription {
             inputs: Attrs::from([
-                ("topic".to_string(), topic.into()),
-                ("protocol".to_string(), Value::from(protocol)),
-                ("endpoint".to_string(), endpoint.into()),
+                (SubscriptionArgs::topic.to_string(), topic.into()),
+                (
+                    SubscriptionArgs::protocol.to_string(),
+                    Value::from(protocol),
+                ),
+                (SubscriptionArgs::endpoint.to_string(), endpoint.into()),
             ]),
         }
     }
 }
 
 impl Declare for Subscription {
-    const TYPE: &'static str = "aws.sns.subscription";
+    const TYPE: &'static str = SubscriptionType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -304,12 +343,10 @@ impl AwsObject for SubscriptionType {
     const OWNERSHIP: Ownership = Ownership::Untagged(
         "subscriptions carry no tags, and a create refuses an identical one that exists",
     );
+    type Args = SubscriptionArgs;
     const NOT_FOUND: &'static [&'static str] = &["NotFound"];
-    fn force_new(&self) -> &'static [&'static str] {
-        &["topic", "protocol", "endpoint"]
-    }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
-        match get_str(inputs, "protocol") {
+        match get_str(inputs, SubscriptionArgs::protocol) {
             Some("email" | "email-json" | "https" | "http" | "sqs" | "lambda" | "sms") | None => {
                 vec![]
             }
@@ -327,9 +364,12 @@ impl AwsObject for SubscriptionType {
         let arn = if reference.starts_with("arn:") {
             reference.to_string()
         } else {
-            let topic = get_str(req.inputs, "topic").unwrap_or_default();
-            let protocol = get_str(req.inputs, "protocol").unwrap_or_default();
-            let endpoint = get_str(req.inputs, "endpoint").unwrap_or_default();
+            let get = |k| get_str(req.inputs, k).unwrap_or_default();
+            let (topic, protocol, endpoint) = (
+                get(SubscriptionArgs::topic),
+                get(SubscriptionArgs::protocol),
+                get(SubscriptionArgs::endpoint),
+            );
             match self.existing(topic, protocol, endpoint).await? {
                 // An email subscription not yet confirmed has no ARN.
                 Some(a) if a.starts_with("arn:") => a,
@@ -346,38 +386,38 @@ impl AwsObject for SubscriptionType {
             .await
             .during(&format!("describe subscription {arn}"))?;
         let a = out.attributes().cloned().unwrap_or_default();
-        let get = |k: &str| Value::from(a.get(k).cloned().unwrap_or_default());
+        let get = |k: &str| a.get(k).cloned().unwrap_or_default();
         Ok(Some(Found::ready(Observed {
             id: arn.clone(),
-            inputs: Attrs::from([
-                ("topic".to_string(), get("TopicArn")),
-                ("protocol".to_string(), get("Protocol")),
-                ("endpoint".to_string(), get("Endpoint")),
-            ]),
-            outputs: Attrs::from([("arn".to_string(), Value::from(arn))]),
+            inputs: SubscriptionArgs {
+                topic: get("TopicArn"),
+                protocol: get("Protocol"),
+                endpoint: get("Endpoint"),
+            }
+            .to_attrs(),
+            outputs: SubscriptionOut { arn }.to_attrs(),
         })))
     }
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &SubscriptionArgs,
         _name: &str,
         _tags: &[(String, String)],
     ) -> Result<String, AwsError> {
-        let endpoint = get_str(req.inputs, "endpoint").unwrap_or_default();
-        let topic = get_str(req.inputs, "topic").unwrap_or_default();
         let out = self
             .aws
             .sns()
             .await
             .subscribe()
-            .topic_arn(get_str(req.inputs, "topic").unwrap_or_default())
-            .protocol(get_str(req.inputs, "protocol").unwrap_or_default())
-            .endpoint(get_str(req.inputs, "endpoint").unwrap_or_default())
+            .topic_arn(&args.topic)
+            .protocol(&args.protocol)
+            .endpoint(&args.endpoint)
             .return_subscription_arn(true)
             .send()
             .await
-            .during(&format!("subscribe {endpoint} to {topic}"))?;
+            .during(&format!("subscribe {} to {}", args.endpoint, args.topic))?;
         Ok(out.subscription_arn().unwrap_or_default().to_string())
     }
     /// Every input forces replacement; nothing to update in place.
@@ -385,6 +425,7 @@ impl AwsObject for SubscriptionType {
         &self,
         _ctx: &Ctx,
         _req: &Request<'_>,
+        _args: &SubscriptionArgs,
         _id: &str,
         _changed: &[String],
     ) -> Result<(), AwsError> {
@@ -405,6 +446,37 @@ impl AwsObject for SubscriptionType {
 
 // ---------------------------------------------------------------------------------------------
 // CloudWatch metric alarm
+
+crate::model! {
+    /// What a metric alarm is declared with (PutMetricAlarm replaces all of it in place).
+    pub struct AlarmArgs {
+        /// The alarm's name when not the node's deterministic one.
+        name: Option<String> [replace],
+        namespace: String,
+        metric: String,
+        /// Dimension name to value (an identifier).
+        dimensions: BTreeMap<String, String>,
+        statistic: String,
+        /// Seconds per period.
+        period: u64,
+        evaluation_periods: u64,
+        /// `>`, `>=`, `<` or `<=`.
+        comparison: String,
+        threshold: f64,
+        treat_missing_data: String,
+        alarm_actions: Vec<String>,
+        ok_actions: Vec<String>,
+    }
+}
+
+crate::model! {
+    /// What a metric alarm reports.
+    pub struct AlarmOut {
+        name: String,
+        arn: String,
+        tags: Value,
+    }
+}
 
 /// A metric alarm. Helpers build the ones a migration watches; `notify` sends alarm and OK
 /// notifications to a topic.
@@ -444,20 +516,23 @@ impl Alarm {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
+        type A = AlarmArgs;
         Alarm {
-            inputs: Attrs::from([
-                ("namespace".to_string(), Value::from(namespace)),
-                ("metric".to_string(), Value::from(metric)),
-                ("dimensions".to_string(), Value::Object(dims)),
-                ("statistic".to_string(), Value::from("Average")),
-                ("period".to_string(), Value::from(60u64)),
-                ("evaluation_periods".to_string(), Value::from(3u64)),
-                ("comparison".to_string(), Value::from(comparison)),
-                ("threshold".to_string(), Value::from(threshold)),
-                ("treat_missing_data".to_string(), Value::from("missing")),
-                ("alarm_actions".to_string(), Value::Array(vec![])),
-                ("ok_actions".to_string(), Value::Array(vec![])),
-            ]),
+            inputs: [
+                (A::namespace, Value::from(namespace)),
+                (A::metric, Value::from(metric)),
+                (A::dimensions, Value::Object(dims)),
+                (A::statistic, Value::from("Average")),
+                (A::period, Value::from(60u64)),
+                (A::evaluation_periods, Value::from(3u64)),
+                (A::comparison, Value::from(comparison)),
+                (A::threshold, Value::from(threshold)),
+                (A::treat_missing_data, Value::from("missing")),
+                (A::alarm_actions, Value::Array(vec![])),
+                (A::ok_actions, Value::Array(vec![])),
+            ]
+            .map(|(k, v)| (k.to_string(), v))
+            .into(),
             rds_target: false,
         }
     }
@@ -510,24 +585,24 @@ impl Alarm {
         self
     }
     pub fn named(self, name: &str) -> Self {
-        self.set("name", name)
+        self.set(AlarmArgs::name, name)
     }
     pub fn statistic(self, s: &str) -> Self {
-        self.set("statistic", s)
+        self.set(AlarmArgs::statistic, s)
     }
     /// `period` seconds, in alarm after `evaluation_periods` periods beyond the threshold.
     pub fn over(self, period: u64, evaluation_periods: u64) -> Self {
-        self.set("period", period)
-            .set("evaluation_periods", evaluation_periods)
+        self.set(AlarmArgs::period, period)
+            .set(AlarmArgs::evaluation_periods, evaluation_periods)
     }
     /// `missing`, `notBreaching`, `breaching` or `ignore`.
     pub fn missing_data(self, treatment: &str) -> Self {
-        self.set("treat_missing_data", treatment)
+        self.set(AlarmArgs::treat_missing_data, treatment)
     }
     /// Alarm and OK notifications to `topic` (a topic's `arn()`).
     pub fn notify(mut self, topic: Output<String>) -> Self {
         let v: Value = topic.into();
-        for k in ["alarm_actions", "ok_actions"] {
+        for k in [AlarmArgs::alarm_actions, AlarmArgs::ok_actions] {
             if let Some(Value::Array(a)) = self.inputs.get_mut(k) {
                 a.push(v.clone());
             }
@@ -537,14 +612,14 @@ impl Alarm {
 }
 
 impl Declare for Alarm {
-    const TYPE: &'static str = "aws.cloudwatch.alarm";
+    const TYPE: &'static str = AlarmType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
     }
     fn inputs_given(mut self, before: &[crate::dsl::NodeSpec]) -> Attrs {
         if self.rds_target {
-            if let Some(Value::Object(dims)) = self.inputs.get_mut("dimensions") {
+            if let Some(Value::Object(dims)) = self.inputs.get_mut(AlarmArgs::dimensions) {
                 if let Some(v) = dims.remove("DBInstanceIdentifier") {
                     dims.insert(rds_dimension(&v, before).to_string(), v);
                 }
@@ -557,7 +632,7 @@ impl Declare for Alarm {
 impl crate::dsl::Handle<Alarm> {
     /// The alarm's name (what a bake step watches).
     pub fn alarm_name(&self) -> Output<String> {
-        self.output("name")
+        self.output(AlarmOut::name)
     }
 }
 
@@ -617,67 +692,42 @@ impl AlarmType {
                 })
                 .collect()
         };
-        let dims: serde_json::Map<String, Value> = a
-            .dimensions()
-            .iter()
-            .map(|d| {
-                (
-                    d.name().unwrap_or_default().to_string(),
-                    Value::from(d.value().unwrap_or_default()),
-                )
-            })
-            .collect();
-        let mut inputs = Attrs::from([
-            (
-                "namespace".to_string(),
-                Value::from(a.namespace().unwrap_or_default()),
-            ),
-            (
-                "metric".to_string(),
-                Value::from(a.metric_name().unwrap_or_default()),
-            ),
-            ("dimensions".to_string(), Value::Object(dims)),
-            (
-                "statistic".to_string(),
-                Value::from(a.statistic().map(|s| s.as_str()).unwrap_or_default()),
-            ),
-            (
-                "period".to_string(),
-                Value::from(a.period().unwrap_or(0) as u64),
-            ),
-            (
-                "evaluation_periods".to_string(),
-                Value::from(a.evaluation_periods().unwrap_or(0) as u64),
-            ),
-            (
-                "comparison".to_string(),
-                Value::from(a.comparison_operator().map(comparison_str).unwrap_or("?")),
-            ),
-            (
-                "threshold".to_string(),
-                Value::from(a.threshold().unwrap_or(0.0)),
-            ),
-            (
-                "treat_missing_data".to_string(),
-                Value::from(a.treat_missing_data().unwrap_or("missing")),
-            ),
-            (
-                "alarm_actions".to_string(),
-                serde_json::json!(a.alarm_actions()),
-            ),
-            ("ok_actions".to_string(), serde_json::json!(a.ok_actions())),
-        ]);
-        if name != default {
-            inputs.insert("name".into(), Value::from(name));
-        }
+        let inputs = AlarmArgs {
+            name: (name != default).then(|| name.to_string()),
+            namespace: a.namespace().unwrap_or_default().into(),
+            metric: a.metric_name().unwrap_or_default().into(),
+            dimensions: a
+                .dimensions()
+                .iter()
+                .map(|d| {
+                    (
+                        d.name().unwrap_or_default().to_string(),
+                        d.value().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect(),
+            statistic: a.statistic().map(|s| s.as_str()).unwrap_or_default().into(),
+            period: a.period().unwrap_or(0) as u64,
+            evaluation_periods: a.evaluation_periods().unwrap_or(0) as u64,
+            comparison: a
+                .comparison_operator()
+                .map(comparison_str)
+                .unwrap_or("?")
+                .into(),
+            threshold: a.threshold().unwrap_or(0.0),
+            treat_missing_data: a.treat_missing_data().unwrap_or("missing").into(),
+            alarm_actions: a.alarm_actions().to_vec(),
+            ok_actions: a.ok_actions().to_vec(),
+        };
         Ok(Some(Observed {
             id: name.to_string(),
-            inputs,
-            outputs: Attrs::from([
-                ("name".to_string(), Value::from(name)),
-                ("arn".to_string(), Value::from(arn)),
-                ("tags".to_string(), tags_value(&found)),
-            ]),
+            inputs: inputs.to_attrs(),
+            outputs: AlarmOut {
+                name: name.into(),
+                arn,
+                tags: tags_value(&found),
+            }
+            .to_attrs(),
         }))
     }
 
@@ -685,44 +735,28 @@ impl AlarmType {
     /// the tags of a put on an existing alarm).
     async fn put(
         &self,
-        req: &Request<'_>,
+        a: &AlarmArgs,
         name: &str,
         tags: &[(String, String)],
     ) -> Result<(), AwsError> {
-        let i = req.inputs;
         let mut b = self
             .aws
             .cloudwatch()
             .await
             .put_metric_alarm()
             .alarm_name(name)
-            .namespace(get_str(i, "namespace").unwrap_or_default())
-            .metric_name(get_str(i, "metric").unwrap_or_default())
-            .statistic(Statistic::from(
-                get_str(i, "statistic").unwrap_or("Average"),
-            ))
-            .period(get_u64(i, "period").unwrap_or(60) as i32)
-            .evaluation_periods(get_u64(i, "evaluation_periods").unwrap_or(3) as i32)
-            .threshold(i.get("threshold").and_then(Value::as_f64).unwrap_or(0.0))
-            .comparison_operator(
-                comparison(get_str(i, "comparison").unwrap_or(">")).map_err(ProviderError::new)?,
-            )
-            .treat_missing_data(get_str(i, "treat_missing_data").unwrap_or("missing"));
-        if let Some(Value::Object(d)) = i.get("dimensions") {
-            for (k, v) in d {
-                b = b.dimensions(
-                    Dimension::builder()
-                        .name(k)
-                        .value(v.as_str().unwrap_or_default())
-                        .build(),
-                );
-            }
-        }
-        for a in list(i.get("alarm_actions")) {
-            b = b.alarm_actions(a);
-        }
-        for a in list(i.get("ok_actions")) {
-            b = b.ok_actions(a);
+            .namespace(&a.namespace)
+            .metric_name(&a.metric)
+            .statistic(Statistic::from(a.statistic.as_str()))
+            .period(a.period as i32)
+            .evaluation_periods(a.evaluation_periods as i32)
+            .threshold(a.threshold)
+            .comparison_operator(comparison(&a.comparison).map_err(ProviderError::new)?)
+            .treat_missing_data(&a.treat_missing_data)
+            .set_alarm_actions(Some(a.alarm_actions.clone()))
+            .set_ok_actions(Some(a.ok_actions.clone()));
+        for (k, v) in &a.dimensions {
+            b = b.dimensions(Dimension::builder().name(k).value(v).build());
         }
         for (k, v) in tags {
             b = b.tags(
@@ -744,6 +778,7 @@ impl AwsObject for AlarmType {
     const WHAT: &'static str = "alarm";
     const NAMED: bool = true;
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = AlarmArgs;
     const NOT_FOUND: &'static [&'static str] = &["ResourceNotFound"];
     /// An RDS dimension naming the wrong kind of object (an instance dimension on a cluster's
     /// identifier, or the reverse) would never see a datapoint.
@@ -752,7 +787,7 @@ impl AwsObject for AlarmType {
         inputs: &Attrs,
         referenced: &dyn Fn(&str) -> Option<(String, Attrs)>,
     ) -> Vec<String> {
-        let Some(dims) = inputs.get("dimensions").and_then(Value::as_object) else {
+        let Some(dims) = inputs.get(AlarmArgs::dimensions).and_then(Value::as_object) else {
             return vec![];
         };
         let mut out = vec![];
@@ -775,24 +810,21 @@ impl AwsObject for AlarmType {
         }
         out
     }
-    fn force_new(&self) -> &'static [&'static str] {
-        &["name"]
-    }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
         let mut v = vec![];
-        if let Some(c) = get_str(inputs, "comparison") {
+        if let Some(c) = get_str(inputs, AlarmArgs::comparison) {
             if let Err(e) = comparison(c) {
                 v.push(e);
             }
         }
-        if let Some(t) = get_str(inputs, "treat_missing_data") {
+        if let Some(t) = get_str(inputs, AlarmArgs::treat_missing_data) {
             if !["missing", "notBreaching", "breaching", "ignore"].contains(&t) {
                 v.push(format!(
                     "missing-data treatment `{t}`: use missing, notBreaching, breaching or ignore"
                 ));
             }
         }
-        if let Some(p) = get_u64(inputs, "period") {
+        if let Some(p) = get_u64(inputs, AlarmArgs::period) {
             if p < 10 || (p > 30 && p % 60 != 0) {
                 v.push(format!(
                     "period {p} s: use 10, 20, 30 or a multiple of 60 seconds"
@@ -815,21 +847,23 @@ impl AwsObject for AlarmType {
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &AlarmArgs,
         name: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
-        self.put(req, name, tags).await?;
+        self.put(args, name, tags).await?;
         Ok(name.to_string())
     }
     async fn modify(
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
+        args: &AlarmArgs,
         id: &str,
         _changed: &[String],
     ) -> Result<(), AwsError> {
-        self.put(req, id, &tags(&ctx.plan, &ctx.stack, req.node))
+        self.put(args, id, &tags(&ctx.plan, &ctx.stack, req.node))
             .await
     }
     async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {

@@ -20,6 +20,7 @@ use aws_sdk_ec2::types::{
 use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership};
 use super::{sdk_err, tags_value, Aws};
 use crate::dsl::{Declare, NodeKind, Output};
+use crate::provider::model::Model;
 use crate::provider::{Ctx, DataType, Observed, ProviderError, Registry, Request};
 use crate::value::{get_str, Attrs, Value};
 
@@ -211,6 +212,26 @@ impl DataType for SubnetsType {
 // ---------------------------------------------------------------------------------------------
 // Security group
 
+crate::model! {
+    /// What a security group is declared with.
+    pub struct SecurityGroupArgs {
+        /// The VPC's id (AWS cannot move a group, nor change its description).
+        vpc: String [replace],
+        description: String [replace],
+        /// `tcp PORT from SOURCE` (a CIDR or a group id), a set.
+        ingress: Vec<String>,
+    }
+}
+
+crate::model! {
+    /// What a security group reports.
+    pub struct SecurityGroupOut {
+        id: String,
+        name: String,
+        tags: Value,
+    }
+}
+
 /// A security group in a VPC with TCP ingress rules.
 #[derive(Debug, Clone)]
 pub struct SecurityGroup {
@@ -222,8 +243,11 @@ impl SecurityGroup {
     pub fn in_vpc(vpc: Output<String>, description: &str) -> Self {
         SecurityGroup {
             inputs: Attrs::from([
-                ("vpc".to_string(), vpc.into()),
-                ("description".to_string(), Value::from(description)),
+                (SecurityGroupArgs::vpc.to_string(), vpc.into()),
+                (
+                    SecurityGroupArgs::description.to_string(),
+                    Value::from(description),
+                ),
             ]),
             rules: vec![],
         }
@@ -246,18 +270,18 @@ impl SecurityGroup {
 }
 
 impl Declare for SecurityGroup {
-    const TYPE: &'static str = "aws.ec2.security_group";
+    const TYPE: &'static str = SecurityGroupType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(mut self) -> Attrs {
         self.inputs
-            .insert("ingress".into(), Value::Array(self.rules));
+            .insert(SecurityGroupArgs::ingress.into(), Value::Array(self.rules));
         self.inputs
     }
 }
 
 impl crate::dsl::Handle<SecurityGroup> {
     pub fn group_id(&self) -> Output<String> {
-        self.output("id")
+        self.output(SecurityGroupOut::id)
     }
 }
 
@@ -301,10 +325,11 @@ struct SecurityGroupType {
 /// Rules are a set: when the group has exactly the declared rules, report them in the declared
 /// order, so order is never drift.
 fn in_declared_order(mut o: Observed, declared: &Attrs) -> Observed {
-    let want = list(declared.get("ingress"));
-    let have: BTreeSet<String> = list(o.inputs.get("ingress")).into_iter().collect();
+    let key = SecurityGroupArgs::ingress;
+    let want = list(declared.get(key));
+    let have: BTreeSet<String> = list(o.inputs.get(key)).into_iter().collect();
     if want.len() == have.len() && want.iter().all(|r| have.contains(r)) {
-        o.inputs.insert("ingress".into(), serde_json::json!(want));
+        o.inputs.insert(key.into(), serde_json::json!(want));
     }
     o
 }
@@ -318,7 +343,9 @@ impl SecurityGroupType {
         want: &[String],
     ) -> Result<(), AwsError> {
         let have: BTreeSet<String> = match self.describe_id(req, id).await? {
-            Some(f) => list(f.observed.inputs.get("ingress")).into_iter().collect(),
+            Some(f) => list(f.observed.inputs.get(SecurityGroupArgs::ingress))
+                .into_iter()
+                .collect(),
             None => BTreeSet::new(),
         };
         let want: BTreeSet<String> = want.iter().cloned().collect();
@@ -358,7 +385,7 @@ impl SecurityGroupType {
                 .filters(
                     Filter::builder()
                         .name("vpc-id")
-                        .values(get_str(req.inputs, "vpc").unwrap_or_default())
+                        .values(get_str(req.inputs, SecurityGroupArgs::vpc).unwrap_or_default())
                         .build(),
                 )
                 .filters(
@@ -404,25 +431,18 @@ impl SecurityGroupType {
             .collect();
         let o = Observed {
             id: id.to_string(),
-            inputs: Attrs::from([
-                (
-                    "vpc".to_string(),
-                    Value::from(g.vpc_id().unwrap_or_default()),
-                ),
-                (
-                    "description".to_string(),
-                    Value::from(g.description().unwrap_or_default()),
-                ),
-                ("ingress".to_string(), serde_json::json!(rules)),
-            ]),
-            outputs: Attrs::from([
-                ("id".to_string(), Value::from(id)),
-                (
-                    "name".to_string(),
-                    Value::from(g.group_name().unwrap_or_default()),
-                ),
-                ("tags".to_string(), tags_value(&tags)),
-            ]),
+            inputs: SecurityGroupArgs {
+                vpc: g.vpc_id().unwrap_or_default().into(),
+                description: g.description().unwrap_or_default().into(),
+                ingress: rules.into_iter().collect(),
+            }
+            .to_attrs(),
+            outputs: SecurityGroupOut {
+                id: id.into(),
+                name: g.group_name().unwrap_or_default().into(),
+                tags: tags_value(&tags),
+            }
+            .to_attrs(),
         };
         Ok(Some(Found::ready(in_declared_order(o, req.inputs))))
     }
@@ -434,14 +454,11 @@ impl AwsObject for SecurityGroupType {
     const SERVICE: &'static str = "ec2";
     const WHAT: &'static str = "security group";
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = SecurityGroupArgs;
     const NOT_FOUND: &'static [&'static str] = &["InvalidGroup.NotFound"];
     const EXISTS: &'static [&'static str] = &["InvalidGroup.Duplicate"];
-    fn force_new(&self) -> &'static [&'static str] {
-        // AWS cannot change a group's VPC or description.
-        &["vpc", "description"]
-    }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
-        list(inputs.get("ingress"))
+        list(inputs.get(SecurityGroupArgs::ingress))
             .iter()
             .filter(|r| !crate::value::has_refs(&Value::from(r.as_str())))
             .filter_map(|r| parse_rule(r).err().map(|e| e.message))
@@ -458,7 +475,8 @@ impl AwsObject for SecurityGroupType {
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &SecurityGroupArgs,
         name: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
@@ -472,8 +490,8 @@ impl AwsObject for SecurityGroupType {
             .await
             .create_security_group()
             .group_name(name)
-            .description(get_str(req.inputs, "description").unwrap_or_default())
-            .vpc_id(get_str(req.inputs, "vpc").unwrap_or_default())
+            .description(&args.description)
+            .vpc_id(&args.vpc)
             .tag_specifications(spec.build())
             .send()
             .await
@@ -483,19 +501,24 @@ impl AwsObject for SecurityGroupType {
             .to_string())
     }
     /// The rules are not part of the create call: set after it (and after an adoption).
-    async fn settle(&self, _ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), AwsError> {
-        self.set_rules(req, id, &list(req.inputs.get("ingress")))
-            .await
+    async fn settle(
+        &self,
+        _ctx: &Ctx,
+        req: &Request<'_>,
+        args: &SecurityGroupArgs,
+        id: &str,
+    ) -> Result<(), AwsError> {
+        self.set_rules(req, id, &args.ingress).await
     }
     async fn modify(
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
+        args: &SecurityGroupArgs,
         id: &str,
         _changed: &[String],
     ) -> Result<(), AwsError> {
-        self.set_rules(req, id, &list(req.inputs.get("ingress")))
-            .await
+        self.set_rules(req, id, &args.ingress).await
     }
     async fn delete(&self, _ctx: &Ctx, _req: &Request<'_>, id: &str) -> Result<(), AwsError> {
         match self
@@ -520,6 +543,25 @@ impl AwsObject for SecurityGroupType {
 // ---------------------------------------------------------------------------------------------
 // DB subnet group
 
+crate::model! {
+    /// What a DB subnet group is declared with.
+    pub struct SubnetGroupArgs {
+        /// Subnet ids, in at least two availability zones.
+        subnets: Vec<String>,
+        description: String,
+    }
+}
+
+crate::model! {
+    /// What a DB subnet group reports.
+    pub struct SubnetGroupOut {
+        name: String,
+        arn: String,
+        vpc: String,
+        tags: Value,
+    }
+}
+
 /// The subnets RDS and Aurora place instances in (named after the node).
 #[derive(Debug, Clone)]
 pub struct SubnetGroup {
@@ -530,15 +572,18 @@ impl SubnetGroup {
     pub fn of(subnets: Output<Vec<String>>, description: &str) -> Self {
         SubnetGroup {
             inputs: Attrs::from([
-                ("subnets".to_string(), subnets.into()),
-                ("description".to_string(), Value::from(description)),
+                (SubnetGroupArgs::subnets.to_string(), subnets.into()),
+                (
+                    SubnetGroupArgs::description.to_string(),
+                    Value::from(description),
+                ),
             ]),
         }
     }
 }
 
 impl Declare for SubnetGroup {
-    const TYPE: &'static str = "aws.rds.subnet_group";
+    const TYPE: &'static str = SubnetGroupType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -548,7 +593,7 @@ impl Declare for SubnetGroup {
 impl crate::dsl::Handle<SubnetGroup> {
     /// The group's name (what a cluster's `subnet_group` takes).
     pub fn group_name(&self) -> Output<String> {
-        self.output("name")
+        self.output(SubnetGroupOut::name)
     }
 }
 
@@ -562,14 +607,18 @@ impl AwsObject for SubnetGroupType {
     const SERVICE: &'static str = "rds";
     const WHAT: &'static str = "DB subnet group";
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = SubnetGroupArgs;
     const NOT_FOUND: &'static [&'static str] = &["DBSubnetGroupNotFoundFault"];
     const EXISTS: &'static [&'static str] = &["DBSubnetGroupAlreadyExists"];
     /// Its name is known before it exists: the deterministic one.
     fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
-        Attrs::from([("name".to_string(), Value::from(id))])
+        Attrs::from([(SubnetGroupOut::name.to_string(), Value::from(id))])
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
-        match inputs.get("subnets").and_then(Value::as_array) {
+        match inputs
+            .get(SubnetGroupArgs::subnets)
+            .and_then(Value::as_array)
+        {
             Some(a) if a.len() < 2 => {
                 vec!["a DB subnet group needs subnets in at least two availability zones".into()]
             }
@@ -619,28 +668,25 @@ impl AwsObject for SubnetGroupType {
         subnets.sort();
         Ok(Some(Found::ready(Observed {
             id: name.to_string(),
-            inputs: Attrs::from([
-                ("subnets".to_string(), serde_json::json!(subnets)),
-                (
-                    "description".to_string(),
-                    Value::from(g.db_subnet_group_description().unwrap_or_default()),
-                ),
-            ]),
-            outputs: Attrs::from([
-                ("name".to_string(), Value::from(name)),
-                ("arn".to_string(), Value::from(arn)),
-                (
-                    "vpc".to_string(),
-                    Value::from(g.vpc_id().unwrap_or_default()),
-                ),
-                ("tags".to_string(), tags_value(&tags)),
-            ]),
+            inputs: SubnetGroupArgs {
+                subnets,
+                description: g.db_subnet_group_description().unwrap_or_default().into(),
+            }
+            .to_attrs(),
+            outputs: SubnetGroupOut {
+                name: name.into(),
+                arn,
+                vpc: g.vpc_id().unwrap_or_default().into(),
+                tags: tags_value(&tags),
+            }
+            .to_attrs(),
         })))
     }
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &SubnetGroupArgs,
         name: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
@@ -650,8 +696,8 @@ impl AwsObject for SubnetGroupType {
             .await
             .create_db_subnet_group()
             .db_subnet_group_name(name)
-            .db_subnet_group_description(get_str(req.inputs, "description").unwrap_or_default())
-            .set_subnet_ids(Some(list(req.inputs.get("subnets"))));
+            .db_subnet_group_description(&args.description)
+            .set_subnet_ids(Some(args.subnets.clone()));
         for (k, v) in tags {
             b = b.tags(aws_sdk_rds::types::Tag::builder().key(k).value(v).build());
         }
@@ -663,7 +709,8 @@ impl AwsObject for SubnetGroupType {
     async fn modify(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &SubnetGroupArgs,
         id: &str,
         _changed: &[String],
     ) -> Result<(), AwsError> {
@@ -672,8 +719,8 @@ impl AwsObject for SubnetGroupType {
             .await
             .modify_db_subnet_group()
             .db_subnet_group_name(id)
-            .db_subnet_group_description(get_str(req.inputs, "description").unwrap_or_default())
-            .set_subnet_ids(Some(list(req.inputs.get("subnets"))))
+            .db_subnet_group_description(&args.description)
+            .set_subnet_ids(Some(args.subnets.clone()))
             .send()
             .await
             .during(&format!("modify DB subnet group {id}"))?;

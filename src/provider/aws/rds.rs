@@ -20,6 +20,7 @@ use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
 use super::driver::{AwsError, AwsObject, Call, Driven, Ownership};
 use super::{sdk_err, tags_value, Aws};
 use crate::dsl::{Declare, Handle, NodeKind, Output};
+use crate::provider::model::Model;
 use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, get_u64, Attrs, Value};
 
@@ -114,6 +115,34 @@ const FAMILIES: &[&str] = &[
     "aurora-mysql5.7",
     "aurora-mysql8.0",
 ];
+
+crate::model! {
+    /// What a DB parameter group or a DB cluster parameter group is declared with.
+    pub struct ParameterGroupArgs {
+        /// The group's name when not the node's deterministic one.
+        name: Option<String> [replace],
+        family: String [replace],
+        description: String [replace],
+        cluster: bool [replace],
+        ..
+        /// `parameter.NAME` (see [`PARAMETER`]): `{"value": .., "apply": "immediate" or
+        /// "pending-reboot"}`, one input per parameter so a preview diffs them one by one.
+        parameters: BTreeMap<String, Value>,
+    }
+}
+
+crate::model! {
+    /// What a parameter group reports.
+    pub struct ParameterGroupOut {
+        id: String,
+        name: String,
+        arn: String,
+        tags: Value,
+    }
+}
+
+/// The prefix of a parameter's input key.
+pub const PARAMETER: &str = "parameter.";
 
 /// A DB parameter group (instances) or, with [`ParameterGroup::cluster`], a DB cluster parameter
 /// group (Aurora clusters).
@@ -267,41 +296,52 @@ pub fn rds_memory(name: &str, size: &str) -> Result<(String, &'static str), Stri
 }
 
 impl Declare for ParameterGroup {
-    const TYPE: &'static str = "aws.rds.parameter_group";
+    const TYPE: &'static str = Groups::<false>::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn type_name(&self) -> &'static str {
         if self.cluster {
-            "aws.rds.cluster_parameter_group"
+            Groups::<true>::TYPE
         } else {
             Self::TYPE
         }
     }
     fn inputs(self) -> Attrs {
-        let mut a = Attrs::from([
-            ("family".to_string(), Value::from(self.family)),
-            ("description".to_string(), Value::from(self.description)),
-            ("cluster".to_string(), Value::Bool(self.cluster)),
-        ]);
-        if let Some(n) = self.name {
-            a.insert("name".into(), Value::from(n));
+        ParameterGroupArgs {
+            name: self.name,
+            family: self.family,
+            description: self.description,
+            cluster: self.cluster,
+            parameters: setting_inputs(
+                self.parameters
+                    .iter()
+                    .map(|(k, (v, m))| (k.as_str(), v.as_str(), *m)),
+            ),
         }
-        for (k, (v, m)) in self.parameters {
-            a.insert(
-                format!("parameter.{k}"),
-                serde_json::json!({ "value": v, "apply": m }),
-            );
-        }
-        a
+        .to_attrs()
     }
+}
+
+/// The `parameter.NAME` inputs of these (name, value, apply method) settings.
+fn setting_inputs<'a>(
+    settings: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+) -> BTreeMap<String, Value> {
+    settings
+        .map(|(k, v, m)| {
+            (
+                format!("{PARAMETER}{k}"),
+                serde_json::json!({ "value": v, "apply": m }),
+            )
+        })
+        .collect()
 }
 
 impl Handle<ParameterGroup> {
     /// The group's name (known at plan time when set).
     pub fn group_name(&self) -> Output<String> {
-        self.output("name")
+        self.output(ParameterGroupOut::name)
     }
     pub fn arn(&self) -> Output<String> {
-        self.output("arn")
+        self.output(ParameterGroupOut::arn)
     }
 }
 
@@ -611,7 +651,7 @@ fn parameters(inputs: &Attrs) -> BTreeMap<String, (String, String)> {
     inputs
         .iter()
         .filter_map(|(k, v)| {
-            let name = k.strip_prefix("parameter.")?;
+            let name = k.strip_prefix(PARAMETER)?;
             let value = v.get("value").and_then(Value::as_str)?.to_string();
             let apply = v
                 .get("apply")
@@ -773,29 +813,27 @@ impl ParameterGroupType {
     }
 
     fn observed(&self, name: &str, f: &Found) -> Observed {
-        let mut inputs = Attrs::from([
-            ("family".to_string(), Value::from(f.family.clone())),
-            (
-                "description".to_string(),
-                Value::from(f.description.clone()),
+        let inputs = ParameterGroupArgs {
+            name: None,
+            family: f.family.clone(),
+            description: f.description.clone(),
+            cluster: self.cluster,
+            parameters: setting_inputs(
+                f.params
+                    .iter()
+                    .map(|(k, (v, m))| (k.as_str(), v.as_str(), m.as_str())),
             ),
-            ("cluster".to_string(), Value::Bool(self.cluster)),
-        ]);
-        for (k, (v, m)) in &f.params {
-            inputs.insert(
-                format!("parameter.{k}"),
-                serde_json::json!({ "value": v, "apply": m }),
-            );
-        }
+        };
         Observed {
             id: name.into(),
-            inputs,
-            outputs: Attrs::from([
-                ("id".to_string(), Value::from(name)),
-                ("name".to_string(), Value::from(name)),
-                ("arn".to_string(), Value::from(f.arn.clone())),
-                ("tags".to_string(), tags_value(&f.tags)),
-            ]),
+            inputs: inputs.to_attrs(),
+            outputs: ParameterGroupOut {
+                id: name.into(),
+                name: name.into(),
+                arn: f.arn.clone(),
+                tags: tags_value(&f.tags),
+            }
+            .to_attrs(),
         }
     }
 
@@ -884,23 +922,22 @@ impl<const C: bool> AwsObject for Groups<C> {
     };
     const NAMED: bool = true;
     const OWNERSHIP: Ownership = Ownership::Tags;
+    type Args = ParameterGroupArgs;
     const NOT_FOUND: &'static [&'static str] = &["DBParameterGroupNotFound"];
     const EXISTS: &'static [&'static str] = &["DBParameterGroupAlreadyExists"];
-    fn force_new(&self) -> &'static [&'static str] {
-        &["name", "family", "description", "cluster"]
-    }
     fn stable_outputs(&self) -> &'static [&'static str] {
-        &["id", "name", "arn"]
+        type O = ParameterGroupOut;
+        &[O::id, O::name, O::arn]
     }
     fn planned_outputs(&self, _inputs: &Attrs, id: &str) -> Attrs {
         Attrs::from([
-            ("name".to_string(), Value::from(id)),
-            ("id".to_string(), Value::from(id)),
+            (ParameterGroupOut::name.to_string(), Value::from(id)),
+            (ParameterGroupOut::id.to_string(), Value::from(id)),
         ])
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
         let mut v = vec![];
-        let family = get_str(inputs, "family").unwrap_or_default();
+        let family = get_str(inputs, ParameterGroupArgs::family).unwrap_or_default();
         if !FAMILIES.contains(&family) {
             v.push(format!(
                 "family `{family}` is not a parameter group family RDS offers; use one of {}",
@@ -921,7 +958,7 @@ impl<const C: bool> AwsObject for Groups<C> {
                 }
             ));
         }
-        if let Some(n) = get_str(inputs, "name") {
+        if let Some(n) = get_str(inputs, ParameterGroupArgs::name) {
             if !crate::graph::valid_name(&n.to_lowercase())
                 || n.contains("--")
                 || n.ends_with('-')
@@ -955,12 +992,12 @@ impl<const C: bool> AwsObject for Groups<C> {
     async fn create(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &ParameterGroupArgs,
         name: &str,
         tags: &[(String, String)],
     ) -> Result<String, AwsError> {
-        let family = get_str(req.inputs, "family").unwrap_or_default();
-        let description = get_str(req.inputs, "description").unwrap_or_default();
+        let (family, description) = (&args.family, &args.description);
         let t: Vec<Tag> = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -988,18 +1025,25 @@ impl<const C: bool> AwsObject for Groups<C> {
         Ok(name.to_string())
     }
     /// The parameters are not part of the create call: set after it (and after an adoption).
-    async fn settle(&self, _ctx: &Ctx, req: &Request<'_>, name: &str) -> Result<(), AwsError> {
-        Ok(self.0.modify(name, &parameters(req.inputs)).await?)
+    async fn settle(
+        &self,
+        _ctx: &Ctx,
+        _req: &Request<'_>,
+        args: &ParameterGroupArgs,
+        name: &str,
+    ) -> Result<(), AwsError> {
+        Ok(self.0.modify(name, &parameters(&args.parameters)).await?)
     }
     /// Sets what changed and resets what the plan no longer sets.
     async fn modify(
         &self,
         _ctx: &Ctx,
-        req: &Request<'_>,
+        _req: &Request<'_>,
+        args: &ParameterGroupArgs,
         id: &str,
         _changed: &[String],
     ) -> Result<(), AwsError> {
-        let want = parameters(req.inputs);
+        let want = parameters(&args.parameters);
         let have = self.0.find(id).await?.ok_or_else(|| {
             ProviderError::new(format!(
                 "parameter group {id} does not exist; run `plan refresh` to record that"

@@ -15,16 +15,16 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
 };
 
+use super::driver::{AwsError, AwsObject, Call, Driven, Found as DriverFound, Ownership};
 use super::{sdk_err, Aws};
 use crate::dsl::{Declare, NodeKind, Output};
-use crate::provider::{
-    Ctx, DataType, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
-};
+use crate::provider::model::Model;
+use crate::provider::{Ctx, DataType, Observed, Probe, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry, aws: Arc<Aws>) {
     r.data(ZoneType { aws: aws.clone() });
-    r.resource(RecordType { aws: aws.clone() });
+    r.resource(Driven(RecordType { aws: aws.clone() }));
     r.step(FlipType { aws: aws.clone() });
     r.step(LowerTtlType { aws });
 }
@@ -56,6 +56,35 @@ impl crate::dsl::Handle<HostedZone> {
     }
 }
 
+crate::model! {
+    /// What a record set is declared with; zone, name, type and set identifier say where it is.
+    pub struct RecordArgs {
+        /// The hosted zone's id.
+        zone_id: String [replace],
+        name: String [replace],
+        /// CNAME, A, AAAA, TXT and the like.
+        r#type: String [replace],
+        ttl: Option<u64>,
+        values: Option<Vec<String>>,
+        /// An alias record's target: its DNS name, its hosted zone, whether its health counts.
+        alias_dns: Option<String>,
+        alias_zone: Option<String>,
+        alias_health: Option<bool>,
+        /// One of several weighted records of the same name and type.
+        set_identifier: Option<String> [replace],
+        weight: Option<u64>,
+    }
+}
+
+crate::model! {
+    /// What a record set reports.
+    pub struct RecordOut {
+        /// `ZONE/NAME/TYPE[/SET]`.
+        id: String,
+        fqdn: String,
+    }
+}
+
 /// A record set: name, type, TTL and values; weighted when given a set identifier and weight.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -65,13 +94,14 @@ pub struct Record {
 impl Record {
     /// A record `name` of `kind` (CNAME, A, AAAA, TXT) in `zone` (a zone handle's `zone_id()`).
     pub fn new(zone: impl Into<Value>, name: &str, kind: &str, values: &[&str]) -> Self {
+        type A = RecordArgs;
         Record {
             inputs: Attrs::from([
-                ("zone_id".to_string(), zone.into()),
-                ("name".to_string(), Value::from(name)),
-                ("type".to_string(), Value::from(kind)),
-                ("ttl".to_string(), Value::from(60u64)),
-                ("values".to_string(), serde_json::json!(values)),
+                (A::zone_id.to_string(), zone.into()),
+                (A::name.to_string(), Value::from(name)),
+                (A::r#type.to_string(), Value::from(kind)),
+                (A::ttl.to_string(), Value::from(60u64)),
+                (A::values.to_string(), serde_json::json!(values)),
             ]),
         }
     }
@@ -79,7 +109,7 @@ impl Record {
     pub fn cname(zone: impl Into<Value>, name: &str, target: impl Into<Value>) -> Self {
         let mut r = Record::new(zone, name, "CNAME", &[]);
         r.inputs
-            .insert("values".into(), Value::Array(vec![target.into()]));
+            .insert(RecordArgs::values.into(), Value::Array(vec![target.into()]));
         r
     }
     /// An alias A record to another AWS name (a load balancer's DNS name and its hosted zone
@@ -91,32 +121,37 @@ impl Record {
         target_zone: impl Into<Value>,
         evaluate_health: bool,
     ) -> Self {
+        type A = RecordArgs;
         Record {
             inputs: Attrs::from([
-                ("zone_id".to_string(), zone.into()),
-                ("name".to_string(), Value::from(name)),
-                ("type".to_string(), Value::from("A")),
-                ("alias_dns".to_string(), target_dns.into()),
-                ("alias_zone".to_string(), target_zone.into()),
-                ("alias_health".to_string(), Value::Bool(evaluate_health)),
+                (A::zone_id.to_string(), zone.into()),
+                (A::name.to_string(), Value::from(name)),
+                (A::r#type.to_string(), Value::from("A")),
+                (A::alias_dns.to_string(), target_dns.into()),
+                (A::alias_zone.to_string(), target_zone.into()),
+                (A::alias_health.to_string(), Value::Bool(evaluate_health)),
             ]),
         }
     }
     pub fn ttl(mut self, seconds: u64) -> Self {
-        self.inputs.insert("ttl".into(), Value::from(seconds));
+        self.inputs
+            .insert(RecordArgs::ttl.into(), Value::from(seconds));
         self
     }
     /// One of several weighted records of the same name and type.
     pub fn weighted(mut self, set_identifier: &str, weight: u64) -> Self {
+        self.inputs.insert(
+            RecordArgs::set_identifier.into(),
+            Value::from(set_identifier),
+        );
         self.inputs
-            .insert("set_identifier".into(), Value::from(set_identifier));
-        self.inputs.insert("weight".into(), Value::from(weight));
+            .insert(RecordArgs::weight.into(), Value::from(weight));
         self
     }
 }
 
 impl Declare for Record {
-    const TYPE: &'static str = "aws.route53.record";
+    const TYPE: &'static str = RecordType::TYPE;
     const KIND: NodeKind = NodeKind::Resource;
     fn inputs(self) -> Attrs {
         self.inputs
@@ -295,15 +330,17 @@ struct Key {
 }
 
 impl Key {
+    /// Of a record's inputs, or of a step's that names a record by the same keys.
     fn of(inputs: &Attrs) -> Key {
+        type A = RecordArgs;
         Key {
-            zone: get_str(inputs, "zone_id")
+            zone: get_str(inputs, A::zone_id)
                 .unwrap_or_default()
                 .trim_start_matches("/hostedzone/")
                 .to_string(),
-            name: norm(get_str(inputs, "name").unwrap_or_default()),
-            kind: get_str(inputs, "type").unwrap_or("CNAME").to_string(),
-            set_id: get_str(inputs, "set_identifier").map(String::from),
+            name: norm(get_str(inputs, A::name).unwrap_or_default()),
+            kind: get_str(inputs, A::r#type).unwrap_or("CNAME").to_string(),
+            set_id: get_str(inputs, A::set_identifier).map(String::from),
         }
     }
     fn id(&self) -> String {
@@ -341,16 +378,11 @@ struct Alias {
 }
 
 impl Alias {
-    fn of(inputs: &Attrs) -> Option<Alias> {
+    fn of(a: &RecordArgs) -> Option<Alias> {
         Some(Alias {
-            dns: norm_value(get_str(inputs, "alias_dns")?),
-            zone: get_str(inputs, "alias_zone")
-                .unwrap_or_default()
-                .to_string(),
-            health: inputs
-                .get("alias_health")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            dns: norm_value(a.alias_dns.as_deref()?),
+            zone: a.alias_zone.clone().unwrap_or_default(),
+            health: a.alias_health.unwrap_or(false),
         })
     }
 }
@@ -461,8 +493,9 @@ async fn change(
     action: ChangeAction,
     set: ResourceRecordSet,
     comment: &str,
-) -> Result<String, ProviderError> {
+) -> Result<String, AwsError> {
     let c = aws.route53().await;
+    let built = |e: aws_sdk_route53::error::BuildError| ProviderError::new(e.to_string());
     let batch = ChangeBatch::builder()
         .comment(comment)
         .changes(
@@ -470,22 +503,22 @@ async fn change(
                 .action(action.clone())
                 .resource_record_set(set)
                 .build()
-                .map_err(|e| ProviderError::new(e.to_string()))?,
+                .map_err(built)?,
         )
         .build()
-        .map_err(|e| ProviderError::new(e.to_string()))?;
+        .map_err(built)?;
     let out = c
         .change_resource_record_sets()
         .hosted_zone_id(&key.zone)
         .change_batch(batch)
         .send()
         .await
-        .map_err(|e| {
-            sdk_err(
-                &format!("{} record {} ({})", action.as_str(), key.name, key.kind),
-                e,
-            )
-        })?;
+        .during(&format!(
+            "{} record {} ({})",
+            action.as_str(),
+            key.name,
+            key.kind
+        ))?;
     Ok(out
         .change_info()
         .map(|i| i.id().trim_start_matches("/change/").to_string())
@@ -602,165 +635,145 @@ struct RecordType {
 
 impl RecordType {
     fn observed(key: &Key, f: Found) -> Observed {
-        let mut inputs = Attrs::from([
-            ("zone_id".to_string(), Value::from(key.zone.clone())),
-            ("name".to_string(), Value::from(key.name.clone())),
-            ("type".to_string(), Value::from(key.kind.clone())),
-        ]);
-        match &f.alias {
-            Some(a) => {
-                inputs.insert("alias_dns".into(), Value::from(a.dns.clone()));
-                inputs.insert("alias_zone".into(), Value::from(a.zone.clone()));
-                inputs.insert("alias_health".into(), Value::Bool(a.health));
-            }
-            None => {
-                inputs.insert("values".into(), serde_json::json!(f.values));
-            }
-        }
-        if let Some(t) = f.ttl {
-            inputs.insert("ttl".into(), Value::from(t as u64));
-        }
-        if let Some(s) = &key.set_id {
-            inputs.insert("set_identifier".into(), Value::from(s.clone()));
-            inputs.insert("weight".into(), Value::from(f.weight.unwrap_or(0) as u64));
-        }
+        let (alias, values) = match &f.alias {
+            Some(a) => (Some(a.clone()), None),
+            None => (None, Some(f.values)),
+        };
+        let inputs = RecordArgs {
+            zone_id: key.zone.clone(),
+            name: key.name.clone(),
+            r#type: key.kind.clone(),
+            ttl: f.ttl.map(|t| t as u64),
+            values,
+            alias_dns: alias.as_ref().map(|a| a.dns.clone()),
+            alias_zone: alias.as_ref().map(|a| a.zone.clone()),
+            alias_health: alias.as_ref().map(|a| a.health),
+            set_identifier: key.set_id.clone(),
+            weight: key.set_id.as_ref().map(|_| f.weight.unwrap_or(0) as u64),
+        };
         Observed {
             id: key.id(),
-            outputs: Attrs::from([
-                ("id".to_string(), Value::from(key.id())),
-                ("fqdn".to_string(), Value::from(key.name.clone())),
-            ]),
-            inputs,
+            inputs: inputs.to_attrs(),
+            outputs: RecordOut {
+                id: key.id(),
+                fqdn: key.name.clone(),
+            }
+            .to_attrs(),
         }
     }
 
+    /// Sends one change of the record as `a` declares it and waits until it is INSYNC.
     async fn put(
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
+        a: &RecordArgs,
         action: ChangeAction,
-    ) -> Result<Observed, ProviderError> {
+    ) -> Result<Key, AwsError> {
         let key = Key::of(req.inputs);
-        let values = values_of(req.inputs.get("values"));
-        let ttl = get_u64(req.inputs, "ttl").unwrap_or(60) as i64;
-        let weight = get_u64(req.inputs, "weight").map(|w| w as i64);
-        let set = record_set(&key, &values, ttl, weight, Alias::of(req.inputs).as_ref())?;
-        let taken = || {
-            ProviderError::refused(
-                format!("record {} ({}) already exists in zone {}: records carry no tags, so it is never taken over", key.name, key.kind, key.zone),
-                format!(
-                    "adopt it with `plan import {} {} {}`",
-                    ctx.stack,
-                    req.node,
-                    key.id()
-                ),
-            )
-        };
-        // Looked up first, and CREATE fails on AWS if the record appeared since (moto 5.2.5
-        // accepts a CREATE of an existing record and overwrites it, so only the look-up is
-        // exercised against the emulator).
-        if action == ChangeAction::Create && find(&self.aws, &key).await?.is_some() {
-            return Err(taken());
-        }
-        let id = match change(&self.aws, &key, action.clone(), set, "cutover").await {
-            Ok(id) => id,
-            Err(e) if action == ChangeAction::Create && e.message.contains("already exists") => {
-                return Err(taken())
-            }
-            Err(e) => return Err(e),
-        };
+        let values: Vec<String> = a.values.iter().flatten().map(|v| norm_value(v)).collect();
+        let set = record_set(
+            &key,
+            &values,
+            a.ttl.unwrap_or(60) as i64,
+            a.weight.map(|w| w as i64),
+            Alias::of(a).as_ref(),
+        )?;
+        let id = change(&self.aws, &key, action, set, "cutover").await?;
         wait_insync(&self.aws, ctx, req.node, &id, Duration::from_secs(2)).await?;
-        let f = find(&self.aws, &key).await?.ok_or_else(|| {
-            ProviderError::new(format!("record {} vanished after the change", key.name))
-        })?;
-        Ok(Self::observed(&key, f))
+        Ok(key)
     }
 }
 
+fn parse_key(id: &str) -> Result<Key, ProviderError> {
+    Key::parse(id).ok_or_else(|| ProviderError::new(format!("`{id}` is not zone/name/type[/set]")))
+}
+
 #[async_trait]
-impl ResourceType for RecordType {
-    fn type_name(&self) -> &'static str {
-        "aws.route53.record"
-    }
-    fn service(&self) -> &'static str {
-        "route53"
-    }
-    fn force_new(&self) -> &'static [&'static str] {
-        &["zone_id", "name", "type", "set_identifier"]
+impl AwsObject for RecordType {
+    const TYPE: &'static str = "aws.route53.record";
+    const SERVICE: &'static str = "route53";
+    const WHAT: &'static str = "DNS record";
+    /// A CREATE of a record that exists fails (on AWS and in moto 5.2.5 alike).
+    const OWNERSHIP: Ownership =
+        Ownership::Untagged("records carry no tags, and a CREATE fails on one that exists");
+    type Args = RecordArgs;
+    /// What a CREATE of a record that exists answers (among other refusals of a batch: the
+    /// driver looks before it adopts anything).
+    const EXISTS: &'static [&'static str] = &["InvalidChangeBatch"];
+    /// A record that is not there is read as `None`, never as an error code.
+    const NOT_FOUND: &'static [&'static str] = &[];
+    /// A record is known by where it is: zone, name, type and set identifier.
+    fn name(&self, req: &Request<'_>) -> String {
+        Key::of(req.inputs).id()
     }
     fn validate(&self, inputs: &Attrs) -> Vec<String> {
+        type A = RecordArgs;
         let mut v = vec![];
-        if let Some(t) = get_str(inputs, "type") {
+        let kind = get_str(inputs, A::r#type);
+        if let Some(t) = kind {
             if let Err(e) = rr_type(t) {
                 v.push(e.message);
             }
         }
-        if inputs
-            .get("values")
-            .and_then(Value::as_array)
-            .is_some_and(|a| a.is_empty())
-        {
+        let values = inputs.get(A::values).and_then(Value::as_array);
+        if values.is_some_and(|a| a.is_empty()) {
             v.push("a record needs at least one value".into());
         }
-        if get_str(inputs, "type") == Some("CNAME")
-            && inputs
-                .get("values")
-                .and_then(Value::as_array)
-                .is_some_and(|a| a.len() > 1)
-        {
+        if kind == Some("CNAME") && values.is_some_and(|a| a.len() > 1) {
             v.push("a CNAME record has exactly one value".into());
         }
-        if inputs.contains_key("alias_dns") {
-            if inputs.contains_key("values") || inputs.contains_key("ttl") {
+        if inputs.contains_key(A::alias_dns) {
+            if inputs.contains_key(A::values) || inputs.contains_key(A::ttl) {
                 v.push(
                     "an alias record has neither values nor a TTL (it follows its target)".into(),
                 );
             }
-            if !matches!(get_str(inputs, "type"), Some("A" | "AAAA")) {
+            if !matches!(kind, Some("A" | "AAAA")) {
                 v.push("alias records are A or AAAA".into());
             }
         }
-        if inputs.contains_key("weight") != inputs.contains_key("set_identifier") {
+        if inputs.contains_key(A::weight) != inputs.contains_key(A::set_identifier) {
             v.push("a weighted record needs both a set identifier and a weight".into());
         }
         v
     }
-    fn id_for(&self, req: &Request<'_>) -> String {
-        Key::of(req.inputs).id()
-    }
-    fn owned(&self, _ctx: &Ctx, _node: &str, _found: &Observed) -> bool {
-        // Created only with CREATE, which fails on an existing record: a record found after an
-        // interrupted create of ours did not exist before it.
-        true
-    }
-    async fn create(&self, ctx: &Ctx, req: &Request<'_>) -> Result<Observed, ProviderError> {
-        self.put(ctx, req, ChangeAction::Create).await
-    }
-    async fn read(
+    async fn describe(
         &self,
         _ctx: &Ctx,
         _req: &Request<'_>,
         id: &str,
-    ) -> Result<Option<Observed>, ProviderError> {
-        let key = Key::parse(id)
-            .ok_or_else(|| ProviderError::new(format!("`{id}` is not zone/name/type[/set]")))?;
+    ) -> Result<Option<DriverFound>, AwsError> {
+        let key = parse_key(id)?;
         Ok(find(&self.aws, &key)
             .await?
-            .map(|f| Self::observed(&key, f)))
+            .map(|f| DriverFound::ready(Self::observed(&key, f))))
     }
-    async fn update(
+    async fn create(
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
+        a: &RecordArgs,
+        _name: &str,
+        _tags: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        Ok(self.put(ctx, req, a, ChangeAction::Create).await?.id())
+    }
+    async fn modify(
+        &self,
+        ctx: &Ctx,
+        req: &Request<'_>,
+        a: &RecordArgs,
         _id: &str,
         _changed: &[String],
-    ) -> Result<Observed, ProviderError> {
-        self.put(ctx, req, ChangeAction::Upsert).await
+    ) -> Result<(), AwsError> {
+        self.put(ctx, req, a, ChangeAction::Upsert)
+            .await
+            .map(|_| ())
     }
-    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
-        let key = Key::parse(id)
-            .ok_or_else(|| ProviderError::new(format!("`{id}` is not zone/name/type[/set]")))?;
-        // DELETE must name the record exactly as it is.
+    /// DELETE must name the record exactly as it is: read first.
+    async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), AwsError> {
+        let key = parse_key(id)?;
         let Some(f) = find(&self.aws, &key).await? else {
             return Ok(());
         };
@@ -772,7 +785,7 @@ impl ResourceType for RecordType {
             f.alias.as_ref(),
         )?;
         let change_id = change(&self.aws, &key, ChangeAction::Delete, set, "cutover").await?;
-        wait_insync(&self.aws, ctx, req.node, &change_id, Duration::from_secs(2)).await
+        Ok(wait_insync(&self.aws, ctx, req.node, &change_id, Duration::from_secs(2)).await?)
     }
 }
 
@@ -953,6 +966,7 @@ impl StepType for FlipType {
         let id = match change(&self.aws, &key2, ChangeAction::Upsert, set, "cutover flip").await {
             Ok(id) => id,
             Err(e) => {
+                let e = ProviderError::from(e);
                 // No answer is not a refusal: look at the record before saying what happened.
                 match find(&self.aws, &key2).await {
                     Ok(Some(f)) if f.values == to => String::new(),
