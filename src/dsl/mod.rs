@@ -206,6 +206,39 @@ impl Budget {
     }
 }
 
+/// The output accessors of a declaration's handle, each `name: Type = key` (the key a type's
+/// output model names): `outputs!(Topic { arn: String = TopicOut::arn })` gives
+/// `Handle<Topic>::arn() -> Output<String>`.
+#[macro_export]
+macro_rules! outputs {
+    ($builder:ty { $( $(#[doc = $doc:expr])* $name:ident : $ty:ty = $key:expr ),* $(,)? }) => {
+        impl $crate::dsl::Handle<$builder> {
+            $(
+                $(#[doc = $doc])*
+                pub fn $name(&self) -> $crate::dsl::Output<$ty> {
+                    self.output($key)
+                }
+            )*
+        }
+    };
+}
+
+/// The [`Declare`] impl of a builder that keeps its inputs in an `inputs` field, given its type's
+/// name (a type's own constant, so the name is written once) and its kind:
+/// `declare!(Topic, TopicType::TYPE, Resource)`.
+#[macro_export]
+macro_rules! declare {
+    ($builder:ty, $type_name:expr, $kind:ident) => {
+        impl $crate::dsl::Declare for $builder {
+            const TYPE: &'static str = $type_name;
+            const KIND: $crate::dsl::NodeKind = $crate::dsl::NodeKind::$kind;
+            fn inputs(self) -> $crate::value::Attrs {
+                self.inputs
+            }
+        }
+    };
+}
+
 /// A typed node declaration. Providers implement it for their resource, data and step types.
 pub trait Declare {
     /// `provider.type`.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{Ctx, Observed, ProviderError, Registry, Request, ResourceType, StepType};
-use crate::dsl::{Declare, Handle, NodeKind, Output};
+use crate::dsl::{Declare, NodeKind};
 use crate::value::{Attrs, Value};
 
 pub fn register(r: &mut Registry) {
@@ -38,20 +38,12 @@ impl Null {
     }
 }
 
-impl Declare for Null {
-    const TYPE: &'static str = "core.null";
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Null, "core.null", Resource);
 
-impl Handle<Null> {
+crate::outputs!(Null {
     /// The identifier (known after apply).
-    pub fn id(&self) -> Output<String> {
-        self.output("id")
-    }
-}
+    id: String = "id",
+});
 
 struct NullType;
 
@@ -68,7 +60,7 @@ fn null_observed(id: &str, inputs: &Attrs) -> Observed {
 #[async_trait]
 impl ResourceType for NullType {
     fn type_name(&self) -> &'static str {
-        "core.null"
+        Null::TYPE
     }
     fn service(&self) -> &'static str {
         "core"

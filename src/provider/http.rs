@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Ctx, ProviderError, Registry, Request, StepType};
-use crate::dsl::{Declare, NodeKind};
+use crate::dsl::Declare;
 use crate::value::{get_str, get_u64, Attrs, Value};
 
 pub fn register(r: &mut Registry) {
@@ -55,13 +55,7 @@ impl HealthCheck {
     }
 }
 
-impl Declare for HealthCheck {
-    const TYPE: &'static str = "http.health";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(HealthCheck, "http.health", Step);
 
 /// A URL split for a GET.
 #[derive(Debug, PartialEq)]
@@ -198,7 +192,7 @@ impl StepType for HealthType {
         }
     }
     fn type_name(&self) -> &'static str {
-        "http.health"
+        HealthCheck::TYPE
     }
     fn service(&self) -> &'static str {
         "http"

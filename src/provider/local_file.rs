@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use super::{
     Ctx, DataType, Observed, Probe, ProviderError, Registry, Request, ResourceType, StepType,
 };
-use crate::dsl::{Declare, Handle, NodeKind, Output};
+use crate::dsl::{Declare, NodeKind, Output};
 use crate::value::{get_str, Attrs, Value};
 
 pub fn register(r: &mut Registry) {
@@ -110,11 +110,9 @@ impl Declare for Directory {
     }
 }
 
-impl Handle<Directory> {
-    pub fn path(&self) -> Output<String> {
-        self.output("path")
-    }
-}
+crate::outputs!(Directory {
+    path: String = "path",
+});
 
 struct DirectoryType;
 
@@ -273,15 +271,11 @@ impl Declare for File {
     }
 }
 
-impl Handle<File> {
-    pub fn path(&self) -> Output<String> {
-        self.output("path")
-    }
+crate::outputs!(File {
+    path: String = "path",
     /// CRC-32 of the content, hex.
-    pub fn checksum(&self) -> Output<String> {
-        self.output("checksum")
-    }
-}
+    checksum: String = "checksum",
+});
 
 struct FileType;
 
@@ -542,11 +536,9 @@ impl Declare for ReadFile {
     }
 }
 
-impl Handle<ReadFile> {
-    pub fn content(&self) -> Output<String> {
-        self.output("content")
-    }
-}
+crate::outputs!(ReadFile {
+    content: String = "content",
+});
 
 struct ReadType;
 

@@ -306,12 +306,10 @@ impl VerifyLsn {
     }
 }
 
-impl Handle<VerifyLsn> {
+crate::outputs!(VerifyLsn {
     /// The position change capture starts at.
-    pub fn start(&self) -> Output<String> {
-        self.output("start_lsn")
-    }
-}
+    start: String = "start_lsn",
+});
 
 struct VerifyType;
 

@@ -1300,13 +1300,7 @@ impl Cutover {
     }
 }
 
-impl Declare for Cutover {
-    const TYPE: &'static str = "pg.cutover";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Cutover, "pg.cutover", Step);
 
 struct CutoverType;
 
@@ -1462,7 +1456,7 @@ impl StepType for CutoverType {
         }
     }
     fn type_name(&self) -> &'static str {
-        "pg.cutover"
+        Cutover::TYPE
     }
     fn service(&self) -> &'static str {
         "pg"
@@ -1809,13 +1803,7 @@ impl FinishReplication {
     }
 }
 
-impl Declare for FinishReplication {
-    const TYPE: &'static str = "pg.finish_replication";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(FinishReplication, "pg.finish_replication", Step);
 
 struct FinishType;
 
@@ -1843,7 +1831,7 @@ impl StepType for FinishType {
         }
     }
     fn type_name(&self) -> &'static str {
-        "pg.finish_replication"
+        FinishReplication::TYPE
     }
     fn service(&self) -> &'static str {
         "pg"

@@ -16,7 +16,7 @@ use aws_sdk_applicationautoscaling::types::{
 
 use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership};
 use super::Aws;
-use crate::dsl::{Declare, NodeKind, Output};
+use crate::dsl::Output;
 use crate::provider::model::Model;
 use crate::provider::{Ctx, Observed, ProviderError, Registry, Request};
 use crate::value::{get_str, get_u64, Attrs, Value};
@@ -98,13 +98,7 @@ impl ReaderAutoscaling {
     }
 }
 
-impl Declare for ReaderAutoscaling {
-    const TYPE: &'static str = ReadersType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(ReaderAutoscaling, ReadersType::TYPE, Resource);
 
 struct ReadersType {
     aws: Arc<Aws>,

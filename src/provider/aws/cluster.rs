@@ -352,13 +352,7 @@ impl AuroraCluster {
     }
 }
 
-impl Declare for AuroraCluster {
-    const TYPE: &'static str = ClusterType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(AuroraCluster, ClusterType::TYPE, Resource);
 
 impl Handle<AuroraCluster> {
     pub fn identifier(&self) -> Output<String> {
@@ -757,15 +751,11 @@ impl Declare for ClusterInstance {
     }
 }
 
-impl Handle<ClusterInstance> {
+crate::outputs!(ClusterInstance {
     /// The instance identifier (a failover target, a reboot).
-    pub fn identifier(&self) -> Output<String> {
-        self.output(ClusterInstanceOut::id)
-    }
-    pub fn endpoint(&self) -> Output<String> {
-        self.output(ClusterInstanceOut::endpoint)
-    }
-}
+    identifier: String = ClusterInstanceOut::id,
+    endpoint: String = ClusterInstanceOut::endpoint,
+});
 
 struct InstanceType {
     aws: Arc<Aws>,

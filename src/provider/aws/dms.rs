@@ -19,7 +19,7 @@ use aws_sdk_databasemigration::types::{
 
 use super::driver::{AwsError, AwsObject, Call, Driven, Found, Ownership, Status, Until};
 use super::{sdk_err, tags_value, Aws};
-use crate::dsl::{Declare, NodeKind, Output};
+use crate::dsl::{Declare, Output};
 use crate::provider::model::Model;
 use crate::provider::{Ctx, Observed, Probe, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, get_u64, Attrs, Value};
@@ -361,19 +361,11 @@ impl DmsSubnetGroup {
     }
 }
 
-impl Declare for DmsSubnetGroup {
-    const TYPE: &'static str = SubnetGroupType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(DmsSubnetGroup, SubnetGroupType::TYPE, Resource);
 
-impl crate::dsl::Handle<DmsSubnetGroup> {
-    pub fn group_id(&self) -> Output<String> {
-        self.output(DmsSubnetGroupOut::id)
-    }
-}
+crate::outputs!(DmsSubnetGroup {
+    group_id: String = DmsSubnetGroupOut::id,
+});
 
 struct SubnetGroupType {
     aws: Arc<Aws>,
@@ -571,22 +563,12 @@ impl DmsInstance {
     }
 }
 
-impl Declare for DmsInstance {
-    const TYPE: &'static str = InstanceType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(DmsInstance, InstanceType::TYPE, Resource);
 
-impl crate::dsl::Handle<DmsInstance> {
-    pub fn arn(&self) -> Output<String> {
-        self.output(DmsInstanceOut::arn)
-    }
-    pub fn identifier(&self) -> Output<String> {
-        self.output(DmsInstanceOut::id)
-    }
-}
+crate::outputs!(DmsInstance {
+    arn: String = DmsInstanceOut::arn,
+    identifier: String = DmsInstanceOut::id,
+});
 
 struct InstanceType {
     aws: Arc<Aws>,
@@ -857,19 +839,11 @@ impl DmsEndpoint {
     }
 }
 
-impl Declare for DmsEndpoint {
-    const TYPE: &'static str = EndpointType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(DmsEndpoint, EndpointType::TYPE, Resource);
 
-impl crate::dsl::Handle<DmsEndpoint> {
-    pub fn arn(&self) -> Output<String> {
-        self.output(DmsEndpointOut::arn)
-    }
-}
+crate::outputs!(DmsEndpoint {
+    arn: String = DmsEndpointOut::arn,
+});
 
 struct EndpointType {
     aws: Arc<Aws>,
@@ -1174,22 +1148,12 @@ impl DmsTask {
     }
 }
 
-impl Declare for DmsTask {
-    const TYPE: &'static str = TaskType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(DmsTask, TaskType::TYPE, Resource);
 
-impl crate::dsl::Handle<DmsTask> {
-    pub fn arn(&self) -> Output<String> {
-        self.output(DmsTaskOut::arn)
-    }
-    pub fn identifier(&self) -> Output<String> {
-        self.output(DmsTaskOut::id)
-    }
-}
+crate::outputs!(DmsTask {
+    arn: String = DmsTaskOut::arn,
+    identifier: String = DmsTaskOut::id,
+});
 
 struct TaskType {
     aws: Arc<Aws>,
@@ -1548,13 +1512,7 @@ impl StartTask {
     }
 }
 
-impl Declare for StartTask {
-    const TYPE: &'static str = "aws.dms.start";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(StartTask, "aws.dms.start", Step);
 
 /// Stops a task. Probe: the task is stopped.
 #[derive(Debug, Clone)]
@@ -1570,13 +1528,7 @@ impl StopTask {
     }
 }
 
-impl Declare for StopTask {
-    const TYPE: &'static str = "aws.dms.stop";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(StopTask, "aws.dms.stop", Step);
 
 struct StartType {
     aws: Arc<Aws>,
@@ -1601,7 +1553,7 @@ async fn task_status(aws: &Aws, id: &str) -> Result<(String, String), ProviderEr
 #[async_trait]
 impl StepType for StartType {
     fn type_name(&self) -> &'static str {
-        "aws.dms.start"
+        StartTask::TYPE
     }
     fn service(&self) -> &'static str {
         "dms"
@@ -1668,7 +1620,7 @@ impl StepType for StartType {
 #[async_trait]
 impl StepType for StopType {
     fn type_name(&self) -> &'static str {
-        "aws.dms.stop"
+        StopTask::TYPE
     }
     fn service(&self) -> &'static str {
         "dms"
@@ -1733,13 +1685,7 @@ impl TestConnections {
     }
 }
 
-impl Declare for TestConnections {
-    const TYPE: &'static str = "aws.dms.test_connections";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(TestConnections, "aws.dms.test_connections", Step);
 
 struct TestConnectionsType {
     aws: Arc<Aws>,
@@ -1748,7 +1694,7 @@ struct TestConnectionsType {
 #[async_trait]
 impl StepType for TestConnectionsType {
     fn type_name(&self) -> &'static str {
-        "aws.dms.test_connections"
+        TestConnections::TYPE
     }
     fn service(&self) -> &'static str {
         "dms"
@@ -1831,13 +1777,7 @@ impl WaitFullLoad {
     }
 }
 
-impl Declare for WaitFullLoad {
-    const TYPE: &'static str = "aws.dms.wait_full_load";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(WaitFullLoad, "aws.dms.wait_full_load", Step);
 
 struct WaitFullLoadType {
     aws: Arc<Aws>,
@@ -1895,7 +1835,7 @@ impl StepType for WaitFullLoadType {
         std::time::Duration::from_secs(168 * 3600)
     }
     fn type_name(&self) -> &'static str {
-        "aws.dms.wait_full_load"
+        WaitFullLoad::TYPE
     }
     fn service(&self) -> &'static str {
         "dms"
@@ -1956,13 +1896,7 @@ impl WaitCdcLatency {
     }
 }
 
-impl Declare for WaitCdcLatency {
-    const TYPE: &'static str = "aws.dms.wait_cdc_latency";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(WaitCdcLatency, "aws.dms.wait_cdc_latency", Step);
 
 struct WaitCdcLatencyType {
     aws: Arc<Aws>,
@@ -1992,7 +1926,7 @@ impl WaitCdcLatencyType {
 #[async_trait]
 impl StepType for WaitCdcLatencyType {
     fn type_name(&self) -> &'static str {
-        "aws.dms.wait_cdc_latency"
+        WaitCdcLatency::TYPE
     }
     fn service(&self) -> &'static str {
         "cloudwatch"

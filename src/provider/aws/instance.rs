@@ -57,24 +57,14 @@ impl Declare for ExistingInstance {
     }
 }
 
-impl Handle<ExistingInstance> {
-    pub fn identifier(&self) -> Output<String> {
-        self.output("id")
-    }
-    pub fn arn(&self) -> Output<String> {
-        self.output("arn")
-    }
-    pub fn endpoint(&self) -> Output<String> {
-        self.output("endpoint")
-    }
-    pub fn port(&self) -> Output<u64> {
-        self.output("port")
-    }
+crate::outputs!(ExistingInstance {
+    identifier: String = "id",
+    arn: String = "arn",
+    endpoint: String = "endpoint",
+    port: u64 = "port",
     /// The DB parameter group the instance uses.
-    pub fn parameter_group(&self) -> Output<String> {
-        self.output("parameter_group")
-    }
-}
+    parameter_group: String = "parameter_group",
+});
 
 struct ExistingInstanceType {
     aws: Arc<Aws>,
@@ -316,13 +306,7 @@ impl DbInstance {
     }
 }
 
-impl Declare for DbInstance {
-    const TYPE: &'static str = DbInstanceType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(DbInstance, DbInstanceType::TYPE, Resource);
 
 impl Handle<DbInstance> {
     pub fn identifier(&self) -> Output<String> {
@@ -773,13 +757,7 @@ impl Promote {
     }
 }
 
-impl Declare for Promote {
-    const TYPE: &'static str = "aws.rds.promote";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Promote, "aws.rds.promote", Step);
 
 struct PromoteType {
     aws: Arc<Aws>,
@@ -788,7 +766,7 @@ struct PromoteType {
 #[async_trait]
 impl StepType for PromoteType {
     fn type_name(&self) -> &'static str {
-        "aws.rds.promote"
+        Promote::TYPE
     }
     fn service(&self) -> &'static str {
         "rds"
@@ -907,13 +885,7 @@ impl Snapshot {
     }
 }
 
-impl Declare for Snapshot {
-    const TYPE: &'static str = "aws.rds.snapshot";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Snapshot, "aws.rds.snapshot", Step);
 
 struct SnapshotType {
     aws: Arc<Aws>,
@@ -1080,7 +1052,7 @@ impl StepType for SnapshotType {
         std::time::Duration::from_secs(24 * 3600)
     }
     fn type_name(&self) -> &'static str {
-        "aws.rds.snapshot"
+        Snapshot::TYPE
     }
     fn service(&self) -> &'static str {
         "rds"
@@ -1177,23 +1149,13 @@ impl DbSnapshot {
     }
 }
 
-impl Declare for DbSnapshot {
-    const TYPE: &'static str = DbSnapshotType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(DbSnapshot, DbSnapshotType::TYPE, Resource);
 
-impl Handle<DbSnapshot> {
+crate::outputs!(DbSnapshot {
     /// The snapshot identifier (what a restore names).
-    pub fn identifier(&self) -> Output<String> {
-        self.output(DbSnapshotOut::id)
-    }
-    pub fn arn(&self) -> Output<String> {
-        self.output(DbSnapshotOut::arn)
-    }
-}
+    identifier: String = DbSnapshotOut::id,
+    arn: String = DbSnapshotOut::arn,
+});
 
 struct DbSnapshotType {
     snap: SnapshotType,

@@ -84,19 +84,11 @@ impl Topic {
     }
 }
 
-impl Declare for Topic {
-    const TYPE: &'static str = TopicType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Topic, TopicType::TYPE, Resource);
 
-impl crate::dsl::Handle<Topic> {
-    pub fn arn(&self) -> Output<String> {
-        self.output(TopicOut::arn)
-    }
-}
+crate::outputs!(Topic {
+    arn: String = TopicOut::arn,
+});
 
 struct TopicType {
     aws: Arc<Aws>,
@@ -291,13 +283,7 @@ impl Subscription {
     }
 }
 
-impl Declare for Subscription {
-    const TYPE: &'static str = SubscriptionType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Subscription, SubscriptionType::TYPE, Resource);
 
 struct SubscriptionType {
     aws: Arc<Aws>,
@@ -629,12 +615,10 @@ impl Declare for Alarm {
     }
 }
 
-impl crate::dsl::Handle<Alarm> {
+crate::outputs!(Alarm {
     /// The alarm's name (what a bake step watches).
-    pub fn alarm_name(&self) -> Output<String> {
-        self.output(AlarmOut::name)
-    }
-}
+    alarm_name: String = AlarmOut::name,
+});
 
 fn comparison(s: &str) -> Result<ComparisonOperator, String> {
     Ok(match s {
@@ -915,13 +899,7 @@ impl Bake {
     }
 }
 
-impl Declare for Bake {
-    const TYPE: &'static str = "aws.cloudwatch.bake";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Bake, "aws.cloudwatch.bake", Step);
 
 struct BakeType {
     aws: Arc<Aws>,
@@ -1015,7 +993,7 @@ impl StepType for BakeType {
         }
     }
     fn type_name(&self) -> &'static str {
-        "aws.cloudwatch.bake"
+        Bake::TYPE
     }
     fn service(&self) -> &'static str {
         "cloudwatch"
@@ -1222,13 +1200,7 @@ impl WaitMetric {
     }
 }
 
-impl Declare for WaitMetric {
-    const TYPE: &'static str = "aws.cloudwatch.wait_metric";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(WaitMetric, "aws.cloudwatch.wait_metric", Step);
 
 struct WaitMetricType {
     aws: Arc<Aws>,
@@ -1253,7 +1225,7 @@ impl StepType for WaitMetricType {
         }
     }
     fn type_name(&self) -> &'static str {
-        "aws.cloudwatch.wait_metric"
+        WaitMetric::TYPE
     }
     fn service(&self) -> &'static str {
         "cloudwatch"

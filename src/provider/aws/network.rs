@@ -70,11 +70,9 @@ impl Declare for Vpc {
     }
 }
 
-impl crate::dsl::Handle<Vpc> {
-    pub fn vpc_id(&self) -> Output<String> {
-        self.output("id")
-    }
-}
+crate::outputs!(Vpc {
+    vpc_id: String = "id",
+});
 
 struct VpcType {
     aws: Arc<Aws>,
@@ -137,20 +135,12 @@ impl Subnets {
     }
 }
 
-impl Declare for Subnets {
-    const TYPE: &'static str = "aws.ec2.subnets";
-    const KIND: NodeKind = NodeKind::Data;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Subnets, "aws.ec2.subnets", Data);
 
-impl crate::dsl::Handle<Subnets> {
+crate::outputs!(Subnets {
     /// The subnet ids, sorted.
-    pub fn ids(&self) -> Output<Vec<String>> {
-        self.output("ids")
-    }
-}
+    ids: Vec<String> = "ids",
+});
 
 struct SubnetsType {
     aws: Arc<Aws>,
@@ -159,7 +149,7 @@ struct SubnetsType {
 #[async_trait]
 impl DataType for SubnetsType {
     fn type_name(&self) -> &'static str {
-        "aws.ec2.subnets"
+        Subnets::TYPE
     }
     fn service(&self) -> &'static str {
         "ec2"
@@ -279,11 +269,9 @@ impl Declare for SecurityGroup {
     }
 }
 
-impl crate::dsl::Handle<SecurityGroup> {
-    pub fn group_id(&self) -> Output<String> {
-        self.output(SecurityGroupOut::id)
-    }
-}
+crate::outputs!(SecurityGroup {
+    group_id: String = SecurityGroupOut::id,
+});
 
 /// A rule `tcp PORT from SOURCE` (a CIDR or a group id).
 fn parse_rule(r: &str) -> Result<(i32, String), ProviderError> {
@@ -582,20 +570,12 @@ impl SubnetGroup {
     }
 }
 
-impl Declare for SubnetGroup {
-    const TYPE: &'static str = SubnetGroupType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(SubnetGroup, SubnetGroupType::TYPE, Resource);
 
-impl crate::dsl::Handle<SubnetGroup> {
+crate::outputs!(SubnetGroup {
     /// The group's name (what a cluster's `subnet_group` takes).
-    pub fn group_name(&self) -> Output<String> {
-        self.output(SubnetGroupOut::name)
-    }
-}
+    group_name: String = SubnetGroupOut::name,
+});
 
 struct SubnetGroupType {
     aws: Arc<Aws>,

@@ -14,7 +14,7 @@ use aws_sdk_rds::types::DbCluster;
 
 use super::cluster::{describe_db_instance, wait_status};
 use super::{sdk_err, Aws};
-use crate::dsl::{Declare, NodeKind, Output};
+use crate::dsl::{Declare, Output};
 use crate::provider::{Ctx, Probe, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, Attrs, Value};
 
@@ -160,13 +160,7 @@ impl Reboot {
     }
 }
 
-impl Declare for Reboot {
-    const TYPE: &'static str = "aws.rds.reboot";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Reboot, "aws.rds.reboot", Step);
 
 struct RebootType {
     aws: Arc<Aws>,
@@ -175,7 +169,7 @@ struct RebootType {
 #[async_trait]
 impl StepType for RebootType {
     fn type_name(&self) -> &'static str {
-        "aws.rds.reboot"
+        Reboot::TYPE
     }
     fn service(&self) -> &'static str {
         "rds"
@@ -297,13 +291,7 @@ impl Failover {
     }
 }
 
-impl Declare for Failover {
-    const TYPE: &'static str = "aws.rds.failover";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Failover, "aws.rds.failover", Step);
 
 struct FailoverType {
     aws: Arc<Aws>,
@@ -312,7 +300,7 @@ struct FailoverType {
 #[async_trait]
 impl StepType for FailoverType {
     fn type_name(&self) -> &'static str {
-        "aws.rds.failover"
+        Failover::TYPE
     }
     fn service(&self) -> &'static str {
         "rds"
@@ -382,13 +370,7 @@ impl PromoteCluster {
     }
 }
 
-impl Declare for PromoteCluster {
-    const TYPE: &'static str = "aws.rds.promote_cluster";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(PromoteCluster, "aws.rds.promote_cluster", Step);
 
 struct PromoteClusterType {
     aws: Arc<Aws>,
@@ -397,7 +379,7 @@ struct PromoteClusterType {
 #[async_trait]
 impl StepType for PromoteClusterType {
     fn type_name(&self) -> &'static str {
-        "aws.rds.promote_cluster"
+        PromoteCluster::TYPE
     }
     fn service(&self) -> &'static str {
         "rds"

@@ -335,15 +335,11 @@ fn setting_inputs<'a>(
         .collect()
 }
 
-impl Handle<ParameterGroup> {
+crate::outputs!(ParameterGroup {
     /// The group's name (known at plan time when set).
-    pub fn group_name(&self) -> Output<String> {
-        self.output(ParameterGroupOut::name)
-    }
-    pub fn arn(&self) -> Output<String> {
-        self.output(ParameterGroupOut::arn)
-    }
-}
+    group_name: String = ParameterGroupOut::name,
+    arn: String = ParameterGroupOut::arn,
+});
 
 /// A write fence through an instance's parameter group: `read_only = 1` in the custom DB parameter
 /// group of a MySQL instance the plan does not own, applied immediately, verified through the API
@@ -373,13 +369,7 @@ impl ParameterFence {
     }
 }
 
-impl Declare for ParameterFence {
-    const TYPE: &'static str = "aws.rds.parameter_fence";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(ParameterFence, "aws.rds.parameter_fence", Step);
 
 impl Handle<ParameterFence> {
     /// When the fence was verified (RFC 3339, milliseconds).
@@ -404,13 +394,7 @@ pub struct LiftParameterFence {
     inputs: Attrs,
 }
 
-impl Declare for LiftParameterFence {
-    const TYPE: &'static str = "aws.rds.lift_parameter_fence";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(LiftParameterFence, "aws.rds.lift_parameter_fence", Step);
 
 struct FenceType {
     groups: ParameterGroupType,

@@ -17,7 +17,7 @@ use aws_sdk_route53::types::{
 
 use super::driver::{AwsError, AwsObject, Call, Driven, Found as DriverFound, Ownership};
 use super::{sdk_err, Aws};
-use crate::dsl::{Declare, NodeKind, Output};
+use crate::dsl::{Declare, NodeKind};
 use crate::provider::model::Model;
 use crate::provider::{Ctx, DataType, Observed, Probe, ProviderError, Registry, Request, StepType};
 use crate::value::{get_str, get_u64, Attrs, Value};
@@ -49,12 +49,10 @@ impl Declare for HostedZone {
     }
 }
 
-impl crate::dsl::Handle<HostedZone> {
+crate::outputs!(HostedZone {
     /// The zone's id (without the `/hostedzone/` prefix).
-    pub fn zone_id(&self) -> Output<String> {
-        self.output("id")
-    }
-}
+    zone_id: String = "id",
+});
 
 crate::model! {
     /// What a record set is declared with; zone, name, type and set identifier say where it is.
@@ -150,13 +148,7 @@ impl Record {
     }
 }
 
-impl Declare for Record {
-    const TYPE: &'static str = RecordType::TYPE;
-    const KIND: NodeKind = NodeKind::Resource;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Record, RecordType::TYPE, Resource);
 
 /// The cutover's DNS flip: `name` (an existing record, often adopted with `plan import`) pointed
 /// at new values; the previous ones are kept in state for `plan rollback`.
@@ -234,13 +226,7 @@ impl crate::dsl::Handle<Flip> {
     }
 }
 
-impl Declare for Flip {
-    const TYPE: &'static str = "aws.route53.flip";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(Flip, "aws.route53.flip", Step);
 
 /// Lowers an existing record's TTL ahead of a DNS cutover and waits out the old TTL, so that
 /// when the flip comes, no resolver holds the old answer longer than the new, short TTL.
@@ -280,13 +266,7 @@ impl LowerTtl {
     }
 }
 
-impl Declare for LowerTtl {
-    const TYPE: &'static str = "aws.route53.lower_ttl";
-    const KIND: NodeKind = NodeKind::Step;
-    fn inputs(self) -> Attrs {
-        self.inputs
-    }
-}
+crate::declare!(LowerTtl, "aws.route53.lower_ttl", Step);
 
 /// A record name compared as Route53 does: case-insensitive, trailing dot optional.
 fn norm(name: &str) -> String {
@@ -827,7 +807,7 @@ impl StepType for LowerTtlType {
         }
     }
     fn type_name(&self) -> &'static str {
-        "aws.route53.lower_ttl"
+        LowerTtl::TYPE
     }
     fn service(&self) -> &'static str {
         "route53"
@@ -921,7 +901,7 @@ impl StepType for FlipType {
         }
     }
     fn type_name(&self) -> &'static str {
-        "aws.route53.flip"
+        Flip::TYPE
     }
     fn service(&self) -> &'static str {
         "route53"
