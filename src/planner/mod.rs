@@ -138,6 +138,10 @@ pub struct Action {
     /// Why the plan declares the node (`Handle::why`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// How long one operation of a resource or a step may take before the apply gives up on it,
+    /// in seconds: the node's `.timeout(d)`, or its type's default for its kind of wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_s: Option<u64>,
     #[serde(skip)]
     pub service: String,
 }
@@ -361,6 +365,15 @@ pub fn plan(
                     _ => None,
                 },
                 why: n.options.why.clone(),
+                limit_s: match registry.get(&n.type_name) {
+                    Some(t @ (TypeImpl::Step(_) | TypeImpl::Resource(_))) => Some(
+                        n.options
+                            .timeout
+                            .unwrap_or_else(|| t.default_timeout())
+                            .as_secs(),
+                    ),
+                    _ => None,
+                },
                 service,
             };
             match n.kind {
@@ -654,6 +667,7 @@ pub fn plan(
                 _ => None,
             },
             why: None,
+            limit_s: None,
             service: registry
                 .get(r.type_name())
                 .map(|t| t.service().to_string())

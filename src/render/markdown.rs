@@ -249,6 +249,9 @@ fn review_sections(cs: &ChangeSet) -> String {
             if !a.review.guards.is_empty() {
                 parts.push(format!("checks: {}", a.review.guards.join("; ")));
             }
+            if let Some(l) = super::text::limit(a) {
+                parts.push(l);
+            }
             if a.review.refuses_rollback.is_some() {
                 parts.push("no `plan rollback` once it ran".to_string());
             } else if a.review.can_roll_back && refusing.is_none() {
@@ -343,6 +346,7 @@ mod tests {
             protected: false,
             object_id: None,
             why: None,
+            limit_s: None,
             service: String::new(),
         }
     }

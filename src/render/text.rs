@@ -23,6 +23,39 @@ pub fn summary_line(s: &Summary) -> String {
     line
 }
 
+/// A duration as a reviewer reads it: `45 s`, `10 min`, `24 h`, `7 d`.
+pub fn duration_words(secs: u64) -> String {
+    if secs >= 2 * 86400 && secs.is_multiple_of(86400) {
+        format!("{} d", secs / 86400)
+    } else if secs >= 3600 && secs.is_multiple_of(3600) {
+        format!("{} h", secs / 3600)
+    } else if secs >= 60 && secs.is_multiple_of(60) {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
+    }
+}
+
+/// How long the node's operation may take, for a step that will run (or waits on a gate) and
+/// for a resource that is created or changed with a limit other than the usual hour.
+pub fn limit(a: &Action) -> Option<String> {
+    let s = a.limit_s?;
+    let shown = match a.kind {
+        NodeKind::Step => !matches!(
+            a.action,
+            ActionKind::Done | ActionKind::Standby | ActionKind::Forget
+        ),
+        NodeKind::Resource => {
+            matches!(
+                a.action,
+                ActionKind::Create | ActionKind::Update | ActionKind::Replace
+            ) && s != crate::provider::DEFAULT_TIMEOUT.as_secs()
+        }
+        _ => false,
+    };
+    shown.then(|| format!("gives up after {}", duration_words(s)))
+}
+
 fn resource_lines(out: &mut String, a: &Action) {
     let sym = a.action.symbol();
     let temp = if a.temporary { " [temporary]" } else { "" };
@@ -38,6 +71,9 @@ fn resource_lines(out: &mut String, a: &Action) {
     );
     if let Some(why) = &a.why {
         let _ = writeln!(out, "      # why: {why}");
+    }
+    if let Some(l) = limit(a) {
+        let _ = writeln!(out, "      # {l}");
     }
     for c in &a.changes {
         if json_lines(out, c) {
@@ -214,6 +250,9 @@ pub fn diff_body(cs: &ChangeSet) -> String {
             if !a.review.guards.is_empty() && a.action != ActionKind::Done {
                 let _ = writeln!(out, "        checks: {}", a.review.guards.join("; "));
             }
+            if let Some(l) = limit(a) {
+                let _ = writeln!(out, "        {l}");
+            }
             if let Some(c) = &a.review.caveat {
                 let _ = writeln!(out, "        note: {c}");
             }
@@ -296,6 +335,16 @@ pub fn preview(cs: &ChangeSet) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_in_the_largest_whole_unit() {
+        assert_eq!(duration_words(45), "45 s");
+        assert_eq!(duration_words(90), "90 s");
+        assert_eq!(duration_words(600), "10 min");
+        assert_eq!(duration_words(3600), "1 h");
+        assert_eq!(duration_words(86400), "24 h");
+        assert_eq!(duration_words(7 * 86400), "7 d");
+    }
     use crate::planner::AttrChange;
 
     #[test]
