@@ -332,24 +332,26 @@ pub fn aws_watch(stack: &Stack) -> Result<Plan, PlanError> {
         "oncall",
         SnsSubscription::to(topic.arn(), "email", "oncall@example.test"),
     );
+    // The instance the alarms watch is not the plan's: a look-up names it.
+    let watched = p.add("watched", ExistingInstance::find(&instance));
     let cpu = p.add(
         "cpu",
-        Alarm::rds_cpu_above(instance.as_str(), cpu).notify(topic.arn()),
+        Alarm::rds_cpu_above(watched.identifier(), cpu).notify(topic.arn()),
     );
     let conns = p.add(
         "connections",
-        Alarm::rds_connections_above(instance.as_str(), 40.0).notify(topic.arn()),
+        Alarm::rds_connections_above(watched.identifier(), 40.0).notify(topic.arn()),
     );
     let latency = p.add(
         "read-latency",
-        Alarm::rds_read_latency_above(instance.as_str(), 0.2)
+        Alarm::rds_read_latency_above(watched.identifier(), 0.2)
             .over(60, 5)
             .notify(topic.arn()),
     );
     if let Some(name) = taken {
         p.add(
             "taken",
-            Alarm::rds_cpu_above(instance.as_str(), 99.0).named(&name),
+            Alarm::rds_cpu_above(watched.identifier(), 99.0).named(&name),
         );
     }
     let gate = p.gate("watch").after(&cpu).after(&conns).after(&latency);
@@ -762,7 +764,7 @@ pub fn aws_lifecycle(stack: &Stack) -> Result<Plan, PlanError> {
     );
     p.add(
         "cpu",
-        Alarm::rds_cpu_above("target-1", 80.0).notify(topic.arn()),
+        Alarm::rds_cpu_above(cluster.identifier(), 80.0).notify(topic.arn()),
     );
     Ok(p)
 }

@@ -108,6 +108,25 @@ impl AttrChange {
 }
 
 /// One node's planned action.
+/// The identifier a resource node's object has or will have (what `id_for` gives from its
+/// declared inputs), for a literal that names it; `None` for other kinds.
+fn identifier_of(
+    registry: &Registry,
+    plan: &str,
+    stack: &str,
+    n: &crate::dsl::NodeSpec,
+) -> Option<String> {
+    let Some(TypeImpl::Resource(t)) = registry.get(&n.type_name) else {
+        return None;
+    };
+    let did = crate::provider::deterministic_id(plan, stack, &n.name);
+    Some(t.id_for(&crate::provider::Request {
+        node: &n.name,
+        deterministic_id: &did,
+        inputs: &n.inputs,
+    }))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Action {
     pub node: String,
@@ -302,13 +321,23 @@ pub fn plan(
                 problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
             }
             if let TypeImpl::Resource(rt) = t {
-                // `input` may be a path into an object (`dimensions.DBInstanceIdentifier`).
+                // `input` may be a path into an object (`dimensions.DBInstanceIdentifier`). A
+                // reference names its node; a literal names the resource whose identifier it is.
                 let referenced = |input: &str| {
                     let mut parts = input.split('.');
                     let first = n.inputs.get(parts.next()?)?;
                     let v = parts.try_fold(first, |v, k| v.get(k))?;
-                    let (node, _) = value::as_ref(v)?;
-                    let other = graph.node(node)?;
+                    let other = match value::as_ref(v) {
+                        Some((node, _)) => graph.node(node)?,
+                        None => {
+                            let literal = v.as_str()?;
+                            spec.nodes.iter().find(|o| {
+                                o.name != n.name
+                                    && identifier_of(registry, &spec.plan, &spec.stack, o)
+                                        .is_some_and(|id| id == literal)
+                            })?
+                        }
+                    };
                     Some((other.type_name.clone(), other.inputs.clone()))
                 };
                 for msg in rt.validate_refs(&n.inputs, &referenced) {

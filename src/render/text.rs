@@ -36,21 +36,21 @@ pub fn duration_words(secs: u64) -> String {
     }
 }
 
-/// How long the node's operation may take, for a step that will run (or waits on a gate) and
-/// for a resource that is created or changed with a limit other than the usual hour.
+/// How long the node's operation may take, where it is not the usual hour: for a step that will
+/// run (or waits on a gate) and for a resource that is created or changed.
 pub fn limit(a: &Action) -> Option<String> {
-    let s = a.limit_s?;
+    let s = a
+        .limit_s
+        .filter(|s| *s != crate::provider::DEFAULT_TIMEOUT.as_secs())?;
     let shown = match a.kind {
         NodeKind::Step => !matches!(
             a.action,
             ActionKind::Done | ActionKind::Standby | ActionKind::Forget
         ),
-        NodeKind::Resource => {
-            matches!(
-                a.action,
-                ActionKind::Create | ActionKind::Update | ActionKind::Replace
-            ) && s != crate::provider::DEFAULT_TIMEOUT.as_secs()
-        }
+        NodeKind::Resource => matches!(
+            a.action,
+            ActionKind::Create | ActionKind::Update | ActionKind::Replace
+        ),
         _ => false,
     };
     shown.then(|| format!("gives up after {}", duration_words(s)))

@@ -1088,7 +1088,33 @@ fn route53_records_and_the_dns_flip_with_its_rollback() {
         .is_some());
 }
 
+/// The instance the `aws-watch` plan's alarms watch, which the plan does not own (made once).
+fn watched_instance(m: &Moto) {
+    rt().block_on(async {
+        let rds = m.rds();
+        let exists = rds
+            .describe_db_instances()
+            .db_instance_identifier("target-1")
+            .send()
+            .await
+            .is_ok();
+        if !exists {
+            rds.create_db_instance()
+                .db_instance_identifier("target-1")
+                .engine("postgres")
+                .db_instance_class("db.r6g.large")
+                .allocated_storage(100)
+                .master_username("admin")
+                .master_user_password("watched-secret-1")
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+}
+
 fn watch_stack(p: &Project, m: &Moto, cpu: f64, extra: &str) {
+    watched_instance(m);
     p.stack(
         "aws",
         &format!(
@@ -2238,6 +2264,7 @@ fn a_crash_inside_a_topic_create_is_reconciled_by_name_and_the_next_apply_and_de
     let m = Moto::start(&bin);
     let proxy = TestProxy::start(m.port);
     let p = Project::new();
+    watched_instance(&m);
     p.stack(
         "aws",
         &format!(

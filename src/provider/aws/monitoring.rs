@@ -764,8 +764,10 @@ impl AwsObject for AlarmType {
     const OWNERSHIP: Ownership = Ownership::Tags;
     type Args = AlarmArgs;
     const NOT_FOUND: &'static [&'static str] = &["ResourceNotFound"];
-    /// An RDS dimension naming the wrong kind of object (an instance dimension on a cluster's
-    /// identifier, or the reverse) would never see a datapoint.
+    /// An RDS dimension must name an object the plan knows (a node, by a reference to it or by
+    /// its identifier, or a look-up such as `ExistingInstance`), of the kind whose metrics are
+    /// published under that dimension: an instance dimension on a cluster's identifier, or one
+    /// naming nothing the plan knows, would never see a datapoint.
     fn validate_refs(
         &self,
         inputs: &Attrs,
@@ -775,12 +777,21 @@ impl AwsObject for AlarmType {
             return vec![];
         };
         let mut out = vec![];
-        for key in dims.keys() {
-            let Some((t, _)) = referenced(&format!("dimensions.{key}")) else {
+        for (key, value) in dims {
+            let rds = matches!(key.as_str(), "DBInstanceIdentifier" | "DBClusterIdentifier");
+            let Some((t, _)) = referenced(&format!("{}.{key}", AlarmArgs::dimensions)) else {
+                if rds {
+                    out.push(format!(
+                        "dimension `{key}` = {} names no node of this plan and no look-up: the alarm would watch an object the plan does not know, perhaps never seeing a datapoint; use the node's `identifier()`, or `ExistingInstance::find(..).identifier()` for an instance the plan does not own",
+                        crate::value::display(value)
+                    ));
+                }
                 continue;
             };
             let cluster = t == "aws.rds.cluster";
-            let instance = t == "aws.rds.instance" || t == "aws.rds.cluster_instance";
+            let instance = t == "aws.rds.instance"
+                || t == "aws.rds.cluster_instance"
+                || t == "aws.rds.existing_instance";
             let wrong = match key.as_str() {
                 "DBInstanceIdentifier" => cluster.then_some("DBClusterIdentifier"),
                 "DBClusterIdentifier" => instance.then_some("DBInstanceIdentifier"),
@@ -1364,7 +1375,10 @@ mod tests {
             "cpu-writer",
             Alarm::rds_cpu_above(writer.identifier(), 80.0),
         );
-        p.add("cpu-named", Alarm::rds_cpu_above("legacy-1", 80.0));
+        // By the identifier the writer will have: it names the writer.
+        p.add("cpu-named", Alarm::rds_cpu_above("p-t-writer", 80.0));
+        // By an identifier no node of the plan has and no look-up reads.
+        p.add("cpu-unknown", Alarm::rds_cpu_above("legacy-1", 80.0));
         // An alarm written with its own dimensions keeps them.
         p.add(
             "own",
@@ -1391,6 +1405,7 @@ mod tests {
         }
         assert_eq!(dims_of("cpu-writer"), ["DBInstanceIdentifier"]);
         assert_eq!(dims_of("cpu-named"), ["DBInstanceIdentifier"]);
+        assert_eq!(dims_of("cpu-unknown"), ["DBInstanceIdentifier"]);
         assert_eq!(dims_of("own"), ["DBInstanceIdentifier"]);
         // That one is refused at planning, with the fix; the helpers' are not.
         let stack = crate::stack::Stack::parse(
@@ -1411,6 +1426,14 @@ mod tests {
         .to_string();
         assert!(
             err.contains("node `own` (aws.cloudwatch.alarm): dimension `DBInstanceIdentifier` names an identifier of a `aws.rds.cluster`, whose metrics are published under `DBClusterIdentifier`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("node `cpu-unknown` (aws.cloudwatch.alarm): dimension `DBInstanceIdentifier` = \"legacy-1\" names no node of this plan and no look-up"),
+            "{err}"
+        );
+        assert!(
+            err.contains("ExistingInstance::find(..).identifier()"),
             "{err}"
         );
         for ok in ["`cpu`", "`conn`", "`lat`", "`cpu-writer`", "`cpu-named`"] {
