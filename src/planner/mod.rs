@@ -145,6 +145,9 @@ pub struct Action {
     /// For deletes: retire (keep a record) rather than forget.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retire: bool,
+    /// For a temporary: the step or gate after which an apply retires it (`retire_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_after: Option<String>,
     /// What the node's type says it means to a reviewer.
     #[serde(default, skip_serializing_if = "crate::provider::Review::is_empty")]
     pub review: crate::provider::Review,
@@ -383,6 +386,7 @@ pub fn plan(
                 held_by: None,
                 temporary: n.options.temporary,
                 retire: false,
+                retired_after: n.options.retire_after.clone(),
                 review: match registry.get(&n.type_name) {
                     Some(TypeImpl::Step(st)) => st.review(&n.inputs),
                     Some(TypeImpl::Resource(rt)) => rt.review(&n.inputs),
@@ -686,6 +690,7 @@ pub fn plan(
             held_by: None,
             temporary: matches!(r, NodeRecord::Resource(x) if x.temporary),
             retire: false,
+            retired_after: None,
             review: match (registry.get(r.type_name()), r) {
                 (Some(TypeImpl::Resource(rt)), NodeRecord::Resource(x)) => rt.review(&x.inputs),
                 _ => Default::default(),

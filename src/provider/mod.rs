@@ -243,6 +243,10 @@ pub struct Review {
     /// What the step cannot verify, shown under it in the preview.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caveat: Option<String>,
+    /// What the object is billed by the hour as (`dms.r5.xlarge`, `db.m5.2xlarge postgres`),
+    /// for the pull-request comment's list of temporaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed_as: Option<String>,
 }
 
 impl Review {

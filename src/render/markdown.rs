@@ -2,10 +2,11 @@
 //! block for what a reviewer must not miss (data that would be destroyed or replaced, a protected
 //! resource changed, traffic re-pointed, writers fenced), the steps as a timeline grouped by the
 //! gate that holds them, each with the guards it checks and whether it can be rolled back, the
-//! time budgets and the rollback line; then the full diff in a `<details>` block inside a `diff`
+//! temporaries grouped by what retires them, the time budgets and the rollback line; then the full diff in a `<details>` block inside a `diff`
 //! fence (GitHub colours `+` and `-` lines), split into parts below GitHub's 65,536-character
 //! limit. What a node means comes from its type (`provider::Review`), never from guessing here.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::text::{diff_body, summary_line};
@@ -272,6 +273,60 @@ fn review_sections(cs: &ChangeSet) -> String {
         }
         out.push('\n');
     }
+    // The temporaries: what each is, and what retires it.
+    let temporaries: Vec<&Action> = cs
+        .actions
+        .iter()
+        .filter(|a| {
+            a.kind == NodeKind::Resource
+                && a.temporary
+                && matches!(
+                    a.action,
+                    ActionKind::Create
+                        | ActionKind::Update
+                        | ActionKind::Replace
+                        | ActionKind::NoOp
+                )
+        })
+        .collect();
+    if !temporaries.is_empty() {
+        out.push_str("#### Temporaries\n\n");
+        // Grouped by what retires them, in order of appearance: each one billed by the hour by
+        // name, the rest counted by type.
+        let mut groups: Vec<(String, Vec<String>, BTreeMap<&str, usize>)> = vec![];
+        for a in &temporaries {
+            let retired = match &a.retired_after {
+                Some(after) => format!("Retired by the apply after `{after}` has passed"),
+                None => format!("Kept until `plan destroy {} --temporary`", cs.stack),
+            };
+            let i = match groups.iter().position(|g| g.0 == retired) {
+                Some(i) => i,
+                None => {
+                    groups.push((retired, vec![], BTreeMap::new()));
+                    groups.len() - 1
+                }
+            };
+            match &a.review.billed_as {
+                Some(b) => groups[i].1.push(format!(
+                    "`{}` ({}, billed hourly as {b})",
+                    a.node, a.type_name
+                )),
+                None => *groups[i].2.entry(a.type_name.as_str()).or_default() += 1,
+            }
+        }
+        for (retired, billed, rest) in &groups {
+            let mut parts = billed.clone();
+            let counted: Vec<String> = rest.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            if !counted.is_empty() {
+                parts.push(counted.join(", "));
+            }
+            let _ = writeln!(out, "- {retired}: {}", parts.join("; "));
+        }
+        if temporaries.iter().any(|a| a.review.billed_as.is_some()) {
+            out.push_str("\nNo cost estimate: the repository has no dated price table yet.\n");
+        }
+        out.push('\n');
+    }
     if !cs.budgets.is_empty() {
         out.push_str("#### Time budgets\n\n");
         for b in &cs.budgets {
@@ -342,6 +397,7 @@ mod tests {
             held_by: None,
             temporary: false,
             retire: false,
+            retired_after: None,
             review: Review::default(),
             protected: false,
             object_id: None,

@@ -640,6 +640,13 @@ impl AwsObject for InstanceType {
     const EXISTS: &'static [&'static str] = &["ResourceAlreadyExistsFault"];
     /// Its endpoints and tasks name it: deleted only once gone.
     const WAIT_GONE: bool = true;
+    fn review(&self, inputs: &Attrs) -> crate::provider::Review {
+        type A = DmsInstanceArgs;
+        crate::provider::Review {
+            billed_as: super::billed_as(inputs, A::class, A::multi_az),
+            ..Default::default()
+        }
+    }
     fn stable_outputs(&self) -> &'static [&'static str] {
         &[DmsInstanceOut::id, DmsInstanceOut::arn]
     }

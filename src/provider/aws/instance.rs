@@ -458,8 +458,10 @@ impl AwsObject for DbInstanceType {
     }
     /// A primary holds data; a read replica's copy is its source's.
     fn review(&self, inputs: &Attrs) -> crate::provider::Review {
+        type A = DbInstanceArgs;
         crate::provider::Review {
-            holds_data: !inputs.contains_key(DbInstanceArgs::replica_of),
+            holds_data: !inputs.contains_key(A::replica_of),
+            billed_as: super::billed_as(inputs, A::class, A::multi_az),
             ..Default::default()
         }
     }

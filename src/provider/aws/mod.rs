@@ -537,6 +537,14 @@ pub fn tags_value(tags: &[(String, String)]) -> crate::value::Value {
     )
 }
 
+/// What an instance with a `class` input is billed by the hour as: the class, and `Multi-AZ`
+/// (a standby billed as much again) when the `multi_az` input says so.
+pub fn billed_as(inputs: &crate::value::Attrs, class: &str, multi_az: &str) -> Option<String> {
+    let class = crate::value::get_str(inputs, class)?;
+    let multi = inputs.get(multi_az).and_then(|v| v.as_bool()) == Some(true);
+    Some(format!("`{class}`{}", if multi { " Multi-AZ" } else { "" }))
+}
+
 /// Whether an observed object's `tags` output says this node created it.
 pub fn owned_by_tags(ctx: &super::Ctx, node: &str, found: &super::Observed) -> bool {
     let tags: Vec<(String, String)> = found
