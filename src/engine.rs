@@ -149,10 +149,11 @@ impl Loaded {
         ctx
     }
 
-    /// Fetches the stack's Secrets Manager references (before calls that may reveal them).
+    /// Fetches the stack's secret references that are not `env:` through the readers its
+    /// providers registered (before calls that may reveal them).
     pub async fn fetch_secrets(&self) -> Result<(), EngineError> {
         self.secrets
-            .fetch(&self.stack)
+            .fetch(&self.stack, self.registry.secret_readers())
             .await
             .map_err(EngineError::Usage)
     }

@@ -572,6 +572,8 @@ pub struct Registry {
     access_checks: Vec<AccessCheck>,
     /// The provider's database authentication tokens (IAM), if it makes them.
     tokens: Option<Arc<dyn TokenSource>>,
+    /// Readers of the secret references that are not `env:` (Secrets Manager ARNs).
+    secret_readers: Vec<Arc<dyn crate::secrets::SecretReader>>,
 }
 
 /// A provider's check that it can reach its cloud at all; the error names what to set.
@@ -633,6 +635,15 @@ impl Registry {
     ) -> &mut Self {
         self.access_checks.push(Arc::new(f));
         self
+    }
+    /// Adds a reader of secret references (`env:` ones need none).
+    pub fn secret_reader(&mut self, r: Arc<dyn crate::secrets::SecretReader>) -> &mut Self {
+        self.secret_readers.push(r);
+        self
+    }
+    /// The readers of secret references, in the order they were added.
+    pub fn secret_readers(&self) -> &[Arc<dyn crate::secrets::SecretReader>] {
+        &self.secret_readers
     }
     /// Sets where database authentication tokens come from.
     pub fn token_source(&mut self, t: Arc<dyn TokenSource>) -> &mut Self {
@@ -697,6 +708,10 @@ pub fn registry_for(provider: &str) -> Registry {
 
 /// The registry for a stack: [`registry_for`] its provider, with the `aws` types configured from the
 /// stack (region, endpoint, profile) when the provider is `aws`.
+///
+/// Every stack reads Secrets Manager references (a local rehearsal may use a real secret): with the
+/// provider's clients for an `aws` stack, else with clients of its own whose retries are reported
+/// too.
 pub fn registry_for_stack(stack: &crate::stack::Stack) -> Registry {
     let mut r = registry_for(&stack.provider);
     if stack.provider == "aws" {
@@ -705,6 +720,8 @@ pub fn registry_for_stack(stack: &crate::stack::Stack) -> Registry {
             aws::Aws::from_stack(stack),
             &stack.path.display().to_string(),
         );
+    } else {
+        aws::register_secret_reader(&mut r, aws::Aws::from_stack(stack));
     }
     r
 }

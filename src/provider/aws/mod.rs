@@ -420,6 +420,7 @@ impl Aws {
 pub fn register(r: &mut Registry, aws: Arc<Aws>, stack_file: &str) {
     let retries = aws.retries();
     r.summary(move || retries.summary());
+    r.secret_reader(Arc::new(secrets::SecretsManager(aws.clone())));
     let here = aws.clone();
     r.location("aws.", move || here.location());
     r.token_source(aws.clone());
@@ -535,6 +536,14 @@ pub fn tags_value(tags: &[(String, String)]) -> crate::value::Value {
             .map(|(k, v)| (k.clone(), crate::value::Value::from(v.clone())))
             .collect(),
     )
+}
+
+/// The Secrets Manager reader alone, for a stack of another provider: its clients' retries are
+/// reported like the provider's.
+pub fn register_secret_reader(r: &mut Registry, aws: Arc<Aws>) {
+    let retries = aws.retries();
+    r.summary(move || retries.summary());
+    r.secret_reader(Arc::new(secrets::SecretsManager(aws)));
 }
 
 /// What an instance with a `class` input is billed by the hour as: the class, and `Multi-AZ`

@@ -4,20 +4,45 @@
 //! It must never put a value into an error, a log line or a return other than the map it fills.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use aws_config::Region;
 
 use super::Aws;
-use crate::secrets::{pick, split_reference};
+use crate::secrets::{pick, split_reference, SecretReader};
 use crate::stack::Stack;
+
+/// Whether `reference` names a Secrets Manager secret.
+pub fn is_secrets_manager(reference: &str) -> bool {
+    reference.starts_with("arn:aws:secretsmanager:")
+}
+
+/// The reader of a stack's Secrets Manager references, through the provider's clients (so that
+/// what its SDK retried is in the run's summary).
+pub struct SecretsManager(pub Arc<Aws>);
+
+#[async_trait]
+impl SecretReader for SecretsManager {
+    fn claims(&self, reference: &str) -> bool {
+        is_secrets_manager(reference)
+    }
+    async fn read(
+        &self,
+        stack: &Stack,
+        wanted: &[(String, usize, String)],
+    ) -> Result<BTreeMap<String, String>, String> {
+        fetch(&self.0, stack, wanted).await
+    }
+}
 
 /// The values of `wanted` (key, line, reference), by reference. Errors name the stack file's line,
 /// the reference and the fix.
-pub async fn fetch(
+async fn fetch(
+    aws: &Aws,
     stack: &Stack,
     wanted: &[(String, usize, String)],
 ) -> Result<BTreeMap<String, String>, String> {
-    let aws = Aws::from_stack(stack);
     let base = aws.config().await;
     let mut out = BTreeMap::new();
     let mut secrets: BTreeMap<&str, String> = BTreeMap::new();
