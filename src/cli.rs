@@ -842,7 +842,7 @@ async fn apply(
     let held: BTreeSet<String> = cs
         .actions
         .iter()
-        .filter_map(|a| a.held_by.clone())
+        .filter_map(|a| a.held_by.as_ref().map(|h| h.to_string()))
         .collect();
     let (tx, rx) = tokio::sync::watch::channel(0u32);
     // Ctrl-C, and SIGTERM (what CI runners, systemd and Kubernetes send), stop the run the same

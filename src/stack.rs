@@ -717,12 +717,12 @@ impl Stack {
         }
     }
 
-    /// A secret reference from `[secrets]`, as a value for a node's input. The value itself is
-    /// read only by a provider at call time.
-    pub fn secret(&self, key: &str) -> Result<crate::dsl::Output<String>, StackError> {
+    /// The reference of a secret of `[secrets]` (`env:NAME`, an ARN), never its value; a plan
+    /// takes it as an input with `stack.secret(key)` (in `dsl`).
+    pub fn secret_reference(&self, key: &str) -> Result<String, StackError> {
         self.read.lock().unwrap().insert(format!("secrets.{key}"));
         match self.secrets.get(key) {
-            Some((_, r)) => Ok(crate::dsl::Output::from_value(crate::value::secret(r))),
+            Some((_, r)) => Ok(r.clone()),
             None => Err(StackError::Missing {
                 path: self.path_str(),
                 key: format!("secrets.{key}"),

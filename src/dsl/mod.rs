@@ -206,6 +206,16 @@ impl Budget {
     }
 }
 
+impl Stack {
+    /// A secret reference from `[secrets]`, as a value for a node's input. The value itself is
+    /// read only by a provider at call time.
+    pub fn secret(&self, key: &str) -> Result<Output<String>, StackError> {
+        Ok(Output::from_value(crate::value::secret(
+            &self.secret_reference(key)?,
+        )))
+    }
+}
+
 /// The output accessors of a declaration's handle, each `name: Type = key` (the key a type's
 /// output model names): `outputs!(Topic { arn: String = TopicOut::arn })` gives
 /// `Handle<Topic>::arn() -> Output<String>`.

@@ -15,6 +15,59 @@ use crate::provider::{Registry, TypeImpl};
 use crate::state::{NodeRecord, State};
 use crate::value::{self, Attrs, Value};
 
+/// What holds a node back in this apply. Serialised as the words a person reads (`gate
+/// \`cutover\``, `--until validate`), as the JSON preview always had it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hold {
+    /// An unapproved gate: `--approve NAME` opens it.
+    Gate(String),
+    /// `--until NODE`: the apply stops after that node.
+    Until(String),
+}
+
+impl Hold {
+    /// The gate's name, when a gate holds it.
+    pub fn gate(&self) -> Option<&str> {
+        match self {
+            Hold::Gate(g) => Some(g),
+            Hold::Until(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hold::Gate(g) => write!(f, "gate `{g}`"),
+            Hold::Until(u) => write!(f, "--until {u}"),
+        }
+    }
+}
+
+impl Serialize for Hold {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hold {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if let Some(g) = text
+            .strip_prefix("gate `")
+            .and_then(|g| g.strip_suffix('`'))
+        {
+            Ok(Hold::Gate(g.to_string()))
+        } else if let Some(u) = text.strip_prefix("--until ") {
+            Ok(Hold::Until(u.to_string()))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "`{text}` is neither gate `NAME` nor --until NODE"
+            )))
+        }
+    }
+}
+
 /// What will happen to one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -139,7 +192,7 @@ pub struct Action {
     pub changes: Vec<AttrChange>,
     /// Held back in this apply by an unapproved gate or `--until`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub held_by: Option<String>,
+    pub held_by: Option<Hold>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub temporary: bool,
     /// For deletes: retire (keep a record) rather than forget.
@@ -542,7 +595,7 @@ pub fn plan(
             actions_by_index[i] = Some(a);
         }
         // Holds: unapproved gates without a window, and --until.
-        let mut holds: Vec<(usize, String)> = Vec::new();
+        let mut holds: Vec<(usize, Hold)> = Vec::new();
         for (i, n) in spec.nodes.iter().enumerate() {
             let a = actions_by_index[i].as_ref().unwrap();
             if n.kind == NodeKind::Gate
@@ -550,12 +603,12 @@ pub fn plan(
                 && !opts.approve.contains(&n.name)
                 && n.options.window.is_none()
             {
-                holds.push((i, format!("gate `{}`", n.name)));
+                holds.push((i, Hold::Gate(n.name.clone())));
             }
         }
         if let Some(u) = &opts.until {
             if let Some(i) = graph.index_of(u) {
-                holds.push((i, format!("--until {u}")));
+                holds.push((i, Hold::Until(u.clone())));
             }
         }
         // A node behind several gates is held by the one that opens last: gates are applied in
@@ -567,15 +620,14 @@ pub fn plan(
             .enumerate()
             .map(|(pos, i)| (i, pos))
             .collect();
-        let until_hold = opts.until.as_ref().map(|u| format!("--until {u}"));
-        holds.sort_by_key(|(i, why)| (Some(why) == until_hold.as_ref(), position.get(i).copied()));
+        holds.sort_by_key(|(i, why)| (why.gate().is_none(), position.get(i).copied()));
         for (i, why) in holds {
-            let is_gate = Some(&why) != until_hold.as_ref();
+            let is_gate = why.gate().is_some();
             let mut set = graph.downstream(&[i]);
             set.insert(i);
             for j in set {
                 let a = actions_by_index[j].as_mut().unwrap();
-                let by_gate = a.held_by.is_some() && a.held_by != until_hold;
+                let by_gate = a.held_by.as_ref().is_some_and(|h| h.gate().is_some());
                 if a.action.is_work() && (a.held_by.is_none() || (is_gate && by_gate)) {
                     a.held_by = Some(why.clone());
                 }

@@ -273,11 +273,19 @@ fn a_node_behind_two_gates_is_held_by_the_one_that_opens_last() {
     let g = graph(p);
     let cs = plan(&g, &state(vec![]), &r, &Options::default()).unwrap();
     assert_eq!(
-        action(&cs, "switch").held_by.as_deref(),
+        action(&cs, "switch")
+            .held_by
+            .as_ref()
+            .map(|h| h.to_string())
+            .as_deref(),
         Some("gate `cutover`")
     );
     assert_eq!(
-        action(&cs, "drop").held_by.as_deref(),
+        action(&cs, "drop")
+            .held_by
+            .as_ref()
+            .map(|h| h.to_string())
+            .as_deref(),
         Some("gate `finish`")
     );
     let opts = Options {
@@ -286,7 +294,11 @@ fn a_node_behind_two_gates_is_held_by_the_one_that_opens_last() {
     };
     let cs = plan(&g, &state(vec![]), &r, &opts).unwrap();
     assert_eq!(
-        action(&cs, "drop").held_by.as_deref(),
+        action(&cs, "drop")
+            .held_by
+            .as_ref()
+            .map(|h| h.to_string())
+            .as_deref(),
         Some("gate `finish`"),
         "a gate's hold is named before --until's"
     );
@@ -305,7 +317,11 @@ fn gates_hold_everything_downstream_until_approved() {
     let cs = plan(&g, &state(vec![]), &r, &Options::default()).unwrap();
     for n in ["cutover", "b", "c"] {
         assert_eq!(
-            action(&cs, n).held_by.as_deref(),
+            action(&cs, n)
+                .held_by
+                .as_ref()
+                .map(|h| h.to_string())
+                .as_deref(),
             Some("gate `cutover`"),
             "{n}"
         );
@@ -324,7 +340,14 @@ fn gates_hold_everything_downstream_until_approved() {
         ..Default::default()
     };
     let cs = plan(&g, &state(vec![]), &r, &opts).unwrap();
-    assert_eq!(action(&cs, "a").held_by.as_deref(), Some("--until a"));
+    assert_eq!(
+        action(&cs, "a")
+            .held_by
+            .as_ref()
+            .map(|h| h.to_string())
+            .as_deref(),
+        Some("--until a")
+    );
     assert!(action(&cs, "d").held_by.is_none());
     let opts = Options {
         until: Some("nope".into()),
@@ -397,5 +420,23 @@ fn invalid_inputs_fail_offline_with_the_node_named() {
     assert!(
         err.contains("node `f` (local_file.file): input `mode` \"rwx\" is not an octal file mode"),
         "{err}"
+    );
+}
+
+/// A hold is typed inside the library and reads in the JSON preview as it always did.
+#[test]
+fn a_hold_is_written_as_its_words_and_read_back() {
+    for (h, text) in [
+        (Hold::Gate("cutover".into()), "\"gate `cutover`\""),
+        (Hold::Until("validate".into()), "\"--until validate\""),
+    ] {
+        assert_eq!(serde_json::to_string(&h).unwrap(), text);
+        assert_eq!(serde_json::from_str::<Hold>(text).unwrap(), h);
+    }
+    let e = serde_json::from_str::<Hold>("\"approval\"").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("neither gate `NAME` nor --until NODE"),
+        "{e}"
     );
 }

@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 use super::text::{diff_body, summary_line};
 use crate::dsl::NodeKind;
-use crate::planner::{Action, ActionKind, ChangeSet};
+use crate::planner::{Action, ActionKind, ChangeSet, Hold};
 
 /// GitHub colours a diff line by its first character: the action's symbol moves to column 0
 /// (`~` and `-/+` become `!`, which GitHub shows in orange, as Atlantis does).
@@ -55,7 +55,7 @@ pub fn preview_with(
         .actions
         .iter()
         .filter(|a| {
-            a.kind == NodeKind::Gate && a.held_by.as_deref().is_some_and(|h| h.starts_with("gate"))
+            a.kind == NodeKind::Gate && a.held_by.as_ref().is_some_and(|h| h.gate().is_some())
         })
         .map(|a| format!("`{}`", a.node))
         .collect();
@@ -138,11 +138,9 @@ pub fn preview_with(
 
 /// When a held step runs: the gate that holds it, or this apply.
 fn when(a: &Action) -> String {
-    match a.held_by.as_deref() {
-        Some(h) => match h.strip_prefix("gate `").and_then(|g| g.strip_suffix('`')) {
-            Some(g) => format!("after `--approve {g}`"),
-            None => format!("after {h}"),
-        },
+    match &a.held_by {
+        Some(Hold::Gate(g)) => format!("after `--approve {g}`"),
+        Some(h @ Hold::Until(_)) => format!("after {h}"),
         None => "on apply".to_string(),
     }
 }

@@ -233,7 +233,7 @@ pub fn diff_body(cs: &ChangeSet) -> String {
                 a.type_name.clone()
             };
             let state = match (a.action, &a.held_by) {
-                (_, Some(h)) if a.kind == NodeKind::Gate && h.starts_with("gate") => {
+                (_, Some(h)) if a.kind == NodeKind::Gate && h.gate().is_some() => {
                     format!("held: {}", a.reason)
                 }
                 (_, Some(h)) => format!("held by {h}"),
@@ -301,7 +301,10 @@ pub fn diff_body(cs: &ChangeSet) -> String {
                 a.node,
                 a.type_name,
                 format!("{:?}", a.action).to_lowercase(),
-                a.held_by.as_deref().unwrap_or("")
+                a.held_by
+                    .as_ref()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default()
             );
         }
         out.push('\n');
