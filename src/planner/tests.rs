@@ -1,3 +1,5 @@
+//! The planner's tests: what each kind of change plans to, holds, retirement, the order of deletes.
+
 use super::*;
 use crate::dsl::{NodeKind, Plan};
 use crate::graph::Graph;

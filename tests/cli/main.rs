@@ -1,6 +1,7 @@
 //! End-to-end tests of the `plan` binary: each test gets its own project directory (stacks/ and
 //! state under a temporary directory) and drives the real binary.
 
+mod architecture;
 mod aws;
 mod bad_input;
 mod crash;

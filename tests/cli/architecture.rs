@@ -1,0 +1,130 @@
+//! The invariants of ARCHITECTURE.md that a reading of the source can check: the core names no
+//! concrete provider, the stack file's module imports nothing of the DSL (which imports it), the run's
+//! secrets name no provider, and every module opens with a `//!` paragraph. Each failure names the
+//! file and line.
+
+use std::path::{Path, PathBuf};
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// The lines of `path` before its tests (`#[cfg(test)]`), numbered from 1; none of a tests file.
+fn code_lines(path: &Path) -> Vec<(usize, String)> {
+    if path.file_name().is_some_and(|n| n == "tests.rs") {
+        return vec![];
+    }
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .enumerate()
+        .take_while(|(_, l)| l.trim() != "#[cfg(test)]")
+        .map(|(i, l)| (i + 1, l.to_string()))
+        .collect()
+}
+
+/// Every `(file:line: text)` of the modules `under` (paths relative to `src/`) whose code has one
+/// of `needles`.
+fn offenders(under: &[&str], needles: &[&str]) -> Vec<String> {
+    let mut found = vec![];
+    for u in under {
+        let p = src().join(u);
+        let mut all = vec![];
+        if p.is_dir() {
+            files(&p, &mut all);
+        } else {
+            all.push(p);
+        }
+        for f in all {
+            for (n, l) in code_lines(&f) {
+                if needles.iter().any(|x| l.contains(x)) {
+                    found.push(format!(
+                        "src/{}:{n}: {}",
+                        f.strip_prefix(src()).unwrap().display(),
+                        l.trim()
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_core_names_no_concrete_provider() {
+    let core = [
+        "dsl",
+        "stack.rs",
+        "graph.rs",
+        "planner",
+        "executor",
+        "state",
+        "secrets.rs",
+        "engine.rs",
+    ];
+    let concrete = [
+        "provider::aws",
+        "provider::local_pg",
+        "provider::local_file",
+        "provider::builtin",
+        "provider::pg_steps",
+        "provider::pg_handoff",
+        "provider::http",
+    ];
+    let found = offenders(&core, &concrete);
+    assert!(
+        found.is_empty(),
+        "the core imports a provider:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_stack_files_module_imports_nothing_of_the_dsl() {
+    let found = offenders(&["stack.rs"], &["crate::dsl"]);
+    assert!(
+        found.is_empty(),
+        "stack.rs imports the DSL:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_runs_secrets_name_no_provider() {
+    let found = offenders(&["secrets.rs"], &["crate::provider", "aws::"]);
+    assert!(
+        found.is_empty(),
+        "secrets.rs names a provider:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn every_module_opens_with_what_it_is_for() {
+    let mut all = vec![];
+    files(&src(), &mut all);
+    let missing: Vec<String> = all
+        .iter()
+        .filter(|f| {
+            !std::fs::read_to_string(f)
+                .unwrap()
+                .trim_start()
+                .starts_with("//!")
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "modules without a `//!` paragraph: {missing:?}"
+    );
+}
