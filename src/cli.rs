@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::engine::{self, EngineError, Loaded, PlanEntry};
+use crate::engine::{self, Loaded, PlanEntry};
 use crate::executor::Outcome;
 use crate::planner::{ActionKind, Mode, Options};
 use crate::render;
@@ -801,15 +801,9 @@ async fn apply(
             if destroying { "" } else { ", or save the preview with `--format json --out FILE` and apply it with `--plan FILE`" }
         );
     }
-    let prepared = engine::prepare(&l, opts.clone(), &command_line()).await?;
+    let prepared = engine::prepare(&l, opts.clone(), &command_line(), saved.as_ref()).await?;
     for n in &prepared.reconciled {
         say!("reconciled {}: {}", n.node, n.message);
-    }
-    if let Some(saved) = &saved {
-        // A saved plan is made before reconciliation; compare against the state it saw.
-        if let Some(why) = render::json::stale_reason(saved, &prepared.changes) {
-            return Err(EngineError::StalePlan(why).into());
-        }
     }
     let cs = &prepared.changes;
     if !quiet || !yes {

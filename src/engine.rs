@@ -465,11 +465,13 @@ pub struct Prepared {
     pub opts: Options,
 }
 
-/// Takes the lock, reconciles interrupted operations, and plans.
+/// Takes the lock, reconciles interrupted operations, and plans; with a `saved` plan (a reviewed
+/// `preview --format json`), refuses when the fresh plan differs from it.
 pub async fn prepare(
     l: &Loaded,
     mut opts: Options,
     command: &str,
+    saved: Option<&ChangeSet>,
 ) -> Result<Prepared, EngineError> {
     // Credentials and region first: without them nothing is locked, read or recorded.
     l.registry
@@ -516,6 +518,18 @@ pub async fn prepare(
         }));
     }
     let changes = planner::plan(&l.graph, store.state(), &l.registry, &opts)?;
+    // A saved plan is made before reconciliation; it is compared with the state it saw.
+    if let Some(why) = saved.and_then(|s| s.stale_reason(&changes)) {
+        let notes: Vec<String> = reconciled
+            .iter()
+            .map(|n| format!("{}: {}", n.node, n.message))
+            .collect();
+        return Err(EngineError::StalePlan(if notes.is_empty() {
+            why
+        } else {
+            format!("{why}; this run first reconciled {}", notes.join("; "))
+        }));
+    }
     if opts.mode == crate::planner::Mode::Apply {
         // The cloud's own checks of what is about to be created or changed: an error stops the
         // apply here, before any change.

@@ -290,6 +290,36 @@ pub struct CheckNote {
 }
 
 impl ChangeSet {
+    /// Why this saved plan does not match `fresh`, one made now, if it does not: another plan or
+    /// stack, another state (lineage or serial), or other actions.
+    pub fn stale_reason(&self, fresh: &ChangeSet) -> Option<String> {
+        let saved = self;
+        if saved.plan != fresh.plan || saved.stack != fresh.stack {
+            return Some(format!(
+                "it was made for plan `{}` on stack `{}`",
+                saved.plan, saved.stack
+            ));
+        }
+        // A plan saved before the state existed has no lineage: it holds while the state is new.
+        if !saved.lineage.is_empty() && saved.lineage != fresh.lineage {
+            return Some("the state was replaced since".into());
+        }
+        if saved.serial != fresh.serial {
+            return Some(format!(
+                "the state changed since (serial {} -> {})",
+                saved.serial, fresh.serial
+            ));
+        }
+        let strip = |cs: &ChangeSet| {
+            let mut v = cs.actions.clone();
+            v.iter_mut().for_each(|a| a.service.clear());
+            v
+        };
+        if strip(saved) != strip(fresh) || saved.moved != fresh.moved {
+            return Some("the plan's code or stack values changed since".into());
+        }
+        None
+    }
     /// Whether applying would change anything.
     pub fn has_changes(&self) -> bool {
         !self.moved.is_empty()

@@ -46,32 +46,3 @@ pub fn read(text: &str) -> Result<ChangeSet, String> {
     }
     Ok(doc.changes)
 }
-
-/// Why a saved plan does not match a fresh one, if it does not.
-pub fn stale_reason(saved: &ChangeSet, fresh: &ChangeSet) -> Option<String> {
-    if saved.plan != fresh.plan || saved.stack != fresh.stack {
-        return Some(format!(
-            "it was made for plan `{}` on stack `{}`",
-            saved.plan, saved.stack
-        ));
-    }
-    // A plan saved before the state existed has no lineage: it holds while the state is new.
-    if !saved.lineage.is_empty() && saved.lineage != fresh.lineage {
-        return Some("the state was replaced since".into());
-    }
-    if saved.serial != fresh.serial {
-        return Some(format!(
-            "the state changed since (serial {} -> {})",
-            saved.serial, fresh.serial
-        ));
-    }
-    let strip = |cs: &ChangeSet| {
-        let mut v = cs.actions.clone();
-        v.iter_mut().for_each(|a| a.service.clear());
-        v
-    };
-    if strip(saved) != strip(fresh) || saved.moved != fresh.moved {
-        return Some("the plan's code or stack values changed since".into());
-    }
-    None
-}

@@ -214,7 +214,7 @@ fn a_moved_declaration_renames_without_replacing() {
     let apply = |plans: Vec<PlanEntry>| {
         rt.block_on(async {
             let l = engine::load(p.root(), &plans, "m").unwrap();
-            let prepared = engine::prepare(&l, Default::default(), "test")
+            let prepared = engine::prepare(&l, Default::default(), "test", None)
                 .await
                 .unwrap();
             let cs = prepared.changes.clone();
