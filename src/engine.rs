@@ -339,7 +339,7 @@ async fn converging(
         }
         let unavailable = |message: String| planner::CheckNote {
             node: n.name.clone(),
-            level: "unavailable".into(),
+            level: crate::provider::CheckLevel::Unavailable,
             message,
         };
         let lookup =
@@ -429,19 +429,20 @@ async fn run_checks_of(
             }
             _ => continue,
         };
-        let note = |level: &str, message: String| planner::CheckNote {
+        use crate::provider::CheckLevel;
+        let note = |level: CheckLevel, message: String| planner::CheckNote {
             node: n.name.clone(),
-            level: level.into(),
+            level,
             message,
         };
         match check {
             Ok(Ok(Some(findings))) => {
-                out.extend(findings.into_iter().map(|(level, m)| note(&level, m)))
+                out.extend(findings.into_iter().map(|(level, m)| note(level, m)))
             }
             Ok(Ok(None)) => {}
-            Ok(Err(e)) => out.push(note("unavailable", e.to_string())),
+            Ok(Err(e)) => out.push(note(CheckLevel::Unavailable, e.to_string())),
             Err(_) => out.push(note(
-                "unavailable",
+                CheckLevel::Unavailable,
                 "the check did not answer within 15 s".into(),
             )),
         }
@@ -549,7 +550,7 @@ pub async fn prepare(
         let errors: Vec<String> = run_checks_of(l, store.state(), &|n| touched.contains(n))
             .await
             .into_iter()
-            .filter(|c| c.level == "error")
+            .filter(|c| c.level == crate::provider::CheckLevel::Error)
             .map(|c| format!("`{}`: {}", c.node, c.message))
             .collect();
         if !errors.is_empty() {

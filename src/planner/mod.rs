@@ -284,8 +284,7 @@ pub struct BudgetNote {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckNote {
     pub node: String,
-    /// `error`, `warning`, `note`, or `unavailable` (the check could not run).
-    pub level: String,
+    pub level: crate::provider::CheckLevel,
     pub message: String,
 }
 

@@ -214,6 +214,30 @@ pub fn rds_identifier(id: &str) -> Result<(), String> {
     }
 }
 
+/// How much a finding of a type's check (`check`) matters: an `Error` stops an apply before any
+/// change; `Unavailable` says the check could not run.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckLevel {
+    Note,
+    Warning,
+    Error,
+    Unavailable,
+}
+
+impl std::fmt::Display for CheckLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckLevel::Note => "note",
+            CheckLevel::Warning => "warning",
+            CheckLevel::Error => "error",
+            CheckLevel::Unavailable => "unavailable",
+        })
+    }
+}
+
 /// What a node means to a reviewer, from its type (never guessed by a renderer): whether its
 /// object holds data, whether the step fences writers or re-points traffic, what it checks
 /// before it acts, whether `plan rollback` undoes it, and what it cannot verify.
@@ -289,7 +313,7 @@ pub trait ResourceType: Send + Sync {
         &self,
         _ctx: &Ctx,
         _req: &Request<'_>,
-    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+    ) -> Result<Option<Vec<(CheckLevel, String)>>, ProviderError> {
         Ok(None)
     }
     /// Offline checks against the nodes this one refers to: `referenced(input)` gives the type and
@@ -439,7 +463,7 @@ pub trait StepType: Send + Sync {
         &self,
         _ctx: &Ctx,
         _req: &Request<'_>,
-    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+    ) -> Result<Option<Vec<(CheckLevel, String)>>, ProviderError> {
         Ok(None)
     }
     /// Whether the step leaves something no resource owns (a line appended to a file) that a

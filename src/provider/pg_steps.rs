@@ -369,13 +369,17 @@ impl StepType for PreflightType {
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
-    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+    ) -> Result<Option<Vec<(crate::provider::CheckLevel, String)>>, ProviderError> {
         let findings = preflight_findings(ctx, req.inputs).await?;
         Ok(Some(
             findings
                 .into_iter()
                 .map(|f| {
-                    let level = format!("{:?}", f.level).to_lowercase();
+                    let level = match f.level {
+                        Level::Note => crate::provider::CheckLevel::Note,
+                        Level::Warning => crate::provider::CheckLevel::Warning,
+                        Level::Error => crate::provider::CheckLevel::Error,
+                    };
                     let mut m = format!("[{}] {}", f.check, f.message);
                     if let Some(fix) = f.fix {
                         m.push_str(&format!(" Fix: {fix}"));
@@ -629,7 +633,7 @@ impl StepType for ExtendType {
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
-    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+    ) -> Result<Option<Vec<(crate::provider::CheckLevel, String)>>, ProviderError> {
         let s = target(ctx, req.inputs, "source").await?;
         let prefix = get_str(req.inputs, "prefix").unwrap_or("cutover");
         let todo = crate::pg::replication::unpublished(&s, prefix, &groups_of(req.inputs))
@@ -639,7 +643,7 @@ impl StepType for ExtendType {
             todo.into_iter()
                 .map(|(g, _, ts)| {
                     (
-                        "warning".to_string(),
+                        crate::provider::CheckLevel::Warning,
                         format!(
                             "{} in no publication of group `{g}`: taken into replication at the next apply",
                             ts.join(", ")

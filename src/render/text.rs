@@ -278,10 +278,11 @@ pub fn diff_body(cs: &ChangeSet) -> String {
     if !cs.checks.is_empty() {
         out.push_str("Checks (read with --refresh):\n");
         for c in &cs.checks {
-            let sym = match c.level.as_str() {
-                "error" => "!",
-                "warning" | "unavailable" => "?",
-                _ => " ",
+            use crate::provider::CheckLevel;
+            let sym = match c.level {
+                CheckLevel::Error => "!",
+                CheckLevel::Warning | CheckLevel::Unavailable => "?",
+                CheckLevel::Note => " ",
             };
             let _ = writeln!(out, "  {sym} {} {}: {}", c.node, c.level, c.message);
         }

@@ -88,7 +88,7 @@ pub(super) async fn orderable(
     engine: &str,
     version: Option<&str>,
     class: &str,
-) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+) -> Result<Option<Vec<(crate::provider::CheckLevel, String)>>, ProviderError> {
     let rds = aws.rds().await;
     // Up to `pages` pages of (class, version) offered for the engine (and version, class).
     let list = |version: Option<&str>, class: Option<&str>, pages: usize| {
@@ -139,7 +139,7 @@ pub(super) async fn orderable(
         classes.sort();
         classes.dedup();
         return Ok(Some(vec![(
-            "error".into(),
+            crate::provider::CheckLevel::Error,
             format!(
                 "instance class {class} is not orderable for {of_version} in {region}; orderable classes: {}",
                 classes.join(", ")
@@ -153,7 +153,7 @@ pub(super) async fn orderable(
             versions.sort();
             versions.dedup();
             return Ok(Some(vec![(
-                "error".into(),
+                crate::provider::CheckLevel::Error,
                 format!(
                     "{of_version} is not offered in {region}; versions offered: {}",
                     versions.join(", ")
@@ -162,7 +162,7 @@ pub(super) async fn orderable(
         }
     }
     Ok(Some(vec![(
-        "warning".into(),
+        crate::provider::CheckLevel::Warning,
         format!("{region} lists no orderable instance options for {engine}: class {class} could not be checked"),
     )]))
 }
@@ -836,7 +836,7 @@ impl AwsObject for InstanceType {
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
-    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+    ) -> Result<Option<Vec<(crate::provider::CheckLevel, String)>>, ProviderError> {
         type A = ClusterInstanceArgs;
         match (
             get_str(req.inputs, A::engine),

@@ -249,7 +249,7 @@ pub trait AwsObject: Send + Sync + 'static {
         &self,
         _ctx: &Ctx,
         _req: &Request<'_>,
-    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+    ) -> Result<Option<Vec<(crate::provider::CheckLevel, String)>>, ProviderError> {
         Ok(None)
     }
 }
@@ -389,7 +389,7 @@ impl<T: AwsObject> ResourceType for Driven<T> {
         &self,
         ctx: &Ctx,
         req: &Request<'_>,
-    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+    ) -> Result<Option<Vec<(crate::provider::CheckLevel, String)>>, ProviderError> {
         self.0.check(ctx, req).await
     }
     /// The create's intent records the name the object gets: enough to find it after a kill.

@@ -550,7 +550,7 @@ impl AwsObject for DbInstanceType {
         &self,
         _ctx: &Ctx,
         req: &Request<'_>,
-    ) -> Result<Option<Vec<(String, String)>>, ProviderError> {
+    ) -> Result<Option<Vec<(crate::provider::CheckLevel, String)>>, ProviderError> {
         // A replica's engine and version are its source's: checked there.
         match (
             get_str(req.inputs, DbInstanceArgs::engine),
