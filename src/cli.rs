@@ -833,10 +833,10 @@ async fn apply(
         say!("Apply cancelled.");
         return Ok(1);
     }
-    let held: BTreeSet<String> = cs
+    let held: BTreeSet<crate::planner::Hold> = cs
         .actions
         .iter()
-        .filter_map(|a| a.held_by.as_ref().map(|h| h.to_string()))
+        .filter_map(|a| a.held_by.clone())
         .collect();
     let (tx, rx) = tokio::sync::watch::channel(0u32);
     // Ctrl-C, and SIGTERM (what CI runners, systemd and Kubernetes send), stop the run the same
@@ -953,39 +953,10 @@ async fn apply(
         say!("{line}");
     }
     let r = &applied.report;
-    let mut done = [0usize; 4]; // add, change, destroy, steps
-    let mut failed = Vec::new();
-    let mut skipped = 0;
-    let mut not_started = 0;
-    let mut unreached = Vec::new();
-    for (i, o) in r.outcomes.iter().enumerate() {
-        if *o == Outcome::NotStarted {
-            unreached.push(format!("`{}`", applied.ops[i].node));
-        }
-        match o {
-            Outcome::Done => match applied.ops[i].op {
-                crate::executor::work::OpKind::Create => done[0] += 1,
-                crate::executor::work::OpKind::Update => done[1] += 1,
-                crate::executor::work::OpKind::Delete => done[2] += 1,
-                crate::executor::work::OpKind::Run | crate::executor::work::OpKind::Gate => {
-                    done[3] += 1
-                }
-                _ => {}
-            },
-            Outcome::Failed(e) => failed.push(e.clone()),
-            Outcome::Skipped(_) => skipped += 1,
-            Outcome::NotStarted => not_started += 1,
-            Outcome::Dormant => {}
-        }
-    }
-    let counts = format!(
-        "{} added, {} changed, {} destroyed, {} step{} run",
-        done[0],
-        done[1],
-        done[2],
-        done[3],
-        if done[3] == 1 { "" } else { "s" }
-    );
+    let t = applied.tally();
+    let (failed, skipped, not_started, unreached) =
+        (&t.failed, t.skipped, t.not_started, &t.unreached);
+    let counts = t.counts();
     if r.cancelled {
         say!("\nInterrupted: {counts}; {not_started} not started. State is saved: run `plan apply {stack}` to resume.");
         return Ok(if terminated.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1004,7 +975,7 @@ async fn apply(
             failed.len(),
             if r.compensated { "; compensation ran" } else { "" }
         );
-        for f in &failed {
+        for f in failed {
             say!("  ! {f}");
         }
         return Ok(1);
@@ -1015,7 +986,7 @@ async fn apply(
             "\n{} incomplete: {counts}; {} not started, waiting for work that did not run: {}. State is saved: run `plan {verb} {stack}` again, and report this if it repeats.",
             if destroying { "Destroy" } else { "Apply" },
             unreached.len(),
-            unreached.join(", ")
+            unreached.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
         );
         return Ok(1);
     }
@@ -1024,11 +995,11 @@ async fn apply(
         if destroying { "Destroy" } else { "Apply" }
     );
     for h in held {
-        match h.strip_prefix("gate `").and_then(|g| g.strip_suffix('`')) {
-            Some(g) => {
+        match h {
+            crate::planner::Hold::Gate(g) => {
                 say!("Held back by gate `{g}`: run `plan apply {stack} --approve {g}` when ready.")
             }
-            None => say!("Held back by {h}: run `plan apply {stack}` without it to go on."),
+            until => say!("Held back by {until}: run `plan apply {stack}` without it to go on."),
         }
     }
     Ok(0)

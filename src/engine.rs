@@ -747,6 +747,64 @@ pub struct Applied {
     pub state: State,
 }
 
+/// What an apply or destroy did, counted from its outcomes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    pub added: usize,
+    pub changed: usize,
+    pub destroyed: usize,
+    /// Steps run and gates passed.
+    pub steps: usize,
+    /// Each failure's message.
+    pub failed: Vec<String>,
+    pub skipped: usize,
+    /// Not started (the run was cancelled or a checkpoint failed).
+    pub not_started: usize,
+    /// The nodes of the jobs not started, in order.
+    pub unreached: Vec<String>,
+}
+
+impl Tally {
+    /// `2 added, 0 changed, 1 destroyed, 3 steps run`.
+    pub fn counts(&self) -> String {
+        format!(
+            "{} added, {} changed, {} destroyed, {} step{} run",
+            self.added,
+            self.changed,
+            self.destroyed,
+            self.steps,
+            if self.steps == 1 { "" } else { "s" }
+        )
+    }
+}
+
+impl Applied {
+    /// The run's outcomes counted by what they did.
+    pub fn tally(&self) -> Tally {
+        use crate::executor::{work::OpKind, Outcome};
+        let mut t = Tally::default();
+        for (o, op) in self.report.outcomes.iter().zip(&self.ops) {
+            match o {
+                Outcome::Done => match op.op {
+                    OpKind::Create => t.added += 1,
+                    OpKind::Update => t.changed += 1,
+                    OpKind::Delete => t.destroyed += 1,
+                    OpKind::Run | OpKind::Gate => t.steps += 1,
+                    _ => {}
+                },
+                Outcome::Failed(e) => t.failed.push(e.clone()),
+                Outcome::Skipped(_) => t.skipped += 1,
+                Outcome::NotStarted => {
+                    t.not_started += 1;
+                    t.unreached.push(op.node.clone());
+                }
+                Outcome::Dormant => {}
+            }
+        }
+        t
+    }
+}
+
 /// The plan's time budgets whose `to` step ran in this apply (`ran`), as report lines: the time
 /// used of the limit, and whether it was over. A budget whose timestamps are not both in state
 /// (the step did not record one) says so rather than guessing.
