@@ -547,6 +547,15 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
         }
         Command::Graph { stack, format } => {
             let l = load(&root, plans, &stack)?;
+            // The plans a preview refuses, refused here too.
+            let problems = crate::planner::validate_inputs(&l.graph, &l.registry);
+            if !problems.is_empty() {
+                return Err(crate::planner::PlanningError {
+                    plan: l.graph.spec.plan.clone(),
+                    problems,
+                }
+                .into());
+            }
             say_part!(
                 "{}",
                 match format {

@@ -365,6 +365,46 @@ pub struct PlanningError {
     pub problems: Vec<String>,
 }
 
+/// The offline checks of every node's inputs by its type (`validate`, and `validate_refs`
+/// against the nodes its inputs name): what `plan` refuses, and `plan graph` too.
+pub fn validate_inputs(graph: &Graph, registry: &Registry) -> Vec<String> {
+    let spec = &graph.spec;
+    let mut problems = Vec::new();
+    for n in &spec.nodes {
+        if let Some(t) = registry.get(&n.type_name) {
+            let resolved_literals: Attrs = n.inputs.clone();
+            for msg in t.validate(&resolved_literals) {
+                problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
+            }
+            if let TypeImpl::Resource(rt) = t {
+                // `input` may be a path into an object (`dimensions.DBInstanceIdentifier`). A
+                // reference names its node; a literal names the resource whose identifier it is.
+                let referenced = |input: &str| {
+                    let mut parts = input.split('.');
+                    let first = n.inputs.get(parts.next()?)?;
+                    let v = parts.try_fold(first, |v, k| v.get(k))?;
+                    let other = match value::as_ref(v) {
+                        Some((node, _)) => graph.node(node)?,
+                        None => {
+                            let literal = v.as_str()?;
+                            spec.nodes.iter().find(|o| {
+                                o.name != n.name
+                                    && identifier_of(registry, &spec.plan, &spec.stack, o)
+                                        .is_some_and(|id| id == literal)
+                            })?
+                        }
+                    };
+                    Some((other.type_name.clone(), other.inputs.clone()))
+                };
+                for msg in rt.validate_refs(&n.inputs, &referenced) {
+                    problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// Computes the change set.
 pub fn plan(
     graph: &Graph,
@@ -399,38 +439,7 @@ pub fn plan(
             problems.push(format!("`{name}` is not a node of this plan; see `plan state {} list` or the preview for names", spec.stack));
         }
     }
-    for n in &spec.nodes {
-        if let Some(t) = registry.get(&n.type_name) {
-            let resolved_literals: Attrs = n.inputs.clone();
-            for msg in t.validate(&resolved_literals) {
-                problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
-            }
-            if let TypeImpl::Resource(rt) = t {
-                // `input` may be a path into an object (`dimensions.DBInstanceIdentifier`). A
-                // reference names its node; a literal names the resource whose identifier it is.
-                let referenced = |input: &str| {
-                    let mut parts = input.split('.');
-                    let first = n.inputs.get(parts.next()?)?;
-                    let v = parts.try_fold(first, |v, k| v.get(k))?;
-                    let other = match value::as_ref(v) {
-                        Some((node, _)) => graph.node(node)?,
-                        None => {
-                            let literal = v.as_str()?;
-                            spec.nodes.iter().find(|o| {
-                                o.name != n.name
-                                    && identifier_of(registry, &spec.plan, &spec.stack, o)
-                                        .is_some_and(|id| id == literal)
-                            })?
-                        }
-                    };
-                    Some((other.type_name.clone(), other.inputs.clone()))
-                };
-                for msg in rt.validate_refs(&n.inputs, &referenced) {
-                    problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
-                }
-            }
-        }
-    }
+    problems.extend(validate_inputs(graph, registry));
 
     let destroy = opts.mode != Mode::Apply;
     // Outputs that will be unknown during this apply: node -> None (all) or the known ones.

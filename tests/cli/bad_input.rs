@@ -991,6 +991,15 @@ fn cases() -> Vec<Case> {
             after: Untouched,
         },
         Case {
+            name: "a TTL step whose TTL is no TTL, drawn as a graph",
+            setup: |r| { put(r, "stacks/cloud.toml", "plan = \"aws-dns\"\nprovider = \"aws\"\nregion = \"eu-west-1\"\n[values]\nzone = \"example.test\"\ndb_target = \"x.internal\"\napp_from = \"a.internal\"\napp_to = \"b.internal\"\nlower_ttl = 0\n"); None },
+            args: &["graph", "cloud"],
+            env: FAKE_AWS,
+            code: 1,
+            says: &["node `lower-ttl` (aws.route53.lower_ttl): input `ttl` must be a TTL in seconds, from 1 to 172800"],
+            after: Untouched,
+        },
+        Case {
             name: "an encryption key given by its alias",
             setup: |r| { edit(r, "stacks/saas-staging.toml", "kms_key_arn = \"arn:aws:kms:us-east-1:333333333333:key/1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d\"", "kms_key_arn = \"alias/rds-data\""); None },
             args: &["preview", "saas-staging"],
