@@ -895,10 +895,10 @@ pub async fn execute(
             to: to.clone(),
         });
     }
-    let (jobs, ops) = build_jobs(&p.changes, &l.graph, p.store.state(), &|t| {
+    let (jobs, ops) = build_jobs(&p.changes, &l.graph, p.store.state(), &|t, inputs| {
         l.registry
             .get(t)
-            .map(|t| t.default_timeout())
+            .map(|t| t.default_timeout(inputs))
             .unwrap_or(crate::provider::DEFAULT_TIMEOUT)
     });
     let mut ctx = l.ctx();

@@ -330,7 +330,7 @@ fn a_types_default_timeout_applies_when_the_node_sets_none() {
     state.nodes.insert("gone".into(), gone);
     let cs = crate::planner::plan(&g, &state, &r, &crate::planner::Options::default()).unwrap();
     let week = std::time::Duration::from_secs(7 * 24 * 3600);
-    let (jobs, _) = super::work::build_jobs(&cs, &g, &state, &|t| {
+    let (jobs, _) = super::work::build_jobs(&cs, &g, &state, &|t, _| {
         assert_eq!(t, "wait.sleep");
         week
     });

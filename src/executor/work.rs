@@ -90,7 +90,7 @@ pub fn build_jobs(
     cs: &ChangeSet,
     graph: &Graph,
     state: &State,
-    type_timeout: &dyn Fn(&str) -> Duration,
+    type_timeout: &dyn Fn(&str, &crate::value::Attrs) -> Duration,
 ) -> (Vec<JobSpec>, Vec<OpJob>) {
     let mut specs: Vec<JobSpec> = Vec::new();
     let mut ops: Vec<OpJob> = Vec::new();
@@ -103,7 +103,8 @@ pub fn build_jobs(
     let timeout_of = |n: Option<&NodeSpec>, type_name: &str| {
         n.and_then(|n| n.options.timeout).unwrap_or(match n {
             Some(n) if n.kind == NodeKind::Gate => Duration::from_secs(24 * 3600),
-            _ => type_timeout(type_name),
+            Some(n) => type_timeout(type_name, &n.inputs),
+            None => type_timeout(type_name, &crate::value::Attrs::new()),
         })
     };
     for a in &cs.actions {

@@ -493,7 +493,7 @@ pub fn plan(
                     Some(t @ (TypeImpl::Step(_) | TypeImpl::Resource(_))) => Some(
                         n.options
                             .timeout
-                            .unwrap_or_else(|| t.default_timeout())
+                            .unwrap_or_else(|| t.default_timeout(&n.inputs))
                             .as_secs(),
                     ),
                     _ => None,

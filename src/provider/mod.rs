@@ -441,6 +441,12 @@ pub trait StepType: Send + Sync {
     fn default_timeout(&self) -> Duration {
         DEFAULT_TIMEOUT
     }
+    /// The limit for a node with these (declared) inputs: a step whose inputs say how long it
+    /// waits at least (a bake's period) gives itself that much more. [`StepType::default_timeout`]
+    /// by default.
+    fn timeout_for(&self, _inputs: &Attrs) -> Duration {
+        self.default_timeout()
+    }
     /// Running it twice is harmless (a wait); an interrupted run is simply run again.
     fn rerun_safe(&self) -> bool {
         false
@@ -536,12 +542,13 @@ impl TypeImpl {
             TypeImpl::Step(_) => NodeKind::Step,
         }
     }
-    /// How long one operation may take when the node sets no timeout.
-    pub fn default_timeout(&self) -> Duration {
+    /// How long one operation of a node with these (declared) inputs may take when the node sets
+    /// no timeout.
+    pub fn default_timeout(&self, inputs: &Attrs) -> Duration {
         match self {
             TypeImpl::Resource(t) => t.default_timeout(),
             TypeImpl::Data(_) => DEFAULT_TIMEOUT,
-            TypeImpl::Step(t) => t.default_timeout(),
+            TypeImpl::Step(t) => t.timeout_for(inputs),
         }
     }
     pub fn service(&self) -> &'static str {

@@ -1009,6 +1009,12 @@ impl StepType for BakeType {
     fn service(&self) -> &'static str {
         "cloudwatch"
     }
+    /// The bake's period, and the usual hour beyond it for the alarms to settle: a bake longer
+    /// than an hour never gives up before it could pass.
+    fn timeout_for(&self, inputs: &Attrs) -> std::time::Duration {
+        std::time::Duration::from_secs(get_u64(inputs, "seconds").unwrap_or(0))
+            + crate::provider::DEFAULT_TIMEOUT
+    }
     fn rerun_safe(&self) -> bool {
         true
     }
@@ -1241,6 +1247,11 @@ impl StepType for WaitMetricType {
     fn service(&self) -> &'static str {
         "cloudwatch"
     }
+    /// Its own deadline (`within`, an hour by default), and ten minutes beyond it to say what
+    /// it last saw.
+    fn timeout_for(&self, inputs: &Attrs) -> std::time::Duration {
+        std::time::Duration::from_secs(get_u64(inputs, "within_s").unwrap_or(3600) + 600)
+    }
     fn rerun_safe(&self) -> bool {
         true
     }
@@ -1351,6 +1362,28 @@ impl StepType for WaitMetricType {
 mod tests {
     use super::*;
     use crate::provider::aws::cluster::{AuroraCluster, ClusterInstance};
+
+    /// A bake of two hours, or a metric wait of three, is not given up after the usual hour.
+    #[test]
+    fn a_long_bake_or_metric_wait_gets_a_limit_beyond_its_own_length() {
+        let mut r = crate::provider::Registry::new();
+        super::super::register(
+            &mut r,
+            Arc::new(super::super::Aws::default()),
+            "stacks/x.toml",
+        );
+        let limit = |t: &str, inputs: Attrs| r.get(t).unwrap().default_timeout(&inputs);
+        let bake = Bake::alarms(vec![Output::from("cpu")], 7200).inputs();
+        assert_eq!(
+            limit("aws.cloudwatch.bake", bake),
+            Duration::from_secs(3 * 3600)
+        );
+        let wait = Attrs::from([("within_s".to_string(), Value::from(3 * 3600u64))]);
+        assert_eq!(
+            limit("aws.cloudwatch.wait_metric", wait),
+            Duration::from_secs(3 * 3600 + 600)
+        );
+    }
 
     /// Aurora publishes a cluster's CPU, connections and latency under `DBClusterIdentifier`; an
     /// alarm on the cluster's identifier under `DBInstanceIdentifier` never sees a datapoint.
