@@ -14,9 +14,7 @@ use crate::executor::work::{build_jobs, labels, ApplyWork, OpJob};
 use crate::executor::{self, Event, JobSpec, Limits, Report};
 use crate::graph::{Graph, GraphErrors};
 use crate::planner::{self, ChangeSet, Options, PlanningError};
-use crate::provider::{
-    deterministic_id, registry_for_stack, Ctx, Probe, Registry, Request, TypeImpl,
-};
+use crate::provider::{registry_for_stack, Ctx, Probe, Registry, Request, TypeImpl};
 use crate::stack::{Stack, StackError};
 use crate::state::{
     now, DataRecord, Entry, Lock, NodeRecord, Op, ResourceRecord, State, StateAt, StateError,
@@ -355,7 +353,7 @@ async fn converging(
             ));
             continue;
         };
-        let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, &n.name);
+        let det = l.graph.deterministic_id(&n.name);
         let req = Request {
             node: &n.name,
             deterministic_id: &det,
@@ -403,7 +401,7 @@ async fn run_checks_of(
         let lookup =
             |x: &str, o: &str| state.nodes.get(x).and_then(|r| r.outputs().get(o).cloned());
         let inputs = value::resolve_attrs(&n.inputs, &lookup);
-        let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, &n.name);
+        let det = l.graph.deterministic_id(&n.name);
         let check = match l.registry.get(&n.type_name) {
             Some(TypeImpl::Step(st)) => {
                 if inputs.values().any(value::has_refs) {
@@ -583,7 +581,7 @@ async fn reconcile_one(
         op: op.clone(),
         message,
     };
-    let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, node);
+    let det = l.graph.deterministic_id(node);
     let req = Request {
         node,
         deterministic_id: &det,
@@ -931,7 +929,7 @@ async fn refresh_entries(
 ) -> Result<Vec<(Entry, Note)>, EngineError> {
     let mut out = Vec::new();
     for (node, rec) in &state.nodes {
-        let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, node);
+        let det = l.graph.deterministic_id(node);
         match rec {
             NodeRecord::Resource(r) if !r.retired => {
                 let Some(TypeImpl::Resource(rt)) = l.registry.get(&r.type_name) else {
@@ -1126,7 +1124,7 @@ pub async fn import(
         )));
     }
     let ctx = l.ctx();
-    let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, node);
+    let det = l.graph.deterministic_id(node);
     let lookup = |n: &str, o: &str| {
         store
             .state()
@@ -1438,7 +1436,7 @@ pub async fn rollback(
         });
         store.commit()?;
         let revealed = value::reveal_attrs(&inputs, &*ctx.secrets).map_err(EngineError::Usage)?;
-        let det = deterministic_id(&l.graph.spec.plan, &l.stack.name, &n.name);
+        let det = l.graph.deterministic_id(&n.name);
         let req = Request {
             node: &n.name,
             deterministic_id: &det,

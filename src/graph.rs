@@ -132,6 +132,8 @@ pub struct Graph {
     pub spec: PlanSpec,
     pub dag: DiGraph<usize, Edge>,
     index: HashMap<String, NodeIndex>,
+    /// Each node's deterministic id (what its object is named after), made once.
+    ids: HashMap<String, String>,
 }
 
 impl Graph {
@@ -284,12 +286,34 @@ impl Graph {
         }
         errors.sort_by_key(error_order);
         if errors.is_empty() {
-            Ok(Graph { spec, dag, index })
+            let ids = spec
+                .nodes
+                .iter()
+                .map(|n| {
+                    let id = crate::provider::deterministic_id(&spec.plan, &spec.stack, &n.name);
+                    (n.name.clone(), id)
+                })
+                .collect();
+            Ok(Graph {
+                spec,
+                dag,
+                index,
+                ids,
+            })
         } else {
             Err(GraphErrors {
                 plan: spec.plan.clone(),
                 errors,
             })
+        }
+    }
+
+    /// The deterministic id of the node called `name` (derived from plan, stack and node), also
+    /// for a node gone from the plan that state still records.
+    pub fn deterministic_id(&self, name: &str) -> String {
+        match self.ids.get(name) {
+            Some(id) => id.clone(),
+            None => crate::provider::deterministic_id(&self.spec.plan, &self.spec.stack, name),
         }
     }
 

@@ -163,19 +163,13 @@ impl AttrChange {
 /// One node's planned action.
 /// The identifier a resource node's object has or will have (what `id_for` gives from its
 /// declared inputs), for a literal that names it; `None` for other kinds.
-fn identifier_of(
-    registry: &Registry,
-    plan: &str,
-    stack: &str,
-    n: &crate::dsl::NodeSpec,
-) -> Option<String> {
+fn identifier_of(registry: &Registry, graph: &Graph, n: &crate::dsl::NodeSpec) -> Option<String> {
     let Some(TypeImpl::Resource(t)) = registry.get(&n.type_name) else {
         return None;
     };
-    let did = crate::provider::deterministic_id(plan, stack, &n.name);
     Some(t.id_for(&crate::provider::Request {
         node: &n.name,
-        deterministic_id: &did,
+        deterministic_id: &graph.deterministic_id(&n.name),
         inputs: &n.inputs,
     }))
 }
@@ -389,7 +383,7 @@ pub fn validate_inputs(graph: &Graph, registry: &Registry) -> Vec<String> {
                             let literal = v.as_str()?;
                             spec.nodes.iter().find(|o| {
                                 o.name != n.name
-                                    && identifier_of(registry, &spec.plan, &spec.stack, o)
+                                    && identifier_of(registry, graph, o)
                                         .is_some_and(|id| id == literal)
                             })?
                         }
@@ -516,11 +510,7 @@ pub fn plan(
                             let known = match registry.get(&n.type_name) {
                                 Some(TypeImpl::Resource(t)) => {
                                     let inputs = value::resolve_attrs(&n.inputs, &lookup);
-                                    let did = crate::provider::deterministic_id(
-                                        &spec.plan,
-                                        &spec.stack,
-                                        &n.name,
-                                    );
+                                    let did = graph.deterministic_id(&n.name);
                                     let id = t.id_for(&crate::provider::Request {
                                         node: &n.name,
                                         deterministic_id: &did,
