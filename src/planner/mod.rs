@@ -160,7 +160,6 @@ impl AttrChange {
     }
 }
 
-/// One node's planned action.
 /// The identifier a resource node's object has or will have (what `id_for` gives from its
 /// declared inputs), for a literal that names it; `None` for other kinds.
 fn identifier_of(registry: &Registry, graph: &Graph, n: &crate::dsl::NodeSpec) -> Option<String> {
@@ -174,6 +173,7 @@ fn identifier_of(registry: &Registry, graph: &Graph, n: &crate::dsl::NodeSpec) -
     }))
 }
 
+/// One node's planned action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Action {
     pub node: String,
