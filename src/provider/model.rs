@@ -18,7 +18,7 @@ use crate::value::{Attrs, Value};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Field {
     pub key: &'static str,
-    /// A change replaces the object (AWS cannot change it in place).
+    /// A change replaces the object (the provider cannot change it in place).
     pub replace: bool,
     /// Used only when the object is created; never diffed afterwards.
     pub create_only: bool,
