@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::engine::{self, Loaded, PlanEntry};
+use crate::engine::{self, Catalog, Loaded};
 use crate::executor::Outcome;
 use crate::planner::{ActionKind, Mode, Options};
 use crate::render;
@@ -265,7 +265,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub const EXIT_TERMINATED: u8 = 143;
 
 /// Runs the CLI with the plans compiled into the binary; returns the process exit code.
-pub fn main(plans: &[PlanEntry]) -> ExitCode {
+pub fn main(plans: &Catalog<'_>) -> ExitCode {
     let cli = Cli::parse();
     if cli.command.reads_only() {
         // Rust ignores SIGPIPE, so printing to a reader that went away (`plan list | head`)
@@ -312,7 +312,7 @@ pub fn main(plans: &[PlanEntry]) -> ExitCode {
 /// alarms quiet, and says what was emulated.
 async fn emulate(
     root: &Path,
-    plans: &[PlanEntry],
+    plans: &Catalog<'_>,
     stack: &str,
     set: &[String],
     rows: u64,
@@ -436,11 +436,11 @@ fn command_line() -> String {
     v.join(" ")
 }
 
-fn load(root: &Path, plans: &[PlanEntry], stack: &str) -> Result<Loaded> {
+fn load(root: &Path, plans: &Catalog<'_>, stack: &str) -> Result<Loaded> {
     Ok(engine::load(root, plans, stack)?)
 }
 
-async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
+async fn run(cli: Cli, plans: &Catalog<'_>) -> Result<u8> {
     // Absolute, so that paths handed to daemons (pgbouncer) and providers stay valid.
     let root = cli.root.canonicalize().map_err(|e| {
         anyhow!(
@@ -468,7 +468,7 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
         } => emulate(&root, plans, &stack, &set, rows, &command, cli.quiet).await,
         Command::List => {
             say!("Plans:");
-            for p in plans.iter().filter(|p| !p.hidden) {
+            for p in plans.plans.iter().filter(|p| !p.hidden) {
                 say!("  {:<16} {}", p.name, p.about);
             }
             say!("Stacks:");
@@ -622,7 +622,7 @@ async fn run(cli: Cli, plans: &[PlanEntry]) -> Result<u8> {
     }
 }
 
-fn state_cmd(root: &Path, plans: &[PlanEntry], stack: &str, action: StateCmd) -> Result<u8> {
+fn state_cmd(root: &Path, plans: &Catalog<'_>, stack: &str, action: StateCmd) -> Result<u8> {
     let l = load(root, plans, stack)?;
     match action {
         StateCmd::List => {
@@ -780,7 +780,7 @@ fn confirm(question: &str) -> Result<bool> {
 
 async fn apply(
     root: &Path,
-    plans: &[PlanEntry],
+    plans: &Catalog<'_>,
     stack: &str,
     opts: Options,
     yes: bool,

@@ -14,7 +14,7 @@ use crate::executor::work::{build_jobs, labels, ApplyWork, OpJob};
 use crate::executor::{self, Event, JobSpec, Limits, Report};
 use crate::graph::{Graph, GraphErrors};
 use crate::planner::{self, ChangeSet, Options, PlanningError};
-use crate::provider::{registry_for_stack, Ctx, Probe, Registry, Request, TypeImpl};
+use crate::provider::{Ctx, Probe, Registry, Request, TypeImpl};
 use crate::stack::{Stack, StackError};
 use crate::state::{
     now, DataRecord, Entry, Lock, NodeRecord, Op, ResourceRecord, State, StateAt, StateError,
@@ -83,9 +83,36 @@ pub struct Loaded {
     pub kept: Arc<std::sync::Mutex<Vec<crate::provider::Kept>>>,
 }
 
-/// Loads `stacks/<name>.toml`, builds its plan and validates it.
-pub fn load(root: &Path, plans: &[PlanEntry], name: &str) -> Result<Loaded, EngineError> {
+/// What a binary offers, as `src/bin/plan.rs` hands it to the CLI: its plans and its providers.
+#[derive(Clone, Copy)]
+pub struct Catalog<'a> {
+    pub plans: &'a [PlanEntry],
+    pub providers: &'a [crate::provider::ProviderEntry],
+}
+
+/// Loads `stacks/<name>.toml`, builds its plan with the registry of its provider, and validates
+/// it; a stack naming a plan or a provider the catalog does not offer is refused at its line.
+pub fn load(root: &Path, catalog: &Catalog<'_>, name: &str) -> Result<Loaded, EngineError> {
+    let plans = catalog.plans;
     let stack = Stack::load(root, name)?;
+    if !catalog.providers.iter().any(|p| p.name == stack.provider) {
+        return Err(crate::stack::StackError::Parse {
+            path: stack.path.display().to_string(),
+            line: stack.provider_line,
+            column: 1,
+            message: format!(
+                "unknown provider `{}`; use one of: {}.",
+                stack.provider,
+                catalog
+                    .providers
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+        .into());
+    }
     let entry = plans.iter().find(|p| p.name == stack.plan).ok_or_else(|| {
         let line = stack
             .source()
@@ -107,7 +134,7 @@ pub fn load(root: &Path, plans: &[PlanEntry], name: &str) -> Result<Loaded, Engi
     })?;
     let plan = (entry.build)(&stack)?;
     stack.check_unused()?;
-    let registry = registry_for_stack(&stack);
+    let registry = crate::provider::registry_with(&stack, catalog.providers);
     let graph = Graph::build(plan.finish(), &|t, k| registry.check(t, k))?;
     let state_dir = root.join(
         stack

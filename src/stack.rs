@@ -169,9 +169,6 @@ impl Default for Limits {
     }
 }
 
-/// The providers a stack may name.
-pub const PROVIDERS: &[&str] = &["local", "aws"];
-
 /// A stack's `state` key: a remote location as written (`state = "s3://BUCKET/PREFIX"` gives the
 /// one field `url`; a `[state]` table gives its fields), for the provider that serves it.
 #[derive(Debug, Clone)]
@@ -191,6 +188,8 @@ pub struct Stack {
     pub path: PathBuf,
     pub plan: String,
     pub provider: String,
+    /// The line of `provider = ...`, for the error when no provider of that name is offered.
+    pub provider_line: usize,
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub profile: Option<String>,
@@ -480,19 +479,7 @@ impl Stack {
                 message,
             }
         })?;
-        if !PROVIDERS.contains(&raw.provider.get_ref().as_str()) {
-            let line = line_of(source, raw.provider.span().start);
-            return Err(StackError::Parse {
-                path: p,
-                line,
-                column: 1,
-                message: format!(
-                    "unknown provider `{}`; use one of: {}.",
-                    raw.provider.get_ref(),
-                    PROVIDERS.join(", ")
-                ),
-            });
-        }
+        let provider_line = line_of(source, raw.provider.span().start);
         let key_line = |key: &str| {
             source
                 .lines()
@@ -627,6 +614,7 @@ impl Stack {
             path: path.to_path_buf(),
             plan: raw.plan.into_inner(),
             provider: raw.provider.into_inner(),
+            provider_line,
             region: raw.region,
             endpoint_url: raw.endpoint_url,
             profile: raw.profile,

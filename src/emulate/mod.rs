@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{self, PlanEntry};
+use crate::engine;
 use crate::pg::cluster::{free_port, LocalCluster};
 use crate::pg::Target;
 use crate::value::{get_str, Value};
@@ -261,7 +261,7 @@ impl Emulation {
     /// lines to show.
     pub async fn up(
         &self,
-        plans: &[PlanEntry],
+        plans: &crate::engine::Catalog<'_>,
         sets: &[(String, String)],
         rows: u64,
         say: &dyn Fn(&str),

@@ -723,38 +723,74 @@ impl Registry {
     }
 }
 
-/// The registry for a stack's provider. Types every stack has (`core.*`, `wait.*`, `local_file.*`)
-/// come first; each provider adds its own.
-pub fn registry_for(provider: &str) -> Registry {
+/// A provider as a binary offers it, the way it offers its plans: the name a stack's
+/// `provider = "..."` gives, and what it registers for a stack (its types, secret readers, run
+/// summaries, access checks).
+#[derive(Clone, Copy)]
+pub struct ProviderEntry {
+    pub name: &'static str,
+    pub register: fn(&mut Registry, &crate::stack::Stack),
+}
+
+/// The providers this library has: `local` (this machine's PostgreSQL clusters and poolers) and
+/// `aws`. Every stack reads Secrets Manager references (a local rehearsal may use a real secret):
+/// with the provider's clients for an `aws` stack, else with clients of its own whose retries are
+/// reported too.
+pub fn standard() -> Vec<ProviderEntry> {
+    vec![
+        ProviderEntry {
+            name: "local",
+            register: |r, stack| {
+                local_pg::register(r);
+                aws::register_secret_reader(r, aws::Aws::from_stack(stack));
+            },
+        },
+        ProviderEntry {
+            name: "aws",
+            register: |r, stack| {
+                aws::register(
+                    r,
+                    aws::Aws::from_stack(stack),
+                    &stack.path.display().to_string(),
+                )
+            },
+        },
+    ]
+}
+
+/// The types every stack has (`core.*`, `wait.*`, `local_file.*`, `http.*`, `pg.*`).
+pub fn common() -> Registry {
     let mut r = Registry::new();
     builtin::register(&mut r);
     local_file::register(&mut r);
     http::register(&mut r);
     pg_steps::register(&mut r);
+    r
+}
+
+/// [`common`] and, for `local`, the local provider's types: a registry without a stack (tests).
+pub fn registry_for(provider: &str) -> Registry {
+    let mut r = common();
     if provider == "local" {
         local_pg::register(&mut r);
     }
     r
 }
 
-/// The registry for a stack: [`registry_for`] its provider, with the `aws` types configured from the
-/// stack (region, endpoint, profile) when the provider is `aws`.
-///
-/// Every stack reads Secrets Manager references (a local rehearsal may use a real secret): with the
-/// provider's clients for an `aws` stack, else with clients of its own whose retries are reported
-/// too.
-pub fn registry_for_stack(stack: &crate::stack::Stack) -> Registry {
-    let mut r = registry_for(&stack.provider);
-    if stack.provider == "aws" {
-        aws::register(
-            &mut r,
-            aws::Aws::from_stack(stack),
-            &stack.path.display().to_string(),
-        );
-    } else {
-        aws::register_secret_reader(&mut r, aws::Aws::from_stack(stack));
+/// The registry for a stack: the types every stack has, then what the entry of its provider among
+/// `providers` registers (none for a provider not among them: `engine::load` refuses that stack
+/// first, naming its line).
+pub fn registry_with(stack: &crate::stack::Stack, providers: &[ProviderEntry]) -> Registry {
+    let mut r = common();
+    if let Some(p) = providers.iter().find(|p| p.name == stack.provider) {
+        (p.register)(&mut r, stack);
     }
     r
+}
+
+/// [`registry_with`] the library's own providers ([`standard`]).
+pub fn registry_for_stack(stack: &crate::stack::Stack) -> Registry {
+    registry_with(stack, &standard())
 }
 
 /// The remote store a stack's `state` key names (`None`: the state stays in its local directory).

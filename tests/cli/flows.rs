@@ -213,7 +213,12 @@ fn a_moved_declaration_renames_without_replacing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let apply = |plans: Vec<PlanEntry>| {
         rt.block_on(async {
-            let l = engine::load(p.root(), &plans, "m").unwrap();
+            let providers = cutover::provider::standard();
+            let catalog = engine::Catalog {
+                plans: &plans,
+                providers: &providers,
+            };
+            let l = engine::load(p.root(), &catalog, "m").unwrap();
             let prepared = engine::prepare(&l, Default::default(), "test", None)
                 .await
                 .unwrap();
