@@ -265,7 +265,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub const EXIT_TERMINATED: u8 = 143;
 
 /// Runs the CLI with the plans compiled into the binary; returns the process exit code.
-pub fn main(plans: &Catalog<'_>) -> ExitCode {
+pub fn main(catalog: &Catalog<'_>) -> ExitCode {
     let cli = Cli::parse();
     if cli.command.reads_only() {
         // Rust ignores SIGPIPE, so printing to a reader that went away (`plan list | head`)
@@ -295,7 +295,7 @@ pub fn main(plans: &Catalog<'_>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli, plans)) {
+    match rt.block_on(run(cli, catalog)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let mut msg = format!("error: {e}");
@@ -312,7 +312,7 @@ pub fn main(plans: &Catalog<'_>) -> ExitCode {
 /// alarms quiet, and says what was emulated.
 async fn emulate(
     root: &Path,
-    plans: &Catalog<'_>,
+    catalog: &Catalog<'_>,
     stack: &str,
     set: &[String],
     rows: u64,
@@ -347,7 +347,7 @@ async fn emulate(
         sets.push((k.trim().to_string(), v.trim().to_string()));
     }
     eprintln!("EMULATED: stack `{stack}` against the AWS emulator with stand-in databases; nothing in AWS is touched");
-    e.up(plans, &sets, rows, &say)
+    e.up(catalog, &sets, rows, &say)
         .await
         .map_err(|m| anyhow::anyhow!("emulation of `{stack}`: {m}"))?;
     let exe = std::env::current_exe().context("this program's path")?;
@@ -391,7 +391,7 @@ async fn emulate(
     // A run that measured a time budget (the cutover) is the stack's rehearsal: committed as
     // `reports/STACK.json`, the pull-request comment quotes it.
     if verb == "apply" {
-        if let Ok(el) = engine::load(&e.root(), plans, stack) {
+        if let Ok(el) = engine::load(&e.root(), catalog, stack) {
             let rehearsal = el
                 .read_state()
                 .ok()
@@ -436,11 +436,11 @@ fn command_line() -> String {
     v.join(" ")
 }
 
-fn load(root: &Path, plans: &Catalog<'_>, stack: &str) -> Result<Loaded> {
-    Ok(engine::load(root, plans, stack)?)
+fn load(root: &Path, catalog: &Catalog<'_>, stack: &str) -> Result<Loaded> {
+    Ok(engine::load(root, catalog, stack)?)
 }
 
-async fn run(cli: Cli, plans: &Catalog<'_>) -> Result<u8> {
+async fn run(cli: Cli, catalog: &Catalog<'_>) -> Result<u8> {
     // Absolute, so that paths handed to daemons (pgbouncer) and providers stay valid.
     let root = cli.root.canonicalize().map_err(|e| {
         anyhow!(
@@ -465,10 +465,10 @@ async fn run(cli: Cli, plans: &Catalog<'_>) -> Result<u8> {
             set,
             rows,
             command,
-        } => emulate(&root, plans, &stack, &set, rows, &command, cli.quiet).await,
+        } => emulate(&root, catalog, &stack, &set, rows, &command, cli.quiet).await,
         Command::List => {
             say!("Plans:");
-            for p in plans.plans.iter().filter(|p| !p.hidden) {
+            for p in catalog.plans.iter().filter(|p| !p.hidden) {
                 say!("  {:<16} {}", p.name, p.about);
             }
             say!("Stacks:");
@@ -496,7 +496,7 @@ async fn run(cli: Cli, plans: &Catalog<'_>) -> Result<u8> {
             detailed_exitcode,
             run,
         } => {
-            let l = load(&root, plans, &stack)?;
+            let l = load(&root, catalog, &stack)?;
             let cs = engine::preview(&l, &run.options(Mode::Apply), refresh).await?;
             let rehearsal = engine::Rehearsal::read(&root, &stack);
             let parts: Vec<String> = match format {
@@ -521,7 +521,7 @@ async fn run(cli: Cli, plans: &Catalog<'_>) -> Result<u8> {
         } => {
             apply(
                 &root,
-                plans,
+                catalog,
                 &stack,
                 run.options(Mode::Apply),
                 yes,
@@ -543,10 +543,10 @@ async fn run(cli: Cli, plans: &Catalog<'_>) -> Result<u8> {
             };
             let mut options = RunArgs::default().options(mode);
             options.force = force;
-            apply(&root, plans, &stack, options, yes, None, cli.quiet).await
+            apply(&root, catalog, &stack, options, yes, None, cli.quiet).await
         }
         Command::Graph { stack, format } => {
-            let l = load(&root, plans, &stack)?;
+            let l = load(&root, catalog, &stack)?;
             // The plans a preview refuses, refused here too.
             let problems = crate::planner::validate_inputs(&l.graph, &l.registry);
             if !problems.is_empty() {
@@ -566,7 +566,7 @@ async fn run(cli: Cli, plans: &Catalog<'_>) -> Result<u8> {
             Ok(0)
         }
         Command::Refresh { stack } => {
-            let l = load(&root, plans, &stack)?;
+            let l = load(&root, catalog, &stack)?;
             let notes = engine::refresh(&l, &command_line()).await?;
             if notes.is_empty() {
                 say!("No drift: every recorded object matches its record.");
@@ -577,7 +577,7 @@ async fn run(cli: Cli, plans: &Catalog<'_>) -> Result<u8> {
             Ok(0)
         }
         Command::Report { stack, format, out } => {
-            let l = load(&root, plans, &stack)?;
+            let l = load(&root, catalog, &stack)?;
             let state = l.read_state()?;
             let Some(r) = engine::run_report(&l, &state) else {
                 bail!("stack `{stack}` has no run to report yet: its runs are logged by `plan apply {stack}` (and destroy) in {}", l.state_dir.join("runs").display());
@@ -591,14 +591,14 @@ async fn run(cli: Cli, plans: &Catalog<'_>) -> Result<u8> {
             Ok(0)
         }
         Command::Import { stack, node, id } => {
-            let l = load(&root, plans, &stack)?;
+            let l = load(&root, catalog, &stack)?;
             let id = engine::import(&l, &node, &id, &command_line()).await?;
             say!("Imported `{id}` as `{node}`. Run `plan preview {stack}` to see any difference from the plan.");
             Ok(0)
         }
-        Command::State { stack, action } => state_cmd(&root, plans, &stack, action),
+        Command::State { stack, action } => state_cmd(&root, catalog, &stack, action),
         Command::Rollback { stack, node, yes } => {
-            let l = load(&root, plans, &stack)?;
+            let l = load(&root, catalog, &stack)?;
             if !yes {
                 if !std::io::stdin().is_terminal() {
                     bail!("rollback needs confirmation, and standard input is not a terminal: run `plan rollback {stack} --yes`");
@@ -622,8 +622,8 @@ async fn run(cli: Cli, plans: &Catalog<'_>) -> Result<u8> {
     }
 }
 
-fn state_cmd(root: &Path, plans: &Catalog<'_>, stack: &str, action: StateCmd) -> Result<u8> {
-    let l = load(root, plans, stack)?;
+fn state_cmd(root: &Path, catalog: &Catalog<'_>, stack: &str, action: StateCmd) -> Result<u8> {
+    let l = load(root, catalog, stack)?;
     match action {
         StateCmd::List => {
             let st = l.read_state()?;
@@ -780,7 +780,7 @@ fn confirm(question: &str) -> Result<bool> {
 
 async fn apply(
     root: &Path,
-    plans: &Catalog<'_>,
+    catalog: &Catalog<'_>,
     stack: &str,
     opts: Options,
     yes: bool,
@@ -789,7 +789,7 @@ async fn apply(
 ) -> Result<u8> {
     let destroying = opts.mode != Mode::Apply;
     let verb = if destroying { "destroy" } else { "apply" };
-    let l = load(root, plans, stack)?;
+    let l = load(root, catalog, stack)?;
     let saved = match &saved {
         Some(p) => Some(
             render::json::read(&std::fs::read_to_string(p).map_err(|e| {

@@ -261,7 +261,7 @@ impl Emulation {
     /// lines to show.
     pub async fn up(
         &self,
-        plans: &crate::engine::Catalog<'_>,
+        catalog: &crate::engine::Catalog<'_>,
         sets: &[(String, String)],
         rows: u64,
         say: &dyn Fn(&str),
@@ -321,7 +321,7 @@ impl Emulation {
             say(n);
         }
         self.write_stack(&text)?;
-        let loaded = engine::load(&self.root(), plans, &self.stack).map_err(|e| e.to_string())?;
+        let loaded = engine::load(&self.root(), catalog, &self.stack).map_err(|e| e.to_string())?;
         let region = loaded
             .stack
             .region
@@ -459,7 +459,7 @@ impl Emulation {
         self.save_layout(&layout)?;
         let (text, _, _) = self.overlay(original.source(), &mut layout, sets, &ca)?;
         self.write_stack(&text)?;
-        let loaded = engine::load(&self.root(), plans, &self.stack).map_err(|e| e.to_string())?;
+        let loaded = engine::load(&self.root(), catalog, &self.stack).map_err(|e| e.to_string())?;
 
         // What a real account already holds.
         self.seed_aws(&loaded, &layout, &region, &standins, say)

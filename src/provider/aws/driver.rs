@@ -438,10 +438,7 @@ impl<T: AwsObject> ResourceType for Driven<T> {
                 }
             }
         };
-        self.0
-            .settle(ctx, req, &args, &reference)
-            .await
-            .map_err(|e| e.error)?;
+        self.0.settle(ctx, req, &args, &reference).await?;
         self.ready(ctx, req, &reference).await
     }
     async fn read(
@@ -460,10 +457,7 @@ impl<T: AwsObject> ResourceType for Driven<T> {
         changed: &[String],
     ) -> Result<Observed, ProviderError> {
         let args = T::Args::from_attrs(req.node, req.inputs)?;
-        self.0
-            .modify(ctx, req, &args, id, changed)
-            .await
-            .map_err(|e| e.error)?;
+        self.0.modify(ctx, req, &args, id, changed).await?;
         self.ready(ctx, req, id).await
     }
     async fn delete(&self, ctx: &Ctx, req: &Request<'_>, id: &str) -> Result<(), ProviderError> {
@@ -557,12 +551,7 @@ mod tests {
     /// type refuses a literal in a field its model marks sensitive, naming the field.
     #[test]
     fn a_sensitive_input_given_as_text_is_refused_by_every_type_that_has_one() {
-        let mut r = crate::provider::Registry::new();
-        super::super::register(
-            &mut r,
-            Arc::new(super::super::Aws::default()),
-            "stacks/x.toml",
-        );
+        let r = super::super::offline_registry();
         for (type_name, key) in [
             ("aws.dms.endpoint", "password"),
             ("aws.rds.cluster", "master_password"),

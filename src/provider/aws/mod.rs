@@ -538,6 +538,14 @@ pub fn tags_value(tags: &[(String, String)]) -> crate::value::Value {
     )
 }
 
+/// The AWS types with clients of no stack, for tests of what needs no call (validation, limits).
+#[cfg(test)]
+pub(crate) fn offline_registry() -> Registry {
+    let mut r = Registry::new();
+    register(&mut r, Arc::new(Aws::default()), "stacks/x.toml");
+    r
+}
+
 /// The Secrets Manager reader alone, for a stack of another provider: its clients' retries are
 /// reported like the provider's.
 pub fn register_secret_reader(r: &mut Registry, aws: Arc<Aws>) {

@@ -1366,12 +1366,7 @@ mod tests {
     /// A bake of two hours, or a metric wait of three, is not given up after the usual hour.
     #[test]
     fn a_long_bake_or_metric_wait_gets_a_limit_beyond_its_own_length() {
-        let mut r = crate::provider::Registry::new();
-        super::super::register(
-            &mut r,
-            Arc::new(super::super::Aws::default()),
-            "stacks/x.toml",
-        );
+        let r = super::super::offline_registry();
         let limit = |t: &str, inputs: Attrs| r.get(t).unwrap().default_timeout(&inputs);
         let bake = Bake::alarms(vec![Output::from("cpu")], 7200).inputs();
         assert_eq!(
