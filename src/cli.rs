@@ -479,7 +479,9 @@ async fn run(cli: Cli, catalog: &Catalog<'_>) -> Result<u8> {
                         s,
                         st.plan,
                         st.provider,
-                        st.region
+                        st.setting::<String>("region")
+                            .ok()
+                            .flatten()
                             .map(|r| format!(", region {r}"))
                             .unwrap_or_default()
                     ),
@@ -546,16 +548,8 @@ async fn run(cli: Cli, catalog: &Catalog<'_>) -> Result<u8> {
             apply(&root, catalog, &stack, options, yes, None, cli.quiet).await
         }
         Command::Graph { stack, format } => {
+            // The load validates the inputs too: what a preview refuses is refused here.
             let l = load(&root, catalog, &stack)?;
-            // The plans a preview refuses, refused here too.
-            let problems = crate::planner::validate_inputs(&l.graph, &l.registry);
-            if !problems.is_empty() {
-                return Err(crate::planner::PlanningError {
-                    plan: l.graph.spec.plan.clone(),
-                    problems,
-                }
-                .into());
-            }
             say_part!(
                 "{}",
                 match format {

@@ -94,7 +94,27 @@ pub struct Catalog<'a> {
 /// it; a stack naming a plan or a provider the catalog does not offer is refused at its line.
 pub fn load(root: &Path, catalog: &Catalog<'_>, name: &str) -> Result<Loaded, EngineError> {
     let plans = catalog.plans;
-    let stack = Stack::load(root, name)?;
+    let offered = || {
+        catalog
+            .providers
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect()
+    };
+    let stack = match Stack::load(root, name) {
+        Err(StackError::NoProvider {
+            path, line, column, ..
+        }) => {
+            return Err(StackError::NoProvider {
+                path,
+                line,
+                column,
+                offered: offered(),
+            }
+            .into())
+        }
+        other => other?,
+    };
     if !catalog.providers.iter().any(|p| p.name == stack.provider) {
         return Err(crate::stack::StackError::Parse {
             path: stack.path.display().to_string(),
@@ -132,17 +152,17 @@ pub fn load(root: &Path, catalog: &Catalog<'_>, name: &str) -> Result<Loaded, En
                 .join(", "),
         }
     })?;
+    let registry = crate::provider::registry_with(&stack, catalog.providers)?;
     let plan = (entry.build)(&stack)?;
     stack.check_unused()?;
-    let registry = crate::provider::registry_with(&stack, catalog.providers);
-    let graph = Graph::build(plan.finish(), &|t, k| registry.check(t, k))?;
+    let graph = Graph::build(plan.finish(), &|t, k| registry.resolve(t, k))?;
     let state_dir = root.join(
         stack
             .state_dir
             .clone()
             .unwrap_or_else(|| format!(".cutover/{}", stack.name)),
     );
-    let state_at = match crate::provider::remote_state(&stack).map_err(EngineError::Usage)? {
+    let state_at = match registry.remote_state(&stack).map_err(EngineError::Usage)? {
         Some(r) => StateAt::Remote(r),
         None => StateAt::Local(state_dir.clone()),
     };
@@ -220,7 +240,7 @@ pub fn check_claims(l: &Loaded, state: &State) -> Result<(), EngineError> {
     let mut problems = Vec::new();
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for n in &l.graph.spec.nodes {
-        let Some(TypeImpl::Resource(rt)) = l.registry.get(&n.type_name) else {
+        let Some(TypeImpl::Resource(rt)) = l.graph.type_of(&n.name) else {
             continue;
         };
         for (input, what) in rt.claims(&n.inputs) {
@@ -356,7 +376,7 @@ async fn converging(
     let mut out = std::collections::BTreeMap::new();
     let mut notes = vec![];
     for n in &l.graph.spec.nodes {
-        let Some(TypeImpl::Step(st)) = l.registry.get(&n.type_name) else {
+        let Some(TypeImpl::Step(st)) = l.graph.type_of(&n.name) else {
             continue;
         };
         if !st.converges() || !matches!(state.nodes.get(&n.name), Some(NodeRecord::Step(_))) {
@@ -429,7 +449,7 @@ async fn run_checks_of(
             |x: &str, o: &str| state.nodes.get(x).and_then(|r| r.outputs().get(o).cloned());
         let inputs = value::resolve_attrs(&n.inputs, &lookup);
         let det = l.graph.deterministic_id(&n.name);
-        let check = match l.registry.get(&n.type_name) {
+        let check = match l.graph.type_of(&n.name) {
             Some(TypeImpl::Step(st)) => {
                 if inputs.values().any(value::has_refs) {
                     continue;
@@ -1112,7 +1132,7 @@ pub async fn import(
             .to_lowercase(),
         ));
     }
-    let Some(TypeImpl::Resource(rt)) = l.registry.get(&spec.type_name) else {
+    let Some(TypeImpl::Resource(rt)) = l.graph.type_of(node) else {
         return Err(EngineError::Usage(format!(
             "type `{}` is not offered by this stack's provider",
             spec.type_name
@@ -1259,17 +1279,19 @@ pub fn state_mv(l: &Loaded, from: &str, to: &str, command: &str) -> Result<(), E
     Ok(())
 }
 
-/// Forgets a node (`plan state rm`): its record and any interrupted intent leave state; its
-/// object is not touched. Returns what the record named (its id, or "a step").
 /// Moves the local state into the stack's remote location (`plan state STACK push`): both locks
 /// held, the remote location refused unless empty, the local files then set aside as
 /// `pushed-state.json` (a copy nothing reads). Returns the nodes moved and that copy's path.
 pub fn state_push(l: &Loaded, command: &str) -> Result<(usize, PathBuf), EngineError> {
     if !l.state_at.is_remote() {
         return Err(EngineError::Usage(format!(
-            "{}: stack `{}` names no remote state location: add `state = \"s3://BUCKET/PREFIX\"` to the stack file, then push",
+            "{}: stack `{}` names no remote state location: {}",
             l.stack.path.display(),
-            l.stack.name
+            l.stack.name,
+            match l.registry.remote_state_form() {
+                Some(form) => format!("add `{form}` to the stack file, then push"),
+                None => format!("provider `{}` keeps no state remotely", l.stack.provider),
+            }
         )));
     }
     let local = StateAt::Local(l.state_dir.clone());
@@ -1309,6 +1331,8 @@ pub fn state_push(l: &Loaded, command: &str) -> Result<(usize, PathBuf), EngineE
     Ok((st.nodes.len(), kept))
 }
 
+/// Forgets a node (`plan state rm`): its record and any interrupted intent leave state; its
+/// object is not touched. Returns what the record named (its id, or "a step").
 pub fn state_rm(l: &Loaded, node: &str, command: &str) -> Result<String, EngineError> {
     let lock = Lock::acquire(&l.state_at, &l.stack.name, command)?;
     let mut store = StateStore::open(&l.state_at, &l.graph.spec.plan, &l.stack.name)?;
@@ -1404,7 +1428,7 @@ pub async fn rollback(
             .pending
             .get(&n.name)
             .is_some_and(|p| p.op == Op::Rollback);
-        if let Some(TypeImpl::Step(st)) = l.registry.get(&n.type_name) {
+        if let Some(TypeImpl::Step(st)) = l.graph.type_of(&n.name) {
             if st.can_roll_back() && (done || pending) {
                 targets.push((i, st.clone()));
             }
@@ -1760,7 +1784,7 @@ pub fn run_report(l: &Loaded, state: &State) -> Option<RunReport> {
         .filter_map(|n| {
             let (s, e) = (n.start_ms?, n.end_ms?);
             let spec = l.graph.node(&n.node)?;
-            match l.registry.get(&n.type_name) {
+            match l.graph.type_of(&n.node) {
                 Some(TypeImpl::Step(st)) if !st.review(&spec.inputs).guards.is_empty() => {
                     Some((n.node.clone(), e.saturating_sub(s)))
                 }
@@ -1775,7 +1799,7 @@ pub fn run_report(l: &Loaded, state: &State) -> Option<RunReport> {
             continue;
         }
         if let (Some(TypeImpl::Step(st)), Some(r)) =
-            (l.registry.get(&n.type_name), state.nodes.get(&n.node))
+            (l.graph.type_of(&n.node), state.nodes.get(&n.node))
         {
             for m in st.measured(r.outputs()) {
                 measured.push((n.node.clone(), m));

@@ -1,9 +1,11 @@
-//! The plan as a petgraph DAG, and its validation. Every problem is reported at once: duplicate
-//! names, invalid identifiers, references to undeclared nodes, unknown types, and each cycle with
-//! its nodes in order and an edge to cut.
+//! The plan as a petgraph DAG, holding what every later stage asks of a node: its dependencies,
+//! its type's implementation and its deterministic id; and its validation. Every problem is
+//! reported at once: duplicate names, invalid identifiers, references to undeclared nodes, unknown
+//! types, each cycle with its nodes in order and an edge to cut, and (once those are clear) the
+//! inputs each type refuses offline.
 //!
-//! Building a graph must never call a provider: the caller passes what it knows of types as a
-//! function.
+//! Building a graph must never reach a cloud or a database: the caller resolves type names (a
+//! function), and of a type only its offline checks (`validate`, `validate_refs`, `id_for`) run.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
@@ -14,7 +16,8 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
 use crate::dsl::{FailurePolicy, NodeKind, NodeSpec, PlanSpec};
-use crate::value;
+use crate::provider::{Request, TypeImpl};
+use crate::value::{self, Attrs};
 
 /// Why one node depends on another.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,12 @@ pub enum GraphError {
         node: String,
         why: String,
     },
+    /// An input the node's type refuses (checked offline).
+    Input {
+        node: String,
+        type_name: String,
+        why: String,
+    },
 }
 
 impl fmt::Display for GraphError {
@@ -91,6 +100,11 @@ impl fmt::Display for GraphError {
                 write!(f, "moved `{old}` -> `{new}`: {why}")
             }
             GraphError::Option { node, why } => write!(f, "node `{node}`: {why}"),
+            GraphError::Input {
+                node,
+                type_name,
+                why,
+            } => write!(f, "node `{node}` ({type_name}): {why}"),
         }
     }
 }
@@ -134,15 +148,20 @@ pub struct Graph {
     index: HashMap<String, NodeIndex>,
     /// Each node's deterministic id (what its object is named after), made once.
     ids: HashMap<String, String>,
+    /// Each node's type implementation, by node index (`None` for a gate, or when the caller
+    /// resolved none).
+    types: Vec<Option<TypeImpl>>,
 }
 
+/// What a graph's builder is told of a type name with a kind: its implementation (`None` when
+/// there is none to hold, as for a gate), or why it cannot be used.
+pub type ResolveType<'a> = dyn Fn(&str, NodeKind) -> Result<Option<TypeImpl>, String> + 'a;
+
 impl Graph {
-    /// Builds and validates. `check_type` says whether a type exists with that kind (and if not,
-    /// why and what to use instead).
-    pub fn build(
-        spec: PlanSpec,
-        check_type: &dyn Fn(&str, NodeKind) -> Result<(), String>,
-    ) -> Result<Graph, GraphErrors> {
+    /// Builds and validates. `resolve` gives a type of that kind (and if there is none, why and
+    /// what to use instead); the inputs are checked by their types once the graph itself is
+    /// sound.
+    pub fn build(spec: PlanSpec, resolve: &ResolveType<'_>) -> Result<Graph, GraphErrors> {
         let mut errors = Vec::new();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for n in &spec.nodes {
@@ -164,9 +183,16 @@ impl Graph {
                 });
             }
         }
+        let mut types = Vec::with_capacity(spec.nodes.len());
         for n in &spec.nodes {
-            if n.kind != NodeKind::Gate {
-                if let Err(why) = check_type(&n.type_name, n.kind) {
+            if n.kind == NodeKind::Gate {
+                types.push(None);
+                continue;
+            }
+            match resolve(&n.type_name, n.kind) {
+                Ok(t) => types.push(t),
+                Err(why) => {
+                    types.push(None);
                     errors.push(GraphError::UnknownType {
                         node: n.name.clone(),
                         type_name: n.type_name.clone(),
@@ -285,27 +311,95 @@ impl Graph {
             }
         }
         errors.sort_by_key(error_order);
-        if errors.is_empty() {
-            let ids = spec
-                .nodes
-                .iter()
-                .map(|n| {
-                    let id = crate::provider::deterministic_id(&spec.plan, &spec.stack, &n.name);
-                    (n.name.clone(), id)
-                })
-                .collect();
-            Ok(Graph {
-                spec,
-                dag,
-                index,
-                ids,
+        if !errors.is_empty() {
+            return Err(GraphErrors {
+                plan: spec.plan.clone(),
+                errors,
+            });
+        }
+        let ids = spec
+            .nodes
+            .iter()
+            .map(|n| {
+                let id = crate::provider::deterministic_id(&spec.plan, &spec.stack, &n.name);
+                (n.name.clone(), id)
             })
+            .collect();
+        let graph = Graph {
+            spec,
+            dag,
+            index,
+            ids,
+            types,
+        };
+        let errors = graph.input_problems();
+        if errors.is_empty() {
+            Ok(graph)
         } else {
             Err(GraphErrors {
-                plan: spec.plan.clone(),
+                plan: graph.spec.plan.clone(),
                 errors,
             })
         }
+    }
+
+    /// The offline checks of every node's inputs by its type (`validate`, and `validate_refs`
+    /// against the nodes its inputs name, by reference or by a literal equal to a node's
+    /// identifier).
+    fn input_problems(&self) -> Vec<GraphError> {
+        let mut problems = Vec::new();
+        for (i, n) in self.spec.nodes.iter().enumerate() {
+            let Some(t) = &self.types[i] else { continue };
+            let refused = |why: String| GraphError::Input {
+                node: n.name.clone(),
+                type_name: n.type_name.clone(),
+                why,
+            };
+            problems.extend(t.validate(&n.inputs).into_iter().map(refused));
+            if let TypeImpl::Resource(rt) = t {
+                // `input` may be a path into an object (`dimensions.DBInstanceIdentifier`). A
+                // reference names its node; a literal names the resource whose identifier it is.
+                let referenced = |input: &str| -> Option<(String, Attrs)> {
+                    let mut parts = input.split('.');
+                    let first = n.inputs.get(parts.next()?)?;
+                    let v = parts.try_fold(first, |v, k| v.get(k))?;
+                    let other = match value::as_ref(v) {
+                        Some((node, _)) => self.node(node)?,
+                        None => {
+                            let literal = v.as_str()?;
+                            self.spec.nodes.iter().find(|o| {
+                                o.name != n.name
+                                    && self.identifier_of(o).is_some_and(|id| id == literal)
+                            })?
+                        }
+                    };
+                    Some((other.type_name.clone(), other.inputs.clone()))
+                };
+                problems.extend(
+                    rt.validate_refs(&n.inputs, &referenced)
+                        .into_iter()
+                        .map(refused),
+                );
+            }
+        }
+        problems
+    }
+
+    /// The type implementation of the node called `name` (`None` for a gate or an unknown name).
+    pub fn type_of(&self, name: &str) -> Option<&TypeImpl> {
+        self.types.get(self.index_of(name)?)?.as_ref()
+    }
+
+    /// The identifier a resource node's object will have, from its type (`None` for others).
+    pub fn identifier_of(&self, n: &NodeSpec) -> Option<String> {
+        let Some(TypeImpl::Resource(t)) = self.type_of(&n.name) else {
+            return None;
+        };
+        Some(t.id_for(&Request {
+            node: &n.name,
+            deterministic_id: &self.deterministic_id(&n.name),
+            inputs: &n.inputs,
+        }))
     }
 
     /// The deterministic id of the node called `name` (derived from plan, stack and node), also
@@ -409,6 +503,7 @@ fn error_order(e: &GraphError) -> (u8, String) {
         GraphError::Moved { old, .. } => (4, old.clone()),
         GraphError::Cycle { path, .. } => (5, path.join(",")),
         GraphError::Option { node, .. } => (6, node.clone()),
+        GraphError::Input { node, .. } => (7, node.clone()),
     }
 }
 
@@ -479,8 +574,8 @@ mod tests {
     use crate::dsl::Plan;
     use crate::value::{reference, Attrs};
 
-    fn any_type(_: &str, _: NodeKind) -> Result<(), String> {
-        Ok(())
+    fn any_type(_: &str, _: NodeKind) -> Result<Option<TypeImpl>, String> {
+        Ok(None)
     }
 
     fn inputs(refs: &[(&str, &str)]) -> Attrs {
@@ -578,7 +673,7 @@ mod tests {
         );
         let check = |t: &str, _: NodeKind| {
             if t == "core.null" {
-                Ok(())
+                Ok(None)
             } else {
                 Err("unknown type; known types: core.null".to_string())
             }

@@ -20,6 +20,8 @@ use crate::value::{EnvSecrets, SecretSource};
 pub trait SecretReader: Send + Sync {
     /// Whether this reader reads `reference`.
     fn claims(&self, reference: &str) -> bool;
+    /// The references it reads, for a person writing one (`a Secrets Manager ARN (...)`).
+    fn form(&self) -> &'static str;
     /// The values of `wanted` (key, line, reference), by reference. Errors name the stack file's
     /// line, the reference and the fix, never a value.
     async fn read(
@@ -157,6 +159,9 @@ mod tests {
     impl SecretReader for One {
         fn claims(&self, reference: &str) -> bool {
             reference.starts_with("arn:aws:secretsmanager:")
+        }
+        fn form(&self) -> &'static str {
+            "an ARN"
         }
         async fn read(
             &self,

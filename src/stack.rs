@@ -1,8 +1,11 @@
 //! Stack files (`stacks/<name>.toml`): which plan, which provider, where state lives, limits,
 //! typed values and secret references, with errors that name the file, the line and the key.
 //!
-//! A stack file never holds a secret value, only where to find it (`env:NAME`); this module must
-//! never read a secret's value.
+//! The core reads the keys every stack has; the other top-level keys (`region = ...`) are the
+//! stack's provider's settings, kept as written for the provider to read and check
+//! ([`Stack::setting`], [`Stack::check_settings`]). A stack file never holds a secret value, only
+//! where to find it (`env:NAME`, or a reference a provider's reader claims); this module must
+//! never read a secret's value, and names no provider.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -78,6 +81,14 @@ pub enum StackError {
         unknown: Vec<(usize, String)>,
         known: Vec<String>,
     },
+    #[error("{path}:{line}:{column}: no `provider = ...`: name the provider this stack runs with{}.", offered_list(.offered))]
+    NoProvider {
+        path: String,
+        line: usize,
+        column: usize,
+        /// The providers the binary offers (empty when not known yet).
+        offered: Vec<String>,
+    },
     #[error("{path}:{line}: secret `{key}`: {message}")]
     Secret {
         path: String,
@@ -86,6 +97,29 @@ pub enum StackError {
         message: String,
     },
 }
+
+fn offered_list(offered: &[String]) -> String {
+    match offered.first() {
+        None => String::new(),
+        Some(first) => format!(
+            ", e.g. `provider = \"{first}\"` (this binary offers {})",
+            offered.join(", ")
+        ),
+    }
+}
+
+/// The top-level keys the core reads; every other top-level key is a provider's setting.
+pub const CORE_KEYS: &[&str] = &[
+    "plan",
+    "provider",
+    "state_dir",
+    "state",
+    "limits",
+    "values",
+    "secrets",
+    "connect",
+    "connect_servers",
+];
 
 /// How many problems of one kind an error lists before it counts the rest.
 const LISTED: usize = 5;
@@ -115,18 +149,11 @@ fn unknown_lines(unknown: &[(usize, String)], known: &[String]) -> String {
     s
 }
 
+/// The file as TOML: the core's keys, and the rest for the provider (see [`CORE_KEYS`]).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawStack {
     plan: Spanned<String>,
     provider: Spanned<String>,
-    region: Option<String>,
-    endpoint_url: Option<String>,
-    profile: Option<String>,
-    /// Whether modifications of databases apply now rather than in the maintenance window
-    /// (a node's own `.apply_immediately(..)` wins).
-    #[serde(default)]
-    apply_immediately: bool,
     state_dir: Option<String>,
     /// Where a provider keeps the state: `"s3://BUCKET/PREFIX"` or a table of settings.
     state: Option<Spanned<toml::Value>>,
@@ -144,6 +171,9 @@ struct RawStack {
     /// when every server runs where the addresses lead (the emulation).
     #[serde(default)]
     connect_servers: bool,
+    /// Every other top-level key: the provider's settings.
+    #[serde(flatten)]
+    settings: BTreeMap<String, toml::Value>,
 }
 
 /// Concurrency limits: a global one and one per service (for example `rds`, `route53`).
@@ -190,11 +220,6 @@ pub struct Stack {
     pub provider: String,
     /// The line of `provider = ...`, for the error when no provider of that name is offered.
     pub provider_line: usize,
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub profile: Option<String>,
-    /// The stack's apply-immediately choice for database modifications.
-    pub apply_immediately: bool,
     pub state_dir: Option<String>,
     /// `state = ...`: a remote state location, for the provider that serves it to read.
     pub state: Option<StateSpec>,
@@ -207,6 +232,8 @@ pub struct Stack {
     pub connect_servers: bool,
     source: String,
     values: BTreeMap<String, (usize, toml::Value)>,
+    /// The top-level keys the core does not read, with their lines: the provider's settings.
+    settings: BTreeMap<String, (usize, toml::Value)>,
     secrets: BTreeMap<String, (usize, String)>,
     read: Mutex<BTreeSet<String>>,
 }
@@ -219,46 +246,6 @@ pub fn plain_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !name.chars().all(|c| c == '.')
-}
-
-/// An AWS region's name: lower-case letters, digits and hyphens, a letter first and a digit last
-/// (`eu-west-1`, `us-gov-west-1`).
-fn check_region(r: &str) -> Result<(), String> {
-    let ok = r.starts_with(|c: char| c.is_ascii_lowercase())
-        && r.ends_with(|c: char| c.is_ascii_digit())
-        && r.contains('-')
-        && r.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err("not an AWS region's name; write one such as \"eu-west-1\", or remove the key to use AWS_REGION or the profile's region".into())
-    }
-}
-
-/// An endpoint URL the SDK can call: `http://` or `https://`, a host, perhaps a port and a path.
-fn check_endpoint_url(u: &str) -> Result<(), String> {
-    let fix = "write the endpoint as http://HOST:PORT or https://HOST (e.g. \"http://127.0.0.1:5000\" for an emulator), or remove the key to call AWS itself";
-    let Some(rest) = u
-        .strip_prefix("http://")
-        .or_else(|| u.strip_prefix("https://"))
-    else {
-        return Err(format!("not an http(s) URL; {fix}"));
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
-        _ => (authority, None),
-    };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '@') {
-        return Err(format!("no host; {fix}"));
-    }
-    if let Some(p) = port {
-        if p.parse::<u16>().ok().filter(|p| *p > 0).is_none() {
-            return Err(format!("`{p}` is not a TCP port; {fix}"));
-        }
-    }
-    Ok(())
 }
 
 /// Splits a `[connect]` address, `HOST:PORT` (an IPv6 address in brackets), checking both parts.
@@ -354,6 +341,35 @@ fn duplicate(source: &str, lines: &Lines, span: std::ops::Range<usize>) -> Strin
         ),
         None => format!("duplicate {what} `{key}`: it is set earlier in the file. Keep one."),
     }
+}
+
+/// The line of the top-level key `key`: its `key = ...` before the first table, or its `[key]`
+/// header (1 when neither is found).
+fn top_level_line(source: &str, key: &str) -> usize {
+    let sets = |l: &str| {
+        let l = l.trim_start();
+        let l = l.strip_prefix('"').unwrap_or(l);
+        l.strip_prefix(key).is_some_and(|r| {
+            let r = r.strip_prefix('"').unwrap_or(r).trim_start();
+            r.starts_with('=') || r.starts_with('.')
+        })
+    };
+    let header = |l: &str| {
+        let t = l.trim().trim_start_matches('[').trim_end_matches(']');
+        l.trim_start().starts_with('[') && (t == key || t.starts_with(&format!("{key}.")))
+    };
+    let mut in_table = false;
+    for (i, l) in source.lines().enumerate() {
+        if l.trim_start().starts_with('[') {
+            in_table = true;
+            if header(l) {
+                return i + 1;
+            }
+        } else if !in_table && sets(l) {
+            return i + 1;
+        }
+    }
+    1
 }
 
 /// Why bytes that are not UTF-8 text cannot be a stack file, with the line and column of the
@@ -461,14 +477,20 @@ impl Stack {
             let span = e.span().unwrap_or(0..0);
             let (line, column) = lines.position(source, span.start);
             let message = e.message().trim().replace('\n', " ");
+            if message == "missing field `provider`" {
+                return StackError::NoProvider {
+                    path: p.clone(),
+                    line,
+                    column,
+                    offered: Vec::new(),
+                };
+            }
             let message = if message == "duplicate key" {
                 duplicate(source, &lines, span)
             } else if message.contains("unknown field") {
                 format!("{message}. Remove the key or fix its spelling; values for the plan go under [values].")
             } else if message == "missing field `plan`" {
                 "no `plan = \"NAME\"`: name the plan this stack runs (`plan list` shows them).".into()
-            } else if message == "missing field `provider`" {
-                "no `provider = ...`: write `provider = \"local\"` (this machine) or `provider = \"aws\"`.".into()
             } else {
                 format!("{message}.")
             };
@@ -480,49 +502,11 @@ impl Stack {
             }
         })?;
         let provider_line = line_of(source, raw.provider.span().start);
-        let key_line = |key: &str| {
-            source
-                .lines()
-                .position(|l| {
-                    l.trim_start()
-                        .strip_prefix(key)
-                        .is_some_and(|r| r.trim_start().starts_with('='))
-                })
-                .map_or(1, |i| i + 1)
-        };
-        if let Some(r) = &raw.region {
-            if let Err(why) = check_region(r) {
-                return Err(StackError::Parse {
-                    path: p,
-                    line: key_line("region"),
-                    column: 1,
-                    message: format!("`region = \"{r}\"`: {why}"),
-                });
-            }
-        }
-        if let Some(u) = &raw.endpoint_url {
-            if let Err(why) = check_endpoint_url(u) {
-                return Err(StackError::Parse {
-                    path: p,
-                    line: key_line("endpoint_url"),
-                    column: 1,
-                    message: format!("`endpoint_url = \"{u}\"`: {why}"),
-                });
-            }
-        }
         let mut secrets = BTreeMap::new();
         for (k, v) in raw.secrets {
             let line = line_of(source, k.span().start);
             let key = k.into_inner();
             let reference = v.into_inner();
-            if !reference.starts_with("env:") && !reference.starts_with("arn:aws:secretsmanager:") {
-                return Err(StackError::Secret {
-                    path: p,
-                    line,
-                    key,
-                    message: "the value is not a secret reference (it is not repeated here in case it is the secret itself); write `env:NAME` (an environment variable) or a Secrets Manager ARN (`arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME`, with `#KEY` for one key of a JSON secret), and keep the secret out of the file".into(),
-                });
-            }
             secrets.insert(key, (line, reference));
         }
         if let Some(d) = &raw.state_dir {
@@ -587,7 +571,7 @@ impl Stack {
                             path: p,
                             line,
                             column: 1,
-                            message: "`state` names a remote state location: `state = \"s3://BUCKET/PREFIX\"`, or a `[state]` table (bucket, prefix, region, kms_key)".into(),
+                            message: "`state` names where the state is kept remotely: a location in quotes (`state = \"SCHEME://...\"`), or a `[state]` table of the settings the stack's provider takes for it".into(),
                         })
                     }
                 }
@@ -615,10 +599,6 @@ impl Stack {
             plan: raw.plan.into_inner(),
             provider: raw.provider.into_inner(),
             provider_line,
-            region: raw.region,
-            endpoint_url: raw.endpoint_url,
-            profile: raw.profile,
-            apply_immediately: raw.apply_immediately,
             state_dir: raw.state_dir,
             state,
             limits: raw.limits,
@@ -631,6 +611,12 @@ impl Stack {
                     let line = line_of(source, k.span().start);
                     (k.into_inner(), (line, v.into_inner()))
                 })
+                .collect(),
+            settings: raw
+                .settings
+                .into_iter()
+                .map(|(k, v)| (top_level_line(source, &k), (k, v)))
+                .map(|(line, (k, v))| (k, (line, v)))
                 .collect(),
             secrets,
             source: source.into(),
@@ -742,6 +728,104 @@ impl Stack {
             .collect()
     }
 
+    /// A provider's setting (a top-level key the core does not read), typed; `None` when absent.
+    /// A value of another type is an error naming the line and the key.
+    pub fn setting<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StackError> {
+        let Some((line, v)) = self.settings.get(key) else {
+            return Ok(None);
+        };
+        v.clone()
+            .try_into::<T>()
+            .map(Some)
+            .map_err(|e| StackError::WrongType {
+                path: self.path_str(),
+                line: *line,
+                key: key.into(),
+                expected: short_type_name::<T>(),
+                found: toml_type(v).into(),
+                detail: e.message().trim().to_string(),
+            })
+    }
+
+    /// A provider's setting that `check` accepts; its refusal quotes the line as written
+    /// (`` `region = "x"`: why ``).
+    pub fn setting_checked<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        check: impl Fn(&T) -> Result<(), String>,
+    ) -> Result<Option<T>, StackError> {
+        let Some(v) = self.setting::<T>(key)? else {
+            return Ok(None);
+        };
+        check(&v).map_err(|why| {
+            let (line, raw) = &self.settings[key];
+            StackError::Parse {
+                path: self.path_str(),
+                line: *line,
+                column: 1,
+                message: format!("`{key} = {raw}`: {why}"),
+            }
+        })?;
+        Ok(Some(v))
+    }
+
+    /// Refuses a top-level key that neither the core nor the stack's provider (`keys`) reads,
+    /// naming its line and the keys there are.
+    pub fn check_settings(&self, keys: &[&str]) -> Result<(), StackError> {
+        let Some((key, (line, _))) = self
+            .settings
+            .iter()
+            .filter(|(k, _)| !keys.contains(&k.as_str()))
+            .min_by_key(|(_, (line, _))| *line)
+        else {
+            return Ok(());
+        };
+        let quoted = |ks: &[&str]| {
+            ks.iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let theirs = if keys.is_empty() {
+            String::new()
+        } else {
+            format!(", or provider `{}`'s {}", self.provider, quoted(keys))
+        };
+        Err(StackError::Parse {
+            path: self.path_str(),
+            line: *line,
+            column: 1,
+            message: format!(
+                "unknown field `{key}`, expected one of {}{theirs}. Remove the key or fix its spelling; values for the plan go under [values].",
+                quoted(CORE_KEYS)
+            ),
+        })
+    }
+
+    /// Refuses a `[secrets]` entry that is neither `env:NAME` nor a reference one of the
+    /// provider's readers claims, without repeating it (it may be the secret itself); `forms`
+    /// describes the references the readers take, for the fix.
+    pub fn check_secret_references(
+        &self,
+        claimed: &dyn Fn(&str) -> bool,
+        forms: &[String],
+    ) -> Result<(), StackError> {
+        let Some((key, (line, _))) = self
+            .secrets
+            .iter()
+            .find(|(_, (_, r))| !r.starts_with("env:") && !claimed(r))
+        else {
+            return Ok(());
+        };
+        let others: String = forms.iter().map(|f| format!(" or {f}")).collect();
+        Err(StackError::Secret {
+            path: self.path_str(),
+            line: *line,
+            key: key.clone(),
+            message: format!("the value is not a secret reference (it is not repeated here in case it is the secret itself); write `env:NAME` (an environment variable){others}, and keep the secret out of the file"),
+        })
+    }
+
     /// Reports keys under [values] and [secrets] that the plan never read.
     pub fn check_unused(&self) -> Result<(), StackError> {
         let read = self.read.lock().unwrap();
@@ -825,14 +909,36 @@ mod tests {
     }
 
     #[test]
-    fn unknown_top_level_key_names_line() {
-        let e = parse("plan = \"demo\"\nprovider = \"local\"\nregoin = \"x\"\n")
-            .unwrap_err()
-            .to_string();
+    fn other_top_level_keys_are_the_providers_and_the_rest_are_refused_at_their_line() {
+        let s = parse("plan = \"demo\"\nprovider = \"local\"\nregion = \"eu-west-1\"\nregoin = \"x\"\n[values]\nregoin = 1\n")
+            .unwrap();
+        assert_eq!(
+            s.setting::<String>("region").unwrap().as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(s.setting::<String>("profile").unwrap(), None);
+        s.check_settings(&["region", "regoin"]).unwrap();
+        let e = s.check_settings(&["region"]).unwrap_err().to_string();
         assert!(
-            e.starts_with("stacks/t.toml:3:1: unknown field `regoin`"),
+            e.starts_with("stacks/t.toml:4:1: unknown field `regoin`, expected one of `plan`, "),
             "{e}"
         );
+        assert!(e.contains("or provider `local`'s `region`."), "{e}");
+        let e = s.setting::<bool>("region").unwrap_err().to_string();
+        assert!(
+            e.starts_with("stacks/t.toml:3: key `region` has the wrong type"),
+            "{e}"
+        );
+        let e = s
+            .setting_checked::<String>("region", |_| Err("no such region".into()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "stacks/t.toml:3:1: `region = \"eu-west-1\"`: no such region"
+        );
+        let e = parse("plan = \"demo\"\n").unwrap_err().to_string();
+        assert!(e.contains("no `provider = ...`"), "{e}");
     }
 
     #[test]
@@ -865,10 +971,18 @@ mod tests {
 
     #[test]
     fn secret_values_are_refused() {
-        let e = parse("plan = \"d\"\nprovider = \"local\"\n[secrets]\npw = \"hunter2\"\n")
+        let s = parse("plan = \"d\"\nprovider = \"local\"\n[secrets]\nok = \"env:PW\"\nother = \"vault:x\"\npw = \"hunter2\"\n")
+            .unwrap();
+        let vault = |r: &str| r.starts_with("vault:");
+        let e = s
+            .check_secret_references(&vault, &["a vault path (`vault:PATH`)".into()])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("stacks/t.toml:4: secret `pw`"), "{e}");
+        assert!(
+            e.contains("or a vault path (`vault:PATH`), and keep"),
+            "{e}"
+        );
+        assert!(e.contains("stacks/t.toml:6: secret `pw`"), "{e}");
         assert!(
             !e.contains("hunter2"),
             "the error must not repeat a secret: {e}"
@@ -919,39 +1033,6 @@ mod tests {
         .to_string();
         assert!(
             e.starts_with("stacks/t.toml:2:6: byte 0xe9 is not UTF-8 text"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn regions_and_endpoints_are_checked_with_their_line() {
-        for ok in ["eu-west-1", "us-gov-west-1", "il-central-1"] {
-            check_region(ok).unwrap();
-        }
-        for bad in ["", "EU-WEST-1", "eu west 1", "eu-west", "1-eu"] {
-            assert!(check_region(bad).is_err(), "{bad}");
-        }
-        for ok in [
-            "http://127.0.0.1:5000",
-            "https://rds.eu-west-1.amazonaws.com",
-            "http://[::1]:80/x",
-        ] {
-            check_endpoint_url(ok).unwrap();
-        }
-        for bad in [
-            "not a url",
-            "ftp://x:1",
-            "http://",
-            "http://h:99999",
-            "http://h:x",
-        ] {
-            assert!(check_endpoint_url(bad).is_err(), "{bad}");
-        }
-        let e = parse("plan = \"d\"\nprovider = \"aws\"\nregion = \"x\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("stacks/t.toml:3:1: `region = \"x\"`: not an AWS region"),
             "{e}"
         );
     }

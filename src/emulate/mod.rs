@@ -322,10 +322,9 @@ impl Emulation {
         }
         self.write_stack(&text)?;
         let loaded = engine::load(&self.root(), catalog, &self.stack).map_err(|e| e.to_string())?;
-        let region = loaded
-            .stack
+        let region = crate::provider::aws::settings::Settings::read(&loaded.stack)
+            .map_err(|e| e.to_string())?
             .region
-            .clone()
             .unwrap_or_else(|| "us-east-1".into());
         // The databases the plan creates: RDS PostgreSQL instances and Aurora PostgreSQL
         // clusters (their endpoints as moto names them, the proxy fixing clusters' to the
@@ -1346,6 +1345,7 @@ impl Emulation {
     pub fn region(&self) -> String {
         crate::stack::Stack::load(&self.root(), &self.stack)
             .ok()
+            .and_then(|s| crate::provider::aws::settings::Settings::read(&s).ok())
             .and_then(|s| s.region)
             .unwrap_or_else(|| "us-east-1".into())
     }

@@ -320,7 +320,7 @@ fn a_types_default_timeout_applies_when_the_node_sets_none() {
     p.add("own", Sleep::ms(1))
         .timeout(std::time::Duration::from_secs(5));
     p.add("typed", Sleep::ms(1));
-    let g = crate::graph::Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap();
+    let g = crate::graph::Graph::build(p.finish(), &|t, k| r.resolve(t, k)).unwrap();
     // A node gone from the plan: its forget job gets the type its record names.
     let mut state = crate::state::State::new("p", "s");
     let mut gone = rec();

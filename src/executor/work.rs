@@ -64,6 +64,9 @@ pub struct OpJob {
     pub op: OpKind,
     /// The declared node (absent for deletes of vanished nodes).
     pub spec: Option<NodeSpec>,
+    /// The declared node's type, as the graph holds it (a vanished node's is found by the name
+    /// its record gives).
+    pub ty: Option<TypeImpl>,
     /// The record before this run.
     pub prior: Option<NodeRecord>,
     /// For deletes: keep a retired record.
@@ -142,6 +145,7 @@ pub fn build_jobs(
                 node: a.node.clone(),
                 op,
                 spec: spec.clone(),
+                ty: graph.type_of(&a.node).cloned(),
                 prior: state.nodes.get(&a.node).cloned(),
                 retire,
                 deps: deps.clone(),
@@ -488,7 +492,11 @@ impl super::Work for ApplyWork {
                 }
             }
             _ => {
-                let Some(t) = self.registry.get(&type_name).cloned() else {
+                let Some(t) = op
+                    .ty
+                    .clone()
+                    .or_else(|| self.registry.get(&type_name).cloned())
+                else {
                     return fail(format!(
                         "type `{type_name}` is not offered by this stack's provider"
                     ));

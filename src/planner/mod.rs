@@ -162,17 +162,6 @@ impl AttrChange {
 
 /// The identifier a resource node's object has or will have (what `id_for` gives from its
 /// declared inputs), for a literal that names it; `None` for other kinds.
-fn identifier_of(registry: &Registry, graph: &Graph, n: &crate::dsl::NodeSpec) -> Option<String> {
-    let Some(TypeImpl::Resource(t)) = registry.get(&n.type_name) else {
-        return None;
-    };
-    Some(t.id_for(&crate::provider::Request {
-        node: &n.name,
-        deterministic_id: &graph.deterministic_id(&n.name),
-        inputs: &n.inputs,
-    }))
-}
-
 /// One node's planned action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Action {
@@ -359,46 +348,6 @@ pub struct PlanningError {
     pub problems: Vec<String>,
 }
 
-/// The offline checks of every node's inputs by its type (`validate`, and `validate_refs`
-/// against the nodes its inputs name): what `plan` refuses, and `plan graph` too.
-pub fn validate_inputs(graph: &Graph, registry: &Registry) -> Vec<String> {
-    let spec = &graph.spec;
-    let mut problems = Vec::new();
-    for n in &spec.nodes {
-        if let Some(t) = registry.get(&n.type_name) {
-            let resolved_literals: Attrs = n.inputs.clone();
-            for msg in t.validate(&resolved_literals) {
-                problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
-            }
-            if let TypeImpl::Resource(rt) = t {
-                // `input` may be a path into an object (`dimensions.DBInstanceIdentifier`). A
-                // reference names its node; a literal names the resource whose identifier it is.
-                let referenced = |input: &str| {
-                    let mut parts = input.split('.');
-                    let first = n.inputs.get(parts.next()?)?;
-                    let v = parts.try_fold(first, |v, k| v.get(k))?;
-                    let other = match value::as_ref(v) {
-                        Some((node, _)) => graph.node(node)?,
-                        None => {
-                            let literal = v.as_str()?;
-                            spec.nodes.iter().find(|o| {
-                                o.name != n.name
-                                    && identifier_of(registry, graph, o)
-                                        .is_some_and(|id| id == literal)
-                            })?
-                        }
-                    };
-                    Some((other.type_name.clone(), other.inputs.clone()))
-                };
-                for msg in rt.validate_refs(&n.inputs, &referenced) {
-                    problems.push(format!("node `{}` ({}): {msg}", n.name, n.type_name));
-                }
-            }
-        }
-    }
-    problems
-}
-
 /// Computes the change set.
 pub fn plan(
     graph: &Graph,
@@ -433,7 +382,6 @@ pub fn plan(
             problems.push(format!("`{name}` is not a node of this plan; see `plan state {} list` or the preview for names", spec.stack));
         }
     }
-    problems.extend(validate_inputs(graph, registry));
 
     let destroy = opts.mode != Mode::Apply;
     // Outputs that will be unknown during this apply: node -> None (all) or the known ones.
@@ -457,8 +405,8 @@ pub fn plan(
                 }
                 nodes.get(node).and_then(|r| r.outputs().get(out).cloned())
             };
-            let service = registry
-                .get(&n.type_name)
+            let ty = graph.type_of(&n.name);
+            let service = ty
                 .map(|t| t.service().to_string())
                 .unwrap_or_else(|| "core".into());
             let mut a = Action {
@@ -472,7 +420,7 @@ pub fn plan(
                 temporary: n.options.temporary,
                 retire: false,
                 retired_after: n.options.retire_after.clone(),
-                review: match registry.get(&n.type_name) {
+                review: match ty {
                     Some(TypeImpl::Step(st)) => st.review(&n.inputs),
                     Some(TypeImpl::Resource(rt)) => rt.review(&n.inputs),
                     _ => Default::default(),
@@ -483,7 +431,7 @@ pub fn plan(
                     _ => None,
                 },
                 why: n.options.why.clone(),
-                limit_s: match registry.get(&n.type_name) {
+                limit_s: match ty {
                     Some(t @ (TypeImpl::Step(_) | TypeImpl::Resource(_))) => Some(
                         n.options
                             .timeout
@@ -499,7 +447,7 @@ pub fn plan(
                     plan_resource(
                         n,
                         nodes.get(n.name.as_str()).copied(),
-                        registry,
+                        ty,
                         opts,
                         &lookup,
                         &mut a,
@@ -507,7 +455,7 @@ pub fn plan(
                     );
                     match a.action {
                         ActionKind::Create | ActionKind::Replace => {
-                            let known = match registry.get(&n.type_name) {
+                            let known = match ty {
                                 Some(TypeImpl::Resource(t)) => {
                                     let inputs = value::resolve_attrs(&n.inputs, &lookup);
                                     let did = graph.deterministic_id(&n.name);
@@ -527,7 +475,7 @@ pub fn plan(
                             unknown.insert(&n.name, None);
                         }
                         ActionKind::Update => {
-                            let stable = match registry.get(&n.type_name) {
+                            let stable = match ty {
                                 Some(TypeImpl::Resource(t)) => t.stable_outputs(),
                                 _ => &[],
                             };
@@ -937,14 +885,14 @@ fn order_deletes<'a>(doomed: &[&'a str], nodes: &BTreeMap<&str, &NodeRecord>) ->
 fn plan_resource(
     n: &NodeSpec,
     prior: Option<&NodeRecord>,
-    registry: &Registry,
+    ty: Option<&TypeImpl>,
     opts: &Options,
     lookup: &dyn Fn(&str, &str) -> Option<Value>,
     a: &mut Action,
     problems: &mut Vec<String>,
 ) {
     let inputs = value::resolve_attrs(&n.inputs, lookup);
-    let force_new: &[&str] = match registry.get(&n.type_name) {
+    let force_new: &[&str] = match ty {
         Some(TypeImpl::Resource(t)) => t.force_new(),
         _ => &[],
     };
@@ -974,7 +922,7 @@ fn plan_resource(
         a.action = ActionKind::Replace;
         a.reason = format!("type changed from `{}`", r.type_name);
     }
-    let create_only: &[&str] = match registry.get(&n.type_name) {
+    let create_only: &[&str] = match ty {
         Some(TypeImpl::Resource(t)) => t.create_only(),
         _ => &[],
     };
@@ -1035,7 +983,7 @@ fn plan_resource(
         } else {
             format!("drift found by refresh in {}", r.drift.join(", "))
         };
-        if let Some(Some(note)) = match registry.get(&n.type_name) {
+        if let Some(Some(note)) = match ty {
             Some(TypeImpl::Resource(t)) => Some(t.update_note(&r.outputs)),
             _ => None,
         } {

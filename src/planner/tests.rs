@@ -11,7 +11,7 @@ use serde_json::json;
 
 fn graph(p: Plan) -> Graph {
     let r = registry_for("local");
-    Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap()
+    Graph::build(p.finish(), &|t, k| r.resolve(t, k)).unwrap()
 }
 
 fn file_record(path: &str, content: &str, deps: &[&str]) -> NodeRecord {
@@ -407,7 +407,7 @@ fn ignore_changes_and_retired_temporaries() {
 }
 
 #[test]
-fn invalid_inputs_fail_offline_with_the_node_named() {
+fn invalid_inputs_fail_offline_when_the_graph_is_built_with_the_node_named() {
     let r = registry_for("local");
     let p = Plan::named("p", "s", "local");
     p.add_raw(
@@ -416,7 +416,7 @@ fn invalid_inputs_fail_offline_with_the_node_named() {
         "local_file.file",
         Attrs::from([("path".into(), json!("x")), ("mode".into(), json!("rwx"))]),
     );
-    let err = plan(&graph(p), &state(vec![]), &r, &Options::default())
+    let err = Graph::build(p.finish(), &|t, k| r.resolve(t, k))
         .unwrap_err()
         .to_string();
     assert!(

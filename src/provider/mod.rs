@@ -526,6 +526,12 @@ pub trait StepType: Send + Sync {
     }
 }
 
+impl std::fmt::Debug for TypeImpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} type", self.kind())
+    }
+}
+
 /// One registered type.
 #[derive(Clone)]
 pub enum TypeImpl {
@@ -605,7 +611,26 @@ pub struct Registry {
     tokens: Option<Arc<dyn TokenSource>>,
     /// Readers of the secret references that are not `env:` (Secrets Manager ARNs).
     secret_readers: Vec<Arc<dyn crate::secrets::SecretReader>>,
+    /// Where a stack's `state = ...` key can keep its state, if a provider serves remote state.
+    state_backend: Option<StateBackend>,
 }
+
+/// A provider's remote state store for a stack's `state` key.
+#[derive(Clone)]
+pub struct StateBackend {
+    /// The key as a person writes it (`state = "s3://BUCKET/PREFIX"`).
+    pub form: &'static str,
+    /// The store the key names; the error names the line and the fix.
+    pub open: Arc<OpenState>,
+}
+
+/// Opens the remote store a `state` key names.
+pub type OpenState = dyn Fn(
+        &crate::stack::StateSpec,
+        &crate::stack::Stack,
+    ) -> Result<Arc<dyn crate::state::RemoteStore>, String>
+    + Send
+    + Sync;
 
 /// A provider's check that it can reach its cloud at all; the error names what to set.
 pub type AccessCheck = Arc<
@@ -672,6 +697,49 @@ impl Registry {
         self.secret_readers.push(r);
         self
     }
+    /// Serves the `state = ...` key of stacks (the last one set wins).
+    pub fn state_backend(&mut self, b: StateBackend) -> &mut Self {
+        self.state_backend = Some(b);
+        self
+    }
+    /// The remote store the stack's `state` key names (`None`: the state stays in its local
+    /// directory). An error names the stack file's line and the fix.
+    pub fn remote_state(
+        &self,
+        stack: &crate::stack::Stack,
+    ) -> Result<Option<Arc<dyn crate::state::RemoteStore>>, String> {
+        let Some(spec) = &stack.state else {
+            return Ok(None);
+        };
+        match &self.state_backend {
+            Some(b) => (b.open)(spec, stack).map(Some),
+            None => Err(format!(
+                "{}:{}: provider `{}` keeps no state remotely; remove `state` to keep it in the stack's directory",
+                stack.path.display(),
+                spec.line,
+                stack.provider
+            )),
+        }
+    }
+    /// How a stack names its remote state location, if a provider serves one.
+    pub fn remote_state_form(&self) -> Option<&'static str> {
+        self.state_backend.as_ref().map(|b| b.form)
+    }
+    /// Refuses a `[secrets]` entry no reader of this registry takes (never repeating it).
+    pub fn check_secret_references(
+        &self,
+        stack: &crate::stack::Stack,
+    ) -> Result<(), crate::stack::StackError> {
+        let forms: Vec<String> = self
+            .secret_readers
+            .iter()
+            .map(|r| r.form().to_string())
+            .collect();
+        stack.check_secret_references(
+            &|r: &str| self.secret_readers.iter().any(|x| x.claims(r)),
+            &forms,
+        )
+    }
     /// The readers of secret references, in the order they were added.
     pub fn secret_readers(&self) -> &[Arc<dyn crate::secrets::SecretReader>] {
         &self.secret_readers
@@ -707,6 +775,15 @@ impl Registry {
     pub fn get(&self, name: &str) -> Option<&TypeImpl> {
         self.types.get(name)
     }
+    /// The type `name` of `kind`, for a graph to hold (`None` for a gate, which has no type);
+    /// the error says what exists instead.
+    pub fn resolve(&self, name: &str, kind: NodeKind) -> Result<Option<TypeImpl>, String> {
+        if kind == NodeKind::Gate {
+            return Ok(None);
+        }
+        self.check(name, kind)?;
+        Ok(self.types.get(name).cloned())
+    }
     /// Whether `name` exists with `kind`; the error says what exists instead.
     pub fn check(&self, name: &str, kind: NodeKind) -> Result<(), String> {
         match self.types.get(name) {
@@ -724,35 +801,42 @@ impl Registry {
 }
 
 /// A provider as a binary offers it, the way it offers its plans: the name a stack's
-/// `provider = "..."` gives, and what it registers for a stack (its types, secret readers, run
-/// summaries, access checks).
+/// `provider = "..."` gives, the top-level stack keys it reads, and what it registers for a
+/// stack (its types, secret readers, remote state, run summaries, access checks), having read
+/// and checked those keys.
 #[derive(Clone, Copy)]
 pub struct ProviderEntry {
     pub name: &'static str,
-    pub register: fn(&mut Registry, &crate::stack::Stack),
+    /// The top-level keys of a stack file this provider reads beside the core's (`region`).
+    pub keys: &'static [&'static str],
+    pub register: fn(&mut Registry, &crate::stack::Stack) -> Result<(), crate::stack::StackError>,
 }
 
 /// The providers this library has: `local` (this machine's PostgreSQL clusters and poolers) and
-/// `aws`. Every stack reads Secrets Manager references (a local rehearsal may use a real secret):
-/// with the provider's clients for an `aws` stack, else with clients of its own whose retries are
-/// reported too.
+/// `aws`. Every stack may read Secrets Manager references and keep its state in S3 (a local
+/// rehearsal may use a real secret): with the provider's clients for an `aws` stack, else with
+/// clients of its own whose retries are reported too.
 pub fn standard() -> Vec<ProviderEntry> {
     vec![
         ProviderEntry {
             name: "local",
+            keys: aws::settings::SHARED_KEYS,
             register: |r, stack| {
                 local_pg::register(r);
-                aws::register_secret_reader(r, aws::Aws::from_stack(stack));
+                aws::register_shared(r, aws::Aws::from_stack(stack)?);
+                Ok(())
             },
         },
         ProviderEntry {
             name: "aws",
+            keys: aws::settings::KEYS,
             register: |r, stack| {
                 aws::register(
                     r,
-                    aws::Aws::from_stack(stack),
+                    aws::Aws::from_stack(stack)?,
                     &stack.path.display().to_string(),
-                )
+                );
+                Ok(())
             },
         },
     ]
@@ -777,31 +861,28 @@ pub fn registry_for(provider: &str) -> Registry {
     r
 }
 
-/// The registry for a stack: the types every stack has, then what the entry of its provider among
-/// `providers` registers (none for a provider not among them: `engine::load` refuses that stack
-/// first, naming its line).
-pub fn registry_with(stack: &crate::stack::Stack, providers: &[ProviderEntry]) -> Registry {
+/// The registry for a stack: the types every stack has, then what the entry of its provider
+/// among `providers` registers, once the stack's other top-level keys are ones that provider
+/// reads, and its secret references ones its readers take (each refusal names the line).
+pub fn registry_with(
+    stack: &crate::stack::Stack,
+    providers: &[ProviderEntry],
+) -> Result<Registry, crate::stack::StackError> {
     let mut r = common();
-    if let Some(p) = providers.iter().find(|p| p.name == stack.provider) {
-        (p.register)(&mut r, stack);
+    let entry = providers.iter().find(|p| p.name == stack.provider);
+    stack.check_settings(entry.map_or(&[], |p| p.keys))?;
+    if let Some(p) = entry {
+        (p.register)(&mut r, stack)?;
     }
-    r
+    r.check_secret_references(stack)?;
+    Ok(r)
 }
 
 /// [`registry_with`] the library's own providers ([`standard`]).
-pub fn registry_for_stack(stack: &crate::stack::Stack) -> Registry {
-    registry_with(stack, &standard())
-}
-
-/// The remote store a stack's `state` key names (`None`: the state stays in its local directory).
-/// An error names the stack file's line and the fix.
-pub fn remote_state(
+pub fn registry_for_stack(
     stack: &crate::stack::Stack,
-) -> Result<Option<Arc<dyn crate::state::RemoteStore>>, String> {
-    match &stack.state {
-        None => Ok(None),
-        Some(spec) => Ok(Some(Arc::new(aws::state::S3State::from_spec(spec, stack)?))),
-    }
+) -> Result<Registry, crate::stack::StackError> {
+    registry_with(stack, &standard())
 }
 
 /// A deterministic object name from plan, stack and node: lowercase letters, digits and single

@@ -90,6 +90,32 @@ fn the_core_names_no_concrete_provider() {
 }
 
 #[test]
+fn the_cores_code_speaks_of_no_cloud() {
+    let core = [
+        "dsl",
+        "stack.rs",
+        "graph.rs",
+        "planner",
+        "executor",
+        "state",
+        "secrets.rs",
+        "engine.rs",
+    ];
+    let found: Vec<String> = offenders(&core, &["aws", "AWS", "secretsmanager", "s3:"])
+        .into_iter()
+        .filter(|l| {
+            let code = l.splitn(3, ':').nth(2).unwrap_or("").trim();
+            !code.starts_with("//")
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the core's code names AWS (a provider's business):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
 fn the_stack_files_module_imports_nothing_of_the_dsl() {
     let found = offenders(&["stack.rs"], &["crate::dsl"]);
     assert!(

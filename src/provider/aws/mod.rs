@@ -16,6 +16,7 @@ pub mod ops;
 pub mod rds;
 pub mod route53;
 pub mod secrets;
+pub mod settings;
 pub mod state;
 
 use std::sync::Arc;
@@ -206,14 +207,22 @@ impl Aws {
         Some(parts.join(", "))
     }
 
-    pub fn from_stack(stack: &Stack) -> Arc<Aws> {
-        Arc::new(Aws {
-            region: stack.region.clone(),
-            apply_immediately: stack.apply_immediately,
-            endpoint_url: stack.endpoint_url.clone(),
-            profile: stack.profile.clone(),
+    /// The stack's AWS, from its `region`, `endpoint_url`, `profile` and `apply_immediately`
+    /// (an error names the line of a bad one).
+    pub fn from_stack(stack: &Stack) -> Result<Arc<Aws>, crate::stack::StackError> {
+        Ok(Arc::new(Aws::from_settings(&settings::Settings::read(
+            stack,
+        )?)))
+    }
+
+    pub(crate) fn from_settings(s: &settings::Settings) -> Aws {
+        Aws {
+            region: s.region.clone(),
+            apply_immediately: s.apply_immediately,
+            endpoint_url: s.endpoint_url.clone(),
+            profile: s.profile.clone(),
             ..Aws::default()
-        })
+        }
     }
 
     /// An `Aws` whose RDS client is given (tests that replay or capture requests).
@@ -418,9 +427,7 @@ impl Aws {
 
 /// Registers the `aws` provider's types.
 pub fn register(r: &mut Registry, aws: Arc<Aws>, stack_file: &str) {
-    let retries = aws.retries();
-    r.summary(move || retries.summary());
-    r.secret_reader(Arc::new(secrets::SecretsManager(aws.clone())));
+    register_shared(r, aws.clone());
     let here = aws.clone();
     r.location("aws.", move || here.location());
     r.token_source(aws.clone());
@@ -546,12 +553,18 @@ pub(crate) fn offline_registry() -> Registry {
     r
 }
 
-/// The Secrets Manager reader alone, for a stack of another provider: its clients' retries are
-/// reported like the provider's.
-pub fn register_secret_reader(r: &mut Registry, aws: Arc<Aws>) {
+/// What every stack may use of AWS, whatever its provider: the reader of Secrets Manager
+/// references (its clients' retries reported like the provider's) and state kept in S3.
+pub fn register_shared(r: &mut Registry, aws: Arc<Aws>) {
     let retries = aws.retries();
     r.summary(move || retries.summary());
-    r.secret_reader(Arc::new(secrets::SecretsManager(aws)));
+    r.secret_reader(Arc::new(secrets::SecretsManager(aws.clone())));
+    r.state_backend(super::StateBackend {
+        form: "state = \"s3://BUCKET/PREFIX\"",
+        open: Arc::new(move |spec, stack| {
+            Ok(Arc::new(state::S3State::from_spec(spec, stack, &aws)?))
+        }),
+    });
 }
 
 /// What an instance with a `class` input is billed by the hour as: the class, and `Multi-AZ`

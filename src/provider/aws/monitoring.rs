@@ -1435,23 +1435,17 @@ mod tests {
         assert_eq!(dims_of("cpu-named"), ["DBInstanceIdentifier"]);
         assert_eq!(dims_of("cpu-unknown"), ["DBInstanceIdentifier"]);
         assert_eq!(dims_of("own"), ["DBInstanceIdentifier"]);
-        // That one is refused at planning, with the fix; the helpers' are not.
+        // That one is refused when the graph is built, with the fix; the helpers' are not.
         let stack = crate::stack::Stack::parse(
             "t",
             std::path::Path::new("stacks/t.toml"),
             "plan = \"p\"\nprovider = \"aws\"\nregion = \"us-east-1\"\n",
         )
         .unwrap();
-        let r = crate::provider::registry_for_stack(&stack);
-        let g = crate::graph::Graph::build(spec, &|t, k| r.check(t, k)).unwrap();
-        let err = crate::planner::plan(
-            &g,
-            &crate::state::State::new("p", "t"),
-            &r,
-            &crate::planner::Options::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let r = crate::provider::registry_for_stack(&stack).unwrap();
+        let err = crate::graph::Graph::build(spec, &|t, k| r.resolve(t, k))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("node `own` (aws.cloudwatch.alarm): dimension `DBInstanceIdentifier` names an identifier of a `aws.rds.cluster`, whose metrics are published under `DBClusterIdentifier`"),
             "{err}"

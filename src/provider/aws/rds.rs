@@ -1143,7 +1143,7 @@ mod tests {
             "plan = \"p\"\nprovider = \"aws\"\nregion = \"us-east-1\"\n",
         )
         .unwrap();
-        crate::provider::registry_for_stack(&stack)
+        crate::provider::registry_for_stack(&stack).unwrap()
     }
 
     /// moto 5.2.5 answers ResetDBParameterGroup and ResetDBClusterParameterGroup with a 500, so
@@ -1209,8 +1209,7 @@ mod tests {
             "wrong-kind",
             ParameterGroup::instance("aurora-postgresql15", "x"),
         );
-        let g = Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap();
-        let err = plan(&g, &State::new("p", "t"), &r, &Options::default())
+        let err = Graph::build(p.finish(), &|t, k| r.resolve(t, k))
             .unwrap_err()
             .to_string();
         assert!(err.contains("node `typo` (aws.rds.parameter_group): family `postgres99` is not a parameter group family RDS offers"), "{err}");
@@ -1247,8 +1246,7 @@ mod tests {
                 .managed_master("admin")
                 .parameter_group(params.group_name()),
         );
-        let g = Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap();
-        let err = plan(&g, &State::new("p", "t"), &r, &Options::default())
+        let err = Graph::build(p.finish(), &|t, k| r.resolve(t, k))
             .unwrap_err()
             .to_string();
         assert!(err.contains("node `target` (aws.rds.cluster): `parameter_group` is a parameter group of family `aurora-postgresql14`, but aurora-postgresql 15.4 needs family `aurora-postgresql15`; change the group's family or the engine version"), "{err}");
@@ -1266,7 +1264,7 @@ mod tests {
                     .immediate("work_mem", work_mem)
                     .pending_reboot("shared_buffers", "8192"),
             );
-            Graph::build(p.finish(), &|t, k| r.check(t, k)).unwrap()
+            Graph::build(p.finish(), &|t, k| r.resolve(t, k)).unwrap()
         };
         let g = mk("postgres15", "262144");
         let mut st = State::new("p", "t");

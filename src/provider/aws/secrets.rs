@@ -27,6 +27,9 @@ impl SecretReader for SecretsManager {
     fn claims(&self, reference: &str) -> bool {
         is_secrets_manager(reference)
     }
+    fn form(&self) -> &'static str {
+        "a Secrets Manager ARN (`arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME`, with `#KEY` for one key of a JSON secret)"
+    }
     async fn read(
         &self,
         stack: &Stack,

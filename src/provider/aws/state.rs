@@ -45,7 +45,9 @@ pub struct S3State {
 
 impl S3State {
     /// Reads the stack's `state` settings; an error names the file, the line and the fix.
-    pub fn from_spec(spec: &StateSpec, stack: &Stack) -> Result<S3State, String> {
+    /// `base` is the stack's AWS, whose region, endpoint and profile a field of the table
+    /// overrides.
+    pub fn from_spec(spec: &StateSpec, stack: &Stack, base: &Aws) -> Result<S3State, String> {
         let file = stack.path.display().to_string();
         for (k, (line, _)) in &spec.fields {
             if !FIELDS.contains(&k.as_str()) {
@@ -100,9 +102,9 @@ impl S3State {
             .trim_matches('/')
             .to_string();
         let aws = Arc::new(Aws {
-            region: field("region").or_else(|| stack.region.clone()),
-            endpoint_url: field("endpoint_url").or_else(|| stack.endpoint_url.clone()),
-            profile: field("profile").or_else(|| stack.profile.clone()),
+            region: field("region").or_else(|| base.region.clone()),
+            endpoint_url: field("endpoint_url").or_else(|| base.endpoint_url.clone()),
+            profile: field("profile").or_else(|| base.profile.clone()),
             ..Aws::default()
         });
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -318,7 +318,7 @@ fn every_registered_aws_type_is_covered_by_the_lifecycle_tests() {
         "plan = \"aws-lifecycle\"\nprovider = \"aws\"\nregion = \"us-east-1\"\n[secrets]\nsource_password = \"env:CUTOVER_TEST_SOURCE_PASSWORD\"\n",
     );
     let stack = cutover::stack::Stack::load(p.root(), "aws").unwrap();
-    let registry = cutover::provider::registry_for_stack(&stack);
+    let registry = cutover::provider::registry_for_stack(&stack).unwrap();
     let registered: Vec<String> = registry
         .names(cutover::dsl::NodeKind::Resource)
         .into_iter()
