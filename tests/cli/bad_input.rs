@@ -183,7 +183,7 @@ fn cases() -> Vec<Case> {
             args: &["preview", "x"],
             env: &[],
             code: 1,
-            says: &["stacks/x.toml:1:1: no `provider = ...`", "provider = \"local\""],
+            says: &["stacks/x.toml:1:1: no `provider = ...`", "provider = \"local\"", "(this binary offers local, aws)"],
             after: Untouched,
         },
         Case {
@@ -283,6 +283,15 @@ fn cases() -> Vec<Case> {
             env: &[],
             code: 1,
             says: &["stacks/x.toml:3:1: unknown field `regoin`", "values for the plan go under [values]"],
+            after: Untouched,
+        },
+        Case {
+            name: "a key of another provider than the stack's",
+            setup: |r| { demo_x(r, &format!("apply_immediately = true\n{DEMO_VALUES}")); None },
+            args: &["preview", "x"],
+            env: &[],
+            code: 1,
+            says: &["stacks/x.toml:3:1: unknown field `apply_immediately`", "or provider `local`'s `region`, `endpoint_url`, `profile`"],
             after: Untouched,
         },
         Case {
