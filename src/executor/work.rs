@@ -11,9 +11,7 @@ use std::time::Duration;
 use crate::dsl::{FailurePolicy, NodeKind, NodeSpec};
 use crate::graph::Graph;
 use crate::planner::{ActionKind, ChangeSet};
-use crate::provider::{
-    deterministic_id, Ctx, Observed, ProviderError, Registry, Request, TypeImpl,
-};
+use crate::provider::{Ctx, Observed, ProviderError, Registry, Request, TypeImpl};
 use crate::state::{
     now, DataRecord, Entry, Intent, NodeRecord, Op, ResourceRecord, State, StepRecord,
 };
@@ -67,6 +65,8 @@ pub struct OpJob {
     /// The declared node's type, as the graph holds it (a vanished node's is found by the name
     /// its record gives).
     pub ty: Option<TypeImpl>,
+    /// What the node's object is named after (the graph's, also for a vanished node).
+    pub deterministic_id: String,
     /// The record before this run.
     pub prior: Option<NodeRecord>,
     /// For deletes: keep a retired record.
@@ -146,6 +146,7 @@ pub fn build_jobs(
                 op,
                 spec: spec.clone(),
                 ty: graph.type_of(&a.node).cloned(),
+                deterministic_id: graph.deterministic_id(&a.node),
                 prior: state.nodes.get(&a.node).cloned(),
                 retire,
                 deps: deps.clone(),
@@ -406,7 +407,7 @@ impl super::Work for ApplyWork {
             .map(|s| s.type_name.clone())
             .or_else(|| op.prior.as_ref().map(|p| p.type_name().to_string()))
             .unwrap_or_default();
-        let det = deterministic_id(&self.ctx.plan, &self.ctx.stack, &node);
+        let det = op.deterministic_id.clone();
         match op.op {
             OpKind::Forget => {
                 // What stays in the cloud once forgotten is listed at the end of the run.

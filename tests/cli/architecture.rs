@@ -1,7 +1,7 @@
 //! The invariants of ARCHITECTURE.md that a reading of the source can check: the core names no
-//! concrete provider, the stack file's module imports nothing of the DSL (which imports it), the run's
-//! secrets name no provider, and every module opens with a `//!` paragraph. Each failure names the
-//! file and line.
+//! concrete provider and no cloud, no top-level module imports itself through others (no import
+//! circle), the stack file's module imports nothing of the DSL, the run's secrets name no
+//! provider, and every module opens with a `//!` paragraph. Each failure names the file and line.
 
 use std::path::{Path, PathBuf};
 
@@ -132,6 +132,87 @@ fn the_runs_secrets_name_no_provider() {
         found.is_empty(),
         "secrets.rs names a provider:\n{}",
         found.join("\n")
+    );
+}
+
+/// The top-level modules of the library (`src/NAME.rs` or `src/NAME/`).
+fn top_modules() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(src())
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            let name = p.file_stem()?.to_str()?.to_string();
+            let module = p.is_dir() || p.extension().is_some_and(|x| x == "rs");
+            (module && name != "lib" && name != "bin").then_some(name)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn no_two_top_level_modules_import_each_other_even_through_others() {
+    let modules = top_modules();
+    // module -> (imported module -> the first line that imports it)
+    let mut uses: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
+        Default::default();
+    for m in &modules {
+        let target = if src().join(m).is_dir() {
+            m.clone()
+        } else {
+            format!("{m}.rs")
+        };
+        for other in &modules {
+            if other == m {
+                continue;
+            }
+            let (path, whole) = (format!("crate::{other}::"), format!("crate::{other};"));
+            let found = offenders(&[target.as_str()], &[&path, &whole]);
+            if let Some(first) = found.into_iter().next() {
+                uses.entry(m.clone())
+                    .or_default()
+                    .insert(other.clone(), first);
+            }
+        }
+    }
+    // A path back to `from` from each module it imports, by depth-first search.
+    fn path_back(
+        uses: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+        at: &str,
+        goal: &str,
+        seen: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        for next in uses.get(at).into_iter().flat_map(|m| m.keys()) {
+            if next == goal {
+                return Some(vec![next.clone()]);
+            }
+            if !seen.contains(next) {
+                seen.push(next.clone());
+                if let Some(mut p) = path_back(uses, next, goal, seen) {
+                    p.insert(0, next.clone());
+                    return Some(p);
+                }
+            }
+        }
+        None
+    }
+    let mut circles = vec![];
+    for m in &modules {
+        if let Some(p) = path_back(&uses, m, m, &mut vec![]) {
+            let mut steps = vec![];
+            let mut from = m.clone();
+            for to in &p {
+                steps.push(format!("{from} -> {to} ({})", uses[&from][to]));
+                from = to.clone();
+            }
+            circles.push(steps.join("\n    "));
+        }
+    }
+    assert!(
+        circles.is_empty(),
+        "modules that import themselves through others:\n  {}",
+        circles.join("\n  ")
     );
 }
 

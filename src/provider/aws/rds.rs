@@ -943,7 +943,8 @@ impl<const C: bool> AwsObject for Groups<C> {
             ));
         }
         if let Some(n) = get_str(inputs, ParameterGroupArgs::name) {
-            if !crate::graph::valid_name(&n.to_lowercase())
+            if !n.starts_with(|c: char| c.is_ascii_alphabetic())
+                || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                 || n.contains("--")
                 || n.ends_with('-')
                 || n.len() > 255
