@@ -107,6 +107,9 @@ pub struct Chunk {
     pub snapshot: String,
     /// Size in blocks, for ordering and progress.
     pub pages: u64,
+    /// The rows the planner's statistics expect in it (`reltuples`; 0 when unknown), for the
+    /// progress line's estimate.
+    pub est_rows: u64,
     /// A plain table copied whole: emptied and loaded in one transaction with `FREEZE`.
     pub freeze: bool,
 }
@@ -143,6 +146,7 @@ pub async fn chunks(
                 &format!(
                     "SELECT c.relkind::text,
                         (pg_relation_size(c.oid) / current_setting('block_size')::bigint)::bigint,
+                        greatest(c.reltuples, 0)::bigint,
                         COALESCE((SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
                                   FROM pg_attribute a
                                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -157,13 +161,15 @@ pub async fn chunks(
             .map_err(source.err(&format!("size of {t}")))?;
         let kind: String = r.get(0);
         let pages = r.get::<_, i64>(1).max(0) as u64;
-        let columns: String = r.get(2);
+        let est = r.get::<_, i64>(2).max(0) as u64;
+        let columns: String = r.get(3);
         let split = if kind == "p" {
             vec![None]
         } else {
             ranges(pages, chunk_pages)
         };
         let per = pages / split.len() as u64;
+        let est_per = est / split.len() as u64;
         for blocks in split {
             out.push(Chunk {
                 table: t.clone(),
@@ -171,6 +177,7 @@ pub async fn chunks(
                 blocks,
                 snapshot: snapshot.to_string(),
                 pages: per,
+                est_rows: est_per,
                 freeze: kind == "r",
             });
         }
@@ -178,12 +185,156 @@ pub async fn chunks(
     Ok(out)
 }
 
-/// Copies one chunk: `psql` reading the range under the snapshot on the source, piped into `psql`
-/// writing it on the target (binary `COPY` both ways). Two libpq processes move the bytes faster
-/// than relaying every row through this process. A whole table is copied in the transaction that
-/// empties it, with `FREEZE`, so its rows need no later hint-bit or freeze pass. Returns the rows
-/// copied.
-pub async fn copy_chunk(source: &Target, target: &Target, c: &Chunk) -> Result<u64, PgError> {
+/// What the copies have streamed so far, counted as the bytes pass through this process: bytes
+/// of binary `COPY` data, and the rows they began.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    pub bytes: AtomicU64,
+    pub rows: AtomicU64,
+}
+
+/// Counts the rows of a binary `COPY` stream fed in pieces of any size (the format: an 11-byte
+/// signature, flags and a header extension, then per row a 16-bit field count and each field's
+/// 32-bit length and bytes, then a count of -1).
+#[derive(Debug)]
+pub struct RowCounter {
+    state: Part,
+    buf: [u8; 19],
+    have: usize,
+    want: usize,
+    skip: u64,
+    fields_left: u16,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Part {
+    Header,
+    Count,
+    Length,
+    End,
+}
+
+impl Default for RowCounter {
+    fn default() -> Self {
+        RowCounter {
+            state: Part::Header,
+            buf: [0; 19],
+            have: 0,
+            want: 19,
+            skip: 0,
+            fields_left: 0,
+            rows: 0,
+        }
+    }
+}
+
+impl RowCounter {
+    /// Reads the next piece of the stream; returns the rows it began.
+    pub fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let before = self.rows;
+        while !data.is_empty() && self.state != Part::End {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len() as u64) as usize;
+                data = &data[n..];
+                self.skip -= n as u64;
+                continue;
+            }
+            let take = (self.want - self.have).min(data.len());
+            self.buf[self.have..self.have + take].copy_from_slice(&data[..take]);
+            self.have += take;
+            data = &data[take..];
+            if self.have < self.want {
+                break;
+            }
+            self.have = 0;
+            match self.state {
+                Part::Header => {
+                    let ext = u32::from_be_bytes([
+                        self.buf[15],
+                        self.buf[16],
+                        self.buf[17],
+                        self.buf[18],
+                    ]);
+                    self.skip = u64::from(ext);
+                    self.state = Part::Count;
+                    self.want = 2;
+                }
+                Part::Count => {
+                    let n = i16::from_be_bytes([self.buf[0], self.buf[1]]);
+                    if n < 0 {
+                        self.state = Part::End;
+                    } else {
+                        self.rows += 1;
+                        if n > 0 {
+                            self.fields_left = n as u16;
+                            self.state = Part::Length;
+                            self.want = 4;
+                        }
+                    }
+                }
+                Part::Length => {
+                    let len =
+                        i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                    self.skip = len.max(0) as u64;
+                    self.fields_left -= 1;
+                    if self.fields_left == 0 {
+                        self.state = Part::Count;
+                        self.want = 2;
+                    }
+                }
+                Part::End => {}
+            }
+        }
+        self.rows - before
+    }
+}
+
+/// Moves a chunk's bytes from the reading `psql` to the writing one, counting them and the rows
+/// they begin into `streamed`. SIGPIPE is blocked on this thread, so a writer that died makes the
+/// write fail (and the copy report the writer's error) instead of ending the process.
+fn relay(
+    mut from: std::io::PipeReader,
+    mut to: std::io::PipeWriter,
+    streamed: &Streamed,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    // SAFETY: changes only this thread's signal mask, with a set built here.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let mut rows = RowCounter::default();
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        streamed.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        streamed
+            .rows
+            .fetch_add(rows.feed(&buf[..n]), Ordering::Relaxed);
+    }
+}
+
+/// Copies one chunk: `psql` reading the range under the snapshot on the source, its binary `COPY`
+/// relayed through this process (counted into `streamed` as it passes) into `psql` writing it on
+/// the target. Two libpq processes parse and send the rows, faster than relaying every row
+/// through the driver; the relay only moves bytes. A whole table is copied in the transaction
+/// that empties it, with `FREEZE`, so its rows need no later hint-bit or freeze pass. Returns the
+/// rows copied.
+pub async fn copy_chunk(
+    source: &Target,
+    target: &Target,
+    c: &Chunk,
+    streamed: &Arc<Streamed>,
+) -> Result<u64, PgError> {
     use std::process::Stdio;
     let filter = match c.blocks {
         None => String::new(),
@@ -198,8 +349,12 @@ pub async fn copy_chunk(source: &Target, target: &Target, c: &Chunk) -> Result<u
     } else {
         format!(" ({})", c.columns)
     };
-    let mut out = tokio::process::Command::from(source.libpq_command("psql")?);
-    out.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+    let pipe_err =
+        |e: std::io::Error| PgError::Other(format!("copy {}: cannot make a pipe: {e}", c.table));
+    let (read_out, write_out) = std::io::pipe().map_err(pipe_err)?;
+    let (read_in, write_in) = std::io::pipe().map_err(pipe_err)?;
+    let mut cmd = tokio::process::Command::from(source.libpq_command("psql")?);
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
         .arg(format!(
             "{} application_name=cutover_load",
             source.conninfo_without_password()
@@ -207,29 +362,25 @@ pub async fn copy_chunk(source: &Target, target: &Target, c: &Chunk) -> Result<u
         .arg("-c")
         .arg("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
     if !c.snapshot.is_empty() {
-        out.arg("-c")
+        cmd.arg("-c")
             .arg(format!("SET TRANSACTION SNAPSHOT {}", literal(&c.snapshot)));
     }
-    out.arg("-c")
+    cmd.arg("-c")
         .arg(format!(
             "COPY (SELECT {} FROM {q}{filter}) TO STDOUT (FORMAT binary)",
             c.columns
         ))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(write_out))
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut out = out
+    let out = cmd
         .spawn()
         .map_err(|e| PgError::Other(format!("psql: cannot run: {e}")))?;
-    let pipe: Stdio = out
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .try_into()
-        .map_err(|e| PgError::Other(format!("psql: cannot pipe: {e}")))?;
-    let mut inn = tokio::process::Command::from(target.libpq_command("psql")?);
-    inn.args(["-X", "-v", "ON_ERROR_STOP=1", "-d"])
+    // The command holds the pipe's writing end: dropped, the reader sees the end of the data.
+    drop(cmd);
+    let mut cmd = tokio::process::Command::from(target.libpq_command("psql")?);
+    cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-d"])
         .arg(format!(
             "{} application_name=cutover_load",
             target.conninfo_without_password()
@@ -238,39 +389,65 @@ pub async fn copy_chunk(source: &Target, target: &Target, c: &Chunk) -> Result<u
         .arg("SET synchronous_commit = off");
     let whole = c.blocks.is_none() && c.freeze;
     if whole {
-        inn.args(["-c", "BEGIN", "-c"])
+        cmd.args(["-c", "BEGIN", "-c"])
             .arg(format!("TRUNCATE ONLY {q}"));
     }
-    inn.arg("-c").arg(format!(
+    cmd.arg("-c").arg(format!(
         "COPY {q}{cols} FROM STDIN (FORMAT binary{})",
         if whole { ", FREEZE" } else { "" }
     ));
     if whole {
-        inn.args(["-c", "COMMIT"]);
+        cmd.args(["-c", "COMMIT"]);
     }
-    inn.stdin(pipe)
+    cmd.stdin(Stdio::from(read_in))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let inn = inn
+    let inn = cmd
         .spawn()
         .map_err(|e| PgError::Other(format!("psql: cannot run: {e}")))?;
-    let (o, i) = tokio::join!(out.wait_with_output(), inn.wait_with_output());
+    drop(cmd);
+    let counted = streamed.clone();
+    let relayed = tokio::task::spawn_blocking(move || relay(read_out, write_in, &counted));
+    let (o, i, r) = tokio::join!(out.wait_with_output(), inn.wait_with_output(), relayed);
     let o = o.map_err(|e| PgError::Other(format!("psql: {e}")))?;
     let i = i.map_err(|e| PgError::Other(format!("psql: {e}")))?;
-    if !o.status.success() {
-        return Err(PgError::Other(format!(
+    let read_failed = (!o.status.success()).then(|| {
+        PgError::Other(format!(
             "{source}: copy {} (read): {}",
             c.table,
             String::from_utf8_lossy(&o.stderr).trim()
-        )));
-    }
-    if !i.status.success() {
-        return Err(PgError::Other(format!(
+        ))
+    });
+    let write_failed = (!i.status.success()).then(|| {
+        PgError::Other(format!(
             "{target}: copy {} (write): {}",
             c.table,
             String::from_utf8_lossy(&i.stderr).trim()
-        )));
+        ))
+    });
+    match r {
+        // The bytes moved: a reader that failed cut the writer's data short, so it is the cause.
+        Ok(Ok(())) => {
+            if let Some(e) = read_failed.or(write_failed) {
+                return Err(e);
+            }
+        }
+        // The writer stopped taking bytes: its error is the cause, the reader's a consequence.
+        Ok(Err(e)) => {
+            return Err(write_failed.or(read_failed).unwrap_or_else(|| {
+                PgError::Other(format!(
+                    "copy {}: relaying the rows from {source} to {target}: {e}",
+                    c.table
+                ))
+            }))
+        }
+        Err(e) => {
+            return Err(PgError::Other(format!(
+                "copy {}: the relay ended: {e}",
+                c.table
+            )))
+        }
     }
     String::from_utf8_lossy(&i.stdout)
         .lines()
@@ -429,6 +606,48 @@ async fn has_rows(target: &Target, dst: &tokio_postgres::Client, t: &str) -> Res
         .get(0))
 }
 
+/// The load's progress as it streams: ranges done, rows and bytes streamed so far with the rate,
+/// and, when the statistics expect a number of rows, the share done and the time left at the rate
+/// so far.
+pub fn progress_line(
+    done: usize,
+    total: usize,
+    rows: u64,
+    expected: Option<u64>,
+    bytes: u64,
+    elapsed: Duration,
+) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let mut line = format!("initial load: {done} of {total} ranges, {rows} rows");
+    if let Some(exp) = expected.filter(|e| *e > 0) {
+        let share = (rows as f64 / exp as f64).min(1.0);
+        line.push_str(&format!(" of about {exp} ({:.0} %)", share * 100.0));
+    }
+    line.push_str(&format!(
+        ", {:.0} MB streamed ({:.0} MB/s)",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / secs
+    ));
+    if let Some(exp) = expected.filter(|e| *e > rows && rows > 0) {
+        let left = (exp - rows) as f64 / (rows as f64 / secs);
+        line.push_str(&format!(", about {} left", time_left(left)));
+    }
+    line
+}
+
+/// A time left as a person reads it: seconds, then minutes, then hours and minutes.
+fn time_left(secs: f64) -> String {
+    let s = secs.round().max(1.0) as u64;
+    if s < 90 {
+        format!("{s} s")
+    } else if s < 90 * 60 {
+        format!("{} min", (s + 30) / 60)
+    } else {
+        let m = (s + 30) / 60;
+        format!("{} h {} min", m / 60, m % 60)
+    }
+}
+
 /// Copies `work` with `opts.workers` sessions, biggest chunk first, reporting progress each
 /// second; the first failure stops the rest.
 async fn copy_all(
@@ -441,6 +660,13 @@ async fn copy_all(
 ) -> Result<Report, PgError> {
     work.sort_by_key(|c| std::cmp::Reverse(c.pages));
     let total = work.len();
+    // The expected rows, when the statistics know every chunk's.
+    let expected = work
+        .iter()
+        .all(|c| c.est_rows > 0)
+        .then(|| work.iter().map(|c| c.est_rows).sum::<u64>());
+    let streamed = Arc::new(Streamed::default());
+    let copying = Instant::now();
     let queue = Arc::new(Mutex::new(VecDeque::from(work)));
     let (rows, bytes, done) = (
         Arc::new(AtomicU64::new(0)),
@@ -451,12 +677,13 @@ async fn copy_all(
     for _ in 0..opts.workers.max(1).min(total) {
         let (source, target) = (source.clone(), target.clone());
         let (queue, rows, bytes, done) = (queue.clone(), rows.clone(), bytes.clone(), done.clone());
+        let streamed = streamed.clone();
         tasks.spawn(async move {
             loop {
                 let Some(c) = queue.lock().expect("queue").pop_front() else {
                     return Ok::<(), PgError>(());
                 };
-                let r = copy_chunk(&source, &target, &c).await?;
+                let r = copy_chunk(&source, &target, &c, &streamed).await?;
                 rows.fetch_add(r, Ordering::Relaxed);
                 bytes.fetch_add(c.pages * 8192, Ordering::Relaxed);
                 done.fetch_add(1, Ordering::Relaxed);
@@ -477,14 +704,13 @@ async fn copy_all(
                 Some(Err(e)) => { failure.get_or_insert(PgError::Other(format!("a copy worker ended: {e}"))); queue.lock().expect("queue").clear(); }
             },
             _ = tick.tick() => {
-                let secs = started.elapsed().as_secs_f64().max(0.001);
-                let b = bytes.load(Ordering::Relaxed);
-                report(format!(
-                    "initial load: {} of {total} ranges, {} rows, {:.0} MB of tables ({:.0} MB/s)",
+                report(progress_line(
                     done.load(Ordering::Relaxed),
-                    rows.load(Ordering::Relaxed),
-                    b as f64 / 1e6,
-                    b as f64 / 1e6 / secs
+                    total,
+                    streamed.rows.load(Ordering::Relaxed),
+                    expected,
+                    streamed.bytes.load(Ordering::Relaxed),
+                    copying.elapsed(),
                 ));
             }
         }
@@ -544,6 +770,69 @@ pub async fn build_post(target: &Target, stmts: &[String], workers: usize) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binary COPY stream of three rows (two fields, one null; no fields; one empty field),
+    /// with a header extension to skip and bytes after the trailer.
+    fn stream() -> Vec<u8> {
+        let mut s = b"PGCOPY\n\xff\r\n\0".to_vec();
+        s.extend(0u32.to_be_bytes());
+        s.extend(4u32.to_be_bytes());
+        s.extend(*b"\0\x02\0\x02");
+        s.extend(2i16.to_be_bytes());
+        s.extend(3i32.to_be_bytes());
+        s.extend(*b"abc");
+        s.extend((-1i32).to_be_bytes());
+        s.extend(0i16.to_be_bytes());
+        s.extend(1i16.to_be_bytes());
+        s.extend(0i32.to_be_bytes());
+        s.extend((-1i16).to_be_bytes());
+        s.extend(*b"\0\x02");
+        s
+    }
+
+    #[test]
+    fn rows_are_counted_in_a_binary_copy_stream_cut_anywhere() {
+        let s = stream();
+        let mut whole = RowCounter::default();
+        assert_eq!(whole.feed(&s), 3);
+        for cut in 0..=s.len() {
+            let mut c = RowCounter::default();
+            let n = c.feed(&s[..cut]) + c.feed(&s[cut..]);
+            assert_eq!((n, c.rows), (3, 3), "cut at {cut}");
+        }
+        let mut bytewise = RowCounter::default();
+        let n: u64 = s
+            .iter()
+            .map(|b| bytewise.feed(std::slice::from_ref(b)))
+            .sum();
+        assert_eq!(n, 3);
+        // A row is counted when it begins: the stream cut inside the first row has one.
+        let mut part = RowCounter::default();
+        assert_eq!(part.feed(&s[..31]), 1);
+    }
+
+    #[test]
+    fn the_progress_line_says_rows_bytes_rate_and_time_left() {
+        let line = progress_line(
+            2,
+            9,
+            1_000_000,
+            Some(5_000_000),
+            120_000_000,
+            Duration::from_secs(4),
+        );
+        assert_eq!(
+            line,
+            "initial load: 2 of 9 ranges, 1000000 rows of about 5000000 (20 %), 120 MB streamed (30 MB/s), about 16 s left"
+        );
+        let line = progress_line(0, 1, 0, None, 0, Duration::from_secs(1));
+        assert_eq!(
+            line,
+            "initial load: 0 of 1 ranges, 0 rows, 0 MB streamed (0 MB/s)"
+        );
+        assert_eq!(time_left(5400.0), "1 h 30 min");
+        assert_eq!(time_left(600.0), "10 min");
+    }
 
     #[test]
     fn tables_split_into_block_ranges_with_an_open_end() {

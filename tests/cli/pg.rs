@@ -1355,6 +1355,80 @@ async fn caught_up(s: &Target, slots: &[String]) {
     }
 }
 
+/// The copy counts what passes through its own pipe, as it passes: bytes and rows rise while a
+/// table streams (what the load's progress line reads each second, also on servers without
+/// `pg_stat_progress_copy`), and the rows counted in the stream are the rows copied.
+#[test]
+fn the_copy_counts_bytes_and_rows_in_its_own_pipe_while_a_table_streams() {
+    require_pg();
+    use cutover::pg::load;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (sp, tp, _stop) = two_clusters(dir.path());
+    let (s, t) = (target(sp, "postgres"), target(tp, "postgres"));
+    rt().block_on(async {
+        let a = s.connect().await.unwrap();
+        a.batch_execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);
+             INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 400000) g;
+             ANALYZE big;",
+        )
+        .await
+        .unwrap();
+        let b = t.connect().await.unwrap();
+        b.batch_execute("CREATE TABLE big (id bigint, pad text)")
+            .await
+            .unwrap();
+        let chunks = load::chunks(&s, &a, &["public.big".into()], "", 1 << 30)
+            .await
+            .unwrap();
+        assert_eq!(chunks.len(), 1, "{chunks:?}");
+        assert!(
+            chunks[0].est_rows > 300_000,
+            "the statistics expect the rows: {chunks:?}"
+        );
+        let streamed = Arc::new(load::Streamed::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let watch = {
+            let (streamed, stop) = (streamed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = vec![];
+                while !stop.load(Ordering::Relaxed) {
+                    seen.push(streamed.bytes.load(Ordering::Relaxed));
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                seen
+            })
+        };
+        let rows = load::copy_chunk(&s, &t, &chunks[0], &streamed)
+            .await
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let seen = watch.await.unwrap();
+        let bytes = streamed.bytes.load(Ordering::Relaxed);
+        assert_eq!(rows, 400_000);
+        assert_eq!(
+            streamed.rows.load(Ordering::Relaxed),
+            400_000,
+            "rows counted in the stream"
+        );
+        assert!(bytes > 400_000 * 200, "{bytes} bytes streamed");
+        let midway: Vec<&u64> = seen.iter().filter(|b| **b > 0 && **b < bytes).collect();
+        assert!(
+            !midway.is_empty(),
+            "the counter rose while the copy ran ({} samples, none between 0 and {bytes})",
+            seen.len()
+        );
+        let n: i64 = b
+            .query_one("SELECT count(*) FROM big", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 400_000);
+    });
+}
+
 #[test]
 fn the_parallel_load_splits_big_tables_and_misses_no_write_made_during_it() {
     require_pg();
