@@ -110,6 +110,8 @@ pub struct Chunk {
     /// The rows the planner's statistics expect in it (`reltuples`; 0 when unknown), for the
     /// progress line's estimate.
     pub est_rows: u64,
+    /// The table group it belongs to (empty when the load has no groups), for the progress line.
+    pub group: String,
     /// A plain table copied whole: emptied and loaded in one transaction with `FREEZE`.
     pub freeze: bool,
 }
@@ -178,6 +180,7 @@ pub async fn chunks(
                 snapshot: snapshot.to_string(),
                 pages: per,
                 est_rows: est_per,
+                group: String::new(),
                 freeze: kind == "r",
             });
         }
@@ -198,7 +201,7 @@ pub struct Streamed {
 /// 32-bit length and bytes, then a count of -1).
 #[derive(Debug)]
 pub struct RowCounter {
-    state: Part,
+    state: Stage,
     buf: [u8; 19],
     have: usize,
     want: usize,
@@ -208,7 +211,7 @@ pub struct RowCounter {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Part {
+enum Stage {
     Header,
     Count,
     Length,
@@ -218,7 +221,7 @@ enum Part {
 impl Default for RowCounter {
     fn default() -> Self {
         RowCounter {
-            state: Part::Header,
+            state: Stage::Header,
             buf: [0; 19],
             have: 0,
             want: 19,
@@ -233,7 +236,7 @@ impl RowCounter {
     /// Reads the next piece of the stream; returns the rows it began.
     pub fn feed(&mut self, mut data: &[u8]) -> u64 {
         let before = self.rows;
-        while !data.is_empty() && self.state != Part::End {
+        while !data.is_empty() && self.state != Stage::End {
             if self.skip > 0 {
                 let n = self.skip.min(data.len() as u64) as usize;
                 data = &data[n..];
@@ -249,7 +252,7 @@ impl RowCounter {
             }
             self.have = 0;
             match self.state {
-                Part::Header => {
+                Stage::Header => {
                     let ext = u32::from_be_bytes([
                         self.buf[15],
                         self.buf[16],
@@ -257,33 +260,33 @@ impl RowCounter {
                         self.buf[18],
                     ]);
                     self.skip = u64::from(ext);
-                    self.state = Part::Count;
+                    self.state = Stage::Count;
                     self.want = 2;
                 }
-                Part::Count => {
+                Stage::Count => {
                     let n = i16::from_be_bytes([self.buf[0], self.buf[1]]);
                     if n < 0 {
-                        self.state = Part::End;
+                        self.state = Stage::End;
                     } else {
                         self.rows += 1;
                         if n > 0 {
                             self.fields_left = n as u16;
-                            self.state = Part::Length;
+                            self.state = Stage::Length;
                             self.want = 4;
                         }
                     }
                 }
-                Part::Length => {
+                Stage::Length => {
                     let len =
                         i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
                     self.skip = len.max(0) as u64;
                     self.fields_left -= 1;
                     if self.fields_left == 0 {
-                        self.state = Part::Count;
+                        self.state = Stage::Count;
                         self.want = 2;
                     }
                 }
-                Part::End => {}
+                Stage::End => {}
             }
         }
         self.rows - before
@@ -291,12 +294,12 @@ impl RowCounter {
 }
 
 /// Moves a chunk's bytes from the reading `psql` to the writing one, counting them and the rows
-/// they begin into `streamed`. SIGPIPE is blocked on this thread, so a writer that died makes the
+/// they begin into each of `counters` (the whole load's, the group's). SIGPIPE is blocked on this thread, so a writer that died makes the
 /// write fail (and the copy report the writer's error) instead of ending the process.
 fn relay(
     mut from: std::io::PipeReader,
     mut to: std::io::PipeWriter,
-    streamed: &Streamed,
+    counters: &[Arc<Streamed>],
 ) -> std::io::Result<()> {
     use std::io::{Read, Write};
     // SAFETY: changes only this thread's signal mask, with a set built here.
@@ -316,15 +319,16 @@ fn relay(
             Err(e) => return Err(e),
         };
         to.write_all(&buf[..n])?;
-        streamed.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        streamed
-            .rows
-            .fetch_add(rows.feed(&buf[..n]), Ordering::Relaxed);
+        let began = rows.feed(&buf[..n]);
+        for c in counters {
+            c.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            c.rows.fetch_add(began, Ordering::Relaxed);
+        }
     }
 }
 
 /// Copies one chunk: `psql` reading the range under the snapshot on the source, its binary `COPY`
-/// relayed through this process (counted into `streamed` as it passes) into `psql` writing it on
+/// relayed through this process (counted into each of `counters` as it passes) into `psql` writing it on
 /// the target. Two libpq processes parse and send the rows, faster than relaying every row
 /// through the driver; the relay only moves bytes. A whole table is copied in the transaction
 /// that empties it, with `FREEZE`, so its rows need no later hint-bit or freeze pass. Returns the
@@ -333,7 +337,7 @@ pub async fn copy_chunk(
     source: &Target,
     target: &Target,
     c: &Chunk,
-    streamed: &Arc<Streamed>,
+    counters: &[Arc<Streamed>],
 ) -> Result<u64, PgError> {
     use std::process::Stdio;
     let filter = match c.blocks {
@@ -407,7 +411,7 @@ pub async fn copy_chunk(
         .spawn()
         .map_err(|e| PgError::Other(format!("psql: cannot run: {e}")))?;
     drop(cmd);
-    let counted = streamed.clone();
+    let counted = counters.to_vec();
     let relayed = tokio::task::spawn_blocking(move || relay(read_out, write_in, &counted));
     let (o, i, r) = tokio::join!(out.wait_with_output(), inn.wait_with_output(), relayed);
     let o = o.map_err(|e| PgError::Other(format!("psql: {e}")))?;
@@ -544,7 +548,11 @@ pub async fn load(
             g.name, g.slot
         ));
         let e = Exported::create(source, &g.slot).await?;
-        work.extend(chunks(source, &src, &g.tables, &e.snapshot, opts.chunk_pages).await?);
+        let mut of_group = chunks(source, &src, &g.tables, &e.snapshot, opts.chunk_pages).await?;
+        for c in &mut of_group {
+            c.group = g.name.clone();
+        }
+        work.extend(of_group);
         exported.push(e);
     }
     let copied = copy_all(source, target, work, opts, report, started).await;
@@ -606,31 +614,70 @@ async fn has_rows(target: &Target, dst: &tokio_postgres::Client, t: &str) -> Res
         .get(0))
 }
 
+/// How far one part of a load (all of it, or one table group) has streamed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Part {
+    /// The group's name (empty for the whole load).
+    pub name: String,
+    pub done: usize,
+    pub total: usize,
+    pub rows: u64,
+    /// The rows the statistics expect, when they know every table's.
+    pub expected: Option<u64>,
+    pub bytes: u64,
+}
+
+impl Part {
+    /// "N rows of about M (P %)", or "N rows" without an estimate.
+    fn rows_words(&self) -> String {
+        match self.expected.filter(|e| *e > 0) {
+            Some(exp) => format!(
+                "{} rows of about {exp} ({:.0} %)",
+                self.rows,
+                (self.rows as f64 / exp as f64).min(1.0) * 100.0
+            ),
+            None => format!("{} rows", self.rows),
+        }
+    }
+
+    /// The time left at the rate so far, when the statistics expect a number of rows.
+    fn left(&self, secs: f64) -> Option<String> {
+        let exp = self.expected.filter(|e| *e > self.rows && self.rows > 0)?;
+        Some(time_left(
+            (exp - self.rows) as f64 / (self.rows as f64 / secs),
+        ))
+    }
+}
+
 /// The load's progress as it streams: ranges done, rows and bytes streamed so far with the rate,
 /// and, when the statistics expect a number of rows, the share done and the time left at the rate
-/// so far.
-pub fn progress_line(
-    done: usize,
-    total: usize,
-    rows: u64,
-    expected: Option<u64>,
-    bytes: u64,
-    elapsed: Duration,
-) -> String {
+/// so far; then, when the load has several table groups, each group still copying.
+pub fn progress_line(all: &Part, groups: &[Part], elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(0.001);
-    let mut line = format!("initial load: {done} of {total} ranges, {rows} rows");
-    if let Some(exp) = expected.filter(|e| *e > 0) {
-        let share = (rows as f64 / exp as f64).min(1.0);
-        line.push_str(&format!(" of about {exp} ({:.0} %)", share * 100.0));
+    let mut line = format!(
+        "initial load: {} of {} ranges, {}, {:.0} MB streamed ({:.0} MB/s)",
+        all.done,
+        all.total,
+        all.rows_words(),
+        all.bytes as f64 / 1e6,
+        all.bytes as f64 / 1e6 / secs
+    );
+    if let Some(left) = all.left(secs) {
+        line.push_str(&format!(", about {left} left"));
     }
-    line.push_str(&format!(
-        ", {:.0} MB streamed ({:.0} MB/s)",
-        bytes as f64 / 1e6,
-        bytes as f64 / 1e6 / secs
-    ));
-    if let Some(exp) = expected.filter(|e| *e > rows && rows > 0) {
-        let left = (exp - rows) as f64 / (rows as f64 / secs);
-        line.push_str(&format!(", about {} left", time_left(left)));
+    if groups.len() > 1 {
+        let busy: Vec<String> = groups
+            .iter()
+            .filter(|g| g.done < g.total)
+            .map(|g| format!("{} {}", g.name, g.rows_words()))
+            .collect();
+        let finished = groups.len() - busy.len();
+        if !busy.is_empty() {
+            line.push_str(&format!("; copying: {}", busy.join(", ")));
+        }
+        if finished > 0 {
+            line.push_str(&format!("; {finished} of {} groups done", groups.len()));
+        }
     }
     line
 }
@@ -648,6 +695,18 @@ fn time_left(secs: f64) -> String {
     }
 }
 
+/// One table group's counters during a load.
+#[derive(Clone)]
+struct GroupCount {
+    name: String,
+    streamed: Arc<Streamed>,
+    /// Ranges copied.
+    done: Arc<AtomicUsize>,
+    /// Ranges in all.
+    total: usize,
+    expected: Option<u64>,
+}
+
 /// Copies `work` with `opts.workers` sessions, biggest chunk first, reporting progress each
 /// second; the first failure stops the rest.
 async fn copy_all(
@@ -660,11 +719,28 @@ async fn copy_all(
 ) -> Result<Report, PgError> {
     work.sort_by_key(|c| std::cmp::Reverse(c.pages));
     let total = work.len();
-    // The expected rows, when the statistics know every chunk's.
-    let expected = work
-        .iter()
-        .all(|c| c.est_rows > 0)
-        .then(|| work.iter().map(|c| c.est_rows).sum::<u64>());
+    // The expected rows of a set of chunks, when the statistics know every one's.
+    let expected_of = |cs: &mut dyn Iterator<Item = &Chunk>| {
+        let cs: Vec<&Chunk> = cs.collect();
+        cs.iter()
+            .all(|c| c.est_rows > 0)
+            .then(|| cs.iter().map(|c| c.est_rows).sum::<u64>())
+    };
+    let expected = expected_of(&mut work.iter());
+    let mut groups: Vec<GroupCount> = vec![];
+    for c in &work {
+        if !groups.iter().any(|g| g.name == c.group) {
+            let of_group = || work.iter().filter(|x| x.group == c.group);
+            groups.push(GroupCount {
+                name: c.group.clone(),
+                streamed: Arc::default(),
+                done: Arc::default(),
+                total: of_group().count(),
+                expected: expected_of(&mut of_group()),
+            });
+        }
+    }
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
     let streamed = Arc::new(Streamed::default());
     let copying = Instant::now();
     let queue = Arc::new(Mutex::new(VecDeque::from(work)));
@@ -677,16 +753,22 @@ async fn copy_all(
     for _ in 0..opts.workers.max(1).min(total) {
         let (source, target) = (source.clone(), target.clone());
         let (queue, rows, bytes, done) = (queue.clone(), rows.clone(), bytes.clone(), done.clone());
-        let streamed = streamed.clone();
+        let (streamed, groups) = (streamed.clone(), groups.clone());
         tasks.spawn(async move {
             loop {
                 let Some(c) = queue.lock().expect("queue").pop_front() else {
                     return Ok::<(), PgError>(());
                 };
-                let r = copy_chunk(&source, &target, &c, &streamed).await?;
+                let group = groups
+                    .iter()
+                    .find(|g| g.name == c.group)
+                    .expect("every chunk's group is counted");
+                let counters = [streamed.clone(), group.streamed.clone()];
+                let r = copy_chunk(&source, &target, &c, &counters).await?;
                 rows.fetch_add(r, Ordering::Relaxed);
                 bytes.fetch_add(c.pages * 8192, Ordering::Relaxed);
                 done.fetch_add(1, Ordering::Relaxed);
+                group.done.fetch_add(1, Ordering::Relaxed);
             }
         });
     }
@@ -704,14 +786,20 @@ async fn copy_all(
                 Some(Err(e)) => { failure.get_or_insert(PgError::Other(format!("a copy worker ended: {e}"))); queue.lock().expect("queue").clear(); }
             },
             _ = tick.tick() => {
-                report(progress_line(
-                    done.load(Ordering::Relaxed),
+                let part = |name: &str, s: &Streamed, done: usize, total: usize, expected: Option<u64>| Part {
+                    name: name.to_string(),
+                    done,
                     total,
-                    streamed.rows.load(Ordering::Relaxed),
+                    rows: s.rows.load(Ordering::Relaxed),
                     expected,
-                    streamed.bytes.load(Ordering::Relaxed),
-                    copying.elapsed(),
-                ));
+                    bytes: s.bytes.load(Ordering::Relaxed),
+                };
+                let all = part("", &streamed, done.load(Ordering::Relaxed), total, expected);
+                let by_group: Vec<Part> = groups
+                    .iter()
+                    .map(|g| part(&g.name, &g.streamed, g.done.load(Ordering::Relaxed), g.total, g.expected))
+                    .collect();
+                report(progress_line(&all, &by_group, copying.elapsed()));
             }
         }
     }
@@ -813,19 +901,56 @@ mod tests {
 
     #[test]
     fn the_progress_line_says_rows_bytes_rate_and_time_left() {
-        let line = progress_line(
-            2,
-            9,
-            1_000_000,
-            Some(5_000_000),
-            120_000_000,
-            Duration::from_secs(4),
-        );
+        let all = Part {
+            done: 2,
+            total: 9,
+            rows: 1_000_000,
+            expected: Some(5_000_000),
+            bytes: 120_000_000,
+            ..Part::default()
+        };
+        let line = progress_line(&all, &[], Duration::from_secs(4));
         assert_eq!(
             line,
             "initial load: 2 of 9 ranges, 1000000 rows of about 5000000 (20 %), 120 MB streamed (30 MB/s), about 16 s left"
         );
-        let line = progress_line(0, 1, 0, None, 0, Duration::from_secs(1));
+        let groups = [
+            Part {
+                name: "a".into(),
+                done: 1,
+                total: 1,
+                rows: 10,
+                ..Part::default()
+            },
+            Part {
+                name: "b".into(),
+                done: 1,
+                total: 6,
+                rows: 600_000,
+                expected: Some(4_000_000),
+                ..Part::default()
+            },
+            Part {
+                name: "c".into(),
+                done: 0,
+                total: 2,
+                rows: 399_990,
+                ..Part::default()
+            },
+        ];
+        let line = progress_line(&all, &groups, Duration::from_secs(4));
+        assert!(
+            line.ends_with("about 16 s left; copying: b 600000 rows of about 4000000 (15 %), c 399990 rows; 1 of 3 groups done"),
+            "{line}"
+        );
+        let line = progress_line(
+            &Part {
+                total: 1,
+                ..Part::default()
+            },
+            &[],
+            Duration::from_secs(1),
+        );
         assert_eq!(
             line,
             "initial load: 0 of 1 ranges, 0 rows, 0 MB streamed (0 MB/s)"

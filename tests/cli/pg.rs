@@ -1401,7 +1401,7 @@ fn the_copy_counts_bytes_and_rows_in_its_own_pipe_while_a_table_streams() {
                 seen
             })
         };
-        let rows = load::copy_chunk(&s, &t, &chunks[0], &streamed)
+        let rows = load::copy_chunk(&s, &t, &chunks[0], std::slice::from_ref(&streamed))
             .await
             .unwrap();
         stop.store(true, Ordering::Relaxed);
