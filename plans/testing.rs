@@ -116,11 +116,20 @@ pub fn failing(stack: &Stack) -> Result<Plan, PlanError> {
     )
     .after(&check);
     let slow = p.add("slow", Sleep::ms(300)).after(&dir);
-    p.add(
-        "independent",
-        File::new(dir.path().join("/independent.txt"), "independent\n"),
-    )
-    .after(&slow);
+    // The same node as another type (its old object is deleted as what it was).
+    if stack.get_or("independent_as_directory", false)? {
+        p.add(
+            "independent",
+            Directory::new(dir.path().join("/independent.d")),
+        )
+        .after(&slow);
+    } else {
+        p.add(
+            "independent",
+            File::new(dir.path().join("/independent.txt"), "independent\n"),
+        )
+        .after(&slow);
+    }
     Ok(p)
 }
 

@@ -62,8 +62,8 @@ pub struct OpJob {
     pub op: OpKind,
     /// The declared node (absent for deletes of vanished nodes).
     pub spec: Option<NodeSpec>,
-    /// The declared node's type, as the graph holds it (a vanished node's is found by the name
-    /// its record gives).
+    /// The declared node's type, as the graph holds it (a delete's, and a vanished node's, is
+    /// found by the name its record gives).
     pub ty: Option<TypeImpl>,
     /// What the node's object is named after (the graph's, also for a vanished node).
     pub deterministic_id: String,
@@ -401,12 +401,22 @@ impl super::Work for ApplyWork {
             entries: vec![],
             error: format!("`{node}`: {error}"),
         };
-        let type_name = op
-            .spec
-            .as_ref()
-            .map(|s| s.type_name.clone())
-            .or_else(|| op.prior.as_ref().map(|p| p.type_name().to_string()))
-            .unwrap_or_default();
+        // A delete or a forget acts on the recorded object, so it takes the record's type (a
+        // replace whose type changed deletes the old object as what it was); the others take
+        // the declared node's.
+        let recorded = op.prior.as_ref().map(|p| p.type_name().to_string());
+        let declared = op.spec.as_ref().map(|s| s.type_name.clone());
+        let type_name = if matches!(op.op, OpKind::Delete | OpKind::Forget) {
+            recorded.or(declared)
+        } else {
+            declared.or(recorded)
+        }
+        .unwrap_or_default();
+        // The graph's implementation, when it is of that type.
+        let held = op
+            .ty
+            .clone()
+            .filter(|_| op.spec.as_ref().is_some_and(|s| s.type_name == type_name));
         let det = op.deterministic_id.clone();
         match op.op {
             OpKind::Forget => {
@@ -493,11 +503,7 @@ impl super::Work for ApplyWork {
                 }
             }
             _ => {
-                let Some(t) = op
-                    .ty
-                    .clone()
-                    .or_else(|| self.registry.get(&type_name).cloned())
-                else {
+                let Some(t) = held.or_else(|| self.registry.get(&type_name).cloned()) else {
                     return fail(format!(
                         "type `{type_name}` is not offered by this stack's provider"
                     ));

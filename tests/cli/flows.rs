@@ -110,6 +110,33 @@ fn gate_then_approve_then_temporary_teardown() {
     );
 }
 
+/// A node whose type changes is replaced: its old object is deleted as what it was (a file by
+/// the file type), not by the new type, which would not know it; the new one is created.
+#[test]
+fn a_node_whose_type_changes_deletes_its_old_object_as_what_it_was() {
+    let p = Project::new();
+    let stack = |as_dir: bool| {
+        format!("plan = \"failing\"\nprovider = \"local\"\n[values]\nout_dir = \"out/t\"\nfail = false\nindependent_as_directory = {as_dir}\n")
+    };
+    p.stack("t", &stack(false));
+    let (code, out, _) = p.run(&["apply", "t", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(p.root().join("out/t/independent.txt").is_file());
+    p.stack("t", &stack(true));
+    let (code, out, _) = p.run(&["preview", "t"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("type changed from `local_file.file`"), "{out}");
+    let (code, out, err) = p.run(&["apply", "t", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !p.root().join("out/t/independent.txt").exists(),
+        "the old file was deleted: {out}"
+    );
+    assert!(p.root().join("out/t/independent.d").is_dir(), "{out}");
+    let (code, out, _) = p.run(&["preview", "t", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "nothing left to do: {out}");
+}
+
 #[test]
 fn a_failure_skips_dependents_finishes_independent_work_and_resumes() {
     let p = Project::new();
