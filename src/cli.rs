@@ -473,7 +473,7 @@ async fn run(cli: Cli, catalog: &Catalog<'_>) -> Result<u8> {
             }
             say!("Stacks:");
             for s in Stack::list(&root) {
-                match Stack::load(&root, &s) {
+                match engine::read_stack(&root, catalog, &s) {
                     Ok(st) => say!(
                         "  {:<16} plan {}, provider {}{}",
                         s,

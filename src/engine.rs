@@ -90,10 +90,9 @@ pub struct Catalog<'a> {
     pub providers: &'a [crate::provider::ProviderEntry],
 }
 
-/// Loads `stacks/<name>.toml`, builds its plan with the registry of its provider, and validates
-/// it; a stack naming a plan or a provider the catalog does not offer is refused at its line.
-pub fn load(root: &Path, catalog: &Catalog<'_>, name: &str) -> Result<Loaded, EngineError> {
-    let plans = catalog.plans;
+/// Reads `stacks/<name>.toml`, refusing at its line a stack that names no provider or one the
+/// catalog does not offer (naming those it does).
+pub fn read_stack(root: &Path, catalog: &Catalog<'_>, name: &str) -> Result<Stack, EngineError> {
     let offered = || {
         catalog
             .providers
@@ -133,6 +132,14 @@ pub fn load(root: &Path, catalog: &Catalog<'_>, name: &str) -> Result<Loaded, En
         }
         .into());
     }
+    Ok(stack)
+}
+
+/// Loads `stacks/<name>.toml`, builds its plan with the registry of its provider, and validates
+/// it; a stack naming a plan or a provider the catalog does not offer is refused at its line.
+pub fn load(root: &Path, catalog: &Catalog<'_>, name: &str) -> Result<Loaded, EngineError> {
+    let plans = catalog.plans;
+    let stack = read_stack(root, catalog, name)?;
     let entry = plans.iter().find(|p| p.name == stack.plan).ok_or_else(|| {
         let line = stack
             .source()

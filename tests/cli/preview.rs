@@ -92,6 +92,19 @@ fn list_shows_plans_and_stacks_but_not_hidden_plans() {
             "{hidden} is listed:\n{out}"
         );
     }
+    // A stack the load would refuse is listed as invalid, with the load's words.
+    p.stack("noprov", "plan = \"demo\"\n");
+    p.stack("elsewhere", "plan = \"demo\"\nprovider = \"gcp\"\n");
+    let (code, out, _) = p.run(&["list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("noprov") && out.contains("(this binary offers local, aws)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("unknown provider `gcp`; use one of: local, aws."),
+        "{out}"
+    );
 }
 
 /// `plan` with no AWS configuration at all: no credentials, no profile, no instance role (the
