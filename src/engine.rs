@@ -140,25 +140,21 @@ pub fn read_stack(root: &Path, catalog: &Catalog<'_>, name: &str) -> Result<Stac
 pub fn load(root: &Path, catalog: &Catalog<'_>, name: &str) -> Result<Loaded, EngineError> {
     let plans = catalog.plans;
     let stack = read_stack(root, catalog, name)?;
-    let entry = plans.iter().find(|p| p.name == stack.plan).ok_or_else(|| {
-        let line = stack
-            .source()
-            .lines()
-            .position(|l| l.trim_start().starts_with("plan"))
-            .map(|i| i + 1)
-            .unwrap_or(1);
-        EngineError::UnknownPlan {
-            path: stack.path.display().to_string(),
-            line,
-            plan: stack.plan.clone(),
-            known: plans
-                .iter()
-                .filter(|p| !p.hidden)
-                .map(|p| p.name)
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-    })?;
+    let entry =
+        plans
+            .iter()
+            .find(|p| p.name == stack.plan)
+            .ok_or_else(|| EngineError::UnknownPlan {
+                path: stack.path.display().to_string(),
+                line: stack.plan_line,
+                plan: stack.plan.clone(),
+                known: plans
+                    .iter()
+                    .filter(|p| !p.hidden)
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
     let registry = crate::provider::registry_with(&stack, catalog.providers)?;
     let plan = (entry.build)(&stack)?;
     stack.check_unused()?;

@@ -220,6 +220,8 @@ pub struct Stack {
     pub provider: String,
     /// The line of `provider = ...`, for the error when no provider of that name is offered.
     pub provider_line: usize,
+    /// The line of `plan = ...`, for the error when no plan of that name is offered.
+    pub plan_line: usize,
     pub state_dir: Option<String>,
     /// `state = ...`: a remote state location, for the provider that serves it to read.
     pub state: Option<StateSpec>,
@@ -502,6 +504,7 @@ impl Stack {
             }
         })?;
         let provider_line = line_of(source, raw.provider.span().start);
+        let plan_line = line_of(source, raw.plan.span().start);
         let mut secrets = BTreeMap::new();
         for (k, v) in raw.secrets {
             let line = line_of(source, k.span().start);
@@ -519,11 +522,7 @@ impl Stack {
                 None
             };
             if let Some(why) = why {
-                let line = source
-                    .lines()
-                    .position(|l| l.trim_start().starts_with("state_dir"))
-                    .map(|i| i + 1)
-                    .unwrap_or(1);
+                let line = top_level_line(source, "state_dir");
                 return Err(StackError::StateDir {
                     path: p,
                     line,
@@ -599,6 +598,7 @@ impl Stack {
             plan: raw.plan.into_inner(),
             provider: raw.provider.into_inner(),
             provider_line,
+            plan_line,
             state_dir: raw.state_dir,
             state,
             limits: raw.limits,

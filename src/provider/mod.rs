@@ -781,13 +781,8 @@ impl Registry {
         if kind == NodeKind::Gate {
             return Ok(None);
         }
-        self.check(name, kind)?;
-        Ok(self.types.get(name).cloned())
-    }
-    /// Whether `name` exists with `kind`; the error says what exists instead.
-    pub fn check(&self, name: &str, kind: NodeKind) -> Result<(), String> {
         match self.types.get(name) {
-            Some(t) if t.kind() == kind => Ok(()),
+            Some(t) if t.kind() == kind => Ok(Some(t.clone())),
             Some(t) => Err(
                 format!("it is a {:?} type, declared here as a {:?}", t.kind(), kind)
                     .to_lowercase(),
